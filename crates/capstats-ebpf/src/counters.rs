@@ -1,0 +1,128 @@
+//! The per-CPU counter map the generated programs count into.
+//!
+//! A `BPF_MAP_TYPE_PERCPU_ARRAY` of [`Counter`]s, one slot per session: each CPU adds to
+//! its own copy without atomics, and a read sums the copies. Created and read through
+//! aya; the raw fd goes into the programs' `ld_imm64` map references.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+
+use aya::maps::{Map, MapData, MapError, PerCpuArray};
+use aya_obj::generated::bpf_map_type;
+
+/// Packets and bytes of one slot, as the programs write them (`u64` each, in order).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+// SAFETY: two u64, no padding, every bit pattern valid.
+unsafe impl aya::Pod for Counter {}
+
+impl std::ops::Add for Counter {
+    type Output = Counter;
+    fn add(self, other: Counter) -> Counter {
+        Counter {
+            packets: self.packets + other.packets,
+            bytes: self.bytes + other.bytes,
+        }
+    }
+}
+
+/// Why the counter map could not be made or read. Names the map.
+#[derive(Debug, thiserror::Error)]
+pub enum CounterError {
+    #[error("cannot create counter map {name} ({slots} slots): {source}")]
+    Create {
+        name: String,
+        slots: u32,
+        #[source]
+        source: MapError,
+    },
+    #[error("cannot read slot {slot} of counter map {name}: {source}")]
+    Read {
+        name: String,
+        slot: u32,
+        #[source]
+        source: MapError,
+    },
+    #[error("cannot duplicate the fd of counter map {name}: {source}")]
+    Dup {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A per-CPU array of [`Counter`]s.
+pub struct CounterMap {
+    name: String,
+    map: PerCpuArray<MapData, Counter>,
+    /// Our own reference to the map, for programs' `ld_imm64`.
+    fd: OwnedFd,
+}
+
+impl CounterMap {
+    /// Creates a map of `slots` zeroed counters. `name` is truncated to 15 characters.
+    pub fn create(name: &str, slots: u32) -> Result<Self, CounterError> {
+        let create_error = |source| CounterError::Create {
+            name: name.to_owned(),
+            slots,
+            source,
+        };
+        let obj = aya_obj::Map::new_from_params(
+            bpf_map_type::BPF_MAP_TYPE_PERCPU_ARRAY as u32,
+            size_of::<u32>() as u32,
+            size_of::<Counter>() as u32,
+            slots,
+            0,
+        );
+        let short: String = name.chars().take(15).collect();
+        let data = MapData::create(obj, &short, None).map_err(create_error)?;
+        let fd = data.fd().as_fd().try_clone_to_owned().map_err(|source| CounterError::Dup {
+            name: name.to_owned(),
+            source,
+        })?;
+        let map = PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(create_error)?;
+        Ok(Self {
+            name: name.to_owned(),
+            map,
+            fd,
+        })
+    }
+
+    /// The fd to put into a program's map reference.
+    pub fn raw_fd(&self) -> i32 {
+        self.fd.as_raw_fd()
+    }
+
+    pub fn slots(&self) -> u32 {
+        self.map.len()
+    }
+
+    /// The sum over all CPUs of slot `slot`.
+    pub fn read(&self, slot: u32) -> Result<Counter, CounterError> {
+        let per_cpu = self.map.get(&slot, 0).map_err(|source| CounterError::Read {
+            name: self.name.clone(),
+            slot,
+            source,
+        })?;
+        Ok(per_cpu.iter().fold(Counter::default(), |sum, c| sum + *c))
+    }
+}
+
+impl std::fmt::Debug for CounterMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CounterMap")
+            .field("name", &self.name)
+            .field("fd", &self.fd)
+            .finish()
+    }
+}
+
+impl AsFd for CounterMap {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}

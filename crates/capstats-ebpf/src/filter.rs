@@ -1,0 +1,219 @@
+//! Filter expressions compiled to classic BPF by libpcap's own compiler.
+//!
+//! Two semantics, as tcpdump has them:
+//! - [`Filter::for_capture`]: the capture file's handle, what `tcpdump -r FILE EXPR` runs
+//!   (in-packet VLAN checks, no socket metadata).
+//! - [`Filter::for_interface`]: an activated live handle on the interface, what
+//!   `tcpdump -i IF EXPR` runs, including the Linux ancillary loads (`vlanp`, `vlan_tci`,
+//!   packet type, interface index) libpcap emits there.
+//!
+//! The `pcap` crate opens the handles; `pcap_compile` is called here directly because
+//! the crate cannot pass a netmask (`ip broadcast` needs one).
+
+use std::ffi::{CStr, CString, c_char, c_int, c_void};
+use std::path::Path;
+
+use pcap::{Active, Capture, Offline};
+
+use crate::cbpf::{ClassicError, Program, RawInsn};
+
+/// `PCAP_NETMASK_UNKNOWN`.
+pub const NETMASK_UNKNOWN: u32 = 0xffff_ffff;
+/// Snapshot length for live handles: tcpdump's default, so `ret #262144` is the same.
+pub const SNAPLEN: i32 = 262_144;
+
+#[repr(C)]
+struct BpfProgram {
+    bf_len: u32,
+    bf_insns: *mut RawInsn,
+}
+
+#[repr(C)]
+struct PcapPkthdr {
+    ts: libc::timeval,
+    caplen: u32,
+    len: u32,
+}
+
+#[link(name = "pcap")]
+unsafe extern "C" {
+    fn pcap_compile(
+        p: *mut c_void,
+        fp: *mut BpfProgram,
+        text: *const c_char,
+        optimize: c_int,
+        netmask: u32,
+    ) -> c_int;
+    fn pcap_freecode(fp: *mut BpfProgram);
+    fn pcap_geterr(p: *mut c_void) -> *const c_char;
+    fn pcap_offline_filter(fp: *const BpfProgram, h: *const PcapPkthdr, pkt: *const u8) -> c_int;
+    fn pcap_lookupnet(device: *const c_char, net: *mut u32, mask: *mut u32, errbuf: *mut c_char) -> c_int;
+}
+
+/// Why an expression could not become a classic program.
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    /// libpcap's compiler refused the expression; `message` is libpcap's own.
+    #[error("invalid filter expression {expression:?}: {message}")]
+    Compile { expression: String, message: String },
+    #[error("cannot open {what}: {source}")]
+    Open {
+        what: String,
+        #[source]
+        source: pcap::Error,
+    },
+    #[error("filter expression contains a NUL byte")]
+    Nul,
+    /// libpcap produced a program the kernel's classic rules refuse.
+    #[error("libpcap compiled {expression:?} to a program capstats cannot run: {source}")]
+    Classic {
+        expression: String,
+        #[source]
+        source: ClassicError,
+    },
+}
+
+/// libpcap's compiled program, freed with `pcap_freecode`.
+struct LibpcapCode(BpfProgram);
+
+// The program is plain memory owned by this value; libpcap keeps no reference to it.
+unsafe impl Send for LibpcapCode {}
+unsafe impl Sync for LibpcapCode {}
+
+impl Drop for LibpcapCode {
+    fn drop(&mut self) {
+        unsafe { pcap_freecode(&mut self.0) }
+    }
+}
+
+impl LibpcapCode {
+    fn insns(&self) -> &[RawInsn] {
+        if self.0.bf_insns.is_null() {
+            return &[];
+        }
+        unsafe { std::slice::from_raw_parts(self.0.bf_insns, self.0.bf_len as usize) }
+    }
+}
+
+/// A compiled filter expression: libpcap's classic program, validated.
+pub struct Filter {
+    expression: String,
+    code: LibpcapCode,
+    program: Program,
+}
+
+impl std::fmt::Debug for Filter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Filter")
+            .field("expression", &self.expression)
+            .field("insns", &self.program.len())
+            .finish()
+    }
+}
+
+impl Filter {
+    /// Compiles `expression` as `tcpdump -r` would for the capture `capture` was opened
+    /// from (its link type, savefile semantics), optimised.
+    pub fn for_capture(capture: &Capture<Offline>, expression: &str, netmask: u32) -> Result<Self, FilterError> {
+        compile(capture.as_ptr().cast(), expression, netmask)
+    }
+
+    /// Compiles `expression` for a link type without any file or interface
+    /// (`pcap_open_dead`: savefile semantics).
+    pub fn for_linktype(linktype: pcap::Linktype, expression: &str, netmask: u32) -> Result<Self, FilterError> {
+        let dead = Capture::dead(linktype).map_err(|source| FilterError::Open {
+            what: format!("a handle for link type {}", linktype.0),
+            source,
+        })?;
+        compile(dead.as_ptr().cast(), expression, netmask)
+    }
+
+    /// Compiles `expression` as `tcpdump -i interface` would: on an activated live
+    /// handle, with the interface's netmask. Needs `CAP_NET_RAW`.
+    pub fn for_interface(interface: &str, expression: &str) -> Result<Self, FilterError> {
+        let handle = open_live(interface)?;
+        compile(handle.as_ptr().cast(), expression, interface_netmask(interface))
+    }
+
+    pub fn expression(&self) -> &str {
+        &self.expression
+    }
+
+    /// The validated classic program.
+    pub fn program(&self) -> &Program {
+        &self.program
+    }
+
+    /// The instructions exactly as libpcap produced them.
+    pub fn raw(&self) -> &[RawInsn] {
+        self.code.insns()
+    }
+
+    /// libpcap's own verdict (`pcap_offline_filter`) on `packet`, its captured length
+    /// taken as its wire length too.
+    pub fn libpcap_matches(&self, packet: &[u8]) -> bool {
+        let header = PcapPkthdr {
+            ts: libc::timeval { tv_sec: 0, tv_usec: 0 },
+            caplen: packet.len() as u32,
+            len: packet.len() as u32,
+        };
+        unsafe { pcap_offline_filter(&self.code.0, &header, packet.as_ptr()) != 0 }
+    }
+}
+
+fn open_live(interface: &str) -> Result<Capture<Active>, FilterError> {
+    let open = || {
+        Capture::from_device(interface)?
+            .snaplen(SNAPLEN)
+            // The handle only compiles; keep its ring small.
+            .buffer_size(1 << 16)
+            .timeout(1)
+            .open()
+    };
+    open().map_err(|source| FilterError::Open {
+        what: format!("interface {interface:?}"),
+        source,
+    })
+}
+
+/// The netmask tcpdump would use: the interface's IPv4 one, or 0 when it has none.
+fn interface_netmask(interface: &str) -> u32 {
+    let Ok(device) = CString::new(interface) else { return 0 };
+    let (mut net, mut mask) = (0u32, 0u32);
+    let mut errbuf = [0 as c_char; 256];
+    let rc = unsafe { pcap_lookupnet(device.as_ptr(), &mut net, &mut mask, errbuf.as_mut_ptr()) };
+    if rc == 0 { mask } else { 0 }
+}
+
+fn compile(handle: *mut c_void, expression: &str, netmask: u32) -> Result<Filter, FilterError> {
+    let text = CString::new(expression).map_err(|_| FilterError::Nul)?;
+    let mut code = LibpcapCode(BpfProgram {
+        bf_len: 0,
+        bf_insns: std::ptr::null_mut(),
+    });
+    let rc = unsafe { pcap_compile(handle, &mut code.0, text.as_ptr(), 1, netmask) };
+    if rc != 0 {
+        let message = unsafe { CStr::from_ptr(pcap_geterr(handle)) }.to_string_lossy().into_owned();
+        return Err(FilterError::Compile {
+            expression: expression.to_owned(),
+            message,
+        });
+    }
+    let program = Program::new(code.insns()).map_err(|source| FilterError::Classic {
+        expression: expression.to_owned(),
+        source,
+    })?;
+    Ok(Filter {
+        expression: expression.to_owned(),
+        code,
+        program,
+    })
+}
+
+/// Opens a capture file (pcap or pcapng) with libpcap.
+pub fn open_capture(path: &Path) -> Result<Capture<Offline>, FilterError> {
+    Capture::from_file(path).map_err(|source| FilterError::Open {
+        what: format!("capture file {}", path.display()),
+        source,
+    })
+}

@@ -1,0 +1,16 @@
+//! Everything in capstats that becomes kernel bytecode or reads it back.
+//!
+//! The path of a filter: an expression is compiled by libpcap ([`filter`]) into classic
+//! BPF, validated with the kernel's rules ([`cbpf`]), translated into an eBPF counting
+//! program ([`translate`], built from [`insn`] values with [`asm`] labels), loaded with
+//! the `bpf()` syscall ([`program`]), and its matches read back from a per-CPU array
+//! ([`counters`]). [`testrun`] runs capture files through such a program in the kernel.
+
+pub mod asm;
+pub mod cbpf;
+pub mod counters;
+pub mod filter;
+pub mod insn;
+pub mod program;
+pub mod testrun;
+pub mod translate;

@@ -1,0 +1,243 @@
+//! Loading generated eBPF programs with the `bpf()` syscall.
+//!
+//! aya 0.14 loads programs only from object files, so `BPF_PROG_LOAD` is issued here;
+//! the loaded program is then handed to aya ([`LoadedProgram::sched_classifier`],
+//! [`LoadedProgram::socket_filter`]) for test runs, attachment and pins.
+
+use std::ffi::c_char;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+use aya::programs::{ProgramError, SchedClassifier, SocketFilter, loaded_programs};
+use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_prog_info, bpf_prog_type};
+
+use crate::insn::{Insn, UnresolvedJump};
+use crate::translate::Hook;
+
+/// Size of the verifier log buffer on a failed load; grown on `ENOSPC`.
+const VERIFIER_LOG_START: usize = 1 << 20;
+const VERIFIER_LOG_MAX: usize = 1 << 26;
+
+/// Why a program could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("program {name}: {source}")]
+    Encode {
+        name: String,
+        #[source]
+        source: UnresolvedJump,
+    },
+    /// The verifier refused the program; `log` is its log, last lines first relevant.
+    #[error("the kernel's verifier rejected program {name} ({source}):\n{log}")]
+    Verifier {
+        name: String,
+        source: io::Error,
+        log: String,
+    },
+    #[error("bpf(BPF_PROG_LOAD) of program {name} failed: {source}{hint}", hint = permission_hint(.source))]
+    Syscall {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("program {name} was loaded but cannot be found by id {id}: {source}")]
+    Lookup {
+        name: String,
+        id: u32,
+        #[source]
+        source: ProgramError,
+    },
+}
+
+fn permission_hint(error: &io::Error) -> &'static str {
+    match error.raw_os_error() {
+        Some(libc::EPERM) => " (loading eBPF programs needs root, or CAP_BPF and CAP_NET_ADMIN)",
+        _ => "",
+    }
+}
+
+fn prog_type(hook: Hook) -> bpf_prog_type {
+    match hook {
+        Hook::SocketFilter => bpf_prog_type::BPF_PROG_TYPE_SOCKET_FILTER,
+        Hook::Tc => bpf_prog_type::BPF_PROG_TYPE_SCHED_CLS,
+    }
+}
+
+/// A program in the kernel, owned through its file descriptor.
+#[derive(Debug)]
+pub struct LoadedProgram {
+    fd: OwnedFd,
+    hook: Hook,
+    name: String,
+    id: u32,
+    slots: usize,
+}
+
+impl LoadedProgram {
+    /// Loads `insns` as a program for `hook`. `name` is truncated to the kernel's 15
+    /// characters.
+    ///
+    /// # Errors
+    /// [`LoadError::Verifier`] with the verifier's log when the kernel refuses the
+    /// program; [`LoadError::Syscall`] for other failures (`EPERM` when not root).
+    pub fn load(hook: Hook, name: &str, insns: &[Insn]) -> Result<Self, LoadError> {
+        let mut encoded = Vec::with_capacity(insns.len());
+        for insn in insns {
+            insn.encode(&mut encoded).map_err(|source| LoadError::Encode {
+                name: name.to_owned(),
+                source,
+            })?;
+        }
+        let fd = match prog_load(hook, name, &encoded, None) {
+            Ok(fd) => fd,
+            Err(first) if first.raw_os_error() == Some(libc::EPERM) => {
+                return Err(LoadError::Syscall {
+                    name: name.to_owned(),
+                    source: first,
+                });
+            }
+            Err(_) => return Err(load_with_log(hook, name, &encoded)),
+        };
+        let id = prog_id(fd.as_fd()).map_err(|source| LoadError::Syscall {
+            name: name.to_owned(),
+            source,
+        })?;
+        Ok(Self {
+            fd,
+            hook,
+            name: name.to_owned(),
+            id,
+            slots: encoded.len(),
+        })
+    }
+
+    pub fn hook(&self) -> Hook {
+        self.hook
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The kernel's id of the program (`bpftool prog show id N`).
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Instruction slots loaded (a 64-bit immediate takes two).
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    /// The program as aya's `SchedClassifier`, for test runs and TC attachment.
+    pub fn sched_classifier(&self) -> Result<SchedClassifier, LoadError> {
+        let info = self.info()?;
+        SchedClassifier::from_program_info(info, self.name.clone().into()).map_err(|source| self.lookup_error(source))
+    }
+
+    /// The program as aya's `SocketFilter`, for attaching to sockets.
+    pub fn socket_filter(&self) -> Result<SocketFilter, LoadError> {
+        let info = self.info()?;
+        SocketFilter::from_program_info(info, self.name.clone().into()).map_err(|source| self.lookup_error(source))
+    }
+
+    fn info(&self) -> Result<aya::programs::ProgramInfo, LoadError> {
+        for info in loaded_programs() {
+            match info {
+                Ok(info) if info.id() == self.id => return Ok(info),
+                // Programs can vanish while the list is walked; only ours matters.
+                _ => continue,
+            }
+        }
+        Err(self.lookup_error(ProgramError::NotLoaded))
+    }
+
+    fn lookup_error(&self, source: ProgramError) -> LoadError {
+        LoadError::Lookup {
+            name: self.name.clone(),
+            id: self.id,
+            source,
+        }
+    }
+}
+
+impl AsFd for LoadedProgram {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+fn load_with_log(hook: Hook, name: &str, encoded: &[[u8; 8]]) -> LoadError {
+    let mut size = VERIFIER_LOG_START;
+    loop {
+        let mut log = vec![0u8; size];
+        match prog_load(hook, name, encoded, Some(&mut log)) {
+            // Loaded this time (a transient failure before): treat as a failure anyway,
+            // the fd is closed on drop, and report the first error honestly.
+            Ok(_) => {
+                return LoadError::Syscall {
+                    name: name.to_owned(),
+                    source: io::Error::other("load failed once, then succeeded with a verifier log"),
+                };
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && size < VERIFIER_LOG_MAX => size *= 4,
+            Err(source) => {
+                let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+                let log = String::from_utf8_lossy(&log[..end]).trim_end().to_owned();
+                if log.is_empty() {
+                    return LoadError::Syscall {
+                        name: name.to_owned(),
+                        source,
+                    };
+                }
+                return LoadError::Verifier {
+                    name: name.to_owned(),
+                    source,
+                    log,
+                };
+            }
+        }
+    }
+}
+
+fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<i64> {
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd as libc::c_long,
+            attr as *mut bpf_attr,
+            size_of::<bpf_attr>(),
+        )
+    };
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
+}
+
+fn prog_load(hook: Hook, name: &str, encoded: &[[u8; 8]], log: Option<&mut [u8]>) -> io::Result<OwnedFd> {
+    let license = c"GPL";
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    let load = unsafe { &mut attr.__bindgen_anon_3 };
+    load.prog_type = prog_type(hook) as u32;
+    load.insn_cnt = encoded.len() as u32;
+    load.insns = encoded.as_ptr() as u64;
+    load.license = license.as_ptr() as u64;
+    for (dst, src) in load.prog_name.iter_mut().zip(name.bytes().take(15)) {
+        *dst = src as c_char;
+    }
+    if let Some(log) = log {
+        load.log_level = 1;
+        load.log_size = log.len() as u32;
+        load.log_buf = log.as_mut_ptr() as u64;
+    }
+    let fd = bpf(bpf_cmd::BPF_PROG_LOAD, &mut attr)?;
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+fn prog_id(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    attr.info.bpf_fd = fd.as_raw_fd() as u32;
+    attr.info.info_len = size_of::<bpf_prog_info>() as u32;
+    attr.info.info = &mut info as *mut bpf_prog_info as u64;
+    bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(info.id)
+}

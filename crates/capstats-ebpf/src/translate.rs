@@ -1,0 +1,341 @@
+//! Classic BPF → eBPF counting program.
+//!
+//! One explicit case per classic instruction, in the manner of the kernel's
+//! `bpf_convert_filter()`, with fixed register roles:
+//!
+//! | role | register | why |
+//! |------|----------|-----|
+//! | A    | `r0`     | `LD_ABS`/`LD_IND` write their result there |
+//! | X    | `r7`     | callee-saved: survives packet loads and helper calls |
+//! | TMP  | `r8`     | scratch for `ldx msh` and bounds guards |
+//! | CTX  | `r6`     | `LD_ABS`/`LD_IND` require the `__sk_buff` there |
+//! | FP   | `r10`    | `M[k]` lives at `r10 - 4 * (16 - k)` |
+//!
+//! Every accepting return jumps to the counting epilogue, which adds one packet and
+//! `skb->len` bytes to one slot of a per-CPU array map; every rejecting return jumps past
+//! it. Both end in the hook's neutral return value, so the program never changes what
+//! happens to the packet.
+//!
+//! Where the kernel's eBPF and libpcap's interpreter would disagree on a classic
+//! program, the generated code follows libpcap (`bpf_filter.c`): an indexed load whose
+//! offset overflows or exceeds 2^31 rejects, division or modulo by X = 0 rejects, a
+//! shift by X ≥ 32 gives 0.
+
+use crate::asm::{AsmError, Assembler};
+use crate::cbpf::{AluOp as ClassicAlu, Ancillary, ClassicInsn, Cond, LoadA, LoadSize, LoadX, Program, Src};
+use crate::insn::build::*;
+use crate::insn::{AluOp, Endian, Helper, Insn, JmpOp, Label, Operand, Reg, Size};
+
+const A: Reg = Reg::R0;
+const X: Reg = Reg::R7;
+const TMP: Reg = Reg::R8;
+const CTX: Reg = Reg::R6;
+const FP: Reg = Reg::R10;
+
+/// Stack offset of the map key the epilogue looks up, below the scratch words.
+const KEY_OFFSET: i16 = -68;
+
+/// Field offsets in `struct __sk_buff` (include/uapi/linux/bpf.h).
+mod skb {
+    pub const LEN: i16 = 0;
+    pub const PKT_TYPE: i16 = 4;
+    pub const MARK: i16 = 8;
+    pub const QUEUE_MAPPING: i16 = 12;
+    pub const PROTOCOL: i16 = 16;
+    pub const VLAN_PRESENT: i16 = 20;
+    pub const VLAN_TCI: i16 = 24;
+    pub const VLAN_PROTO: i16 = 28;
+    pub const IFINDEX: i16 = 40;
+    pub const HASH: i16 = 68;
+}
+
+/// The program type a translation is for; it decides the neutral return value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// `BPF_PROG_TYPE_SOCKET_FILTER` on an AF_PACKET socket: returns 0, so nothing is
+    /// queued to user space.
+    SocketFilter,
+    /// `BPF_PROG_TYPE_SCHED_CLS` (TC clsact, and `capstats test` runs): returns
+    /// `TC_ACT_UNSPEC`, so the packet continues down the chain untouched.
+    Tc,
+}
+
+impl Hook {
+    /// What the program returns whether or not it counted.
+    pub const fn neutral_return(self) -> i32 {
+        match self {
+            Hook::SocketFilter => 0,
+            Hook::Tc => -1,
+        }
+    }
+}
+
+/// Where matches are counted: slot `slot` of the per-CPU array map `map_fd`, whose
+/// values are [`crate::counters::Counter`]s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CounterSlot {
+    pub map_fd: i32,
+    pub slot: u32,
+}
+
+/// Translates a validated classic program into an eBPF program for `hook` that counts
+/// its matches into `counter`.
+pub fn translate(program: &Program, hook: Hook, counter: CounterSlot) -> Result<Vec<Insn>, AsmError> {
+    let mut t = Translator {
+        asm: Assembler::new(),
+        next_local: 0,
+    };
+    t.prologue();
+    t.filter(program);
+    t.epilogue(hook, counter);
+    t.asm.finish()
+}
+
+struct Translator {
+    asm: Assembler,
+    next_local: usize,
+}
+
+fn mem(m: u8) -> i16 {
+    -4 * (16 - i16::from(m))
+}
+
+fn size(size: LoadSize) -> Size {
+    match size {
+        LoadSize::Byte => Size::B,
+        LoadSize::Half => Size::H,
+        LoadSize::Word => Size::W,
+    }
+}
+
+fn imm(k: u32) -> Operand {
+    Operand::Imm(k as i32)
+}
+
+impl Translator {
+    fn emit(&mut self, insn: Insn) {
+        self.asm.push(insn);
+    }
+
+    fn local(&mut self) -> Label {
+        self.next_local += 1;
+        Label::Local(self.next_local - 1)
+    }
+
+    fn prologue(&mut self) {
+        self.emit(mov64(CTX, Operand::Reg(Reg::R1))); // CTX = skb
+        self.emit(mov32(A, Operand::Imm(0))); // A = 0
+        self.emit(mov32(X, Operand::Imm(0))); // X = 0
+    }
+
+    fn filter(&mut self, program: &Program) {
+        let x_bounds = x_upper_bounds(program);
+        for (pc, insn) in program.insns().iter().enumerate() {
+            self.asm.label(Label::Classic(pc));
+            self.insn(pc, *insn, x_bounds[pc]);
+        }
+    }
+
+    /// One classic instruction. `x_bound` is the largest value X can hold here.
+    fn insn(&mut self, pc: usize, insn: ClassicInsn, x_bound: u32) {
+        let to = |skip: u32| Label::Classic(pc + 1 + skip as usize);
+        match insn {
+            ClassicInsn::LoadA(LoadA::Abs { size: s, offset }) => {
+                if offset > i32::MAX as u32 {
+                    // Beyond any packet: libpcap's bounds check rejects.
+                    self.emit(goto(Label::Reject));
+                } else {
+                    self.emit(Insn::LoadAbs { size: size(s), offset: offset as i32 }); // A = P[k]
+                }
+            }
+            ClassicInsn::LoadA(LoadA::Ind { size: s, offset }) => self.load_ind(size(s), offset, x_bound),
+            ClassicInsn::LoadA(LoadA::Len) => self.emit(load(Size::W, A, CTX, skb::LEN)), // A = skb->len
+            ClassicInsn::LoadA(LoadA::Imm(k)) => self.emit(mov32(A, imm(k))), // A = k
+            ClassicInsn::LoadA(LoadA::Mem(m)) => self.emit(load(Size::W, A, FP, mem(m))), // A = M[k]
+            ClassicInsn::LoadA(LoadA::Ancillary { field, .. }) => self.ancillary(field),
+            ClassicInsn::LoadX(LoadX::Imm(k)) => self.emit(mov32(X, imm(k))), // X = k
+            ClassicInsn::LoadX(LoadX::Len) => self.emit(load(Size::W, X, CTX, skb::LEN)), // X = skb->len
+            ClassicInsn::LoadX(LoadX::Mem(m)) => self.emit(load(Size::W, X, FP, mem(m))), // X = M[k]
+            ClassicInsn::LoadX(LoadX::Msh(k)) => {
+                if k > i32::MAX as u32 {
+                    self.emit(goto(Label::Reject));
+                } else {
+                    self.emit(mov64(TMP, Operand::Reg(A))); // TMP = A
+                    self.emit(Insn::LoadAbs { size: Size::B, offset: k as i32 }); // A = P[k:1]
+                    self.emit(alu32(AluOp::And, A, Operand::Imm(0xf))); // A &= 0xf
+                    self.emit(alu32(AluOp::Lsh, A, Operand::Imm(2))); // A <<= 2
+                    self.emit(mov64(X, Operand::Reg(A))); // X = 4 * (P[k:1] & 0xf)
+                    self.emit(mov64(A, Operand::Reg(TMP))); // A = TMP
+                }
+            }
+            ClassicInsn::StoreA(m) => self.emit(store(Size::W, FP, mem(m), Operand::Reg(A))), // M[k] = A
+            ClassicInsn::StoreX(m) => self.emit(store(Size::W, FP, mem(m), Operand::Reg(X))), // M[k] = X
+            ClassicInsn::Alu(op, src) => self.alu(op, src),
+            ClassicInsn::Neg => self.emit(Insn::Neg { width: crate::insn::Width::W32, dst: A }), // A = -A
+            ClassicInsn::Ja(k) => self.emit(goto(to(k))),
+            ClassicInsn::Jump { cond, src, jt, jf } => self.jump(cond, src, to(jt.into()), to(jf.into()), jt, jf),
+            ClassicInsn::RetK(0) => self.emit(goto(Label::Reject)),
+            ClassicInsn::RetK(_) => self.emit(goto(Label::Accept)),
+            ClassicInsn::RetA => {
+                self.emit(branch32(JmpOp::Ne, A, Operand::Imm(0), Label::Accept)); // A != 0: match
+                self.emit(goto(Label::Reject));
+            }
+            ClassicInsn::Tax => self.emit(mov32(X, Operand::Reg(A))), // X = A
+            ClassicInsn::Txa => self.emit(mov32(A, Operand::Reg(X))), // A = X
+        }
+    }
+
+    /// `A = P[X + k]`. libpcap rejects when `X + k` overflows 32 bits or lies past the
+    /// packet; the kernel would wrap the sum and read negative offsets relative to the
+    /// link or network header. The guard keeps libpcap's meaning, and is left out when
+    /// X is known small enough that neither can happen.
+    fn load_ind(&mut self, size: Size, offset: u32, x_bound: u32) {
+        if offset > i32::MAX as u32 {
+            self.emit(goto(Label::Reject));
+        } else if u64::from(x_bound) + u64::from(offset) <= i32::MAX as u64 {
+            self.emit(Insn::LoadInd { size, src: X, offset: offset as i32 }); // A = P[X + k]
+        } else {
+            self.emit(mov64(TMP, Operand::Reg(X))); // TMP = X (zero-extended)
+            self.emit(alu64(AluOp::Add, TMP, imm(offset))); // TMP = X + k, without wrapping
+            self.emit(branch64(JmpOp::Gt, TMP, Operand::Imm(i32::MAX), Label::Reject)); // past any packet
+            self.emit(Insn::LoadInd { size, src: TMP, offset: 0 }); // A = P[TMP]
+        }
+    }
+
+    fn ancillary(&mut self, field: Ancillary) {
+        let field_u32 = |t: &mut Self, offset: i16| t.emit(load(Size::W, A, CTX, offset));
+        match field {
+            Ancillary::Protocol => {
+                field_u32(self, skb::PROTOCOL); // A = skb->protocol (network order)
+                self.emit(Insn::Endian { to: Endian::Be, bits: 16, dst: A }); // A = ntohs(A)
+            }
+            Ancillary::PktType => field_u32(self, skb::PKT_TYPE), // A = skb->pkt_type
+            Ancillary::Ifindex => field_u32(self, skb::IFINDEX), // A = skb->dev->ifindex
+            Ancillary::Mark => field_u32(self, skb::MARK), // A = skb->mark
+            Ancillary::Queue => field_u32(self, skb::QUEUE_MAPPING), // A = skb->queue_mapping
+            Ancillary::RxHash => field_u32(self, skb::HASH), // A = skb->hash
+            Ancillary::VlanTag => field_u32(self, skb::VLAN_TCI), // A = skb->vlan_tci
+            Ancillary::VlanTagPresent => field_u32(self, skb::VLAN_PRESENT), // A = tag present
+            Ancillary::VlanTpid => {
+                field_u32(self, skb::VLAN_PROTO); // A = skb->vlan_proto (network order)
+                self.emit(Insn::Endian { to: Endian::Be, bits: 16, dst: A }); // A = ntohs(A)
+            }
+            Ancillary::Cpu => self.emit(Insn::Call(Helper::GetSmpProcessorId)), // A = cpu
+            Ancillary::Random => self.emit(Insn::Call(Helper::GetPrandomU32)), // A = random
+            Ancillary::AluXorX => self.emit(alu32(AluOp::Xor, A, Operand::Reg(X))), // A ^= X
+        }
+    }
+
+    fn alu(&mut self, op: ClassicAlu, src: Src) {
+        let operand = match src {
+            Src::K(k) => imm(k),
+            Src::X => Operand::Reg(X),
+        };
+        let ebpf_op = match op {
+            ClassicAlu::Add => AluOp::Add,
+            ClassicAlu::Sub => AluOp::Sub,
+            ClassicAlu::Mul => AluOp::Mul,
+            ClassicAlu::Div => AluOp::Div,
+            ClassicAlu::Mod => AluOp::Mod,
+            ClassicAlu::And => AluOp::And,
+            ClassicAlu::Or => AluOp::Or,
+            ClassicAlu::Xor => AluOp::Xor,
+            ClassicAlu::Lsh => AluOp::Lsh,
+            ClassicAlu::Rsh => AluOp::Rsh,
+        };
+        match (op, src) {
+            (ClassicAlu::Div | ClassicAlu::Mod, Src::X) => {
+                // Classic BPF ends with "no match" on X = 0; eBPF would go on with 0 or A.
+                self.emit(branch32(JmpOp::Eq, X, Operand::Imm(0), Label::Reject));
+                self.emit(alu32(ebpf_op, A, operand)); // A = A op X
+            }
+            (ClassicAlu::Lsh | ClassicAlu::Rsh, Src::X) => {
+                // libpcap gives 0 for shifts of 32 or more; eBPF masks the count to 5 bits.
+                let shift = self.local();
+                let done = self.local();
+                self.emit(branch32(JmpOp::Lt, X, Operand::Imm(32), shift));
+                self.emit(mov32(A, Operand::Imm(0))); // A = 0
+                self.emit(goto(done));
+                self.asm.label(shift);
+                self.emit(alu32(ebpf_op, A, operand)); // A = A op X
+                self.asm.label(done);
+            }
+            _ => self.emit(alu32(ebpf_op, A, operand)), // A = A op src
+        }
+    }
+
+    fn jump(&mut self, cond: Cond, src: Src, on_true: Label, on_false: Label, jt: u8, jf: u8) {
+        let op = match cond {
+            Cond::Eq => JmpOp::Eq,
+            Cond::Gt => JmpOp::Gt,
+            Cond::Ge => JmpOp::Ge,
+            Cond::Set => JmpOp::Set,
+        };
+        let operand = match src {
+            Src::K(k) => imm(k),
+            Src::X => Operand::Reg(X),
+        };
+        if jt == jf {
+            // Both ways lead to the same place: no comparison needed.
+            if jt != 0 {
+                self.emit(goto(on_true));
+            }
+            return;
+        }
+        match op.negate() {
+            // True falls through: branch on the opposite to the false target.
+            Some(negated) if jt == 0 => self.emit(branch32(negated, A, operand, on_false)),
+            _ => {
+                self.emit(branch32(op, A, operand, on_true));
+                if jf != 0 {
+                    self.emit(goto(on_false));
+                }
+            }
+        }
+    }
+
+    /// `accept:` count one packet of `skb->len` bytes into the slot; `reject:` return.
+    fn epilogue(&mut self, hook: Hook, counter: CounterSlot) {
+        let (r0, r1, r2) = (Reg::R0, Reg::R1, Reg::R2);
+        self.asm.label(Label::Accept);
+        self.emit(store(Size::W, FP, KEY_OFFSET, imm(counter.slot))); // key = slot
+        self.emit(mov64(r2, Operand::Reg(FP))); // r2 = &key
+        self.emit(alu64(AluOp::Add, r2, Operand::Imm(KEY_OFFSET.into())));
+        self.emit(Insn::LoadMapFd { dst: r1, fd: counter.map_fd }); // r1 = counters
+        self.emit(Insn::Call(Helper::MapLookupElem)); // r0 = &counters[slot] on this CPU
+        self.emit(branch64(JmpOp::Eq, r0, Operand::Imm(0), Label::Reject));
+        // Per-CPU values, and a CPU runs one hook invocation at a time: plain adds.
+        self.emit(load(Size::DW, r1, r0, 0)); // packets += 1
+        self.emit(alu64(AluOp::Add, r1, Operand::Imm(1)));
+        self.emit(store(Size::DW, r0, 0, Operand::Reg(r1)));
+        self.emit(load(Size::W, r1, CTX, skb::LEN)); // bytes += skb->len
+        self.emit(load(Size::DW, r2, r0, 8));
+        self.emit(alu64(AluOp::Add, r2, Operand::Reg(r1)));
+        self.emit(store(Size::DW, r0, 8, Operand::Reg(r2)));
+        self.asm.label(Label::Reject);
+        self.emit(mov64(r0, Operand::Imm(hook.neutral_return()))); // the hook's "carry on"
+        self.emit(Insn::Exit);
+    }
+}
+
+/// For each classic instruction, the largest value X can hold when it runs: one forward
+/// sweep (classic jumps only go forward), taking the maximum where paths join.
+fn x_upper_bounds(program: &Program) -> Vec<u32> {
+    let insns = program.insns();
+    let mut bound_in: Vec<Option<u32>> = vec![None; insns.len()];
+    bound_in[0] = Some(0);
+    for (pc, insn) in insns.iter().enumerate() {
+        let Some(bound) = bound_in[pc] else { continue };
+        let out = match *insn {
+            ClassicInsn::LoadX(LoadX::Imm(k)) => k,
+            ClassicInsn::LoadX(LoadX::Msh(_)) => 60,
+            ClassicInsn::LoadX(LoadX::Len | LoadX::Mem(_)) | ClassicInsn::Tax => u32::MAX,
+            _ => bound,
+        };
+        for next in insn.successors(pc) {
+            bound_in[next] = Some(bound_in[next].map_or(out, |b| b.max(out)));
+        }
+    }
+    // Unreachable instructions are translated too; assume nothing about them.
+    bound_in.into_iter().map(|b| b.unwrap_or(u32::MAX)).collect()
+}
