@@ -43,9 +43,9 @@ fn parse_netmask(text: &str) -> anyhow::Result<u32> {
     if text == "unknown" {
         return Ok(NETMASK_UNKNOWN);
     }
-    let addr: std::net::Ipv4Addr = text
-        .parse()
-        .with_context(|| format!("--netmask {text:?} is not a dotted quad such as 255.255.255.0"))?;
+    let addr: std::net::Ipv4Addr = text.parse().with_context(|| {
+        format!("--netmask {text:?} is not a dotted quad such as 255.255.255.0")
+    })?;
     Ok(u32::from(addr))
 }
 
@@ -64,7 +64,10 @@ pub fn run(args: &TestArgs, json: bool) -> anyhow::Result<()> {
         let kernel = KernelFilter::load(&filter)?;
         println!("; libpcap, {} classic instructions", filter.program().len());
         print!("{}", filter.program());
-        println!("; eBPF for the kernel ({} instructions)", kernel.insns().len());
+        println!(
+            "; eBPF for the kernel ({} instructions)",
+            kernel.insns().len()
+        );
         for (i, insn) in kernel.insns().iter().enumerate() {
             println!("{i:4}: {insn}");
         }

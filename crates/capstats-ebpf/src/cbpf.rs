@@ -236,10 +236,16 @@ pub enum ClassicInsn {
     Alu(AluOp, Src),
     /// `A = -A`.
     Neg,
-    /// `pc += 1 + k`.
-    Ja(u32),
+    /// `pc += 1 + k`, `k` signed: libpcap's `protochain` loops with a backward `ja`,
+    /// which its interpreter sign-extends (the kernel's classic checker refuses it).
+    Ja(i32),
     /// `pc += 1 + (A cond src ? jt : jf)`.
-    Jump { cond: Cond, src: Src, jt: u8, jf: u8 },
+    Jump {
+        cond: Cond,
+        src: Src,
+        jt: u8,
+        jf: u8,
+    },
     /// Return `k`: 0 rejects the packet, anything else accepts it.
     RetK(u32),
     /// Return A.
@@ -254,7 +260,7 @@ impl ClassicInsn {
     /// Instructions control may pass to after this one at `pc`, in order.
     pub fn successors(&self, pc: usize) -> Vec<usize> {
         match *self {
-            ClassicInsn::Ja(k) => vec![pc + 1 + k as usize],
+            ClassicInsn::Ja(k) => vec![(pc as i64 + 1 + i64::from(k)) as usize],
             ClassicInsn::Jump { jt, jf, .. } => {
                 vec![pc + 1 + usize::from(jt), pc + 1 + usize::from(jf)]
             }
@@ -287,7 +293,7 @@ impl ClassicInsn {
             ClassicInsn::StoreX(m) => op("stx", format!("M[{m}]")),
             ClassicInsn::Alu(alu, src) => op(alu.mnemonic(), src.to_string()),
             ClassicInsn::Neg => "neg".into(),
-            ClassicInsn::Ja(k) => op("ja", format!("{}", pc + 1 + k as usize)),
+            ClassicInsn::Ja(k) => op("ja", format!("{}", pc as i64 + 1 + i64::from(k))),
             ClassicInsn::Jump { cond, src, jt, jf } => format!(
                 "{:<25} jt {}\tjf {}",
                 op(cond.mnemonic(), src.to_string()),
@@ -317,8 +323,8 @@ pub enum ClassicError {
     ShiftTooFar { pc: usize, k: u32 },
     #[error("instruction {pc}: scratch slot M[{k}] does not exist (M[0] to M[15])")]
     ScratchOutOfRange { pc: usize, k: u32 },
-    #[error("instruction {pc}: jump to {target}, past the end of the {len}-instruction program")]
-    JumpOutOfRange { pc: usize, target: usize, len: usize },
+    #[error("instruction {pc}: jump to {target}, outside the {len}-instruction program")]
+    JumpOutOfRange { pc: usize, target: i64, len: usize },
     #[error("instruction {pc}: the last instruction must be a return")]
     NoFinalReturn { pc: usize },
     #[error("instruction {pc}: reads scratch slot M[{k}] before any path writes it")]
@@ -373,6 +379,13 @@ impl Program {
         self.insns.is_empty()
     }
 
+    /// Whether some `ja` jumps backwards (a loop: libpcap's `protochain`).
+    pub fn has_loops(&self) -> bool {
+        self.insns
+            .iter()
+            .any(|insn| matches!(insn, ClassicInsn::Ja(k) if *k < 0))
+    }
+
     /// Whether the program reads socket-buffer metadata (live-handle semantics).
     pub fn uses_ancillary(&self) -> bool {
         self.insns
@@ -409,6 +422,7 @@ const IND: u16 = 0x40;
 const MEM: u16 = 0x60;
 const LEN: u16 = 0x80;
 const MSH: u16 = 0xa0;
+const NEG: u16 = 0x80;
 const K: u16 = 0x00;
 const X: u16 = 0x08;
 const A: u16 = 0x10;
@@ -421,9 +435,9 @@ fn decode(pc: usize, raw: &RawInsn, len: usize) -> Result<ClassicInsn, ClassicEr
             .filter(|&m| u32::from(m) < MEM_WORDS)
             .ok_or(ClassicError::ScratchOutOfRange { pc, k })
     };
-    let jump_to = |skip: usize| {
-        let target = pc + 1 + skip;
-        if target < len {
+    let jump_to = |skip: i64| {
+        let target = pc as i64 + 1 + skip;
+        if (0..len as i64).contains(&target) {
             Ok(())
         } else {
             Err(ClassicError::JumpOutOfRange { pc, target, len })
@@ -483,20 +497,13 @@ fn decode(pc: usize, raw: &RawInsn, len: usize) -> Result<ClassicInsn, ClassicEr
         c if c == LDX | B | MSH => ClassicInsn::LoadX(LoadX::Msh(k)),
         c if c == ST => ClassicInsn::StoreA(scratch(k)?),
         c if c == STX => ClassicInsn::StoreX(scratch(k)?),
-        c if c == ALU | 0x00 | K || c == ALU | 0x00 | X => alu(AluOp::Add)?,
-        c if c == ALU | 0x10 | K || c == ALU | 0x10 | X => alu(AluOp::Sub)?,
-        c if c == ALU | 0x20 | K || c == ALU | 0x20 | X => alu(AluOp::Mul)?,
-        c if c == ALU | 0x30 | K || c == ALU | 0x30 | X => alu(AluOp::Div)?,
-        c if c == ALU | 0x40 | K || c == ALU | 0x40 | X => alu(AluOp::Or)?,
-        c if c == ALU | 0x50 | K || c == ALU | 0x50 | X => alu(AluOp::And)?,
-        c if c == ALU | 0x60 | K || c == ALU | 0x60 | X => alu(AluOp::Lsh)?,
-        c if c == ALU | 0x70 | K || c == ALU | 0x70 | X => alu(AluOp::Rsh)?,
-        c if c == ALU | 0x80 => ClassicInsn::Neg,
-        c if c == ALU | 0x90 | K || c == ALU | 0x90 | X => alu(AluOp::Mod)?,
-        c if c == ALU | 0xa0 | K || c == ALU | 0xa0 | X => alu(AluOp::Xor)?,
+        c if c == ALU | NEG => ClassicInsn::Neg,
+        c if c <= 0xff && c & 0x07 == ALU && alu_op(c).is_some() => {
+            alu(alu_op(c).expect("checked"))?
+        }
         c if c == JMP => {
-            jump_to(k as usize)?;
-            ClassicInsn::Ja(k)
+            jump_to(i64::from(k as i32))?;
+            ClassicInsn::Ja(k as i32)
         }
         c if c & 0x07 == JMP && matches!(c & !X, 0x15 | 0x25 | 0x35 | 0x45) => {
             let cond = match c & 0xf0 {
@@ -505,8 +512,8 @@ fn decode(pc: usize, raw: &RawInsn, len: usize) -> Result<ClassicInsn, ClassicEr
                 0x30 => Cond::Ge,
                 _ => Cond::Set,
             };
-            jump_to(usize::from(raw.jt))?;
-            jump_to(usize::from(raw.jf))?;
+            jump_to(i64::from(raw.jt))?;
+            jump_to(i64::from(raw.jf))?;
             ClassicInsn::Jump {
                 cond,
                 src: src(c),
@@ -523,29 +530,54 @@ fn decode(pc: usize, raw: &RawInsn, len: usize) -> Result<ClassicInsn, ClassicEr
     Ok(insn)
 }
 
+/// The operation of an ALU opcode other than `neg` (bits 4-7).
+fn alu_op(code: u16) -> Option<AluOp> {
+    Some(match code & 0xf0 {
+        0x00 => AluOp::Add,
+        0x10 => AluOp::Sub,
+        0x20 => AluOp::Mul,
+        0x30 => AluOp::Div,
+        0x40 => AluOp::Or,
+        0x50 => AluOp::And,
+        0x60 => AluOp::Lsh,
+        0x70 => AluOp::Rsh,
+        0x90 => AluOp::Mod,
+        0xa0 => AluOp::Xor,
+        _ => return None,
+    })
+}
+
 /// The kernel's `check_load_and_stores()`: on every path, a scratch slot is written
-/// before it is read. One forward sweep, since classic jumps only go forward; the slots
-/// known written at an instruction are those written on every path into it.
+/// before it is read. The slots known written at an instruction are those written on
+/// every path into it: a forward sweep, repeated while a backward jump (a loop) still
+/// removes slots from a loop head. Sets of 16 slots only shrink, so it ends.
 fn check_scratch_written_before_read(insns: &[ClassicInsn]) -> Result<(), ClassicError> {
     let mut written_in: Vec<Option<u16>> = vec![None; insns.len()];
     written_in[0] = Some(0);
-    for (pc, insn) in insns.iter().enumerate() {
-        // Unreachable instructions never run: nothing to check.
-        let Some(mut written) = written_in[pc] else {
-            continue;
-        };
-        match *insn {
-            ClassicInsn::LoadA(LoadA::Mem(m)) | ClassicInsn::LoadX(LoadX::Mem(m))
-                if written & (1 << m) == 0 =>
-            {
-                return Err(ClassicError::ScratchReadBeforeWrite { pc, k: m });
+    let mut changed = true;
+    while changed {
+        changed = false;
+        for (pc, insn) in insns.iter().enumerate() {
+            // Unreachable instructions never run: nothing to check.
+            let Some(mut written) = written_in[pc] else {
+                continue;
+            };
+            match *insn {
+                ClassicInsn::LoadA(LoadA::Mem(m)) | ClassicInsn::LoadX(LoadX::Mem(m))
+                    if written & (1 << m) == 0 =>
+                {
+                    return Err(ClassicError::ScratchReadBeforeWrite { pc, k: m });
+                }
+                ClassicInsn::StoreA(m) | ClassicInsn::StoreX(m) => written |= 1 << m,
+                _ => {}
             }
-            ClassicInsn::StoreA(m) | ClassicInsn::StoreX(m) => written |= 1 << m,
-            _ => {}
-        }
-        for next in insn.successors(pc) {
-            let merged = written_in[next].map_or(written, |w| w & written);
-            written_in[next] = Some(merged);
+            for next in insn.successors(pc) {
+                let merged = written_in[next].map_or(written, |w| w & written);
+                if written_in[next] != Some(merged) {
+                    written_in[next] = Some(merged);
+                    changed |= next <= pc;
+                }
+            }
         }
     }
     Ok(())
@@ -555,7 +587,10 @@ fn check_scratch_written_before_read(insns: &[ClassicInsn]) -> Result<(), Classi
 mod tests {
     use super::*;
 
-    fn program(raw: &[(u16, u8, u8, u32)]) -> Result<Program, ClassicError> {
+    /// `(code, jt, jf, k)`, as `tcpdump -dd` prints it.
+    type Raw = (u16, u8, u8, u32);
+
+    fn program(raw: &[Raw]) -> Result<Program, ClassicError> {
         let raw: Vec<RawInsn> = raw
             .iter()
             .map(|&(code, jt, jf, k)| RawInsn::new(code, jt, jf, k))
@@ -584,9 +619,21 @@ mod tests {
 
     #[test]
     fn decodes_every_opcode_class() {
-        let table: &[((u16, u8, u8, u32), ClassicInsn)] = &[
-            ((0x20, 0, 0, 26), ClassicInsn::LoadA(LoadA::Abs { size: LoadSize::Word, offset: 26 })),
-            ((0x48, 0, 0, 14), ClassicInsn::LoadA(LoadA::Ind { size: LoadSize::Half, offset: 14 })),
+        let table: &[(Raw, ClassicInsn)] = &[
+            (
+                (0x20, 0, 0, 26),
+                ClassicInsn::LoadA(LoadA::Abs {
+                    size: LoadSize::Word,
+                    offset: 26,
+                }),
+            ),
+            (
+                (0x48, 0, 0, 14),
+                ClassicInsn::LoadA(LoadA::Ind {
+                    size: LoadSize::Half,
+                    offset: 14,
+                }),
+            ),
             ((0x80, 0, 0, 0), ClassicInsn::LoadA(LoadA::Len)),
             ((0x00, 0, 0, 7), ClassicInsn::LoadA(LoadA::Imm(7))),
             ((0x61, 0, 0, 3), ClassicInsn::LoadX(LoadX::Mem(3))),
@@ -599,14 +646,33 @@ mod tests {
             ((0x94, 0, 0, 3), ClassicInsn::Alu(AluOp::Mod, Src::K(3))),
             ((0x74, 0, 0, 31), ClassicInsn::Alu(AluOp::Rsh, Src::K(31))),
             ((0x84, 0, 0, 0), ClassicInsn::Neg),
-            ((0x45, 0, 1, 0x1fff), ClassicInsn::Jump { cond: Cond::Set, src: Src::K(0x1fff), jt: 0, jf: 1 }),
-            ((0x3d, 1, 0, 0), ClassicInsn::Jump { cond: Cond::Ge, src: Src::X, jt: 1, jf: 0 }),
+            (
+                (0x45, 0, 1, 0x1fff),
+                ClassicInsn::Jump {
+                    cond: Cond::Set,
+                    src: Src::K(0x1fff),
+                    jt: 0,
+                    jf: 1,
+                },
+            ),
+            (
+                (0x3d, 1, 0, 0),
+                ClassicInsn::Jump {
+                    cond: Cond::Ge,
+                    src: Src::X,
+                    jt: 1,
+                    jf: 0,
+                },
+            ),
             ((0x07, 0, 0, 0), ClassicInsn::Tax),
             ((0x87, 0, 0, 0), ClassicInsn::Txa),
             ((0x16, 0, 0, 0), ClassicInsn::RetA),
             (
                 (0x30, 0, 0, SKF_AD_OFF + 48),
-                ClassicInsn::LoadA(LoadA::Ancillary { size: LoadSize::Byte, field: Ancillary::VlanTagPresent }),
+                ClassicInsn::LoadA(LoadA::Ancillary {
+                    size: LoadSize::Byte,
+                    field: Ancillary::VlanTagPresent,
+                }),
             ),
         ];
         for &((code, jt, jf, k), want) in table {
@@ -624,38 +690,131 @@ mod tests {
                 .unwrap(),
                 Err(e) => panic!("{code:#x}: {e}"),
             };
-            assert!(p.insns().contains(&want), "{code:#x} decoded as {:?}", p.insns());
+            assert!(
+                p.insns().contains(&want),
+                "{code:#x} decoded as {:?}",
+                p.insns()
+            );
         }
     }
 
     #[test]
     fn refuses_what_the_kernel_refuses() {
         let ret = (0x06, 0, 0, 0);
-        let cases: &[(&[(u16, u8, u8, u32)], ClassicError)] = &[
+        let cases: &[(&[Raw], ClassicError)] = &[
             (&[], ClassicError::Empty),
-            (&[(0x34, 0, 0, 0), ret], ClassicError::DivisionByZero { pc: 0 }),
-            (&[(0x94, 0, 0, 0), ret], ClassicError::DivisionByZero { pc: 0 }),
-            (&[(0x64, 0, 0, 32), ret], ClassicError::ShiftTooFar { pc: 0, k: 32 }),
-            (&[(0x02, 0, 0, 16), ret], ClassicError::ScratchOutOfRange { pc: 0, k: 16 }),
-            (&[(0x15, 0, 2, 0), ret], ClassicError::JumpOutOfRange { pc: 0, target: 3, len: 2 }),
-            (&[(0x05, 0, 0, 1), ret], ClassicError::JumpOutOfRange { pc: 0, target: 2, len: 2 }),
-            (&[ret, (0x28, 0, 0, 12)], ClassicError::NoFinalReturn { pc: 1 }),
-            (&[(0xff, 0, 0, 0), ret], ClassicError::UnknownOpcode { pc: 0, code: 0xff }),
+            (
+                &[(0x34, 0, 0, 0), ret],
+                ClassicError::DivisionByZero { pc: 0 },
+            ),
+            (
+                &[(0x94, 0, 0, 0), ret],
+                ClassicError::DivisionByZero { pc: 0 },
+            ),
+            (
+                &[(0x64, 0, 0, 32), ret],
+                ClassicError::ShiftTooFar { pc: 0, k: 32 },
+            ),
+            (
+                &[(0x02, 0, 0, 16), ret],
+                ClassicError::ScratchOutOfRange { pc: 0, k: 16 },
+            ),
+            (
+                &[(0x15, 0, 2, 0), ret],
+                ClassicError::JumpOutOfRange {
+                    pc: 0,
+                    target: 3,
+                    len: 2,
+                },
+            ),
+            (
+                &[(0x05, 0, 0, 1), ret],
+                ClassicError::JumpOutOfRange {
+                    pc: 0,
+                    target: 2,
+                    len: 2,
+                },
+            ),
+            (
+                &[(0x05, 0, 0, -2i32 as u32), ret],
+                ClassicError::JumpOutOfRange {
+                    pc: 0,
+                    target: -1,
+                    len: 2,
+                },
+            ),
+            (
+                &[ret, (0x28, 0, 0, 12)],
+                ClassicError::NoFinalReturn { pc: 1 },
+            ),
+            (
+                &[(0xff, 0, 0, 0), ret],
+                ClassicError::UnknownOpcode { pc: 0, code: 0xff },
+            ),
             // BPF_LD | BPF_H | BPF_IMM: only the W form exists.
-            (&[(0x08, 0, 0, 0), ret], ClassicError::UnknownOpcode { pc: 0, code: 0x08 }),
-            (&[(0x60, 0, 0, 2), ret], ClassicError::ScratchReadBeforeWrite { pc: 0, k: 2 }),
+            (
+                &[(0x08, 0, 0, 0), ret],
+                ClassicError::UnknownOpcode { pc: 0, code: 0x08 },
+            ),
+            (
+                &[(0x60, 0, 0, 2), ret],
+                ClassicError::ScratchReadBeforeWrite { pc: 0, k: 2 },
+            ),
             (
                 &[(0x20, 0, 0, SKF_AD_OFF + 28), ret],
-                ClassicError::UnsupportedAncillary { pc: 0, name: "SKF_AD_HATYPE" },
+                ClassicError::UnsupportedAncillary {
+                    pc: 0,
+                    name: "SKF_AD_HATYPE",
+                },
             ),
-            (&[(0x20, 0, 0, SKF_AD_OFF + 64), ret], ClassicError::UnknownAncillary { pc: 0, offset: 64 }),
-            (&[(0x30, 0, 0, SKF_LL_OFF), ret], ClassicError::NegativeOffset { pc: 0, offset: -0x200000 }),
+            (
+                &[(0x20, 0, 0, SKF_AD_OFF + 64), ret],
+                ClassicError::UnknownAncillary { pc: 0, offset: 64 },
+            ),
+            (
+                &[(0x30, 0, 0, SKF_LL_OFF), ret],
+                ClassicError::NegativeOffset {
+                    pc: 0,
+                    offset: -0x200000,
+                },
+            ),
         ];
         for (raw, want) in cases {
             assert_eq!(program(raw).unwrap_err(), *want, "{raw:x?}");
         }
         let too_long = vec![(0x06, 0, 0, 0); MAX_INSNS + 1];
-        assert_eq!(program(&too_long).unwrap_err(), ClassicError::TooLong { len: MAX_INSNS + 1 });
+        assert_eq!(
+            program(&too_long).unwrap_err(),
+            ClassicError::TooLong { len: MAX_INSNS + 1 }
+        );
+    }
+
+    /// A loop (a backward `ja`, as in `protochain`) is followed around: a slot read at
+    /// the loop head must be written before the loop, not only inside it.
+    #[test]
+    fn scratch_checks_follow_loops() {
+        let read_in_loop_before_write = [
+            (0x15, 0, 3, 0),            // 0: jeq #0 jt 1 jf 4
+            (0x60, 0, 0, 0),            // 1: ld M[0]
+            (0x02, 0, 0, 0),            // 2: st M[0]
+            (0x05, 0, 0, -4i32 as u32), // 3: ja 0
+            (0x16, 0, 0, 0),
+        ];
+        assert_eq!(
+            program(&read_in_loop_before_write).unwrap_err(),
+            ClassicError::ScratchReadBeforeWrite { pc: 1, k: 0 }
+        );
+        let written_first = [
+            (0x02, 0, 0, 0),
+            (0x15, 0, 3, 0),
+            (0x60, 0, 0, 0),
+            (0x02, 0, 0, 0),
+            (0x05, 0, 0, -4i32 as u32),
+            (0x16, 0, 0, 0),
+        ];
+        let p = program(&written_first).unwrap();
+        assert!(p.has_loops());
+        assert!(p.to_string().contains("(004) ja       1\n"), "{p}");
     }
 
     /// A slot written on only one of two paths is not written at the join.

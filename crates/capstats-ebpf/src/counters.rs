@@ -80,10 +80,14 @@ impl CounterMap {
         );
         let short: String = name.chars().take(15).collect();
         let data = MapData::create(obj, &short, None).map_err(create_error)?;
-        let fd = data.fd().as_fd().try_clone_to_owned().map_err(|source| CounterError::Dup {
-            name: name.to_owned(),
-            source,
-        })?;
+        let fd = data
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| CounterError::Dup {
+                name: name.to_owned(),
+                source,
+            })?;
         let map = PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(create_error)?;
         Ok(Self {
             name: name.to_owned(),
@@ -103,11 +107,14 @@ impl CounterMap {
 
     /// The sum over all CPUs of slot `slot`.
     pub fn read(&self, slot: u32) -> Result<Counter, CounterError> {
-        let per_cpu = self.map.get(&slot, 0).map_err(|source| CounterError::Read {
-            name: self.name.clone(),
-            slot,
-            source,
-        })?;
+        let per_cpu = self
+            .map
+            .get(&slot, 0)
+            .map_err(|source| CounterError::Read {
+                name: self.name.clone(),
+                slot,
+                source,
+            })?;
         Ok(per_cpu.iter().fold(Counter::default(), |sum, c| sum + *c))
     }
 }

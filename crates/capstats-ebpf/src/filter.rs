@@ -47,7 +47,12 @@ unsafe extern "C" {
     fn pcap_freecode(fp: *mut BpfProgram);
     fn pcap_geterr(p: *mut c_void) -> *const c_char;
     fn pcap_offline_filter(fp: *const BpfProgram, h: *const PcapPkthdr, pkt: *const u8) -> c_int;
-    fn pcap_lookupnet(device: *const c_char, net: *mut u32, mask: *mut u32, errbuf: *mut c_char) -> c_int;
+    fn pcap_lookupnet(
+        device: *const c_char,
+        net: *mut u32,
+        mask: *mut u32,
+        errbuf: *mut c_char,
+    ) -> c_int;
 }
 
 /// Why an expression could not become a classic program.
@@ -64,6 +69,14 @@ pub enum FilterError {
     },
     #[error("filter expression contains a NUL byte")]
     Nul,
+    /// libpcap 1.10 compiles `inbound`, `outbound` and `ifindex` for capture files into
+    /// loads of socket metadata that no capture file records (its interpreter then
+    /// matches nothing); newer libpcap refuses them, and so does capstats.
+    #[error(
+        "filter expression {expression:?} needs a live interface: it tests the packet's \
+         direction or interface, which a capture file does not record"
+    )]
+    NeedsInterface { expression: String },
     /// libpcap produced a program the kernel's classic rules refuse.
     #[error("libpcap compiled {expression:?} to a program capstats cannot run: {source}")]
     Classic {
@@ -114,25 +127,63 @@ impl std::fmt::Debug for Filter {
 impl Filter {
     /// Compiles `expression` as `tcpdump -r` would for the capture `capture` was opened
     /// from (its link type, savefile semantics), optimised.
-    pub fn for_capture(capture: &Capture<Offline>, expression: &str, netmask: u32) -> Result<Self, FilterError> {
-        compile(capture.as_ptr().cast(), expression, netmask)
+    pub fn for_capture(
+        capture: &Capture<Offline>,
+        expression: &str,
+        netmask: u32,
+    ) -> Result<Self, FilterError> {
+        compile(
+            capture.as_ptr().cast(),
+            expression,
+            netmask,
+            Semantics::Savefile,
+        )
     }
 
     /// Compiles `expression` for a link type without any file or interface
     /// (`pcap_open_dead`: savefile semantics).
-    pub fn for_linktype(linktype: pcap::Linktype, expression: &str, netmask: u32) -> Result<Self, FilterError> {
+    pub fn for_linktype(
+        linktype: pcap::Linktype,
+        expression: &str,
+        netmask: u32,
+    ) -> Result<Self, FilterError> {
         let dead = Capture::dead(linktype).map_err(|source| FilterError::Open {
             what: format!("a handle for link type {}", linktype.0),
             source,
         })?;
-        compile(dead.as_ptr().cast(), expression, netmask)
+        compile(
+            dead.as_ptr().cast(),
+            expression,
+            netmask,
+            Semantics::Savefile,
+        )
+    }
+
+    /// libpcap's program for a link type exactly as libpcap 1.10 makes it, even where
+    /// it reads socket metadata a capture file lacks (which [`Filter::for_linktype`]
+    /// refuses). For comparing with libpcap's own interpreter.
+    pub fn libpcap_for_linktype(
+        linktype: pcap::Linktype,
+        expression: &str,
+        netmask: u32,
+    ) -> Result<Self, FilterError> {
+        let dead = Capture::dead(linktype).map_err(|source| FilterError::Open {
+            what: format!("a handle for link type {}", linktype.0),
+            source,
+        })?;
+        compile(dead.as_ptr().cast(), expression, netmask, Semantics::Live)
     }
 
     /// Compiles `expression` as `tcpdump -i interface` would: on an activated live
     /// handle, with the interface's netmask. Needs `CAP_NET_RAW`.
     pub fn for_interface(interface: &str, expression: &str) -> Result<Self, FilterError> {
         let handle = open_live(interface)?;
-        compile(handle.as_ptr().cast(), expression, interface_netmask(interface))
+        compile(
+            handle.as_ptr().cast(),
+            expression,
+            interface_netmask(interface),
+            Semantics::Live,
+        )
     }
 
     pub fn expression(&self) -> &str {
@@ -153,7 +204,10 @@ impl Filter {
     /// taken as its wire length too.
     pub fn libpcap_matches(&self, packet: &[u8]) -> bool {
         let header = PcapPkthdr {
-            ts: libc::timeval { tv_sec: 0, tv_usec: 0 },
+            ts: libc::timeval {
+                tv_sec: 0,
+                tv_usec: 0,
+            },
             caplen: packet.len() as u32,
             len: packet.len() as u32,
         };
@@ -178,14 +232,29 @@ fn open_live(interface: &str) -> Result<Capture<Active>, FilterError> {
 
 /// The netmask tcpdump would use: the interface's IPv4 one, or 0 when it has none.
 fn interface_netmask(interface: &str) -> u32 {
-    let Ok(device) = CString::new(interface) else { return 0 };
+    let Ok(device) = CString::new(interface) else {
+        return 0;
+    };
     let (mut net, mut mask) = (0u32, 0u32);
     let mut errbuf = [0 as c_char; 256];
     let rc = unsafe { pcap_lookupnet(device.as_ptr(), &mut net, &mut mask, errbuf.as_mut_ptr()) };
     if rc == 0 { mask } else { 0 }
 }
 
-fn compile(handle: *mut c_void, expression: &str, netmask: u32) -> Result<Filter, FilterError> {
+/// Whether the program will see packets of a capture file or of an interface (or is
+/// taken as libpcap made it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Semantics {
+    Savefile,
+    Live,
+}
+
+fn compile(
+    handle: *mut c_void,
+    expression: &str,
+    netmask: u32,
+    semantics: Semantics,
+) -> Result<Filter, FilterError> {
     let text = CString::new(expression).map_err(|_| FilterError::Nul)?;
     let mut code = LibpcapCode(BpfProgram {
         bf_len: 0,
@@ -193,7 +262,9 @@ fn compile(handle: *mut c_void, expression: &str, netmask: u32) -> Result<Filter
     });
     let rc = unsafe { pcap_compile(handle, &mut code.0, text.as_ptr(), 1, netmask) };
     if rc != 0 {
-        let message = unsafe { CStr::from_ptr(pcap_geterr(handle)) }.to_string_lossy().into_owned();
+        let message = unsafe { CStr::from_ptr(pcap_geterr(handle)) }
+            .to_string_lossy()
+            .into_owned();
         return Err(FilterError::Compile {
             expression: expression.to_owned(),
             message,
@@ -203,6 +274,11 @@ fn compile(handle: *mut c_void, expression: &str, netmask: u32) -> Result<Filter
         expression: expression.to_owned(),
         source,
     })?;
+    if semantics == Semantics::Savefile && program.uses_ancillary() {
+        return Err(FilterError::NeedsInterface {
+            expression: expression.to_owned(),
+        });
+    }
     Ok(Filter {
         expression: expression.to_owned(),
         code,

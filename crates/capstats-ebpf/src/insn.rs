@@ -320,6 +320,10 @@ pub enum Insn {
     },
     /// `goto target` (`BPF_JA`).
     Jump { target: Target },
+    /// `may_goto target` (`BPF_JCOND`, Linux 6.9): falls through while the program's
+    /// loop budget lasts, jumps once it is spent. Lets the verifier accept a loop whose
+    /// bound it cannot see.
+    MayGoto { target: Target },
     /// `if dst op src goto target`.
     Branch {
         width: Width,
@@ -351,6 +355,7 @@ const SRC_X: u8 = 0x08;
 const OP_NEG: u8 = 0x80;
 const OP_END: u8 = 0xd0;
 const OP_JA: u8 = 0x00;
+const OP_JCOND: u8 = 0xe0;
 const OP_CALL: u8 = 0x80;
 const OP_EXIT: u8 = 0x90;
 const PSEUDO_MAP_FD: u8 = 1;
@@ -375,14 +380,18 @@ impl Insn {
     /// The jump target, if the instruction jumps.
     pub const fn target(&self) -> Option<Target> {
         match self {
-            Insn::Jump { target } | Insn::Branch { target, .. } => Some(*target),
+            Insn::Jump { target } | Insn::MayGoto { target } | Insn::Branch { target, .. } => {
+                Some(*target)
+            }
             _ => None,
         }
     }
 
     /// The same instruction with its jump target replaced.
     pub fn with_target(mut self, new: Target) -> Insn {
-        if let Insn::Jump { target } | Insn::Branch { target, .. } = &mut self {
+        if let Insn::Jump { target } | Insn::MayGoto { target } | Insn::Branch { target, .. } =
+            &mut self
+        {
             *target = new;
         }
         self
@@ -413,17 +422,31 @@ impl Insn {
                 dst,
                 src,
             } => {
-                let class = if width == Width::W64 { CLASS_ALU64 } else { CLASS_ALU };
+                let class = if width == Width::W64 {
+                    CLASS_ALU64
+                } else {
+                    CLASS_ALU
+                };
                 let (source, src_reg, imm) = operand(src);
                 out.push(slot(class | op.bits() | source, dst, src_reg, 0, imm));
             }
             Insn::Neg { width, dst } => {
-                let class = if width == Width::W64 { CLASS_ALU64 } else { CLASS_ALU };
+                let class = if width == Width::W64 {
+                    CLASS_ALU64
+                } else {
+                    CLASS_ALU
+                };
                 out.push(slot(class | OP_NEG, dst, 0, 0, 0));
             }
             Insn::Endian { to, bits, dst } => {
                 let source = if to == Endian::Be { SRC_X } else { SRC_K };
-                out.push(slot(CLASS_ALU | OP_END | source, dst, 0, 0, i32::from(bits)));
+                out.push(slot(
+                    CLASS_ALU | OP_END | source,
+                    dst,
+                    0,
+                    0,
+                    i32::from(bits),
+                ));
             }
             Insn::LoadImm64 { dst, imm } => {
                 let code = CLASS_LD | Size::DW.bits() | MODE_IMM;
@@ -436,7 +459,13 @@ impl Insn {
                 out.push(slot(0, Reg::R0, 0, 0, 0));
             }
             Insn::LoadAbs { size, offset } => {
-                out.push(slot(CLASS_LD | size.bits() | MODE_ABS, Reg::R0, 0, 0, offset));
+                out.push(slot(
+                    CLASS_LD | size.bits() | MODE_ABS,
+                    Reg::R0,
+                    0,
+                    0,
+                    offset,
+                ));
             }
             Insn::LoadInd { size, src, offset } => {
                 let code = CLASS_LD | size.bits() | MODE_IND;
@@ -469,6 +498,9 @@ impl Insn {
             Insn::Jump { target } => {
                 out.push(slot(CLASS_JMP | OP_JA, Reg::R0, 0, offset(target)?, 0));
             }
+            Insn::MayGoto { target } => {
+                out.push(slot(CLASS_JMP | OP_JCOND, Reg::R0, 0, offset(target)?, 0));
+            }
             Insn::Branch {
                 width,
                 op,
@@ -476,7 +508,11 @@ impl Insn {
                 src,
                 target,
             } => {
-                let class = if width == Width::W64 { CLASS_JMP } else { CLASS_JMP32 };
+                let class = if width == Width::W64 {
+                    CLASS_JMP
+                } else {
+                    CLASS_JMP32
+                };
                 let (source, src_reg, imm) = operand(src);
                 let code = class | op.bits() | source;
                 out.push(slot(code, dst, src_reg, offset(target)?, imm));
@@ -587,6 +623,7 @@ impl fmt::Display for Insn {
                 Value(src, Width::W64)
             ),
             Insn::Jump { target } => write!(f, "goto {target}"),
+            Insn::MayGoto { target } => write!(f, "may_goto {target}"),
             Insn::Branch {
                 width,
                 op,
@@ -705,34 +742,86 @@ mod tests {
             // BPF_MOV32_IMM(BPF_REG_0, 0)
             (mov32(R0, Imm(0)), "w0 = 0", &["b400000000000000"]),
             // BPF_ALU32_IMM(BPF_AND, BPF_REG_0, 0xf)
-            (alu32(AluOp::And, R0, Imm(15)), "w0 &= 0xf", &["540000000f000000"]),
+            (
+                alu32(AluOp::And, R0, Imm(15)),
+                "w0 &= 0xf",
+                &["540000000f000000"],
+            ),
             // BPF_ALU32_REG(BPF_DIV, BPF_REG_0, BPF_REG_7)
-            (alu32(AluOp::Div, R0, R(R7)), "w0 /= w7", &["3c70000000000000"]),
+            (
+                alu32(AluOp::Div, R0, R(R7)),
+                "w0 /= w7",
+                &["3c70000000000000"],
+            ),
             // BPF_ALU64_IMM(BPF_ADD, BPF_REG_2, -4)
-            (alu64(AluOp::Add, R2, Imm(-4)), "r2 += -4", &["07020000fcffffff"]),
-            (Insn::Neg { width: Width::W32, dst: R0 }, "w0 = -w0", &["8400000000000000"]),
+            (
+                alu64(AluOp::Add, R2, Imm(-4)),
+                "r2 += -4",
+                &["07020000fcffffff"],
+            ),
+            (
+                Insn::Neg {
+                    width: Width::W32,
+                    dst: R0,
+                },
+                "w0 = -w0",
+                &["8400000000000000"],
+            ),
             // BPF_ENDIAN(BPF_TO_BE, BPF_REG_0, 16)
             (
-                Insn::Endian { to: Endian::Be, bits: 16, dst: R0 },
+                Insn::Endian {
+                    to: Endian::Be,
+                    bits: 16,
+                    dst: R0,
+                },
                 "r0 = be16 r0",
                 &["dc00000010000000"],
             ),
             // BPF_LD_ABS(BPF_H, 12)
-            (Insn::LoadAbs { size: Size::H, offset: 12 }, "r0 = *(u16 *)skb[12]", &["280000000c000000"]),
+            (
+                Insn::LoadAbs {
+                    size: Size::H,
+                    offset: 12,
+                },
+                "r0 = *(u16 *)skb[12]",
+                &["280000000c000000"],
+            ),
             // BPF_LD_IND(BPF_B, BPF_REG_7, 14)
             (
-                Insn::LoadInd { size: Size::B, src: R7, offset: 14 },
+                Insn::LoadInd {
+                    size: Size::B,
+                    src: R7,
+                    offset: 14,
+                },
                 "r0 = *(u8 *)skb[r7 + 14]",
                 &["507000000e000000"],
             ),
             // BPF_LDX_MEM(BPF_W, BPF_REG_0, BPF_REG_6, 0)
-            (load(Size::W, R0, R6, 0), "r0 = *(u32 *)(r6 + 0)", &["6160000000000000"]),
+            (
+                load(Size::W, R0, R6, 0),
+                "r0 = *(u32 *)(r6 + 0)",
+                &["6160000000000000"],
+            ),
             // BPF_STX_MEM(BPF_DW, BPF_REG_0, BPF_REG_1, 8)
-            (store(Size::DW, R0, 8, R(R1)), "*(u64 *)(r0 + 8) = r1", &["7b10080000000000"]),
+            (
+                store(Size::DW, R0, 8, R(R1)),
+                "*(u64 *)(r0 + 8) = r1",
+                &["7b10080000000000"],
+            ),
             // BPF_ST_MEM(BPF_W, BPF_REG_10, -4, 3)
-            (store(Size::W, R10, -4, Imm(3)), "*(u32 *)(r10 - 4) = 3", &["620afcff03000000"]),
+            (
+                store(Size::W, R10, -4, Imm(3)),
+                "*(u32 *)(r10 - 4) = 3",
+                &["620afcff03000000"],
+            ),
             // BPF_JMP_A(2)
-            (Insn::Jump { target: Target::Offset(2) }, "goto +2", &["0500020000000000"]),
+            (
+                Insn::Jump {
+                    target: Target::Offset(2),
+                },
+                "goto +2",
+                &["0500020000000000"],
+            ),
             // BPF_JMP32_IMM(BPF_JEQ, BPF_REG_0, 0x800, 3)
             (
                 Insn::Branch {
@@ -770,8 +859,20 @@ mod tests {
                 &["2e70ffff00000000"],
             ),
             // BPF_EMIT_CALL(BPF_FUNC_map_lookup_elem)
-            (Insn::Call(Helper::MapLookupElem), "call bpf_map_lookup_elem#1", &["8500000001000000"]),
+            (
+                Insn::Call(Helper::MapLookupElem),
+                "call bpf_map_lookup_elem#1",
+                &["8500000001000000"],
+            ),
             (Insn::Exit, "exit", &["9500000000000000"]),
+            // BPF_JMP | BPF_JCOND | BPF_K, src BPF_MAY_GOTO (0)
+            (
+                Insn::MayGoto {
+                    target: Target::Offset(5),
+                },
+                "may_goto +5",
+                &["e500050000000000"],
+            ),
             // BPF_LD_MAP_FD(BPF_REG_1, 5)
             (
                 Insn::LoadMapFd { dst: R1, fd: 5 },
@@ -780,7 +881,10 @@ mod tests {
             ),
             // BPF_LD_IMM64(BPF_REG_2, 0x1_0000_0002)
             (
-                Insn::LoadImm64 { dst: R2, imm: 0x1_0000_0002 },
+                Insn::LoadImm64 {
+                    dst: R2,
+                    imm: 0x1_0000_0002,
+                },
                 "r2 = 0x100000002 ll",
                 &["1802000002000000", "0000000001000000"],
             ),

@@ -12,5 +12,6 @@ pub mod counters;
 pub mod filter;
 pub mod insn;
 pub mod program;
+pub mod replay;
 pub mod testrun;
 pub mod translate;

@@ -83,10 +83,11 @@ impl LoadedProgram {
     pub fn load(hook: Hook, name: &str, insns: &[Insn]) -> Result<Self, LoadError> {
         let mut encoded = Vec::with_capacity(insns.len());
         for insn in insns {
-            insn.encode(&mut encoded).map_err(|source| LoadError::Encode {
-                name: name.to_owned(),
-                source,
-            })?;
+            insn.encode(&mut encoded)
+                .map_err(|source| LoadError::Encode {
+                    name: name.to_owned(),
+                    source,
+                })?;
         }
         let fd = match prog_load(hook, name, &encoded, None) {
             Ok(fd) => fd,
@@ -132,13 +133,15 @@ impl LoadedProgram {
     /// The program as aya's `SchedClassifier`, for test runs and TC attachment.
     pub fn sched_classifier(&self) -> Result<SchedClassifier, LoadError> {
         let info = self.info()?;
-        SchedClassifier::from_program_info(info, self.name.clone().into()).map_err(|source| self.lookup_error(source))
+        SchedClassifier::from_program_info(info, self.name.clone().into())
+            .map_err(|source| self.lookup_error(source))
     }
 
     /// The program as aya's `SocketFilter`, for attaching to sockets.
     pub fn socket_filter(&self) -> Result<SocketFilter, LoadError> {
         let info = self.info()?;
-        SocketFilter::from_program_info(info, self.name.clone().into()).map_err(|source| self.lookup_error(source))
+        SocketFilter::from_program_info(info, self.name.clone().into())
+            .map_err(|source| self.lookup_error(source))
     }
 
     fn info(&self) -> Result<aya::programs::ProgramInfo, LoadError> {
@@ -177,10 +180,14 @@ fn load_with_log(hook: Hook, name: &str, encoded: &[[u8; 8]]) -> LoadError {
             Ok(_) => {
                 return LoadError::Syscall {
                     name: name.to_owned(),
-                    source: io::Error::other("load failed once, then succeeded with a verifier log"),
+                    source: io::Error::other(
+                        "load failed once, then succeeded with a verifier log",
+                    ),
                 };
             }
-            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && size < VERIFIER_LOG_MAX => size *= 4,
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && size < VERIFIER_LOG_MAX => {
+                size *= 4
+            }
             Err(source) => {
                 let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
                 let log = String::from_utf8_lossy(&log[..end]).trim_end().to_owned();
@@ -209,10 +216,19 @@ fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<i64> {
             size_of::<bpf_attr>(),
         )
     };
-    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
 }
 
-fn prog_load(hook: Hook, name: &str, encoded: &[[u8; 8]], log: Option<&mut [u8]>) -> io::Result<OwnedFd> {
+fn prog_load(
+    hook: Hook,
+    name: &str,
+    encoded: &[[u8; 8]],
+    log: Option<&mut [u8]>,
+) -> io::Result<OwnedFd> {
     let license = c"GPL";
     let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
     let load = unsafe { &mut attr.__bindgen_anon_3 };

@@ -10,13 +10,17 @@ use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::OnceLock;
 
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use std::io;
+
+use aya::programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions};
+use aya::sys::SyscallError;
 
 use crate::counters::{Counter, CounterError, CounterMap};
 use crate::filter::{Filter, FilterError, open_capture};
 use crate::insn::build::mov64;
 use crate::insn::{Insn, Operand, Reg};
 use crate::program::{LoadError, LoadedProgram};
+use crate::replay::EgressReplay;
 use crate::translate::{CounterSlot, Hook, translate};
 
 /// `ETH_HLEN`: the kernel's test harness refuses shorter frames, and no Ethernet
@@ -41,6 +45,8 @@ pub enum TestRunError {
         #[source]
         source: aya::programs::ProgramError,
     },
+    #[error(transparent)]
+    Replay(#[from] crate::replay::ReplayError),
     #[error("reading record {record} of {path}: {source}")]
     Read {
         path: String,
@@ -57,8 +63,7 @@ pub enum Verdict {
     Match,
     /// The program ran and counted nothing.
     NoMatch,
-    /// The kernel's test harness cannot be given a frame of this length (shorter than
-    /// an Ethernet header, or longer than the harness's one-page buffer).
+    /// Shorter than an Ethernet header: neither the test harness nor any device takes it.
     NotRunnable,
 }
 
@@ -70,6 +75,9 @@ pub struct KernelFilter {
     counters: CounterMap,
     max_frame: usize,
     last: Counter,
+    /// Set up on the first frame the harness refuses.
+    replay: Option<EgressReplay>,
+    replayed: u64,
 }
 
 impl KernelFilter {
@@ -93,6 +101,8 @@ impl KernelFilter {
             counters,
             max_frame: harness_max_frame()?,
             last: Counter::default(),
+            replay: None,
+            replayed: 0,
         };
         this.rebase()?;
         Ok(this)
@@ -112,20 +122,54 @@ impl KernelFilter {
         self.max_frame
     }
 
-    /// Runs one frame through the program once and reports whether it counted it.
+    /// Runs one frame through the program once and reports whether it counted it:
+    /// with `BPF_PROG_RUN` when the harness takes the frame, else through the replay
+    /// device's egress hook.
     pub fn run(&mut self, frame: &[u8]) -> Result<Verdict, TestRunError> {
-        if frame.len() < MIN_FRAME || frame.len() > self.max_frame {
+        if frame.len() < MIN_FRAME {
             return Ok(Verdict::NotRunnable);
         }
-        self.run_once(frame).map_err(|source| TestRunError::Run {
-            program: self.program.name().to_owned(),
-            len: frame.len(),
-            source,
-        })?;
+        let harness = if frame.len() <= self.max_frame {
+            self.run_once(frame)
+        } else {
+            Err(ProgramError::SyscallError(SyscallError {
+                call: "bpf_prog_test_run",
+                io_error: io::Error::from_raw_os_error(libc::EINVAL),
+            }))
+        };
+        match harness {
+            Ok(()) => {}
+            // Too long, or a cut-short IPv4/IPv6 header: the harness says EINVAL.
+            Err(ProgramError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::EINVAL) =>
+            {
+                if self.replay.is_none() {
+                    self.replay = Some(EgressReplay::new(&mut self.classifier)?);
+                }
+                self.replay.as_ref().expect("set above").send(frame)?;
+                self.replayed += 1;
+            }
+            Err(source) => {
+                return Err(TestRunError::Run {
+                    program: self.program.name().to_owned(),
+                    len: frame.len(),
+                    source,
+                });
+            }
+        }
         let now = self.counters.read(0)?;
         let moved = now != self.last;
         self.last = now;
-        Ok(if moved { Verdict::Match } else { Verdict::NoMatch })
+        Ok(if moved {
+            Verdict::Match
+        } else {
+            Verdict::NoMatch
+        })
+    }
+
+    /// Frames that went through the replay device rather than the test harness.
+    pub fn replayed(&self) -> u64 {
+        self.replayed
     }
 
     /// The counters as the kernel has them.
@@ -133,7 +177,7 @@ impl KernelFilter {
         Ok(self.counters.read(0)?)
     }
 
-    fn run_once(&self, frame: &[u8]) -> Result<(), aya::programs::ProgramError> {
+    fn run_once(&self, frame: &[u8]) -> Result<(), ProgramError> {
         let opts = TestRunOptions {
             data_in: Some(frame),
             repeat: 1,
@@ -157,7 +201,10 @@ pub fn harness_max_frame() -> Result<usize, TestRunError> {
     if let Some(max) = MAX.get() {
         return Ok(*max);
     }
-    let empty = [mov64(Reg::R0, Operand::Imm(Hook::Tc.neutral_return())), Insn::Exit];
+    let empty = [
+        mov64(Reg::R0, Operand::Imm(Hook::Tc.neutral_return())),
+        Insn::Exit,
+    ];
     let program = LoadedProgram::load(Hook::Tc, "capstats_probe", &empty)?;
     let classifier = program.sched_classifier()?;
     let fits = |len: usize| {
@@ -190,8 +237,10 @@ pub struct Report {
     /// Records the program counted, and their captured bytes.
     pub packets: u64,
     pub bytes: u64,
-    /// Records the harness cannot be given (see [`Verdict::NotRunnable`]).
+    /// Records shorter than an Ethernet header (see [`Verdict::NotRunnable`]).
     pub not_runnable: u64,
+    /// Records run through the replay device's egress hook instead of the harness.
+    pub replayed: u64,
     /// The counter map after the run: must equal `packets`/`bytes`.
     pub kernel: Counter,
 }
@@ -234,6 +283,7 @@ pub fn run_capture(
         }
         each(packet.data, verdict);
     }
+    report.replayed = kernel.replayed();
     let end = kernel.counter()?;
     report.kernel = Counter {
         packets: end.packets - start.packets,

@@ -22,9 +22,11 @@
 //! shift by X ≥ 32 gives 0.
 
 use crate::asm::{AsmError, Assembler};
-use crate::cbpf::{AluOp as ClassicAlu, Ancillary, ClassicInsn, Cond, LoadA, LoadSize, LoadX, Program, Src};
+use crate::cbpf::{
+    AluOp as ClassicAlu, Ancillary, ClassicInsn, Cond, LoadA, LoadSize, LoadX, Program, Src,
+};
 use crate::insn::build::*;
-use crate::insn::{AluOp, Endian, Helper, Insn, JmpOp, Label, Operand, Reg, Size};
+use crate::insn::{AluOp, Endian, Helper, Insn, JmpOp, Label, Operand, Reg, Size, Target};
 
 const A: Reg = Reg::R0;
 const X: Reg = Reg::R7;
@@ -80,7 +82,11 @@ pub struct CounterSlot {
 
 /// Translates a validated classic program into an eBPF program for `hook` that counts
 /// its matches into `counter`.
-pub fn translate(program: &Program, hook: Hook, counter: CounterSlot) -> Result<Vec<Insn>, AsmError> {
+pub fn translate(
+    program: &Program,
+    hook: Hook,
+    counter: CounterSlot,
+) -> Result<Vec<Insn>, AsmError> {
     let mut t = Translator {
         asm: Assembler::new(),
         next_local: 0,
@@ -138,19 +144,24 @@ impl Translator {
 
     /// One classic instruction. `x_bound` is the largest value X can hold here.
     fn insn(&mut self, pc: usize, insn: ClassicInsn, x_bound: u32) {
-        let to = |skip: u32| Label::Classic(pc + 1 + skip as usize);
+        let to = |skip: i64| Label::Classic((pc as i64 + 1 + skip) as usize);
         match insn {
             ClassicInsn::LoadA(LoadA::Abs { size: s, offset }) => {
                 if offset > i32::MAX as u32 {
                     // Beyond any packet: libpcap's bounds check rejects.
                     self.emit(goto(Label::Reject));
                 } else {
-                    self.emit(Insn::LoadAbs { size: size(s), offset: offset as i32 }); // A = P[k]
+                    self.emit(Insn::LoadAbs {
+                        size: size(s),
+                        offset: offset as i32,
+                    }); // A = P[k]
                 }
             }
-            ClassicInsn::LoadA(LoadA::Ind { size: s, offset }) => self.load_ind(size(s), offset, x_bound),
+            ClassicInsn::LoadA(LoadA::Ind { size: s, offset }) => {
+                self.load_ind(size(s), offset, x_bound)
+            }
             ClassicInsn::LoadA(LoadA::Len) => self.emit(load(Size::W, A, CTX, skb::LEN)), // A = skb->len
-            ClassicInsn::LoadA(LoadA::Imm(k)) => self.emit(mov32(A, imm(k))), // A = k
+            ClassicInsn::LoadA(LoadA::Imm(k)) => self.emit(mov32(A, imm(k))),             // A = k
             ClassicInsn::LoadA(LoadA::Mem(m)) => self.emit(load(Size::W, A, FP, mem(m))), // A = M[k]
             ClassicInsn::LoadA(LoadA::Ancillary { field, .. }) => self.ancillary(field),
             ClassicInsn::LoadX(LoadX::Imm(k)) => self.emit(mov32(X, imm(k))), // X = k
@@ -161,7 +172,10 @@ impl Translator {
                     self.emit(goto(Label::Reject));
                 } else {
                     self.emit(mov64(TMP, Operand::Reg(A))); // TMP = A
-                    self.emit(Insn::LoadAbs { size: Size::B, offset: k as i32 }); // A = P[k:1]
+                    self.emit(Insn::LoadAbs {
+                        size: Size::B,
+                        offset: k as i32,
+                    }); // A = P[k:1]
                     self.emit(alu32(AluOp::And, A, Operand::Imm(0xf))); // A &= 0xf
                     self.emit(alu32(AluOp::Lsh, A, Operand::Imm(2))); // A <<= 2
                     self.emit(mov64(X, Operand::Reg(A))); // X = 4 * (P[k:1] & 0xf)
@@ -171,9 +185,23 @@ impl Translator {
             ClassicInsn::StoreA(m) => self.emit(store(Size::W, FP, mem(m), Operand::Reg(A))), // M[k] = A
             ClassicInsn::StoreX(m) => self.emit(store(Size::W, FP, mem(m), Operand::Reg(X))), // M[k] = X
             ClassicInsn::Alu(op, src) => self.alu(op, src),
-            ClassicInsn::Neg => self.emit(Insn::Neg { width: crate::insn::Width::W32, dst: A }), // A = -A
-            ClassicInsn::Ja(k) => self.emit(goto(to(k))),
-            ClassicInsn::Jump { cond, src, jt, jf } => self.jump(cond, src, to(jt.into()), to(jf.into()), jt, jf),
+            ClassicInsn::Neg => self.emit(Insn::Neg {
+                width: crate::insn::Width::W32,
+                dst: A,
+            }), // A = -A
+            ClassicInsn::Ja(k) if k < 0 => {
+                // A loop. libpcap's interpreter would spin for as long as the packet
+                // makes it; the kernel gives up after its loop budget (millions of
+                // rounds, far beyond any packet's extension headers), with no match.
+                self.emit(Insn::MayGoto {
+                    target: Target::Label(Label::Reject),
+                });
+                self.emit(goto(to(k.into())));
+            }
+            ClassicInsn::Ja(k) => self.emit(goto(to(k.into()))),
+            ClassicInsn::Jump { cond, src, jt, jf } => {
+                self.jump(cond, src, to(jt.into()), to(jf.into()), jt, jf)
+            }
             ClassicInsn::RetK(0) => self.emit(goto(Label::Reject)),
             ClassicInsn::RetK(_) => self.emit(goto(Label::Accept)),
             ClassicInsn::RetA => {
@@ -193,12 +221,25 @@ impl Translator {
         if offset > i32::MAX as u32 {
             self.emit(goto(Label::Reject));
         } else if u64::from(x_bound) + u64::from(offset) <= i32::MAX as u64 {
-            self.emit(Insn::LoadInd { size, src: X, offset: offset as i32 }); // A = P[X + k]
+            self.emit(Insn::LoadInd {
+                size,
+                src: X,
+                offset: offset as i32,
+            }); // A = P[X + k]
         } else {
             self.emit(mov64(TMP, Operand::Reg(X))); // TMP = X (zero-extended)
             self.emit(alu64(AluOp::Add, TMP, imm(offset))); // TMP = X + k, without wrapping
-            self.emit(branch64(JmpOp::Gt, TMP, Operand::Imm(i32::MAX), Label::Reject)); // past any packet
-            self.emit(Insn::LoadInd { size, src: TMP, offset: 0 }); // A = P[TMP]
+            self.emit(branch64(
+                JmpOp::Gt,
+                TMP,
+                Operand::Imm(i32::MAX),
+                Label::Reject,
+            )); // past any packet
+            self.emit(Insn::LoadInd {
+                size,
+                src: TMP,
+                offset: 0,
+            }); // A = P[TMP]
         }
     }
 
@@ -207,21 +248,29 @@ impl Translator {
         match field {
             Ancillary::Protocol => {
                 field_u32(self, skb::PROTOCOL); // A = skb->protocol (network order)
-                self.emit(Insn::Endian { to: Endian::Be, bits: 16, dst: A }); // A = ntohs(A)
+                self.emit(Insn::Endian {
+                    to: Endian::Be,
+                    bits: 16,
+                    dst: A,
+                }); // A = ntohs(A)
             }
             Ancillary::PktType => field_u32(self, skb::PKT_TYPE), // A = skb->pkt_type
-            Ancillary::Ifindex => field_u32(self, skb::IFINDEX), // A = skb->dev->ifindex
-            Ancillary::Mark => field_u32(self, skb::MARK), // A = skb->mark
+            Ancillary::Ifindex => field_u32(self, skb::IFINDEX),  // A = skb->dev->ifindex
+            Ancillary::Mark => field_u32(self, skb::MARK),        // A = skb->mark
             Ancillary::Queue => field_u32(self, skb::QUEUE_MAPPING), // A = skb->queue_mapping
-            Ancillary::RxHash => field_u32(self, skb::HASH), // A = skb->hash
+            Ancillary::RxHash => field_u32(self, skb::HASH),      // A = skb->hash
             Ancillary::VlanTag => field_u32(self, skb::VLAN_TCI), // A = skb->vlan_tci
             Ancillary::VlanTagPresent => field_u32(self, skb::VLAN_PRESENT), // A = tag present
             Ancillary::VlanTpid => {
                 field_u32(self, skb::VLAN_PROTO); // A = skb->vlan_proto (network order)
-                self.emit(Insn::Endian { to: Endian::Be, bits: 16, dst: A }); // A = ntohs(A)
+                self.emit(Insn::Endian {
+                    to: Endian::Be,
+                    bits: 16,
+                    dst: A,
+                }); // A = ntohs(A)
             }
             Ancillary::Cpu => self.emit(Insn::Call(Helper::GetSmpProcessorId)), // A = cpu
-            Ancillary::Random => self.emit(Insn::Call(Helper::GetPrandomU32)), // A = random
+            Ancillary::Random => self.emit(Insn::Call(Helper::GetPrandomU32)),  // A = random
             Ancillary::AluXorX => self.emit(alu32(AluOp::Xor, A, Operand::Reg(X))), // A ^= X
         }
     }
@@ -301,7 +350,10 @@ impl Translator {
         self.emit(store(Size::W, FP, KEY_OFFSET, imm(counter.slot))); // key = slot
         self.emit(mov64(r2, Operand::Reg(FP))); // r2 = &key
         self.emit(alu64(AluOp::Add, r2, Operand::Imm(KEY_OFFSET.into())));
-        self.emit(Insn::LoadMapFd { dst: r1, fd: counter.map_fd }); // r1 = counters
+        self.emit(Insn::LoadMapFd {
+            dst: r1,
+            fd: counter.map_fd,
+        }); // r1 = counters
         self.emit(Insn::Call(Helper::MapLookupElem)); // r0 = &counters[slot] on this CPU
         self.emit(branch64(JmpOp::Eq, r0, Operand::Imm(0), Label::Reject));
         // Per-CPU values, and a CPU runs one hook invocation at a time: plain adds.
@@ -319,9 +371,13 @@ impl Translator {
 }
 
 /// For each classic instruction, the largest value X can hold when it runs: one forward
-/// sweep (classic jumps only go forward), taking the maximum where paths join.
+/// sweep taking the maximum where paths join. In a program with a loop, X may grow each
+/// round: nothing is assumed.
 fn x_upper_bounds(program: &Program) -> Vec<u32> {
     let insns = program.insns();
+    if program.has_loops() {
+        return vec![u32::MAX; insns.len()];
+    }
     let mut bound_in: Vec<Option<u32>> = vec![None; insns.len()];
     bound_in[0] = Some(0);
     for (pc, insn) in insns.iter().enumerate() {
@@ -337,5 +393,8 @@ fn x_upper_bounds(program: &Program) -> Vec<u32> {
         }
     }
     // Unreachable instructions are translated too; assume nothing about them.
-    bound_in.into_iter().map(|b| b.unwrap_or(u32::MAX)).collect()
+    bound_in
+        .into_iter()
+        .map(|b| b.unwrap_or(u32::MAX))
+        .collect()
 }

@@ -1,0 +1,143 @@
+//! Frames the test harness refuses, sent through a real TC egress hook instead.
+//!
+//! `BPF_PROG_RUN` takes frames of at most about a page, and on this kernel refuses an
+//! IPv4 or IPv6 frame whose network header is cut short. Such records are real traffic
+//! (GRO'd 64 KB segments, truncated captures), so [`EgressReplay`] gives them to the same
+//! program through the kernel's transmit path: an `ifb` device in a network namespace of
+//! its own, with the program on its TC egress hook, and an AF_PACKET socket that writes
+//! each frame to it. The program sees the frame from its Ethernet header, with
+//! `skb->len` its full length; `ifb` then drops it, since nothing redirected it there.
+//! Nothing leaves the namespace, and the namespace lives exactly as long as the socket.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::Command;
+
+use aya::programs::{SchedClassifier, tc::TcAttachType};
+
+/// The device's name inside its private namespace.
+const DEVICE: &str = "capstats0";
+/// Larger than any record libpcap reads (its maximum snapshot length is 262144).
+const MTU: &str = "300000";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("cannot set up the private replay namespace: {step}: {source}")]
+    Setup {
+        step: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot attach the program to TC egress of the replay device: {0}")]
+    Attach(#[source] aya::programs::ProgramError),
+    #[error("sending a {len}-byte frame through the replay device: {source}")]
+    Send {
+        len: usize,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// An AF_PACKET socket on a private `ifb` device whose egress runs the program.
+#[derive(Debug)]
+pub struct EgressReplay {
+    socket: OwnedFd,
+    ifindex: i32,
+}
+
+fn setup(step: &'static str) -> impl FnOnce(io::Error) -> ReplayError {
+    move |source| ReplayError::Setup { step, source }
+}
+
+fn ip(args: &[&str]) -> io::Result<()> {
+    let out = Command::new("ip").args(args).output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "`ip {}`: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+impl EgressReplay {
+    /// Creates the namespace and device, and attaches `program` to the device's egress.
+    pub fn new(program: &mut SchedClassifier) -> Result<Self, ReplayError> {
+        // A thread of its own enters the new namespace, so the caller's stays as it was;
+        // the socket keeps the namespace alive after the thread ends.
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| Self::setup_in_new_namespace(program))
+                .join()
+                .unwrap_or_else(|_| Err(setup("thread")(io::Error::other("setup thread panicked"))))
+        })
+    }
+
+    fn setup_in_new_namespace(program: &mut SchedClassifier) -> Result<Self, ReplayError> {
+        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+            return Err(setup("unshare(CLONE_NEWNET)")(io::Error::last_os_error()));
+        }
+        // No IPv6 on devices made from here on: no router solicitations on our egress.
+        // (/proc/sys/net shows the namespace of the thread that opens it.)
+        std::fs::write("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1")
+            .or_else(|e| {
+                if e.kind() == io::ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(setup("disable IPv6"))?;
+        ip(&["link", "add", DEVICE, "type", "ifb"]).map_err(setup("create the ifb device"))?;
+        ip(&["link", "set", DEVICE, "mtu", MTU, "up"]).map_err(setup("bring the device up"))?;
+        program
+            .attach(DEVICE, TcAttachType::Egress)
+            .map_err(ReplayError::Attach)?;
+
+        let name = std::ffi::CString::new(DEVICE).expect("no NUL");
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) } as i32;
+        if ifindex == 0 {
+            return Err(setup("find the device")(io::Error::last_os_error()));
+        }
+        // Protocol 0: the socket only sends, it never receives.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(setup("AF_PACKET socket")(io::Error::last_os_error()));
+        }
+        Ok(Self {
+            socket: unsafe { OwnedFd::from_raw_fd(fd) },
+            ifindex,
+        })
+    }
+
+    /// Writes one Ethernet frame (at least 14 bytes) to the device; the egress program
+    /// has run when this returns.
+    pub fn send(&self, frame: &[u8]) -> Result<(), ReplayError> {
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        // skb->protocol as a receiving device would set it: the frame's EtherType.
+        addr.sll_protocol = u16::from_ne_bytes([frame[12], frame[13]]);
+        addr.sll_ifindex = self.ifindex;
+        addr.sll_halen = 6;
+        addr.sll_addr[..6].copy_from_slice(&frame[..6]);
+        let sent = unsafe {
+            libc::sendto(
+                self.socket.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&addr as *const libc::sockaddr_ll).cast(),
+                size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if sent < 0 || sent as usize != frame.len() {
+            return Err(ReplayError::Send {
+                len: frame.len(),
+                source: io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+}

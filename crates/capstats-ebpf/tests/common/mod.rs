@@ -1,0 +1,94 @@
+//! Test material: the shared corpus, read once, and the root check.
+
+use std::path::{Path, PathBuf};
+
+/// The corpus: `$CAPSTATS_CORPUS`, or `../shared/corpus` beside the workspace.
+pub fn corpus_dir() -> PathBuf {
+    let dir = std::env::var_os("CAPSTATS_CORPUS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus"));
+    assert!(
+        dir.join("filters_ethernet_valid.txt").is_file(),
+        "the test corpus is missing at {} (set CAPSTATS_CORPUS)",
+        dir.display()
+    );
+    dir
+}
+
+/// Kernel tests need root; they fail, loudly, without it.
+pub fn require_root() {
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test loads eBPF programs and must run as root (sudo cargo test)"
+    );
+}
+
+/// Non-empty lines of a text file.
+pub fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+pub struct CaptureRecords {
+    pub name: String,
+    pub records: Vec<Vec<u8>>,
+}
+
+/// Every record of every capture under `pcap/` and `pcapng/`, as libpcap reads them
+/// (records longer than the snapshot length cut to it). A file libpcap cannot finish
+/// reading contributes the records before the damage, as for tcpdump.
+pub fn read_all_captures(corpus: &Path) -> Vec<CaptureRecords> {
+    let mut paths = Vec::new();
+    for top in ["pcap", "pcapng"] {
+        for dir in std::fs::read_dir(corpus.join(top)).expect("corpus capture directory") {
+            let dir = dir.unwrap().path();
+            for file in std::fs::read_dir(&dir).unwrap() {
+                paths.push(file.unwrap().path());
+            }
+        }
+    }
+    paths.sort();
+    assert_eq!(paths.len(), 499, "the corpus should hold 499 captures");
+    paths
+        .iter()
+        .map(|path| {
+            let mut capture = pcap::Capture::from_file(path)
+                .unwrap_or_else(|e| panic!("libpcap cannot open {}: {e}", path.display()));
+            assert_eq!(
+                capture.get_datalink(),
+                pcap::Linktype::ETHERNET,
+                "{} is not an Ethernet capture",
+                path.display()
+            );
+            let mut records = Vec::new();
+            while let Ok(packet) = capture.next_packet() {
+                records.push(packet.data.to_vec());
+            }
+            CaptureRecords {
+                name: path
+                    .strip_prefix(corpus)
+                    .unwrap_or(path)
+                    .display()
+                    .to_string(),
+                records,
+            }
+        })
+        .collect()
+}
+
+/// libpcap's verdict function for `expression` compiled for Ethernet as libpcap makes
+/// it, metadata loads and all.
+pub fn libpcap_savefile_program(expression: &str) -> impl Fn(&[u8]) -> bool {
+    let filter = capstats_ebpf::filter::Filter::libpcap_for_linktype(
+        pcap::Linktype::ETHERNET,
+        expression,
+        0,
+    )
+    .unwrap_or_else(|e| panic!("libpcap must compile {expression:?}: {e}"));
+    move |record| filter.libpcap_matches(record)
+}
