@@ -1,4 +1,6 @@
-//! Test material: the shared corpus, read once, and the root check.
+//! Test material: the shared corpus, read once, and the root check. Each test binary
+//! uses a part of it.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 
