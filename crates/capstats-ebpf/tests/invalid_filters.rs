@@ -41,7 +41,6 @@ fn every_invalid_expression_is_refused_with_libpcaps_message() {
             "{expression:?} compiled, but libpcap 1.10.3 is known to refuse it"
         );
     }
-    let mut refused_by_us = refused_by_us;
     refused_by_us.sort();
     assert_eq!(refused_by_us, ["ifindex 2", "inbound", "outbound"]);
     eprintln!(
