@@ -51,8 +51,66 @@ impl Assembler {
         self.labels.push((label, self.insns.len()));
     }
 
-    /// Resolves every label to a slot offset.
+    /// Drops the instructions no path from the first one reaches, which the verifier
+    /// refuses ("unreachable insn"): code after a load the translator knows fails, or
+    /// classic instructions nothing jumps to. Labels move with what follows them.
+    fn without_unreachable(self) -> Result<Self, AsmError> {
+        let mut at = HashMap::with_capacity(self.labels.len());
+        for (label, index) in &self.labels {
+            if at.insert(*label, *index).is_some() {
+                return Err(AsmError::DuplicateLabel { label: *label });
+            }
+        }
+        let mut reachable = vec![false; self.insns.len()];
+        let mut todo = vec![0usize];
+        while let Some(index) = todo.pop() {
+            if index >= self.insns.len() || reachable[index] {
+                continue;
+            }
+            reachable[index] = true;
+            let insn = &self.insns[index];
+            if let Some(Target::Label(label)) = insn.target() {
+                let &dest = at.get(&label).ok_or(AsmError::UnknownLabel {
+                    index,
+                    insn: *insn,
+                    label,
+                })?;
+                todo.push(dest);
+            }
+            if !matches!(insn, Insn::Jump { .. } | Insn::Exit) {
+                todo.push(index + 1);
+            }
+        }
+        // New index of each old one: how many kept instructions come before it.
+        let mut kept_before = Vec::with_capacity(self.insns.len() + 1);
+        let mut kept = 0;
+        for &live in &reachable {
+            kept_before.push(kept);
+            kept += usize::from(live);
+        }
+        kept_before.push(kept);
+        Ok(Self {
+            insns: self
+                .insns
+                .into_iter()
+                .zip(&reachable)
+                .filter_map(|(insn, &live)| live.then_some(insn))
+                .collect(),
+            labels: self
+                .labels
+                .into_iter()
+                .map(|(label, index)| (label, kept_before[index]))
+                .collect(),
+        })
+    }
+
+    /// Drops unreachable instructions and resolves every label to a slot offset.
     pub fn finish(self) -> Result<Vec<Insn>, AsmError> {
+        let this = self.without_unreachable()?;
+        this.resolve()
+    }
+
+    fn resolve(self) -> Result<Vec<Insn>, AsmError> {
         // Slot position of each instruction (64-bit immediates take two).
         let mut slot_of = Vec::with_capacity(self.insns.len() + 1);
         let mut slot = 0usize;
@@ -97,7 +155,7 @@ impl Assembler {
 mod tests {
     use super::*;
     use crate::insn::build::*;
-    use crate::insn::{Operand::Imm, Reg::*};
+    use crate::insn::{JmpOp, Operand::Imm, Reg::*};
 
     #[test]
     fn labels_become_slot_offsets_counting_wide_instructions_twice() {
@@ -108,8 +166,25 @@ mod tests {
         asm.push(goto(Label::Local(0))); // slot 3
         asm.label(Label::Accept);
         asm.push(Insn::Exit); // slot 4
-        let text: Vec<String> = asm.finish().unwrap().iter().map(Insn::to_string).collect();
+        // (Slots 1-3 are unreachable: resolve without the pass that drops them.)
+        let text: Vec<String> = asm.resolve().unwrap().iter().map(Insn::to_string).collect();
         assert_eq!(text, ["goto +3", "r1 = 0x1 ll", "goto -3", "exit"]);
+    }
+
+    #[test]
+    fn unreachable_instructions_are_dropped_and_jumps_still_land() {
+        let mut asm = Assembler::new();
+        asm.push(goto(Label::Local(0))); // 0
+        asm.push(mov32(R0, Imm(1))); // unreachable
+        asm.push(goto(Label::Accept)); // unreachable
+        asm.label(Label::Local(0));
+        asm.push(branch32(JmpOp::Eq, R0, Imm(0), Label::Accept));
+        asm.push(mov32(R0, Imm(2)));
+        asm.label(Label::Accept);
+        asm.push(Insn::Exit);
+        asm.push(mov32(R0, Imm(3))); // after exit: unreachable
+        let text: Vec<String> = asm.finish().unwrap().iter().map(Insn::to_string).collect();
+        assert_eq!(text, ["goto +0", "if w0 == 0 goto +1", "w0 = 2", "exit"]);
     }
 
     #[test]

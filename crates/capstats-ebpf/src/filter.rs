@@ -215,6 +215,26 @@ impl Filter {
     }
 }
 
+/// libpcap's interpreter (`pcap_offline_filter`) running any classic program on
+/// `packet`, its captured length taken as its wire length: the reference the
+/// translation is held to. Returns the program's return value (0: no match).
+pub fn libpcap_run(program: &[RawInsn], packet: &[u8]) -> u32 {
+    let code = BpfProgram {
+        bf_len: program.len() as u32,
+        bf_insns: program.as_ptr().cast_mut(),
+    };
+    let header = PcapPkthdr {
+        ts: libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        },
+        caplen: packet.len() as u32,
+        len: packet.len() as u32,
+    };
+    // pcap_offline_filter only reads the program; it returns bpf_filter's u_int.
+    unsafe { pcap_offline_filter(&code, &header, packet.as_ptr()) as u32 }
+}
+
 fn open_live(interface: &str) -> Result<Capture<Active>, FilterError> {
     let open = || {
         Capture::from_device(interface)?

@@ -15,6 +15,7 @@ use std::io;
 use aya::programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions};
 use aya::sys::SyscallError;
 
+use crate::cbpf::Program;
 use crate::counters::{Counter, CounterError, CounterMap};
 use crate::filter::{Filter, FilterError, open_capture};
 use crate::insn::build::mov64;
@@ -83,9 +84,14 @@ pub struct KernelFilter {
 impl KernelFilter {
     /// Translates and loads `filter` as the program a TC hook would run.
     pub fn load(filter: &Filter) -> Result<Self, TestRunError> {
+        Self::load_program(filter.program())
+    }
+
+    /// Translates and loads any validated classic program.
+    pub fn load_program(classic: &Program) -> Result<Self, TestRunError> {
         let counters = CounterMap::create("capstats_test", 1)?;
         let insns = translate(
-            filter.program(),
+            classic,
             Hook::Tc,
             CounterSlot {
                 map_fd: counters.raw_fd(),

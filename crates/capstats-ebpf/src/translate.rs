@@ -398,3 +398,243 @@ fn x_upper_bounds(program: &Program) -> Vec<u32> {
         .map(|b| b.unwrap_or(u32::MAX))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cbpf::{RawInsn, SKF_AD_OFF};
+
+    const COUNTER: CounterSlot = CounterSlot { map_fd: 7, slot: 3 };
+
+    /// `(code, jt, jf, k)`, as `tcpdump -dd` prints it.
+    type Raw = (u16, u8, u8, u32);
+
+    fn listing(raw: &[Raw], hook: Hook) -> Vec<String> {
+        let raw: Vec<RawInsn> = raw
+            .iter()
+            .map(|&(c, jt, jf, k)| RawInsn::new(c, jt, jf, k))
+            .collect();
+        let program = Program::new(&raw).unwrap();
+        translate(&program, hook, COUNTER)
+            .unwrap()
+            .iter()
+            .map(Insn::to_string)
+            .collect()
+    }
+
+    /// The instructions one classic instruction becomes: what stands between the
+    /// prologue (3 instructions) and a final `ret #1` (a jump to the epilogue).
+    fn body(raw: &[Raw]) -> Vec<String> {
+        let mut program = raw.to_vec();
+        program.push((0x06, 0, 0, 1));
+        let lines = listing(&program, Hook::Tc);
+        // The epilogue starts with the key store (or, when no path accepts, the return).
+        let epilogue = lines
+            .iter()
+            .position(|l| l == "*(u32 *)(r10 - 68) = 3" || l == "r0 = -1")
+            .expect("an epilogue");
+        let end = if lines[epilogue - 1] == "goto +0" {
+            epilogue - 1
+        } else {
+            epilogue
+        };
+        lines[3..end].to_vec()
+    }
+
+    #[test]
+    fn a_whole_program_with_prologue_and_counting_epilogue() {
+        // tcpdump -d ip: ldh [12]; jeq #0x800 jt 2 jf 3; ret #262144; ret #0
+        let lines = listing(
+            &[
+                (0x28, 0, 0, 12),
+                (0x15, 0, 1, 0x800),
+                (0x06, 0, 0, 262_144),
+                (0x06, 0, 0, 0),
+            ],
+            Hook::SocketFilter,
+        );
+        assert_eq!(
+            lines,
+            [
+                "r6 = r1",
+                "w0 = 0",
+                "w7 = 0",
+                "r0 = *(u16 *)skb[12]",
+                "if w0 != 0x800 goto +1",
+                "goto +1",
+                "goto +14",
+                "*(u32 *)(r10 - 68) = 3",
+                "r2 = r10",
+                "r2 += -68",
+                "r1 = map[fd:7]",
+                "call bpf_map_lookup_elem#1",
+                "if r0 == 0 goto +7",
+                "r1 = *(u64 *)(r0 + 0)",
+                "r1 += 1",
+                "*(u64 *)(r0 + 0) = r1",
+                "r1 = *(u32 *)(r6 + 0)",
+                "r2 = *(u64 *)(r0 + 8)",
+                "r2 += r1",
+                "*(u64 *)(r0 + 8) = r2",
+                "r0 = 0",
+                "exit",
+            ]
+        );
+        // TC continues the chain instead: TC_ACT_UNSPEC.
+        let tc = listing(&[(0x06, 0, 0, 1)], Hook::Tc);
+        assert_eq!(tc[tc.len() - 2..], ["r0 = -1", "exit"]);
+    }
+
+    #[test]
+    fn each_classic_instruction_becomes_these_ebpf_instructions() {
+        let ad = |n: u32| SKF_AD_OFF + n;
+        let table: &[(&str, &[Raw], &[&str])] = &[
+            ("ld [k]", &[(0x20, 0, 0, 26)], &["r0 = *(u32 *)skb[26]"]),
+            ("ldh [k]", &[(0x28, 0, 0, 12)], &["r0 = *(u16 *)skb[12]"]),
+            ("ldb [k]", &[(0x30, 0, 0, 23)], &["r0 = *(u8 *)skb[23]"]),
+            // Beyond any packet: straight to the return; what follows is dropped unreachable.
+            ("ldb [k >= 2^31]", &[(0x30, 0, 0, 0x8000_0000)], &[]),
+            // X bounded by ldx msh (<= 60): no guard.
+            (
+                "ldh [x + k], x small",
+                &[(0xb1, 0, 0, 14), (0x48, 0, 0, 16)],
+                &[
+                    "r8 = r0",
+                    "r0 = *(u8 *)skb[14]",
+                    "w0 &= 0xf",
+                    "w0 <<= 2",
+                    "r7 = r0",
+                    "r0 = r8",
+                    "r0 = *(u16 *)skb[r7 + 16]",
+                ],
+            ),
+            // X unknown: X + k must not pass 2^31 (libpcap's bounds), checked in 64 bits.
+            (
+                "ldb [x + k], x unknown",
+                &[(0x81, 0, 0, 0), (0x50, 0, 0, 14)],
+                &[
+                    "r7 = *(u32 *)(r6 + 0)",
+                    "r8 = r7",
+                    "r8 += 14",
+                    "if r8 > 0x7fffffff goto +16",
+                    "r0 = *(u8 *)skb[r8 + 0]",
+                ],
+            ),
+            ("ld #pktlen", &[(0x80, 0, 0, 0)], &["r0 = *(u32 *)(r6 + 0)"]),
+            ("ld #k", &[(0x00, 0, 0, 0xffff_ffff)], &["w0 = 0xffffffff"]),
+            (
+                "st/ld M[k]",
+                &[(0x02, 0, 0, 0), (0x60, 0, 0, 0)],
+                &["*(u32 *)(r10 - 64) = r0", "r0 = *(u32 *)(r10 - 64)"],
+            ),
+            (
+                "stx/ldx M[k]",
+                &[(0x03, 0, 0, 15), (0x61, 0, 0, 15)],
+                &["*(u32 *)(r10 - 4) = r7", "r7 = *(u32 *)(r10 - 4)"],
+            ),
+            ("ldx #k", &[(0x01, 0, 0, 4)], &["w7 = 4"]),
+            ("add #k", &[(0x04, 0, 0, 1)], &["w0 += 1"]),
+            (
+                "rsh x",
+                &[(0x7c, 0, 0, 0)],
+                &["if w7 < 0x20 goto +2", "w0 = 0", "goto +1", "w0 >>= w7"],
+            ),
+            (
+                "div x",
+                &[(0x3c, 0, 0, 0)],
+                &["if w7 == 0 goto +16", "w0 /= w7"],
+            ),
+            ("mod #k", &[(0x94, 0, 0, 7)], &["w0 %= 7"]),
+            ("neg", &[(0x84, 0, 0, 0)], &["w0 = -w0"]),
+            (
+                "tax; txa",
+                &[(0x07, 0, 0, 0), (0x87, 0, 0, 0)],
+                &["w7 = w0", "w0 = w7"],
+            ),
+            (
+                "jeq #k jt 0",
+                &[(0x15, 0, 1, 6), (0x06, 0, 0, 0)],
+                &["if w0 != 6 goto +1", "goto +15"],
+            ),
+            (
+                "jgt x jf 0",
+                &[(0x2d, 1, 0, 0), (0x06, 0, 0, 0)],
+                &["if w0 > w7 goto +1", "goto +15"],
+            ),
+            (
+                "jset #k",
+                &[(0x45, 0, 1, 0x1fff), (0x06, 0, 0, 0)],
+                &["if w0 & 0x1fff goto +1", "goto +1", "goto +15"],
+            ),
+            (
+                "ret a",
+                &[(0x16, 0, 0, 0)],
+                &["if w0 != 0 goto +1", "goto +14"],
+            ),
+            (
+                "ldb [vlanp]",
+                &[(0x30, 0, 0, ad(48))],
+                &["r0 = *(u32 *)(r6 + 20)"],
+            ),
+            (
+                "ldb [vlan_tci]",
+                &[(0x30, 0, 0, ad(44))],
+                &["r0 = *(u32 *)(r6 + 24)"],
+            ),
+            (
+                "ldh [type]",
+                &[(0x28, 0, 0, ad(4))],
+                &["r0 = *(u32 *)(r6 + 4)"],
+            ),
+            (
+                "ld [ifidx]",
+                &[(0x20, 0, 0, ad(8))],
+                &["r0 = *(u32 *)(r6 + 40)"],
+            ),
+            (
+                "ldh [proto]",
+                &[(0x28, 0, 0, ad(0))],
+                &["r0 = *(u32 *)(r6 + 16)", "r0 = be16 r0"],
+            ),
+            (
+                "ld [random]",
+                &[(0x20, 0, 0, ad(56))],
+                &["call bpf_get_prandom_u32#7"],
+            ),
+        ];
+        let mut wrong = Vec::new();
+        for (name, raw, want) in table {
+            let got = body(raw);
+            if got != *want {
+                wrong.push(format!("{name}: {got:?}"));
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    /// protochain's loop: the backward jump (here `ja 1`) is guarded by may_goto.
+    #[test]
+    fn a_backward_ja_becomes_a_budgeted_loop() {
+        let lines = listing(
+            &[
+                (0x00, 0, 0, 3),
+                (0x15, 2, 0, 0),
+                (0x14, 0, 0, 1),
+                (0x05, 0, 0, -3i32 as u32),
+                (0x06, 0, 0, 1),
+            ],
+            Hook::Tc,
+        );
+        assert_eq!(
+            lines[3..9],
+            [
+                "w0 = 3",
+                "if w0 == 0 goto +3",
+                "w0 -= 1",
+                "may_goto +16",
+                "goto -4",
+                "goto +0"
+            ]
+        );
+    }
+}
