@@ -1,47 +1,159 @@
 //! `capstats`: the one binary. Parses the command line and prints for people or JSON;
-//! the work is done by `capstats-ebpf` (and the daemon).
+//! the work is done by the daemon (`capstats-daemon`) and `capstats-ebpf`.
 
+mod client;
+mod output;
+mod session_cmds;
 mod test_cmd;
+mod watch;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use capstats_common::{DEFAULT_SOCKET, DEFAULT_STATE_DIR};
 use clap::{Parser, Subcommand};
 
-/// Count packets matching pcap filter expressions, in the kernel.
+/// Count packets and bytes matching pcap filter expressions, in the kernel.
+///
+/// Run the daemon with `capstats -d`, then create sessions with `capstats new` and read
+/// them with `poll`, `show` or `watch`.
 #[derive(Debug, Parser)]
-#[command(name = "capstats", version, about, long_about = None)]
+#[command(
+    name = "capstats",
+    version,
+    about,
+    after_help = "Examples:\n  capstats -d -g capstats\n  capstats new web interface eth0 filter tcp port 80\n  \
+                  capstats poll\n  capstats watch web frequency 0.5\n  capstats test trace.pcap udp port 53"
+)]
 struct Cli {
+    /// Run the daemon (in the foreground; logs go to stderr).
+    #[arg(short = 'd', long = "daemon")]
+    daemon: bool,
+
+    /// With -d: members of GROUP (a name or a gid) may use the daemon besides root.
+    #[arg(short = 'g', long, value_name = "GROUP", requires = "daemon")]
+    group: Option<String>,
+
+    /// With -d: where the session table is kept.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR, requires = "daemon")]
+    state_dir: PathBuf,
+
+    /// The daemon's socket.
+    #[arg(short = 's', long, value_name = "SOCKET", env = "CAPSTATS_SOCKET", default_value = DEFAULT_SOCKET, global = true)]
+    socket: PathBuf,
+
     /// Print one JSON object per line instead of text for people.
     #[arg(long, global = true)]
     json: bool,
 
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Start counting: new NAME [interface IF] [filter] EXPR...
+    #[command(
+        after_help = "The expression is compiled for the interface as `tcpdump -i IF EXPR` does;\n\
+                            without `interface`, tcpdump's default (the first up, non-loopback device).\n\
+                            No expression: every packet."
+    )]
+    New {
+        /// The session's name (1-64 bytes, no white space).
+        name: String,
+        /// [interface IF] [filter] EXPR..., one quoted argument or several words.
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "EXPR"
+        )]
+        words: Vec<String>,
+    },
+    /// Replace a session's filter; its counters carry on.
+    Modify {
+        name: String,
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "EXPR"
+        )]
+        words: Vec<String>,
+    },
+    /// Stop counting and forget the session (prints its last counters).
+    Stop { name: String },
+    /// Every session: name, interface, state, filter.
+    List,
+    /// One session with its counters.
+    Show { name: String },
+    /// Counters of the named sessions, or of every session.
+    Poll { names: Vec<String> },
+    /// Print a session's counters and rates every period until Ctrl-C:
+    /// watch NAME frequency SECONDS.
+    Watch {
+        name: String,
+        /// `frequency SECONDS` (or just SECONDS); fractions such as 0.5 work.
+        #[arg(value_name = "frequency SECONDS", num_args = 1..=2, required = true)]
+        period: Vec<String>,
+    },
     /// Run every record of a capture file through the kernel program a session would
     /// run, and print how many matched (needs root).
     #[command(
-        after_help = "Examples:\n  capstats test trace.pcap filter tcp port 80\n  capstats test trace.pcapng 'vlan and udp' --dump\n\n\
-                      The expression is compiled for the file as `tcpdump -r FILE EXPR` does.\n\
-                      bytes counts the captured length of the matching records."
+        after_help = "Examples:\n  capstats test trace.pcap filter tcp port 80\n  capstats test --dump trace.pcapng 'vlan and udp'\n\n\
+                      Options come before the file. The expression is compiled for the file as\n\
+                      `tcpdump -r FILE EXPR` does. bytes counts the captured length of the matching records."
     )]
     Test(test_cmd::TestArgs),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Test(args) => test_cmd::run(&args, cli.json),
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let failed = e.use_stderr();
+            let _ = e.print();
+            // Usage errors are errors like any other: exit code 1.
+            return if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
     };
-    match result {
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("capstats: {}", describe(&error));
             ExitCode::FAILURE
         }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    if cli.daemon {
+        if cli.command.is_some() {
+            anyhow::bail!("-d runs the daemon and takes no command");
+        }
+        return Ok(capstats_daemon::run(capstats_daemon::Config {
+            socket: cli.socket,
+            group: cli.group,
+            state_dir: cli.state_dir,
+        })?);
+    }
+    let Some(command) = cli.command else {
+        anyhow::bail!(
+            "say what to do: capstats -d to run the daemon, or a command (capstats --help)"
+        );
+    };
+    let socket = &cli.socket;
+    match command {
+        Command::New { name, words } => session_cmds::new(socket, name, &words, cli.json),
+        Command::Modify { name, words } => session_cmds::modify(socket, name, &words, cli.json),
+        Command::Stop { name } => session_cmds::stop(socket, name, cli.json),
+        Command::List => session_cmds::list(socket, cli.json),
+        Command::Show { name } => session_cmds::show(socket, name, cli.json),
+        Command::Poll { names } => session_cmds::poll(socket, names, cli.json),
+        Command::Watch { name, period } => watch::watch(socket, &name, &period, cli.json),
+        Command::Test(args) => test_cmd::run(&args, cli.json),
     }
 }
 

@@ -1,8 +1,21 @@
 //! The capstats protocol between client and daemon: one JSON request and one JSON
-//! response per line over the unix socket. Shared constants live here too.
+//! response per line over the unix socket, and the constants both sides share.
+//!
+//! A request is `{"version":1,"command":"show","name":"web"}`; a response is either
+//! `{"ok":{...}}` or `{"error":{"kind":"unknown_session","message":"..."}}`. Field
+//! names are stable: scripts and monitoring agents parse them.
+
+pub mod names;
+pub mod protocol;
 
 /// The version of the line protocol; a daemon refuses requests of another version.
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Where the daemon listens unless `-s`/`--socket` or `CAPSTATS_SOCKET` says otherwise.
 pub const DEFAULT_SOCKET: &str = "/var/run/capstats";
+
+/// Where the daemon keeps its session table unless `--state-dir` says otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/capstats";
+
+/// The longest request line the daemon reads; longer ones get an error.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;

@@ -1,2 +1,125 @@
 //! The capstats daemon: capture sessions, the unix socket server, access control,
 //! attachment and persistence. Built on `capstats-ebpf`; knows nothing of terminals.
+//!
+//! [`run`] is `capstats -d`: it checks it may run, restores the session table, serves
+//! requests until SIGTERM or SIGINT, then saves the table and removes its socket.
+
+mod attach;
+mod auth;
+mod listener;
+mod log;
+mod server;
+mod service;
+mod session;
+mod state;
+
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use nix::sys::signal::{SigSet, Signal};
+
+use crate::log::event;
+
+pub use auth::Access;
+pub use listener::ListenError;
+pub use state::StateError;
+
+/// How the daemon was started.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub socket: PathBuf,
+    /// `-g`: a group name or number whose members may use the daemon.
+    pub group: Option<String>,
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("capstats -d loads eBPF programs and opens packet sockets: it must run as root")]
+    NotRoot,
+    #[error("unknown group {0:?} (give a group name or number)")]
+    UnknownGroup(String),
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("cannot use state directory {path}: {source}")]
+    StateDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot set up signal handling: {0}")]
+    Signals(nix::Error),
+}
+
+fn resolve_group(group: &str) -> Result<u32, DaemonError> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(group) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        _ => Err(DaemonError::UnknownGroup(group.to_owned())),
+    }
+}
+
+/// Runs the daemon in the foreground until SIGTERM or SIGINT.
+pub fn run(config: Config) -> Result<(), DaemonError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(DaemonError::NotRoot);
+    }
+    let group = config.group.as_deref().map(resolve_group).transpose()?;
+    state::ensure_dir(&config.state_dir).map_err(|source| DaemonError::StateDir {
+        path: config.state_dir.display().to_string(),
+        source,
+    })?;
+    let state = state::StateFile::new(&config.state_dir);
+    // Check the table before taking the socket, and the socket before touching sessions.
+    let _lock = state.lock()?;
+    state.load()?;
+    // Signals are taken by one thread only: block them before any thread starts.
+    let signals: SigSet = [Signal::SIGTERM, Signal::SIGINT].into_iter().collect();
+    signals.thread_block().map_err(DaemonError::Signals)?;
+    let listener = listener::bind(&config.socket, group)?;
+    let service = Arc::new(Mutex::new(service::Service::restore(state)?));
+    event!(
+        "listening on {} ({}), {} sessions restored from {}",
+        config.socket.display(),
+        match group {
+            Some(gid) => format!("root and group {gid}, mode 0660"),
+            None => "root only, mode 0600".into(),
+        },
+        service.lock().map(|s| s.session_count()).unwrap_or(0),
+        config.state_dir.display()
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let listener_fd = listener.as_raw_fd();
+    {
+        let stop = Arc::clone(&stop);
+        std::thread::Builder::new()
+            .name("capstats-signals".into())
+            .spawn(move || {
+                if let Ok(signal) = signals.wait() {
+                    event!("{signal}: shutting down");
+                }
+                stop.store(true, Ordering::SeqCst);
+                // Wakes the accept loop.
+                unsafe { libc::shutdown(listener_fd, libc::SHUT_RDWR) };
+            })
+            .map_err(|e| {
+                DaemonError::Signals(nix::Error::from_raw(e.raw_os_error().unwrap_or(0)))
+            })?;
+    }
+    server::serve(&listener, Access { group }, &service, &stop);
+
+    let service = service.lock().unwrap_or_else(|p| p.into_inner());
+    service.save();
+    let _ = std::fs::remove_file(&config.socket);
+    event!(
+        "stopped; session table saved ({} sessions)",
+        service.session_count()
+    );
+    Ok(())
+}

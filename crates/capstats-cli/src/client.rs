@@ -1,0 +1,40 @@
+//! Talking to the daemon: one request line out, one response line back.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use anyhow::{Context, anyhow, bail};
+use capstats_common::protocol::{Command, Reply, Request, Response};
+
+/// Sends `command` to the daemon at `socket` and returns its reply; the daemon's error
+/// message becomes the error.
+pub fn request(socket: &Path, command: Command) -> anyhow::Result<Reply> {
+    let mut stream = UnixStream::connect(socket).map_err(|e| {
+        let hint = match e.kind() {
+            std::io::ErrorKind::PermissionDenied => {
+                "; the socket is root's (or the daemon's -g group's): run as root or as a member of that group"
+            }
+            _ => "; is `capstats -d` running? (-s/--socket or CAPSTATS_SOCKET choose another socket)",
+        };
+        anyhow!("cannot connect to the capstats daemon at {}: {e}{hint}", socket.display())
+    })?;
+    let mut line = serde_json::to_vec(&Request::new(command)).expect("plain data serializes");
+    line.push(b'\n');
+    stream
+        .write_all(&line)
+        .context("sending the request to the daemon")?;
+    let mut answer = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut answer)
+        .context("reading the daemon's answer")?;
+    if answer.is_empty() {
+        bail!("the daemon closed the connection without answering");
+    }
+    match serde_json::from_str::<Response>(&answer)
+        .with_context(|| format!("the daemon's answer is not understood: {}", answer.trim()))?
+    {
+        Response::Ok(reply) => Ok(reply),
+        Response::Error(error) => bail!("{}", error.message),
+    }
+}

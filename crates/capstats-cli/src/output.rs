@@ -1,0 +1,148 @@
+//! Output for people (aligned, units named) and for programs (one JSON object per
+//! line, the protocol's field names).
+
+use capstats_common::protocol::Session;
+
+/// `1234567` → `1,234,567`: counters are read by people too.
+pub fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A rate with an SI prefix: `12.3 kbit/s`.
+pub fn rate(value: f64, unit: &str) -> String {
+    let (scaled, prefix) = match value {
+        v if v >= 1e9 => (v / 1e9, "G"),
+        v if v >= 1e6 => (v / 1e6, "M"),
+        v if v >= 1e3 => (v / 1e3, "k"),
+        v => (v, ""),
+    };
+    format!("{scaled:.1} {prefix}{unit}")
+}
+
+fn state(session: &Session) -> &'static str {
+    if session.up { "up" } else { "down" }
+}
+
+pub fn json_line(value: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string(value).expect("plain data serializes")
+    );
+}
+
+/// A table: a header and rows, columns padded to their widest cell; the last column
+/// is left ragged (filters can be long).
+pub fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let last = cells.len() - 1;
+        let text: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i == last {
+                    c.to_string()
+                } else {
+                    format!("{c:<w$}", w = widths[i])
+                }
+            })
+            .collect();
+        println!("{}", text.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+/// `list`: what counts where, without counters.
+pub fn list(sessions: &[Session]) {
+    if sessions.is_empty() {
+        println!("no sessions (create one with: capstats new NAME [interface IF] EXPR...)");
+        return;
+    }
+    let rows: Vec<Vec<String>> = sessions
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                s.interface.clone(),
+                state(s).into(),
+                s.created.clone(),
+                s.filter.clone(),
+            ]
+        })
+        .collect();
+    table(&["NAME", "INTERFACE", "STATE", "CREATED", "FILTER"], &rows);
+}
+
+/// `poll`: counters of each session.
+pub fn poll(sessions: &[Session]) {
+    if sessions.is_empty() {
+        println!("no sessions");
+        return;
+    }
+    let rows: Vec<Vec<String>> = sessions
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                s.interface.clone(),
+                state(s).into(),
+                grouped(s.packets.unwrap_or(0)),
+                grouped(s.bytes.unwrap_or(0)),
+                s.filter.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &["NAME", "INTERFACE", "STATE", "PACKETS", "BYTES", "FILTER"],
+        &rows,
+    );
+}
+
+/// `show`: one session, one field a line.
+pub fn show(s: &Session) {
+    let fields = [
+        ("name", s.name.clone()),
+        ("interface", format!("{} ({})", s.interface, state(s))),
+        ("hook", s.hook.clone()),
+        ("filter", s.filter.clone()),
+        ("packets", grouped(s.packets.unwrap_or(0))),
+        ("bytes", grouped(s.bytes.unwrap_or(0))),
+        ("created", s.created.clone()),
+        ("modified", s.modified.clone()),
+    ];
+    for (key, value) in fields {
+        println!("{:<10} {value}", format!("{key}:"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_for_people() {
+        assert_eq!(grouped(0), "0");
+        assert_eq!(grouped(999), "999");
+        assert_eq!(grouped(1000), "1,000");
+        assert_eq!(grouped(1_234_567), "1,234,567");
+        assert_eq!(rate(0.0, "pkt/s"), "0.0 pkt/s");
+        assert_eq!(rate(1500.0, "bit/s"), "1.5 kbit/s");
+        assert_eq!(rate(2.5e9, "bit/s"), "2.5 Gbit/s");
+    }
+}

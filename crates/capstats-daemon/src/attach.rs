@@ -1,0 +1,94 @@
+//! Where a session counts: an AF_PACKET socket bound to one interface, both
+//! directions, with the session's program as its socket filter. The program returns 0,
+//! so the socket never queues a packet: it exists only to run the filter.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+/// `ETH_P_ALL` in network byte order: every protocol, like tcpdump.
+const ETH_P_ALL_BE: u16 = (libc::ETH_P_ALL as u16).to_be();
+
+/// The interface index of `name` in this network namespace, if it exists.
+pub fn ifindex(name: &str) -> Option<u32> {
+    let name = CString::new(name).ok()?;
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => None,
+        index => Some(index),
+    }
+}
+
+/// The interface tcpdump would pick: the first one libpcap lists that is up and is
+/// not a loopback.
+pub fn default_interface() -> Result<String, String> {
+    let devices = pcap::Device::list().map_err(|e| format!("cannot list interfaces: {e}"))?;
+    devices
+        .into_iter()
+        .find(|d| {
+            d.flags.is_up()
+                && !d.flags.is_loopback()
+                && d.name != "any"
+                && ifindex(&d.name).is_some()
+        })
+        .map(|d| d.name)
+        .ok_or_else(|| {
+            "no interface is up (other than loopback): name one with `interface IF`".into()
+        })
+}
+
+/// An AF_PACKET socket whose filter counts.
+#[derive(Debug)]
+pub struct CountingSocket {
+    fd: OwnedFd,
+}
+
+impl CountingSocket {
+    /// A raw packet socket that receives nothing until [`CountingSocket::bind`].
+    pub fn new() -> io::Result<Self> {
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let socket = Self {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        };
+        // The filter queues nothing; keep the receive buffer minimal all the same.
+        let size: libc::c_int = 0;
+        unsafe {
+            libc::setsockopt(
+                socket.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&size as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as u32,
+            )
+        };
+        Ok(socket)
+    }
+
+    /// Starts receiving every protocol on `ifindex`, both directions. Attach the filter
+    /// first, so that no packet passes unfiltered.
+    pub fn bind(&self, ifindex: u32) -> io::Result<()> {
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = ETH_P_ALL_BE;
+        addr.sll_ifindex = ifindex as i32;
+        let rc = unsafe {
+            libc::bind(
+                self.fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_ll).cast(),
+                size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+impl AsFd for CountingSocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}

@@ -1,0 +1,141 @@
+//! Who may talk to the daemon: root, or with `-g GROUP` a member of GROUP, decided from
+//! the kernel's record of the connecting process (`SO_PEERCRED`, `SO_PEERGROUPS`), never
+//! from anything the client says.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+
+/// The credentials the kernel recorded for the peer when it connected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub pid: i32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+}
+
+impl Peer {
+    /// Reads the peer's credentials from a connected stream.
+    pub fn of(stream: &UnixStream) -> io::Result<Self> {
+        let fd = stream.as_raw_fd();
+        let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
+        let mut len = size_of::<libc::ucred>() as libc::socklen_t;
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_PEERCRED,
+                (&mut cred as *mut libc::ucred).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self {
+            pid: cred.pid,
+            uid: cred.uid,
+            gid: cred.gid,
+            groups: peer_groups(fd)?,
+        })
+    }
+}
+
+/// `SO_PEERGROUPS` (Linux 4.13): the supplementary groups at connect time.
+fn peer_groups(fd: i32) -> io::Result<Vec<u32>> {
+    let mut groups = vec![0u32; 64];
+    loop {
+        let mut len = (groups.len() * size_of::<u32>()) as libc::socklen_t;
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let needed = len as usize / size_of::<u32>();
+        if rc == 0 {
+            groups.truncate(needed);
+            return Ok(groups);
+        }
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() == Some(libc::ERANGE) && needed > groups.len() {
+            groups.resize(needed, 0);
+            continue;
+        }
+        return Err(error);
+    }
+}
+
+/// The daemon's access rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Access {
+    /// With `-g`: the group whose members may connect besides root.
+    pub group: Option<u32>,
+}
+
+impl Access {
+    /// `Ok` if `peer` may use the daemon, else the reason to tell it and log.
+    pub fn check(&self, peer: &Peer) -> Result<(), String> {
+        if peer.uid == 0 {
+            return Ok(());
+        }
+        match self.group {
+            Some(group) if peer.gid == group || peer.groups.contains(&group) => Ok(()),
+            Some(group) => Err(format!(
+                "permission denied: uid {} is neither root nor a member of group {group}",
+                peer.uid
+            )),
+            None => Err(format!(
+                "permission denied: only root may use this daemon (uid {}); start it with -g GROUP to let a group in",
+                peer.uid
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(uid: u32, gid: u32, groups: &[u32]) -> Peer {
+        Peer {
+            pid: 1,
+            uid,
+            gid,
+            groups: groups.to_vec(),
+        }
+    }
+
+    #[test]
+    fn root_always_group_members_with_g_nobody_else() {
+        let root_only = Access { group: None };
+        let with_group = Access { group: Some(990) };
+        assert!(root_only.check(&peer(0, 0, &[])).is_ok());
+        assert!(root_only.check(&peer(1000, 990, &[990])).is_err());
+        assert!(with_group.check(&peer(0, 5, &[])).is_ok());
+        assert!(
+            with_group.check(&peer(1000, 990, &[])).is_ok(),
+            "primary group"
+        );
+        assert!(
+            with_group.check(&peer(1000, 100, &[4, 990])).is_ok(),
+            "supplementary group"
+        );
+        let err = with_group.check(&peer(1000, 100, &[4])).unwrap_err();
+        assert!(err.starts_with("permission denied"), "{err}");
+    }
+
+    #[test]
+    fn reads_our_own_credentials() {
+        let (a, _b) = UnixStream::pair().unwrap();
+        let me = Peer::of(&a).unwrap();
+        assert_eq!(me.uid, unsafe { libc::getuid() });
+        assert_eq!(me.gid, unsafe { libc::getgid() });
+        assert_eq!(me.pid, std::process::id() as i32);
+    }
+}

@@ -1,0 +1,17 @@
+//! Logging: one line per event on stderr, with a UTC timestamp, so that journald,
+//! a terminal and `grep` all read it.
+
+/// Writes one log line: `2026-11-26T03:20:00Z capstats: <message>`.
+macro_rules! event {
+    ($($arg:tt)*) => {
+        $crate::log::line(format_args!($($arg)*))
+    };
+}
+pub(crate) use event;
+
+pub fn line(message: std::fmt::Arguments<'_>) {
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+    // One write per line, so that lines from threads do not interleave.
+    let text = format!("{now} capstats: {message}\n");
+    let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), text.as_bytes());
+}

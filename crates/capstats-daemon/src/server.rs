@@ -1,0 +1,209 @@
+//! Serving the socket: one thread per connection, each checked against the access
+//! rule, then reading request lines and writing response lines until the client goes.
+//!
+//! A client cannot hurt another: lines are bounded ([`MAX_REQUEST_BYTES`]), a silent
+//! or stalled client is dropped after [`IDLE_TIMEOUT`], and a bad request only earns
+//! an error response on its own connection.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use capstats_common::MAX_REQUEST_BYTES;
+use capstats_common::protocol::{ErrorKind, Request, Response};
+
+use crate::auth::{Access, Peer};
+use crate::log::event;
+use crate::service::Service;
+
+/// How long a connection may stay silent between requests.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a response may wait for a client that does not read.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts connections until `stop` is set (and the listener shut down to wake us).
+pub fn serve(
+    listener: &UnixListener,
+    access: Access,
+    service: &Arc<Mutex<Service>>,
+    stop: &AtomicBool,
+) {
+    for stream in listener.incoming() {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let stream = match stream {
+            Ok(stream) => stream,
+            Err(e) => {
+                event!("accept failed: {e}");
+                // Out of file descriptors and the like: do not spin.
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        let service = Arc::clone(service);
+        let spawned = std::thread::Builder::new()
+            .name("capstats-client".into())
+            .spawn(move || connection(stream, access, &service));
+        if let Err(e) = spawned {
+            event!("cannot start a thread for a client: {e}");
+        }
+    }
+}
+
+fn connection(stream: UnixStream, access: Access, service: &Mutex<Service>) {
+    let peer = match Peer::of(&stream) {
+        Ok(peer) => peer,
+        Err(e) => {
+            event!("cannot read a client's credentials, disconnecting it: {e}");
+            return;
+        }
+    };
+    let who = format!("pid {} uid {}", peer.pid, peer.uid);
+    let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+    let mut writer = match stream.try_clone() {
+        Ok(writer) => writer,
+        Err(e) => {
+            event!("client {who}: {e}");
+            return;
+        }
+    };
+    if let Err(reason) = access.check(&peer) {
+        event!("refused client {who}: {reason}");
+        let _ = respond(
+            &mut writer,
+            &Response::error(ErrorKind::PermissionDenied, reason),
+        );
+        return;
+    }
+    let mut reader = BufReader::new(stream);
+    loop {
+        let response = match read_line(&mut reader) {
+            Ok(Line::End) => return,
+            Ok(Line::TooLong) => Response::error(
+                ErrorKind::BadRequest,
+                format!("request longer than {MAX_REQUEST_BYTES} bytes"),
+            ),
+            Ok(Line::Text(text)) => match Request::parse(&text) {
+                Ok(request) => {
+                    let mut service = service
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    service.handle(request.command)
+                }
+                Err(message) => Response::error(ErrorKind::BadRequest, message),
+            },
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                event!(
+                    "client {who} idle for {}s, disconnected",
+                    IDLE_TIMEOUT.as_secs()
+                );
+                return;
+            }
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                Response::error(ErrorKind::BadRequest, "the request is not UTF-8 text")
+            }
+            Err(_) => return,
+        };
+        if respond(&mut writer, &response).is_err() {
+            return;
+        }
+    }
+}
+
+fn respond(writer: &mut UnixStream, response: &Response) -> io::Result<()> {
+    let mut line = serde_json::to_vec(response).expect("plain data serializes");
+    line.push(b'\n');
+    writer.write_all(&line)
+}
+
+enum Line {
+    Text(String),
+    TooLong,
+    End,
+}
+
+/// One line of at most [`MAX_REQUEST_BYTES`]; the rest of a longer one is read and
+/// thrown away, so the next request starts clean.
+fn read_line(reader: &mut impl BufRead) -> io::Result<Line> {
+    let mut line = Vec::new();
+    let mut too_long = false;
+    loop {
+        let available = reader.fill_buf()?;
+        if available.is_empty() {
+            // End of stream: a last unterminated line still counts.
+            return Ok(if too_long {
+                Line::TooLong
+            } else if line.is_empty() {
+                Line::End
+            } else {
+                text(line)?
+            });
+        }
+        let (chunk, found_newline) = match available.iter().position(|&b| b == b'\n') {
+            Some(at) => (&available[..at], true),
+            None => (available, false),
+        };
+        if !too_long {
+            if line.len() + chunk.len() > MAX_REQUEST_BYTES {
+                too_long = true;
+                line = Vec::new();
+            } else {
+                line.extend_from_slice(chunk);
+            }
+        }
+        let used = chunk.len() + usize::from(found_newline);
+        reader.consume(used);
+        if found_newline {
+            return if too_long {
+                Ok(Line::TooLong)
+            } else {
+                text(line)
+            };
+        }
+    }
+}
+
+fn text(line: Vec<u8>) -> io::Result<Line> {
+    String::from_utf8(line)
+        .map(Line::Text)
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(input: &[u8]) -> Vec<String> {
+        let mut reader = BufReader::with_capacity(7, input);
+        let mut out = Vec::new();
+        loop {
+            match read_line(&mut reader) {
+                Ok(Line::Text(t)) => out.push(t),
+                Ok(Line::TooLong) => out.push("<too long>".into()),
+                Ok(Line::End) => return out,
+                Err(e) => out.push(format!("<{e}>")),
+            }
+        }
+    }
+
+    #[test]
+    fn reads_bounded_lines_and_recovers_after_a_long_one() {
+        let mut input = b"{\"a\":1}\n".to_vec();
+        input.extend(vec![b'x'; MAX_REQUEST_BYTES + 10]);
+        input.extend(b"\nnext\nlast");
+        assert_eq!(lines(&input), ["{\"a\":1}", "<too long>", "next", "last"]);
+        assert_eq!(
+            lines(b"\xff\xfe\nok\n"),
+            ["<stream did not contain valid UTF-8>", "ok"]
+        );
+    }
+}

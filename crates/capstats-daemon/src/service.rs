@@ -1,0 +1,193 @@
+//! The session table and the commands that act on it: every request goes through
+//! [`Service::handle`], and every change is written to the state file before it is
+//! acknowledged.
+
+use std::collections::BTreeMap;
+
+use capstats_common::names::check_name;
+use capstats_common::protocol::{Command, ErrorKind, Reply, Response};
+use capstats_ebpf::counters::Counter;
+
+use crate::attach::default_interface;
+use crate::log::event;
+use crate::session::Session;
+use crate::state::{SavedSession, StateError, StateFile, format_time, parse_time};
+
+/// Every session, by name.
+#[derive(Debug)]
+pub struct Service {
+    sessions: BTreeMap<String, Session>,
+    state: StateFile,
+}
+
+impl Service {
+    /// Restores the sessions of the state file. A session that cannot count now (its
+    /// interface is gone, say) is kept, down, with its counters.
+    pub fn restore(state: StateFile) -> Result<Self, StateError> {
+        let mut sessions = BTreeMap::new();
+        for saved in state.load()? {
+            let base = Counter {
+                packets: saved.packets,
+                bytes: saved.bytes,
+            };
+            let mut session =
+                match Session::start(&saved.name, &saved.interface, &saved.filter, base) {
+                    Ok(session) => {
+                        event!(
+                            "restored session {:?} on {} ({})",
+                            saved.name,
+                            saved.interface,
+                            saved.filter
+                        );
+                        session
+                    }
+                    Err(e) => {
+                        event!("session {:?} restored down: {e}", saved.name);
+                        Session::down(&saved.name, &saved.interface, &saved.filter, base)
+                    }
+                };
+            session.created = parse_time(&saved.created);
+            session.modified = parse_time(&saved.modified);
+            sessions.insert(saved.name, session);
+        }
+        Ok(Self { sessions, state })
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Writes the table, counters as they are now; logs rather than fails, since the
+    /// change it records has happened in the kernel already.
+    pub fn save(&self) {
+        let saved = self
+            .sessions
+            .values()
+            .map(|s| {
+                let counter = s.counter().unwrap_or(s.base);
+                SavedSession {
+                    name: s.name.clone(),
+                    interface: s.interface.clone(),
+                    filter: s.filter.clone(),
+                    created: format_time(s.created),
+                    modified: format_time(s.modified),
+                    packets: counter.packets,
+                    bytes: counter.bytes,
+                }
+            })
+            .collect();
+        if let Err(e) = self.state.save(saved) {
+            event!("cannot save the session table: {e}");
+        }
+    }
+
+    /// Answers one request.
+    pub fn handle(&mut self, command: Command) -> Response {
+        match self.dispatch(command) {
+            Ok(reply) => Response::Ok(reply),
+            Err((kind, message)) => Response::error(kind, message),
+        }
+    }
+
+    fn dispatch(&mut self, command: Command) -> Result<Reply, (ErrorKind, String)> {
+        let internal =
+            |e: capstats_ebpf::counters::CounterError| (ErrorKind::Kernel, e.to_string());
+        match command {
+            Command::New {
+                name,
+                interface,
+                filter,
+            } => {
+                check_name(&name).map_err(|m| (ErrorKind::InvalidName, m))?;
+                if self.sessions.contains_key(&name) {
+                    return Err((
+                        ErrorKind::DuplicateName,
+                        format!("a session named {name:?} exists already"),
+                    ));
+                }
+                let interface = match interface {
+                    Some(interface) => interface,
+                    None => default_interface().map_err(|m| (ErrorKind::UnknownInterface, m))?,
+                };
+                let session = Session::start(&name, &interface, &filter, Counter::default())
+                    .map_err(|e| (e.kind(), e.to_string()))?;
+                let report = session.report(true).map_err(internal)?;
+                event!("new session {name:?} on {interface}: {}", shown(&filter));
+                self.sessions.insert(name, session);
+                self.save();
+                Ok(Reply::Session(report))
+            }
+            Command::Modify { name, filter } => {
+                let session = self.get_mut(&name)?;
+                session
+                    .modify(&filter)
+                    .map_err(|e| (e.kind(), e.to_string()))?;
+                let report = session.report(true).map_err(internal)?;
+                event!("modified session {name:?}: {}", shown(&filter));
+                self.save();
+                Ok(Reply::Session(report))
+            }
+            Command::Stop { name } => {
+                let report = self.get(&name)?.report(true).map_err(internal)?;
+                // Dropping the session closes its socket: the filter goes with it.
+                self.sessions.remove(&name);
+                event!(
+                    "stopped session {name:?} at {} packets",
+                    report.packets.unwrap_or(0)
+                );
+                self.save();
+                Ok(Reply::Stopped(report))
+            }
+            Command::List {} => {
+                let all = self
+                    .sessions
+                    .values()
+                    .map(|s| s.report(false))
+                    .collect::<Result<_, _>>();
+                Ok(Reply::Sessions(all.map_err(internal)?))
+            }
+            Command::Show { name } => Ok(Reply::Session(
+                self.get(&name)?.report(true).map_err(internal)?,
+            )),
+            Command::Poll { names } => {
+                let chosen: Vec<&Session> = if names.is_empty() {
+                    self.sessions.values().collect()
+                } else {
+                    names
+                        .iter()
+                        .map(|n| self.get(n))
+                        .collect::<Result<_, _>>()?
+                };
+                let all = chosen
+                    .into_iter()
+                    .map(|s| s.report(true))
+                    .collect::<Result<_, _>>();
+                Ok(Reply::Sessions(all.map_err(internal)?))
+            }
+        }
+    }
+
+    fn get(&self, name: &str) -> Result<&Session, (ErrorKind, String)> {
+        self.sessions.get(name).ok_or_else(|| unknown(name))
+    }
+
+    fn get_mut(&mut self, name: &str) -> Result<&mut Session, (ErrorKind, String)> {
+        self.sessions.get_mut(name).ok_or_else(|| unknown(name))
+    }
+}
+
+/// A filter for the log: the empty one matches everything.
+fn shown(filter: &str) -> &str {
+    if filter.is_empty() {
+        "(every packet)"
+    } else {
+        filter
+    }
+}
+
+fn unknown(name: &str) -> (ErrorKind, String) {
+    (
+        ErrorKind::UnknownSession,
+        format!("no session named {name:?}"),
+    )
+}

@@ -1,0 +1,214 @@
+//! One capture session: a filter counting on an interface, and its lifecycle.
+//!
+//! A session owns its counter map (one slot), its loaded program and the socket the
+//! program filters. `modify` loads a new program that counts into the same map and
+//! attaches it to the same socket: the kernel swaps socket filters atomically, so every
+//! packet meets exactly one of the two programs, and the counters carry on.
+
+use std::time::SystemTime;
+
+use capstats_common::protocol::{self, ErrorKind};
+use capstats_ebpf::counters::{Counter, CounterError, CounterMap};
+use capstats_ebpf::filter::{Filter, FilterError};
+use capstats_ebpf::program::{LoadError, LoadedProgram};
+use capstats_ebpf::translate::{CounterSlot, Hook, translate};
+
+use crate::attach::{CountingSocket, ifindex};
+
+/// Why a session could not be started or changed, with the protocol's error kind.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("no interface named {0:?}")]
+    UnknownInterface(String),
+    #[error(transparent)]
+    Filter(#[from] FilterError),
+    #[error("{0}")]
+    Load(#[from] LoadError),
+    #[error("{0}")]
+    Counter(#[from] CounterError),
+    #[error("cannot translate the filter: {0}")]
+    Translate(#[from] capstats_ebpf::asm::AsmError),
+    #[error("cannot {what} the counting socket on {interface}: {source}")]
+    Socket {
+        what: &'static str,
+        interface: String,
+        source: std::io::Error,
+    },
+    #[error("cannot attach the program to the counting socket: {0}")]
+    Attach(#[from] aya::programs::ProgramError),
+}
+
+impl SessionError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            SessionError::UnknownInterface(_) => ErrorKind::UnknownInterface,
+            SessionError::Filter(FilterError::Open { .. }) => ErrorKind::UnknownInterface,
+            SessionError::Filter(_) => ErrorKind::InvalidFilter,
+            _ => ErrorKind::Kernel,
+        }
+    }
+}
+
+/// What counts while the interface is there.
+#[derive(Debug)]
+struct Counting {
+    ifindex: u32,
+    counters: CounterMap,
+    socket: CountingSocket,
+    /// Kept so the kernel keeps it; the socket holds the attachment.
+    program: LoadedProgram,
+}
+
+/// A named filter counting on an interface.
+#[derive(Debug)]
+pub struct Session {
+    pub name: String,
+    pub interface: String,
+    pub filter: String,
+    pub created: SystemTime,
+    pub modified: SystemTime,
+    /// Counted before this daemon's counting began (restored from the state file).
+    pub base: Counter,
+    counting: Option<Counting>,
+}
+
+fn compile(interface: &str, filter: &str) -> Result<(u32, Filter), SessionError> {
+    let index =
+        ifindex(interface).ok_or_else(|| SessionError::UnknownInterface(interface.to_owned()))?;
+    Ok((index, Filter::for_interface(interface, filter)?))
+}
+
+fn load(filter: &Filter, counters: &CounterMap) -> Result<LoadedProgram, SessionError> {
+    let insns = translate(
+        filter.program(),
+        Hook::SocketFilter,
+        CounterSlot {
+            map_fd: counters.raw_fd(),
+            slot: 0,
+        },
+    )?;
+    Ok(LoadedProgram::load(Hook::SocketFilter, "capstats", &insns)?)
+}
+
+impl Session {
+    /// Compiles `filter` for `interface` (as `tcpdump -i`), loads it and starts counting.
+    pub fn start(
+        name: &str,
+        interface: &str,
+        filter: &str,
+        base: Counter,
+    ) -> Result<Self, SessionError> {
+        let now = SystemTime::now();
+        let mut session = Session {
+            name: name.to_owned(),
+            interface: interface.to_owned(),
+            filter: filter.to_owned(),
+            created: now,
+            modified: now,
+            base,
+            counting: None,
+        };
+        session.counting = Some(session.begin_counting(filter)?);
+        Ok(session)
+    }
+
+    /// A session whose interface is missing: listed, with its counters, counting nothing.
+    pub fn down(name: &str, interface: &str, filter: &str, base: Counter) -> Self {
+        let now = SystemTime::now();
+        Session {
+            name: name.to_owned(),
+            interface: interface.to_owned(),
+            filter: filter.to_owned(),
+            created: now,
+            modified: now,
+            base,
+            counting: None,
+        }
+    }
+
+    fn begin_counting(&self, filter: &str) -> Result<Counting, SessionError> {
+        let (ifindex, compiled) = compile(&self.interface, filter)?;
+        let counters = CounterMap::create("capstats", 1)?;
+        let program = load(&compiled, &counters)?;
+        let socket_error = |what| {
+            let interface = self.interface.clone();
+            move |source| SessionError::Socket {
+                what,
+                interface,
+                source,
+            }
+        };
+        let socket = CountingSocket::new().map_err(socket_error("open"))?;
+        program.socket_filter()?.attach(&socket)?;
+        socket.bind(ifindex).map_err(socket_error("bind"))?;
+        Ok(Counting {
+            ifindex,
+            counters,
+            socket,
+            program,
+        })
+    }
+
+    /// Replaces the filter. On any error nothing changes.
+    pub fn modify(&mut self, filter: &str) -> Result<(), SessionError> {
+        match &mut self.counting {
+            Some(counting) => {
+                let (_, compiled) = compile(&self.interface, filter)?;
+                let program = load(&compiled, &counting.counters)?;
+                // SO_ATTACH_BPF on a socket with a filter swaps them atomically.
+                program.socket_filter()?.attach(&counting.socket)?;
+                counting.program = program;
+            }
+            None => {
+                // Down: check the expression against the interface if it is back.
+                self.counting = Some(self.begin_counting(filter)?);
+            }
+        }
+        self.filter = filter.to_owned();
+        self.modified = SystemTime::now();
+        Ok(())
+    }
+
+    /// Whether the session counts: its interface exists with the index it was bound to.
+    pub fn up(&self) -> bool {
+        self.counting
+            .as_ref()
+            .is_some_and(|c| ifindex(&self.interface) == Some(c.ifindex))
+    }
+
+    /// Everything counted: before this daemon, plus what the kernel counted since.
+    pub fn counter(&self) -> Result<Counter, CounterError> {
+        match &self.counting {
+            Some(counting) => Ok(self.base + counting.counters.read(0)?),
+            None => Ok(self.base),
+        }
+    }
+
+    /// The protocol's view; counters read from the kernel when `with_counters`.
+    pub fn report(&self, with_counters: bool) -> Result<protocol::Session, CounterError> {
+        let time = |t| humantime::format_rfc3339_seconds(t).to_string();
+        let (packets, bytes, read_at) = if with_counters {
+            let read_at = SystemTime::now();
+            let counter = self.counter()?;
+            (
+                Some(counter.packets),
+                Some(counter.bytes),
+                Some(humantime::format_rfc3339_nanos(read_at).to_string()),
+            )
+        } else {
+            (None, None, None)
+        };
+        Ok(protocol::Session {
+            name: self.name.clone(),
+            interface: self.interface.clone(),
+            filter: self.filter.clone(),
+            packets,
+            bytes,
+            up: self.up(),
+            hook: "socket".into(),
+            created: time(self.created),
+            modified: time(self.modified),
+            read_at,
+        })
+    }
+}
