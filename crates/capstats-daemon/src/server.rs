@@ -203,7 +203,7 @@ mod tests {
         assert_eq!(lines(&input), ["{\"a\":1}", "<too long>", "next", "last"]);
         assert_eq!(
             lines(b"\xff\xfe\nok\n"),
-            ["<stream did not contain valid UTF-8>", "ok"]
+            ["<invalid data>", "ok"]
         );
     }
 }
