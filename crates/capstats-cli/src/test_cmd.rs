@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use capstats_ebpf::filter::{Filter, NETMASK_UNKNOWN, open_capture};
 use capstats_ebpf::testrun::{self, KernelFilter, Verdict};
+use capstats_ebpf::translate::{CounterSlot, Hook, translate_listing};
 use clap::Args;
 
 #[derive(Debug, Args)]
@@ -62,15 +63,17 @@ pub fn run(args: &TestArgs, json: bool) -> anyhow::Result<()> {
     }
     if args.dump {
         let kernel = KernelFilter::load(&filter)?;
+        let slot = CounterSlot {
+            map_fd: kernel.counter_map_fd(),
+            slot: 0,
+        };
         println!("; libpcap, {} classic instructions", filter.program().len());
         print!("{}", filter.program());
         println!(
-            "; eBPF for the kernel ({} instructions)",
+            "; eBPF for the kernel, {} instructions (cN: from classic instruction N)",
             kernel.insns().len()
         );
-        for (i, insn) in kernel.insns().iter().enumerate() {
-            println!("{i:4}: {insn}");
-        }
+        print!("{}", translate_listing(filter.program(), Hook::Tc, slot)?);
     }
     let mut record = 0u64;
     let per_record = args.per_record;

@@ -201,9 +201,6 @@ mod tests {
         input.extend(vec![b'x'; MAX_REQUEST_BYTES + 10]);
         input.extend(b"\nnext\nlast");
         assert_eq!(lines(&input), ["{\"a\":1}", "<too long>", "next", "last"]);
-        assert_eq!(
-            lines(b"\xff\xfe\nok\n"),
-            ["<invalid data>", "ok"]
-        );
+        assert_eq!(lines(b"\xff\xfe\nok\n"), ["<invalid data>", "ok"]);
     }
 }

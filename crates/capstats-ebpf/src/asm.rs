@@ -104,6 +104,21 @@ impl Assembler {
         })
     }
 
+    /// The program as assembly text, labels as written (`accept:`, `goto reject`),
+    /// after dropping unreachable instructions: what people read in `--dump`, and
+    /// what tests compare, since it does not change when unrelated code moves.
+    pub fn listing(self) -> Result<String, AsmError> {
+        let this = self.without_unreachable()?;
+        let mut text = String::new();
+        for (index, insn) in this.insns.iter().enumerate() {
+            for (label, _) in this.labels.iter().filter(|(_, at)| *at == index) {
+                text.push_str(&format!("{label}:\n"));
+            }
+            text.push_str(&format!("    {insn}\n"));
+        }
+        Ok(text)
+    }
+
     /// Drops unreachable instructions and resolves every label to a slot offset.
     pub fn finish(self) -> Result<Vec<Insn>, AsmError> {
         let this = self.without_unreachable()?;

@@ -119,6 +119,11 @@ impl KernelFilter {
         &self.insns
     }
 
+    /// The fd of the counter map the program counts into.
+    pub fn counter_map_fd(&self) -> i32 {
+        self.counters.raw_fd()
+    }
+
     pub fn program(&self) -> &LoadedProgram {
         &self.program
     }

@@ -11,8 +11,9 @@
 //! | CTX  | `r6`     | `LD_ABS`/`LD_IND` require the `__sk_buff` there |
 //! | FP   | `r10`    | `M[k]` lives at `r10 - 4 * (16 - k)` |
 //!
-//! Every accepting return jumps to the counting epilogue, which adds one packet and
-//! `skb->len` bytes to one slot of a per-CPU array map; every rejecting return jumps past
+//! Every accepting return jumps to the counting epilogue, which adds one packet and its
+//! length on the wire (`skb->len`, plus 4 for a VLAN tag the kernel took out of the
+//! frame, as tcpdump shows it) to one slot of a per-CPU array map; every rejecting return jumps past
 //! it. Both end in the hook's neutral return value, so the program never changes what
 //! happens to the packet.
 //!
@@ -87,6 +88,19 @@ pub fn translate(
     hook: Hook,
     counter: CounterSlot,
 ) -> Result<Vec<Insn>, AsmError> {
+    assemble(program, hook, counter).finish()
+}
+
+/// The same translation as assembly text with its labels (see [`Assembler::listing`]).
+pub fn translate_listing(
+    program: &Program,
+    hook: Hook,
+    counter: CounterSlot,
+) -> Result<String, AsmError> {
+    assemble(program, hook, counter).listing()
+}
+
+fn assemble(program: &Program, hook: Hook, counter: CounterSlot) -> Assembler {
     let mut t = Translator {
         asm: Assembler::new(),
         next_local: 0,
@@ -94,7 +108,7 @@ pub fn translate(
     t.prologue();
     t.filter(program);
     t.epilogue(hook, counter);
-    t.asm.finish()
+    t.asm
 }
 
 struct Translator {
@@ -343,9 +357,9 @@ impl Translator {
         }
     }
 
-    /// `accept:` count one packet of `skb->len` bytes into the slot; `reject:` return.
+    /// `accept:` count one packet and its bytes into the slot; `reject:` return.
     fn epilogue(&mut self, hook: Hook, counter: CounterSlot) {
-        let (r0, r1, r2) = (Reg::R0, Reg::R1, Reg::R2);
+        let (r0, r1, r2, r3) = (Reg::R0, Reg::R1, Reg::R2, Reg::R3);
         self.asm.label(Label::Accept);
         self.emit(store(Size::W, FP, KEY_OFFSET, imm(counter.slot))); // key = slot
         self.emit(mov64(r2, Operand::Reg(FP))); // r2 = &key
@@ -360,7 +374,12 @@ impl Translator {
         self.emit(load(Size::DW, r1, r0, 0)); // packets += 1
         self.emit(alu64(AluOp::Add, r1, Operand::Imm(1)));
         self.emit(store(Size::DW, r0, 0, Operand::Reg(r1)));
-        self.emit(load(Size::W, r1, CTX, skb::LEN)); // bytes += skb->len
+        // bytes += the frame's length on the wire: skb->len, plus the 4 bytes of a VLAN
+        // tag the kernel moved out of the frame into metadata (tcpdump puts it back).
+        self.emit(load(Size::W, r1, CTX, skb::LEN));
+        self.emit(load(Size::W, r3, CTX, skb::VLAN_PRESENT));
+        self.emit(alu64(AluOp::Lsh, r3, Operand::Imm(2)));
+        self.emit(alu64(AluOp::Add, r1, Operand::Reg(r3)));
         self.emit(load(Size::DW, r2, r0, 8));
         self.emit(alu64(AluOp::Add, r2, Operand::Reg(r1)));
         self.emit(store(Size::DW, r0, 8, Operand::Reg(r2)));
@@ -422,23 +441,25 @@ mod tests {
             .collect()
     }
 
-    /// The instructions one classic instruction becomes: what stands between the
-    /// prologue (3 instructions) and a final `ret #1` (a jump to the epilogue).
+    /// The instructions one classic instruction becomes: the labeled listing between
+    /// the prologue and the `c{n}:` label of an appended final `ret #1`.
     fn body(raw: &[Raw]) -> Vec<String> {
         let mut program = raw.to_vec();
         program.push((0x06, 0, 0, 1));
-        let lines = listing(&program, Hook::Tc);
-        // The epilogue starts with the key store (or, when no path accepts, the return).
-        let epilogue = lines
+        let ret = format!("c{}:", raw.len());
+        let raw: Vec<RawInsn> = program
             .iter()
-            .position(|l| l == "*(u32 *)(r10 - 68) = 3" || l == "r0 = -1")
-            .expect("an epilogue");
-        let end = if lines[epilogue - 1] == "goto +0" {
-            epilogue - 1
-        } else {
-            epilogue
-        };
-        lines[3..end].to_vec()
+            .map(|&(c, jt, jf, k)| RawInsn::new(c, jt, jf, k))
+            .collect();
+        let program = Program::new(&raw).unwrap();
+        let listing = translate_listing(&program, Hook::Tc, COUNTER).unwrap();
+        listing
+            .lines()
+            .skip(3) // r6 = r1; w0 = 0; w7 = 0
+            .take_while(|l| *l != ret && *l != "accept:" && *l != "reject:")
+            .filter(|l| !(l.starts_with('c') && l.ends_with(':')))
+            .map(|l| l.trim().to_owned())
+            .collect()
     }
 
     #[test]
@@ -462,17 +483,20 @@ mod tests {
                 "r0 = *(u16 *)skb[12]",
                 "if w0 != 0x800 goto +1",
                 "goto +1",
-                "goto +14",
+                "goto +17",
                 "*(u32 *)(r10 - 68) = 3",
                 "r2 = r10",
                 "r2 += -68",
                 "r1 = map[fd:7]",
                 "call bpf_map_lookup_elem#1",
-                "if r0 == 0 goto +7",
+                "if r0 == 0 goto +10",
                 "r1 = *(u64 *)(r0 + 0)",
                 "r1 += 1",
                 "*(u64 *)(r0 + 0) = r1",
                 "r1 = *(u32 *)(r6 + 0)",
+                "r3 = *(u32 *)(r6 + 20)",
+                "r3 <<= 2",
+                "r1 += r3",
                 "r2 = *(u64 *)(r0 + 8)",
                 "r2 += r1",
                 "*(u64 *)(r0 + 8) = r2",
@@ -493,7 +517,11 @@ mod tests {
             ("ldh [k]", &[(0x28, 0, 0, 12)], &["r0 = *(u16 *)skb[12]"]),
             ("ldb [k]", &[(0x30, 0, 0, 23)], &["r0 = *(u8 *)skb[23]"]),
             // Beyond any packet: straight to the return; what follows is dropped unreachable.
-            ("ldb [k >= 2^31]", &[(0x30, 0, 0, 0x8000_0000)], &[]),
+            (
+                "ldb [k >= 2^31]",
+                &[(0x30, 0, 0, 0x8000_0000)],
+                &["goto reject"],
+            ),
             // X bounded by ldx msh (<= 60): no guard.
             (
                 "ldh [x + k], x small",
@@ -516,7 +544,7 @@ mod tests {
                     "r7 = *(u32 *)(r6 + 0)",
                     "r8 = r7",
                     "r8 += 14",
-                    "if r8 > 0x7fffffff goto +16",
+                    "if r8 > 0x7fffffff goto reject",
                     "r0 = *(u8 *)skb[r8 + 0]",
                 ],
             ),
@@ -537,12 +565,19 @@ mod tests {
             (
                 "rsh x",
                 &[(0x7c, 0, 0, 0)],
-                &["if w7 < 0x20 goto +2", "w0 = 0", "goto +1", "w0 >>= w7"],
+                &[
+                    "if w7 < 0x20 goto l0",
+                    "w0 = 0",
+                    "goto l1",
+                    "l0:",
+                    "w0 >>= w7",
+                    "l1:",
+                ],
             ),
             (
                 "div x",
                 &[(0x3c, 0, 0, 0)],
-                &["if w7 == 0 goto +16", "w0 /= w7"],
+                &["if w7 == 0 goto reject", "w0 /= w7"],
             ),
             ("mod #k", &[(0x94, 0, 0, 7)], &["w0 %= 7"]),
             ("neg", &[(0x84, 0, 0, 0)], &["w0 = -w0"]),
@@ -554,22 +589,22 @@ mod tests {
             (
                 "jeq #k jt 0",
                 &[(0x15, 0, 1, 6), (0x06, 0, 0, 0)],
-                &["if w0 != 6 goto +1", "goto +15"],
+                &["if w0 != 6 goto c2", "goto reject"],
             ),
             (
                 "jgt x jf 0",
                 &[(0x2d, 1, 0, 0), (0x06, 0, 0, 0)],
-                &["if w0 > w7 goto +1", "goto +15"],
+                &["if w0 > w7 goto c2", "goto reject"],
             ),
             (
                 "jset #k",
                 &[(0x45, 0, 1, 0x1fff), (0x06, 0, 0, 0)],
-                &["if w0 & 0x1fff goto +1", "goto +1", "goto +15"],
+                &["if w0 & 0x1fff goto c1", "goto c2", "goto reject"],
             ),
             (
                 "ret a",
                 &[(0x16, 0, 0, 0)],
-                &["if w0 != 0 goto +1", "goto +14"],
+                &["if w0 != 0 goto accept", "goto reject"],
             ),
             (
                 "ldb [vlanp]",
@@ -631,7 +666,7 @@ mod tests {
                 "w0 = 3",
                 "if w0 == 0 goto +3",
                 "w0 -= 1",
-                "may_goto +16",
+                "may_goto +19",
                 "goto -4",
                 "goto +0"
             ]
