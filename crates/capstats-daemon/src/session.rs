@@ -27,7 +27,7 @@ pub enum SessionError {
     #[error("{0}")]
     Counter(#[from] CounterError),
     #[error("cannot translate the filter: {0}")]
-    Translate(#[from] capstats_ebpf::asm::AsmError),
+    Translate(#[from] capstats_ebpf::translate::TranslateError),
     #[error("cannot {what} the counting socket on {interface}: {source}")]
     Socket {
         what: &'static str,

@@ -175,11 +175,11 @@ mod tests {
     #[test]
     fn labels_become_slot_offsets_counting_wide_instructions_twice() {
         let mut asm = Assembler::new();
-        asm.push(goto(Label::Accept)); // slot 0
+        asm.push(goto(Label::Accept(0))); // slot 0
         asm.label(Label::Local(0));
         asm.push(Insn::LoadImm64 { dst: R1, imm: 1 }); // slots 1-2
         asm.push(goto(Label::Local(0))); // slot 3
-        asm.label(Label::Accept);
+        asm.label(Label::Accept(0));
         asm.push(Insn::Exit); // slot 4
         // (Slots 1-3 are unreachable: resolve without the pass that drops them.)
         let text: Vec<String> = asm.resolve().unwrap().iter().map(Insn::to_string).collect();
@@ -191,11 +191,11 @@ mod tests {
         let mut asm = Assembler::new();
         asm.push(goto(Label::Local(0))); // 0
         asm.push(mov32(R0, Imm(1))); // unreachable
-        asm.push(goto(Label::Accept)); // unreachable
+        asm.push(goto(Label::Accept(0))); // unreachable
         asm.label(Label::Local(0));
-        asm.push(branch32(JmpOp::Eq, R0, Imm(0), Label::Accept));
+        asm.push(branch32(JmpOp::Eq, R0, Imm(0), Label::Accept(0)));
         asm.push(mov32(R0, Imm(2)));
-        asm.label(Label::Accept);
+        asm.label(Label::Accept(0));
         asm.push(Insn::Exit);
         asm.push(mov32(R0, Imm(3))); // after exit: unreachable
         let text: Vec<String> = asm.finish().unwrap().iter().map(Insn::to_string).collect();
@@ -206,7 +206,7 @@ mod tests {
     fn a_missing_label_names_the_instruction() {
         let mut asm = Assembler::new();
         asm.push(mov32(R0, Imm(0)));
-        asm.push(goto(Label::Reject));
+        asm.push(goto(Label::Reject(0)));
         let err = asm.finish().unwrap_err();
         assert_eq!(
             err.to_string(),
@@ -217,14 +217,14 @@ mod tests {
     #[test]
     fn a_label_placed_twice_is_an_error() {
         let mut asm = Assembler::new();
-        asm.label(Label::Accept);
+        asm.label(Label::Accept(0));
         asm.push(Insn::Exit);
-        asm.label(Label::Accept);
+        asm.label(Label::Accept(0));
         asm.push(Insn::Exit);
         assert_eq!(
             asm.finish().unwrap_err(),
             AsmError::DuplicateLabel {
-                label: Label::Accept
+                label: Label::Accept(0)
             }
         );
     }

@@ -219,6 +219,8 @@ pub enum Helper {
     MapLookupElem,
     GetPrandomU32,
     GetSmpProcessorId,
+    XdpGetBuffLen,
+    XdpLoadBytes,
 }
 
 impl Helper {
@@ -228,6 +230,8 @@ impl Helper {
             Helper::MapLookupElem => 1,
             Helper::GetPrandomU32 => 7,
             Helper::GetSmpProcessorId => 8,
+            Helper::XdpGetBuffLen => 188,
+            Helper::XdpLoadBytes => 189,
         }
     }
 
@@ -236,29 +240,36 @@ impl Helper {
             Helper::MapLookupElem => "bpf_map_lookup_elem",
             Helper::GetPrandomU32 => "bpf_get_prandom_u32",
             Helper::GetSmpProcessorId => "bpf_get_smp_processor_id",
+            Helper::XdpGetBuffLen => "bpf_xdp_get_buff_len",
+            Helper::XdpLoadBytes => "bpf_xdp_load_bytes",
         }
     }
 }
 
-/// A symbolic jump destination, resolved to an offset by the assembler.
+/// A symbolic jump destination, resolved to an offset by the assembler. A program may
+/// hold several filters (one per session); labels name the filter they belong to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Label {
-    /// The first instruction translated from classic instruction `pc`.
-    Classic(usize),
-    /// The counting epilogue: the packet matched.
-    Accept,
-    /// The return that counts nothing: the packet did not match.
-    Reject,
+    /// The first instruction translated from classic instruction `pc` of `filter`.
+    Classic { filter: usize, pc: usize },
+    /// `filter` matched: its counting code.
+    Accept(usize),
+    /// `filter` is done: the next filter, or the program's return after the last.
+    Reject(usize),
     /// A label private to one expansion, numbered by the translator.
     Local(usize),
 }
 
 impl fmt::Display for Label {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Label::Classic(pc) => write!(f, "c{pc}"),
-            Label::Accept => f.write_str("accept"),
-            Label::Reject => f.write_str("reject"),
+        // Filter 0 unadorned: a one-filter program reads like its classic listing.
+        match *self {
+            Label::Classic { filter: 0, pc } => write!(f, "c{pc}"),
+            Label::Classic { filter, pc } => write!(f, "f{filter}.c{pc}"),
+            Label::Accept(0) => f.write_str("accept"),
+            Label::Accept(n) => write!(f, "accept{n}"),
+            Label::Reject(0) => f.write_str("reject"),
+            Label::Reject(n) => write!(f, "reject{n}"),
             Label::Local(n) => write!(f, "l{n}"),
         }
     }
@@ -898,8 +909,8 @@ mod tests {
 
     #[test]
     fn a_jump_to_a_label_does_not_encode() {
-        let err = goto(Label::Accept).encode(&mut Vec::new()).unwrap_err();
-        assert_eq!(err.label, Label::Accept);
+        let err = goto(Label::Accept(0)).encode(&mut Vec::new()).unwrap_err();
+        assert_eq!(err.label, Label::Accept(0));
         assert!(err.to_string().contains("goto accept"), "{err}");
     }
 

@@ -8,8 +8,9 @@ use std::ffi::c_char;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
-use aya::programs::{ProgramError, SchedClassifier, SocketFilter, loaded_programs};
-use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_prog_info, bpf_prog_type};
+use aya::programs::{ProgramError, SchedClassifier, SocketFilter, Xdp, loaded_programs};
+use aya_obj::generated::{bpf_attach_type, bpf_attr, bpf_cmd, bpf_prog_info, bpf_prog_type};
+use aya_obj::programs::XdpAttachType;
 
 use crate::insn::{Insn, UnresolvedJump};
 use crate::translate::Hook;
@@ -60,8 +61,14 @@ fn prog_type(hook: Hook) -> bpf_prog_type {
     match hook {
         Hook::SocketFilter => bpf_prog_type::BPF_PROG_TYPE_SOCKET_FILTER,
         Hook::Tc => bpf_prog_type::BPF_PROG_TYPE_SCHED_CLS,
+        Hook::Xdp => bpf_prog_type::BPF_PROG_TYPE_XDP,
     }
 }
+
+/// `BPF_F_XDP_HAS_FRAGS`: the program handles multi-buffer frames (it reads beyond
+/// the first buffer with `bpf_xdp_load_bytes`), so it may run on interfaces whose MTU
+/// exceeds a page, and test runs may hand it such frames.
+const BPF_F_XDP_HAS_FRAGS: u32 = 1 << 5;
 
 /// A program in the kernel, owned through its file descriptor.
 #[derive(Debug)]
@@ -134,6 +141,13 @@ impl LoadedProgram {
     pub fn sched_classifier(&self) -> Result<SchedClassifier, LoadError> {
         let info = self.info()?;
         SchedClassifier::from_program_info(info, self.name.clone().into())
+            .map_err(|source| self.lookup_error(source))
+    }
+
+    /// The program as aya's `Xdp`, for test runs and attachment to interfaces.
+    pub fn xdp(&self) -> Result<Xdp, LoadError> {
+        let info = self.info()?;
+        Xdp::from_program_info(info, self.name.clone().into(), XdpAttachType::Interface)
             .map_err(|source| self.lookup_error(source))
     }
 
@@ -233,6 +247,10 @@ fn prog_load(
     let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
     let load = unsafe { &mut attr.__bindgen_anon_3 };
     load.prog_type = prog_type(hook) as u32;
+    if hook == Hook::Xdp {
+        load.prog_flags = BPF_F_XDP_HAS_FRAGS;
+        load.expected_attach_type = bpf_attach_type::BPF_XDP as u32;
+    }
     load.insn_cnt = encoded.len() as u32;
     load.insns = encoded.as_ptr() as u64;
     load.license = license.as_ptr() as u64;

@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 
 use std::io;
 
-use aya::programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions};
+use aya::programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp};
 use aya::sys::SyscallError;
 
 use crate::cbpf::Program;
@@ -38,7 +38,7 @@ pub enum TestRunError {
     #[error(transparent)]
     Counter(#[from] CounterError),
     #[error("cannot translate the filter: {0}")]
-    Translate(#[from] crate::asm::AsmError),
+    Translate(#[from] crate::translate::TranslateError),
     #[error("BPF_PROG_RUN of program {program} on a {len}-byte record failed: {source}")]
     Run {
         program: String,
@@ -68,11 +68,17 @@ pub enum Verdict {
     NotRunnable,
 }
 
+/// The loaded program as aya sees it, for test runs.
+enum Runner {
+    Tc(SchedClassifier),
+    Xdp(Xdp),
+}
+
 /// A generated counting program, loaded, with its one-slot counter map.
 pub struct KernelFilter {
     insns: Vec<Insn>,
     program: LoadedProgram,
-    classifier: SchedClassifier,
+    runner: Runner,
     counters: CounterMap,
     max_frame: usize,
     last: Counter,
@@ -87,25 +93,43 @@ impl KernelFilter {
         Self::load_program(filter.program())
     }
 
-    /// Translates and loads any validated classic program.
+    /// Translates and loads any validated classic program for the TC hook.
     pub fn load_program(classic: &Program) -> Result<Self, TestRunError> {
+        Self::load_for(classic, Hook::Tc)
+    }
+
+    /// Translates and loads a classic program for `hook`: [`Hook::Tc`] (the same
+    /// eBPF as a socket filter, but test runs see the frame from its Ethernet header)
+    /// or [`Hook::Xdp`].
+    ///
+    /// # Panics
+    /// For [`Hook::SocketFilter`], whose test runs start at the network header.
+    pub fn load_for(classic: &Program, hook: Hook) -> Result<Self, TestRunError> {
+        assert_ne!(
+            hook,
+            Hook::SocketFilter,
+            "socket filter test runs start at L3: use Hook::Tc"
+        );
         let counters = CounterMap::create("capstats_test", 1)?;
         let insns = translate(
             classic,
-            Hook::Tc,
+            hook,
             CounterSlot {
                 map_fd: counters.raw_fd(),
                 slot: 0,
             },
         )?;
-        let program = LoadedProgram::load(Hook::Tc, "capstats_test", &insns)?;
-        let classifier = program.sched_classifier()?;
+        let program = LoadedProgram::load(hook, "capstats_test", &insns)?;
+        let runner = match hook {
+            Hook::Xdp => Runner::Xdp(program.xdp()?),
+            _ => Runner::Tc(program.sched_classifier()?),
+        };
         let mut this = Self {
             insns,
             program,
-            classifier,
+            runner,
             counters,
-            max_frame: harness_max_frame()?,
+            max_frame: harness_max_frame(hook)?,
             last: Counter::default(),
             replay: None,
             replayed: 0,
@@ -154,8 +178,12 @@ impl KernelFilter {
             Err(ProgramError::SyscallError(e))
                 if e.io_error.raw_os_error() == Some(libc::EINVAL) =>
             {
+                let Runner::Tc(classifier) = &mut self.runner else {
+                    // XDP frames beyond the harness's frags exist on no link either.
+                    return Ok(Verdict::NotRunnable);
+                };
                 if self.replay.is_none() {
-                    self.replay = Some(EgressReplay::new(&mut self.classifier)?);
+                    self.replay = Some(EgressReplay::new(classifier)?);
                 }
                 self.replay.as_ref().expect("set above").send(frame)?;
                 self.replayed += 1;
@@ -194,7 +222,10 @@ impl KernelFilter {
             repeat: 1,
             ..Default::default()
         };
-        self.classifier.test_run(opts).map(|_| ())
+        match &self.runner {
+            Runner::Tc(p) => p.test_run(opts).map(|_| ()),
+            Runner::Xdp(p) => p.test_run(opts).map(|_| ()),
+        }
     }
 
     /// Resets the baseline the next verdict is measured from.
@@ -204,34 +235,48 @@ impl KernelFilter {
     }
 }
 
-/// The largest frame the kernel's test harness accepts on this machine (a page less
-/// the skb's head- and tailroom), found once by bisection with a program that does
+/// The largest frame the kernel's test harness accepts on this machine for `hook`
+/// (for skb hooks a page less the skb's head- and tailroom; for XDP, a page plus the
+/// frags of a multi-buffer frame), found once by bisection with a program that does
 /// nothing.
-pub fn harness_max_frame() -> Result<usize, TestRunError> {
-    static MAX: OnceLock<usize> = OnceLock::new();
-    if let Some(max) = MAX.get() {
+pub fn harness_max_frame(hook: Hook) -> Result<usize, TestRunError> {
+    static TC: OnceLock<usize> = OnceLock::new();
+    static XDP: OnceLock<usize> = OnceLock::new();
+    let cell = if hook == Hook::Xdp { &XDP } else { &TC };
+    if let Some(max) = cell.get() {
         return Ok(*max);
     }
+    let hook = if hook == Hook::Xdp {
+        Hook::Xdp
+    } else {
+        Hook::Tc
+    };
     let empty = [
-        mov64(Reg::R0, Operand::Imm(Hook::Tc.neutral_return())),
+        mov64(Reg::R0, Operand::Imm(hook.neutral_return())),
         Insn::Exit,
     ];
-    let program = LoadedProgram::load(Hook::Tc, "capstats_probe", &empty)?;
-    let classifier = program.sched_classifier()?;
+    let program = LoadedProgram::load(hook, "capstats_probe", &empty)?;
+    let runner = match hook {
+        Hook::Xdp => Runner::Xdp(program.xdp()?),
+        _ => Runner::Tc(program.sched_classifier()?),
+    };
     let fits = |len: usize| {
         let frame = vec![0u8; len];
         let opts = TestRunOptions {
             data_in: Some(&frame),
             ..Default::default()
         };
-        classifier.test_run(opts).is_ok()
+        match &runner {
+            Runner::Tc(p) => p.test_run(opts).is_ok(),
+            Runner::Xdp(p) => p.test_run(opts).is_ok(),
+        }
     };
     let (mut ok, mut too_big) = (MIN_FRAME, 1 << 20);
     while too_big - ok > 1 {
         let mid = (ok + too_big) / 2;
         if fits(mid) { ok = mid } else { too_big = mid }
     }
-    Ok(*MAX.get_or_init(|| ok))
+    Ok(*cell.get_or_init(|| ok))
 }
 
 impl AsFd for KernelFilter {
@@ -257,17 +302,19 @@ pub struct Report {
 }
 
 /// Runs every record of the capture at `path` through the kernel program for
-/// `expression` (compiled for the file, as `tcpdump -r`). `each` sees every record and
+/// `expression` (compiled for the file, as `tcpdump -r`) made for `hook` (`Tc` for
+/// the socket filter's code). `each` sees every record and
 /// its verdict.
 pub fn run_capture(
     path: &Path,
     expression: &str,
     netmask: u32,
+    hook: Hook,
     mut each: impl FnMut(&[u8], Verdict),
 ) -> Result<(Report, KernelFilter), TestRunError> {
     let mut capture = open_capture(path)?;
     let filter = Filter::for_capture(&capture, expression, netmask)?;
-    let mut kernel = KernelFilter::load(&filter)?;
+    let mut kernel = KernelFilter::load_for(filter.program(), hook)?;
     let start = kernel.counter()?;
     let mut report = Report::default();
     loop {

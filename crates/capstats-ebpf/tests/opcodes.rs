@@ -9,6 +9,7 @@ mod common;
 use capstats_ebpf::cbpf::{Program, RawInsn};
 use capstats_ebpf::filter::libpcap_run;
 use capstats_ebpf::testrun::{KernelFilter, Verdict};
+use capstats_ebpf::translate::Hook;
 
 /// `(code, jt, jf, k)`, as `tcpdump -dd` prints it.
 type Raw = (u16, u8, u8, u32);
@@ -439,6 +440,35 @@ fn cases() -> Vec<Case> {
             &[],
             true,
         ),
+        // A loop reading with X: finds the byte 5 at P[5] (XDP loads it by helper).
+        case(
+            "loop with an indexed load",
+            &[
+                (0x50, 0, 0, 0),            // 0: A = P[X]
+                (0x15, 4, 0, 5),            // 1: A == 5 ? 6 : 2
+                (0x87, 0, 0, 0),            // 2: A = X
+                (0x04, 0, 0, 1),            // 3: A += 1
+                (0x07, 0, 0, 0),            // 4: X = A
+                (0x05, 0, 0, -6i32 as u32), // 5: ja 0
+                ACCEPT,
+            ],
+            &[],
+            true,
+        ),
+        // ... where X + k wraps past 2^32 (libpcap: out of bounds) on the second round.
+        case(
+            "loop whose X + k wraps",
+            &[
+                (0x01, 0, 0, 3),            // 0: X = 3
+                (0x50, 0, 0, 0),            // 1: A = P[X] (3, then past the end)
+                (0x01, 0, 0, 0xffff_fff0),  // 2: X = 2^32 - 16
+                (0x50, 0, 0, 0x20),         // 3: A = P[X + 0x20]: wraps to 16
+                (0x05, 0, 0, -4i32 as u32), // 4: ja 1
+                ACCEPT,
+            ],
+            &[],
+            false,
+        ),
         // BPF_RET.
         case("ret a nonzero", &[(0x00, 0, 0, 262_144), RET_A], &[], true),
         case("ret a zero", &[(0x00, 0, 0, 0), RET_A], &[], false),
@@ -460,8 +490,8 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-#[test]
-fn every_opcode_agrees_with_libpcap_and_the_table() {
+/// Runs every case on `hook`'s translation and on libpcap's interpreter.
+fn check_hook(hook: Hook) {
     common::require_root();
     let packet: Vec<u8> = (0..60).collect();
     let mut failures = Vec::new();
@@ -469,11 +499,11 @@ fn every_opcode_agrees_with_libpcap_and_the_table() {
     for case in &cases {
         let program = Program::new(&case.raw).unwrap_or_else(|e| panic!("{}: {e}", case.name));
         let libpcap = libpcap_run(&case.raw, &packet) != 0;
-        let mut kernel =
-            KernelFilter::load_program(&program).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        let mut kernel = KernelFilter::load_for(&program, hook)
+            .unwrap_or_else(|e| panic!("{} ({hook}): {e}", case.name));
         let verdict = kernel
             .run(&packet)
-            .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+            .unwrap_or_else(|e| panic!("{} ({hook}): {e}", case.name));
         let kernel = verdict == Verdict::Match;
         if (libpcap, kernel) != (case.want, case.want) {
             failures.push(format!(
@@ -484,9 +514,21 @@ fn every_opcode_agrees_with_libpcap_and_the_table() {
     }
     assert!(
         failures.is_empty(),
-        "{} of {} cases:\n{}",
+        "{hook}: {} of {} cases:\n{}",
         failures.len(),
         cases.len(),
         failures.join("\n")
     );
+}
+
+/// `LD_ABS`/`LD_IND` and `__sk_buff` fields: the socket filter's code, run as TC.
+#[test]
+fn every_opcode_agrees_with_libpcap_and_the_table_on_tc() {
+    check_hook(Hook::Tc);
+}
+
+/// Direct packet access with bounds checks.
+#[test]
+fn every_opcode_agrees_with_libpcap_and_the_table_on_xdp() {
+    check_hook(Hook::Xdp);
 }

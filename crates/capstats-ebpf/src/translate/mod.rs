@@ -1,0 +1,411 @@
+//! Classic BPF → eBPF counting program.
+//!
+//! One explicit case per classic instruction, in the manner of the kernel's
+//! `bpf_convert_filter()`, with fixed register roles:
+//!
+//! | role     | register | why |
+//! |----------|----------|-----|
+//! | A        | `r0`     | `LD_ABS`/`LD_IND` and helpers leave their result there |
+//! | X        | `r7`     | callee-saved: survives packet loads and helper calls |
+//! | CTX      | `r6`     | `LD_ABS`/`LD_IND` require the context there |
+//! | TMP      | `r8`     | socket and TC hooks: scratch for `ldx msh` and guards |
+//! | data     | `r8`     | XDP: the frame's first byte |
+//! | data_end | `r9`     | XDP: one past the first buffer's last byte |
+//! | FP       | `r10`    | `M[k]` lives at `r10 - 4 * (16 - k)` |
+//!
+//! How packet bytes, the length and socket metadata are read depends on the hook
+//! ([`access`]): `LD_ABS`/`LD_IND` and `__sk_buff` fields for socket filters and TC,
+//! direct packet access with bounds checks (and `bpf_xdp_load_bytes` beyond the first
+//! buffer) for XDP, which has no `LD_ABS`.
+//!
+//! Every accepting return jumps to the filter's counting code, which adds one packet and
+//! its length on the wire (for skb hooks `skb->len`, plus 4 for a VLAN tag the kernel
+//! took out of the frame, as tcpdump shows it) to its slot of a per-CPU array map;
+//! every rejecting return jumps past it. A program can hold several filters, one after
+//! another, each counting into its own slot; it ends in the hook's neutral return
+//! value, so it never changes what happens to the packet.
+//!
+//! Where the kernel's eBPF and libpcap's interpreter would disagree on a classic
+//! program, the generated code follows libpcap (`bpf_filter.c`): an indexed load whose
+//! offset overflows or exceeds 2^31 rejects, division or modulo by X = 0 rejects, a
+//! shift by X ≥ 32 gives 0.
+
+mod access;
+#[cfg(test)]
+mod tests;
+
+use crate::asm::{AsmError, Assembler};
+use crate::cbpf::{AluOp as ClassicAlu, ClassicInsn, Cond, LoadA, LoadSize, LoadX, Program, Src};
+use crate::insn::build::*;
+use crate::insn::{AluOp, Insn, JmpOp, Label, Operand, Reg, Size, Target, Width};
+
+const A: Reg = Reg::R0;
+const X: Reg = Reg::R7;
+const CTX: Reg = Reg::R6;
+const FP: Reg = Reg::R10;
+
+/// Stack offset of the map key the counting code looks up, below the scratch words.
+const KEY_OFFSET: i16 = -68;
+
+/// The program type a translation is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Hook {
+    /// `BPF_PROG_TYPE_SOCKET_FILTER` on an AF_PACKET socket: returns 0, so nothing is
+    /// queued to user space.
+    SocketFilter,
+    /// `BPF_PROG_TYPE_SCHED_CLS` (TC clsact, and `capstats test` runs): returns
+    /// `TC_ACT_UNSPEC`, so the packet continues down the chain untouched.
+    Tc,
+    /// `BPF_PROG_TYPE_XDP`: returns `XDP_PASS`, so the frame goes on to the stack.
+    Xdp,
+}
+
+impl Hook {
+    /// What the program returns whether or not it counted.
+    pub const fn neutral_return(self) -> i32 {
+        match self {
+            Hook::SocketFilter => 0,
+            Hook::Tc => -1,
+            Hook::Xdp => 2,
+        }
+    }
+
+    /// Whether the hook reads packets with `LD_ABS`/`LD_IND`. An out-of-bounds load
+    /// then ends the whole program, so such a program holds only one filter.
+    pub const fn uses_ld_abs(self) -> bool {
+        matches!(self, Hook::SocketFilter | Hook::Tc)
+    }
+}
+
+impl std::fmt::Display for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Hook::SocketFilter => "socket",
+            Hook::Tc => "tc",
+            Hook::Xdp => "xdp",
+        })
+    }
+}
+
+/// Where matches are counted: slot `slot` of the per-CPU array map `map_fd`, whose
+/// values are [`crate::counters::Counter`]s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CounterSlot {
+    pub map_fd: i32,
+    pub slot: u32,
+}
+
+/// Why filters could not be translated for a hook.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TranslateError {
+    #[error(transparent)]
+    Asm(#[from] AsmError),
+    #[error("instruction {pc} reads {what}, which the {hook} hook does not have")]
+    Unsupported {
+        pc: usize,
+        what: &'static str,
+        hook: Hook,
+    },
+    #[error("the {hook} hook runs one filter per program ({count} given)")]
+    OneFilterOnly { hook: Hook, count: usize },
+}
+
+/// Translates a validated classic program into an eBPF program for `hook` that counts
+/// its matches into `counter`.
+pub fn translate(
+    program: &Program,
+    hook: Hook,
+    counter: CounterSlot,
+) -> Result<Vec<Insn>, TranslateError> {
+    translate_all(&[(program, counter.slot)], hook, counter.map_fd)
+}
+
+/// Translates several filters into one program: each runs on every packet and counts
+/// its matches into its own slot of the map `map_fd`.
+pub fn translate_all(
+    filters: &[(&Program, u32)],
+    hook: Hook,
+    map_fd: i32,
+) -> Result<Vec<Insn>, TranslateError> {
+    Ok(assemble(filters, hook, map_fd)?.finish()?)
+}
+
+/// The same translation as assembly text with its labels (see [`Assembler::listing`]).
+pub fn translate_listing(
+    program: &Program,
+    hook: Hook,
+    counter: CounterSlot,
+) -> Result<String, TranslateError> {
+    Ok(assemble(&[(program, counter.slot)], hook, counter.map_fd)?.listing()?)
+}
+
+fn assemble(
+    filters: &[(&Program, u32)],
+    hook: Hook,
+    map_fd: i32,
+) -> Result<Assembler, TranslateError> {
+    if hook.uses_ld_abs() && filters.len() != 1 {
+        return Err(TranslateError::OneFilterOnly {
+            hook,
+            count: filters.len(),
+        });
+    }
+    for (program, _) in filters {
+        access::check(program, hook)?;
+    }
+    let mut t = Translator {
+        asm: Assembler::new(),
+        hook,
+        map_fd,
+        filter: 0,
+        loops: false,
+        next_local: 0,
+    };
+    t.prologue();
+    for (filter, (program, slot)) in filters.iter().enumerate() {
+        t.filter = filter;
+        t.loops = program.has_loops();
+        t.filter_block(program);
+        t.asm.label(Label::Accept(filter));
+        t.count(*slot);
+        t.asm.label(Label::Reject(filter));
+    }
+    t.emit(mov64(A, Operand::Imm(hook.neutral_return()))); // the hook's "carry on"
+    t.emit(Insn::Exit);
+    Ok(t.asm)
+}
+
+struct Translator {
+    asm: Assembler,
+    hook: Hook,
+    map_fd: i32,
+    /// The filter being translated: its labels are its own.
+    filter: usize,
+    /// Whether that filter loops (a backward `ja`).
+    loops: bool,
+    next_local: usize,
+}
+
+fn mem(m: u8) -> i16 {
+    -4 * (16 - i16::from(m))
+}
+
+fn size(size: LoadSize) -> Size {
+    match size {
+        LoadSize::Byte => Size::B,
+        LoadSize::Half => Size::H,
+        LoadSize::Word => Size::W,
+    }
+}
+
+fn imm(k: u32) -> Operand {
+    Operand::Imm(k as i32)
+}
+
+impl Translator {
+    fn emit(&mut self, insn: Insn) {
+        self.asm.push(insn);
+    }
+
+    fn local(&mut self) -> Label {
+        self.next_local += 1;
+        Label::Local(self.next_local - 1)
+    }
+
+    fn accept(&self) -> Label {
+        Label::Accept(self.filter)
+    }
+
+    fn reject(&self) -> Label {
+        Label::Reject(self.filter)
+    }
+
+    fn classic(&self, pc: usize) -> Label {
+        Label::Classic {
+            filter: self.filter,
+            pc,
+        }
+    }
+
+    fn prologue(&mut self) {
+        self.emit(mov64(CTX, Operand::Reg(Reg::R1))); // CTX = the context
+        self.access_prologue();
+    }
+
+    /// One filter: A and X start at 0, as in a classic program of its own.
+    fn filter_block(&mut self, program: &Program) {
+        self.emit(mov32(A, Operand::Imm(0))); // A = 0
+        self.emit(mov32(X, Operand::Imm(0))); // X = 0
+        let x_bounds = x_upper_bounds(program);
+        for (pc, insn) in program.insns().iter().enumerate() {
+            self.asm.label(self.classic(pc));
+            self.insn(pc, *insn, x_bounds[pc]);
+        }
+    }
+
+    /// One classic instruction. `x_bound` is the largest value X can hold here.
+    fn insn(&mut self, pc: usize, insn: ClassicInsn, x_bound: u32) {
+        let to = |t: &Self, skip: i64| t.classic((pc as i64 + 1 + skip) as usize);
+        match insn {
+            ClassicInsn::LoadA(LoadA::Abs { size: s, offset }) => self.load_abs(size(s), offset),
+            ClassicInsn::LoadA(LoadA::Ind { size: s, offset }) => {
+                self.load_ind(size(s), offset, x_bound)
+            }
+            ClassicInsn::LoadA(LoadA::Len) => self.load_len(A),
+            ClassicInsn::LoadA(LoadA::Imm(k)) => self.emit(mov32(A, imm(k))), // A = k
+            ClassicInsn::LoadA(LoadA::Mem(m)) => self.emit(load(Size::W, A, FP, mem(m))), // A = M[k]
+            ClassicInsn::LoadA(LoadA::Ancillary { field, .. }) => self.ancillary(field),
+            ClassicInsn::LoadX(LoadX::Imm(k)) => self.emit(mov32(X, imm(k))), // X = k
+            ClassicInsn::LoadX(LoadX::Len) => self.load_len(X),
+            ClassicInsn::LoadX(LoadX::Mem(m)) => self.emit(load(Size::W, X, FP, mem(m))), // X = M[k]
+            ClassicInsn::LoadX(LoadX::Msh(k)) => self.load_msh(k),
+            ClassicInsn::StoreA(m) => self.emit(store(Size::W, FP, mem(m), Operand::Reg(A))), // M[k] = A
+            ClassicInsn::StoreX(m) => self.emit(store(Size::W, FP, mem(m), Operand::Reg(X))), // M[k] = X
+            ClassicInsn::Alu(op, src) => self.alu(op, src),
+            ClassicInsn::Neg => self.emit(Insn::Neg {
+                width: Width::W32,
+                dst: A,
+            }), // A = -A
+            ClassicInsn::Ja(k) if k < 0 => {
+                // A loop (protochain). libpcap's interpreter would spin for as long as the
+                // packet makes it; the kernel gives up after its loop budget (millions of
+                // rounds, far beyond any packet's extension headers), with no match.
+                let reject = self.reject();
+                self.emit(Insn::MayGoto {
+                    target: Target::Label(reject),
+                });
+                self.emit(goto(to(self, k.into())));
+            }
+            ClassicInsn::Ja(k) => self.emit(goto(to(self, k.into()))),
+            ClassicInsn::Jump { cond, src, jt, jf } => {
+                let (on_true, on_false) = (to(self, jt.into()), to(self, jf.into()));
+                self.jump(cond, src, on_true, on_false, jt, jf)
+            }
+            ClassicInsn::RetK(0) => self.emit(goto(self.reject())),
+            ClassicInsn::RetK(_) => self.emit(goto(self.accept())),
+            ClassicInsn::RetA => {
+                self.emit(branch32(JmpOp::Ne, A, Operand::Imm(0), self.accept())); // A != 0: match
+                self.emit(goto(self.reject()));
+            }
+            ClassicInsn::Tax => self.emit(mov32(X, Operand::Reg(A))), // X = A
+            ClassicInsn::Txa => self.emit(mov32(A, Operand::Reg(X))), // A = X
+        }
+    }
+
+    fn alu(&mut self, op: ClassicAlu, src: Src) {
+        let operand = match src {
+            Src::K(k) => imm(k),
+            Src::X => Operand::Reg(X),
+        };
+        let ebpf_op = match op {
+            ClassicAlu::Add => AluOp::Add,
+            ClassicAlu::Sub => AluOp::Sub,
+            ClassicAlu::Mul => AluOp::Mul,
+            ClassicAlu::Div => AluOp::Div,
+            ClassicAlu::Mod => AluOp::Mod,
+            ClassicAlu::And => AluOp::And,
+            ClassicAlu::Or => AluOp::Or,
+            ClassicAlu::Xor => AluOp::Xor,
+            ClassicAlu::Lsh => AluOp::Lsh,
+            ClassicAlu::Rsh => AluOp::Rsh,
+        };
+        match (op, src) {
+            (ClassicAlu::Div | ClassicAlu::Mod, Src::X) => {
+                // Classic BPF ends with "no match" on X = 0; eBPF would go on with 0 or A.
+                self.emit(branch32(JmpOp::Eq, X, Operand::Imm(0), self.reject()));
+                self.emit(alu32(ebpf_op, A, operand)); // A = A op X
+            }
+            (ClassicAlu::Lsh | ClassicAlu::Rsh, Src::X) => {
+                // libpcap gives 0 for shifts of 32 or more; eBPF masks the count to 5 bits.
+                let shift = self.local();
+                let done = self.local();
+                self.emit(branch32(JmpOp::Lt, X, Operand::Imm(32), shift));
+                self.emit(mov32(A, Operand::Imm(0))); // A = 0
+                self.emit(goto(done));
+                self.asm.label(shift);
+                self.emit(alu32(ebpf_op, A, operand)); // A = A op X
+                self.asm.label(done);
+            }
+            _ => self.emit(alu32(ebpf_op, A, operand)), // A = A op src
+        }
+    }
+
+    fn jump(&mut self, cond: Cond, src: Src, on_true: Label, on_false: Label, jt: u8, jf: u8) {
+        let op = match cond {
+            Cond::Eq => JmpOp::Eq,
+            Cond::Gt => JmpOp::Gt,
+            Cond::Ge => JmpOp::Ge,
+            Cond::Set => JmpOp::Set,
+        };
+        let operand = match src {
+            Src::K(k) => imm(k),
+            Src::X => Operand::Reg(X),
+        };
+        if jt == jf {
+            // Both ways lead to the same place: no comparison needed.
+            if jt != 0 {
+                self.emit(goto(on_true));
+            }
+            return;
+        }
+        match op.negate() {
+            // True falls through: branch on the opposite to the false target.
+            Some(negated) if jt == 0 => self.emit(branch32(negated, A, operand, on_false)),
+            _ => {
+                self.emit(branch32(op, A, operand, on_true));
+                if jf != 0 {
+                    self.emit(goto(on_false));
+                }
+            }
+        }
+    }
+
+    /// The filter matched: one more packet and its bytes in `slot`. Falls through to
+    /// the filter's reject label (the next filter, or the return).
+    fn count(&mut self, slot: u32) {
+        let (r0, r1, r2) = (Reg::R0, Reg::R1, Reg::R2);
+        self.emit(store(Size::W, FP, KEY_OFFSET, imm(slot))); // key = slot
+        self.emit(mov64(r2, Operand::Reg(FP))); // r2 = &key
+        self.emit(alu64(AluOp::Add, r2, Operand::Imm(KEY_OFFSET.into())));
+        self.emit(Insn::LoadMapFd {
+            dst: r1,
+            fd: self.map_fd,
+        }); // r1 = counters
+        self.emit(Insn::Call(crate::insn::Helper::MapLookupElem)); // r0 = &counters[slot] on this CPU
+        self.emit(branch64(JmpOp::Eq, r0, Operand::Imm(0), self.reject()));
+        // Per-CPU values, and a CPU runs one hook invocation at a time: plain adds.
+        self.emit(load(Size::DW, r1, r0, 0)); // packets += 1
+        self.emit(alu64(AluOp::Add, r1, Operand::Imm(1)));
+        self.emit(store(Size::DW, r0, 0, Operand::Reg(r1)));
+        self.add_frame_length(r0, 8); // bytes += the frame's length
+    }
+}
+
+/// For each classic instruction, the largest value X can hold when it runs: one forward
+/// sweep taking the maximum where paths join. In a program with a loop, X may grow each
+/// round: nothing is assumed.
+fn x_upper_bounds(program: &Program) -> Vec<u32> {
+    let insns = program.insns();
+    if program.has_loops() {
+        return vec![u32::MAX; insns.len()];
+    }
+    let mut bound_in: Vec<Option<u32>> = vec![None; insns.len()];
+    bound_in[0] = Some(0);
+    for (pc, insn) in insns.iter().enumerate() {
+        let Some(bound) = bound_in[pc] else { continue };
+        let out = match *insn {
+            ClassicInsn::LoadX(LoadX::Imm(k)) => k,
+            ClassicInsn::LoadX(LoadX::Msh(_)) => 60,
+            ClassicInsn::LoadX(LoadX::Len | LoadX::Mem(_)) | ClassicInsn::Tax => u32::MAX,
+            _ => bound,
+        };
+        for next in insn.successors(pc) {
+            bound_in[next] = Some(bound_in[next].map_or(out, |b| b.max(out)));
+        }
+    }
+    // Unreachable instructions are translated too; assume nothing about them.
+    bound_in
+        .into_iter()
+        .map(|b| b.unwrap_or(u32::MAX))
+        .collect()
+}

@@ -1,0 +1,343 @@
+
+use super::*;
+use crate::cbpf::{RawInsn, SKF_AD_OFF};
+
+const COUNTER: CounterSlot = CounterSlot { map_fd: 7, slot: 3 };
+
+/// `(code, jt, jf, k)`, as `tcpdump -dd` prints it.
+type Raw = (u16, u8, u8, u32);
+
+fn listing(raw: &[Raw], hook: Hook) -> Vec<String> {
+    let raw: Vec<RawInsn> = raw
+        .iter()
+        .map(|&(c, jt, jf, k)| RawInsn::new(c, jt, jf, k))
+        .collect();
+    let program = Program::new(&raw).unwrap();
+    translate(&program, hook, COUNTER)
+        .unwrap()
+        .iter()
+        .map(Insn::to_string)
+        .collect()
+}
+
+/// The instructions one classic instruction becomes: the labeled listing between
+/// the prologue and the `c{n}:` label of an appended final `ret #1`.
+fn body(raw: &[Raw]) -> Vec<String> {
+    let mut program = raw.to_vec();
+    program.push((0x06, 0, 0, 1));
+    let ret = format!("c{}:", raw.len());
+    let raw: Vec<RawInsn> = program
+        .iter()
+        .map(|&(c, jt, jf, k)| RawInsn::new(c, jt, jf, k))
+        .collect();
+    let program = Program::new(&raw).unwrap();
+    let listing = translate_listing(&program, Hook::Tc, COUNTER).unwrap();
+    listing
+        .lines()
+        .skip(3) // r6 = r1; w0 = 0; w7 = 0
+        .take_while(|l| *l != ret && *l != "accept:" && *l != "reject:")
+        .filter(|l| !(l.starts_with('c') && l.ends_with(':')))
+        .map(|l| l.trim().to_owned())
+        .collect()
+}
+
+#[test]
+fn a_whole_program_with_prologue_and_counting_epilogue() {
+    // tcpdump -d ip: ldh [12]; jeq #0x800 jt 2 jf 3; ret #262144; ret #0
+    let lines = listing(
+        &[
+            (0x28, 0, 0, 12),
+            (0x15, 0, 1, 0x800),
+            (0x06, 0, 0, 262_144),
+            (0x06, 0, 0, 0),
+        ],
+        Hook::SocketFilter,
+    );
+    assert_eq!(
+        lines,
+        [
+            "r6 = r1",
+            "w0 = 0",
+            "w7 = 0",
+            "r0 = *(u16 *)skb[12]",
+            "if w0 != 0x800 goto +1",
+            "goto +1",
+            "goto +17",
+            "*(u32 *)(r10 - 68) = 3",
+            "r2 = r10",
+            "r2 += -68",
+            "r1 = map[fd:7]",
+            "call bpf_map_lookup_elem#1",
+            "if r0 == 0 goto +10",
+            "r1 = *(u64 *)(r0 + 0)",
+            "r1 += 1",
+            "*(u64 *)(r0 + 0) = r1",
+            "r1 = *(u32 *)(r6 + 0)",
+            "r3 = *(u32 *)(r6 + 20)",
+            "r3 <<= 2",
+            "r1 += r3",
+            "r2 = *(u64 *)(r0 + 8)",
+            "r2 += r1",
+            "*(u64 *)(r0 + 8) = r2",
+            "r0 = 0",
+            "exit",
+        ]
+    );
+    // TC continues the chain instead: TC_ACT_UNSPEC.
+    let tc = listing(&[(0x06, 0, 0, 1)], Hook::Tc);
+    assert_eq!(tc[tc.len() - 2..], ["r0 = -1", "exit"]);
+}
+
+#[test]
+fn each_classic_instruction_becomes_these_ebpf_instructions() {
+    let ad = |n: u32| SKF_AD_OFF + n;
+    let table: &[(&str, &[Raw], &[&str])] = &[
+        ("ld [k]", &[(0x20, 0, 0, 26)], &["r0 = *(u32 *)skb[26]"]),
+        ("ldh [k]", &[(0x28, 0, 0, 12)], &["r0 = *(u16 *)skb[12]"]),
+        ("ldb [k]", &[(0x30, 0, 0, 23)], &["r0 = *(u8 *)skb[23]"]),
+        // Beyond any packet: straight to the return; what follows is dropped unreachable.
+        (
+            "ldb [k >= 2^31]",
+            &[(0x30, 0, 0, 0x8000_0000)],
+            &["goto reject"],
+        ),
+        // X bounded by ldx msh (<= 60): no guard.
+        (
+            "ldh [x + k], x small",
+            &[(0xb1, 0, 0, 14), (0x48, 0, 0, 16)],
+            &[
+                "r8 = r0",
+                "r0 = *(u8 *)skb[14]",
+                "w0 &= 0xf",
+                "w0 <<= 2",
+                "r7 = r0",
+                "r0 = r8",
+                "r0 = *(u16 *)skb[r7 + 16]",
+            ],
+        ),
+        // X unknown: X + k must not pass 2^31 (libpcap's bounds), checked in 64 bits.
+        (
+            "ldb [x + k], x unknown",
+            &[(0x81, 0, 0, 0), (0x50, 0, 0, 14)],
+            &[
+                "r7 = *(u32 *)(r6 + 0)",
+                "r8 = r7",
+                "r8 += 14",
+                "if r8 > 0x7fffffff goto reject",
+                "r0 = *(u8 *)skb[r8 + 0]",
+            ],
+        ),
+        ("ld #pktlen", &[(0x80, 0, 0, 0)], &["r0 = *(u32 *)(r6 + 0)"]),
+        ("ld #k", &[(0x00, 0, 0, 0xffff_ffff)], &["w0 = 0xffffffff"]),
+        (
+            "st/ld M[k]",
+            &[(0x02, 0, 0, 0), (0x60, 0, 0, 0)],
+            &["*(u32 *)(r10 - 64) = r0", "r0 = *(u32 *)(r10 - 64)"],
+        ),
+        (
+            "stx/ldx M[k]",
+            &[(0x03, 0, 0, 15), (0x61, 0, 0, 15)],
+            &["*(u32 *)(r10 - 4) = r7", "r7 = *(u32 *)(r10 - 4)"],
+        ),
+        ("ldx #k", &[(0x01, 0, 0, 4)], &["w7 = 4"]),
+        ("add #k", &[(0x04, 0, 0, 1)], &["w0 += 1"]),
+        (
+            "rsh x",
+            &[(0x7c, 0, 0, 0)],
+            &[
+                "if w7 < 0x20 goto l0",
+                "w0 = 0",
+                "goto l1",
+                "l0:",
+                "w0 >>= w7",
+                "l1:",
+            ],
+        ),
+        (
+            "div x",
+            &[(0x3c, 0, 0, 0)],
+            &["if w7 == 0 goto reject", "w0 /= w7"],
+        ),
+        ("mod #k", &[(0x94, 0, 0, 7)], &["w0 %= 7"]),
+        ("neg", &[(0x84, 0, 0, 0)], &["w0 = -w0"]),
+        (
+            "tax; txa",
+            &[(0x07, 0, 0, 0), (0x87, 0, 0, 0)],
+            &["w7 = w0", "w0 = w7"],
+        ),
+        (
+            "jeq #k jt 0",
+            &[(0x15, 0, 1, 6), (0x06, 0, 0, 0)],
+            &["if w0 != 6 goto c2", "goto reject"],
+        ),
+        (
+            "jgt x jf 0",
+            &[(0x2d, 1, 0, 0), (0x06, 0, 0, 0)],
+            &["if w0 > w7 goto c2", "goto reject"],
+        ),
+        (
+            "jset #k",
+            &[(0x45, 0, 1, 0x1fff), (0x06, 0, 0, 0)],
+            &["if w0 & 0x1fff goto c1", "goto c2", "goto reject"],
+        ),
+        (
+            "ret a",
+            &[(0x16, 0, 0, 0)],
+            &["if w0 != 0 goto accept", "goto reject"],
+        ),
+        (
+            "ldb [vlanp]",
+            &[(0x30, 0, 0, ad(48))],
+            &["r0 = *(u32 *)(r6 + 20)"],
+        ),
+        (
+            "ldb [vlan_tci]",
+            &[(0x30, 0, 0, ad(44))],
+            &["r0 = *(u32 *)(r6 + 24)"],
+        ),
+        (
+            "ldh [type]",
+            &[(0x28, 0, 0, ad(4))],
+            &["r0 = *(u32 *)(r6 + 4)"],
+        ),
+        (
+            "ld [ifidx]",
+            &[(0x20, 0, 0, ad(8))],
+            &["r0 = *(u32 *)(r6 + 40)"],
+        ),
+        (
+            "ldh [proto]",
+            &[(0x28, 0, 0, ad(0))],
+            &["r0 = *(u32 *)(r6 + 16)", "r0 = be16 r0"],
+        ),
+        (
+            "ld [random]",
+            &[(0x20, 0, 0, ad(56))],
+            &["call bpf_get_prandom_u32#7"],
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (name, raw, want) in table {
+        let got = body(raw);
+        if got != *want {
+            wrong.push(format!("{name}: {got:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+/// protochain's loop: the backward jump (here `ja 1`) is guarded by may_goto.
+#[test]
+fn a_backward_ja_becomes_a_budgeted_loop() {
+    let lines = listing(
+        &[
+            (0x00, 0, 0, 3),
+            (0x15, 2, 0, 0),
+            (0x14, 0, 0, 1),
+            (0x05, 0, 0, -3i32 as u32),
+            (0x06, 0, 0, 1),
+        ],
+        Hook::Tc,
+    );
+    assert_eq!(
+        lines[3..9],
+        [
+            "w0 = 3",
+            "if w0 == 0 goto +3",
+            "w0 -= 1",
+            "may_goto +19",
+            "goto -4",
+            "goto +0"
+        ]
+    );
+}
+
+/// XDP reads the frame directly, bounds-checked, with the helper for what lies beyond
+/// the first buffer; it has no skb metadata.
+#[test]
+fn xdp_loads_directly_and_falls_back_to_the_helper() {
+    let raw: Vec<RawInsn> = [(0x28, 0, 0, 12), (0x06, 0, 0, 1)]
+        .iter()
+        .map(|&(c, jt, jf, k)| RawInsn::new(c, jt, jf, k))
+        .collect();
+    let program = Program::new(&raw).unwrap();
+    let listing = translate_listing(&program, Hook::Xdp, COUNTER).unwrap();
+    let lines: Vec<&str> = listing.lines().map(str::trim).collect();
+    assert_eq!(
+        lines[..22],
+        [
+            "r6 = r1",
+            "r8 = *(u32 *)(r6 + 0)",
+            "r9 = *(u32 *)(r6 + 4)",
+            "w0 = 0",
+            "w7 = 0",
+            "c0:",
+            "r1 = r8",
+            "r1 += 12",
+            "r2 = r1",
+            "r2 += 2",
+            "if r2 > r9 goto l0",
+            "r0 = *(u16 *)(r1 + 0)",
+            "goto l1",
+            "l0:",
+            "w2 = 0xc",
+            "r1 = r6",
+            "r3 = r10",
+            "r3 += -80",
+            "w4 = 2",
+            "call bpf_xdp_load_bytes#189",
+            "if r0 s< 0 goto reject",
+            "r0 = *(u16 *)(r10 - 80)",
+        ]
+    );
+    assert_eq!(lines[22..25], ["l1:", "r0 = be16 r0", "c1:"]);
+    // The frame's length counts every buffer; the return lets the frame pass.
+    assert!(
+        listing.contains("call bpf_xdp_get_buff_len#188"),
+        "{listing}"
+    );
+    assert!(
+        listing.ends_with("reject:\n    r0 = 2\n    exit\n"),
+        "{listing}"
+    );
+
+    let vlan = [(0x30, 0, 0, SKF_AD_OFF + 48), (0x06, 0, 0, 1)];
+    let raw: Vec<RawInsn> = vlan
+        .iter()
+        .map(|&(c, jt, jf, k)| RawInsn::new(c, jt, jf, k))
+        .collect();
+    let err = translate(&Program::new(&raw).unwrap(), Hook::Xdp, COUNTER).unwrap_err();
+    assert!(err.to_string().contains("VLAN tag metadata"), "{err}");
+}
+
+/// Several filters in one program (XDP): each counts into its own slot, and the
+/// labels say which filter they belong to.
+#[test]
+fn several_filters_share_one_program_where_loads_cannot_abort_it() {
+    let raw = |list: &[Raw]| -> Program {
+        let raw: Vec<RawInsn> = list
+            .iter()
+            .map(|&(c, jt, jf, k)| RawInsn::new(c, jt, jf, k))
+            .collect();
+        Program::new(&raw).unwrap()
+    };
+    let a = raw(&[(0x06, 0, 0, 1)]);
+    let b = raw(&[(0x06, 0, 0, 7)]);
+    let insns = translate_all(&[(&a, 0), (&b, 5)], Hook::Xdp, 9).unwrap();
+    let text: Vec<String> = insns.iter().map(Insn::to_string).collect();
+    assert!(
+        text.contains(&"*(u32 *)(r10 - 68) = 0".to_owned()),
+        "{text:?}"
+    );
+    assert!(
+        text.contains(&"*(u32 *)(r10 - 68) = 5".to_owned()),
+        "{text:?}"
+    );
+    assert_eq!(
+        translate_all(&[(&a, 0), (&b, 5)], Hook::Tc, 9).unwrap_err(),
+        TranslateError::OneFilterOnly {
+            hook: Hook::Tc,
+            count: 2
+        }
+    );
+}
