@@ -59,8 +59,7 @@ pub enum Command {
     Modify { name: String, filter: String },
     /// Stop counting and forget the session.
     Stop { name: String },
-    /// Every session, without reading counters. (A struct variant, so that unknown
-    /// fields are refused here too.)
+    /// Every session. (A struct variant, so that unknown fields are refused here too.)
     List {},
     /// One session with its counters.
     Show { name: String },
@@ -121,8 +120,9 @@ pub struct Session {
     pub name: String,
     pub interface: String,
     pub filter: String,
-    /// Packets and bytes counted since the session was created; `None` from `list`,
-    /// which reads no counters.
+    /// Packets and bytes counted since the session was created (bytes: each frame's
+    /// length on the wire, link-layer header and VLAN tags included, as tcpdump
+    /// records it). Absent only where a reply carries no counters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub packets: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

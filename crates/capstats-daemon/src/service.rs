@@ -111,7 +111,7 @@ impl Service {
                 };
                 let session = Session::start(&name, &interface, &filter, Counter::default())
                     .map_err(|e| (e.kind(), e.to_string()))?;
-                let report = session.report(true).map_err(internal)?;
+                let report = session.report().map_err(internal)?;
                 event!("new session {name:?} on {interface}: {}", shown(&filter));
                 self.sessions.insert(name, session);
                 self.save();
@@ -122,13 +122,13 @@ impl Service {
                 session
                     .modify(&filter)
                     .map_err(|e| (e.kind(), e.to_string()))?;
-                let report = session.report(true).map_err(internal)?;
+                let report = session.report().map_err(internal)?;
                 event!("modified session {name:?}: {}", shown(&filter));
                 self.save();
                 Ok(Reply::Session(report))
             }
             Command::Stop { name } => {
-                let report = self.get(&name)?.report(true).map_err(internal)?;
+                let report = self.get(&name)?.report().map_err(internal)?;
                 // Dropping the session closes its socket: the filter goes with it.
                 self.sessions.remove(&name);
                 event!(
@@ -142,13 +142,13 @@ impl Service {
                 let all = self
                     .sessions
                     .values()
-                    .map(|s| s.report(false))
+                    .map(|s| s.report())
                     .collect::<Result<_, _>>();
                 Ok(Reply::Sessions(all.map_err(internal)?))
             }
-            Command::Show { name } => Ok(Reply::Session(
-                self.get(&name)?.report(true).map_err(internal)?,
-            )),
+            Command::Show { name } => {
+                Ok(Reply::Session(self.get(&name)?.report().map_err(internal)?))
+            }
             Command::Poll { names } => {
                 let chosen: Vec<&Session> = if names.is_empty() {
                     self.sessions.values().collect()
@@ -160,7 +160,7 @@ impl Service {
                 };
                 let all = chosen
                     .into_iter()
-                    .map(|s| s.report(true))
+                    .map(|s| s.report())
                     .collect::<Result<_, _>>();
                 Ok(Reply::Sessions(all.map_err(internal)?))
             }

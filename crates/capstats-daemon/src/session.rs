@@ -184,20 +184,16 @@ impl Session {
         }
     }
 
-    /// The protocol's view; counters read from the kernel when `with_counters`.
-    pub fn report(&self, with_counters: bool) -> Result<protocol::Session, CounterError> {
+    /// The protocol's view, counters read from the kernel now.
+    pub fn report(&self) -> Result<protocol::Session, CounterError> {
         let time = |t| humantime::format_rfc3339_seconds(t).to_string();
-        let (packets, bytes, read_at) = if with_counters {
-            let read_at = SystemTime::now();
-            let counter = self.counter()?;
-            (
-                Some(counter.packets),
-                Some(counter.bytes),
-                Some(humantime::format_rfc3339_nanos(read_at).to_string()),
-            )
-        } else {
-            (None, None, None)
-        };
+        let read_at = SystemTime::now();
+        let counter = self.counter()?;
+        let (packets, bytes, read_at) = (
+            Some(counter.packets),
+            Some(counter.bytes),
+            Some(humantime::format_rfc3339_nanos(read_at).to_string()),
+        );
         Ok(protocol::Session {
             name: self.name.clone(),
             interface: self.interface.clone(),
