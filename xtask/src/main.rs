@@ -1,4 +1,64 @@
-fn main() {
-    eprintln!("xtask: not written yet");
-    std::process::exit(1);
+//! Developer tasks for capstats: `cargo xtask run | test | bench`.
+//!
+//! Each task starts from a fresh Debian machine: it checks for root and installs the
+//! packages it needs before building anything that needs them. That is why this binary
+//! does not use capstats-ebpf (nor aya or pcap): using it would link libpcap, and then
+//! `cargo xtask` could not even start where libpcap-dev is missing. The kernel
+//! benchmark, which does use it, is the separate binary `xtask-bench`.
+
+mod bench;
+mod cmd;
+mod deps;
+mod run;
+mod test;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// capstats developer tasks. All of them need root.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Prepare the machine, build capstats and count packets of a few corpus captures in
+    /// the kernel.
+    Run,
+    /// Prepare the machine and pass every check CI runs: fmt, clippy, build, tests.
+    Test {
+        /// Cargo profile for the tests.
+        #[arg(long, value_enum, default_value_t = test::Profile::Dev)]
+        profile: test::Profile,
+    },
+    /// Measure ns/packet of generated programs with BPF_PROG_RUN; writes
+    /// bench/results.json.
+    Bench {
+        /// Runs per BPF_PROG_RUN call.
+        #[arg(long, default_value_t = 1_000_000)]
+        repeat: u32,
+        /// Rounds per filter; the median is reported.
+        #[arg(long, default_value_t = 9)]
+        rounds: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Run => run::run(),
+        Task::Test { profile } => test::test(profile),
+        Task::Bench { repeat, rounds } => bench::bench(repeat, rounds),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("\nxtask: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,0 +1,421 @@
+//! `xtask-bench`: nanoseconds per packet of generated counting programs, measured in the
+//! kernel with `BPF_PROG_RUN`. Started by `cargo xtask bench` (release build, as root).
+//!
+//! A separate binary because it links capstats-ebpf, and so libpcap: `xtask` itself must
+//! start on a machine where libpcap-dev is not installed yet, to install it.
+//!
+//! Method. Each filter is compiled by libpcap (Ethernet, savefile semantics), translated
+//! for the TC hook counting into a one-slot per-CPU map, and loaded as `SCHED_CLS`. An
+//! empty `SCHED_CLS` program (`r0 = -1; exit`) runs on the same frame in the same
+//! rounds: its time is the harness's own (the call, the skb it sets up, the timer), so
+//! the difference is what the filter and its counting cost. A round runs the empty
+//! program, then the filter, `repeat` times each; the kernel reports the average
+//! nanoseconds per run (whole ns); the figures are medians over the rounds. The frame
+//! matches its filter (checked with libpcap before, and with the counter map after), so
+//! the accepting path including the map update is what is measured.
+
+mod frame;
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail, ensure};
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
+use capstats_ebpf::counters::CounterMap;
+use capstats_ebpf::filter::Filter;
+use capstats_ebpf::insn::build::mov64;
+use capstats_ebpf::insn::{Insn, Operand, Reg};
+use capstats_ebpf::program::LoadedProgram;
+use capstats_ebpf::translate::{CounterSlot, Hook, translate};
+use clap::Parser;
+use serde_json::json;
+
+/// Measure ns/packet of capstats' generated programs with BPF_PROG_RUN (needs root).
+#[derive(Debug, Parser)]
+#[command(name = "xtask-bench")]
+struct Args {
+    /// Runs per BPF_PROG_RUN call; the kernel reports their average.
+    #[arg(long, default_value_t = 1_000_000)]
+    repeat: u32,
+    /// Rounds per filter; the median is reported.
+    #[arg(long, default_value_t = 9)]
+    rounds: usize,
+    /// Where to write the results as JSON.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// One benchmarked filter and a frame it matches.
+struct Case {
+    /// Short name for the table.
+    label: &'static str,
+    expression: &'static str,
+    /// What the frame is, for people.
+    frame_description: &'static str,
+    frame: Vec<u8>,
+}
+
+/// About 50 classic instructions: an egress policy of "private and shared address
+/// space, common services". Its frame takes one of the longest paths through it (the
+/// third of four networks, both addresses tested for each; then the last port test).
+const LONG_FILTER: &str = "(net 10.0.0.0/8 or net 172.16.0.0/12 or net 192.168.0.0/16 or net 100.64.0.0/10) \
+                           and (tcp port 22 or tcp port 80 or tcp port 443 or udp port 53 or udp port 123)";
+
+fn cases() -> anyhow::Result<Vec<Case>> {
+    let addr = |text: &str| text.parse().with_context(|| format!("bad address {text}"));
+    let http_get = b"GET /index.html HTTP/1.1\r\nHost: www.example.com\r\nUser-Agent: capstats-bench\r\nAccept: */*\r\n\r\n";
+    let http = frame::tcp_ipv4(
+        addr("192.0.2.10:49152")?,
+        addr("198.51.100.80:80")?,
+        http_get,
+    );
+    Ok(vec![
+        // The empty expression accepts everything: this row is the counting epilogue
+        // alone (map lookup and two additions), what every other row includes.
+        Case {
+            label: "(count only)",
+            expression: "",
+            frame_description: "the tcp port 80 frame",
+            frame: http.clone(),
+        },
+        Case {
+            label: "tcp port 80",
+            expression: "tcp port 80",
+            frame_description: "IPv4/TCP 192.0.2.10:49152 > 198.51.100.80:80, HTTP GET",
+            frame: http,
+        },
+        Case {
+            label: "vlan and udp",
+            expression: "vlan and udp",
+            frame_description: "802.1Q VLAN 100, IPv4/UDP 192.0.2.10:53000 > 192.0.2.53:53, DNS query",
+            frame: frame::vlan_tagged(
+                &frame::udp_ipv4(
+                    addr("192.0.2.10:53000")?,
+                    addr("192.0.2.53:53")?,
+                    &frame::dns_query(),
+                ),
+                100,
+            ),
+        },
+        Case {
+            label: "nets and ports",
+            expression: LONG_FILTER,
+            frame_description: "IPv4/UDP 203.0.113.7:40123 > 192.168.1.10:123, NTP client request",
+            frame: frame::udp_ipv4(
+                addr("203.0.113.7:40123")?,
+                addr("192.168.1.10:123")?,
+                &frame::ntp_request(),
+            ),
+        },
+    ])
+}
+
+/// The figures of one filter.
+struct Measured {
+    classic_insns: usize,
+    ebpf_insns: usize,
+    ebpf_slots: usize,
+    /// Median ns per run: the filter program, the empty program, and their difference.
+    program_ns: u64,
+    empty_ns: u64,
+    diff_ns: i64,
+    program_rounds: Vec<u64>,
+    empty_rounds: Vec<u64>,
+}
+
+fn main() -> std::process::ExitCode {
+    match run(&Args::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("xtask-bench: error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> anyhow::Result<()> {
+    ensure!(
+        args.repeat > 0 && args.rounds > 0,
+        "--repeat and --rounds must be at least 1"
+    );
+    let machine = Machine::this()?;
+    let empty_program = LoadedProgram::load(
+        Hook::Tc,
+        "xtask_empty",
+        &[
+            mov64(Reg::R0, Operand::Imm(Hook::Tc.neutral_return())),
+            Insn::Exit,
+        ],
+    )
+    .context("loading the empty SCHED_CLS program")?;
+    let empty = empty_program.sched_classifier()?;
+
+    let cases = cases()?;
+    let mut results = Vec::new();
+    for case in &cases {
+        eprintln!(
+            "measuring {:?}: {} rounds of {} runs",
+            case.label, args.rounds, args.repeat
+        );
+        let measured = measure(case, &empty, args)
+            .with_context(|| format!("benchmark of {:?}", case.expression))?;
+        results.push(measured);
+    }
+
+    print!("{}", report(&machine, args, &cases, &results));
+    if let Some(out) = &args.out {
+        let text = serde_json::to_string_pretty(&to_json(&machine, args, &cases, &results))?;
+        std::fs::write(out, text + "\n").with_context(|| format!("writing {}", out.display()))?;
+        println!("\nwritten to {}", out.display());
+    }
+    Ok(())
+}
+
+fn measure(case: &Case, empty: &SchedClassifier, args: &Args) -> anyhow::Result<Measured> {
+    let filter = Filter::for_linktype(pcap::Linktype::ETHERNET, case.expression, 0)?;
+    ensure!(
+        filter.libpcap_matches(&case.frame),
+        "libpcap says the frame does not match; the benchmark would time the rejecting path"
+    );
+    let counters = CounterMap::create("xtask_bench", 1)?;
+    let insns = translate(
+        filter.program(),
+        Hook::Tc,
+        CounterSlot {
+            map_fd: counters.raw_fd(),
+            slot: 0,
+        },
+    )?;
+    let loaded = LoadedProgram::load(Hook::Tc, "xtask_bench", &insns)?;
+    let program = loaded.sched_classifier()?;
+
+    // Warm caches and branch predictors; not counted.
+    let warm_up = (args.repeat / 10).max(1);
+    run_timed(empty, &case.frame, warm_up)?;
+    run_timed(&program, &case.frame, warm_up)?;
+
+    let (mut empty_rounds, mut program_rounds) = (Vec::new(), Vec::new());
+    for _ in 0..args.rounds {
+        empty_rounds.push(run_timed(empty, &case.frame, args.repeat)?);
+        program_rounds.push(run_timed(&program, &case.frame, args.repeat)?);
+    }
+
+    let runs = u64::from(warm_up) + args.rounds as u64 * u64::from(args.repeat);
+    let counted = counters.read(0)?;
+    ensure!(
+        counted.packets == runs && counted.bytes == runs * case.frame.len() as u64,
+        "the program counted packets={} bytes={} in {runs} runs of a {}-byte frame; it should count every run",
+        counted.packets,
+        counted.bytes,
+        case.frame.len()
+    );
+
+    let program_ns = median(&program_rounds);
+    let empty_ns = median(&empty_rounds);
+    Ok(Measured {
+        classic_insns: filter.program().len(),
+        ebpf_insns: insns.len(),
+        ebpf_slots: loaded.slots(),
+        program_ns,
+        empty_ns,
+        diff_ns: program_ns as i64 - empty_ns as i64,
+        program_rounds,
+        empty_rounds,
+    })
+}
+
+/// One BPF_PROG_RUN of `repeat` runs; the kernel's average ns per run.
+fn run_timed(program: &SchedClassifier, frame: &[u8], repeat: u32) -> anyhow::Result<u64> {
+    let result = program
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..Default::default()
+        })
+        .context("BPF_PROG_RUN")?;
+    Ok(result.duration.as_nanos() as u64)
+}
+
+fn median(values: &[u64]) -> u64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable();
+    match sorted.len() {
+        0 => 0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]).div_ceil(2),
+    }
+}
+
+/// What the figures were measured on.
+struct Machine {
+    cpu: String,
+    cpus: usize,
+    kernel: String,
+}
+
+impl Machine {
+    fn this() -> anyhow::Result<Self> {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").context("reading /proc/cpuinfo")?;
+        // The first CPU's fields; a virtual machine's model name can be as vague as
+        // "AMD EPYC", so family, model and stepping say which generation it is.
+        let field = |name: &str| {
+            cpuinfo.lines().find_map(|line| {
+                let (key, value) = line.split_once(':')?;
+                (key.trim() == name).then(|| value.trim().to_owned())
+            })
+        };
+        let mut cpu = field("model name").unwrap_or_else(|| "unknown CPU".to_owned());
+        if let (Some(family), Some(model), Some(stepping)) =
+            (field("cpu family"), field("model"), field("stepping"))
+        {
+            let _ = write!(
+                cpu,
+                " (family {family}, model {model}, stepping {stepping})"
+            );
+        }
+        let cpus = std::thread::available_parallelism()
+            .map(usize::from)
+            .unwrap_or(1);
+        Ok(Self {
+            cpu,
+            cpus,
+            kernel: uname()?,
+        })
+    }
+}
+
+/// `uname -srvm`.
+fn uname() -> anyhow::Result<String> {
+    // SAFETY: utsname is plain bytes; uname fills it or fails.
+    let mut name: libc::utsname = unsafe { std::mem::zeroed() };
+    if unsafe { libc::uname(&mut name) } != 0 {
+        bail!("uname: {}", std::io::Error::last_os_error());
+    }
+    let field = |f: &[libc::c_char]| {
+        let bytes: Vec<u8> = f
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8)
+            .collect();
+        String::from_utf8_lossy(&bytes).into_owned()
+    };
+    Ok([
+        field(&name.sysname),
+        field(&name.release),
+        field(&name.version),
+        field(&name.machine),
+    ]
+    .join(" "))
+}
+
+fn report(machine: &Machine, args: &Args, cases: &[Case], results: &[Measured]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "machine: {} ({} CPUs), {}",
+        machine.cpu, machine.cpus, machine.kernel
+    );
+    let _ = writeln!(
+        out,
+        "method:  BPF_PROG_RUN on SCHED_CLS, {} runs per call, median of {} rounds",
+        args.repeat, args.rounds
+    );
+    let _ = writeln!(
+        out,
+        "columns: cBPF, eBPF = instructions; frame = bytes; program, empty, diff = ns per packet \
+         (diff = program - empty)\n"
+    );
+    let _ = writeln!(
+        out,
+        "{:<16} {:>5} {:>5} {:>6} {:>8} {:>8} {:>8}",
+        "filter", "cBPF", "eBPF", "frame", "program", "empty", "diff"
+    );
+    for (case, m) in cases.iter().zip(results) {
+        let _ = writeln!(
+            out,
+            "{:<16} {:>5} {:>5} {:>6} {:>8} {:>8} {:>8}",
+            case.label,
+            m.classic_insns,
+            m.ebpf_insns,
+            case.frame.len(),
+            m.program_ns,
+            m.empty_ns,
+            m.diff_ns
+        );
+    }
+    let _ = writeln!(out, "\nframes (each matches its filter):");
+    for case in cases {
+        let _ = writeln!(out, "  {:<16} {}", case.label, case.frame_description);
+    }
+    let _ = writeln!(out);
+    for case in cases.iter().filter(|case| case.label != case.expression) {
+        let _ = writeln!(out, "{} = {:?}", case.label, case.expression);
+    }
+    out
+}
+
+fn to_json(
+    machine: &Machine,
+    args: &Args,
+    cases: &[Case],
+    results: &[Measured],
+) -> serde_json::Value {
+    let unix_time = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    json!({
+        "machine": { "cpu": machine.cpu, "cpus": machine.cpus, "kernel": machine.kernel },
+        "method": {
+            "harness": "BPF_PROG_RUN, BPF_PROG_TYPE_SCHED_CLS",
+            "repeat": args.repeat,
+            "rounds": args.rounds,
+            "statistic": "median over rounds of the kernel's average ns per run",
+        },
+        "unix_time": unix_time,
+        "results": cases.iter().zip(results).map(|(case, m)| json!({
+            "label": case.label,
+            "expression": case.expression,
+            "frame": case.frame_description,
+            "frame_bytes": case.frame.len(),
+            "classic_insns": m.classic_insns,
+            "ebpf_insns": m.ebpf_insns,
+            "ebpf_slots": m.ebpf_slots,
+            "program_ns": m.program_ns,
+            "empty_ns": m.empty_ns,
+            "diff_ns": m.diff_ns,
+            "program_ns_rounds": m.program_rounds,
+            "empty_ns_rounds": m.empty_rounds,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every benchmark frame matches its filter by libpcap's own verdict (no kernel, no
+    /// root needed), and the long filter stays near 50 classic instructions.
+    #[test]
+    fn frames_match_their_filters() {
+        for case in cases().expect("cases") {
+            let filter = Filter::for_linktype(pcap::Linktype::ETHERNET, case.expression, 0)
+                .expect("compiles");
+            assert!(filter.libpcap_matches(&case.frame), "{}", case.label);
+        }
+        let long =
+            Filter::for_linktype(pcap::Linktype::ETHERNET, LONG_FILTER, 0).expect("compiles");
+        assert!(
+            (45..=55).contains(&long.program().len()),
+            "{}",
+            long.program().len()
+        );
+    }
+
+    #[test]
+    fn median_of_odd_and_even() {
+        assert_eq!(median(&[5, 1, 3]), 3);
+        assert_eq!(median(&[4, 1, 3, 2]), 3);
+        assert_eq!(median(&[]), 0);
+    }
+}
