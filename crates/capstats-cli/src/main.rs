@@ -139,6 +139,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             state_dir: cli.state_dir,
         })?);
     }
+    // A client writes to a pipe that may close (`capstats poll | head`): end quietly
+    // on SIGPIPE, as other command-line tools do. (The daemon keeps Rust's default of
+    // ignoring it, and sees EPIPE on a vanished client instead.)
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let Some(command) = cli.command else {
         anyhow::bail!(
             "say what to do: capstats -d to run the daemon, or a command (capstats --help)"
