@@ -98,16 +98,7 @@ impl Session {
         filter: &str,
         base: Counter,
     ) -> Result<Self, SessionError> {
-        let now = SystemTime::now();
-        let mut session = Session {
-            name: name.to_owned(),
-            interface: interface.to_owned(),
-            filter: filter.to_owned(),
-            created: now,
-            modified: now,
-            base,
-            counting: None,
-        };
+        let mut session = Session::down(name, interface, filter, base);
         session.counting = Some(session.begin_counting(filter)?);
         Ok(session)
     }

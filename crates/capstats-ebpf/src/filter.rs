@@ -147,10 +147,7 @@ impl Filter {
         expression: &str,
         netmask: u32,
     ) -> Result<Self, FilterError> {
-        let dead = Capture::dead(linktype).map_err(|source| FilterError::Open {
-            what: format!("a handle for link type {}", linktype.0),
-            source,
-        })?;
+        let dead = open_dead(linktype)?;
         compile(
             dead.as_ptr().cast(),
             expression,
@@ -167,10 +164,7 @@ impl Filter {
         expression: &str,
         netmask: u32,
     ) -> Result<Self, FilterError> {
-        let dead = Capture::dead(linktype).map_err(|source| FilterError::Open {
-            what: format!("a handle for link type {}", linktype.0),
-            source,
-        })?;
+        let dead = open_dead(linktype)?;
         compile(dead.as_ptr().cast(), expression, netmask, Semantics::Live)
     }
 
@@ -233,6 +227,14 @@ pub fn libpcap_run(program: &[RawInsn], packet: &[u8]) -> u32 {
     };
     // pcap_offline_filter only reads the program; it returns bpf_filter's u_int.
     unsafe { pcap_offline_filter(&code, &header, packet.as_ptr()) as u32 }
+}
+
+/// A handle for a link type with no file or interface behind it (`pcap_open_dead`).
+fn open_dead(linktype: pcap::Linktype) -> Result<Capture<pcap::Dead>, FilterError> {
+    Capture::dead(linktype).map_err(|source| FilterError::Open {
+        what: format!("a handle for link type {}", linktype.0),
+        source,
+    })
 }
 
 fn open_live(interface: &str) -> Result<Capture<Active>, FilterError> {
