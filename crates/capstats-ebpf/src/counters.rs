@@ -4,10 +4,14 @@
 //! its own copy without atomics, and a read sums the copies. Created and read through
 //! aya; the raw fd goes into the programs' `ld_imm64` map references.
 
+use std::ffi::CString;
+use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 
 use aya::maps::{Map, MapData, MapError, PerCpuArray};
-use aya_obj::generated::bpf_map_type;
+use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_map_type};
 
 /// Packets and bytes of one slot, as the programs write them (`u64` each, in order).
 #[repr(C)]
@@ -47,6 +51,21 @@ pub enum CounterError {
         #[source]
         source: MapError,
     },
+    #[error("cannot pin counter map {name} at {path}: {source}")]
+    Pin {
+        name: String,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the pinned counter map at {path}: {source}")]
+    OpenPinned {
+        path: String,
+        #[source]
+        source: MapError,
+    },
+    #[error("the pinned map at {path} is not a per-CPU array of counters")]
+    NotCounters { path: String },
     #[error("cannot duplicate the fd of counter map {name}: {source}")]
     Dup {
         name: String,
@@ -91,6 +110,65 @@ impl CounterMap {
         let map = PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(create_error)?;
         Ok(Self {
             name: name.to_owned(),
+            map,
+            fd,
+        })
+    }
+
+    /// Pins the map at `path` on a bpffs, so that it outlives this process: the
+    /// kernel keeps counting into it while no daemon runs.
+    pub fn pin(&self, path: &Path) -> Result<(), CounterError> {
+        let error = |source| CounterError::Pin {
+            name: self.name.clone(),
+            path: path.display().to_string(),
+            source,
+        };
+        let text = CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| error(io::Error::from(io::ErrorKind::InvalidInput)))?;
+        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+        attr.__bindgen_anon_4.pathname = text.as_ptr() as u64;
+        attr.__bindgen_anon_4.bpf_fd = self.fd.as_raw_fd() as u32;
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                bpf_cmd::BPF_OBJ_PIN as libc::c_long,
+                &mut attr as *mut bpf_attr,
+                size_of::<bpf_attr>(),
+            )
+        };
+        if rc < 0 {
+            return Err(error(io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
+    /// Opens a map pinned by [`CounterMap::pin`]: its counters as the kernel has them.
+    /// Refuses a pinned object that is not a per-CPU array of counters.
+    pub fn open_pinned(path: &Path) -> Result<Self, CounterError> {
+        let error = |source| CounterError::OpenPinned {
+            path: path.display().to_string(),
+            source,
+        };
+        let data = MapData::from_pin(path).map_err(error)?;
+        let fd = data
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|source| CounterError::Dup {
+                name: path.display().to_string(),
+                source,
+            })?;
+        let map = match Map::from_map_data(data).map_err(error)? {
+            // The value size is checked here: a foreign array is refused by name.
+            map @ Map::PerCpuArray(_) => PerCpuArray::try_from(map).map_err(error)?,
+            _ => {
+                return Err(CounterError::NotCounters {
+                    path: path.display().to_string(),
+                });
+            }
+        };
+        Ok(Self {
+            name: path.display().to_string(),
             map,
             fd,
         })

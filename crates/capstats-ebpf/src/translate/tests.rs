@@ -1,4 +1,3 @@
-
 use super::*;
 use crate::cbpf::{RawInsn, SKF_AD_OFF};
 
