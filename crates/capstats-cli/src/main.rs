@@ -92,7 +92,12 @@ enum Command {
     Watch {
         name: String,
         /// `frequency SECONDS` (or just SECONDS); fractions such as 0.5 work.
-        #[arg(value_name = "frequency SECONDS", num_args = 1..=2, required = true)]
+        #[arg(
+            value_name = "frequency SECONDS",
+            num_args = 1..=2,
+            required = true,
+            allow_negative_numbers = true
+        )]
         period: Vec<String>,
     },
     /// Run every record of a capture file through the kernel program a session would

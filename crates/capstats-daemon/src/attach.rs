@@ -18,6 +18,23 @@ pub fn ifindex(name: &str) -> Option<u32> {
     }
 }
 
+/// Interface indexes looked up at most once each while one request is answered: a
+/// `poll` of many sessions on one interface asks the kernel once, not once a session.
+#[derive(Debug, Default)]
+pub struct Interfaces {
+    seen: std::cell::RefCell<std::collections::HashMap<String, Option<u32>>>,
+}
+
+impl Interfaces {
+    pub fn ifindex(&self, name: &str) -> Option<u32> {
+        *self
+            .seen
+            .borrow_mut()
+            .entry(name.to_owned())
+            .or_insert_with(|| ifindex(name))
+    }
+}
+
 /// The interface tcpdump would pick: the first one libpcap lists that is up and is
 /// not a loopback.
 pub fn default_interface() -> Result<String, String> {

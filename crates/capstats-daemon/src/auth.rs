@@ -71,11 +71,24 @@ fn peer_groups(fd: i32) -> io::Result<Vec<u32>> {
     }
 }
 
+/// A group, by number and name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    pub gid: u32,
+    pub name: String,
+}
+
+impl std::fmt::Display for Group {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.name, self.gid)
+    }
+}
+
 /// The daemon's access rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Access {
     /// With `-g`: the group whose members may connect besides root.
-    pub group: Option<u32>,
+    pub group: Option<Group>,
 }
 
 impl Access {
@@ -84,8 +97,8 @@ impl Access {
         if peer.uid == 0 {
             return Ok(());
         }
-        match self.group {
-            Some(group) if peer.gid == group || peer.groups.contains(&group) => Ok(()),
+        match &self.group {
+            Some(group) if peer.gid == group.gid || peer.groups.contains(&group.gid) => Ok(()),
             Some(group) => Err(format!(
                 "permission denied: uid {} is neither root nor a member of group {group}",
                 peer.uid
@@ -114,7 +127,12 @@ mod tests {
     #[test]
     fn root_always_group_members_with_g_nobody_else() {
         let root_only = Access { group: None };
-        let with_group = Access { group: Some(990) };
+        let with_group = Access {
+            group: Some(Group {
+                gid: 990,
+                name: "capstats".into(),
+            }),
+        };
         assert!(root_only.check(&peer(0, 0, &[])).is_ok());
         assert!(root_only.check(&peer(1000, 990, &[990])).is_err());
         assert!(with_group.check(&peer(0, 5, &[])).is_ok());
@@ -128,6 +146,7 @@ mod tests {
         );
         let err = with_group.check(&peer(1000, 100, &[4])).unwrap_err();
         assert!(err.starts_with("permission denied"), "{err}");
+        assert!(err.contains("capstats (990)"), "{err}");
     }
 
     #[test]

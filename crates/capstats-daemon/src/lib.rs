@@ -22,7 +22,7 @@ use nix::sys::signal::{SigSet, Signal};
 
 use crate::log::event;
 
-pub use auth::Access;
+pub use auth::{Access, Group};
 pub use listener::ListenError;
 pub use state::StateError;
 
@@ -54,13 +54,28 @@ pub enum DaemonError {
     Signals(nix::Error),
 }
 
-fn resolve_group(group: &str) -> Result<u32, DaemonError> {
-    if let Ok(gid) = group.parse::<u32>() {
-        return Ok(gid);
-    }
-    match nix::unistd::Group::from_name(group) {
-        Ok(Some(g)) => Ok(g.gid.as_raw()),
+/// `-g`'s group, by name or number; known to the system either way, so that logs and
+/// refusals can name it.
+fn resolve_group(group: &str) -> Result<Group, DaemonError> {
+    let found = match group.parse::<u32>() {
+        Ok(gid) => nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(gid)),
+        Err(_) => nix::unistd::Group::from_name(group),
+    };
+    match found {
+        Ok(Some(g)) => Ok(Group {
+            gid: g.gid.as_raw(),
+            name: g.name,
+        }),
         _ => Err(DaemonError::UnknownGroup(group.to_owned())),
+    }
+}
+
+/// "1 session", "3 sessions".
+fn sessions(n: usize) -> String {
+    if n == 1 {
+        "1 session".into()
+    } else {
+        format!("{n} sessions")
     }
 }
 
@@ -81,16 +96,16 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     // Signals are taken by one thread only: block them before any thread starts.
     let signals: SigSet = [Signal::SIGTERM, Signal::SIGINT].into_iter().collect();
     signals.thread_block().map_err(DaemonError::Signals)?;
-    let listener = listener::bind(&config.socket, group)?;
+    let listener = listener::bind(&config.socket, group.as_ref().map(|g| g.gid))?;
     let service = Arc::new(Mutex::new(service::Service::restore(state)?));
     event!(
-        "listening on {} ({}), {} sessions restored from {}",
+        "listening on {} ({}), {} restored from {}",
         config.socket.display(),
-        match group {
-            Some(gid) => format!("root and group {gid}, mode 0660"),
+        match &group {
+            Some(group) => format!("root and group {group}, mode 0660"),
             None => "root only, mode 0600".into(),
         },
-        service.lock().map(|s| s.session_count()).unwrap_or(0),
+        sessions(service.lock().map(|s| s.session_count()).unwrap_or(0)),
         config.state_dir.display()
     );
 
@@ -112,14 +127,14 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
                 DaemonError::Signals(nix::Error::from_raw(e.raw_os_error().unwrap_or(0)))
             })?;
     }
-    server::serve(&listener, Access { group }, &service, &stop);
+    server::serve(&listener, &Access { group }, &service, &stop);
 
     let service = service.lock().unwrap_or_else(|p| p.into_inner());
     service.save();
     let _ = std::fs::remove_file(&config.socket);
     event!(
-        "stopped; session table saved ({} sessions)",
-        service.session_count()
+        "stopped; session table saved ({})",
+        sessions(service.session_count())
     );
     Ok(())
 }

@@ -5,7 +5,7 @@
 //! or stalled client is dropped after [`IDLE_TIMEOUT`], and a bad request only earns
 //! an error response on its own connection.
 
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,7 +26,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Accepts connections until `stop` is set (and the listener shut down to wake us).
 pub fn serve(
     listener: &UnixListener,
-    access: Access,
+    access: &Access,
     service: &Arc<Mutex<Service>>,
     stop: &AtomicBool,
 ) {
@@ -44,6 +44,7 @@ pub fn serve(
             }
         };
         let service = Arc::clone(service);
+        let access = access.clone();
         let spawned = std::thread::Builder::new()
             .name("capstats-client".into())
             .spawn(move || connection(stream, access, &service));
@@ -76,6 +77,14 @@ fn connection(stream: UnixStream, access: Access, service: &Mutex<Service>) {
         let _ = respond(
             &mut writer,
             &Response::error(ErrorKind::PermissionDenied, reason),
+        );
+        // Closing with the client's request still unread would reset the connection,
+        // and the client could lose the answer: take what it sends (bounded, briefly).
+        let _ = writer.shutdown(std::net::Shutdown::Write);
+        let _ = writer.set_read_timeout(Some(Duration::from_secs(1)));
+        let _ = io::copy(
+            &mut (&writer).take(MAX_REQUEST_BYTES as u64),
+            &mut io::sink(),
         );
         return;
     }
@@ -137,7 +146,12 @@ fn read_line(reader: &mut impl BufRead) -> io::Result<Line> {
     let mut line = Vec::new();
     let mut too_long = false;
     loop {
-        let available = reader.fill_buf()?;
+        let available = match reader.fill_buf() {
+            Ok(available) => available,
+            // A signal (SIGSTOP/SIGCONT, a debugger) is no reason to drop a client.
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
         if available.is_empty() {
             // End of stream: a last unterminated line still counts.
             return Ok(if too_long {

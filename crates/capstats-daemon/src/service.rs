@@ -8,7 +8,7 @@ use capstats_common::names::check_name;
 use capstats_common::protocol::{Command, ErrorKind, Reply, Response};
 use capstats_ebpf::counters::Counter;
 
-use crate::attach::default_interface;
+use crate::attach::{Interfaces, default_interface};
 use crate::log::event;
 use crate::session::Session;
 use crate::state::{SavedSession, StateError, StateFile, format_time, parse_time};
@@ -90,6 +90,7 @@ impl Service {
     }
 
     fn dispatch(&mut self, command: Command) -> Result<Reply, (ErrorKind, String)> {
+        let interfaces = Interfaces::default();
         let internal =
             |e: capstats_ebpf::counters::CounterError| (ErrorKind::Kernel, e.to_string());
         match command {
@@ -111,7 +112,7 @@ impl Service {
                 };
                 let session = Session::start(&name, &interface, &filter, Counter::default())
                     .map_err(|e| (e.kind(), e.to_string()))?;
-                let report = session.report().map_err(internal)?;
+                let report = session.report(&interfaces).map_err(internal)?;
                 event!("new session {name:?} on {interface}: {}", shown(&filter));
                 self.sessions.insert(name, session);
                 self.save();
@@ -122,13 +123,13 @@ impl Service {
                 session
                     .modify(&filter)
                     .map_err(|e| (e.kind(), e.to_string()))?;
-                let report = session.report().map_err(internal)?;
+                let report = session.report(&interfaces).map_err(internal)?;
                 event!("modified session {name:?}: {}", shown(&filter));
                 self.save();
                 Ok(Reply::Session(report))
             }
             Command::Stop { name } => {
-                let report = self.get(&name)?.report().map_err(internal)?;
+                let report = self.get(&name)?.report(&interfaces).map_err(internal)?;
                 // Dropping the session closes its socket: the filter goes with it.
                 self.sessions.remove(&name);
                 event!(
@@ -142,13 +143,13 @@ impl Service {
                 let all = self
                     .sessions
                     .values()
-                    .map(|s| s.report())
+                    .map(|s| s.report(&interfaces))
                     .collect::<Result<_, _>>();
                 Ok(Reply::Sessions(all.map_err(internal)?))
             }
-            Command::Show { name } => {
-                Ok(Reply::Session(self.get(&name)?.report().map_err(internal)?))
-            }
+            Command::Show { name } => Ok(Reply::Session(
+                self.get(&name)?.report(&interfaces).map_err(internal)?,
+            )),
             Command::Poll { names } => {
                 let chosen: Vec<&Session> = if names.is_empty() {
                     self.sessions.values().collect()
@@ -160,7 +161,7 @@ impl Service {
                 };
                 let all = chosen
                     .into_iter()
-                    .map(|s| s.report())
+                    .map(|s| s.report(&interfaces))
                     .collect::<Result<_, _>>();
                 Ok(Reply::Sessions(all.map_err(internal)?))
             }

@@ -13,7 +13,7 @@ use capstats_ebpf::filter::{Filter, FilterError};
 use capstats_ebpf::program::{LoadError, LoadedProgram};
 use capstats_ebpf::translate::{CounterSlot, Hook, translate};
 
-use crate::attach::{CountingSocket, ifindex};
+use crate::attach::{CountingSocket, Interfaces, ifindex};
 
 /// Why a session could not be started or changed, with the protocol's error kind.
 #[derive(Debug, thiserror::Error)]
@@ -161,10 +161,10 @@ impl Session {
     }
 
     /// Whether the session counts: its interface exists with the index it was bound to.
-    pub fn up(&self) -> bool {
+    pub fn up(&self, interfaces: &Interfaces) -> bool {
         self.counting
             .as_ref()
-            .is_some_and(|c| ifindex(&self.interface) == Some(c.ifindex))
+            .is_some_and(|c| interfaces.ifindex(&self.interface) == Some(c.ifindex))
     }
 
     /// Everything counted: before this daemon, plus what the kernel counted since.
@@ -176,7 +176,7 @@ impl Session {
     }
 
     /// The protocol's view, counters read from the kernel now.
-    pub fn report(&self) -> Result<protocol::Session, CounterError> {
+    pub fn report(&self, interfaces: &Interfaces) -> Result<protocol::Session, CounterError> {
         let time = |t| humantime::format_rfc3339_seconds(t).to_string();
         let read_at = SystemTime::now();
         let counter = self.counter()?;
@@ -191,7 +191,7 @@ impl Session {
             filter: self.filter.clone(),
             packets,
             bytes,
-            up: self.up(),
+            up: self.up(interfaces),
             hook: "socket".into(),
             created: time(self.created),
             modified: time(self.modified),
