@@ -13,8 +13,11 @@
 //! - [`tcpdump`]: tcpdump capturing inside a namespace, read back as an oracle.
 //! - [`scratch`]: temporary directories removed on drop.
 //! - [`cmd`]: running `ip`, `ethtool`, `tcpdump` with errors that say what failed.
+//! - [`daemon`]: the real `capstats` binary as a daemon in a namespace and as its
+//!   client, and the quiet veth pair the daemon tests run on.
 
 pub mod cmd;
+pub mod daemon;
 pub mod frame;
 pub mod link;
 pub mod netns;

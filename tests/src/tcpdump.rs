@@ -147,13 +147,24 @@ impl Tcpdump {
                 said.trim()
             );
         }
+        // "0 packets dropped by kernel", but "1 packet received by filter".
         let count = |what: &str| -> anyhow::Result<u64> {
             said.lines()
-                .find_map(|line| line.strip_suffix(what)?.trim().parse().ok())
-                .with_context(|| format!("tcpdump said no {what:?}: {said}"))
+                .find_map(|line| {
+                    let (number, rest) = line.trim().split_once(' ')?;
+                    let rest = rest
+                        .strip_prefix("packets ")
+                        .or_else(|| rest.strip_prefix("packet "))?;
+                    if rest == what {
+                        number.parse().ok()
+                    } else {
+                        None
+                    }
+                })
+                .with_context(|| format!("tcpdump said no \"N packets {what}\": {said}"))
         };
-        let received_by_filter = count("packets received by filter")?;
-        let dropped_by_kernel = count("packets dropped by kernel")?;
+        let received_by_filter = count("received by filter")?;
+        let dropped_by_kernel = count("dropped by kernel")?;
         let mut capture = pcap::Capture::from_file(&self.path)
             .with_context(|| format!("cannot read tcpdump's capture {}", self.path.display()))?;
         let mut lengths = Vec::new();

@@ -1,0 +1,632 @@
+//! The real `capstats` binary as a daemon and as its client.
+//!
+//! [`Daemon`] runs `capstats -d -s SOCKET --state-dir DIR` inside a test's network
+//! namespace (so that whatever it opens, and the interface it would pick by default,
+//! are the namespace's), waits until the socket answers, keeps the daemon's log in a
+//! file, and stops it on drop: SIGTERM, then SIGKILL if it has not gone within
+//! [`STOP_TIMEOUT`]. Dropping it prints the log to stderr, which the test harness
+//! shows when the test fails (an error or a panic).
+//!
+//! [`Client`] runs `capstats -s SOCKET [--json] ARGS...`, as root or as another account
+//! (`setpriv`), and returns the exit code and both outputs ([`Outcome`]). The socket is
+//! a file, so the client runs in the host's namespace and still reaches the daemon.
+//!
+//! The binary is `target/<profile>/capstats`, built by `cargo build -p capstats-cli`
+//! (`cargo xtask test` builds it): [`binary`] finds it next to the test executable.
+//!
+//! [`rig`] is where these tests run: two namespaces joined by a quiet veth pair.
+
+pub mod rig;
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use capstats_common::protocol::Session;
+
+use crate::cmd::command_line;
+use crate::netns::NetNs;
+
+/// How long a daemon may take to answer after it is started.
+pub const START_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a daemon may take to exit after SIGTERM before it gets SIGKILL.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one client command may take.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The `capstats` binary of the profile the tests were built with.
+///
+/// # Errors
+/// When it is not there: it must be built first.
+pub fn binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot find the test executable")?;
+    // target/<profile>/deps/<test>-<hash>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .with_context(|| format!("{} is not in target/<profile>/deps", exe.display()))?;
+    let binary = profile_dir.join("capstats");
+    ensure!(
+        binary.is_file(),
+        "the capstats binary is not at {}: build it first (`cargo build -p capstats-cli`, \
+         with --release for a release test run; `cargo xtask test` builds everything)",
+        binary.display()
+    );
+    Ok(binary)
+}
+
+/// Where a daemon listens and keeps its table, and whom it serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonSpec {
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    /// `-g GROUP`: a group name or number whose members may use the daemon.
+    pub group: Option<String>,
+}
+
+impl DaemonSpec {
+    pub fn new(socket: impl Into<PathBuf>, state_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            socket: socket.into(),
+            state_dir: state_dir.into(),
+            group: None,
+        }
+    }
+
+    /// The same daemon with `-g group`.
+    pub fn with_group(mut self, group: &str) -> Self {
+        self.group = Some(group.to_owned());
+        self
+    }
+
+    /// `-d [-g GROUP] -s SOCKET --state-dir DIR`.
+    fn args(&self) -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> = vec!["-d".into()];
+        if let Some(group) = &self.group {
+            args.extend(["-g".into(), group.into()]);
+        }
+        args.extend([
+            "-s".into(),
+            self.socket.clone().into(),
+            "--state-dir".into(),
+            self.state_dir.clone().into(),
+        ]);
+        args
+    }
+
+    /// A client of this daemon, as root.
+    ///
+    /// # Errors
+    /// When the binary is missing.
+    pub fn client(&self) -> anyhow::Result<Client> {
+        Client::new(&self.socket)
+    }
+}
+
+/// A running `capstats -d`, stopped when dropped.
+#[derive(Debug)]
+pub struct Daemon {
+    child: Option<Child>,
+    spec: DaemonSpec,
+    log: PathBuf,
+    namespace: String,
+}
+
+impl Daemon {
+    /// Starts the daemon in `ns` with its stdout and stderr going to `log`, and returns
+    /// once it answers a `list` on its socket.
+    ///
+    /// # Errors
+    /// When it cannot be started, exits, or does not answer within [`START_TIMEOUT`];
+    /// the error carries its log.
+    pub fn start(ns: &NetNs, spec: &DaemonSpec, log: &Path) -> anyhow::Result<Self> {
+        let mut daemon = Self::spawn(ns, spec, log)?;
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = daemon.child_mut().try_wait()? {
+                daemon.child = None;
+                bail!(
+                    "capstats -d in {} exited ({status}) before answering on {}; its log:\n{}",
+                    daemon.namespace,
+                    spec.socket.display(),
+                    daemon.log()
+                );
+            }
+            if answers(&spec.socket) {
+                return Ok(daemon);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "capstats -d in {} did not answer on {} within {START_TIMEOUT:?}; its log:\n{}",
+                    daemon.namespace,
+                    spec.socket.display(),
+                    daemon.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts a daemon that is expected to refuse to run, and returns how it ended.
+    ///
+    /// # Errors
+    /// When it cannot be started, or is still running after [`START_TIMEOUT`] (it is
+    /// then stopped, and its log is in the error).
+    pub fn expect_exit(ns: &NetNs, spec: &DaemonSpec, log: &Path) -> anyhow::Result<Outcome> {
+        let mut daemon = Self::spawn(ns, spec, log)?;
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = daemon.child_mut().try_wait()? {
+                daemon.child = None;
+                return Ok(Outcome {
+                    code: status.code(),
+                    stdout: String::new(),
+                    stderr: daemon.log(),
+                });
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "capstats -d in {} was expected to refuse to start, but still runs after \
+                     {START_TIMEOUT:?}; its log:\n{}",
+                    daemon.namespace,
+                    daemon.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn spawn(ns: &NetNs, spec: &DaemonSpec, log: &Path) -> anyhow::Result<Self> {
+        let binary = binary()?;
+        let file = File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+        let mut command = ns.command(binary.to_str().context("the binary's path is not UTF-8")?);
+        command
+            .args(spec.args())
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file);
+        // SAFETY: prctl is async-signal-safe. If the test process dies without dropping
+        // the guard, the daemon is told to stop all the same (`ip netns exec` execs it in
+        // the same process, and the setting survives exec). The guard is dropped before
+        // the thread that started the daemon ends.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let line = command_line(&command);
+        // `ip netns exec` execs the program: the child is the daemon itself.
+        let child = command
+            .spawn()
+            .with_context(|| format!("cannot run `{line}`"))?;
+        Ok(Self {
+            child: Some(child),
+            spec: spec.clone(),
+            log: log.to_owned(),
+            namespace: ns.name().to_owned(),
+        })
+    }
+
+    fn child_mut(&mut self) -> &mut Child {
+        self.child.as_mut().expect("a running daemon")
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.spec.socket
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
+    }
+
+    /// What the daemon has logged so far (stdout and stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_else(|e| format!("(cannot read {}: {e})", self.log.display()))
+    }
+
+    /// A client of this daemon, as root.
+    ///
+    /// # Errors
+    /// When the binary is missing.
+    pub fn client(&self) -> anyhow::Result<Client> {
+        Client::new(&self.spec.socket)
+    }
+
+    /// Stops the daemon as an administrator would (SIGTERM) and returns its log.
+    ///
+    /// # Errors
+    /// When it does not exit within [`STOP_TIMEOUT`] (it is then killed) or exits
+    /// unsuccessfully.
+    pub fn stop(mut self) -> anyhow::Result<String> {
+        let status = self.terminate()?;
+        let log = self.log();
+        ensure!(
+            status.success(),
+            "capstats -d exited with {status} after SIGTERM; its log:\n{log}"
+        );
+        Ok(log)
+    }
+
+    /// SIGTERM, then SIGKILL after [`STOP_TIMEOUT`].
+    fn terminate(&mut self) -> anyhow::Result<ExitStatus> {
+        let Some(mut child) = self.child.take() else {
+            bail!("the daemon was already stopped");
+        };
+        // SAFETY: signals our own child, which has not been waited for.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "capstats -d (pid {}) did not exit within {STOP_TIMEOUT:?} of SIGTERM and \
+                     was killed; its log:\n{}",
+                    child.id(),
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.is_none() {
+            return;
+        }
+        if let Err(e) = self.terminate() {
+            eprintln!("warning: {e:#}");
+        }
+        // Captured by the harness: shown only if the test fails.
+        eprintln!(
+            "log of capstats -d in {} ({}):\n{}",
+            self.namespace,
+            self.spec.socket.display(),
+            self.log()
+        );
+    }
+}
+
+/// Whether a daemon answers a `list` request on `socket`.
+fn answers(socket: &Path) -> bool {
+    let Ok(mut stream) = UnixStream::connect(socket) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream
+        .write_all(b"{\"version\":1,\"command\":\"list\"}\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).is_ok() && line.starts_with('{')
+}
+
+/// An account to run the client as: `setpriv --reuid=USER --regid=GROUP --init-groups`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub user: String,
+    /// The primary group (a name or number) to run with.
+    pub group: String,
+}
+
+impl RunAs {
+    /// `setpriv ... --` in front of `program`.
+    pub fn command(&self, program: &Path) -> Command {
+        let mut command = Command::new("setpriv");
+        command
+            .arg(format!("--reuid={}", self.user))
+            .arg(format!("--regid={}", self.group))
+            .arg("--init-groups")
+            .arg("--")
+            .arg(program);
+        command
+    }
+}
+
+/// `capstats -s SOCKET [--json] ...`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    binary: PathBuf,
+    socket: PathBuf,
+    json: bool,
+    run_as: Option<RunAs>,
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// The exit code; `None` when a signal ended it.
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit code {}, stdout {:?}, stderr {:?}",
+            self.code
+                .map_or_else(|| "none (signal)".to_owned(), |c| c.to_string()),
+            self.stdout,
+            self.stderr
+        )
+    }
+}
+
+impl Client {
+    /// A client of the daemon on `socket`, run as root, printing for people.
+    ///
+    /// # Errors
+    /// When the binary is missing.
+    pub fn new(socket: &Path) -> anyhow::Result<Self> {
+        Ok(Self {
+            binary: binary()?,
+            socket: socket.to_owned(),
+            json: false,
+            run_as: None,
+        })
+    }
+
+    /// The same client with `--json`.
+    pub fn json(&self) -> Self {
+        Self {
+            json: true,
+            ..self.clone()
+        }
+    }
+
+    /// The same client run as another account.
+    pub fn run_as(&self, run_as: RunAs) -> Self {
+        Self {
+            run_as: Some(run_as),
+            ..self.clone()
+        }
+    }
+
+    /// The command line, not started: `[setpriv ... --] capstats -s SOCKET [--json] ARGS`.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = match &self.run_as {
+            Some(run_as) => run_as.command(&self.binary),
+            None => Command::new(&self.binary),
+        };
+        command.arg("-s").arg(&self.socket);
+        if self.json {
+            command.arg("--json");
+        }
+        // The socket is named: no CAPSTATS_SOCKET from the environment may interfere.
+        command.args(args).env_remove("CAPSTATS_SOCKET");
+        command
+    }
+
+    /// Runs the client to completion (at most [`CLIENT_TIMEOUT`]).
+    ///
+    /// # Errors
+    /// When it cannot be started or does not finish in time.
+    pub fn run(&self, args: &[&str]) -> anyhow::Result<Outcome> {
+        output_within(&mut self.command(args), CLIENT_TIMEOUT)
+    }
+
+    /// Runs the client and requires success; returns its stdout.
+    ///
+    /// # Errors
+    /// When it fails; the error shows the command and its outputs.
+    pub fn ok(&self, args: &[&str]) -> anyhow::Result<String> {
+        let outcome = self.run(args)?;
+        ensure!(
+            outcome.code == Some(0),
+            "`{}` failed: {outcome}",
+            command_line(&self.command(args))
+        );
+        Ok(outcome.stdout)
+    }
+
+    /// Runs the client and requires a failure as the CLI reports one: exit code 1, a
+    /// message on stderr, nothing on stdout.
+    ///
+    /// # Errors
+    /// When it succeeds or fails otherwise.
+    pub fn fails(&self, args: &[&str]) -> anyhow::Result<Outcome> {
+        let outcome = self.run(args)?;
+        ensure!(
+            outcome.code == Some(1)
+                && !outcome.stderr.trim().is_empty()
+                && outcome.stdout.is_empty(),
+            "`{}` should fail with exit code 1 and a message on stderr only: {outcome}",
+            command_line(&self.command(args))
+        );
+        Ok(outcome)
+    }
+
+    /// Runs a command that prints sessions, with `--json`, and parses its lines.
+    ///
+    /// # Errors
+    /// When it fails or prints something that is not a session.
+    pub fn sessions(&self, args: &[&str]) -> anyhow::Result<Vec<Session>> {
+        let stdout = self.json().ok(args)?;
+        stdout
+            .lines()
+            .map(|line| {
+                serde_json::from_str(line)
+                    .with_context(|| format!("`{}` printed {line:?}", args.join(" ")))
+            })
+            .collect()
+    }
+
+    /// `show --json NAME`.
+    ///
+    /// # Errors
+    /// When it fails.
+    pub fn show(&self, name: &str) -> anyhow::Result<Session> {
+        match self.sessions(&["show", name])?.as_slice() {
+            [session] => Ok(session.clone()),
+            other => bail!("show {name} printed {} sessions", other.len()),
+        }
+    }
+
+    /// `poll --json`: every session with its counters.
+    ///
+    /// # Errors
+    /// When it fails.
+    pub fn poll(&self) -> anyhow::Result<Vec<Session>> {
+        self.sessions(&["poll"])
+    }
+
+    /// Polls session `name` until it has counted at least `packets` (or `timeout`
+    /// passes), then until its count has not moved for `quiet`; returns it as it is
+    /// then. Frames written into a veth are counted in the receiver's softirq, a
+    /// moment after the writer returns.
+    ///
+    /// # Errors
+    /// When the count is not reached in time; the error says how far it got.
+    pub fn settle(
+        &self,
+        name: &str,
+        packets: u64,
+        timeout: Duration,
+        quiet: Duration,
+    ) -> anyhow::Result<Session> {
+        let deadline = Instant::now() + timeout;
+        let count = |s: &Session| s.packets.unwrap_or(0);
+        let mut session = self.show(name)?;
+        while count(&session) < packets {
+            if Instant::now() > deadline {
+                bail!(
+                    "session {name:?} counted {} packets within {timeout:?}, expected at least {packets}",
+                    count(&session)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            session = self.show(name)?;
+        }
+        loop {
+            std::thread::sleep(quiet);
+            let now = self.show(name)?;
+            if count(&now) == count(&session) {
+                return Ok(now);
+            }
+            session = now;
+        }
+    }
+
+    /// Starts the client without waiting (for `watch`); stopped when the returned
+    /// value is dropped.
+    ///
+    /// # Errors
+    /// When it cannot be started.
+    pub fn spawn(&self, args: &[&str]) -> anyhow::Result<Running> {
+        let mut command = self.command(args);
+        let line = command_line(&command);
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot run `{line}`"))?;
+        Ok(Running {
+            child: Some(child),
+            line,
+        })
+    }
+}
+
+/// A client started with [`Client::spawn`]; killed on drop.
+#[derive(Debug)]
+pub struct Running {
+    child: Option<Child>,
+    line: String,
+}
+
+impl Running {
+    /// Whether it still runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
+    }
+
+    /// Interrupts it (SIGINT, as Ctrl-C) and returns how it ended with all it printed.
+    ///
+    /// # Errors
+    /// When it does not end within [`CLIENT_TIMEOUT`].
+    pub fn interrupt(mut self) -> anyhow::Result<Outcome> {
+        let mut child = self.child.take().expect("a running client");
+        // SAFETY: signals our own child, which has not been waited for.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+        collect(&mut child, &self.line, CLIENT_TIMEOUT)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs `command` with its outputs captured, killing it if it takes longer than `timeout`.
+///
+/// # Errors
+/// When it cannot be started or runs too long.
+pub fn output_within(command: &mut Command, timeout: Duration) -> anyhow::Result<Outcome> {
+    let line = command_line(command);
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run `{line}`"))?;
+    collect(&mut child, &line, timeout)
+}
+
+/// Waits for `child` (killing it after `timeout`) while reading both of its outputs.
+fn collect(child: &mut Child, line: &str, timeout: Duration) -> anyhow::Result<Outcome> {
+    fn reader(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    }
+    let stdout = reader(child.stdout.take());
+    let stderr = reader(child.stderr.take());
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("`{line}` did not finish within {timeout:?} and was killed");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let text = |handle: std::thread::JoinHandle<Vec<u8>>| {
+        String::from_utf8_lossy(&handle.join().unwrap_or_default()).into_owned()
+    };
+    Ok(Outcome {
+        code: status.code(),
+        stdout: text(stdout),
+        stderr: text(stderr),
+    })
+}

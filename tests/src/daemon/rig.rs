@@ -1,0 +1,167 @@
+//! Where the daemon tests run: namespaces A and B joined by a veth pair, quiet and
+//! able to carry any frame of the corpus.
+//!
+//! Quiet: IPv6 is off in both namespaces before the interfaces exist and no interface
+//! has an address, so neither kernel sends a frame of its own (no router solicitation,
+//! DAD, MLD, ARP) nor answers one it receives; GRO is off on both ends, so the
+//! receiving kernel merges nothing. Every frame on the link is one a test wrote.
+//!
+//! Jumbo: both ends have the largest MTU a veth takes (65,535), so captures with
+//! jumbo frames replay whole.
+//!
+//! The daemon runs in B and counts on B's end ([`Rig::interface`]); frames written on
+//! A's end ([`Rig::sender_a`]) arrive there (inbound), frames written on B's end
+//! ([`Rig::sender_b`]) leave from there (outbound).
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::frame::{Ethernet, Ipv4, MacAddr, Tcp, ethertype};
+use crate::link::{Link, VethPair};
+use crate::netns::NetNs;
+use crate::packet::PacketSocket;
+
+/// A's end of the pair.
+pub const MAC_A: MacAddr = MacAddr([0x02, 0, 0, 0, 0xd0, 0x0a]);
+/// B's end of the pair, where the daemon counts.
+pub const MAC_B: MacAddr = MacAddr([0x02, 0, 0, 0, 0xd0, 0x0b]);
+/// The largest MTU of a veth.
+pub const JUMBO_MTU: u32 = 65_535;
+/// The addresses the frames of [`udp_a_to_b`] and [`tcp_syn_a_to_b`] carry (no
+/// interface has them: nobody answers).
+pub const IP_A: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 1);
+pub const IP_B: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 2);
+
+/// A UDP frame from A to B, to port `dport`, with `payload` bytes of payload:
+/// `14 + 20 + 8 + payload` bytes long.
+pub fn udp_a_to_b(dport: u16, payload: usize) -> Vec<u8> {
+    Ethernet::new(MAC_B, MAC_A).frame(
+        ethertype::IPV4,
+        &Ipv4::new(IP_A, IP_B).udp(40000, dport, &vec![0x5a; payload]),
+    )
+}
+
+/// A TCP SYN from A to B, to port `dport` (54 bytes).
+pub fn tcp_syn_a_to_b(dport: u16) -> Vec<u8> {
+    Ethernet::new(MAC_B, MAC_A).frame(
+        ethertype::IPV4,
+        &Ipv4::new(IP_A, IP_B).tcp(&Tcp::syn(40000, dport)),
+    )
+}
+
+/// Two namespaces and the veth pair between them; all gone on drop.
+#[derive(Debug)]
+pub struct Rig {
+    pub veth: VethPair,
+    // Dropped after `veth`, whose interfaces they hold.
+    pub ns_a: NetNs,
+    pub ns_b: NetNs,
+}
+
+impl Rig {
+    /// Creates namespaces `<tag>-a` and `<tag>-b` with `veth-a` in A and `veth-b` in B.
+    ///
+    /// # Errors
+    /// When `ip`, `ethtool` or a sysctl fails (not root, say).
+    pub fn new(tag: &str) -> anyhow::Result<Self> {
+        let ns_a = NetNs::create(&format!("{tag}-a"))?;
+        let ns_b = NetNs::create(&format!("{tag}-b"))?;
+        for ns in [&ns_a, &ns_b] {
+            ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
+            ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
+        }
+        let veth = VethPair::create(&ns_a, ("veth-a", MAC_A), &ns_b, ("veth-b", MAC_B))?;
+        let mtu = JUMBO_MTU.to_string();
+        for (ns, end) in [(&ns_a, &veth.a), (&ns_b, &veth.b)] {
+            ns.ip(&["link", "set", &end.name, "mtu", &mtu])?;
+            crate::cmd::run(ns.command("ethtool").args(["-K", &end.name, "gro", "off"]))?;
+        }
+        Ok(Self { veth, ns_a, ns_b })
+    }
+
+    /// B's end, where the daemon counts.
+    pub fn interface(&self) -> &str {
+        &self.veth.b.name
+    }
+
+    /// Writes frames on A's end: they arrive on B's end (inbound there).
+    ///
+    /// # Errors
+    /// When the socket cannot be opened.
+    pub fn sender_a(&self) -> anyhow::Result<Sender> {
+        Sender::on(&self.ns_a, &self.veth.a)
+    }
+
+    /// Writes frames on B's end: they leave from it (outbound there).
+    ///
+    /// # Errors
+    /// When the socket cannot be opened.
+    pub fn sender_b(&self) -> anyhow::Result<Sender> {
+        Sender::on(&self.ns_b, &self.veth.b)
+    }
+}
+
+/// An AF_PACKET socket writing frames out of one end of the pair.
+#[derive(Debug)]
+pub struct Sender {
+    socket: PacketSocket,
+    ifindex: u32,
+}
+
+impl Sender {
+    /// A socket in `ns` writing out of `link`, one of its interfaces.
+    ///
+    /// # Errors
+    /// When the socket cannot be opened.
+    pub fn on(ns: &NetNs, link: &Link) -> anyhow::Result<Self> {
+        let socket = ns.run(|| Ok(PacketSocket::new()?))?;
+        Ok(Self {
+            socket,
+            ifindex: link.ifindex,
+        })
+    }
+
+    /// Writes one frame.
+    ///
+    /// # Errors
+    /// When the kernel refuses it.
+    pub fn send(&self, frame: &[u8]) -> anyhow::Result<()> {
+        Ok(self.socket.send(self.ifindex, frame)?)
+    }
+
+    /// Writes `count` copies of `frame`.
+    ///
+    /// # Errors
+    /// When the kernel refuses one.
+    pub fn send_n(&self, frame: &[u8], count: u64) -> anyhow::Result<()> {
+        for _ in 0..count {
+            self.send(frame)?;
+        }
+        Ok(())
+    }
+
+    /// Writes `frames` at a steady `per_second`: frame i leaves at i / `per_second`
+    /// after the start, never before. Returns how long it took.
+    ///
+    /// # Errors
+    /// When the kernel refuses a frame.
+    pub fn send_paced<'f>(
+        &self,
+        frames: impl IntoIterator<Item = &'f [u8]>,
+        per_second: u32,
+    ) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        for (i, frame) in (0u64..).zip(frames) {
+            let due = start + Duration::from_secs_f64(i as f64 / f64::from(per_second));
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            self.send(frame)
+                .with_context(|| format!("writing frame {i}"))?;
+        }
+        Ok(start.elapsed())
+    }
+}
