@@ -1,5 +1,10 @@
-//! `cargo xtask bench`: builds and starts `xtask-bench` (src/bin/xtask-bench), optimised,
-//! which measures the generated programs and writes bench/results.json.
+//! `cargo xtask bench`: builds `capstats` and `xtask-bench` (src/bin/xtask-bench), both
+//! optimised, and starts the latter, which measures the generated programs and the
+//! daemon and writes bench/results.json.
+
+use std::path::PathBuf;
+
+use anyhow::bail;
 
 use crate::cmd::{self, Steps};
 use crate::deps;
@@ -8,31 +13,66 @@ use crate::deps;
 const RESULTS: &str = "bench/results.json";
 
 pub fn bench(repeat: u32, rounds: usize) -> anyhow::Result<()> {
-    let mut steps = Steps::new("bench", 3);
+    let mut steps = Steps::new("bench", 4);
     steps.run("check that we run as root", || deps::require_root("bench"))?;
     steps.run("Debian packages", deps::ensure_packages)?;
+    let capstats = steps.run("build capstats (release)", build_capstats_release)?;
     let out = cmd::workspace_root().join(RESULTS);
-    steps.run("measure with BPF_PROG_RUN (release build)", || {
-        cmd::run(
-            cmd::cargo()
-                .args([
-                    "run",
-                    "--quiet",
-                    "--release",
-                    "--package",
-                    "xtask",
-                    "--bin",
-                    "xtask-bench",
-                    "--",
-                ])
-                .arg("--repeat")
-                .arg(repeat.to_string())
-                .arg("--rounds")
-                .arg(rounds.to_string())
-                .arg("--out")
-                .arg(&out),
-        )
-    })?;
+    steps.run(
+        "measure programs with BPF_PROG_RUN, then the daemon (release build)",
+        || {
+            cmd::run(
+                cmd::cargo()
+                    .args([
+                        "run",
+                        "--quiet",
+                        "--release",
+                        "--package",
+                        "xtask",
+                        "--bin",
+                        "xtask-bench",
+                        "--",
+                    ])
+                    .arg("--repeat")
+                    .arg(repeat.to_string())
+                    .arg("--rounds")
+                    .arg(rounds.to_string())
+                    .arg("--capstats")
+                    .arg(&capstats)
+                    .arg("--out")
+                    .arg(&out),
+            )
+        },
+    )?;
     steps.summary();
     Ok(())
+}
+
+/// Builds the `capstats` binary in release mode, as operators run it (the daemon's
+/// figures are for that build), and returns its path as cargo reports it, wherever the
+/// target directory is.
+fn build_capstats_release() -> anyhow::Result<PathBuf> {
+    let stdout = cmd::output(cmd::cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "capstats-cli",
+        "--bin",
+        "capstats",
+        "--message-format",
+        "json-render-diagnostics",
+    ]))?;
+    for line in stdout.lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if message["reason"] == "compiler-artifact"
+            && message["target"]["name"] == "capstats"
+            && let Some(path) = message["executable"].as_str()
+        {
+            println!("    built {path}");
+            return Ok(PathBuf::from(path));
+        }
+    }
+    bail!("cargo built capstats-cli but did not name the capstats executable")
 }

@@ -35,7 +35,8 @@ enum Task {
         #[arg(long, value_enum, default_value_t = test::Profile::Dev)]
         profile: test::Profile,
     },
-    /// Measure ns/packet of generated programs with BPF_PROG_RUN; writes
+    /// Measure ns/packet of generated programs with BPF_PROG_RUN, then the daemon (poll
+    /// latency, its CPU while 1M packets are counted, its memory); writes
     /// bench/results.json.
     Bench {
         /// Runs per BPF_PROG_RUN call.

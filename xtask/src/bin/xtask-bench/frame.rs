@@ -11,9 +11,10 @@ const ETH_P_8021Q: u16 = 0x8100;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 
-/// Locally administered unicast addresses, so no real vendor is named.
-const SRC_MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x10, 0x00, 0x01];
-const DST_MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x10, 0x00, 0x02];
+/// Locally administered unicast addresses, so no real vendor is named. The daemon bench
+/// gives them to the two ends of its veth pair.
+pub const SRC_MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x10, 0x00, 0x01];
+pub const DST_MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x10, 0x00, 0x02];
 
 /// TCP flags of a segment carrying data on an established connection.
 const TCP_PSH_ACK: u8 = 0x18;

@@ -13,8 +13,14 @@
 //! nanoseconds per run (whole ns); the figures are medians over the rounds. The frame
 //! matches its filter (checked with libpcap before, and with the counter map after), so
 //! the accepting path including the map update is what is measured.
+//!
+//! After that table, the daemon's own figures ([`daemon`]): poll latency, its CPU time
+//! while a million frames are counted, and its memory. They need the `capstats` binary
+//! (`--capstats`, which `cargo xtask bench` builds in release mode and passes).
 
+mod daemon;
 mod frame;
+mod stats;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -29,8 +35,10 @@ use capstats_ebpf::program::LoadedProgram;
 use capstats_ebpf::translate::{CounterSlot, Hook, translate};
 use clap::Parser;
 use serde_json::json;
+use stats::median;
 
-/// Measure ns/packet of capstats' generated programs with BPF_PROG_RUN (needs root).
+/// Measure ns/packet of capstats' generated programs with BPF_PROG_RUN, then the
+/// daemon's poll latency, CPU and memory (needs root).
 #[derive(Debug, Parser)]
 #[command(name = "xtask-bench")]
 struct Args {
@@ -43,6 +51,18 @@ struct Args {
     /// Where to write the results as JSON.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// The `capstats` binary whose daemon is measured (target/release/capstats).
+    #[arg(long)]
+    capstats: PathBuf,
+    /// Frames counted while the daemon's CPU time is measured.
+    #[arg(long, default_value_t = 1_000_000)]
+    frames: u64,
+    /// Timed polls over the daemon's socket, per connection method and session count.
+    #[arg(long, default_value_t = 2_000)]
+    polls: usize,
+    /// Timed runs of `capstats --json poll`, per session count.
+    #[arg(long, default_value_t = 100)]
+    cli_polls: usize,
 }
 
 /// One benchmarked filter and a frame it matches.
@@ -135,8 +155,12 @@ fn main() -> std::process::ExitCode {
 
 fn run(args: &Args) -> anyhow::Result<()> {
     ensure!(
-        args.repeat > 0 && args.rounds > 0,
-        "--repeat and --rounds must be at least 1"
+        args.repeat > 0
+            && args.rounds > 0
+            && args.frames > 0
+            && args.polls > 0
+            && args.cli_polls > 0,
+        "--repeat, --rounds, --frames, --polls and --cli-polls must be at least 1"
     );
     let machine = Machine::this()?;
     let empty_program = LoadedProgram::load(
@@ -163,8 +187,24 @@ fn run(args: &Args) -> anyhow::Result<()> {
     }
 
     print!("{}", report(&machine, args, &cases, &results));
+
+    eprintln!("measuring the daemon");
+    let daemon = daemon::measure(&daemon::Options {
+        capstats: args.capstats.clone(),
+        frames: args.frames,
+        polls: args.polls,
+        cli_polls: args.cli_polls,
+    })?;
+    print!("\n{}", daemon::report(&machine, &daemon));
+    ensure!(
+        daemon::counted_exactly(&daemon),
+        "the daemon's sessions did not count exactly the frames sent (above); results not written"
+    );
+
     if let Some(out) = &args.out {
-        let text = serde_json::to_string_pretty(&to_json(&machine, args, &cases, &results))?;
+        let mut json = to_json(&machine, args, &cases, &results);
+        json["daemon"] = daemon::to_json(&daemon);
+        let text = serde_json::to_string_pretty(&json)?;
         std::fs::write(out, text + "\n").with_context(|| format!("writing {}", out.display()))?;
         println!("\nwritten to {}", out.display());
     }
@@ -234,16 +274,6 @@ fn run_timed(program: &SchedClassifier, frame: &[u8], repeat: u32) -> anyhow::Re
         })
         .context("BPF_PROG_RUN")?;
     Ok(result.duration.as_nanos() as u64)
-}
-
-fn median(values: &[u64]) -> u64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_unstable();
-    match sorted.len() {
-        0 => 0,
-        n if n % 2 == 1 => sorted[n / 2],
-        n => (sorted[n / 2 - 1] + sorted[n / 2]).div_ceil(2),
-    }
 }
 
 /// What the figures were measured on.
@@ -410,12 +440,5 @@ mod tests {
             "{}",
             long.program().len()
         );
-    }
-
-    #[test]
-    fn median_of_odd_and_even() {
-        assert_eq!(median(&[5, 1, 3]), 3);
-        assert_eq!(median(&[4, 1, 3, 2]), 3);
-        assert_eq!(median(&[]), 0);
     }
 }

@@ -1,0 +1,296 @@
+//! The daemon under measurement, `capstats -d`, and what the kernel says about its
+//! process: CPU time and resident memory.
+//!
+//! The daemon runs inside the receiving namespace (`ip netns exec` execs it, so the
+//! child's pid is the daemon's), with its socket, state and log in the bench's scratch
+//! directory. It is stopped on drop, also while a panic unwinds: SIGTERM, then SIGKILL
+//! if it has not gone within [`STOP_TIMEOUT`]. Should the bench itself die without
+//! unwinding, the kernel sends the daemon SIGTERM (`PR_SET_PDEATHSIG`).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+
+use super::netns::Namespace;
+
+/// How long the daemon may take to answer after it is started.
+const START_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long it may take to exit after SIGTERM before it gets SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running `capstats -d`, stopped when dropped.
+#[derive(Debug)]
+pub struct Daemon {
+    child: Option<Child>,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `capstats -d` in `ns` with its socket, state and log in `dir`, and returns
+    /// once the socket accepts connections.
+    pub fn start(capstats: &Path, ns: &Namespace, dir: &Path) -> anyhow::Result<Self> {
+        let socket = dir.join("capstats.sock");
+        let log = dir.join("daemon.log");
+        let file = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let mut command = ns.command(capstats);
+        command
+            .arg("-d")
+            .arg("-s")
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file);
+        // SAFETY: prctl is async-signal-safe and touches only the child. The signal
+        // comes when the thread that spawned the child ends: this one, the main thread.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {} -d", capstats.display()))?;
+        let mut daemon = Self {
+            child: Some(child),
+            socket,
+            log,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        while std::os::unix::net::UnixStream::connect(&daemon.socket).is_err() {
+            if let Some(status) = daemon.child.as_mut().and_then(|c| c.try_wait().ok()?) {
+                daemon.child = None;
+                bail!(
+                    "capstats -d exited ({status}) before answering; its log:\n{}",
+                    daemon.log()
+                );
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "capstats -d did not answer on {} within {START_TIMEOUT:?}; its log:\n{}",
+                daemon.socket.display(),
+                daemon.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(daemon)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// What the daemon has logged (stdout and stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_else(|e| format!("(cannot read {}: {e})", self.log.display()))
+    }
+
+    /// Stops the daemon as an administrator would (SIGTERM); fails unless it exits 0.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        let status = self.terminate()?;
+        ensure!(
+            status.success(),
+            "capstats -d exited with {status} after SIGTERM; its log:\n{}",
+            self.log()
+        );
+        Ok(())
+    }
+
+    /// SIGTERM, then SIGKILL after [`STOP_TIMEOUT`].
+    fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let Some(mut child) = self.child.take() else {
+            bail!("the daemon was stopped already");
+        };
+        // SAFETY: signals our own child, not yet waited for (so its pid is not reused).
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!(
+                    "capstats -d did not exit within {STOP_TIMEOUT:?} of SIGTERM and was killed; its log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.is_some()
+            && let Err(e) = self.terminate()
+        {
+            eprintln!("warning: {e:#}");
+        }
+    }
+}
+
+/// Kills the daemon if the bench has not finished with it by a deadline: every request
+/// waiting on it then fails, so a hung daemon ends the bench instead of holding it.
+#[derive(Debug)]
+pub struct Watchdog {
+    cancel: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Watchdog {
+    /// Arms the watchdog for `daemon`. Drop it before the daemon is stopped (and its pid
+    /// reaped and free for reuse).
+    pub fn arm(daemon: &Daemon, timeout: Duration) -> Self {
+        let pid = daemon.pid() as libc::pid_t;
+        let (cancel, cancelled) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = cancelled.recv_timeout(timeout)
+            {
+                eprintln!(
+                    "the daemon bench is still running after {timeout:?}: killing capstats -d"
+                );
+                // SAFETY: our child, not reaped while the watchdog is armed.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        });
+        Self {
+            cancel: Some(cancel),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        drop(self.cancel.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// CPU time a process has used, as the kernel accounts it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CpuUsage {
+    /// utime + stime of `/proc/PID/stat`, every thread's (finished ones too), in clock
+    /// ticks ([`clock_ticks_per_second`]).
+    pub ticks: u64,
+    /// Nanoseconds on a CPU per thread (`/proc/PID/task/TID/schedstat`): finer than a
+    /// tick, so that "nothing" can be told from "under 10 ms".
+    pub on_cpu_ns: HashMap<u32, u64>,
+}
+
+impl CpuUsage {
+    pub fn of(pid: u32) -> anyhow::Result<Self> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .with_context(|| format!("reading /proc/{pid}/stat"))?;
+        let mut on_cpu_ns = HashMap::new();
+        let tasks = format!("/proc/{pid}/task");
+        for entry in std::fs::read_dir(&tasks).with_context(|| format!("listing {tasks}"))? {
+            let entry = entry?;
+            let Ok(tid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            // A thread may end between the listing and the read: it then has no figure.
+            if let Ok(text) = std::fs::read_to_string(entry.path().join("schedstat"))
+                && let Some(ns) = text.split_whitespace().next().and_then(|n| n.parse().ok())
+            {
+                on_cpu_ns.insert(tid, ns);
+            }
+        }
+        Ok(Self {
+            ticks: stat_ticks(&stat)?,
+            on_cpu_ns,
+        })
+    }
+
+    /// Nanoseconds on a CPU since `before`, of the threads there now (a thread that
+    /// ended in between is missing; one that started counts from zero).
+    pub fn on_cpu_ns_since(&self, before: &CpuUsage) -> u64 {
+        self.on_cpu_ns
+            .iter()
+            .map(|(tid, ns)| ns.saturating_sub(before.on_cpu_ns.get(tid).copied().unwrap_or(0)))
+            .sum()
+    }
+}
+
+/// utime + stime from a `/proc/PID/stat` line. The command name (field 2) is in
+/// parentheses and may contain spaces and parentheses: fields are counted after the
+/// last `)`, where field 3 (state) comes first, so utime (14) and stime (15) are the
+/// 12th and 13th.
+fn stat_ticks(stat: &str) -> anyhow::Result<u64> {
+    let (_, rest) = stat
+        .rsplit_once(')')
+        .context("no command name in /proc/PID/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| -> anyhow::Result<u64> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .with_context(|| format!("/proc/PID/stat has no number at field {}", i + 3))
+    };
+    Ok(field(11)? + field(12)?)
+}
+
+/// `sysconf(_SC_CLK_TCK)`: the unit of utime and stime (and of /proc/stat).
+pub fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
+        ticks if ticks > 0 => ticks as u64,
+        _ => 100,
+    }
+}
+
+/// `VmRSS` of `/proc/PID/status`, in KiB: the process's memory resident in RAM.
+pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("VmRSS:")?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .with_context(|| format!("no VmRSS in /proc/{pid}/status"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_are_counted_after_the_command_name() {
+        let stat =
+            "4242 (capstats (x) y) S 1 4242 4242 0 -1 4194560 900 0 0 0 7 5 0 0 20 0 3 0 100 0";
+        assert_eq!(stat_ticks(stat).unwrap(), 12);
+    }
+
+    #[test]
+    fn our_own_process_has_figures() {
+        let pid = std::process::id();
+        assert!(rss_kib(pid).unwrap() > 0);
+        let usage = CpuUsage::of(pid).unwrap();
+        assert!(usage.on_cpu_ns.contains_key(&pid));
+    }
+}
