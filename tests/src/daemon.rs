@@ -65,15 +65,32 @@ pub fn binary() -> anyhow::Result<PathBuf> {
 pub struct DaemonSpec {
     pub socket: PathBuf,
     pub state_dir: PathBuf,
+    /// Its own pin directory on bpffs, derived from the state directory (so that a
+    /// restarted daemon finds its pins), removed by the daemon on a clean stop
+    /// (`--detach-on-exit`): a test leaves nothing pinned.
+    pub pin_dir: PathBuf,
     /// `-g GROUP`: a group name or number whose members may use the daemon.
     pub group: Option<String>,
 }
 
 impl DaemonSpec {
     pub fn new(socket: impl Into<PathBuf>, state_dir: impl Into<PathBuf>) -> Self {
+        let state_dir = state_dir.into();
+        let flat: String = state_dir
+            .to_string_lossy()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
         Self {
             socket: socket.into(),
-            state_dir: state_dir.into(),
+            pin_dir: PathBuf::from(format!("/sys/fs/bpf/capstats-e2e{flat}")),
+            state_dir,
             group: None,
         }
     }
@@ -84,7 +101,7 @@ impl DaemonSpec {
         self
     }
 
-    /// `-d [-g GROUP] -s SOCKET --state-dir DIR`.
+    /// `-d [-g GROUP] -s SOCKET --state-dir DIR --pin-dir DIR --detach-on-exit`.
     fn args(&self) -> Vec<std::ffi::OsString> {
         let mut args: Vec<std::ffi::OsString> = vec!["-d".into()];
         if let Some(group) = &self.group {
@@ -95,6 +112,9 @@ impl DaemonSpec {
             self.socket.clone().into(),
             "--state-dir".into(),
             self.state_dir.clone().into(),
+            "--pin-dir".into(),
+            self.pin_dir.clone().into(),
+            "--detach-on-exit".into(),
         ]);
         args
     }
@@ -184,15 +204,18 @@ impl Daemon {
     fn spawn(ns: &NetNs, spec: &DaemonSpec, log: &Path) -> anyhow::Result<Self> {
         let binary = binary()?;
         let file = File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
-        let mut command = ns.command(binary.to_str().context("the binary's path is not UTF-8")?);
+        // Not `ip netns exec`: its private /sys would hide the host's bpffs, and the
+        // daemon's pins would die with it.
+        let mut command =
+            ns.command_keeping_mounts(binary.to_str().context("the binary's path is not UTF-8")?);
         command
             .args(spec.args())
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file);
         // SAFETY: prctl is async-signal-safe. If the test process dies without dropping
-        // the guard, the daemon is told to stop all the same (`ip netns exec` execs it in
-        // the same process, and the setting survives exec). The guard is dropped before
+        // the guard, the daemon is told to stop all the same (`nsenter` execs it in the
+        // same process, and the setting survives exec). The guard is dropped before
         // the thread that started the daemon ends.
         unsafe {
             command.pre_exec(|| {
@@ -203,7 +226,7 @@ impl Daemon {
             });
         }
         let line = command_line(&command);
-        // `ip netns exec` execs the program: the child is the daemon itself.
+        // `nsenter` execs the program: the child is the daemon itself.
         let child = command
             .spawn()
             .with_context(|| format!("cannot run `{line}`"))?;
@@ -255,6 +278,20 @@ impl Daemon {
             "capstats -d exited with {status} after SIGTERM; its log:\n{log}"
         );
         Ok(log)
+    }
+
+    /// Kills the daemon as a crash would (SIGKILL: no cleanup at all) and returns its
+    /// log.
+    ///
+    /// # Errors
+    /// When it was stopped already.
+    pub fn kill(mut self) -> anyhow::Result<String> {
+        let Some(mut child) = self.child.take() else {
+            bail!("the daemon was already stopped");
+        };
+        child.kill()?;
+        child.wait()?;
+        Ok(self.log())
     }
 
     /// SIGTERM, then SIGKILL after [`STOP_TIMEOUT`].

@@ -136,6 +136,18 @@ impl NetNs {
         command
     }
 
+    /// A command that runs `program` in the namespace's network stack but the test's
+    /// mount namespace (`nsenter --net`): unlike [`NetNs::command`], it sees the host's
+    /// `/sys/fs/bpf`, so objects it pins outlive it, as a daemon's must.
+    pub fn command_keeping_mounts(&self, program: &str) -> Command {
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net=/run/netns/{}", self.name()))
+            .arg("--")
+            .arg(program);
+        command
+    }
+
     /// Sets a `net.*` sysctl of this namespace, e.g. `net.ipv6.conf.all.disable_ipv6`.
     ///
     /// # Errors

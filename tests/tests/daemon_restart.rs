@@ -150,6 +150,49 @@ fn restart_restores_sessions_and_counters_carry_on() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A crash (SIGKILL) saves nothing, yet the counters do not go back: they live in a
+/// map pinned on bpffs, which the next daemon finds. (A socket session does not count
+/// while no daemon holds its socket: frames sent meanwhile are not counted.)
+#[test]
+fn a_killed_daemon_loses_no_counts() -> anyhow::Result<()> {
+    require_root(TEST);
+    let rig = Rig::new("killed")?;
+    let scratch = ScratchDir::new("killed")?;
+    let spec = DaemonSpec::new(scratch.join("capstats.sock"), scratch.join("state"));
+    let client = spec.client()?;
+    let udp = rig::udp_a_to_b(53, 40);
+    let udp_len = udp.len() as u64;
+    let sender = rig.sender_a()?;
+
+    let first = Daemon::start(&rig.ns_b, &spec, &scratch.join("first.log"))?;
+    client.ok(&["new", "udp", "interface", rig.interface(), "filter", "udp"])?;
+    sender.send_n(&udp, 20)?;
+    client.settle("udp", 20, ARRIVAL, QUIET)?;
+    first.kill()?;
+    ensure!(
+        spec.pin_dir.join("udp/counters").exists(),
+        "the counter map is pinned at {}",
+        spec.pin_dir.display()
+    );
+    sender.send_n(&udp, 5)?; // nobody counts these
+
+    let second = Daemon::start(&rig.ns_b, &spec, &scratch.join("second.log"))?;
+    let after_crash = counts(find(&client.poll()?, "udp")?);
+    ensure!(
+        after_crash == (20, 20 * udp_len),
+        "after kill -9 and a restart the session shows {after_crash:?}, not the 20 packets it had"
+    );
+    sender.send_n(&udp, 10)?;
+    client.settle("udp", 30, ARRIVAL, QUIET)?;
+    second.stop()?;
+    ensure!(
+        !spec.pin_dir.exists(),
+        "--detach-on-exit removes {} on a clean stop",
+        spec.pin_dir.display()
+    );
+    Ok(())
+}
+
 fn refusal(
     rig: &Rig,
     spec: &DaemonSpec,

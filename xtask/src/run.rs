@@ -71,7 +71,11 @@ fn start_daemon(capstats: &Path) -> anyhow::Result<std::process::Child> {
         .arg("-s")
         .arg(&socket)
         .arg("--state-dir")
-        .arg(&state);
+        .arg(&state)
+        // The development daemon's counters live while it runs: Ctrl-C removes them.
+        .arg("--pin-dir")
+        .arg("/sys/fs/bpf/capstats-dev")
+        .arg("--detach-on-exit");
     println!("    $ {} &", cmd::display(&command));
     let mut daemon = command
         .spawn()

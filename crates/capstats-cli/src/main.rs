@@ -10,7 +10,7 @@ mod watch;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use capstats_common::{DEFAULT_SOCKET, DEFAULT_STATE_DIR};
+use capstats_common::{DEFAULT_PIN_DIR, DEFAULT_SOCKET, DEFAULT_STATE_DIR};
 use clap::{Parser, Subcommand};
 
 /// Count packets and bytes matching pcap filter expressions, in the kernel.
@@ -37,6 +37,16 @@ struct Cli {
     /// With -d: where the session table is kept.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR, requires = "daemon")]
     state_dir: PathBuf,
+
+    /// With -d: where counter maps are pinned on bpffs, so that counts survive a
+    /// restart of the daemon (two daemons need two pin directories).
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_PIN_DIR, requires = "daemon")]
+    pin_dir: PathBuf,
+
+    /// With -d: on a clean shutdown (SIGTERM, SIGINT) remove the pinned counter maps
+    /// too; without it they stay for the next daemon.
+    #[arg(long, requires = "daemon")]
+    detach_on_exit: bool,
 
     /// The daemon's socket.
     #[arg(short = 's', long, value_name = "SOCKET", env = "CAPSTATS_SOCKET", default_value = DEFAULT_SOCKET, global = true)]
@@ -142,6 +152,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             socket: cli.socket,
             group: cli.group,
             state_dir: cli.state_dir,
+            pin_dir: cli.pin_dir,
+            detach_on_exit: cli.detach_on_exit,
         })?);
     }
     // A client writes to a pipe that may close (`capstats poll | head`): end quietly

@@ -17,5 +17,8 @@ pub const DEFAULT_SOCKET: &str = "/var/run/capstats";
 /// Where the daemon keeps its session table unless `--state-dir` says otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/capstats";
 
+/// Where the daemon pins its counter maps on bpffs unless `--pin-dir` says otherwise.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/capstats";
+
 /// The longest request line the daemon reads; longer ones get an error.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;

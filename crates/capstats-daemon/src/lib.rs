@@ -8,6 +8,7 @@ mod attach;
 mod auth;
 mod listener;
 mod log;
+mod pins;
 mod server;
 mod service;
 mod session;
@@ -33,6 +34,11 @@ pub struct Config {
     /// `-g`: a group name or number whose members may use the daemon.
     pub group: Option<String>,
     pub state_dir: PathBuf,
+    /// Where counter maps are pinned on bpffs (two daemons need two of them).
+    pub pin_dir: PathBuf,
+    /// On a clean shutdown, remove the pinned objects instead of leaving them for the
+    /// next daemon.
+    pub detach_on_exit: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +51,10 @@ pub enum DaemonError {
     Listen(#[from] ListenError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Service(#[from] service::ServiceError),
+    #[error(transparent)]
+    Pins(#[from] pins::PinError),
     #[error("cannot use state directory {path}: {source}")]
     StateDir {
         path: String,
@@ -97,7 +107,8 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     let signals: SigSet = [Signal::SIGTERM, Signal::SIGINT].into_iter().collect();
     signals.thread_block().map_err(DaemonError::Signals)?;
     let listener = listener::bind(&config.socket, group.as_ref().map(|g| g.gid))?;
-    let service = Arc::new(Mutex::new(service::Service::restore(state)?));
+    let pins = pins::Pins::prepare(&config.pin_dir)?;
+    let service = Arc::new(Mutex::new(service::Service::restore(state, pins)?));
     event!(
         "listening on {} ({}), {} restored from {}",
         config.socket.display(),
@@ -131,6 +142,13 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
 
     let service = service.lock().unwrap_or_else(|p| p.into_inner());
     service.save();
+    if config.detach_on_exit {
+        service.unpin_all();
+        event!(
+            "--detach-on-exit: pinned objects removed from {}",
+            config.pin_dir.display()
+        );
+    }
     let _ = std::fs::remove_file(&config.socket);
     event!(
         "stopped; session table saved ({})",

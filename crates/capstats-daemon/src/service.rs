@@ -10,47 +10,78 @@ use capstats_ebpf::counters::Counter;
 
 use crate::attach::{Interfaces, default_interface};
 use crate::log::event;
+use crate::pins::{PinError, Pins};
 use crate::session::Session;
 use crate::state::{SavedSession, StateError, StateFile, format_time, parse_time};
+
+/// Why the session table could not be restored.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Pin(#[from] PinError),
+}
 
 /// Every session, by name.
 #[derive(Debug)]
 pub struct Service {
     sessions: BTreeMap<String, Session>,
     state: StateFile,
+    pins: Pins,
 }
 
 impl Service {
-    /// Restores the sessions of the state file. A session that cannot count now (its
-    /// interface is gone, say) is kept, down, with its counters.
-    pub fn restore(state: StateFile) -> Result<Self, StateError> {
+    /// Restores the sessions of the state file, each with its pinned counter map if it
+    /// is still there (counts continue from the kernel's), else from the saved counts.
+    /// A session that cannot count now (its interface is gone, say) is kept, down, with
+    /// its counters. Pinned objects the table does not claim are removed.
+    pub fn restore(state: StateFile, pins: Pins) -> Result<Self, ServiceError> {
+        let table = state.load()?;
+        pins.remove_unclaimed(&table.iter().map(|s| s.name.as_str()).collect());
         let mut sessions = BTreeMap::new();
-        for saved in state.load()? {
-            let base = Counter {
-                packets: saved.packets,
-                bytes: saved.bytes,
+        for saved in table {
+            let (counters, base) = match pins.reopen(&saved.name) {
+                Some(map) => (
+                    map,
+                    Counter {
+                        packets: saved.base_packets,
+                        bytes: saved.base_bytes,
+                    },
+                ),
+                None => (
+                    pins.create(&saved.name)?,
+                    Counter {
+                        packets: saved.packets,
+                        bytes: saved.bytes,
+                    },
+                ),
             };
             let mut session =
-                match Session::start(&saved.name, &saved.interface, &saved.filter, base) {
-                    Ok(session) => {
-                        event!(
-                            "restored session {:?} on {} ({})",
-                            saved.name,
-                            saved.interface,
-                            saved.filter
-                        );
-                        session
-                    }
-                    Err(e) => {
-                        event!("session {:?} restored down: {e}", saved.name);
-                        Session::down(&saved.name, &saved.interface, &saved.filter, base)
-                    }
-                };
+                Session::down(&saved.name, &saved.interface, &saved.filter, base, counters);
             session.created = parse_time(&saved.created);
             session.modified = parse_time(&saved.modified);
+            match session.start_counting() {
+                Ok(()) => event!(
+                    "restored session {:?} on {} ({})",
+                    saved.name,
+                    saved.interface,
+                    shown(&saved.filter)
+                ),
+                Err(e) => event!("session {:?} restored down: {e}", saved.name),
+            }
             sessions.insert(saved.name, session);
         }
-        Ok(Self { sessions, state })
+        Ok(Self {
+            sessions,
+            state,
+            pins,
+        })
+    }
+
+    /// `--detach-on-exit`: removes every pinned object.
+    pub fn unpin_all(&self) {
+        self.pins.remove_all();
     }
 
     pub fn session_count(&self) -> usize {
@@ -73,6 +104,8 @@ impl Service {
                     modified: format_time(s.modified),
                     packets: counter.packets,
                     bytes: counter.bytes,
+                    base_packets: s.base.packets,
+                    base_bytes: s.base.bytes,
                 }
             })
             .collect();
@@ -110,8 +143,17 @@ impl Service {
                     Some(interface) => interface,
                     None => default_interface().map_err(|m| (ErrorKind::UnknownInterface, m))?,
                 };
-                let session = Session::start(&name, &interface, &filter, Counter::default())
-                    .map_err(|e| (e.kind(), e.to_string()))?;
+                let counters = self
+                    .pins
+                    .create(&name)
+                    .map_err(|e| (ErrorKind::Kernel, e.to_string()))?;
+                let session =
+                    Session::start(&name, &interface, &filter, Counter::default(), counters)
+                        .map_err(|e| {
+                            // Nothing of a session that did not start stays behind.
+                            self.pins.remove(&name);
+                            (e.kind(), e.to_string())
+                        })?;
                 let report = session.report(&interfaces).map_err(internal)?;
                 event!("new session {name:?} on {interface}: {}", shown(&filter));
                 self.sessions.insert(name, session);
@@ -130,8 +172,10 @@ impl Service {
             }
             Command::Stop { name } => {
                 let report = self.get(&name)?.report(&interfaces).map_err(internal)?;
-                // Dropping the session closes its socket: the filter goes with it.
+                // Dropping the session closes its socket: the filter goes with it; the
+                // counter map goes once its pin is removed.
                 self.sessions.remove(&name);
+                self.pins.remove(&name);
                 event!(
                     "stopped session {name:?} at {} packets",
                     report.packets.unwrap_or(0)

@@ -49,11 +49,10 @@ impl SessionError {
     }
 }
 
-/// What counts while the interface is there.
+/// What counts while the interface is there: the program on a socket bound to it.
 #[derive(Debug)]
-struct Counting {
+struct Attachment {
     ifindex: u32,
-    counters: CounterMap,
     socket: CountingSocket,
     /// Kept so the kernel keeps it; the socket holds the attachment.
     program: LoadedProgram,
@@ -67,9 +66,11 @@ pub struct Session {
     pub filter: String,
     pub created: SystemTime,
     pub modified: SystemTime,
-    /// Counted before this daemon's counting began (restored from the state file).
+    /// Counted before `counters` existed (a lost pin, a reboot): added to what it has.
     pub base: Counter,
-    counting: Option<Counting>,
+    /// The session's counters, pinned by the caller so that they outlive the daemon.
+    counters: CounterMap,
+    attachment: Option<Attachment>,
 }
 
 fn compile(interface: &str, filter: &str) -> Result<(u32, Filter), SessionError> {
@@ -91,20 +92,36 @@ fn load(filter: &Filter, counters: &CounterMap) -> Result<LoadedProgram, Session
 }
 
 impl Session {
-    /// Compiles `filter` for `interface` (as `tcpdump -i`), loads it and starts counting.
+    /// Compiles `filter` for `interface` (as `tcpdump -i`), loads it and starts counting
+    /// into `counters`.
     pub fn start(
         name: &str,
         interface: &str,
         filter: &str,
         base: Counter,
+        counters: CounterMap,
     ) -> Result<Self, SessionError> {
-        let mut session = Session::down(name, interface, filter, base);
-        session.counting = Some(session.begin_counting(filter)?);
+        let mut session = Session::down(name, interface, filter, base, counters);
+        session.start_counting()?;
         Ok(session)
     }
 
+    /// Attaches the session's filter to its interface, if it is not attached.
+    pub fn start_counting(&mut self) -> Result<(), SessionError> {
+        if self.attachment.is_none() {
+            self.attachment = Some(self.attach(&self.filter)?);
+        }
+        Ok(())
+    }
+
     /// A session whose interface is missing: listed, with its counters, counting nothing.
-    pub fn down(name: &str, interface: &str, filter: &str, base: Counter) -> Self {
+    pub fn down(
+        name: &str,
+        interface: &str,
+        filter: &str,
+        base: Counter,
+        counters: CounterMap,
+    ) -> Self {
         let now = SystemTime::now();
         Session {
             name: name.to_owned(),
@@ -113,14 +130,14 @@ impl Session {
             created: now,
             modified: now,
             base,
-            counting: None,
+            counters,
+            attachment: None,
         }
     }
 
-    fn begin_counting(&self, filter: &str) -> Result<Counting, SessionError> {
+    fn attach(&self, filter: &str) -> Result<Attachment, SessionError> {
         let (ifindex, compiled) = compile(&self.interface, filter)?;
-        let counters = CounterMap::create("capstats", 1)?;
-        let program = load(&compiled, &counters)?;
+        let program = load(&compiled, &self.counters)?;
         let socket_error = |what| {
             let interface = self.interface.clone();
             move |source| SessionError::Socket {
@@ -132,9 +149,8 @@ impl Session {
         let socket = CountingSocket::new().map_err(socket_error("open"))?;
         program.socket_filter()?.attach(&socket)?;
         socket.bind(ifindex).map_err(socket_error("bind"))?;
-        Ok(Counting {
+        Ok(Attachment {
             ifindex,
-            counters,
             socket,
             program,
         })
@@ -142,17 +158,17 @@ impl Session {
 
     /// Replaces the filter. On any error nothing changes.
     pub fn modify(&mut self, filter: &str) -> Result<(), SessionError> {
-        match &mut self.counting {
-            Some(counting) => {
+        match &mut self.attachment {
+            Some(attachment) => {
                 let (_, compiled) = compile(&self.interface, filter)?;
-                let program = load(&compiled, &counting.counters)?;
+                let program = load(&compiled, &self.counters)?;
                 // SO_ATTACH_BPF on a socket with a filter swaps them atomically.
-                program.socket_filter()?.attach(&counting.socket)?;
-                counting.program = program;
+                program.socket_filter()?.attach(&attachment.socket)?;
+                attachment.program = program;
             }
             None => {
                 // Down: check the expression against the interface if it is back.
-                self.counting = Some(self.begin_counting(filter)?);
+                self.attachment = Some(self.attach(filter)?);
             }
         }
         self.filter = filter.to_owned();
@@ -162,17 +178,14 @@ impl Session {
 
     /// Whether the session counts: its interface exists with the index it was bound to.
     pub fn up(&self, interfaces: &Interfaces) -> bool {
-        self.counting
+        self.attachment
             .as_ref()
             .is_some_and(|c| interfaces.ifindex(&self.interface) == Some(c.ifindex))
     }
 
-    /// Everything counted: before this daemon, plus what the kernel counted since.
+    /// Everything counted: the base, plus what the kernel has in the session's map.
     pub fn counter(&self) -> Result<Counter, CounterError> {
-        match &self.counting {
-            Some(counting) => Ok(self.base + counting.counters.read(0)?),
-            None => Ok(self.base),
-        }
+        Ok(self.base + self.counters.read(0)?)
     }
 
     /// The protocol's view, counters read from the kernel now.

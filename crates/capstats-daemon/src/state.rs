@@ -25,8 +25,13 @@ pub struct SavedSession {
     pub filter: String,
     pub created: String,
     pub modified: String,
+    /// Everything counted, as last read.
     pub packets: u64,
     pub bytes: u64,
+    /// The part of it from before the session's pinned counter map: what a restart
+    /// adds to the map's counts when it finds the map.
+    pub base_packets: u64,
+    pub base_bytes: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -206,6 +211,8 @@ mod tests {
             modified: "2026-11-26T03:00:00Z".into(),
             packets: 5,
             bytes: 300,
+            base_packets: 1,
+            base_bytes: 60,
         }
     }
 
@@ -239,9 +246,9 @@ mod tests {
         for bad in [
             "not json",
             r#"{"version":2,"sessions":[]}"#,
-            r#"{"version":1,"sessions":[{"name":"a b","interface":"eth0","filter":"","created":"2026-11-26T03:00:00Z","modified":"2026-11-26T03:00:00Z","packets":0,"bytes":0}]}"#,
-            r#"{"version":1,"sessions":[{"name":"a","interface":"../x","filter":"","created":"2026-11-26T03:00:00Z","modified":"2026-11-26T03:00:00Z","packets":0,"bytes":0}]}"#,
-            r#"{"version":1,"sessions":[{"name":"a","interface":"eth0","filter":"","created":"yesterday","modified":"2026-11-26T03:00:00Z","packets":0,"bytes":0}]}"#,
+            r#"{"version":1,"sessions":[{"name":"a b","interface":"eth0","filter":"","created":"2026-11-26T03:00:00Z","modified":"2026-11-26T03:00:00Z","packets":0,"bytes":0,"base_packets":0,"base_bytes":0}]}"#,
+            r#"{"version":1,"sessions":[{"name":"a","interface":"../x","filter":"","created":"2026-11-26T03:00:00Z","modified":"2026-11-26T03:00:00Z","packets":0,"bytes":0,"base_packets":0,"base_bytes":0}]}"#,
+            r#"{"version":1,"sessions":[{"name":"a","interface":"eth0","filter":"","created":"yesterday","modified":"2026-11-26T03:00:00Z","packets":0,"bytes":0,"base_packets":0,"base_bytes":0}]}"#,
         ] {
             fs::write(state.path(), bad).unwrap();
             let err = state.load().unwrap_err();

@@ -45,6 +45,10 @@ impl Daemon {
             .arg(&socket)
             .arg("--state-dir")
             .arg(dir.join("state"))
+            // Its own pins, removed when it stops: the bench leaves nothing pinned.
+            .arg("--pin-dir")
+            .arg(format!("/sys/fs/bpf/capstats-bench-{}", std::process::id()))
+            .arg("--detach-on-exit")
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file);
