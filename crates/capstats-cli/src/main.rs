@@ -62,7 +62,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Start counting: new NAME [interface IF] [filter] EXPR...
+    /// Start counting: new NAME [interface IF] [hook socket|tc|xdp] [direction in|out|both]
+    /// [filter] EXPR...
     #[command(
         after_help = "The expression is compiled for the interface as `tcpdump -i IF EXPR` does;\n\
                             without `interface`, tcpdump's default (the first up, non-loopback device).\n\
@@ -71,7 +72,8 @@ enum Command {
     New {
         /// The session's name (1-64 bytes, no white space).
         name: String,
-        /// [interface IF] [filter] EXPR..., one quoted argument or several words.
+        /// [interface IF] [hook H] [direction D] [filter] EXPR..., the expression one
+        /// quoted argument or several words.
         #[arg(
             trailing_var_arg = true,
             allow_hyphen_values = true,

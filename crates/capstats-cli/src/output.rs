@@ -27,6 +27,14 @@ pub fn rate(value: f64, unit: &str) -> String {
     format!("{scaled:.1} {prefix}{unit}")
 }
 
+/// `socket`, `tc in`, `tc both`: the direction where it is a choice.
+fn hook(session: &Session) -> String {
+    match session.hook.as_str() {
+        "socket" => "socket".into(),
+        hook => format!("{hook} {}", session.direction),
+    }
+}
+
 fn state(session: &Session) -> &'static str {
     if session.up { "up" } else { "down" }
 }
@@ -80,13 +88,17 @@ pub fn list(sessions: &[Session]) {
             vec![
                 s.name.clone(),
                 s.interface.clone(),
+                hook(s),
                 state(s).into(),
                 s.created.clone(),
                 s.filter.clone(),
             ]
         })
         .collect();
-    table(&["NAME", "INTERFACE", "STATE", "CREATED", "FILTER"], &rows);
+    table(
+        &["NAME", "INTERFACE", "HOOK", "STATE", "CREATED", "FILTER"],
+        &rows,
+    );
 }
 
 /// `poll`: counters of each session.
@@ -101,6 +113,7 @@ pub fn poll(sessions: &[Session]) {
             vec![
                 s.name.clone(),
                 s.interface.clone(),
+                hook(s),
                 state(s).into(),
                 grouped(s.packets.unwrap_or(0)),
                 grouped(s.bytes.unwrap_or(0)),
@@ -109,7 +122,15 @@ pub fn poll(sessions: &[Session]) {
         })
         .collect();
     table(
-        &["NAME", "INTERFACE", "STATE", "PACKETS", "BYTES", "FILTER"],
+        &[
+            "NAME",
+            "INTERFACE",
+            "HOOK",
+            "STATE",
+            "PACKETS",
+            "BYTES",
+            "FILTER",
+        ],
         &rows,
     );
 }
@@ -119,7 +140,7 @@ pub fn show(s: &Session) {
     let fields = [
         ("name", s.name.clone()),
         ("interface", format!("{} ({})", s.interface, state(s))),
-        ("hook", s.hook.clone()),
+        ("hook", hook(s)),
         ("filter", s.filter.clone()),
         ("packets", grouped(s.packets.unwrap_or(0))),
         ("bytes", grouped(s.bytes.unwrap_or(0))),

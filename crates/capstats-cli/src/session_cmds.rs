@@ -3,23 +3,79 @@
 use std::path::Path;
 
 use anyhow::bail;
-use capstats_common::protocol::{Command, Reply, Session};
+use capstats_common::protocol::{Command, Direction, HookName, Reply, Session};
 
 use crate::client::request;
 use crate::output;
 use crate::test_cmd::expression;
 
-/// `[interface IF] [filter] EXPR...` → the interface, if named, and the expression.
-pub fn parse_new_words(words: &[String]) -> anyhow::Result<(Option<String>, String)> {
-    match words.first().map(String::as_str) {
-        Some("interface") => match words.get(1) {
-            Some(interface) => Ok((Some(interface.clone()), expression(&words[2..]))),
-            None => {
-                bail!("`interface` needs an interface name: new NAME interface IF [filter] EXPR...")
+/// What `new` was told besides the name.
+#[derive(Debug, PartialEq, Eq)]
+pub struct NewArgs {
+    pub interface: Option<String>,
+    pub hook: Option<HookName>,
+    pub direction: Option<Direction>,
+    pub filter: String,
+}
+
+/// `[interface IF] [hook socket|tc|xdp] [direction in|out|both] [filter] EXPR...`: the
+/// keywords in any order, each once, before the expression.
+pub fn parse_new_words(words: &[String]) -> anyhow::Result<NewArgs> {
+    let mut args = NewArgs {
+        interface: None,
+        hook: None,
+        direction: None,
+        filter: String::new(),
+    };
+    let mut rest = words;
+    loop {
+        let (keyword, value) = match rest {
+            [keyword, value, ..]
+                if ["interface", "hook", "direction"].contains(&keyword.as_str()) =>
+            {
+                (keyword.as_str(), value.as_str())
             }
-        },
-        _ => Ok((None, expression(words))),
+            [keyword] if ["interface", "hook", "direction"].contains(&keyword.as_str()) => {
+                bail!(
+                    "`{keyword}` needs a value: new NAME [interface IF] [hook socket|tc|xdp] [direction in|out|both] [filter] EXPR..."
+                )
+            }
+            _ => break,
+        };
+        let twice = || anyhow::anyhow!("`{keyword}` is given twice");
+        match keyword {
+            "interface" => {
+                if args.interface.replace(value.to_owned()).is_some() {
+                    return Err(twice());
+                }
+            }
+            "hook" => {
+                let hook = match value {
+                    "socket" => HookName::Socket,
+                    "tc" => HookName::Tc,
+                    "xdp" => HookName::Xdp,
+                    other => bail!("unknown hook {other:?}: socket, tc or xdp"),
+                };
+                if args.hook.replace(hook).is_some() {
+                    return Err(twice());
+                }
+            }
+            _ => {
+                let direction = match value {
+                    "in" => Direction::In,
+                    "out" => Direction::Out,
+                    "both" => Direction::Both,
+                    other => bail!("unknown direction {other:?}: in, out or both"),
+                };
+                if args.direction.replace(direction).is_some() {
+                    return Err(twice());
+                }
+            }
+        }
+        rest = &rest[2..];
     }
+    args.filter = expression(rest);
+    Ok(args)
 }
 
 fn one(reply: Reply) -> anyhow::Result<Session> {
@@ -39,15 +95,15 @@ fn many(reply: Reply) -> anyhow::Result<Vec<Session>> {
 }
 
 pub fn new(socket: &Path, name: String, words: &[String], json: bool) -> anyhow::Result<()> {
-    let (interface, filter) = parse_new_words(words)?;
-    let s = one(request(
-        socket,
-        Command::New {
-            name,
-            interface,
-            filter,
-        },
-    )?)?;
+    let args = parse_new_words(words)?;
+    let command = Command::New {
+        name,
+        interface: args.interface,
+        filter: args.filter,
+        hook: args.hook,
+        direction: args.direction,
+    };
+    let s = one(request(socket, command)?)?;
     if json {
         output::json_line(&s);
     } else {
@@ -56,7 +112,10 @@ pub fn new(socket: &Path, name: String, words: &[String], json: bool) -> anyhow:
         } else {
             &s.filter
         };
-        println!("session {:?} counts on {}: {filter}", s.name, s.interface);
+        println!(
+            "session {:?} counts on {} ({} hook, {}): {filter}",
+            s.name, s.interface, s.hook, s.direction
+        );
     }
     Ok(())
 }
@@ -146,9 +205,36 @@ mod tests {
             ("", None, ""),
         ];
         for (text, interface, filter) in cases {
-            let (i, f) = parse_new_words(&words(text)).unwrap();
-            assert_eq!((i.as_deref(), f.as_str()), (interface, filter), "{text}");
+            let args = parse_new_words(&words(text)).unwrap();
+            assert_eq!(
+                (args.interface.as_deref(), args.filter.as_str()),
+                (interface, filter),
+                "{text}"
+            );
         }
         assert!(parse_new_words(&words("interface")).is_err());
+    }
+
+    #[test]
+    fn hooks_and_directions() {
+        let args =
+            parse_new_words(&words("hook tc direction out interface v0 filter udp")).unwrap();
+        assert_eq!(
+            args,
+            NewArgs {
+                interface: Some("v0".into()),
+                hook: Some(HookName::Tc),
+                direction: Some(Direction::Out),
+                filter: "udp".into()
+            }
+        );
+        for bad in [
+            "hook ebpf udp",
+            "direction sideways",
+            "hook tc hook xdp",
+            "direction",
+        ] {
+            assert!(parse_new_words(&words(bad)).is_err(), "{bad}");
+        }
     }
 }

@@ -54,6 +54,12 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         interface: Option<String>,
         filter: String,
+        /// Where to count; `socket` if absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hook: Option<HookName>,
+        /// Which packets: `both` if absent (the socket hook counts both, XDP only `in`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        direction: Option<Direction>,
     },
     /// Replace a session's filter, keeping its counters.
     Modify { name: String, filter: String },
@@ -70,7 +76,51 @@ pub enum Command {
     },
 }
 
+/// Where a session counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HookName {
+    /// An AF_PACKET socket filter: what tcpdump sees, both directions.
+    Socket,
+    /// TC clsact (tcx): ingress, egress or both; counts while no daemon runs.
+    Tc,
+    /// XDP: ingress, before the kernel builds a socket buffer; counts while no daemon
+    /// runs.
+    Xdp,
+}
+
+impl HookName {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            HookName::Socket => "socket",
+            HookName::Tc => "tc",
+            HookName::Xdp => "xdp",
+        }
+    }
+}
+
+/// Which packets a session counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    In,
+    Out,
+    Both,
+}
+
+impl Direction {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Direction::In => "in",
+            Direction::Out => "out",
+            Direction::Both => "both",
+        }
+    }
+}
+
 /// One response line: exactly one of `ok` or `error`.
+// One value per request, serialized at once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Response {
@@ -129,8 +179,10 @@ pub struct Session {
     pub bytes: Option<u64>,
     /// Whether the interface is there and the session counts on it.
     pub up: bool,
-    /// The hook counting: `socket` (an AF_PACKET socket filter, both directions).
+    /// The hook counting: `socket`, `tc` or `xdp`.
     pub hook: String,
+    /// `in`, `out` or `both`.
+    pub direction: String,
     pub created: String,
     pub modified: String,
     /// When these counters were read (`poll`, `show`): rates divide by its differences.
@@ -159,6 +211,8 @@ mod tests {
                     name: "web".into(),
                     interface: Some("eth0".into()),
                     filter: "tcp port 80".into(),
+                    hook: None,
+                    direction: None,
                 },
                 r#"{"version":1,"command":"new","name":"web","interface":"eth0","filter":"tcp port 80"}"#,
             ),

@@ -106,7 +106,8 @@ impl Pins {
         })
     }
 
-    fn session_dir(&self, name: &str) -> PathBuf {
+    /// Where a session's objects are pinned.
+    pub fn session_dir(&self, name: &str) -> PathBuf {
         self.dir.join(encode(name))
     }
 

@@ -5,13 +5,13 @@
 use std::collections::BTreeMap;
 
 use capstats_common::names::check_name;
-use capstats_common::protocol::{Command, ErrorKind, Reply, Response};
+use capstats_common::protocol::{Command, Direction, ErrorKind, HookName, Reply, Response};
 use capstats_ebpf::counters::Counter;
 
 use crate::attach::{Interfaces, default_interface};
 use crate::log::event;
 use crate::pins::{PinError, Pins};
-use crate::session::Session;
+use crate::session::{Session, Spec};
 use crate::state::{SavedSession, StateError, StateFile, format_time, parse_time};
 
 /// Why the session table could not be restored.
@@ -57,15 +57,23 @@ impl Service {
                     },
                 ),
             };
-            let mut session =
-                Session::down(&saved.name, &saved.interface, &saved.filter, base, counters);
+            let spec = Spec {
+                name: &saved.name,
+                interface: &saved.interface,
+                filter: &saved.filter,
+                hook: saved.hook,
+                direction: saved.direction,
+            };
+            let mut session = Session::down(&spec, base, counters, &pins.session_dir(&saved.name));
             session.created = parse_time(&saved.created);
             session.modified = parse_time(&saved.modified);
             match session.start_counting() {
                 Ok(()) => event!(
-                    "restored session {:?} on {} ({})",
+                    "restored session {:?} on {} ({} {}): {}",
                     saved.name,
                     saved.interface,
+                    saved.hook.as_str(),
+                    saved.direction.as_str(),
                     shown(&saved.filter)
                 ),
                 Err(e) => event!("session {:?} restored down: {e}", saved.name),
@@ -100,6 +108,8 @@ impl Service {
                     name: s.name.clone(),
                     interface: s.interface.clone(),
                     filter: s.filter.clone(),
+                    hook: s.hook,
+                    direction: s.direction,
                     created: format_time(s.created),
                     modified: format_time(s.modified),
                     packets: counter.packets,
@@ -131,6 +141,8 @@ impl Service {
                 name,
                 interface,
                 filter,
+                hook,
+                direction,
             } => {
                 check_name(&name).map_err(|m| (ErrorKind::InvalidName, m))?;
                 if self.sessions.contains_key(&name) {
@@ -139,23 +151,41 @@ impl Service {
                         format!("a session named {name:?} exists already"),
                     ));
                 }
+                let hook = hook.unwrap_or(HookName::Socket);
+                let direction = direction.unwrap_or(match hook {
+                    HookName::Xdp => Direction::In,
+                    _ => Direction::Both,
+                });
                 let interface = match interface {
                     Some(interface) => interface,
                     None => default_interface().map_err(|m| (ErrorKind::UnknownInterface, m))?,
                 };
+                let spec = Spec {
+                    name: &name,
+                    interface: &interface,
+                    filter: &filter,
+                    hook,
+                    direction,
+                };
+                spec.check().map_err(|e| (e.kind(), e.to_string()))?;
                 let counters = self
                     .pins
                     .create(&name)
                     .map_err(|e| (ErrorKind::Kernel, e.to_string()))?;
+                let pins = self.pins.session_dir(&name);
                 let session =
-                    Session::start(&name, &interface, &filter, Counter::default(), counters)
-                        .map_err(|e| {
-                            // Nothing of a session that did not start stays behind.
-                            self.pins.remove(&name);
-                            (e.kind(), e.to_string())
-                        })?;
+                    Session::start(&spec, Counter::default(), counters, &pins).map_err(|e| {
+                        // Nothing of a session that did not start stays behind.
+                        self.pins.remove(&name);
+                        (e.kind(), e.to_string())
+                    })?;
                 let report = session.report(&interfaces).map_err(internal)?;
-                event!("new session {name:?} on {interface}: {}", shown(&filter));
+                event!(
+                    "new session {name:?} on {interface} ({} {}): {}",
+                    hook.as_str(),
+                    direction.as_str(),
+                    shown(&filter)
+                );
                 self.sessions.insert(name, session);
                 self.save();
                 Ok(Reply::Session(report))

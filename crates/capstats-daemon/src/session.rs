@@ -1,13 +1,23 @@
-//! One capture session: a filter counting on an interface, and its lifecycle.
+//! One capture session: a filter counting on an interface at a hook, and its
+//! lifecycle.
 //!
-//! A session owns its counter map (one slot), its loaded program and the socket the
-//! program filters. `modify` loads a new program that counts into the same map and
-//! attaches it to the same socket: the kernel swaps socket filters atomically, so every
-//! packet meets exactly one of the two programs, and the counters carry on.
+//! A session owns its counter map (one slot, pinned by the caller) and its attachment:
+//! - socket: a loaded socket filter on an AF_PACKET socket bound to the interface. The
+//!   socket lives in the daemon, so counting stops with it.
+//! - tc: a loaded `SCHED_CLS` program on the interface's tcx ingress and/or egress,
+//!   through links pinned in the session's pin directory: the kernel keeps counting
+//!   while no daemon runs, and a new daemon takes the links back.
+//!
+//! `modify` loads a new program that counts into the same map and swaps it in
+//! atomically (`SO_ATTACH_BPF` on the socket, `BPF_LINK_UPDATE` on the links), so
+//! every packet meets exactly one of the two programs and the counters carry on.
 
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use capstats_common::protocol::{self, ErrorKind};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::tc::{SchedClassifierLink, TcAttachType};
+use capstats_common::protocol::{self, Direction, ErrorKind, HookName};
 use capstats_ebpf::counters::{Counter, CounterError, CounterMap};
 use capstats_ebpf::filter::{Filter, FilterError};
 use capstats_ebpf::program::{LoadError, LoadedProgram};
@@ -20,6 +30,8 @@ use crate::attach::{CountingSocket, Interfaces, ifindex};
 pub enum SessionError {
     #[error("no interface named {0:?}")]
     UnknownInterface(String),
+    #[error("{0}")]
+    Unsupported(String),
     #[error(transparent)]
     Filter(#[from] FilterError),
     #[error("{0}")]
@@ -34,8 +46,15 @@ pub enum SessionError {
         interface: String,
         source: std::io::Error,
     },
-    #[error("cannot attach the program to the counting socket: {0}")]
+    #[error("cannot attach the program: {0}")]
     Attach(#[from] aya::programs::ProgramError),
+    #[error("cannot {what} the {direction} link at {path}: {reason}")]
+    Link {
+        what: &'static str,
+        direction: &'static str,
+        path: String,
+        reason: String,
+    },
 }
 
 impl SessionError {
@@ -44,18 +63,40 @@ impl SessionError {
             SessionError::UnknownInterface(_) => ErrorKind::UnknownInterface,
             SessionError::Filter(FilterError::Open { .. }) => ErrorKind::UnknownInterface,
             SessionError::Filter(_) => ErrorKind::InvalidFilter,
+            SessionError::Unsupported(_) => ErrorKind::BadRequest,
             _ => ErrorKind::Kernel,
         }
     }
 }
 
-/// What counts while the interface is there: the program on a socket bound to it.
+/// A TC direction the session counts, with its pin file name.
+fn tc_directions(direction: Direction) -> &'static [(TcAttachType, &'static str)] {
+    const IN: (TcAttachType, &str) = (TcAttachType::Ingress, "tc-in");
+    const OUT: (TcAttachType, &str) = (TcAttachType::Egress, "tc-out");
+    match direction {
+        Direction::In => &[IN],
+        Direction::Out => &[OUT],
+        Direction::Both => &[IN, OUT],
+    }
+}
+
+/// What counts while the interface is there.
 #[derive(Debug)]
-struct Attachment {
-    ifindex: u32,
-    socket: CountingSocket,
-    /// Kept so the kernel keeps it; the socket holds the attachment.
-    program: LoadedProgram,
+enum Attachment {
+    /// The program on a socket bound to the interface.
+    Socket {
+        ifindex: u32,
+        socket: CountingSocket,
+        /// Kept so the kernel keeps it; the socket holds the attachment.
+        program: LoadedProgram,
+    },
+    /// The program on tcx links, pinned; `program` is `None` for links taken back from
+    /// a previous daemon until the first swap.
+    Tc {
+        ifindex: u32,
+        links: Vec<(&'static str, FdLink)>,
+        program: Option<LoadedProgram>,
+    },
 }
 
 /// A named filter counting on an interface.
@@ -64,13 +105,46 @@ pub struct Session {
     pub name: String,
     pub interface: String,
     pub filter: String,
+    pub hook: HookName,
+    pub direction: Direction,
     pub created: SystemTime,
     pub modified: SystemTime,
     /// Counted before `counters` existed (a lost pin, a reboot): added to what it has.
     pub base: Counter,
     /// The session's counters, pinned by the caller so that they outlive the daemon.
     counters: CounterMap,
+    /// Where the session's links are pinned (its pin directory).
+    pins: PathBuf,
     attachment: Option<Attachment>,
+}
+
+/// What a session is, before it counts.
+#[derive(Debug, Clone)]
+pub struct Spec<'a> {
+    pub name: &'a str,
+    pub interface: &'a str,
+    pub filter: &'a str,
+    pub hook: HookName,
+    pub direction: Direction,
+}
+
+impl Spec<'_> {
+    /// Refuses what the hook cannot do, before anything is loaded.
+    pub fn check(&self) -> Result<(), SessionError> {
+        match (self.hook, self.direction) {
+            (HookName::Socket, Direction::Both)
+            | (HookName::Tc, _)
+            | (HookName::Xdp, Direction::In) => Ok(()),
+            (HookName::Socket, d) => Err(SessionError::Unsupported(format!(
+                "the socket hook counts both directions, as tcpdump does; for `direction {}` use `hook tc`",
+                d.as_str()
+            ))),
+            (HookName::Xdp, d) => Err(SessionError::Unsupported(format!(
+                "XDP sees received frames only: `direction {}` needs `hook tc`",
+                d.as_str()
+            ))),
+        }
+    }
 }
 
 fn compile(interface: &str, filter: &str) -> Result<(u32, Filter), SessionError> {
@@ -79,92 +153,158 @@ fn compile(interface: &str, filter: &str) -> Result<(u32, Filter), SessionError>
     Ok((index, Filter::for_interface(interface, filter)?))
 }
 
-fn load(filter: &Filter, counters: &CounterMap) -> Result<LoadedProgram, SessionError> {
-    let insns = translate(
-        filter.program(),
-        Hook::SocketFilter,
-        CounterSlot {
-            map_fd: counters.raw_fd(),
-            slot: 0,
-        },
-    )?;
-    Ok(LoadedProgram::load(Hook::SocketFilter, "capstats", &insns)?)
+fn load(hook: Hook, filter: &Filter, counters: &CounterMap) -> Result<LoadedProgram, SessionError> {
+    let slot = CounterSlot {
+        map_fd: counters.raw_fd(),
+        slot: 0,
+    };
+    let insns = translate(filter.program(), hook, slot)?;
+    Ok(LoadedProgram::load(hook, "capstats", &insns)?)
 }
 
 impl Session {
-    /// Compiles `filter` for `interface` (as `tcpdump -i`), loads it and starts counting
-    /// into `counters`.
+    /// Compiles the filter for the interface (as `tcpdump -i`), loads it and starts
+    /// counting into `counters`; links are pinned under `pins`.
     pub fn start(
-        name: &str,
-        interface: &str,
-        filter: &str,
+        spec: &Spec<'_>,
         base: Counter,
         counters: CounterMap,
+        pins: &Path,
     ) -> Result<Self, SessionError> {
-        let mut session = Session::down(name, interface, filter, base, counters);
+        spec.check()?;
+        let mut session = Session::down(spec, base, counters, pins);
         session.start_counting()?;
         Ok(session)
     }
 
-    /// Attaches the session's filter to its interface, if it is not attached.
-    pub fn start_counting(&mut self) -> Result<(), SessionError> {
-        if self.attachment.is_none() {
-            self.attachment = Some(self.attach(&self.filter)?);
-        }
-        Ok(())
-    }
-
-    /// A session whose interface is missing: listed, with its counters, counting nothing.
-    pub fn down(
-        name: &str,
-        interface: &str,
-        filter: &str,
-        base: Counter,
-        counters: CounterMap,
-    ) -> Self {
+    /// A session that does not count (yet): listed, with its counters.
+    pub fn down(spec: &Spec<'_>, base: Counter, counters: CounterMap, pins: &Path) -> Self {
         let now = SystemTime::now();
         Session {
-            name: name.to_owned(),
-            interface: interface.to_owned(),
-            filter: filter.to_owned(),
+            name: spec.name.to_owned(),
+            interface: spec.interface.to_owned(),
+            filter: spec.filter.to_owned(),
+            hook: spec.hook,
+            direction: spec.direction,
             created: now,
             modified: now,
             base,
             counters,
+            pins: pins.to_owned(),
             attachment: None,
         }
     }
 
+    /// Attaches the session's filter to its interface, if it is not attached. TC links
+    /// a previous daemon pinned are taken back and given a freshly loaded program, so
+    /// the kernel never stops counting and always runs this daemon's code.
+    pub fn start_counting(&mut self) -> Result<(), SessionError> {
+        if self.attachment.is_none() {
+            self.attachment = Some(self.attach(&self.filter.clone())?);
+        }
+        Ok(())
+    }
+
     fn attach(&self, filter: &str) -> Result<Attachment, SessionError> {
         let (ifindex, compiled) = compile(&self.interface, filter)?;
-        let program = load(&compiled, &self.counters)?;
-        let socket_error = |what| {
-            let interface = self.interface.clone();
-            move |source| SessionError::Socket {
-                what,
-                interface,
-                source,
+        match self.hook {
+            HookName::Socket => {
+                let program = load(Hook::SocketFilter, &compiled, &self.counters)?;
+                let socket_error = |what| {
+                    let interface = self.interface.clone();
+                    move |source| SessionError::Socket {
+                        what,
+                        interface,
+                        source,
+                    }
+                };
+                let socket = CountingSocket::new().map_err(socket_error("open"))?;
+                program.socket_filter()?.attach(&socket)?;
+                socket.bind(ifindex).map_err(socket_error("bind"))?;
+                Ok(Attachment::Socket {
+                    ifindex,
+                    socket,
+                    program,
+                })
             }
-        };
-        let socket = CountingSocket::new().map_err(socket_error("open"))?;
-        program.socket_filter()?.attach(&socket)?;
-        socket.bind(ifindex).map_err(socket_error("bind"))?;
-        Ok(Attachment {
-            ifindex,
-            socket,
-            program,
-        })
+            HookName::Tc => {
+                let program = load(Hook::Tc, &compiled, &self.counters)?;
+                let mut links = Vec::new();
+                for &(attach_type, pin) in tc_directions(self.direction) {
+                    let path = self.pins.join(pin);
+                    let link = match taken_back(&path, pin)? {
+                        Some(old) => swap(&program, old, pin, &path)?,
+                        None => attach_tc(&program, &self.interface, attach_type, pin, &path)?,
+                    };
+                    links.push((pin, link));
+                }
+                Ok(Attachment::Tc {
+                    ifindex,
+                    links,
+                    program: Some(program),
+                })
+            }
+            HookName::Xdp => Err(SessionError::Unsupported(
+                "the xdp hook is not available in this version of the daemon yet".into(),
+            )),
+        }
     }
 
     /// Replaces the filter. On any error nothing changes.
     pub fn modify(&mut self, filter: &str) -> Result<(), SessionError> {
-        match &mut self.attachment {
-            Some(attachment) => {
-                let (_, compiled) = compile(&self.interface, filter)?;
-                let program = load(&compiled, &self.counters)?;
-                // SO_ATTACH_BPF on a socket with a filter swaps them atomically.
-                program.socket_filter()?.attach(&attachment.socket)?;
-                attachment.program = program;
+        match self.attachment.take() {
+            Some(Attachment::Socket {
+                ifindex,
+                socket,
+                program: old,
+            }) => {
+                let result = compile(&self.interface, filter)
+                    .and_then(|(_, compiled)| load(Hook::SocketFilter, &compiled, &self.counters))
+                    // SO_ATTACH_BPF on a socket with a filter swaps them atomically.
+                    .and_then(|program| {
+                        program.socket_filter()?.attach(&socket)?;
+                        Ok(program)
+                    });
+                let (program, result) = match result {
+                    Ok(program) => (program, Ok(())),
+                    Err(e) => (old, Err(e)),
+                };
+                self.attachment = Some(Attachment::Socket {
+                    ifindex,
+                    socket,
+                    program,
+                });
+                result?;
+            }
+            Some(Attachment::Tc {
+                ifindex,
+                links,
+                program: old,
+            }) => {
+                let loaded = compile(&self.interface, filter)
+                    .and_then(|(_, compiled)| load(Hook::Tc, &compiled, &self.counters));
+                let program = match loaded {
+                    Ok(program) => program,
+                    Err(e) => {
+                        self.attachment = Some(Attachment::Tc {
+                            ifindex,
+                            links,
+                            program: old,
+                        });
+                        return Err(e);
+                    }
+                };
+                // BPF_LINK_UPDATE on each direction's link: atomic for each.
+                let mut swapped = Vec::new();
+                for (pin, link) in links {
+                    let path = self.pins.join(pin);
+                    swapped.push((pin, swap(&program, link, pin, &path)?));
+                }
+                self.attachment = Some(Attachment::Tc {
+                    ifindex,
+                    links: swapped,
+                    program: Some(program),
+                });
             }
             None => {
                 // Down: check the expression against the interface if it is back.
@@ -178,9 +318,11 @@ impl Session {
 
     /// Whether the session counts: its interface exists with the index it was bound to.
     pub fn up(&self, interfaces: &Interfaces) -> bool {
-        self.attachment
-            .as_ref()
-            .is_some_and(|c| interfaces.ifindex(&self.interface) == Some(c.ifindex))
+        let ifindex = match &self.attachment {
+            Some(Attachment::Socket { ifindex, .. } | Attachment::Tc { ifindex, .. }) => *ifindex,
+            None => return false,
+        };
+        interfaces.ifindex(&self.interface) == Some(ifindex)
     }
 
     /// Everything counted: the base, plus what the kernel has in the session's map.
@@ -193,22 +335,81 @@ impl Session {
         let time = |t| humantime::format_rfc3339_seconds(t).to_string();
         let read_at = SystemTime::now();
         let counter = self.counter()?;
-        let (packets, bytes, read_at) = (
-            Some(counter.packets),
-            Some(counter.bytes),
-            Some(humantime::format_rfc3339_nanos(read_at).to_string()),
-        );
         Ok(protocol::Session {
             name: self.name.clone(),
             interface: self.interface.clone(),
             filter: self.filter.clone(),
-            packets,
-            bytes,
+            packets: Some(counter.packets),
+            bytes: Some(counter.bytes),
             up: self.up(interfaces),
-            hook: "socket".into(),
+            hook: self.hook.as_str().into(),
+            direction: self.direction.as_str().into(),
             created: time(self.created),
             modified: time(self.modified),
-            read_at,
+            read_at: Some(humantime::format_rfc3339_nanos(read_at).to_string()),
         })
     }
+}
+
+fn link_error(
+    what: &'static str,
+    direction: &'static str,
+    path: &Path,
+) -> impl FnOnce(String) -> SessionError {
+    let path = path.display().to_string();
+    move |reason| SessionError::Link {
+        what,
+        direction,
+        path,
+        reason,
+    }
+}
+
+/// The link a previous daemon pinned at `path`, if there is one.
+fn taken_back(path: &Path, direction: &'static str) -> Result<Option<FdLink>, SessionError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let pinned = PinnedLink::from_pin(path)
+        .map_err(|e| link_error("reopen", direction, path)(e.to_string()))?;
+    Ok(Some(FdLink::from(pinned)))
+}
+
+/// Attaches `program` to tcx `attach_type` of `interface` and pins the link at `path`.
+fn attach_tc(
+    program: &LoadedProgram,
+    interface: &str,
+    attach_type: TcAttachType,
+    direction: &'static str,
+    path: &Path,
+) -> Result<FdLink, SessionError> {
+    let mut classifier = program.sched_classifier()?;
+    let id = classifier.attach(interface, attach_type)?;
+    let link = classifier.take_link(id)?;
+    let link =
+        FdLink::try_from(link).map_err(|e| link_error("take", direction, path)(e.to_string()))?;
+    pin(link, direction, path)
+}
+
+/// Puts `program` on the kernel link `link` (`BPF_LINK_UPDATE`), keeping its pin.
+fn swap(
+    program: &LoadedProgram,
+    link: FdLink,
+    direction: &'static str,
+    path: &Path,
+) -> Result<FdLink, SessionError> {
+    let link = SchedClassifierLink::try_from(link)
+        .map_err(|e| link_error("use", direction, path)(e.to_string()))?;
+    let mut classifier = program.sched_classifier()?;
+    let id = classifier.attach_to_link(link)?;
+    let link = classifier.take_link(id)?;
+    FdLink::try_from(link).map_err(|e| link_error("take", direction, path)(e.to_string()))
+}
+
+/// Pins `link` at `path` (unless it is pinned there already) and keeps an fd to it.
+fn pin(link: FdLink, direction: &'static str, path: &Path) -> Result<FdLink, SessionError> {
+    let pinned = link
+        .pin(path)
+        .map_err(|e| link_error("pin", direction, path)(e.to_string()))?;
+    Ok(FdLink::from(pinned))
 }

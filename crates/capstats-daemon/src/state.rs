@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use capstats_common::names::check_name;
+use capstats_common::protocol::{Direction, HookName};
 use serde::{Deserialize, Serialize};
 
 const FILE: &str = "sessions.json";
@@ -23,6 +24,8 @@ pub struct SavedSession {
     pub name: String,
     pub interface: String,
     pub filter: String,
+    pub hook: HookName,
+    pub direction: Direction,
     pub created: String,
     pub modified: String,
     /// Everything counted, as last read.
@@ -207,6 +210,8 @@ mod tests {
             name: name.into(),
             interface: "eth0".into(),
             filter: "tcp port 80".into(),
+            hook: HookName::Tc,
+            direction: Direction::In,
             created: "2026-11-26T03:00:00Z".into(),
             modified: "2026-11-26T03:00:00Z".into(),
             packets: 5,
@@ -246,9 +251,9 @@ mod tests {
         for bad in [
             "not json",
             r#"{"version":2,"sessions":[]}"#,
-            r#"{"version":1,"sessions":[{"name":"a b","interface":"eth0","filter":"","created":"2026-11-26T03:00:00Z","modified":"2026-11-26T03:00:00Z","packets":0,"bytes":0,"base_packets":0,"base_bytes":0}]}"#,
-            r#"{"version":1,"sessions":[{"name":"a","interface":"../x","filter":"","created":"2026-11-26T03:00:00Z","modified":"2026-11-26T03:00:00Z","packets":0,"bytes":0,"base_packets":0,"base_bytes":0}]}"#,
-            r#"{"version":1,"sessions":[{"name":"a","interface":"eth0","filter":"","created":"yesterday","modified":"2026-11-26T03:00:00Z","packets":0,"bytes":0,"base_packets":0,"base_bytes":0}]}"#,
+            r#"{"version":1,"sessions":[{"name":"a b","interface":"eth0","filter":"","hook":"socket","direction":"both","created":"2026-11-26T03:00:00Z","modified":"2026-11-26T03:00:00Z","packets":0,"bytes":0,"base_packets":0,"base_bytes":0}]}"#,
+            r#"{"version":1,"sessions":[{"name":"a","interface":"../x","filter":"","hook":"socket","direction":"both","created":"2026-11-26T03:00:00Z","modified":"2026-11-26T03:00:00Z","packets":0,"bytes":0,"base_packets":0,"base_bytes":0}]}"#,
+            r#"{"version":1,"sessions":[{"name":"a","interface":"eth0","filter":"","hook":"socket","direction":"both","created":"yesterday","modified":"2026-11-26T03:00:00Z","packets":0,"bytes":0,"base_packets":0,"base_bytes":0}]}"#,
         ] {
             fs::write(state.path(), bad).unwrap();
             let err = state.load().unwrap_err();

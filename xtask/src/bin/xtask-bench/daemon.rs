@@ -177,6 +177,8 @@ fn with_daemon(
         name: name.to_owned(),
         interface: Some(interface.to_owned()),
         filter: filter.to_owned(),
+        hook: None,
+        direction: None,
     };
     let (first, first_filter) = COUNTING[0];
     connection.call(new(first, RECV_IF, first_filter))?;
