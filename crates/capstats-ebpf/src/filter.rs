@@ -168,6 +168,14 @@ impl Filter {
         compile(dead.as_ptr().cast(), expression, netmask, Semantics::Live)
     }
 
+    /// Compiles `expression` for the XDP hook of an Ethernet `interface`: XDP sees
+    /// frames before the kernel takes VLAN tags out of them, so the program tests tags
+    /// in the frame (savefile semantics), with the interface's netmask for
+    /// `ip broadcast`. Expressions that need socket metadata are refused.
+    pub fn for_xdp(interface: &str, expression: &str) -> Result<Self, FilterError> {
+        Self::for_linktype(pcap::Linktype::ETHERNET, expression, interface_netmask(interface))
+    }
+
     /// Compiles `expression` as `tcpdump -i interface` would: on an activated live
     /// handle, with the interface's netmask. Needs `CAP_NET_RAW`.
     pub fn for_interface(interface: &str, expression: &str) -> Result<Self, FilterError> {

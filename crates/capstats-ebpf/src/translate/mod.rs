@@ -117,17 +117,16 @@ pub fn translate(
     hook: Hook,
     counter: CounterSlot,
 ) -> Result<Vec<Insn>, TranslateError> {
-    translate_all(&[(program, counter.slot)], hook, counter.map_fd)
+    translate_all(&[(program, counter)], hook)
 }
 
 /// Translates several filters into one program: each runs on every packet and counts
-/// its matches into its own slot of the map `map_fd`.
+/// its matches into its own counter slot (of its own map, or of a shared one).
 pub fn translate_all(
-    filters: &[(&Program, u32)],
+    filters: &[(&Program, CounterSlot)],
     hook: Hook,
-    map_fd: i32,
 ) -> Result<Vec<Insn>, TranslateError> {
-    Ok(assemble(filters, hook, map_fd)?.finish()?)
+    Ok(assemble(filters, hook)?.finish()?)
 }
 
 /// The same translation as assembly text with its labels (see [`Assembler::listing`]).
@@ -136,14 +135,10 @@ pub fn translate_listing(
     hook: Hook,
     counter: CounterSlot,
 ) -> Result<String, TranslateError> {
-    Ok(assemble(&[(program, counter.slot)], hook, counter.map_fd)?.listing()?)
+    Ok(assemble(&[(program, counter)], hook)?.listing()?)
 }
 
-fn assemble(
-    filters: &[(&Program, u32)],
-    hook: Hook,
-    map_fd: i32,
-) -> Result<Assembler, TranslateError> {
+fn assemble(filters: &[(&Program, CounterSlot)], hook: Hook) -> Result<Assembler, TranslateError> {
     if hook.uses_ld_abs() && filters.len() != 1 {
         return Err(TranslateError::OneFilterOnly {
             hook,
@@ -156,18 +151,17 @@ fn assemble(
     let mut t = Translator {
         asm: Assembler::new(),
         hook,
-        map_fd,
         filter: 0,
         loops: false,
         next_local: 0,
     };
     t.prologue();
-    for (filter, (program, slot)) in filters.iter().enumerate() {
+    for (filter, (program, counter)) in filters.iter().enumerate() {
         t.filter = filter;
         t.loops = program.has_loops();
         t.filter_block(program);
         t.asm.label(Label::Accept(filter));
-        t.count(*slot);
+        t.count(*counter);
         t.asm.label(Label::Reject(filter));
     }
     t.emit(mov64(A, Operand::Imm(hook.neutral_return()))); // the hook's "carry on"
@@ -178,7 +172,6 @@ fn assemble(
 struct Translator {
     asm: Assembler,
     hook: Hook,
-    map_fd: i32,
     /// The filter being translated: its labels are its own.
     filter: usize,
     /// Whether that filter loops (a backward `ja`).
@@ -362,14 +355,14 @@ impl Translator {
 
     /// The filter matched: one more packet and its bytes in `slot`. Falls through to
     /// the filter's reject label (the next filter, or the return).
-    fn count(&mut self, slot: u32) {
+    fn count(&mut self, counter: CounterSlot) {
         let (r0, r1, r2) = (Reg::R0, Reg::R1, Reg::R2);
-        self.emit(store(Size::W, FP, KEY_OFFSET, imm(slot))); // key = slot
+        self.emit(store(Size::W, FP, KEY_OFFSET, imm(counter.slot))); // key = slot
         self.emit(mov64(r2, Operand::Reg(FP))); // r2 = &key
         self.emit(alu64(AluOp::Add, r2, Operand::Imm(KEY_OFFSET.into())));
         self.emit(Insn::LoadMapFd {
             dst: r1,
-            fd: self.map_fd,
+            fd: counter.map_fd,
         }); // r1 = counters
         self.emit(Insn::Call(crate::insn::Helper::MapLookupElem)); // r0 = &counters[slot] on this CPU
         self.emit(branch64(JmpOp::Eq, r0, Operand::Imm(0), self.reject()));

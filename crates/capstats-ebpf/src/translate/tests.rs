@@ -322,7 +322,8 @@ fn several_filters_share_one_program_where_loads_cannot_abort_it() {
     };
     let a = raw(&[(0x06, 0, 0, 1)]);
     let b = raw(&[(0x06, 0, 0, 7)]);
-    let insns = translate_all(&[(&a, 0), (&b, 5)], Hook::Xdp, 9).unwrap();
+    let slot = |slot| CounterSlot { map_fd: 9, slot };
+    let insns = translate_all(&[(&a, slot(0)), (&b, slot(5))], Hook::Xdp).unwrap();
     let text: Vec<String> = insns.iter().map(Insn::to_string).collect();
     assert!(
         text.contains(&"*(u32 *)(r10 - 68) = 0".to_owned()),
@@ -333,7 +334,7 @@ fn several_filters_share_one_program_where_loads_cannot_abort_it() {
         "{text:?}"
     );
     assert_eq!(
-        translate_all(&[(&a, 0), (&b, 5)], Hook::Tc, 9).unwrap_err(),
+        translate_all(&[(&a, slot(0)), (&b, slot(5))], Hook::Tc).unwrap_err(),
         TranslateError::OneFilterOnly {
             hook: Hook::Tc,
             count: 2
