@@ -29,9 +29,10 @@ pub fn rate(value: f64, unit: &str) -> String {
 
 /// `socket`, `tc in`, `tc both`: the direction where it is a choice.
 fn hook(session: &Session) -> String {
-    match session.hook.as_str() {
-        "socket" => "socket".into(),
-        hook => format!("{hook} {}", session.direction),
+    match (session.hook.as_str(), &session.mode) {
+        ("socket", _) => "socket".into(),
+        (hook, Some(mode)) => format!("{hook} {} ({mode})", session.direction),
+        (hook, None) => format!("{hook} {}", session.direction),
     }
 }
 

@@ -183,6 +183,9 @@ pub struct Session {
     pub hook: String,
     /// `in`, `out` or `both`.
     pub direction: String,
+    /// XDP sessions: `native` (in the driver) or `generic`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
     pub created: String,
     pub modified: String,
     /// When these counters were read (`poll`, `show`): rates divide by its differences.

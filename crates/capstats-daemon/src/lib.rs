@@ -13,6 +13,7 @@ mod server;
 mod service;
 mod session;
 mod state;
+mod xdp;
 
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -140,7 +141,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     }
     server::serve(&listener, &Access { group }, &service, &stop);
 
-    let service = service.lock().unwrap_or_else(|p| p.into_inner());
+    let mut service = service.lock().unwrap_or_else(|p| p.into_inner());
     service.save();
     if config.detach_on_exit {
         service.unpin_all();

@@ -106,6 +106,11 @@ impl Pins {
         })
     }
 
+    /// The pin directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Where a session's objects are pinned.
     pub fn session_dir(&self, name: &str) -> PathBuf {
         self.dir.join(encode(name))
@@ -166,6 +171,10 @@ impl Pins {
         };
         for entry in entries.flatten() {
             let file = entry.file_name().to_string_lossy().into_owned();
+            if file == crate::xdp::XDP_DIR {
+                // Not a session: the interfaces' XDP programs.
+                continue;
+            }
             match decode(&file) {
                 Some(name) if keep.contains(name.as_str()) => {}
                 Some(name) => {

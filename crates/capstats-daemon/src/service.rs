@@ -11,8 +11,9 @@ use capstats_ebpf::counters::Counter;
 use crate::attach::{Interfaces, default_interface};
 use crate::log::event;
 use crate::pins::{PinError, Pins};
-use crate::session::{Session, Spec};
+use crate::session::{Session, SessionError, Spec};
 use crate::state::{SavedSession, StateError, StateFile, format_time, parse_time};
+use crate::xdp::XdpPrograms;
 
 /// Why the session table could not be restored.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +30,7 @@ pub struct Service {
     sessions: BTreeMap<String, Session>,
     state: StateFile,
     pins: Pins,
+    xdp: XdpPrograms,
 }
 
 impl Service {
@@ -80,15 +82,58 @@ impl Service {
             }
             sessions.insert(saved.name, session);
         }
-        Ok(Self {
+        let mut xdp = XdpPrograms::new(pins.dir());
+        let xdp_interfaces: std::collections::BTreeSet<String> = sessions
+            .values()
+            .filter(|s| s.hook == HookName::Xdp)
+            .map(|s| s.interface.clone())
+            .collect();
+        xdp.remove_unclaimed(&xdp_interfaces.iter().map(String::as_str).collect());
+        let mut service = Self {
             sessions,
             state,
             pins,
-        })
+            xdp,
+        };
+        for interface in xdp_interfaces {
+            match service.sync_xdp(&interface) {
+                Ok(()) => event!("restored the XDP program of {interface}"),
+                Err(e) => event!("XDP sessions on {interface} restored down: {e}"),
+            }
+        }
+        Ok(service)
+    }
+
+    /// Regenerates the XDP program of `interface` from every XDP session counting there
+    /// and swaps it in (or takes it off when none is left); records in each session
+    /// whether it counts. On error the kernel keeps the program it had.
+    fn sync_xdp(&mut self, interface: &str) -> Result<(), SessionError> {
+        let on_interface = |s: &&Session| s.hook == HookName::Xdp && s.interface == interface;
+        let filters = self
+            .sessions
+            .values()
+            .filter(on_interface)
+            .map(|s| Ok((s.xdp_filter()?, s.counters())))
+            .collect::<Result<Vec<_>, SessionError>>()?;
+        let mode = self.xdp.sync(interface, &filters)?;
+        for session in self.sessions.values_mut() {
+            if session.hook == HookName::Xdp && session.interface == interface {
+                session.set_xdp(Some(mode.as_str()));
+            }
+        }
+        Ok(())
     }
 
     /// `--detach-on-exit`: removes every pinned object.
-    pub fn unpin_all(&self) {
+    pub fn unpin_all(&mut self) {
+        let interfaces: Vec<String> = self
+            .sessions
+            .values()
+            .map(|s| s.interface.clone())
+            .collect();
+        for interface in interfaces {
+            self.xdp.detach(&interface);
+        }
         self.pins.remove_all();
     }
 
@@ -173,12 +218,21 @@ impl Service {
                     .create(&name)
                     .map_err(|e| (ErrorKind::Kernel, e.to_string()))?;
                 let pins = self.pins.session_dir(&name);
-                let session =
-                    Session::start(&spec, Counter::default(), counters, &pins).map_err(|e| {
-                        // Nothing of a session that did not start stays behind.
-                        self.pins.remove(&name);
-                        (e.kind(), e.to_string())
-                    })?;
+                let started = if hook == HookName::Xdp {
+                    // One program per interface: regenerate it with this session too.
+                    let session = Session::down(&spec, Counter::default(), counters, &pins);
+                    self.sessions.insert(name.clone(), session);
+                    let synced = self.sync_xdp(&interface);
+                    let session = self.sessions.remove(&name).expect("inserted above");
+                    synced.map(|()| session)
+                } else {
+                    Session::start(&spec, Counter::default(), counters, &pins)
+                };
+                let session = started.map_err(|e| {
+                    // Nothing of a session that did not start stays behind.
+                    self.pins.remove(&name);
+                    (e.kind(), e.to_string())
+                })?;
                 let report = session.report(&interfaces).map_err(internal)?;
                 event!(
                     "new session {name:?} on {interface} ({} {}): {}",
@@ -192,10 +246,21 @@ impl Service {
             }
             Command::Modify { name, filter } => {
                 let session = self.get_mut(&name)?;
+                let old = session.filter.clone();
                 session
                     .modify(&filter)
                     .map_err(|e| (e.kind(), e.to_string()))?;
-                let report = session.report(&interfaces).map_err(internal)?;
+                if session.hook == HookName::Xdp {
+                    let interface = session.interface.clone();
+                    if let Err(e) = self.sync_xdp(&interface) {
+                        // The kernel still runs the old program: so does the table.
+                        if let Ok(session) = self.get_mut(&name) {
+                            session.filter = old;
+                        }
+                        return Err((e.kind(), e.to_string()));
+                    }
+                }
+                let report = self.get(&name)?.report(&interfaces).map_err(internal)?;
                 event!("modified session {name:?}: {}", shown(&filter));
                 self.save();
                 Ok(Reply::Session(report))
@@ -204,7 +269,15 @@ impl Service {
                 let report = self.get(&name)?.report(&interfaces).map_err(internal)?;
                 // Dropping the session closes its socket: the filter goes with it; the
                 // counter map goes once its pin is removed.
-                self.sessions.remove(&name);
+                let stopped = self.sessions.remove(&name);
+                if let Some(session) = stopped.filter(|s| s.hook == HookName::Xdp)
+                    && let Err(e) = self.sync_xdp(&session.interface)
+                {
+                    event!(
+                        "cannot regenerate the XDP program of {} without {name:?}: {e}",
+                        session.interface
+                    );
+                }
                 self.pins.remove(&name);
                 event!(
                     "stopped session {name:?} at {} packets",

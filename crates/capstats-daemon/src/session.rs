@@ -97,6 +97,8 @@ enum Attachment {
         links: Vec<(&'static str, FdLink)>,
         program: Option<LoadedProgram>,
     },
+    /// Counted by the interface's combined XDP program (see `xdp`), in `mode`.
+    Xdp { ifindex: u32, mode: &'static str },
 }
 
 /// A named filter counting on an interface.
@@ -199,7 +201,8 @@ impl Session {
     /// a previous daemon pinned are taken back and given a freshly loaded program, so
     /// the kernel never stops counting and always runs this daemon's code.
     pub fn start_counting(&mut self) -> Result<(), SessionError> {
-        if self.attachment.is_none() {
+        // XDP sessions count through their interface's program: the service attaches it.
+        if self.attachment.is_none() && self.hook != HookName::Xdp {
             self.attachment = Some(self.attach(&self.filter.clone())?);
         }
         Ok(())
@@ -245,7 +248,7 @@ impl Session {
                 })
             }
             HookName::Xdp => Err(SessionError::Unsupported(
-                "the xdp hook is not available in this version of the daemon yet".into(),
+                "XDP sessions are attached through their interface's program".into(),
             )),
         }
     }
@@ -306,6 +309,14 @@ impl Session {
                     program: Some(program),
                 });
             }
+            Some(xdp @ Attachment::Xdp { .. }) => {
+                // The service regenerates the interface's program; only check here.
+                self.attachment = Some(xdp);
+                Filter::for_xdp(&self.interface, filter)?;
+            }
+            None if self.hook == HookName::Xdp => {
+                Filter::for_xdp(&self.interface, filter)?;
+            }
             None => {
                 // Down: check the expression against the interface if it is back.
                 self.attachment = Some(self.attach(filter)?);
@@ -319,10 +330,33 @@ impl Session {
     /// Whether the session counts: its interface exists with the index it was bound to.
     pub fn up(&self, interfaces: &Interfaces) -> bool {
         let ifindex = match &self.attachment {
-            Some(Attachment::Socket { ifindex, .. } | Attachment::Tc { ifindex, .. }) => *ifindex,
+            Some(
+                Attachment::Socket { ifindex, .. }
+                | Attachment::Tc { ifindex, .. }
+                | Attachment::Xdp { ifindex, .. },
+            ) => *ifindex,
             None => return false,
         };
         interfaces.ifindex(&self.interface) == Some(ifindex)
+    }
+
+    /// An XDP session's filter, compiled for its interface (tags in the frame).
+    pub fn xdp_filter(&self) -> Result<Filter, SessionError> {
+        Ok(Filter::for_xdp(&self.interface, &self.filter)?)
+    }
+
+    /// The session's counter map.
+    pub fn counters(&self) -> &CounterMap {
+        &self.counters
+    }
+
+    /// Records that the interface's XDP program counts this session (`Some`), or that
+    /// nothing does (`None`).
+    pub fn set_xdp(&mut self, mode: Option<&'static str>) {
+        self.attachment = match (mode, ifindex(&self.interface)) {
+            (Some(mode), Some(ifindex)) => Some(Attachment::Xdp { ifindex, mode }),
+            _ => None,
+        };
     }
 
     /// Everything counted: the base, plus what the kernel has in the session's map.
@@ -344,6 +378,10 @@ impl Session {
             up: self.up(interfaces),
             hook: self.hook.as_str().into(),
             direction: self.direction.as_str().into(),
+            mode: match &self.attachment {
+                Some(Attachment::Xdp { mode, .. }) => Some((*mode).into()),
+                _ => None,
+            },
             created: time(self.created),
             modified: time(self.modified),
             read_at: Some(humantime::format_rfc3339_nanos(read_at).to_string()),

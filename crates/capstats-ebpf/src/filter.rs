@@ -173,7 +173,11 @@ impl Filter {
     /// in the frame (savefile semantics), with the interface's netmask for
     /// `ip broadcast`. Expressions that need socket metadata are refused.
     pub fn for_xdp(interface: &str, expression: &str) -> Result<Self, FilterError> {
-        Self::for_linktype(pcap::Linktype::ETHERNET, expression, interface_netmask(interface))
+        Self::for_linktype(
+            pcap::Linktype::ETHERNET,
+            expression,
+            interface_netmask(interface),
+        )
     }
 
     /// Compiles `expression` as `tcpdump -i interface` would: on an activated live
