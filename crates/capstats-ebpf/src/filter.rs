@@ -209,15 +209,7 @@ impl Filter {
     /// libpcap's own verdict (`pcap_offline_filter`) on `packet`, its captured length
     /// taken as its wire length too.
     pub fn libpcap_matches(&self, packet: &[u8]) -> bool {
-        let header = PcapPkthdr {
-            ts: libc::timeval {
-                tv_sec: 0,
-                tv_usec: 0,
-            },
-            caplen: packet.len() as u32,
-            len: packet.len() as u32,
-        };
-        unsafe { pcap_offline_filter(&self.code.0, &header, packet.as_ptr()) != 0 }
+        libpcap_run(self.raw(), packet) != 0
     }
 }
 
