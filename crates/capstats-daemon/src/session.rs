@@ -21,7 +21,7 @@ use capstats_common::protocol::{self, Direction, ErrorKind, HookName};
 use capstats_ebpf::counters::{Counter, CounterError, CounterMap};
 use capstats_ebpf::filter::{Filter, FilterError};
 use capstats_ebpf::program::{LoadError, LoadedProgram};
-use capstats_ebpf::translate::{CounterSlot, Hook, translate};
+use capstats_ebpf::translate::{CounterSlot, Hook, translate, translate_tc_egress};
 
 use crate::attach::{CountingSocket, Interfaces, ifindex};
 
@@ -32,6 +32,9 @@ pub enum SessionError {
     UnknownInterface(String),
     #[error("{0}")]
     Unsupported(String),
+    /// The kernel refused an attachment; the message says why, in words.
+    #[error("{0}")]
+    Refused(String),
     #[error(transparent)]
     Filter(#[from] FilterError),
     #[error("{0}")]
@@ -90,15 +93,22 @@ enum Attachment {
         /// Kept so the kernel keeps it; the socket holds the attachment.
         program: LoadedProgram,
     },
-    /// The program on tcx links, pinned; `program` is `None` for links taken back from
-    /// a previous daemon until the first swap.
-    Tc {
-        ifindex: u32,
-        links: Vec<(&'static str, FdLink)>,
-        program: Option<LoadedProgram>,
-    },
+    /// A program per direction on tcx links, pinned (each direction has its own
+    /// program: at egress every packet is outgoing).
+    Tc { ifindex: u32, links: Vec<TcLink> },
     /// Counted by the interface's combined XDP program (see `xdp`), in `mode`.
     Xdp { ifindex: u32, mode: &'static str },
+}
+
+/// One direction of a tc session.
+#[derive(Debug)]
+struct TcLink {
+    attach_type: TcAttachType,
+    /// Its pin file's name in the session's pin directory.
+    pin: &'static str,
+    link: FdLink,
+    /// Kept until the next swap (the link holds it anyway).
+    _program: LoadedProgram,
 }
 
 /// A named filter counting on an interface.
@@ -155,13 +165,29 @@ fn compile(interface: &str, filter: &str) -> Result<(u32, Filter), SessionError>
     Ok((index, Filter::for_interface(interface, filter)?))
 }
 
-fn load(hook: Hook, filter: &Filter, counters: &CounterMap) -> Result<LoadedProgram, SessionError> {
-    let slot = CounterSlot {
+fn slot(counters: &CounterMap) -> CounterSlot {
+    CounterSlot {
         map_fd: counters.raw_fd(),
         slot: 0,
-    };
-    let insns = translate(filter.program(), hook, slot)?;
+    }
+}
+
+fn load(hook: Hook, filter: &Filter, counters: &CounterMap) -> Result<LoadedProgram, SessionError> {
+    let insns = translate(filter.program(), hook, slot(counters))?;
     Ok(LoadedProgram::load(hook, "capstats", &insns)?)
+}
+
+/// The program for one TC direction (egress knows its packets are outgoing).
+fn load_tc(
+    attach_type: TcAttachType,
+    filter: &Filter,
+    counters: &CounterMap,
+) -> Result<LoadedProgram, SessionError> {
+    let insns = match attach_type {
+        TcAttachType::Egress => translate_tc_egress(filter.program(), slot(counters))?,
+        _ => translate(filter.program(), Hook::Tc, slot(counters))?,
+    };
+    Ok(LoadedProgram::load(Hook::Tc, "capstats", &insns)?)
 }
 
 impl Session {
@@ -231,21 +257,22 @@ impl Session {
                 })
             }
             HookName::Tc => {
-                let program = load(Hook::Tc, &compiled, &self.counters)?;
                 let mut links = Vec::new();
                 for &(attach_type, pin) in tc_directions(self.direction) {
+                    let program = load_tc(attach_type, &compiled, &self.counters)?;
                     let path = self.pins.join(pin);
                     let link = match taken_back(&path, pin)? {
                         Some(old) => swap(&program, old, pin, &path)?,
                         None => attach_tc(&program, &self.interface, attach_type, pin, &path)?,
                     };
-                    links.push((pin, link));
+                    links.push(TcLink {
+                        attach_type,
+                        pin,
+                        link,
+                        _program: program,
+                    });
                 }
-                Ok(Attachment::Tc {
-                    ifindex,
-                    links,
-                    program: Some(program),
-                })
+                Ok(Attachment::Tc { ifindex, links })
             }
             HookName::Xdp => Err(SessionError::Unsupported(
                 "XDP sessions are attached through their interface's program".into(),
@@ -279,34 +306,35 @@ impl Session {
                 });
                 result?;
             }
-            Some(Attachment::Tc {
-                ifindex,
-                links,
-                program: old,
-            }) => {
-                let loaded = compile(&self.interface, filter)
-                    .and_then(|(_, compiled)| load(Hook::Tc, &compiled, &self.counters));
-                let program = match loaded {
-                    Ok(program) => program,
+            Some(Attachment::Tc { ifindex, links }) => {
+                // Every direction's program loads before any is swapped in.
+                let loaded = compile(&self.interface, filter).and_then(|(_, compiled)| {
+                    links
+                        .iter()
+                        .map(|l| load_tc(l.attach_type, &compiled, &self.counters))
+                        .collect::<Result<Vec<_>, _>>()
+                });
+                let programs = match loaded {
+                    Ok(programs) => programs,
                     Err(e) => {
-                        self.attachment = Some(Attachment::Tc {
-                            ifindex,
-                            links,
-                            program: old,
-                        });
+                        self.attachment = Some(Attachment::Tc { ifindex, links });
                         return Err(e);
                     }
                 };
                 // BPF_LINK_UPDATE on each direction's link: atomic for each.
                 let mut swapped = Vec::new();
-                for (pin, link) in links {
-                    let path = self.pins.join(pin);
-                    swapped.push((pin, swap(&program, link, pin, &path)?));
+                for (old, program) in links.into_iter().zip(programs) {
+                    let path = self.pins.join(old.pin);
+                    swapped.push(TcLink {
+                        attach_type: old.attach_type,
+                        pin: old.pin,
+                        link: swap(&program, old.link, old.pin, &path)?,
+                        _program: program,
+                    });
                 }
                 self.attachment = Some(Attachment::Tc {
                     ifindex,
                     links: swapped,
-                    program: Some(program),
                 });
             }
             Some(xdp @ Attachment::Xdp { .. }) => {
@@ -422,11 +450,37 @@ fn attach_tc(
     path: &Path,
 ) -> Result<FdLink, SessionError> {
     let mut classifier = program.sched_classifier()?;
-    let id = classifier.attach(interface, attach_type)?;
+    let id = classifier
+        .attach(interface, attach_type)
+        .map_err(|e| attach_error(e, interface, direction))?;
     let link = classifier.take_link(id)?;
     let link =
         FdLink::try_from(link).map_err(|e| link_error("take", direction, path)(e.to_string()))?;
     pin(link, direction, path)
+}
+
+/// The kernel's reason, in words: tcx's limit of programs per hook is one to expect.
+fn attach_error(
+    error: aya::programs::ProgramError,
+    interface: &str,
+    direction: &'static str,
+) -> SessionError {
+    use aya::programs::ProgramError;
+    if let ProgramError::SyscallError(aya::sys::SyscallError { io_error, .. }) = &error
+        && io_error.raw_os_error() == Some(libc::ERANGE)
+    {
+        return SessionError::Refused(format!(
+            "the tcx {direction} hook of {interface} already runs as many programs as the kernel allows \
+             (63, one per tc session and direction): stop a session there, or count many \
+             expressions on one interface with hook xdp, which runs them all in one program"
+        ));
+    }
+    let cause = std::error::Error::source(&error)
+        .map(|c| format!(": {c}"))
+        .unwrap_or_default();
+    SessionError::Refused(format!(
+        "cannot attach to the tcx {direction} hook of {interface}: {error}{cause}"
+    ))
 }
 
 /// Puts `program` on the kernel link `link` (`BPF_LINK_UPDATE`), keeping its pin.

@@ -27,6 +27,9 @@ const BUFFER_OFFSET: i16 = -80;
 /// packet pointer offsets); further ones use the helper.
 const DIRECT_LIMIT: u32 = 0x8000;
 
+/// `PACKET_OUTGOING` (include/uapi/linux/if_packet.h).
+const PACKET_OUTGOING: i32 = 4;
+
 /// Field offsets in `struct __sk_buff` (include/uapi/linux/bpf.h).
 mod skb {
     pub const LEN: i16 = 0;
@@ -319,6 +322,9 @@ impl Translator {
                     bits: 16,
                     dst: A,
                 }); // A = ntohs(A)
+            }
+            (Ancillary::PktType, _) if self.outgoing => {
+                self.emit(mov32(A, Operand::Imm(PACKET_OUTGOING))); // A = PACKET_OUTGOING
             }
             (Ancillary::PktType, _) => skb_u32(self, skb::PKT_TYPE), // A = skb->pkt_type
             (Ancillary::Ifindex, _) => skb_u32(self, skb::IFINDEX),  // A = skb->dev->ifindex

@@ -120,13 +120,23 @@ pub fn translate(
     translate_all(&[(program, counter)], hook)
 }
 
+/// The TC program for the egress hook. It differs in one thing: a packet going out
+/// has the type `PACKET_OUTGOING` (4), as a packet socket sees it (`outbound`), but at
+/// TC egress `skb->pkt_type` still says `PACKET_HOST`, so the type is that constant.
+pub fn translate_tc_egress(
+    program: &Program,
+    counter: CounterSlot,
+) -> Result<Vec<Insn>, TranslateError> {
+    Ok(assemble(&[(program, counter)], Hook::Tc, true)?.finish()?)
+}
+
 /// Translates several filters into one program: each runs on every packet and counts
 /// its matches into its own counter slot (of its own map, or of a shared one).
 pub fn translate_all(
     filters: &[(&Program, CounterSlot)],
     hook: Hook,
 ) -> Result<Vec<Insn>, TranslateError> {
-    Ok(assemble(filters, hook)?.finish()?)
+    Ok(assemble(filters, hook, false)?.finish()?)
 }
 
 /// The same translation as assembly text with its labels (see [`Assembler::listing`]).
@@ -135,10 +145,14 @@ pub fn translate_listing(
     hook: Hook,
     counter: CounterSlot,
 ) -> Result<String, TranslateError> {
-    Ok(assemble(&[(program, counter)], hook)?.listing()?)
+    Ok(assemble(&[(program, counter)], hook, false)?.listing()?)
 }
 
-fn assemble(filters: &[(&Program, CounterSlot)], hook: Hook) -> Result<Assembler, TranslateError> {
+fn assemble(
+    filters: &[(&Program, CounterSlot)],
+    hook: Hook,
+    outgoing: bool,
+) -> Result<Assembler, TranslateError> {
     if hook.uses_ld_abs() && filters.len() != 1 {
         return Err(TranslateError::OneFilterOnly {
             hook,
@@ -151,6 +165,7 @@ fn assemble(filters: &[(&Program, CounterSlot)], hook: Hook) -> Result<Assembler
     let mut t = Translator {
         asm: Assembler::new(),
         hook,
+        outgoing,
         filter: 0,
         loops: false,
         next_local: 0,
@@ -172,6 +187,8 @@ fn assemble(filters: &[(&Program, CounterSlot)], hook: Hook) -> Result<Assembler
 struct Translator {
     asm: Assembler,
     hook: Hook,
+    /// TC egress: every packet is `PACKET_OUTGOING` (see [`translate_tc_egress`]).
+    outgoing: bool,
     /// The filter being translated: its labels are its own.
     filter: usize,
     /// Whether that filter loops (a backward `ja`).

@@ -341,3 +341,20 @@ fn several_filters_share_one_program_where_loads_cannot_abort_it() {
         }
     );
 }
+
+/// At TC egress every packet is outgoing, as a packet socket sees it, whatever
+/// `skb->pkt_type` says there.
+#[test]
+fn tc_egress_knows_its_packets_are_outgoing() {
+    let raw: Vec<RawInsn> = [(0x28, 0, 0, SKF_AD_OFF + 4), (0x16, 0, 0, 0)]
+        .iter()
+        .map(|&(c, jt, jf, k)| RawInsn::new(c, jt, jf, k))
+        .collect();
+    let program = Program::new(&raw).unwrap();
+    let text = |insns: Vec<Insn>| insns.iter().map(Insn::to_string).collect::<Vec<_>>();
+    let ingress = text(translate(&program, Hook::Tc, COUNTER).unwrap());
+    let egress = text(translate_tc_egress(&program, COUNTER).unwrap());
+    assert_eq!(ingress[3], "r0 = *(u32 *)(r6 + 4)");
+    assert_eq!(egress[3], "w0 = 4");
+    assert_eq!(ingress[4..], egress[4..]);
+}
