@@ -17,6 +17,7 @@
 //! [`rig`] is where these tests run: two namespaces joined by a quiet veth pair.
 
 pub mod rig;
+pub mod xdp;
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -67,10 +68,16 @@ pub struct DaemonSpec {
     pub state_dir: PathBuf,
     /// Its own pin directory on bpffs, derived from the state directory (so that a
     /// restarted daemon finds its pins), removed by the daemon on a clean stop
-    /// (`--detach-on-exit`): a test leaves nothing pinned.
+    /// (`--detach-on-exit`, unless [`DaemonSpec::keep_pins`]): a test leaves nothing
+    /// pinned.
     pub pin_dir: PathBuf,
     /// `-g GROUP`: a group name or number whose members may use the daemon.
     pub group: Option<String>,
+    /// Leave `--detach-on-exit` out: a clean stop (SIGTERM) then leaves the pinned
+    /// objects, and the TC links among them go on counting, for the next daemon (an
+    /// upgrade). Off by default; a test that sets it holds a [`PinDir`] guard so that
+    /// nothing stays pinned after it, and stops its last daemon without it.
+    pub keep_pins: bool,
 }
 
 impl DaemonSpec {
@@ -92,6 +99,7 @@ impl DaemonSpec {
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/capstats-e2e{flat}")),
             state_dir,
             group: None,
+            keep_pins: false,
         }
     }
 
@@ -101,7 +109,18 @@ impl DaemonSpec {
         self
     }
 
-    /// `-d [-g GROUP] -s SOCKET --state-dir DIR --pin-dir DIR --detach-on-exit`.
+    /// The same daemon with or without `--detach-on-exit` (see [`DaemonSpec::keep_pins`]).
+    pub fn keeping_pins(mut self, keep: bool) -> Self {
+        self.keep_pins = keep;
+        self
+    }
+
+    /// A guard that removes this daemon's pin directory when dropped (see [`PinDir`]).
+    pub fn pin_guard(&self) -> PinDir {
+        PinDir::new(&self.pin_dir)
+    }
+
+    /// `-d [-g GROUP] -s SOCKET --state-dir DIR --pin-dir DIR [--detach-on-exit]`.
     fn args(&self) -> Vec<std::ffi::OsString> {
         let mut args: Vec<std::ffi::OsString> = vec!["-d".into()];
         if let Some(group) = &self.group {
@@ -114,8 +133,10 @@ impl DaemonSpec {
             self.state_dir.clone().into(),
             "--pin-dir".into(),
             self.pin_dir.clone().into(),
-            "--detach-on-exit".into(),
         ]);
+        if !self.keep_pins {
+            args.push("--detach-on-exit".into());
+        }
         args
     }
 
@@ -125,6 +146,77 @@ impl DaemonSpec {
     /// When the binary is missing.
     pub fn client(&self) -> anyhow::Result<Client> {
         Client::new(&self.socket)
+    }
+}
+
+/// A daemon's pin directory on bpffs, removed with everything in it when dropped (a
+/// test that panics included): pinned links go, so the kernel detaches them, and
+/// pinned maps go. For daemons started without `--detach-on-exit`
+/// ([`DaemonSpec::keep_pins`]); hold it longer than the daemons, so that it is dropped
+/// after them.
+///
+/// Creating one first removes the pin directories of earlier test processes that are
+/// gone (`/sys/fs/bpf/capstats-e2e*` naming a pid that no longer runs), which a test
+/// killed before its guards ran leaves behind.
+#[derive(Debug)]
+pub struct PinDir {
+    path: PathBuf,
+}
+
+/// Where [`DaemonSpec::new`] puts pin directories: this prefix, then the flattened
+/// state directory (which holds `capstats-e2e-<pid>-`, see [`crate::scratch`]).
+const PIN_PREFIX: &str = "/sys/fs/bpf/capstats-e2e";
+
+static PIN_SWEEP: std::sync::Once = std::sync::Once::new();
+
+impl PinDir {
+    fn new(path: &Path) -> Self {
+        PIN_SWEEP.call_once(sweep_stale_pins);
+        Self {
+            path: path.to_owned(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        match std::fs::remove_dir_all(&self.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => eprintln!("warning: {} was not removed: {e}", self.path.display()),
+        }
+    }
+}
+
+/// Removes the pin directories of test processes that no longer exist.
+fn sweep_stale_pins() {
+    let prefix = Path::new(PIN_PREFIX);
+    let (Some(parent), Some(stem)) = (prefix.parent(), prefix.file_name()) else {
+        return;
+    };
+    let stem = stem.to_string_lossy().into_owned();
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(&stem) else {
+            continue;
+        };
+        // `..._capstats-e2e-<pid>-<n>-<tag>_...`
+        let Some((_, after)) = rest.split_once("capstats-e2e-") else {
+            continue;
+        };
+        let Some(Ok(pid)) = after.split('-').next().map(str::parse::<u32>) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 

@@ -11,12 +11,15 @@
 //! - [`packet`]: AF_PACKET sockets to write frames and to tap an interface, with a
 //!   classic or an eBPF filter attached.
 //! - [`tcpdump`]: tcpdump capturing inside a namespace, read back as an oracle.
+//! - [`tcx`]: which programs run on an interface's tcx hooks (asked of the kernel).
 //! - [`scratch`]: temporary directories removed on drop.
+//! - [`corpus`]: the capture corpus, and replaying its files with tcpreplay.
 //! - [`cmd`]: running `ip`, `ethtool`, `tcpdump` with errors that say what failed.
 //! - [`daemon`]: the real `capstats` binary as a daemon in a namespace and as its
 //!   client, and the quiet veth pair the daemon tests run on.
 
 pub mod cmd;
+pub mod corpus;
 pub mod daemon;
 pub mod frame;
 pub mod link;
@@ -24,6 +27,7 @@ pub mod netns;
 pub mod packet;
 pub mod scratch;
 pub mod tcpdump;
+pub mod tcx;
 
 /// Stops the test with the reason when it does not run as root: end-to-end tests create
 /// namespaces, load eBPF programs and open raw sockets, and must not pass by skipping.

@@ -193,7 +193,13 @@ impl Pins {
 
     /// Removes every session's objects and the directory (`--detach-on-exit`).
     pub fn remove_all(&self) {
-        self.remove_unclaimed(&HashSet::new());
+        if let Ok(entries) = fs::read_dir(&self.dir) {
+            for entry in entries.flatten() {
+                if let Some(name) = decode(&entry.file_name().to_string_lossy()) {
+                    self.remove(&name);
+                }
+            }
+        }
         let _ = fs::remove_dir(&self.dir);
     }
 }

@@ -213,6 +213,12 @@ impl Service {
                     direction,
                 };
                 spec.check().map_err(|e| (e.kind(), e.to_string()))?;
+                if crate::attach::ifindex(&interface).is_none() {
+                    return Err((
+                        ErrorKind::UnknownInterface,
+                        format!("no interface named {interface:?}"),
+                    ));
+                }
                 let counters = self
                     .pins
                     .create(&name)

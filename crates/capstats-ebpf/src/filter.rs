@@ -73,8 +73,8 @@ pub enum FilterError {
     /// loads of socket metadata that no capture file records (its interpreter then
     /// matches nothing); newer libpcap refuses them, and so does capstats.
     #[error(
-        "filter expression {expression:?} needs a live interface: it tests the packet's \
-         direction or interface, which a capture file does not record"
+        "filter expression {expression:?} tests the packet's direction or interface, which a \
+         capture file does not record and the xdp hook does not see (use hook socket or tc)"
     )]
     NeedsInterface { expression: String },
     /// libpcap produced a program the kernel's classic rules refuse.

@@ -14,6 +14,7 @@
 //! ([`Rig::sender_b`]) leave from there (outbound).
 
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -40,6 +41,16 @@ pub fn udp_a_to_b(dport: u16, payload: usize) -> Vec<u8> {
     Ethernet::new(MAC_B, MAC_A).frame(
         ethertype::IPV4,
         &Ipv4::new(IP_A, IP_B).udp(40000, dport, &vec![0x5a; payload]),
+    )
+}
+
+/// A UDP frame from B to A, to port `dport`, with `payload` bytes of payload:
+/// `14 + 20 + 8 + payload` bytes long. Written on B's end ([`Rig::sender_b`]), it is
+/// outbound there.
+pub fn udp_b_to_a(dport: u16, payload: usize) -> Vec<u8> {
+    Ethernet::new(MAC_A, MAC_B).frame(
+        ethertype::IPV4,
+        &Ipv4::new(IP_B, IP_A).udp(40000, dport, &vec![0xa5; payload]),
     )
 }
 
@@ -161,6 +172,31 @@ impl Sender {
             }
             self.send(frame)
                 .with_context(|| format!("writing frame {i}"))?;
+        }
+        Ok(start.elapsed())
+    }
+
+    /// [`Sender::send_paced`], adding 1 to `sent` after each frame is written, so that
+    /// another thread can tell how far the stream is (to act in the middle of it).
+    ///
+    /// # Errors
+    /// When the kernel refuses a frame.
+    pub fn send_paced_counting<'f>(
+        &self,
+        frames: impl IntoIterator<Item = &'f [u8]>,
+        per_second: u32,
+        sent: &AtomicU64,
+    ) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        for (i, frame) in (0u64..).zip(frames) {
+            let due = start + Duration::from_secs_f64(i as f64 / f64::from(per_second));
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            self.send(frame)
+                .with_context(|| format!("writing frame {i}"))?;
+            sent.fetch_add(1, Ordering::SeqCst);
         }
         Ok(start.elapsed())
     }
