@@ -175,9 +175,21 @@ fn a_killed_daemon_loses_no_counts() -> anyhow::Result<()> {
         spec.pin_dir.display()
     );
     sender.send_n(&udp, 5)?; // nobody counts these
+    // Times are to the second: let one pass so the gap shows.
+    std::thread::sleep(Duration::from_millis(1100));
 
     let second = Daemon::start(&rig.ns_b, &spec, &scratch.join("second.log"))?;
-    let after_crash = counts(find(&client.poll()?, "udp")?);
+    let polled = client.poll()?;
+    let session = find(&polled, "udp")?;
+    // The gap is said: the socket counts again since the restart, not since creation.
+    ensure!(
+        session
+            .counting_since
+            .as_ref()
+            .is_some_and(|since| *since > session.created),
+        "after the restart counting_since should be later than created: {session:?}"
+    );
+    let after_crash = counts(session);
     ensure!(
         after_crash == (20, 20 * udp_len),
         "after kill -9 and a restart the session shows {after_crash:?}, not the 20 packets it had"

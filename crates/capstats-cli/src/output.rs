@@ -148,7 +148,14 @@ pub fn show(s: &Session) {
         ("created", s.created.clone()),
         ("modified", s.modified.clone()),
     ];
-    for (key, value) in fields {
+    let gap = s
+        .counting_since
+        .as_ref()
+        .filter(|since| **since != s.created)
+        .map(|since| {
+            format!("{since} (restarted: a socket session counts only while a daemon runs)")
+        });
+    for (key, value) in fields.into_iter().chain(gap.map(|g| ("counting", g))) {
         println!("{:<10} {value}", format!("{key}:"));
     }
 }

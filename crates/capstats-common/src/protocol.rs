@@ -188,6 +188,12 @@ pub struct Session {
     pub mode: Option<String>,
     pub created: String,
     pub modified: String,
+    /// Socket sessions: since when this daemon's socket counts. A socket session does
+    /// not count while no daemon runs; when this is later than `created`, packets that
+    /// passed in between (the daemon was restarted) are not in the counters. Absent for
+    /// tc and xdp sessions, which count in the kernel without interruption.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counting_since: Option<String>,
     /// When these counters were read (`poll`, `show`): rates divide by its differences.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_at: Option<String>,

@@ -127,6 +127,9 @@ pub struct Session {
     counters: CounterMap,
     /// Where the session's links are pinned (its pin directory).
     pins: PathBuf,
+    /// Socket sessions: when this daemon's socket began counting. Packets that passed
+    /// before, while no daemon held a socket, were not counted.
+    socket_since: Option<SystemTime>,
     attachment: Option<Attachment>,
 }
 
@@ -202,6 +205,10 @@ impl Session {
         spec.check()?;
         let mut session = Session::down(spec, base, counters, pins);
         session.start_counting()?;
+        if session.socket_since.is_some() {
+            // Counting from its creation: no gap to speak of.
+            session.socket_since = Some(session.created);
+        }
         Ok(session)
     }
 
@@ -219,6 +226,7 @@ impl Session {
             base,
             counters,
             pins: pins.to_owned(),
+            socket_since: None,
             attachment: None,
         }
     }
@@ -230,6 +238,9 @@ impl Session {
         // XDP sessions count through their interface's program: the service attaches it.
         if self.attachment.is_none() && self.hook != HookName::Xdp {
             self.attachment = Some(self.attach(&self.filter.clone())?);
+            if self.hook == HookName::Socket {
+                self.socket_since = Some(SystemTime::now());
+            }
         }
         Ok(())
     }
@@ -413,6 +424,7 @@ impl Session {
             created: time(self.created),
             modified: time(self.modified),
             read_at: Some(humantime::format_rfc3339_nanos(read_at).to_string()),
+            counting_since: self.socket_since.map(time),
         })
     }
 }
