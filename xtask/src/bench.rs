@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: builds `capstats` and `xtask-bench` (src/bin/xtask-bench), both
-//! optimised, and starts the latter, which measures the generated programs and the
-//! daemon and writes bench/results.json.
+//! optimised, and starts the latter, which measures the generated programs, the daemon
+//! and each hook with 1, 8 and 32 sessions, and writes bench/results.json.
 
 use std::path::PathBuf;
 
@@ -19,7 +19,7 @@ pub fn bench(repeat: u32, rounds: usize) -> anyhow::Result<()> {
     let capstats = steps.run("build capstats (release)", build_capstats_release)?;
     let out = cmd::workspace_root().join(RESULTS);
     steps.run(
-        "measure programs with BPF_PROG_RUN, then the daemon (release build)",
+        "measure programs and hooks with BPF_PROG_RUN, and the daemon (release build)",
         || {
             cmd::run(
                 cmd::cargo()

@@ -17,9 +17,14 @@
 //! After that table, the daemon's own figures ([`daemon`]): poll latency, its CPU time
 //! while a million frames are counted, and its memory. They need the `capstats` binary
 //! (`--capstats`, which `cargo xtask bench` builds in release mode and passes).
+//!
+//! The third table ([`hooks`]): what a packet costs at each hook (socket, tc, xdp) with
+//! 1, 8 and 32 sessions on its interface, each with its own filter, measured the same
+//! way (`--hooks-repeat` runs per call, `--rounds` rounds) before the daemon runs.
 
 mod daemon;
 mod frame;
+mod hooks;
 mod stats;
 
 use std::fmt::Write as _;
@@ -37,17 +42,22 @@ use clap::Parser;
 use serde_json::json;
 use stats::median;
 
-/// Measure ns/packet of capstats' generated programs with BPF_PROG_RUN, then the
-/// daemon's poll latency, CPU and memory (needs root).
+/// Measure ns/packet of capstats' generated programs with BPF_PROG_RUN, the daemon's
+/// poll latency, CPU and memory, and each hook's cost with 1, 8 and 32 sessions (needs
+/// root).
 #[derive(Debug, Parser)]
 #[command(name = "xtask-bench")]
 struct Args {
     /// Runs per BPF_PROG_RUN call; the kernel reports their average.
     #[arg(long, default_value_t = 1_000_000)]
     repeat: u32,
-    /// Rounds per filter; the median is reported.
+    /// Rounds per filter; the median is reported. Also the hooks table's rounds.
     #[arg(long, default_value_t = 9)]
     rounds: usize,
+    /// Runs per BPF_PROG_RUN call for the hooks table (1, 8, 32 sessions per hook);
+    /// default: --repeat / 5.
+    #[arg(long)]
+    hooks_repeat: Option<u32>,
     /// Where to write the results as JSON.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -81,14 +91,26 @@ struct Case {
 const LONG_FILTER: &str = "(net 10.0.0.0/8 or net 172.16.0.0/12 or net 192.168.0.0/16 or net 100.64.0.0/10) \
                            and (tcp port 22 or tcp port 80 or tcp port 443 or udp port 53 or udp port 123)";
 
-fn cases() -> anyhow::Result<Vec<Case>> {
-    let addr = |text: &str| text.parse().with_context(|| format!("bad address {text}"));
+fn addr(text: &str) -> anyhow::Result<std::net::SocketAddrV4> {
+    text.parse().with_context(|| format!("bad address {text}"))
+}
+
+/// The `tcp port 80` frame: an HTTP GET from 192.0.2.10:49152 to 198.51.100.80:80
+/// (PSH|ACK), 146 bytes. The hooks table's frame too.
+fn http_frame() -> anyhow::Result<Vec<u8>> {
     let http_get = b"GET /index.html HTTP/1.1\r\nHost: www.example.com\r\nUser-Agent: capstats-bench\r\nAccept: */*\r\n\r\n";
-    let http = frame::tcp_ipv4(
+    Ok(frame::tcp_ipv4(
         addr("192.0.2.10:49152")?,
         addr("198.51.100.80:80")?,
         http_get,
-    );
+    ))
+}
+
+/// What [`http_frame`] is, for people.
+const HTTP_FRAME: &str = "IPv4/TCP 192.0.2.10:49152 > 198.51.100.80:80, HTTP GET";
+
+fn cases() -> anyhow::Result<Vec<Case>> {
+    let http = http_frame()?;
     Ok(vec![
         // The empty expression accepts everything: this row is the counting epilogue
         // alone (map lookup and two additions), what every other row includes.
@@ -101,7 +123,7 @@ fn cases() -> anyhow::Result<Vec<Case>> {
         Case {
             label: "tcp port 80",
             expression: "tcp port 80",
-            frame_description: "IPv4/TCP 192.0.2.10:49152 > 198.51.100.80:80, HTTP GET",
+            frame_description: HTTP_FRAME,
             frame: http,
         },
         Case {
@@ -156,11 +178,12 @@ fn main() -> std::process::ExitCode {
 fn run(args: &Args) -> anyhow::Result<()> {
     ensure!(
         args.repeat > 0
+            && args.hooks_repeat != Some(0)
             && args.rounds > 0
             && args.frames > 0
             && args.polls > 0
             && args.cli_polls > 0,
-        "--repeat, --rounds, --frames, --polls and --cli-polls must be at least 1"
+        "--repeat, --hooks-repeat, --rounds, --frames, --polls and --cli-polls must be at least 1"
     );
     let machine = Machine::this()?;
     let empty_program = LoadedProgram::load(
@@ -188,6 +211,16 @@ fn run(args: &Args) -> anyhow::Result<()> {
 
     print!("{}", report(&machine, args, &cases, &results));
 
+    // Before the daemon: its network namespaces are torn down in the background after
+    // it, on these CPUs. Printed after it, as the third table.
+    let hooks = hooks::measure(&hooks::Options {
+        repeat: args.hooks_repeat.unwrap_or((args.repeat / 5).max(1)),
+        rounds: args.rounds,
+        frame: http_frame()?,
+        frame_description: format!("{HTTP_FRAME} (PSH|ACK)"),
+    })
+    .context("the hooks table")?;
+
     eprintln!("measuring the daemon");
     let daemon = daemon::measure(&daemon::Options {
         capstats: args.capstats.clone(),
@@ -196,6 +229,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         cli_polls: args.cli_polls,
     })?;
     print!("\n{}", daemon::report(&machine, &daemon));
+    print!("\n{}", hooks::report(&hooks));
     ensure!(
         daemon::counted_exactly(&daemon),
         "the daemon's sessions did not count exactly the frames sent (above); results not written"
@@ -204,6 +238,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     if let Some(out) = &args.out {
         let mut json = to_json(&machine, args, &cases, &results);
         json["daemon"] = daemon::to_json(&daemon);
+        json["hooks"] = hooks::to_json(&hooks);
         let text = serde_json::to_string_pretty(&json)?;
         std::fs::write(out, text + "\n").with_context(|| format!("writing {}", out.display()))?;
         println!("\nwritten to {}", out.display());

@@ -1,0 +1,561 @@
+//! The third table: what one packet costs at each hook when 1, 8 or 32 sessions count
+//! on its interface, each session with its own filter.
+//!
+//! The daemon runs N sessions on one interface in three ways, and each is measured the
+//! way the kernel runs it:
+//!
+//! - socket: one AF_PACKET socket per session, each with its own program; the kernel
+//!   runs every socket's filter on every packet. Here: N programs, run one after
+//!   another on the frame, one `BPF_PROG_RUN` each; the figure is their sum.
+//!   A `SOCKET_FILTER` test run hands the program the frame from its network header
+//!   (the harness pulls the Ethernet header), while a packet socket's filter sees it
+//!   from the MAC header, so the socket hook's eBPF (translated for
+//!   `Hook::SocketFilter`) is loaded and run as `SCHED_CLS`, whose test runs start at
+//!   the MAC header too. What the kernel does per socket besides the filter (the walk of
+//!   the taps, `deliver_skb`, `packet_rcv`'s preamble, freeing its reference) is not in
+//!   the figure.
+//! - tc: one tcx program per session (`SCHED_CLS`): N programs per packet, measured
+//!   like the socket hook.
+//! - xdp: one program per interface evaluating every session's filter in turn
+//!   (`translate_all`), each counting into its own session's map: one `BPF_PROG_RUN`.
+//!
+//! Each hook has its own empty program of the same type (`r0 = the hook's neutral
+//! return; exit`), run in the same rounds: its time is the harness's per-run cost. A
+//! round runs, for each hook and session count in turn, the empty program and then
+//! each program, `repeat` times each; the figures are medians over the rounds. Every program must return its hook's neutral value,
+//! and every session's own counter map must have counted exactly the runs its filter
+//! matches (none for the others).
+
+use std::fmt::Write as _;
+
+use anyhow::{Context, ensure};
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
+use capstats_ebpf::counters::CounterMap;
+use capstats_ebpf::filter::Filter;
+use capstats_ebpf::insn::build::mov64;
+use capstats_ebpf::insn::{Insn, Operand, Reg};
+use capstats_ebpf::program::LoadedProgram;
+use capstats_ebpf::translate::{CounterSlot, Hook, translate, translate_all};
+use serde_json::json;
+
+use crate::stats::median;
+
+/// Sessions on the interface, per row.
+pub const SESSION_COUNTS: [usize; 3] = [1, 8, 32];
+/// The hooks, in the table's order.
+const HOOKS: [Hook; 3] = [Hook::SocketFilter, Hook::Tc, Hook::Xdp];
+/// Socket and tc filters are compiled as the daemon compiles them, as `tcpdump -i`
+/// would on a live interface (VLAN tests read the skb's tag metadata); this one always
+/// exists, and compiling opens a capture handle on it but sends nothing.
+const COMPILE_IF: &str = "lo";
+
+/// Common UDP services, for the `udp port` sessions.
+const UDP_PORTS: [u16; 7] = [53, 123, 161, 514, 1812, 4789, 5353];
+/// libpcap's TCP flag names, for the `tcp[tcpflags]` sessions.
+const TCP_FLAGS: [&str; 6] = [
+    "tcp-syn", "tcp-fin", "tcp-rst", "tcp-push", "tcp-ack", "tcp-urg",
+];
+
+/// Session `i`'s filter (0-based): five kinds in turn, each kind's parameter moving on
+/// every round of five, so that every session's filter differs from the others'.
+pub fn session_filter(i: usize) -> String {
+    let k = i / 5;
+    match i % 5 {
+        0 => format!("host 192.0.2.{}", 10 + k),
+        1 => format!("tcp port {}", 80 + k),
+        2 => format!("udp port {}", UDP_PORTS[k % UDP_PORTS.len()]),
+        3 => format!("vlan {} and udp", 100 + k),
+        _ => format!("tcp[tcpflags] & {} != 0", TCP_FLAGS[k % TCP_FLAGS.len()]),
+    }
+}
+
+/// What to measure with.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Runs per BPF_PROG_RUN call.
+    pub repeat: u32,
+    /// Rounds; the medians are reported.
+    pub rounds: usize,
+    /// The frame every program runs on, and what it is.
+    pub frame: Vec<u8>,
+    pub frame_description: String,
+}
+
+/// One session: its filter and whether the frame matches it (libpcap's verdict).
+#[derive(Debug)]
+struct Session {
+    expression: String,
+    matches: bool,
+}
+
+/// One row: a hook with N sessions.
+#[derive(Debug)]
+struct Row {
+    hook: Hook,
+    sessions: usize,
+    /// Programs the kernel runs per packet: N for socket and tc, 1 for XDP.
+    programs: usize,
+    /// eBPF instructions and kernel instruction slots, summed over the programs.
+    ebpf_insns: usize,
+    ebpf_slots: usize,
+    /// Sessions whose filter matches the frame (and whose counters must show it).
+    matched: usize,
+    /// Per round: the programs' ns summed, and the empty program's ns.
+    total_rounds: Vec<u64>,
+    empty_rounds: Vec<u64>,
+    /// Median ns of each program on its own.
+    program_ns: Vec<u64>,
+}
+
+impl Row {
+    fn total_ns(&self) -> u64 {
+        median(&self.total_rounds)
+    }
+
+    fn empty_ns(&self) -> u64 {
+        median(&self.empty_rounds)
+    }
+
+    /// The programs' own cost: the total less one empty run per program.
+    fn above_ns(&self) -> i64 {
+        self.total_ns() as i64 - (self.programs as u64 * self.empty_ns()) as i64
+    }
+
+    fn per_session_ns(&self) -> f64 {
+        self.above_ns() as f64 / self.sessions as f64
+    }
+}
+
+/// The table's figures.
+#[derive(Debug)]
+pub struct Figures {
+    options: Options,
+    sessions: Vec<Session>,
+    rows: Vec<Row>,
+}
+
+/// How a program is run: the type it is loaded as.
+enum Runner {
+    SchedCls(SchedClassifier),
+    Xdp(Xdp),
+}
+
+/// A program in the kernel, ready for test runs.
+struct Loaded {
+    /// Keeps the program (the runner has its own reference too).
+    program: LoadedProgram,
+    runner: Runner,
+    /// The hook's neutral return, as the harness reports it.
+    expected_return: u32,
+}
+
+/// The program type a hook's code is measured as: socket filters as `SCHED_CLS` (their
+/// own test runs start at the network header).
+fn measured_as(hook: Hook) -> Hook {
+    match hook {
+        Hook::Xdp => Hook::Xdp,
+        Hook::SocketFilter | Hook::Tc => Hook::Tc,
+    }
+}
+
+fn measured_as_name(hook: Hook) -> &'static str {
+    match measured_as(hook) {
+        Hook::Xdp => "XDP",
+        _ => "SCHED_CLS",
+    }
+}
+
+impl Loaded {
+    fn load(hook: Hook, name: &str, insns: &[Insn]) -> anyhow::Result<Self> {
+        let program = LoadedProgram::load(measured_as(hook), name, insns)?;
+        let runner = match measured_as(hook) {
+            Hook::Xdp => Runner::Xdp(program.xdp()?),
+            _ => Runner::SchedCls(program.sched_classifier()?),
+        };
+        Ok(Self {
+            program,
+            runner,
+            expected_return: hook.neutral_return() as u32,
+        })
+    }
+
+    /// `r0 = the hook's neutral return; exit`.
+    fn empty(hook: Hook) -> anyhow::Result<Self> {
+        Self::load(
+            hook,
+            "xtask_empty",
+            &[
+                mov64(Reg::R0, Operand::Imm(hook.neutral_return())),
+                Insn::Exit,
+            ],
+        )
+        .with_context(|| format!("loading the empty program for the {hook} hook"))
+    }
+
+    fn slots(&self) -> usize {
+        self.program.slots()
+    }
+
+    /// One BPF_PROG_RUN of `repeat` runs; the kernel's average ns per run.
+    fn run(&self, frame: &[u8], repeat: u32) -> anyhow::Result<u64> {
+        let options = TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..Default::default()
+        };
+        let result = match &self.runner {
+            Runner::SchedCls(p) => p.test_run(options),
+            Runner::Xdp(p) => p.test_run(options),
+        }
+        .context("BPF_PROG_RUN")?;
+        ensure!(
+            result.return_value == self.expected_return,
+            "the program returned {} instead of the hook's neutral {}",
+            result.return_value as i32,
+            self.expected_return as i32
+        );
+        Ok(result.duration.as_nanos() as u64)
+    }
+}
+
+/// Measures every hook with every session count.
+pub fn measure(options: &Options) -> anyhow::Result<Figures> {
+    let most = SESSION_COUNTS.iter().copied().max().unwrap_or(0);
+    let sessions = (0..most)
+        .map(|i| {
+            let expression = session_filter(i);
+            // Savefile semantics (tags in the frame): the frame is untagged, so a live
+            // handle's tag-metadata test gives the same verdict.
+            let filter = Filter::for_linktype(pcap::Linktype::ETHERNET, &expression, 0)?;
+            let matches = filter.libpcap_matches(&options.frame);
+            Ok(Session {
+                expression,
+                matches,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    ensure!(
+        sessions.iter().any(|s| s.matches),
+        "the frame matches none of the sessions' filters"
+    );
+
+    let mut empties = Vec::new();
+    let mut setups = Vec::new();
+    for (h, hook) in HOOKS.into_iter().enumerate() {
+        empties.push(Loaded::empty(hook)?);
+        for &n in &SESSION_COUNTS {
+            let setup = Setup::build(hook, h, &sessions[..n])
+                .with_context(|| format!("the {hook} hook with {n} sessions"))?;
+            setups.push(setup);
+        }
+    }
+
+    let frame = &options.frame;
+    // Warm caches and branch predictors; not counted.
+    let warm_up = (options.repeat / 10).max(1);
+    for setup in &mut setups {
+        setup.round(&empties[setup.empty], frame, warm_up, false)?;
+    }
+    // Round after round of every setup, rather than every round of one setup and then
+    // the next: a few seconds of disturbance (another process, the host) then spoil
+    // a round of each, which the medians leave out, not all the rounds of one.
+    for round in 1..=options.rounds {
+        eprintln!(
+            "measuring hooks: round {round} of {}, {} runs per call",
+            options.rounds, options.repeat
+        );
+        for setup in &mut setups {
+            setup.round(&empties[setup.empty], frame, options.repeat, true)?;
+        }
+    }
+
+    let runs = u64::from(warm_up) + options.rounds as u64 * u64::from(options.repeat);
+    let rows = setups
+        .into_iter()
+        .map(|setup| {
+            let (hook, n) = (setup.hook, setup.sessions.len());
+            setup
+                .finish(runs, frame.len())
+                .with_context(|| format!("the {hook} hook with {n} sessions"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Figures {
+        options: options.clone(),
+        sessions,
+        rows,
+    })
+}
+
+/// One row's programs and counters, and its timings so far.
+struct Setup<'a> {
+    hook: Hook,
+    /// Index of the hook's empty program.
+    empty: usize,
+    sessions: &'a [Session],
+    /// One counter map per session, as the daemon has them.
+    counters: Vec<CounterMap>,
+    programs: Vec<Loaded>,
+    ebpf_insns: usize,
+    total_rounds: Vec<u64>,
+    empty_rounds: Vec<u64>,
+    program_rounds: Vec<Vec<u64>>,
+}
+
+impl<'a> Setup<'a> {
+    /// Compiles, translates and loads the sessions' filters as the daemon would for
+    /// `hook`.
+    fn build(hook: Hook, empty: usize, sessions: &'a [Session]) -> anyhow::Result<Self> {
+        let counters = (0..sessions.len())
+            .map(|i| CounterMap::create(&format!("xtask_hook{i}"), 1))
+            .collect::<Result<Vec<_>, _>>()?;
+        let filters = sessions
+            .iter()
+            .map(|s| match hook {
+                Hook::Xdp => Filter::for_xdp(COMPILE_IF, &s.expression),
+                _ => Filter::for_interface(COMPILE_IF, &s.expression),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let slot = |map: &CounterMap| CounterSlot {
+            map_fd: map.raw_fd(),
+            slot: 0,
+        };
+        let mut ebpf_insns = 0;
+        let programs = if hook == Hook::Xdp {
+            let all: Vec<_> = filters
+                .iter()
+                .zip(&counters)
+                .map(|(f, map)| (f.program(), slot(map)))
+                .collect();
+            let insns = translate_all(&all, Hook::Xdp)?;
+            ebpf_insns = insns.len();
+            vec![Loaded::load(hook, "xtask_xdp", &insns)?]
+        } else {
+            let mut programs = Vec::new();
+            for (f, map) in filters.iter().zip(&counters) {
+                let insns = translate(f.program(), hook, slot(map))?;
+                ebpf_insns += insns.len();
+                programs.push(
+                    Loaded::load(hook, "xtask_hook", &insns)
+                        .with_context(|| format!("loading {:?}", f.expression()))?,
+                );
+            }
+            programs
+        };
+        Ok(Self {
+            hook,
+            empty,
+            sessions,
+            counters,
+            program_rounds: vec![Vec::new(); programs.len()],
+            programs,
+            ebpf_insns,
+            total_rounds: Vec::new(),
+            empty_rounds: Vec::new(),
+        })
+    }
+
+    /// The empty program, then each program, `repeat` runs each; recorded if `keep`.
+    fn round(
+        &mut self,
+        empty: &Loaded,
+        frame: &[u8],
+        repeat: u32,
+        keep: bool,
+    ) -> anyhow::Result<()> {
+        let empty_ns = empty.run(frame, repeat)?;
+        let mut times = Vec::with_capacity(self.programs.len());
+        for program in &self.programs {
+            times.push(program.run(frame, repeat)?);
+        }
+        if keep {
+            self.empty_rounds.push(empty_ns);
+            self.total_rounds.push(times.iter().sum());
+            for (rounds, ns) in self.program_rounds.iter_mut().zip(times) {
+                rounds.push(ns);
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks every session's counters after `runs` runs of the frame, and makes the
+    /// row.
+    fn finish(self, runs: u64, frame_len: usize) -> anyhow::Result<Row> {
+        for (session, map) in self.sessions.iter().zip(&self.counters) {
+            let counted = map.read(0)?;
+            let packets = if session.matches { runs } else { 0 };
+            ensure!(
+                counted.packets == packets && counted.bytes == packets * frame_len as u64,
+                "session {:?} counted packets={} bytes={} in {runs} runs of a {frame_len}-byte \
+                 frame it {}; it should count {packets} packets",
+                session.expression,
+                counted.packets,
+                counted.bytes,
+                if session.matches {
+                    "matches"
+                } else {
+                    "does not match"
+                },
+            );
+        }
+        Ok(Row {
+            hook: self.hook,
+            sessions: self.sessions.len(),
+            programs: self.programs.len(),
+            ebpf_insns: self.ebpf_insns,
+            ebpf_slots: self.programs.iter().map(Loaded::slots).sum(),
+            matched: self.sessions.iter().filter(|s| s.matches).count(),
+            total_rounds: self.total_rounds,
+            empty_rounds: self.empty_rounds,
+            program_ns: self.program_rounds.iter().map(|r| median(r)).collect(),
+        })
+    }
+}
+
+/// The third table of the bench's output.
+pub fn report(figures: &Figures) -> String {
+    let o = &figures.options;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "hooks:   N sessions on one interface, each with its own filter (below), on one {}-byte frame",
+        o.frame.len()
+    );
+    let _ = writeln!(
+        out,
+        "method:  BPF_PROG_RUN, {} runs per call, median of {} rounds; an empty program of the \
+         same type in the same rounds",
+        o.repeat, o.rounds
+    );
+    let _ = writeln!(
+        out,
+        "columns: programs = programs the kernel runs per packet; eBPF = instructions (summed over \
+         the programs);\n         matched = sessions counting the frame; total, empty, above = ns \
+         per packet; above = total - programs x empty;\n         /session = above / sessions\n"
+    );
+    let _ = writeln!(
+        out,
+        "{:<7} {:>8} {:>8} {:>5} {:>7} {:>8} {:>6} {:>7} {:>8}",
+        "hook", "sessions", "programs", "eBPF", "matched", "total", "empty", "above", "/session"
+    );
+    for row in &figures.rows {
+        let _ = writeln!(
+            out,
+            "{:<7} {:>8} {:>8} {:>5} {:>7} {:>8} {:>6} {:>7} {:>8.1}",
+            row.hook.to_string(),
+            row.sessions,
+            row.programs,
+            row.ebpf_insns,
+            row.matched,
+            row.total_ns(),
+            row.empty_ns(),
+            row.above_ns(),
+            row.per_session_ns()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nsocket: N socket filters (the socket hook's eBPF run as SCHED_CLS: SOCKET_FILTER test \
+         runs start at L3),\n        one BPF_PROG_RUN each; total = their sum, N harness calls \
+         included. Not included: the kernel's\n        own work per packet socket (tap list walk, \
+         deliver_skb, packet_rcv, skb reference) before each filter.\n\
+         tc:     N tcx programs, one BPF_PROG_RUN each; total = their sum, N harness calls \
+         included.\n\
+         xdp:    one program with all N filters (translate_all), one BPF_PROG_RUN per frame."
+    );
+    let _ = writeln!(out, "\nframe: {}", o.frame_description);
+    let _ = writeln!(
+        out,
+        "session filters, in order (the first 1, 8, 32; * = matches the frame):"
+    );
+    for (i, s) in figures.sessions.iter().enumerate() {
+        let cell = format!(
+            "{:>2}{} {}",
+            i + 1,
+            if s.matches { '*' } else { ' ' },
+            s.expression
+        );
+        let _ = if i % 3 == 2 || i + 1 == figures.sessions.len() {
+            writeln!(out, "  {cell}")
+        } else {
+            write!(out, "  {cell:<34}")
+        };
+    }
+    out
+}
+
+/// The `hooks` object of bench/results.json.
+pub fn to_json(figures: &Figures) -> serde_json::Value {
+    let o = &figures.options;
+    json!({
+        "method": {
+            "harness": "BPF_PROG_RUN",
+            "repeat": o.repeat,
+            "rounds": o.rounds,
+            "statistic": "median over rounds of the kernel's average ns per run; total_ns: per \
+                          round, the sum over the programs",
+            "socket": "N programs (one per packet socket), the socket hook's eBPF loaded and \
+                       run as SCHED_CLS (SOCKET_FILTER test runs start at L3), one BPF_PROG_RUN \
+                       each, summed; the kernel's own per-socket work is not included",
+            "tc": "N SCHED_CLS programs (one tcx program per session), one BPF_PROG_RUN each, summed",
+            "xdp": "one XDP program evaluating all N filters (translate_all), one BPF_PROG_RUN",
+            "empty": "per hook, r0 = the hook's neutral return; exit, loaded as the same type, \
+                      run in the same rounds",
+            "above_empty_ns": "total_ns - programs * empty_ns",
+            "compiled": format!(
+                "socket, tc: as tcpdump -i {COMPILE_IF} (live semantics); xdp: Filter::for_xdp \
+                 (tags in the frame)"
+            ),
+        },
+        "frame": o.frame_description,
+        "frame_bytes": o.frame.len(),
+        "sessions": figures.sessions.iter().map(|s| json!({
+            "filter": s.expression,
+            "matches_frame": s.matches,
+        })).collect::<Vec<_>>(),
+        "results": figures.rows.iter().map(|r| json!({
+            "hook": r.hook.to_string(),
+            "sessions": r.sessions,
+            "programs": r.programs,
+            "measured_as": measured_as_name(r.hook),
+            "ebpf_insns": r.ebpf_insns,
+            "ebpf_slots": r.ebpf_slots,
+            "matched": r.matched,
+            "total_ns": r.total_ns(),
+            "empty_ns": r.empty_ns(),
+            "above_empty_ns": r.above_ns(),
+            "per_session_ns": (r.per_session_ns() * 10.0).round() / 10.0,
+            "total_ns_rounds": r.total_rounds,
+            "empty_ns_rounds": r.empty_rounds,
+            "program_ns": r.program_ns,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every session's filter differs from the others' and compiles for both semantics;
+    /// the frame the bench uses matches a few of them, first among them session 1.
+    #[test]
+    fn session_filters_are_distinct_and_compile() {
+        let most = SESSION_COUNTS.iter().copied().max().unwrap();
+        let filters: Vec<String> = (0..most).map(session_filter).collect();
+        let mut unique = filters.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), filters.len(), "{filters:?}");
+        let frame = crate::http_frame().expect("frame");
+        let matching: Vec<usize> = filters
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| {
+                Filter::for_linktype(pcap::Linktype::ETHERNET, f, 0)
+                    .expect("compiles")
+                    .libpcap_matches(&frame)
+            })
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(matching, [0, 1, 19, 24], "{filters:?}");
+    }
+}
