@@ -28,6 +28,10 @@ pub const PACKAGES: &[(&str, &str)] = &[
         "turns on GRO so veth peers receive XDP-generated frames",
     ),
     (
+        "python3-prometheus-client",
+        "the tests parse the metrics exposition with an outside parser",
+    ),
+    (
         "bpftool",
         "inspecting loaded programs and maps when something goes wrong",
     ),

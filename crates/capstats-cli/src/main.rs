@@ -6,6 +6,7 @@ mod output;
 mod session_cmds;
 mod test_cmd;
 mod watch;
+mod zeek;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +48,11 @@ struct Cli {
     /// too; without it they stay for the next daemon.
     #[arg(long, requires = "daemon")]
     detach_on_exit: bool,
+
+    /// With -d: serve Prometheus metrics over HTTP at http://ADDR:PORT/metrics (an IP
+    /// address and a port, e.g. 127.0.0.1:9477; off unless given).
+    #[arg(long, value_name = "ADDR:PORT", requires = "daemon")]
+    metrics: Option<std::net::SocketAddr>,
 
     /// The daemon's socket.
     #[arg(short = 's', long, value_name = "SOCKET", env = "CAPSTATS_SOCKET", default_value = DEFAULT_SOCKET, global = true)]
@@ -98,7 +104,17 @@ enum Command {
     /// One session with its counters.
     Show { name: String },
     /// Counters of the named sessions, or of every session.
-    Poll { names: Vec<String> },
+    Poll {
+        /// Print the Prometheus text exposition instead (for node_exporter's textfile
+        /// collector).
+        #[arg(long, conflicts_with = "zeek")]
+        prometheus: bool,
+        /// Print a line per session in the fields and units of Zeek's capstats (rates
+        /// averaged over the session's life).
+        #[arg(long)]
+        zeek: bool,
+        names: Vec<String>,
+    },
     /// Print a session's counters and rates every period until Ctrl-C:
     /// watch NAME frequency SECONDS.
     Watch {
@@ -111,6 +127,9 @@ enum Command {
             allow_negative_numbers = true
         )]
         period: Vec<String>,
+        /// Print lines in the fields and units of Zeek's capstats.
+        #[arg(long)]
+        zeek: bool,
     },
     /// Run every record of a capture file through the kernel program a session would
     /// run, and print how many matched (needs root).
@@ -156,6 +175,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             state_dir: cli.state_dir,
             pin_dir: cli.pin_dir,
             detach_on_exit: cli.detach_on_exit,
+            metrics: cli.metrics,
         })?);
     }
     // A client writes to a pipe that may close (`capstats poll | head`): end quietly
@@ -174,8 +194,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stop { name } => session_cmds::stop(socket, name, cli.json),
         Command::List => session_cmds::list(socket, cli.json),
         Command::Show { name } => session_cmds::show(socket, name, cli.json),
-        Command::Poll { names } => session_cmds::poll(socket, names, cli.json),
-        Command::Watch { name, period } => watch::watch(socket, &name, &period, cli.json),
+        Command::Poll {
+            names,
+            prometheus,
+            zeek,
+        } => {
+            let format = match (prometheus, zeek) {
+                (true, _) => session_cmds::PollFormat::Prometheus,
+                (_, true) => session_cmds::PollFormat::Zeek,
+                _ if cli.json => session_cmds::PollFormat::Json,
+                _ => session_cmds::PollFormat::People,
+            };
+            if cli.json && (prometheus || zeek) {
+                anyhow::bail!("--json and --prometheus or --zeek: choose one output format");
+            }
+            session_cmds::poll(socket, names, format)
+        }
+        Command::Watch { name, period, zeek } => {
+            if cli.json && zeek {
+                anyhow::bail!("--json and --zeek: choose one output format");
+            }
+            watch::watch(socket, &name, &period, cli.json, zeek)
+        }
         Command::Test(args) => test_cmd::run(&args, cli.json),
     }
 }

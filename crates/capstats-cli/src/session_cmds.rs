@@ -176,12 +176,37 @@ pub fn show(socket: &Path, name: String, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn poll(socket: &Path, names: Vec<String>, json: bool) -> anyhow::Result<()> {
+/// How `poll` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollFormat {
+    People,
+    Json,
+    /// The Prometheus text exposition.
+    Prometheus,
+    /// Lines in the fields of Zeek's capstats.
+    Zeek,
+}
+
+pub fn poll(socket: &Path, names: Vec<String>, format: PollFormat) -> anyhow::Result<()> {
     let all = many(request(socket, Command::Poll { names })?)?;
-    if json {
-        all.iter().for_each(output::json_line);
-    } else {
-        output::poll(&all);
+    match format {
+        PollFormat::People => output::poll(&all),
+        PollFormat::Json => all.iter().for_each(output::json_line),
+        PollFormat::Prometheus => print!(
+            "{}",
+            capstats_common::metrics::render(
+                &all,
+                &capstats_common::metrics::DaemonInfo {
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    ..Default::default()
+                }
+            )
+        ),
+        PollFormat::Zeek => {
+            for session in &all {
+                println!("{}", crate::zeek::since_created(session).line());
+            }
+        }
     }
     Ok(())
 }

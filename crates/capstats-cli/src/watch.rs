@@ -46,7 +46,13 @@ fn show(socket: &Path, name: &str) -> anyhow::Result<(Session, SystemTime)> {
     }
 }
 
-pub fn watch(socket: &Path, name: &str, period: &[String], json: bool) -> anyhow::Result<()> {
+pub fn watch(
+    socket: &Path,
+    name: &str,
+    period: &[String],
+    json: bool,
+    zeek: bool,
+) -> anyhow::Result<()> {
     let period = parse_period(period)?;
     let (mut last, mut last_at) = show(socket, name)?;
     loop {
@@ -67,7 +73,15 @@ pub fn watch(socket: &Path, name: &str, period: &[String], json: bool) -> anyhow
             .saturating_sub(last.bytes.unwrap_or(0));
         let pps = packets as f64 / seconds;
         let bps = bytes as f64 * 8.0 / seconds;
-        if json {
+        if zeek {
+            let sample = crate::zeek::Sample {
+                time: now_at,
+                seconds,
+                packets,
+                bytes,
+            };
+            println!("{}", sample.line());
+        } else if json {
             let mut object = serde_json::to_value(&now).expect("plain data serializes");
             object["time"] = humantime::format_rfc3339_millis(now_at).to_string().into();
             object["interval"] = seconds.into();

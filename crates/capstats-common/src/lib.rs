@@ -5,6 +5,7 @@
 //! `{"ok":{...}}` or `{"error":{"kind":"unknown_session","message":"..."}}`. Field
 //! names are stable: scripts and monitoring agents parse them.
 
+pub mod metrics;
 pub mod names;
 pub mod protocol;
 

@@ -8,6 +8,7 @@ mod attach;
 mod auth;
 mod listener;
 mod log;
+mod metrics;
 mod pins;
 mod server;
 mod service;
@@ -40,6 +41,8 @@ pub struct Config {
     /// On a clean shutdown, remove the pinned objects instead of leaving them for the
     /// next daemon.
     pub detach_on_exit: bool,
+    /// `--metrics ADDR:PORT`: serve `/metrics` over HTTP there (off when absent).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +59,8 @@ pub enum DaemonError {
     Service(#[from] service::ServiceError),
     #[error(transparent)]
     Pins(#[from] pins::PinError),
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
     #[error("cannot use state directory {path}: {source}")]
     StateDir {
         path: String,
@@ -107,6 +112,8 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     // Signals are taken by one thread only: block them before any thread starts.
     let signals: SigSet = [Signal::SIGTERM, Signal::SIGINT].into_iter().collect();
     signals.thread_block().map_err(DaemonError::Signals)?;
+    // tiny_http starts its threads here: after the signals are blocked.
+    let metrics = config.metrics.map(metrics::bind).transpose()?;
     let listener = listener::bind(&config.socket, group.as_ref().map(|g| g.gid))?;
     let pins = pins::Pins::prepare(&config.pin_dir)?;
     let service = Arc::new(Mutex::new(service::Service::restore(state, pins)?));
@@ -120,6 +127,10 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         sessions(service.lock().map(|s| s.session_count()).unwrap_or(0)),
         config.state_dir.display()
     );
+
+    if let Some(endpoint) = metrics {
+        endpoint.serve(Arc::clone(&service))?;
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     let listener_fd = listener.as_raw_fd();

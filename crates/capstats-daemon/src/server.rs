@@ -129,6 +129,9 @@ fn connection(stream: UnixStream, access: Access, service: &Mutex<Service>) {
 }
 
 fn respond(writer: &mut UnixStream, response: &Response) -> io::Result<()> {
+    if matches!(response, Response::Error(_)) {
+        crate::metrics::REQUEST_ERRORS.fetch_add(1, Ordering::Relaxed);
+    }
     let mut line = serde_json::to_vec(response).expect("plain data serializes");
     line.push(b'\n');
     writer.write_all(&line)

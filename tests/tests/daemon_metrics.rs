@@ -1,0 +1,508 @@
+//! Monitoring: the daemon's `/metrics` endpoint (`--metrics ADDR:PORT`), `poll
+//! --prometheus` and the Zeek-capstats lines of `poll --zeek` and `watch --zeek`.
+//!
+//! The exposition is checked by an outside parser, the Python `prometheus_client`
+//! (Debian's `python3-prometheus-client`, which `cargo xtask test` installs), run as
+//! `/usr/bin/python3`: every sample it reads back must be the one we meant, label
+//! values with quotes, backslashes and line feeds included.
+//!
+//! The daemon runs in namespace B (`nsenter --net`): its 127.0.0.1 is B's loopback,
+//! brought up by the test, and the test scrapes it from a thread inside B.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use capstats_common::metrics::{DaemonInfo, render};
+use capstats_common::protocol::Session;
+use capstats_tests::daemon::rig::{self, Rig};
+use capstats_tests::daemon::{Client, DaemonSpec, PinDir, START_TIMEOUT, STOP_TIMEOUT, binary};
+use capstats_tests::netns::NetNs;
+use capstats_tests::require_root;
+use capstats_tests::scratch::ScratchDir;
+
+const TEST: &str = "daemon_metrics";
+const PYTHON: &str = "/usr/bin/python3";
+
+/// Parses an exposition from stdin with prometheus_client and prints every sample as
+/// JSON: `[[name, {labels}, value], ...]`, with each family's type as `# TYPE` info.
+const PARSER: &str = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+samples, types = [], {}
+for family in text_string_to_metric_families(sys.stdin.read()):
+    types[family.name] = family.type
+    for s in family.samples:
+        samples.append([s.name, s.labels, s.value])
+print(json.dumps({"samples": samples, "types": types}))
+"#;
+
+/// One parsed sample: name, labels, value.
+type Sample = (String, BTreeMap<String, String>, f64);
+
+/// The exposition through prometheus_client; fails loudly if it is not installed.
+fn parse_exposition(text: &str) -> anyhow::Result<(Vec<Sample>, BTreeMap<String, String>)> {
+    ensure!(
+        Path::new(PYTHON).is_file(),
+        "{PYTHON} is missing: install Debian's python3-prometheus-client (cargo xtask test does)"
+    );
+    let mut child = Command::new(PYTHON)
+        .args(["-c", PARSER])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {PYTHON}"))?;
+    child
+        .stdin
+        .take()
+        .context("stdin")?
+        .write_all(text.as_bytes())?;
+    let out = child.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !stderr.contains("No module named"),
+        "the Python prometheus_client is missing: install Debian's python3-prometheus-client \
+         (cargo xtask test does): {stderr}"
+    );
+    ensure!(
+        out.status.success(),
+        "prometheus_client refused the exposition ({stderr}):\n{text}"
+    );
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let samples = value["samples"]
+        .as_array()
+        .context("samples")?
+        .iter()
+        .map(|s| {
+            let labels = s[1]
+                .as_object()
+                .map(|o| {
+                    o.iter()
+                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (
+                s[0].as_str().unwrap_or_default().to_owned(),
+                labels,
+                s[2].as_f64().unwrap_or(f64::NAN),
+            )
+        })
+        .collect();
+    let types = value["types"]
+        .as_object()
+        .context("types")?
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+        .collect();
+    Ok((samples, types))
+}
+
+/// The value of `name` for session `session`.
+fn value_of(samples: &[Sample], name: &str, session: &str) -> Option<f64> {
+    samples
+        .iter()
+        .find(|(n, labels, _)| {
+            n == name && labels.get("session").map(String::as_str) == Some(session)
+        })
+        .map(|(_, _, v)| *v)
+}
+
+fn session(name: &str, filter: &str) -> Session {
+    Session {
+        name: name.into(),
+        interface: "veth-b".into(),
+        filter: filter.into(),
+        packets: Some(7),
+        bytes: Some(420),
+        up: true,
+        hook: "socket".into(),
+        direction: "both".into(),
+        mode: None,
+        created: "2026-01-01T00:00:00Z".into(),
+        modified: "2026-01-01T00:00:00Z".into(),
+        counting_since: None,
+        read_at: None,
+    }
+}
+
+/// Label values with every character that needs escaping read back as they were.
+#[test]
+fn prometheus_client_reads_the_exposition_back() -> anyhow::Result<()> {
+    let nasty = "tcp port 80 and \"quoted\" \\ back\\slash\nnext line \\n not a line feed \\\"";
+    let text = render(
+        &[session("nasty", nasty), session("plain", "")],
+        &DaemonInfo {
+            version: "0.3.0".into(),
+            request_errors: Some(1),
+            scrape_errors: Some(0),
+        },
+    );
+    let (samples, types) = parse_exposition(&text)?;
+    let info = samples
+        .iter()
+        .find(|(n, l, _)| n == "capstats_session_info" && l["session"] == "nasty")
+        .context("no capstats_session_info for nasty")?;
+    assert_eq!(info.1["filter"], nasty);
+    assert_eq!(info.2, 1.0);
+    assert_eq!(
+        value_of(&samples, "capstats_session_packets_total", "nasty"),
+        Some(7.0)
+    );
+    assert_eq!(
+        value_of(&samples, "capstats_session_bytes_total", "plain"),
+        Some(420.0)
+    );
+    assert_eq!(
+        value_of(&samples, "capstats_session_up", "plain"),
+        Some(1.0)
+    );
+    for (family, kind) in [
+        ("capstats_session_packets", "counter"),
+        ("capstats_session_bytes", "counter"),
+        ("capstats_session_up", "gauge"),
+        ("capstats_session_info", "gauge"),
+        ("capstats_sessions", "gauge"),
+        ("capstats_build_info", "gauge"),
+        ("capstats_request_errors", "counter"),
+        ("capstats_scrape_errors", "counter"),
+    ] {
+        assert_eq!(
+            types.get(family).map(String::as_str),
+            Some(kind),
+            "{family}"
+        );
+    }
+    Ok(())
+}
+
+/// `capstats -d ... --metrics ADDR` in a namespace; stopped (SIGTERM) on drop.
+struct MetricsDaemon {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl MetricsDaemon {
+    fn spawn(
+        ns: &NetNs,
+        spec: &DaemonSpec,
+        metrics: SocketAddr,
+        log: &Path,
+    ) -> anyhow::Result<Self> {
+        let file = std::fs::File::create(log)?;
+        let mut command = ns.command_keeping_mounts(binary()?.to_str().context("path")?);
+        command
+            .arg("-d")
+            .arg("-s")
+            .arg(&spec.socket)
+            .arg("--state-dir")
+            .arg(&spec.state_dir)
+            .arg("--pin-dir")
+            .arg(&spec.pin_dir)
+            .arg("--detach-on-exit")
+            .arg("--metrics")
+            .arg(metrics.to_string())
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file);
+        // SAFETY: prctl is async-signal-safe; the daemon stops if the test dies.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ok(Self {
+            child: Some(command.spawn()?),
+            log: log.to_owned(),
+        })
+    }
+
+    /// Starts it and waits until its socket answers.
+    fn start(
+        ns: &NetNs,
+        spec: &DaemonSpec,
+        metrics: SocketAddr,
+        log: &Path,
+    ) -> anyhow::Result<Self> {
+        let mut daemon = Self::spawn(ns, spec, metrics, log)?;
+        let client = spec.client()?;
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = daemon.child.as_mut().context("child")?.try_wait()? {
+                daemon.child = None;
+                bail!("capstats -d exited ({status}); its log:\n{}", daemon.log());
+            }
+            if client.run(&["list"])?.code == Some(0) {
+                return Ok(daemon);
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "capstats -d did not answer; its log:\n{}",
+                daemon.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for MetricsDaemon {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // SAFETY: our own child, not yet waited for.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while matches!(child.try_wait(), Ok(None)) {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.wait();
+        eprintln!("log of capstats -d --metrics:\n{}", self.log());
+    }
+}
+
+/// `GET path` on `addr` from inside `ns`: the status code and the body.
+fn get(ns: &NetNs, addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let raw = ns.run(|| {
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .with_context(|| format!("cannot connect to {addr}"))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+        let mut raw = String::new();
+        stream.read_to_string(&mut raw)?;
+        Ok(raw)
+    })?;
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("not an HTTP response: {raw:?}"))?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("no status in {head:?}"))?;
+    Ok((status, body.to_owned()))
+}
+
+/// A ZeekControl-style reader: split on spaces, the first field the time, each other
+/// field on its first `=`; every value a float.
+fn zeek_fields(line: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut fields = line.split(' ');
+    let time = fields.next().context("empty line")?;
+    time.parse::<f64>()
+        .with_context(|| format!("time {time:?} in {line:?}"))?;
+    let mut out = BTreeMap::new();
+    for field in fields {
+        let (key, value) = field
+            .split_once('=')
+            .with_context(|| format!("{field:?} in {line:?}"))?;
+        value
+            .parse::<f64>()
+            .with_context(|| format!("{key}={value:?} is not a number in {line:?}"))?;
+        out.insert(key.to_owned(), value.to_owned());
+    }
+    for key in ["s", "pkts", "kpps", "kbytes", "mbps"] {
+        ensure!(out.contains_key(key), "no {key} in {line:?}");
+    }
+    Ok(out)
+}
+
+/// Frames through the veth pair; a scrape says exactly how many, as does `poll
+/// --prometheus`, both read by prometheus_client; `poll --zeek` and `watch --zeek` read
+/// by a ZeekControl-style parser; other paths 404.
+#[test]
+fn metrics_endpoint_reports_what_was_sent() -> anyhow::Result<()> {
+    require_root(TEST);
+    const FRAMES: u64 = 25;
+    let rig = Rig::new("metrics")?;
+    let scratch = ScratchDir::new("metrics")?;
+    let spec = DaemonSpec::new(scratch.join("capstats.sock"), scratch.join("state"));
+    let _pins: PinDir = spec.pin_guard();
+    rig.ns_b.ip(&["link", "set", "lo", "up"])?;
+    // Any port free in B's fresh stack.
+    let port = rig.ns_b.run(|| {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        Ok(listener.local_addr()?.port())
+    })?;
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let daemon = MetricsDaemon::start(&rig.ns_b, &spec, addr, &scratch.join("daemon.log"))?;
+    let client = Client::new(&spec.socket)?;
+    let interface = rig.interface().to_owned();
+    // A backslash-escaped keyword and a line feed: a valid expression that needs
+    // escaping in a label.
+    let tricky = "ether proto \\ip\nand udp";
+    client.ok(&[
+        "new",
+        "udp",
+        "interface",
+        &interface,
+        "hook",
+        "tc",
+        "filter",
+        "udp",
+    ])?;
+    client.ok(&["new", "tricky", "interface", &interface, tricky])?;
+
+    let frame = rig::udp_a_to_b(53, 100);
+    rig.sender_a()?.send_n(&frame, FRAMES)?;
+    client.settle(
+        "udp",
+        FRAMES,
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+    )?;
+    client.settle(
+        "tricky",
+        FRAMES,
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+    )?;
+
+    let (status, body) = get(&rig.ns_b, addr, "/metrics")?;
+    ensure!(status == 200, "GET /metrics: {status}\n{body}");
+    let (samples, _) = parse_exposition(&body)?;
+    for name in ["udp", "tricky"] {
+        assert_eq!(
+            value_of(&samples, "capstats_session_packets_total", name),
+            Some(FRAMES as f64),
+            "{name}:\n{body}"
+        );
+        assert_eq!(
+            value_of(&samples, "capstats_session_bytes_total", name),
+            Some((FRAMES * frame.len() as u64) as f64),
+            "{name}:\n{body}"
+        );
+        assert_eq!(value_of(&samples, "capstats_session_up", name), Some(1.0));
+    }
+    let info = samples
+        .iter()
+        .find(|(n, l, _)| n == "capstats_session_info" && l["session"] == "tricky")
+        .context("no info for tricky")?;
+    assert_eq!(info.1["filter"], tricky);
+    assert_eq!(info.1["interface"], interface);
+    assert_eq!(info.1["hook"], "socket");
+    assert_eq!(
+        samples
+            .iter()
+            .find(|(n, _, _)| n == "capstats_sessions")
+            .map(|s| s.2),
+        Some(2.0)
+    );
+    // The failed request below is counted.
+    let errors = |samples: &[Sample]| {
+        samples
+            .iter()
+            .find(|(n, _, _)| n == "capstats_request_errors_total")
+            .map(|s| s.2)
+    };
+    let before = errors(&samples).context("no capstats_request_errors_total")?;
+    client.fails(&["show", "nosuch"])?;
+    let (_, body) = get(&rig.ns_b, addr, "/metrics")?;
+    assert_eq!(errors(&parse_exposition(&body)?.0), Some(before + 1.0));
+
+    for path in ["/", "/metric", "/metrics/x"] {
+        assert_eq!(get(&rig.ns_b, addr, path)?.0, 404, "{path}");
+    }
+
+    // The same from the client, for the textfile collector.
+    let text = client.ok(&["poll", "--prometheus"])?;
+    let (samples, _) = parse_exposition(&text)?;
+    assert_eq!(
+        value_of(&samples, "capstats_session_packets_total", "udp"),
+        Some(FRAMES as f64),
+        "{text}"
+    );
+
+    // Zeek's fields: one line per session.
+    let text = client.ok(&["poll", "--zeek", "udp"])?;
+    let lines: Vec<&str> = text.lines().collect();
+    ensure!(lines.len() == 1, "poll --zeek udp printed {text:?}");
+    let fields = zeek_fields(lines[0])?;
+    assert_eq!(fields["pkts"].parse::<f64>()?, FRAMES as f64);
+    let kbytes: f64 = fields["kbytes"].parse()?;
+    assert!((kbytes - (FRAMES * frame.len() as u64) as f64 / 1024.0).abs() < 0.001);
+    let text = client.ok(&["poll", "--zeek"])?;
+    ensure!(text.lines().count() == 2, "poll --zeek printed {text:?}");
+
+    // watch --zeek: a line per period; frames sent meanwhile show up in pkts.
+    let watch = client.spawn(&["watch", "udp", "frequency", "0.2", "--zeek"])?;
+    std::thread::sleep(Duration::from_millis(300));
+    rig.sender_a()?.send_n(&frame, FRAMES)?;
+    std::thread::sleep(Duration::from_millis(900));
+    let outcome = watch.interrupt()?;
+    let mut sent = 0.0;
+    let mut periods = 0;
+    for line in outcome.stdout.lines() {
+        let fields = zeek_fields(line)?;
+        let s: f64 = fields["s"].parse()?;
+        ensure!(s > 0.1 && s < 1.0, "interval {s} in {line:?}");
+        sent += fields["pkts"].parse::<f64>()?;
+        periods += 1;
+    }
+    ensure!(periods >= 3, "watch --zeek printed {:?}", outcome.stdout);
+    // Frames still arriving when the watch ended are in no line: at most all of them.
+    ensure!(
+        sent <= FRAMES as f64,
+        "watch --zeek counted {sent}: {:?}",
+        outcome.stdout
+    );
+
+    drop(daemon);
+    Ok(())
+}
+
+/// `--metrics` on an address that is taken: the daemon says so and does not start.
+#[test]
+fn a_taken_metrics_port_stops_the_daemon() -> anyhow::Result<()> {
+    require_root(TEST);
+    let rig = Rig::new("metrics-taken")?;
+    let scratch = ScratchDir::new("metrics-taken")?;
+    let spec = DaemonSpec::new(scratch.join("capstats.sock"), scratch.join("state"));
+    let _pins = spec.pin_guard();
+    rig.ns_b.ip(&["link", "set", "lo", "up"])?;
+    let listener = rig
+        .ns_b
+        .run(|| Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?))?;
+    let addr = listener.local_addr()?;
+    let mut daemon = MetricsDaemon::spawn(&rig.ns_b, &spec, addr, &scratch.join("daemon.log"))?;
+    let mut child = daemon.child.take().context("child")?;
+    let deadline = Instant::now() + START_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "capstats -d started on a taken port; its log:\n{}",
+                daemon.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let log = daemon.log();
+    ensure!(status.code() == Some(1), "exit {status}; log:\n{log}");
+    ensure!(
+        log.contains(&format!("cannot serve metrics on {addr}")),
+        "log:\n{log}"
+    );
+    ensure!(!spec.socket.exists(), "the socket was left behind");
+    Ok(())
+}
