@@ -16,6 +16,7 @@
 //!
 //! [`rig`] is where these tests run: two namespaces joined by a quiet veth pair.
 
+pub mod metrics;
 pub mod rig;
 pub mod xdp;
 

@@ -10,19 +10,18 @@
 //! brought up by the test, and the test scrapes it from a thread inside B.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::io::Write;
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use capstats_common::metrics::{DaemonInfo, render};
 use capstats_common::protocol::Session;
+use capstats_tests::daemon::metrics::{MetricsDaemon, free_loopback_addrs, get};
 use capstats_tests::daemon::rig::{self, Rig};
-use capstats_tests::daemon::{Client, DaemonSpec, PinDir, START_TIMEOUT, STOP_TIMEOUT, binary};
-use capstats_tests::netns::NetNs;
+use capstats_tests::daemon::{Client, DaemonSpec, PinDir, START_TIMEOUT};
 use capstats_tests::require_root;
 use capstats_tests::scratch::ScratchDir;
 
@@ -182,124 +181,6 @@ fn prometheus_client_reads_the_exposition_back() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `capstats -d ... --metrics ADDR` in a namespace; stopped (SIGTERM) on drop.
-struct MetricsDaemon {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl MetricsDaemon {
-    fn spawn(
-        ns: &NetNs,
-        spec: &DaemonSpec,
-        metrics: SocketAddr,
-        log: &Path,
-    ) -> anyhow::Result<Self> {
-        let file = std::fs::File::create(log)?;
-        let mut command = ns.command_keeping_mounts(binary()?.to_str().context("path")?);
-        command
-            .arg("-d")
-            .arg("-s")
-            .arg(&spec.socket)
-            .arg("--state-dir")
-            .arg(&spec.state_dir)
-            .arg("--pin-dir")
-            .arg(&spec.pin_dir)
-            .arg("--detach-on-exit")
-            .arg("--metrics")
-            .arg(metrics.to_string())
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file);
-        // SAFETY: prctl is async-signal-safe; the daemon stops if the test dies.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        Ok(Self {
-            child: Some(command.spawn()?),
-            log: log.to_owned(),
-        })
-    }
-
-    /// Starts it and waits until its socket answers.
-    fn start(
-        ns: &NetNs,
-        spec: &DaemonSpec,
-        metrics: SocketAddr,
-        log: &Path,
-    ) -> anyhow::Result<Self> {
-        let mut daemon = Self::spawn(ns, spec, metrics, log)?;
-        let client = spec.client()?;
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(status) = daemon.child.as_mut().context("child")?.try_wait()? {
-                daemon.child = None;
-                bail!("capstats -d exited ({status}); its log:\n{}", daemon.log());
-            }
-            if client.run(&["list"])?.code == Some(0) {
-                return Ok(daemon);
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "capstats -d did not answer; its log:\n{}",
-                daemon.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for MetricsDaemon {
-    fn drop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        // SAFETY: our own child, not yet waited for.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while matches!(child.try_wait(), Ok(None)) {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = child.wait();
-        eprintln!("log of capstats -d --metrics:\n{}", self.log());
-    }
-}
-
-/// `GET path` on `addr` from inside `ns`: the status code and the body.
-fn get(ns: &NetNs, addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
-    let raw = ns.run(|| {
-        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-            .with_context(|| format!("cannot connect to {addr}"))?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-        let mut raw = String::new();
-        stream.read_to_string(&mut raw)?;
-        Ok(raw)
-    })?;
-    let (head, body) = raw
-        .split_once("\r\n\r\n")
-        .with_context(|| format!("not an HTTP response: {raw:?}"))?;
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .with_context(|| format!("no status in {head:?}"))?;
-    Ok((status, body.to_owned()))
-}
-
 /// A ZeekControl-style reader: split on spaces, the first field the time, each other
 /// field on its first `=`; every value a float.
 fn zeek_fields(line: &str) -> anyhow::Result<BTreeMap<String, String>> {
@@ -336,11 +217,9 @@ fn metrics_endpoint_reports_what_was_sent() -> anyhow::Result<()> {
     let _pins: PinDir = spec.pin_guard();
     rig.ns_b.ip(&["link", "set", "lo", "up"])?;
     // Any port free in B's fresh stack.
-    let port = rig.ns_b.run(|| {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-        Ok(listener.local_addr()?.port())
-    })?;
-    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let [addr] = free_loopback_addrs(&rig.ns_b, 1)?[..] else {
+        bail!("no free port");
+    };
     let daemon = MetricsDaemon::start(&rig.ns_b, &spec, addr, &scratch.join("daemon.log"))?;
     let client = Client::new(&spec.socket)?;
     let interface = rig.interface().to_owned();
@@ -481,21 +360,11 @@ fn a_taken_metrics_port_stops_the_daemon() -> anyhow::Result<()> {
         .run(|| Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?))?;
     let addr = listener.local_addr()?;
     let mut daemon = MetricsDaemon::spawn(&rig.ns_b, &spec, addr, &scratch.join("daemon.log"))?;
-    let mut child = daemon.child.take().context("child")?;
-    let deadline = Instant::now() + START_TIMEOUT;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!(
-                "capstats -d started on a taken port; its log:\n{}",
-                daemon.log()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let Some(status) = daemon.wait_exit(START_TIMEOUT)? else {
+        bail!(
+            "capstats -d started on a taken port; its log:\n{}",
+            daemon.log()
+        );
     };
     let log = daemon.log();
     ensure!(status.code() == Some(1), "exit {status}; log:\n{log}");

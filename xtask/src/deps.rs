@@ -4,7 +4,7 @@
 //! Shared by `cargo xtask run` and `cargo xtask test`, so the demo and CI prepare a
 //! machine the same way.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, bail};
@@ -30,6 +30,10 @@ pub const PACKAGES: &[(&str, &str)] = &[
     (
         "python3-prometheus-client",
         "the tests parse the metrics exposition with an outside parser",
+    ),
+    (
+        "prometheus",
+        "a real Prometheus server scrapes the daemon's /metrics in the tests",
     ),
     (
         "bpftool",
@@ -92,11 +96,24 @@ pub fn ensure_packages() -> anyhow::Result<()> {
         command
     };
     cmd::run(apt().args(["update", "-q"]))?;
-    cmd::run(
+    // Packages such as prometheus start a system service when installed; the tests run
+    // their own servers in namespaces. A policy-rc.d that says "no" (101) keeps the
+    // services from starting, as container images do; ours is removed afterwards.
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let ours = !policy.exists() && std::fs::write(policy, "#!/bin/sh\nexit 101\n").is_ok();
+    if ours {
+        let _ =
+            std::fs::set_permissions(policy, std::os::unix::fs::PermissionsExt::from_mode(0o755));
+    }
+    let installed_now = cmd::run(
         apt()
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&missing),
-    )?;
+    );
+    if ours {
+        let _ = std::fs::remove_file(policy);
+    }
+    installed_now?;
     let still: Vec<&str> = missing
         .into_iter()
         .filter(|name| !installed(name))

@@ -1,0 +1,249 @@
+//! A daemon serving `/metrics` (`capstats -d ... --metrics ADDR:PORT`) in a namespace,
+//! and plain HTTP GETs to reach it (or any other server on a namespace's loopback).
+//!
+//! The daemon runs in the namespace's network stack but the test's mount namespace
+//! (`nsenter --net`, as [`super::Daemon`]), so that its 127.0.0.1 is the namespace's
+//! loopback (which the test brings up) and its pins are on the host's bpffs.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+
+use super::{DaemonSpec, START_TIMEOUT, STOP_TIMEOUT, binary};
+use crate::netns::NetNs;
+
+/// `capstats -d ... --metrics ADDR` in a namespace; stopped (SIGTERM, then SIGKILL
+/// after [`STOP_TIMEOUT`]) on drop, which prints its log (shown if the test fails).
+#[derive(Debug)]
+pub struct MetricsDaemon {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl MetricsDaemon {
+    /// Starts it without waiting for it to answer.
+    ///
+    /// # Errors
+    /// When the binary is missing or cannot be started.
+    pub fn spawn(
+        ns: &NetNs,
+        spec: &DaemonSpec,
+        metrics: SocketAddr,
+        log: &Path,
+    ) -> anyhow::Result<Self> {
+        let file = std::fs::File::create(log)?;
+        let mut command = ns.command_keeping_mounts(binary()?.to_str().context("path")?);
+        command
+            .arg("-d")
+            .arg("-s")
+            .arg(&spec.socket)
+            .arg("--state-dir")
+            .arg(&spec.state_dir)
+            .arg("--pin-dir")
+            .arg(&spec.pin_dir)
+            .arg("--detach-on-exit")
+            .arg("--metrics")
+            .arg(metrics.to_string())
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file);
+        // SAFETY: prctl is async-signal-safe; the daemon stops if the test dies.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ok(Self {
+            child: Some(command.spawn()?),
+            log: log.to_owned(),
+        })
+    }
+
+    /// Starts it and waits until its socket answers.
+    ///
+    /// # Errors
+    /// When it exits or does not answer within [`START_TIMEOUT`]; the error has its log.
+    pub fn start(
+        ns: &NetNs,
+        spec: &DaemonSpec,
+        metrics: SocketAddr,
+        log: &Path,
+    ) -> anyhow::Result<Self> {
+        let mut daemon = Self::spawn(ns, spec, metrics, log)?;
+        let client = spec.client()?;
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = daemon.child.as_mut().context("child")?.try_wait()? {
+                daemon.child = None;
+                bail!("capstats -d exited ({status}); its log:\n{}", daemon.log());
+            }
+            if client.run(&["list"])?.code == Some(0) {
+                return Ok(daemon);
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "capstats -d did not answer; its log:\n{}",
+                daemon.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits up to `timeout` for the daemon to exit by itself: its status, or `None`
+    /// if it still runs (it is then stopped on drop).
+    ///
+    /// # Errors
+    /// When it was stopped already or cannot be waited for.
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<Option<ExitStatus>> {
+        let child = self.child.as_mut().context("the daemon was stopped")?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                self.child = None;
+                return Ok(Some(status));
+            }
+            if Instant::now() > deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the process still runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
+    }
+
+    /// What it has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for MetricsDaemon {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // SAFETY: our own child, not yet waited for.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while matches!(child.try_wait(), Ok(None)) {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.wait();
+        eprintln!("log of capstats -d --metrics:\n{}", self.log());
+    }
+}
+
+/// `count` distinct ports free on 127.0.0.1 in `ns` now (all bound at once, then
+/// released), as addresses.
+///
+/// # Errors
+/// When the namespace's loopback is down or cannot be entered.
+pub fn free_loopback_addrs(ns: &NetNs, count: usize) -> anyhow::Result<Vec<SocketAddr>> {
+    ns.run(|| {
+        let listeners = (0..count)
+            .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        Ok(listeners
+            .iter()
+            .map(TcpListener::local_addr)
+            .collect::<std::io::Result<Vec<_>>>()?)
+    })
+}
+
+/// An HTTP response: status code, header lines and body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// `(name, value)`, names lowercased.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The value of header `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// `GET path HTTP/1.0` to `addr` from the calling thread's namespace; connecting
+/// and the whole answer must each take less than `timeout`.
+///
+/// # Errors
+/// On a socket error, a timeout or an answer that is not HTTP.
+pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> anyhow::Result<HttpResponse> {
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    let deadline = Instant::now() + timeout;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")
+        .with_context(|| format!("sending GET {path} to {addr}"))?;
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        ensure!(
+            !left.is_zero(),
+            "GET {path} on {addr}: no whole answer within {timeout:?}"
+        );
+        stream.set_read_timeout(Some(left))?;
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("reading the answer to GET {path} on {addr}"));
+            }
+        }
+    }
+    let raw = String::from_utf8(raw).context("an answer that is not UTF-8")?;
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("not an HTTP response: {raw:?}"))?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("no status in {status_line:?}"))?;
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    Ok(HttpResponse {
+        status,
+        headers,
+        body: body.to_owned(),
+    })
+}
+
+/// `GET path` on `addr` from inside `ns` (10 s at most): the status code and the body.
+///
+/// # Errors
+/// As [`http_get`].
+pub fn get(ns: &NetNs, addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let response = ns.run(|| http_get(addr, path, Duration::from_secs(10)))?;
+    Ok((response.status, response.body))
+}
