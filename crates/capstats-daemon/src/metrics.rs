@@ -37,10 +37,29 @@ pub struct Endpoint {
 /// Binds `addr` (early, so that a taken port stops the daemon before it takes its
 /// socket or touches a session).
 pub fn bind(addr: SocketAddr) -> Result<Endpoint, MetricsError> {
-    let server = Server::http(addr).map_err(|e| MetricsError {
-        addr,
-        message: e.to_string(),
-    })?;
+    let error = |message: String| MetricsError { addr, message };
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| error(e.to_string()))?;
+    // tiny_http writes a response's head and body apart; with Nagle's algorithm the
+    // body then waits for the client's delayed ACK (40 ms on a kept-alive connection,
+    // as Prometheus keeps them). Accepted sockets inherit TCP_NODELAY from the
+    // listener on Linux.
+    let on: libc::c_int = 1;
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&listener),
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&on as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(error(format!(
+            "TCP_NODELAY: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
+    let server = Server::from_listener(listener, None).map_err(|e| error(e.to_string()))?;
     Ok(Endpoint { addr, server })
 }
 
