@@ -27,6 +27,36 @@ pub fn rate(value: f64, unit: &str) -> String {
     format!("{scaled:.1} {prefix}{unit}")
 }
 
+/// The eight heights of a [`sparkline`], lowest first.
+const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+/// A period without packets in a [`sparkline`]: distinct from a low rate.
+const NO_PACKETS: char = '·';
+
+/// The last `width` of `rates` (oldest first) as a sparkline of exactly `width`
+/// characters, the newest on the right, scaled to the highest rate shown: that one is
+/// `█`, any rate above zero at least `▁`, a zero (or a rate that is not a positive
+/// number) `·`. Fewer rates than `width` are padded with spaces on the left.
+pub fn sparkline(rates: &[f64], width: usize) -> String {
+    let shown = &rates[rates.len().saturating_sub(width)..];
+    let positive = |rate: f64| {
+        if rate.is_finite() && rate > 0.0 {
+            rate
+        } else {
+            0.0
+        }
+    };
+    let max = shown.iter().copied().map(positive).fold(0.0, f64::max);
+    let mut out = " ".repeat(width - shown.len());
+    out.extend(shown.iter().map(|&rate| match positive(rate) {
+        0.0 => NO_PACKETS,
+        rate => {
+            let level = (rate / max * BARS.len() as f64).ceil() as usize;
+            BARS[level.clamp(1, BARS.len()) - 1]
+        }
+    }));
+    out
+}
+
 /// `socket`, `tc in`, `tc both`: the direction where it is a choice.
 fn hook(session: &Session) -> String {
     match (session.hook.as_str(), &session.mode) {
@@ -173,5 +203,41 @@ mod tests {
         assert_eq!(rate(0.0, "pkt/s"), "0.0 pkt/s");
         assert_eq!(rate(1500.0, "bit/s"), "1.5 kbit/s");
         assert_eq!(rate(2.5e9, "bit/s"), "2.5 Gbit/s");
+    }
+
+    #[test]
+    fn sparkline_scales_to_the_highest_rate_shown() {
+        assert_eq!(
+            sparkline(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0], 8),
+            "▁▂▃▄▅▆▇█"
+        );
+        assert_eq!(sparkline(&[50.0, 100.0, 25.0], 3), "▄█▂");
+        // Any rate above zero shows, however small beside the highest.
+        assert_eq!(sparkline(&[0.001, 1e9], 2), "▁█");
+        // Scaled to the window: a peak that scrolled out no longer counts.
+        assert_eq!(sparkline(&[1000.0, 10.0, 20.0], 2), "▄█");
+        assert_eq!(sparkline(&[7.0], 1), "█");
+    }
+
+    #[test]
+    fn sparkline_zero_rates() {
+        assert_eq!(sparkline(&[0.0, 0.0, 0.0], 3), "···");
+        assert_eq!(sparkline(&[0.0, 4.0, 0.0, 2.0], 4), "·█·▄");
+        assert_eq!(sparkline(&[f64::NAN, -1.0, f64::INFINITY, 1.0], 4), "···█");
+    }
+
+    #[test]
+    fn sparkline_width() {
+        assert_eq!(sparkline(&[], 0), "");
+        assert_eq!(sparkline(&[1.0, 2.0], 0), "");
+        assert_eq!(sparkline(&[], 3), "   ");
+        assert_eq!(sparkline(&[2.0, 1.0], 5), "   █▄");
+        let line = sparkline(&(1..=30).map(f64::from).collect::<Vec<_>>(), 10);
+        assert_eq!(line.chars().count(), 10);
+        assert!(line.ends_with('█'));
+        for n in 0..25 {
+            let rates: Vec<f64> = (0..n).map(|i| (i % 4) as f64).collect();
+            assert_eq!(sparkline(&rates, 12).chars().count(), 12, "{n} rates");
+        }
     }
 }

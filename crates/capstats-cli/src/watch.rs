@@ -1,7 +1,13 @@
 //! `watch NAME frequency SECONDS`: a line per period with the counters and the rates
 //! over the period, until Ctrl-C. The rates divide by the time between the daemon's
 //! own reads, not by the nominal period.
+//!
+//! On a terminal each line for people ends with a sparkline of the packet rates of the
+//! last [`SPARKLINE_PERIODS`] periods ([`output::sparkline`]); piped or redirected, the
+//! lines are plain, as scripts expect.
 
+use std::collections::VecDeque;
+use std::io::IsTerminal;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -10,6 +16,9 @@ use capstats_common::protocol::{Command, Reply, Session};
 
 use crate::client::request;
 use crate::output;
+
+/// Periods a sparkline shows.
+pub const SPARKLINE_PERIODS: usize = 24;
 
 /// `["frequency", "0.5"]` or `["0.5"]` → the period.
 pub fn parse_period(words: &[String]) -> anyhow::Result<Duration> {
@@ -55,6 +64,8 @@ pub fn watch(
 ) -> anyhow::Result<()> {
     let period = parse_period(period)?;
     let (mut last, mut last_at) = show(socket, name)?;
+    let picture = !json && !zeek && std::io::stdout().is_terminal();
+    let mut recent_pps: VecDeque<f64> = VecDeque::with_capacity(SPARKLINE_PERIODS);
     loop {
         std::thread::sleep(period);
         let (now, now_at) = show(socket, name)?;
@@ -89,8 +100,18 @@ pub fn watch(
             object["bps"] = bps.into();
             output::json_line(&object);
         } else {
+            let sparkline = if picture {
+                if recent_pps.len() == SPARKLINE_PERIODS {
+                    recent_pps.pop_front();
+                }
+                recent_pps.push_back(pps);
+                let rates: Vec<f64> = recent_pps.iter().copied().collect();
+                format!("  {}", output::sparkline(&rates, SPARKLINE_PERIODS))
+            } else {
+                String::new()
+            };
             println!(
-                "{}  {} packets  {} bytes  {:>14}  {:>14}{}",
+                "{}  {} packets  {} bytes  {:>14}  {:>14}{sparkline}{}",
                 humantime::format_rfc3339_seconds(now_at),
                 output::grouped(now.packets.unwrap_or(0)),
                 output::grouped(now.bytes.unwrap_or(0)),

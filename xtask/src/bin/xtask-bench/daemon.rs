@@ -7,7 +7,10 @@
 //! - CPU while counting: the daemon's CPU time while a million frames are counted. It
 //!   should be nothing: the kernel counts, and user space only reads counters when
 //!   asked. The sessions' counts must equal the frames the interface received;
-//! - memory: the daemon's resident set idle, with 64 sessions, and after the frames.
+//! - memory: the daemon's resident set idle, with 64 sessions, and after the frames;
+//! - scrape latency: how long `GET /metrics` (`--metrics`) takes a Prometheus-like
+//!   scraper with 1 and with 256 sessions, on a keep-alive connection and on a
+//!   connection per scrape ([`scrape`]).
 //!
 //! Everything happens in two network namespaces joined by a veth pair ([`netns`]):
 //! the daemon runs in the receiving one and counts on its end of the pair, and the
@@ -17,15 +20,19 @@
 //! 1 session); session `tcp` on the pair and 62 idle sessions on the receiving
 //! namespace's loopback, where nothing is sent (polls with 64 sessions, RSS); the
 //! frames, UDP all of them, so `udp` counts every one and `tcp` none, and each frame
-//! meets two filters, not 64 (CPU, counts, RSS after); stop the daemon (it must exit 0).
+//! meets two filters, not 64 (CPU, counts, RSS after); 192 more idle sessions on the
+//! loopback (scrapes with 256 sessions; the scrapes with 1 session are made with the
+//! polls with 1); stop the daemon (it must exit 0).
 
 mod client;
 mod latency;
 mod netns;
 mod process;
 mod report;
+mod scrape;
 mod traffic;
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -37,12 +44,18 @@ use client::Connection;
 use latency::Latency;
 use netns::{Pair, RECV_IF, SEND_IF};
 use process::{CpuUsage, Daemon, Watchdog};
+use scrape::Scrapes;
 use traffic::{MachineCpu, PacketSender, Sent};
 
 pub use report::{report, to_json};
 
 /// Sessions of the larger daemon: the two on the pair and 62 idle ones.
 const SESSIONS: usize = 64;
+/// Sessions of the largest daemon, for the scrapes: [`SESSIONS`] and more idle ones.
+const SCRAPE_SESSIONS: usize = 256;
+/// Where the daemon serves `/metrics`: the receiving namespace's loopback, which is
+/// the namespace's own (no port of the host's is taken).
+const METRICS: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 9477);
 /// The sessions counting on the pair, name and filter: every frame sent is UDP.
 const COUNTING: [(&str, &str); 2] = [("udp", "udp"), ("tcp", "tcp")];
 /// The interface of the idle sessions, in the receiving namespace: nothing is sent
@@ -50,8 +63,9 @@ const COUNTING: [(&str, &str); 2] = [("udp", "udp"), ("tcp", "tcp")];
 const IDLE_IF: &str = "lo";
 /// The idle sessions' filter.
 const IDLE_FILTER: &str = "tcp port 80";
-/// The whole daemon bench normally takes seconds; past this the daemon is killed.
-const DEADLINE: Duration = Duration::from_secs(60);
+/// The whole daemon bench normally takes under a minute (half of it the keep-alive
+/// scrapes, each held up about 40 ms by a delayed ACK); past this the daemon is killed.
+const DEADLINE: Duration = Duration::from_secs(120);
 
 /// What to measure with.
 #[derive(Debug, Clone)]
@@ -64,6 +78,8 @@ pub struct Options {
     pub polls: usize,
     /// Timed runs of `capstats --json poll` per session count.
     pub cli_polls: usize,
+    /// Timed scrapes of `/metrics` per connection method and session count.
+    pub scrapes: usize,
 }
 
 /// The daemon's figures.
@@ -71,6 +87,8 @@ pub struct Options {
 pub struct Figures {
     capstats: PathBuf,
     latencies: Vec<Latency>,
+    /// Scrapes of `/metrics` with 1 and with [`SCRAPE_SESSIONS`] sessions.
+    scrapes: Vec<Scrapes>,
     counting: Counting,
     rss: Rss,
 }
@@ -148,7 +166,7 @@ pub fn measure(options: &Options) -> anyhow::Result<Figures> {
     // Dropped in reverse order: the daemon first, then the namespaces, then the files.
     let scratch = Scratch::create()?;
     let pair = Pair::create(frame::SRC_MAC, frame::DST_MAC)?;
-    let daemon = Daemon::start(&capstats, &pair.receiver, &scratch.0)?;
+    let daemon = Daemon::start(&capstats, &pair.receiver, &scratch.0, METRICS)?;
     let watchdog = Watchdog::arm(&daemon, DEADLINE);
     let figures = with_daemon(options, &capstats, &pair, &daemon).with_context(|| {
         format!(
@@ -183,6 +201,13 @@ fn with_daemon(
     let (first, first_filter) = COUNTING[0];
     connection.call(new(first, RECV_IF, first_filter))?;
     let mut latencies = latency::measure(capstats, socket, 1, options.polls, options.cli_polls)?;
+    eprintln!("daemon: scrapes with 1 session");
+    let mut scrapes = vec![scrape::measure(
+        &pair.receiver,
+        METRICS,
+        1,
+        options.scrapes,
+    )?];
 
     eprintln!("daemon: polls with {SESSIONS} sessions");
     for &(name, filter) in &COUNTING[1..] {
@@ -203,9 +228,21 @@ fn with_daemon(
     eprintln!("daemon: {} frames", options.frames);
     let counting = count_frames(options.frames, pair, pid, &mut connection)?;
     let after_frames = process::rss_kib(pid)?;
+
+    eprintln!("daemon: scrapes with {SCRAPE_SESSIONS} sessions");
+    for i in SESSIONS + 1..=SCRAPE_SESSIONS {
+        connection.call(new(&format!("idle-{i:02}"), IDLE_IF, IDLE_FILTER))?;
+    }
+    scrapes.push(scrape::measure(
+        &pair.receiver,
+        METRICS,
+        SCRAPE_SESSIONS,
+        options.scrapes,
+    )?);
     Ok(Figures {
         capstats: capstats.to_owned(),
         latencies,
+        scrapes,
         counting,
         rss: Rss {
             idle,

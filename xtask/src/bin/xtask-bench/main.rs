@@ -15,7 +15,8 @@
 //! the accepting path including the map update is what is measured.
 //!
 //! After that table, the daemon's own figures ([`daemon`]): poll latency, its CPU time
-//! while a million frames are counted, and its memory. They need the `capstats` binary
+//! while a million frames are counted, its memory, and the latency of a scrape of its
+//! Prometheus endpoint with 1 and 256 sessions. They need the `capstats` binary
 //! (`--capstats`, which `cargo xtask bench` builds in release mode and passes).
 //!
 //! The third table ([`hooks`]): what a packet costs at each hook (socket, tc, xdp) with
@@ -43,7 +44,7 @@ use serde_json::json;
 use stats::median;
 
 /// Measure ns/packet of capstats' generated programs with BPF_PROG_RUN, the daemon's
-/// poll latency, CPU and memory, and each hook's cost with 1, 8 and 32 sessions (needs
+/// poll latency, CPU, memory and /metrics scrape latency, and each hook's cost with 1, 8 and 32 sessions (needs
 /// root).
 #[derive(Debug, Parser)]
 #[command(name = "xtask-bench")]
@@ -73,6 +74,9 @@ struct Args {
     /// Timed runs of `capstats --json poll`, per session count.
     #[arg(long, default_value_t = 100)]
     cli_polls: usize,
+    /// Timed scrapes of the daemon's /metrics, per connection method and session count.
+    #[arg(long, default_value_t = 500)]
+    scrapes: usize,
 }
 
 /// One benchmarked filter and a frame it matches.
@@ -182,8 +186,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
             && args.rounds > 0
             && args.frames > 0
             && args.polls > 0
-            && args.cli_polls > 0,
-        "--repeat, --hooks-repeat, --rounds, --frames, --polls and --cli-polls must be at least 1"
+            && args.cli_polls > 0
+            && args.scrapes > 0,
+        "--repeat, --hooks-repeat, --rounds, --frames, --polls, --cli-polls and --scrapes must be \
+         at least 1"
     );
     let machine = Machine::this()?;
     let empty_program = LoadedProgram::load(
@@ -227,6 +233,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         frames: args.frames,
         polls: args.polls,
         cli_polls: args.cli_polls,
+        scrapes: args.scrapes,
     })?;
     print!("\n{}", daemon::report(&machine, &daemon));
     print!("\n{}", hooks::report(&hooks));

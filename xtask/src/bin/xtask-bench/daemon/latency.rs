@@ -32,6 +32,10 @@ pub enum Method {
     OneConnection,
     ConnectionPerRequest,
     ClientCommand,
+    /// `GET /metrics` on one HTTP/1.1 connection kept alive ([`super::scrape`]).
+    ScrapeOneConnection,
+    /// `GET /metrics` on a new connection each.
+    ScrapeConnectionPerRequest,
 }
 
 impl Method {
@@ -40,6 +44,8 @@ impl Method {
             Method::OneConnection => "one connection",
             Method::ConnectionPerRequest => "connection per request",
             Method::ClientCommand => "capstats --json poll",
+            Method::ScrapeOneConnection => "keep-alive connection",
+            Method::ScrapeConnectionPerRequest => "connection per scrape",
         }
     }
 }

@@ -32,9 +32,15 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `capstats -d` in `ns` with its socket, state and log in `dir`, and returns
-    /// once the socket accepts connections.
-    pub fn start(capstats: &Path, ns: &Namespace, dir: &Path) -> anyhow::Result<Self> {
+    /// Starts `capstats -d` in `ns` with its socket, state and log in `dir`, serving
+    /// `/metrics` at `metrics` (in `ns`), and returns once the socket accepts
+    /// connections (the daemon binds the metrics address before its socket).
+    pub fn start(
+        capstats: &Path,
+        ns: &Namespace,
+        dir: &Path,
+        metrics: std::net::SocketAddr,
+    ) -> anyhow::Result<Self> {
         let socket = dir.join("capstats.sock");
         let log = dir.join("daemon.log");
         let file = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
@@ -49,6 +55,8 @@ impl Daemon {
             .arg("--pin-dir")
             .arg(format!("/sys/fs/bpf/capstats-bench-{}", std::process::id()))
             .arg("--detach-on-exit")
+            .arg("--metrics")
+            .arg(metrics.to_string())
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file);

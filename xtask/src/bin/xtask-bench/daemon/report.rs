@@ -9,7 +9,7 @@ use serde_json::json;
 use super::latency::Latency;
 use super::netns::{RECV_IF, SEND_IF};
 use super::process::clock_ticks_per_second;
-use super::{COUNTING, Figures, SESSIONS};
+use super::{COUNTING, Figures, METRICS, SESSIONS};
 use crate::Machine;
 
 /// The binary's path relative to the workspace root when it is inside it (as
@@ -76,6 +76,26 @@ pub fn report(machine: &Machine, figures: &Figures) -> String {
             short_time(l.median_ns()),
             short_time(l.p99_ns())
         );
+    }
+
+    let _ = writeln!(
+        out,
+        "\n{:<26} {:>8} {:>7} {:>10} {:>10} {:>11}",
+        "GET /metrics", "sessions", "samples", "median", "p99", "exposition"
+    );
+    for scrapes in &figures.scrapes {
+        for l in &scrapes.latencies {
+            let _ = writeln!(
+                out,
+                "{:<26} {:>8} {:>7} {:>10} {:>10} {:>9} B",
+                l.method.label(),
+                l.sessions,
+                l.samples_ns.len(),
+                short_time(l.median_ns()),
+                short_time(l.p99_ns()),
+                thousands(scrapes.body_bytes as u64)
+            );
+        }
     }
 
     let seconds = c.sent.elapsed.as_secs_f64();
@@ -160,6 +180,16 @@ pub fn to_json(figures: &Figures) -> serde_json::Value {
              frames written on the other end ({SEND_IF}) from a second namespace"
         ),
         "poll": figures.latencies.iter().map(Latency::to_json).collect::<Vec<_>>(),
+        "scrape": {
+            "request": format!("GET http://{METRICS}/metrics (HTTP/1.1), from a thread in the daemon's namespace"),
+            "results": figures.scrapes.iter().flat_map(|scrapes| {
+                scrapes.latencies.iter().map(|l| {
+                    let mut value = l.to_json();
+                    value["body_bytes"] = scrapes.body_bytes.into();
+                    value
+                })
+            }).collect::<Vec<_>>(),
+        },
         "counting": {
             "frames_sent": c.sent.frames,
             "frame_bytes": c.frame_bytes,
