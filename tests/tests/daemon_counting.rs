@@ -362,3 +362,31 @@ fn a_vanished_interface_leaves_its_session_down_with_its_counters() -> anyhow::R
     );
     Ok(())
 }
+
+/// On a loopback interface a packet socket sees each packet twice, leaving and
+/// arriving; tcpdump shows it once (libpcap drops the leaving copy), and so must a
+/// socket session: 25 datagrams sent over B's `lo` are 25 packets.
+#[test]
+fn a_socket_session_on_loopback_counts_each_packet_once() -> anyhow::Result<()> {
+    require_root(TEST);
+    const DATAGRAMS: u64 = 25;
+    let setup = setup("loopback")?;
+    let (client, rig) = (&setup.client, &setup.rig);
+    rig.ns_b.ip(&["link", "set", "lo", "up"])?;
+    client.ok(&["new", "lo-udp", "interface", "lo", "filter", "udp port 9"])?;
+    rig.ns_b.run(|| {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        for _ in 0..DATAGRAMS {
+            socket.send_to(b"loopback", "127.0.0.1:9")?;
+        }
+        Ok(())
+    })?;
+    client.settle("lo-udp", DATAGRAMS, ARRIVAL, QUIET)?;
+    let session = client.show("lo-udp")?;
+    // 8 bytes of payload, UDP 8, IPv4 20, the loopback's Ethernet header 14.
+    ensure!(
+        counts(&session) == (DATAGRAMS, DATAGRAMS * 50),
+        "25 datagrams over lo: {session:?}"
+    );
+    Ok(())
+}

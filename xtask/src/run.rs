@@ -117,7 +117,9 @@ fn start_daemon(capstats: &Path) -> anyhow::Result<std::process::Child> {
             .send_to(b"hello, capstats", "127.0.0.1:9")
             .context("send over loopback")?;
     }
-    println!("    (sent 10 UDP datagrams to 127.0.0.1:9; on lo each is seen leaving and arriving)");
+    println!(
+        "    (sent 10 UDP datagrams to 127.0.0.1:9 over lo: 10 packets, as tcpdump -i lo shows them)"
+    );
     cmd::run(&mut client(&["poll"]))?;
     // The binary by its path: it is not on PATH, and /usr/bin/capstats may be Zeek's.
     let shown = |args: &[&str]| {

@@ -18,6 +18,24 @@ pub fn ifindex(name: &str) -> Option<u32> {
     }
 }
 
+/// Whether `name` is a loopback interface (`IFF_LOOPBACK`), asked of the kernel in
+/// this network namespace.
+pub fn is_loopback(name: &str) -> bool {
+    let Ok(socket) = std::net::UdpSocket::bind("0.0.0.0:0") else {
+        return name == "lo";
+    };
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in request
+        .ifr_name
+        .iter_mut()
+        .zip(name.bytes().take(libc::IFNAMSIZ - 1))
+    {
+        *dst = src as libc::c_char;
+    }
+    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) };
+    rc == 0 && unsafe { request.ifr_ifru.ifru_flags } as i32 & libc::IFF_LOOPBACK != 0
+}
+
 /// Interface indexes looked up at most once each while one request is answered: a
 /// `poll` of many sessions on one interface asks the kernel once, not once a session.
 #[derive(Debug, Default)]

@@ -23,7 +23,7 @@ use capstats_ebpf::filter::{Filter, FilterError};
 use capstats_ebpf::program::{LoadError, LoadedProgram};
 use capstats_ebpf::translate::{CounterSlot, Hook, translate, translate_tc_egress};
 
-use crate::attach::{CountingSocket, Interfaces, ifindex};
+use crate::attach::{CountingSocket, Interfaces, ifindex, is_loopback};
 
 /// Why a session could not be started or changed, with the protocol's error kind.
 #[derive(Debug, thiserror::Error)]
@@ -175,9 +175,20 @@ fn slot(counters: &CounterMap) -> CounterSlot {
     }
 }
 
-fn load(hook: Hook, filter: &Filter, counters: &CounterMap) -> Result<LoadedProgram, SessionError> {
-    let insns = translate(filter.program(), hook, slot(counters))?;
-    Ok(LoadedProgram::load(hook, "capstats", &insns)?)
+/// The socket filter: on a loopback interface behind a guard against the leaving copy
+/// of each packet, which tcpdump does not show either.
+fn load_socket(
+    interface: &str,
+    filter: &Filter,
+    counters: &CounterMap,
+) -> Result<LoadedProgram, SessionError> {
+    let program = if is_loopback(interface) {
+        filter.program().rejecting_outgoing()
+    } else {
+        filter.program().clone()
+    };
+    let insns = translate(&program, Hook::SocketFilter, slot(counters))?;
+    Ok(LoadedProgram::load(Hook::SocketFilter, "capstats", &insns)?)
 }
 
 /// The program for one TC direction (egress knows its packets are outgoing).
@@ -249,7 +260,7 @@ impl Session {
         let (ifindex, compiled) = compile(&self.interface, filter)?;
         match self.hook {
             HookName::Socket => {
-                let program = load(Hook::SocketFilter, &compiled, &self.counters)?;
+                let program = load_socket(&self.interface, &compiled, &self.counters)?;
                 let socket_error = |what| {
                     let interface = self.interface.clone();
                     move |source| SessionError::Socket {
@@ -300,7 +311,9 @@ impl Session {
                 program: old,
             }) => {
                 let result = compile(&self.interface, filter)
-                    .and_then(|(_, compiled)| load(Hook::SocketFilter, &compiled, &self.counters))
+                    .and_then(|(_, compiled)| {
+                        load_socket(&self.interface, &compiled, &self.counters)
+                    })
                     // SO_ATTACH_BPF on a socket with a filter swaps them atomically.
                     .and_then(|program| {
                         program.socket_filter()?.attach(&socket)?;

@@ -379,6 +379,37 @@ impl Program {
         self.insns.is_empty()
     }
 
+    /// The same program behind a guard that rejects outgoing packets
+    /// (`PACKET_OUTGOING`). On a loopback interface a packet socket sees every packet
+    /// twice, leaving and arriving; libpcap drops the leaving copy in user space, so
+    /// `tcpdump -i lo` shows each once, and a session on loopback must too.
+    pub fn rejecting_outgoing(&self) -> Program {
+        const PACKET_OUTGOING: u32 = 4;
+        let guard = [
+            // A = skb->pkt_type
+            ClassicInsn::LoadA(LoadA::Ancillary {
+                size: LoadSize::Half,
+                field: Ancillary::PktType,
+            }),
+            ClassicInsn::Jump {
+                cond: Cond::Eq,
+                src: Src::K(PACKET_OUTGOING),
+                jt: 0,
+                jf: 1,
+            },
+            ClassicInsn::RetK(0),
+            // A = 0 again: the program starts as a classic program does.
+            ClassicInsn::LoadA(LoadA::Imm(0)),
+        ];
+        // Classic jumps are relative: the program's own stay right behind the guard.
+        Program {
+            insns: guard
+                .into_iter()
+                .chain(self.insns.iter().copied())
+                .collect(),
+        }
+    }
+
     /// Whether some `ja` jumps backwards (a loop: libpcap's `protochain`).
     pub fn has_loops(&self) -> bool {
         self.insns
@@ -786,6 +817,28 @@ mod tests {
         assert_eq!(
             program(&too_long).unwrap_err(),
             ClassicError::TooLong { len: MAX_INSNS + 1 }
+        );
+    }
+
+    #[test]
+    fn a_guard_against_outgoing_packets_keeps_the_programs_jumps() {
+        let p = program(&[
+            (0x28, 0, 0, 12),
+            (0x15, 0, 1, 0x800),
+            (0x06, 0, 0, 262144),
+            (0x06, 0, 0, 0),
+        ])
+        .unwrap();
+        assert_eq!(
+            p.rejecting_outgoing().to_string(),
+            "(000) ldh      [type]\n\
+             (001) jeq      #0x4             jt 2\tjf 3\n\
+             (002) ret      #0\n\
+             (003) ld       #0x0\n\
+             (004) ldh      [12]\n\
+             (005) jeq      #0x800           jt 6\tjf 7\n\
+             (006) ret      #262144\n\
+             (007) ret      #0\n"
         );
     }
 
