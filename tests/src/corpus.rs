@@ -1,9 +1,9 @@
 //! The capture corpus (`../shared/corpus` beside the workspace, or `$CAPSTATS_CORPUS`)
 //! and replaying its captures into a test's veth pair with tcpreplay.
 //!
-//! The same approach as `tests/daemon_replay.rs` (which keeps its own copy): read what
-//! the files hold with libpcap, replay them at a fixed rate with `tcpreplay` inside a
-//! namespace, and parse what tcpreplay says it sent.
+//! Read what the files hold with libpcap, replay them at a fixed rate with `tcpreplay`
+//! inside a namespace, and parse what tcpreplay says it sent (the replay tests of every
+//! hook use it).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -30,10 +30,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use capstats_common::protocol::Session;
+use capstats_tests::corpus;
 use capstats_tests::daemon::rig::{MAC_A, MAC_B, Rig};
-use capstats_tests::daemon::{Daemon, DaemonSpec, output_within};
+use capstats_tests::daemon::{Daemon, DaemonSpec};
 use capstats_tests::frame::{Ethernet, Ipv4, MacAddr, ethertype};
-use capstats_tests::netns::NetNs;
 use capstats_tests::require_root;
 use capstats_tests::scratch::ScratchDir;
 use capstats_tests::tcpdump::{Recorded, Tcpdump};
@@ -140,7 +140,7 @@ const MAY_BE_EMPTY: &[&str] = &[];
 
 /// Frames per second tcpreplay sends at: slow enough for tcpdump to keep up with
 /// every frame and nearly fifty processes on two cores.
-const PPS: &str = "2000";
+const PPS: u32 = 2000;
 
 /// A frame written by `from`, that none of the captures holds.
 fn warm_up(from: MacAddr) -> Vec<u8> {
@@ -149,80 +149,6 @@ fn warm_up(from: MacAddr) -> Vec<u8> {
         ethertype::IPV4,
         &ip.udp(9, 9, b"capstats e2e warm-up frame"),
     )
-}
-
-/// The capture corpus: `$CAPSTATS_CORPUS`, or `shared/corpus` beside the workspace.
-fn corpus() -> anyhow::Result<PathBuf> {
-    let dir = std::env::var_os("CAPSTATS_CORPUS").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus"),
-        PathBuf::from,
-    );
-    ensure!(
-        dir.join("pcap").is_dir(),
-        "the capture corpus is not at {} (set CAPSTATS_CORPUS to the directory with pcap/)",
-        dir.display()
-    );
-    Ok(dir)
-}
-
-/// Records and their total captured length, as libpcap reads a file.
-fn records(path: &Path) -> anyhow::Result<(u64, u64)> {
-    let mut capture = pcap::Capture::from_file(path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    let (mut packets, mut bytes) = (0, 0);
-    loop {
-        match capture.next_packet() {
-            Ok(packet) => {
-                packets += 1;
-                bytes += u64::from(packet.header.caplen);
-            }
-            Err(pcap::Error::NoMorePackets) => return Ok((packets, bytes)),
-            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-        }
-    }
-}
-
-/// What tcpreplay said it did.
-#[derive(Debug)]
-struct Replayed {
-    sent: u64,
-    failed: u64,
-    /// Its warnings and errors, to show.
-    complaints: Vec<String>,
-    took: Duration,
-}
-
-/// Replays `files` on `interface` in `ns`.
-fn replay(ns: &NetNs, interface: &str, files: &[PathBuf]) -> anyhow::Result<Replayed> {
-    let started = Instant::now();
-    let mut command = ns.command("tcpreplay");
-    command
-        .args(["-i", interface, "--pps", PPS, "--no-flow-stats"])
-        .args(files);
-    let outcome = output_within(&mut command, Duration::from_secs(60))?;
-    let number = |label: &str| -> anyhow::Result<u64> {
-        outcome
-            .stdout
-            .lines()
-            .find_map(|line| line.trim().strip_prefix(label)?.trim().parse().ok())
-            .with_context(|| format!("tcpreplay did not say {label:?}: {outcome}"))
-    };
-    let replayed = Replayed {
-        sent: number("Successful packets:")?,
-        failed: number("Failed packets:")?,
-        complaints: outcome
-            .stderr
-            .lines()
-            .map(str::trim)
-            .filter(|line| !line.is_empty())
-            .map(str::to_owned)
-            .collect(),
-        took: started.elapsed(),
-    };
-    if outcome.code != Some(0) && replayed.failed == 0 {
-        bail!("tcpreplay failed: {outcome}");
-    }
-    Ok(replayed)
 }
 
 /// What one tcpdump recorded, warm-up frames left out.
@@ -303,12 +229,12 @@ impl Row {
 fn sessions_count_what_tcpdump_captures_on_replayed_corpus_traffic() -> anyhow::Result<()> {
     require_root(TEST);
     let started = Instant::now();
-    let corpus = corpus()?;
+    let corpus = corpus::dir()?;
     let files = |list: &[&str]| -> Vec<PathBuf> { list.iter().map(|f| corpus.join(f)).collect() };
     let (inbound, outbound) = (files(INBOUND), files(OUTBOUND));
     let mut in_files = (0, 0);
     for file in inbound.iter().chain(&outbound) {
-        let (packets, bytes) = records(file)?;
+        let (packets, bytes) = corpus::records(file)?;
         in_files = (in_files.0 + packets, in_files.1 + bytes);
     }
 
@@ -338,8 +264,8 @@ fn sessions_count_what_tcpdump_captures_on_replayed_corpus_traffic() -> anyhow::
     }
     let set_up = started.elapsed();
 
-    let replayed_in = replay(&rig.ns_a, &rig.veth.a.name, &inbound)?;
-    let replayed_out = replay(&rig.ns_b, &rig.veth.b.name, &outbound)?;
+    let replayed_in = corpus::replay(&rig.ns_a, &rig.veth.a.name, &inbound, PPS)?;
+    let replayed_out = corpus::replay(&rig.ns_b, &rig.veth.b.name, &outbound, PPS)?;
     let sent = replayed_in.sent + replayed_out.sent;
     // Everything sent has arrived (or the test stops here, saying how much had).
     client.settle(
