@@ -2,10 +2,6 @@
 //! optimised, and starts the latter, which measures the generated programs, the daemon
 //! and each hook with 1, 8 and 32 sessions, and writes bench/results.json.
 
-use std::path::PathBuf;
-
-use anyhow::bail;
-
 use crate::cmd::{self, Steps};
 use crate::deps;
 
@@ -16,7 +12,10 @@ pub fn bench(repeat: u32, rounds: usize) -> anyhow::Result<()> {
     let mut steps = Steps::new("bench", 4);
     steps.run("check that we run as root", || deps::require_root("bench"))?;
     steps.run("Debian packages", deps::ensure_packages)?;
-    let capstats = steps.run("build capstats (release)", build_capstats_release)?;
+    // Release: as operators run it (the daemon's figures are for that build).
+    let capstats = steps.run("build capstats (release)", || {
+        cmd::build_capstats(cmd::Profile::Release)
+    })?;
     let out = cmd::workspace_root().join(RESULTS);
     steps.run(
         "measure programs and hooks with BPF_PROG_RUN, and the daemon (release build)",
@@ -46,33 +45,4 @@ pub fn bench(repeat: u32, rounds: usize) -> anyhow::Result<()> {
     )?;
     steps.summary();
     Ok(())
-}
-
-/// Builds the `capstats` binary in release mode, as operators run it (the daemon's
-/// figures are for that build), and returns its path as cargo reports it, wherever the
-/// target directory is.
-fn build_capstats_release() -> anyhow::Result<PathBuf> {
-    let stdout = cmd::output(cmd::cargo().args([
-        "build",
-        "--release",
-        "--package",
-        "capstats-cli",
-        "--bin",
-        "capstats",
-        "--message-format",
-        "json-render-diagnostics",
-    ]))?;
-    for line in stdout.lines() {
-        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        if message["reason"] == "compiler-artifact"
-            && message["target"]["name"] == "capstats"
-            && let Some(path) = message["executable"].as_str()
-        {
-            println!("    built {path}");
-            return Ok(PathBuf::from(path));
-        }
-    }
-    bail!("cargo built capstats-cli but did not name the capstats executable")
 }

@@ -170,3 +170,43 @@ mod tests {
         );
     }
 }
+
+/// A cargo profile to build `capstats` with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// The quickest to compile.
+    Dev,
+    Release,
+}
+
+/// Builds the `capstats` binary and returns its path as cargo reports it, wherever the
+/// target directory is.
+pub fn build_capstats(profile: Profile) -> anyhow::Result<PathBuf> {
+    let mut command = cargo();
+    command.arg("build");
+    if profile == Profile::Release {
+        command.arg("--release");
+    }
+    command.args([
+        "--package",
+        "capstats-cli",
+        "--bin",
+        "capstats",
+        "--message-format",
+        "json-render-diagnostics",
+    ]);
+    let stdout = output(&mut command)?;
+    for line in stdout.lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if message["reason"] == "compiler-artifact"
+            && message["target"]["name"] == "capstats"
+            && let Some(path) = message["executable"].as_str()
+        {
+            println!("    built {path}");
+            return Ok(PathBuf::from(path));
+        }
+    }
+    bail!("cargo built capstats-cli but did not name the capstats executable")
+}

@@ -37,7 +37,7 @@ const DUMP: (&str, &str) = ("pcap/tcpdump/ldp-common-session.pcap", "vlan and ud
 pub fn run() -> anyhow::Result<()> {
     let mut steps = Steps::new("run", deps::PREPARE_STEPS + 3);
     let corpus = deps::prepare(&mut steps, "run")?;
-    let capstats = steps.run("build capstats", build_capstats)?;
+    let capstats = steps.run("build capstats", || cmd::build_capstats(cmd::Profile::Dev))?;
     steps.run(
         "count packets of corpus captures in the kernel (capstats test)",
         || show(&capstats, &corpus),
@@ -139,33 +139,6 @@ fn start_daemon(capstats: &Path) -> anyhow::Result<std::process::Child> {
         shown(&["--json", "poll"]),
     );
     Ok(daemon)
-}
-
-/// Builds the `capstats` binary (dev profile: the quickest to compile) and returns its
-/// path as cargo reports it, wherever the target directory is.
-fn build_capstats() -> anyhow::Result<PathBuf> {
-    let stdout = cmd::output(cmd::cargo().args([
-        "build",
-        "--package",
-        "capstats-cli",
-        "--bin",
-        "capstats",
-        "--message-format",
-        "json-render-diagnostics",
-    ]))?;
-    for line in stdout.lines() {
-        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        if message["reason"] == "compiler-artifact"
-            && message["target"]["name"] == "capstats"
-            && let Some(path) = message["executable"].as_str()
-        {
-            println!("    built {path}");
-            return Ok(PathBuf::from(path));
-        }
-    }
-    bail!("cargo built capstats-cli but did not name the capstats executable")
 }
 
 /// `capstats test` on corpus captures: counting in the kernel without any daemon.
