@@ -47,8 +47,8 @@ impl Service {
                 Some(map) => (
                     map,
                     Counter {
-                        packets: saved.base_packets,
-                        bytes: saved.base_bytes,
+                        packets: saved.base_packets.unwrap_or(saved.packets),
+                        bytes: saved.base_bytes.unwrap_or(saved.bytes),
                     },
                 ),
                 None => (
@@ -159,8 +159,8 @@ impl Service {
                     modified: format_time(s.modified),
                     packets: counter.packets,
                     bytes: counter.bytes,
-                    base_packets: s.base.packets,
-                    base_bytes: s.base.bytes,
+                    base_packets: Some(s.base.packets),
+                    base_bytes: Some(s.base.bytes),
                 }
             })
             .collect();

@@ -24,7 +24,10 @@ pub struct SavedSession {
     pub name: String,
     pub interface: String,
     pub filter: String,
+    /// Absent in tables written before hooks existed: those sessions were socket ones.
+    #[serde(default = "socket")]
     pub hook: HookName,
+    #[serde(default = "both")]
     pub direction: Direction,
     pub created: String,
     pub modified: String,
@@ -33,8 +36,20 @@ pub struct SavedSession {
     pub bytes: u64,
     /// The part of it from before the session's pinned counter map: what a restart
     /// adds to the map's counts when it finds the map.
-    pub base_packets: u64,
-    pub base_bytes: u64,
+    /// Absent in tables written before counters were pinned: then all of `packets`
+    /// and `bytes` is base.
+    #[serde(default)]
+    pub base_packets: Option<u64>,
+    #[serde(default)]
+    pub base_bytes: Option<u64>,
+}
+
+fn socket() -> HookName {
+    HookName::Socket
+}
+
+fn both() -> Direction {
+    Direction::Both
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -216,8 +231,8 @@ mod tests {
             modified: "2026-11-26T03:00:00Z".into(),
             packets: 5,
             bytes: 300,
-            base_packets: 1,
-            base_bytes: 60,
+            base_packets: Some(1),
+            base_bytes: Some(60),
         }
     }
 
@@ -260,6 +275,15 @@ mod tests {
             assert!(err.to_string().contains("left as it is"), "{err}");
             assert_eq!(fs::read_to_string(state.path()).unwrap(), bad);
         }
+        // A table from before hooks and pins: socket sessions, all counts base.
+        let old = r#"{"version":1,"sessions":[{"name":"a","interface":"eth0","filter":"udp","created":"2026-11-26T03:00:00Z","modified":"2026-11-26T03:00:00Z","packets":7,"bytes":70}]}"#;
+        fs::write(state.path(), old).unwrap();
+        let loaded = state.load().unwrap();
+        assert_eq!(
+            (loaded[0].hook, loaded[0].direction),
+            (HookName::Socket, Direction::Both)
+        );
+        assert_eq!((loaded[0].base_packets, loaded[0].packets), (None, 7));
         let twice = serde_json::to_string(&SavedState {
             version: 1,
             sessions: vec![saved("a"), saved("a")],
