@@ -10,12 +10,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use capstats_common::protocol::Session;
-use capstats_tests::daemon::rig::{self, Rig, Sender};
-use capstats_tests::daemon::{Client, Daemon, DaemonSpec};
+use capstats_tests::daemon::rig::{self, Sender, Setup};
 use capstats_tests::frame::MacAddr;
 use capstats_tests::link::VethPair;
 use capstats_tests::require_root;
-use capstats_tests::scratch::ScratchDir;
 
 const TEST: &str = "daemon_counting";
 /// How long frames may take to be counted after they were written.
@@ -23,26 +21,8 @@ const ARRIVAL: Duration = Duration::from_secs(10);
 /// How long a count must stand still to be final.
 const QUIET: Duration = Duration::from_millis(100);
 
-/// A rig with a daemon in B, and its client. Fields drop in order: the daemon stops
-/// before its namespace and its directory go.
-struct Setup {
-    client: Client,
-    daemon: Daemon,
-    rig: Rig,
-    _scratch: ScratchDir,
-}
-
 fn setup(tag: &str) -> anyhow::Result<Setup> {
-    let rig = Rig::new(tag)?;
-    let scratch = ScratchDir::new(tag)?;
-    let spec = DaemonSpec::new(scratch.join("capstats.sock"), scratch.join("state"));
-    let daemon = Daemon::start(&rig.ns_b, &spec, &scratch.join("daemon.log"))?;
-    Ok(Setup {
-        client: daemon.client()?,
-        daemon,
-        rig,
-        _scratch: scratch,
-    })
+    Setup::start(tag)
 }
 
 fn counts(session: &Session) -> (u64, u64) {

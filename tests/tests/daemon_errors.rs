@@ -13,32 +13,14 @@ use anyhow::{Context, bail, ensure};
 use capstats_common::MAX_REQUEST_BYTES;
 use capstats_common::names::MAX_NAME_BYTES;
 use capstats_common::protocol::{ErrorKind, Reply, Response, Session};
-use capstats_tests::daemon::rig::{self, Rig};
-use capstats_tests::daemon::{Client, Daemon, DaemonSpec};
+use capstats_tests::daemon::Client;
+use capstats_tests::daemon::rig::{self, Setup};
 use capstats_tests::require_root;
-use capstats_tests::scratch::ScratchDir;
 
 const TEST: &str = "daemon_errors";
 
-/// A rig with a daemon in B, and its client; fields drop in order.
-struct Setup {
-    client: Client,
-    daemon: Daemon,
-    rig: Rig,
-    _scratch: ScratchDir,
-}
-
 fn setup(tag: &str) -> anyhow::Result<Setup> {
-    let rig = Rig::new(tag)?;
-    let scratch = ScratchDir::new(tag)?;
-    let spec = DaemonSpec::new(scratch.join("capstats.sock"), scratch.join("state"));
-    let daemon = Daemon::start(&rig.ns_b, &spec, &scratch.join("daemon.log"))?;
-    Ok(Setup {
-        client: daemon.client()?,
-        daemon,
-        rig,
-        _scratch: scratch,
-    })
+    Setup::start(tag)
 }
 
 /// `list --json`, without the time each line was read: everything else must stay.

@@ -32,8 +32,8 @@ use anyhow::{Context, bail, ensure};
 use capstats_common::protocol::Session;
 use capstats_ebpf::counters::CounterMap;
 use capstats_tests::corpus;
-use capstats_tests::daemon::rig::{self, IP_A, IP_B, MAC_A, MAC_B, Rig, Sender};
-use capstats_tests::daemon::{Client, Daemon, DaemonSpec, PinDir};
+use capstats_tests::daemon::rig::{self, IP_A, IP_B, MAC_A, MAC_B, Rig, Sender, Setup};
+use capstats_tests::daemon::{Client, Daemon, DaemonSpec};
 use capstats_tests::frame::{self, Ethernet, Ipv4, Ipv6, MacAddr, Tcp, VlanTag, ethertype};
 use capstats_tests::require_root;
 use capstats_tests::scratch::ScratchDir;
@@ -199,31 +199,8 @@ fn tcx_counts(rig: &Rig) -> anyhow::Result<(usize, usize)> {
     Ok((ingress.programs.len(), egress.programs.len()))
 }
 
-/// A rig with a daemon in B, and its client. Fields drop in order: the daemon stops
-/// before the pin guard removes what it may have left, then namespaces and files go.
-struct Setup {
-    client: Client,
-    daemon: Daemon,
-    spec: DaemonSpec,
-    _pins: PinDir,
-    rig: Rig,
-    _scratch: ScratchDir,
-}
-
 fn setup(tag: &str) -> anyhow::Result<Setup> {
-    let rig = Rig::new(tag)?;
-    let scratch = ScratchDir::new(tag)?;
-    let spec = DaemonSpec::new(scratch.join("capstats.sock"), scratch.join("state"));
-    let pins = spec.pin_guard();
-    let daemon = Daemon::start(&rig.ns_b, &spec, &scratch.join("daemon.log"))?;
-    Ok(Setup {
-        client: daemon.client()?,
-        daemon,
-        spec,
-        _pins: pins,
-        rig,
-        _scratch: scratch,
-    })
+    Setup::start(tag)
 }
 
 // ---------------------------------------------------------------------------------

@@ -29,12 +29,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use capstats_common::protocol::{Command, ErrorKind, HookName, Response, Session};
 use capstats_tests::corpus::{self, replay};
-use capstats_tests::daemon::rig::{self, IP_A, IP_B, MAC_A, MAC_B, Rig, Sender};
+use capstats_tests::daemon::rig::{self, IP_A, IP_B, MAC_A, MAC_B, Rig, Sender, Setup};
 use capstats_tests::daemon::xdp::{
     Attachment, Count, Expected, ForeignXdp, MetadataTagger, XdpMode, ask, corpus_frames, counts,
     link_of, program_on, veth_without_native_xdp,
 };
-use capstats_tests::daemon::{Client, Daemon, DaemonSpec, PinDir};
+use capstats_tests::daemon::{Client, Daemon, DaemonSpec};
 use capstats_tests::frame::{
     Ethernet, Ipv4, Ipv6, MacAddr, Tcp, VlanTag, arp, ethertype, with_outer_tag,
 };
@@ -49,31 +49,8 @@ const QUIET: Duration = Duration::from_millis(100);
 /// What the daemon says when an interface has an XDP program it did not attach.
 const FOREIGN: &str = "already has an XDP program that capstats did not attach";
 
-/// A rig with a daemon in B. Fields drop in order: the daemon stops (removing its pins)
-/// before its namespace goes, then the guard removes whatever a failed test left pinned.
-struct Setup {
-    client: Client,
-    daemon: Daemon,
-    rig: Rig,
-    spec: DaemonSpec,
-    _pins: PinDir,
-    scratch: ScratchDir,
-}
-
 fn setup(tag: &str) -> anyhow::Result<Setup> {
-    let rig = Rig::new(tag)?;
-    let scratch = ScratchDir::new(tag)?;
-    let spec = DaemonSpec::new(scratch.join("capstats.sock"), scratch.join("state"));
-    let pins = spec.pin_guard();
-    let daemon = Daemon::start(&rig.ns_b, &spec, &scratch.join("daemon.log"))?;
-    Ok(Setup {
-        client: daemon.client()?,
-        daemon,
-        rig,
-        spec,
-        _pins: pins,
-        scratch,
-    })
+    Setup::start(tag)
 }
 
 /// `new NAME interface IF hook xdp filter EXPR`.
@@ -558,7 +535,7 @@ fn generic_mode_where_the_driver_refuses_native() -> anyhow::Result<()> {
         rig,
         spec,
         scratch,
-        _pins: _guard,
+        pins: _guard,
     } = setup("xdp-generic")?;
     let pair = veth_without_native_xdp(
         &rig.ns_a,

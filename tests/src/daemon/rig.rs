@@ -201,3 +201,40 @@ impl Sender {
         Ok(start.elapsed())
     }
 }
+
+/// A rig with a daemon in B (its own socket, state and pin directory under a scratch
+/// directory), and its client: what most daemon tests start from. Fields drop in order:
+/// the daemon stops before the pin guard removes what it may have left, then the
+/// namespaces and the files go.
+pub struct Setup {
+    pub client: crate::daemon::Client,
+    pub daemon: crate::daemon::Daemon,
+    pub spec: crate::daemon::DaemonSpec,
+    /// Removes the pin directory whatever the daemon left (a failed test).
+    pub pins: crate::daemon::PinDir,
+    pub rig: Rig,
+    pub scratch: crate::scratch::ScratchDir,
+}
+
+impl Setup {
+    /// Creates the rig and starts the daemon, its log in the scratch directory.
+    ///
+    /// # Errors
+    /// When the namespaces, the directory or the daemon cannot be had.
+    pub fn start(tag: &str) -> anyhow::Result<Self> {
+        let rig = Rig::new(tag)?;
+        let scratch = crate::scratch::ScratchDir::new(tag)?;
+        let spec =
+            crate::daemon::DaemonSpec::new(scratch.join("capstats.sock"), scratch.join("state"));
+        let pins = spec.pin_guard();
+        let daemon = crate::daemon::Daemon::start(&rig.ns_b, &spec, &scratch.join("daemon.log"))?;
+        Ok(Self {
+            client: daemon.client()?,
+            daemon,
+            spec,
+            pins,
+            rig,
+            scratch,
+        })
+    }
+}
