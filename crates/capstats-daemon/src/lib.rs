@@ -56,8 +56,6 @@ pub enum DaemonError {
     #[error(transparent)]
     State(#[from] StateError),
     #[error(transparent)]
-    Service(#[from] service::ServiceError),
-    #[error(transparent)]
     Pins(#[from] pins::PinError),
     #[error(transparent)]
     Metrics(#[from] metrics::MetricsError),
@@ -108,7 +106,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     let state = state::StateFile::new(&config.state_dir);
     // Check the table before taking the socket, and the socket before touching sessions.
     let _lock = state.lock()?;
-    state.load()?;
+    let table = state.load()?;
     // Signals are taken by one thread only: block them before any thread starts.
     let signals: SigSet = [Signal::SIGTERM, Signal::SIGINT].into_iter().collect();
     signals.thread_block().map_err(DaemonError::Signals)?;
@@ -116,7 +114,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     let metrics = config.metrics.map(metrics::bind).transpose()?;
     let listener = listener::bind(&config.socket, group.as_ref().map(|g| g.gid))?;
     let pins = pins::Pins::prepare(&config.pin_dir)?;
-    let service = Arc::new(Mutex::new(service::Service::restore(state, pins)?));
+    let service = Arc::new(Mutex::new(service::Service::restore(table, state, pins)?));
     event!(
         "listening on {} ({}), {} restored from {}",
         config.socket.display(),

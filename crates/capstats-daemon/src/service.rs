@@ -12,17 +12,8 @@ use crate::attach::{Interfaces, default_interface};
 use crate::log::event;
 use crate::pins::{PinError, Pins};
 use crate::session::{Session, SessionError, Spec};
-use crate::state::{SavedSession, StateError, StateFile, format_time, parse_time};
+use crate::state::{SavedSession, StateFile, format_time, parse_time};
 use crate::xdp::XdpPrograms;
-
-/// Why the session table could not be restored.
-#[derive(Debug, thiserror::Error)]
-pub enum ServiceError {
-    #[error(transparent)]
-    State(#[from] StateError),
-    #[error(transparent)]
-    Pin(#[from] PinError),
-}
 
 /// Every session, by name.
 #[derive(Debug)]
@@ -34,12 +25,16 @@ pub struct Service {
 }
 
 impl Service {
-    /// Restores the sessions of the state file, each with its pinned counter map if it
+    /// Restores the sessions of the state file (`table`, as the daemon read and checked
+    /// it before taking its socket), each with its pinned counter map if it
     /// is still there (counts continue from the kernel's), else from the saved counts.
     /// A session that cannot count now (its interface is gone, say) is kept, down, with
     /// its counters. Pinned objects the table does not claim are removed.
-    pub fn restore(state: StateFile, pins: Pins) -> Result<Self, ServiceError> {
-        let table = state.load()?;
+    pub fn restore(
+        table: Vec<SavedSession>,
+        state: StateFile,
+        pins: Pins,
+    ) -> Result<Self, PinError> {
         pins.remove_unclaimed(&table.iter().map(|s| s.name.as_str()).collect());
         let mut sessions = BTreeMap::new();
         for saved in table {
