@@ -392,24 +392,14 @@ impl Daemon {
         let Some(mut child) = self.child.take() else {
             bail!("the daemon was already stopped");
         };
-        // SAFETY: signals our own child, which has not been waited for.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!(
-                    "capstats -d (pid {}) did not exit within {STOP_TIMEOUT:?} of SIGTERM and \
-                     was killed; its log:\n{}",
-                    child.id(),
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        match crate::cmd::terminate(&mut child, STOP_TIMEOUT)? {
+            Some(status) => Ok(status),
+            None => bail!(
+                "capstats -d (pid {}) did not exit within {STOP_TIMEOUT:?} of SIGTERM and \
+                 was killed; its log:\n{}",
+                child.id(),
+                self.log()
+            ),
         }
     }
 }

@@ -133,17 +133,7 @@ impl Drop for MetricsDaemon {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        // SAFETY: our own child, not yet waited for.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        while matches!(child.try_wait(), Ok(None)) {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let _ = child.wait();
+        let _ = crate::cmd::terminate(&mut child, STOP_TIMEOUT);
         eprintln!("log of capstats -d --metrics:\n{}", self.log());
     }
 }
