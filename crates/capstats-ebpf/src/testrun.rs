@@ -74,6 +74,29 @@ enum Runner {
     Xdp(Xdp),
 }
 
+impl Runner {
+    /// aya's view of `program`, loaded for `hook` (XDP, or SCHED_CLS for the rest).
+    fn of(program: &LoadedProgram, hook: Hook) -> Result<Self, LoadError> {
+        Ok(match hook {
+            Hook::Xdp => Runner::Xdp(program.xdp()?),
+            _ => Runner::Tc(program.sched_classifier()?),
+        })
+    }
+
+    /// One `BPF_PROG_RUN` on `frame`.
+    fn run(&self, frame: &[u8]) -> Result<(), ProgramError> {
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            repeat: 1,
+            ..Default::default()
+        };
+        match self {
+            Runner::Tc(p) => p.test_run(opts).map(|_| ()),
+            Runner::Xdp(p) => p.test_run(opts).map(|_| ()),
+        }
+    }
+}
+
 /// A generated counting program, loaded, with its one-slot counter map.
 pub struct KernelFilter {
     insns: Vec<Insn>,
@@ -120,10 +143,7 @@ impl KernelFilter {
             },
         )?;
         let program = LoadedProgram::load(hook, "capstats_test", &insns)?;
-        let runner = match hook {
-            Hook::Xdp => Runner::Xdp(program.xdp()?),
-            _ => Runner::Tc(program.sched_classifier()?),
-        };
+        let runner = Runner::of(&program, hook)?;
         let mut this = Self {
             insns,
             program,
@@ -165,7 +185,7 @@ impl KernelFilter {
             return Ok(Verdict::NotRunnable);
         }
         let harness = if frame.len() <= self.max_frame {
-            self.run_once(frame)
+            self.runner.run(frame)
         } else {
             Err(ProgramError::SyscallError(SyscallError {
                 call: "bpf_prog_test_run",
@@ -216,18 +236,6 @@ impl KernelFilter {
         Ok(self.counters.read(0)?)
     }
 
-    fn run_once(&self, frame: &[u8]) -> Result<(), ProgramError> {
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            repeat: 1,
-            ..Default::default()
-        };
-        match &self.runner {
-            Runner::Tc(p) => p.test_run(opts).map(|_| ()),
-            Runner::Xdp(p) => p.test_run(opts).map(|_| ()),
-        }
-    }
-
     /// Resets the baseline the next verdict is measured from.
     fn rebase(&mut self) -> Result<(), TestRunError> {
         self.last = self.counters.read(0)?;
@@ -256,21 +264,8 @@ pub fn harness_max_frame(hook: Hook) -> Result<usize, TestRunError> {
         Insn::Exit,
     ];
     let program = LoadedProgram::load(hook, "capstats_probe", &empty)?;
-    let runner = match hook {
-        Hook::Xdp => Runner::Xdp(program.xdp()?),
-        _ => Runner::Tc(program.sched_classifier()?),
-    };
-    let fits = |len: usize| {
-        let frame = vec![0u8; len];
-        let opts = TestRunOptions {
-            data_in: Some(&frame),
-            ..Default::default()
-        };
-        match &runner {
-            Runner::Tc(p) => p.test_run(opts).is_ok(),
-            Runner::Xdp(p) => p.test_run(opts).is_ok(),
-        }
-    };
+    let runner = Runner::of(&program, hook)?;
+    let fits = |len: usize| runner.run(&vec![0u8; len]).is_ok();
     let (mut ok, mut too_big) = (MIN_FRAME, 1 << 20);
     while too_big - ok > 1 {
         let mid = (ok + too_big) / 2;
