@@ -219,6 +219,7 @@ pub enum Helper {
     MapLookupElem,
     GetPrandomU32,
     GetSmpProcessorId,
+    SkbLoadBytes,
     XdpGetBuffLen,
     XdpLoadBytes,
 }
@@ -230,6 +231,7 @@ impl Helper {
             Helper::MapLookupElem => 1,
             Helper::GetPrandomU32 => 7,
             Helper::GetSmpProcessorId => 8,
+            Helper::SkbLoadBytes => 26,
             Helper::XdpGetBuffLen => 188,
             Helper::XdpLoadBytes => 189,
         }
@@ -240,6 +242,7 @@ impl Helper {
             Helper::MapLookupElem => "bpf_map_lookup_elem",
             Helper::GetPrandomU32 => "bpf_get_prandom_u32",
             Helper::GetSmpProcessorId => "bpf_get_smp_processor_id",
+            Helper::SkbLoadBytes => "bpf_skb_load_bytes",
             Helper::XdpGetBuffLen => "bpf_xdp_get_buff_len",
             Helper::XdpLoadBytes => "bpf_xdp_load_bytes",
         }

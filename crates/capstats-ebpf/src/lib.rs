@@ -13,5 +13,6 @@ pub mod filter;
 pub mod insn;
 pub mod program;
 pub mod replay;
+pub mod table;
 pub mod testrun;
 pub mod translate;

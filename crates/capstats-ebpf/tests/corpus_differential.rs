@@ -26,10 +26,17 @@ use capstats_ebpf::filter::{Filter, FilterError};
 use capstats_ebpf::testrun::{KernelFilter, Verdict, harness_max_frame};
 use capstats_ebpf::translate::Hook;
 
-/// The socket filter's code (`LD_ABS`), run as TC so that it sees frames from L2.
+/// TC's code (direct packet access, `bpf_skb_load_bytes` past the linear part).
 #[test]
 fn kernel_equals_libpcap_on_every_expression_and_record_tc() {
     differential(Hook::Tc);
+}
+
+/// The socket filter's code (a stack copy of the first bytes, `bpf_skb_load_bytes`
+/// past it), run as SCHED_CLS so that it sees frames from L2.
+#[test]
+fn kernel_equals_libpcap_on_every_expression_and_record_socket() {
+    differential(Hook::SocketFilter);
 }
 
 /// XDP's code (direct packet access, `bpf_xdp_load_bytes` across buffers).

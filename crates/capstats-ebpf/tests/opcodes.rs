@@ -521,10 +521,16 @@ fn check_hook(hook: Hook) {
     );
 }
 
-/// `LD_ABS`/`LD_IND` and `__sk_buff` fields: the socket filter's code, run as TC.
+/// TC: direct packet access with bounds checks, and `__sk_buff` fields.
 #[test]
 fn every_opcode_agrees_with_libpcap_and_the_table_on_tc() {
     check_hook(Hook::Tc);
+}
+
+/// Socket filters: loads from a stack copy of the packet's first bytes, run as TC.
+#[test]
+fn every_opcode_agrees_with_libpcap_and_the_table_on_socket() {
+    check_hook(Hook::SocketFilter);
 }
 
 /// Direct packet access with bounds checks.

@@ -543,7 +543,7 @@ fn still_fails(raw: &[RawInsn], packets: &[Vec<u8>]) -> bool {
         }
     }
     let mut tally = Tally::default();
-    [Hook::Tc, Hook::Xdp]
+    [Hook::SocketFilter, Hook::Tc, Hook::Xdp]
         .into_iter()
         .any(|hook| kernel_disagrees(&program, hook, packets, &want, &mut tally).is_some())
 }
@@ -605,7 +605,7 @@ fn shrink(raw: &[RawInsn], packets: &[Vec<u8>]) -> (Vec<RawInsn>, Vec<u8>) {
 }
 
 #[test]
-fn random_programs_agree_with_the_reference_and_libpcap_on_tc_and_xdp() {
+fn random_programs_agree_with_the_reference_and_libpcap_on_every_hook() {
     common::require_root();
     let seed = env_number("CAPSTATS_FUZZ_SEED").unwrap_or(DEFAULT_SEED);
     let cases = env_number("CAPSTATS_FUZZ_CASES").map_or(DEFAULT_CASES, |n| n as usize);
@@ -665,7 +665,7 @@ fn random_programs_agree_with_the_reference_and_libpcap_on_tc_and_xdp() {
             failures.push(format!("case {case}: {bad}\n{}", listing(&raw)));
             continue;
         }
-        for hook in [Hook::Tc, Hook::Xdp] {
+        for hook in [Hook::SocketFilter, Hook::Tc, Hook::Xdp] {
             if let Some(bad) = kernel_disagrees(&program, hook, &packets, &want, &mut tally) {
                 let (small, packet) = shrink(&raw, &packets);
                 failures.push(format!(
@@ -719,7 +719,7 @@ fn random_programs_agree_with_the_reference_and_libpcap_on_tc_and_xdp() {
                 }
             }
         };
-        for hook in [Hook::Tc, Hook::Xdp] {
+        for hook in [Hook::SocketFilter, Hook::Tc, Hook::Xdp] {
             let result = match want {
                 Some(want) => kernel_disagrees(
                     &program,

@@ -1,30 +1,47 @@
 //! How each hook reads what a classic program asks for: packet bytes, the packet's
 //! length, socket metadata, and the frame length it counts.
 //!
-//! - Socket filters and TC: `LD_ABS`/`LD_IND` (an out-of-bounds load ends the program
-//!   with "no match", as in classic BPF) and `__sk_buff` fields.
-//! - XDP: direct packet access, bounds-checked against `data_end` the way the verifier
-//!   wants; a load beyond the first buffer of a multi-buffer frame (or further than
-//!   direct access reaches) goes through `bpf_xdp_load_bytes`, and a failed load
-//!   rejects. The length is `bpf_xdp_get_buff_len` (every buffer). XDP runs before
-//!   the kernel takes VLAN tags out of the frame, so it has no tag metadata, and no
-//!   packet type or socket fields: filters that read them are refused.
+//! No hook uses `LD_ABS`/`LD_IND`. An out-of-bounds `LD_ABS` ends the whole program,
+//! and a program holds every session of an interface, so one filter's failed load must
+//! reject that filter only; and each of them is a helper call (~9 ns here) where a
+//! direct read costs about one.
+//! - XDP and TC: direct packet access (`data`..`data_end`: XDP's first buffer, the
+//!   skb's linear part), bounds-checked the way the verifier wants; bytes beyond go
+//!   through `bpf_xdp_load_bytes` / `bpf_skb_load_bytes`, and a failed load rejects.
+//! - Socket filters may not read packet memory directly: the prologue copies the
+//!   packet's first [`CACHE_BYTES`] (all of it, if shorter) to the stack with one
+//!   `bpf_skb_load_bytes`; loads read that copy, and bytes past it take the helper.
+//!
+//! The length counted (the frame on the wire) is computed once per packet, in the
+//! prologue. XDP runs before the kernel takes VLAN tags out of the frame, so it has no
+//! tag metadata, and no packet type or socket fields: filters that read them are
+//! refused.
 
 use super::{A, CTX, FP, Hook, TranslateError, Translator, X, imm};
 use crate::cbpf::{Ancillary, ClassicInsn, LoadA, Program};
 use crate::insn::build::*;
 use crate::insn::{AluOp, Endian, Helper, Insn, JmpOp, Operand, Reg, Size, Width};
 
-/// Socket and TC hooks: scratch for `ldx msh` and the indexed-load guard.
-const TMP: Reg = Reg::R8;
-/// XDP: the frame's first byte, and one past the first buffer's end.
+/// XDP and TC: the packet's first byte, and one past its directly readable bytes.
 const DATA: Reg = Reg::R8;
 const DATA_END: Reg = Reg::R9;
-/// XDP: where A waits while a helper runs, and where `bpf_xdp_load_bytes` writes.
+/// Socket filters: how many of the packet's first bytes the stack copy holds.
+const CACHED: Reg = Reg::R9;
+
+/// Where A waits while a helper runs, and where a load helper writes (below the
+/// scratch words and the map key).
 const SPILL_OFFSET: i16 = -72;
 const BUFFER_OFFSET: i16 = -80;
-/// XDP: offsets up to here are tried with direct access first (the verifier bounds
-/// packet pointer offsets); further ones use the helper.
+/// The frame's length on the wire, as counted (u64), computed in the prologue.
+const WIRE_LEN_OFFSET: i16 = -88;
+/// Socket filters: the stack copy of the packet's first bytes. An indexed load's
+/// address is masked to the copy for the verifier, so it may reach up to 3 bytes past
+/// it: 8 bytes after the copy are initialised too (and never read for a result).
+pub(super) const CACHE_BYTES: u32 = 128;
+const CACHE_SLACK_OFFSET: i16 = -96;
+const CACHE_OFFSET: i16 = CACHE_SLACK_OFFSET - CACHE_BYTES as i16;
+/// XDP and TC: offsets up to here are tried with direct access first (the verifier
+/// bounds packet pointer offsets); further ones use the helper.
 const DIRECT_LIMIT: u32 = 0x8000;
 
 /// `PACKET_OUTGOING` (include/uapi/linux/if_packet.h).
@@ -42,6 +59,8 @@ mod skb {
     pub const VLAN_PROTO: i16 = 28;
     pub const IFINDEX: i16 = 40;
     pub const HASH: i16 = 68;
+    pub const DATA: i16 = 76;
+    pub const DATA_END: i16 = 80;
 }
 
 /// Field offsets in `struct xdp_md`.
@@ -92,10 +111,60 @@ pub(super) fn check(program: &Program, hook: Hook) -> Result<(), TranslateError>
 
 impl Translator {
     pub(super) fn access_prologue(&mut self) {
-        if self.hook == Hook::Xdp {
-            self.emit(load(Size::W, DATA, CTX, xdp_md::DATA)); // data = ctx->data
-            self.emit(load(Size::W, DATA_END, CTX, xdp_md::DATA_END)); // data_end = ctx->data_end
+        match self.hook {
+            Hook::Xdp => {
+                self.emit(load(Size::W, DATA, CTX, xdp_md::DATA)); // data = ctx->data
+                self.emit(load(Size::W, DATA_END, CTX, xdp_md::DATA_END)); // data_end = ctx->data_end
+                self.emit(mov64(Reg::R1, Operand::Reg(CTX)));
+                self.emit(Insn::Call(Helper::XdpGetBuffLen)); // r0 = every buffer's bytes
+                self.emit(store(Size::DW, FP, WIRE_LEN_OFFSET, Operand::Reg(A))); // wire_len = r0
+            }
+            Hook::Tc => {
+                self.emit(load(Size::W, DATA, CTX, skb::DATA)); // data = skb->data
+                self.emit(load(Size::W, DATA_END, CTX, skb::DATA_END)); // data_end = skb->data_end
+                self.skb_wire_len();
+            }
+            Hook::SocketFilter => {
+                self.skb_wire_len();
+                self.cache_prologue();
+            }
         }
+    }
+
+    /// `wire_len = skb->len`, plus the 4 bytes of a VLAN tag the kernel moved out of
+    /// the frame into metadata (tcpdump puts it back).
+    fn skb_wire_len(&mut self) {
+        let (r1, r2) = (Reg::R1, Reg::R2);
+        self.emit(load(Size::W, r1, CTX, skb::LEN)); // r1 = skb->len
+        self.emit(load(Size::W, r2, CTX, skb::VLAN_PRESENT)); // r2 = tag in metadata
+        self.emit(alu64(AluOp::Lsh, r2, Operand::Imm(2)));
+        self.emit(alu64(AluOp::Add, r1, Operand::Reg(r2))); // r1 += 4 * r2
+        self.emit(store(Size::DW, FP, WIRE_LEN_OFFSET, Operand::Reg(r1))); // wire_len = r1
+    }
+
+    /// Socket filters: copies the packet's first bytes to the stack and leaves their
+    /// number in `CACHED`.
+    fn cache_prologue(&mut self) {
+        let (have_len, done) = (self.local(), self.local());
+        let (r1, r2, r3, r4) = (Reg::R1, Reg::R2, Reg::R3, Reg::R4);
+        self.emit(load(Size::W, CACHED, CTX, skb::LEN)); // cached = skb->len
+        self.emit(branch64(JmpOp::Le, CACHED, imm(CACHE_BYTES), have_len));
+        self.emit(mov64(CACHED, imm(CACHE_BYTES))); // cached = min(skb->len, CACHE_BYTES)
+        self.asm.label(have_len);
+        self.emit(store(Size::DW, FP, CACHE_SLACK_OFFSET, Operand::Imm(0))); // slack = 0
+        // An empty packet: nothing to copy (nor may the helper copy nothing).
+        self.emit(branch64(JmpOp::Eq, CACHED, Operand::Imm(0), done));
+        self.emit(mov64(r1, Operand::Reg(CTX))); // r1 = skb
+        self.emit(mov32(r2, Operand::Imm(0))); // r2 = offset 0
+        self.emit(mov64(r3, Operand::Reg(FP))); // r3 = the copy
+        self.emit(alu64(AluOp::Add, r3, Operand::Imm(CACHE_OFFSET.into())));
+        self.emit(mov64(r4, Operand::Reg(CACHED))); // r4 = cached
+        self.emit(Insn::Call(Helper::SkbLoadBytes));
+        self.emit(branch64(JmpOp::Eq, A, Operand::Imm(0), done));
+        // Not expected (cached <= skb->len); should it fail, every load takes the
+        // helper, which decides.
+        self.emit(mov64(CACHED, Operand::Imm(0))); // cached = 0
+        self.asm.label(done);
     }
 
     /// `A = P[k:size]`, big endian.
@@ -103,90 +172,57 @@ impl Translator {
         if offset > i32::MAX as u32 {
             // Beyond any packet: libpcap's bounds check rejects.
             self.emit(goto(self.reject()));
-        } else if self.hook.uses_ld_abs() {
-            self.emit(Insn::LoadAbs {
-                size,
-                offset: offset as i32,
-            }); // A = P[k]
-        } else if offset + bytes(size) <= DIRECT_LIMIT {
-            let (slow, done) = (self.local(), self.local());
-            let (r1, r2) = (Reg::R1, Reg::R2);
-            self.emit(mov64(r1, Operand::Reg(DATA))); // r1 = data + k
-            self.emit(alu64(AluOp::Add, r1, imm(offset)));
-            self.emit(mov64(r2, Operand::Reg(r1))); // r2 = past the bytes loaded
-            self.emit(alu64(AluOp::Add, r2, imm(bytes(size))));
-            self.emit(branch64(JmpOp::Gt, r2, Operand::Reg(DATA_END), slow)); // not in the first buffer
-            self.emit(load(size, A, r1, 0)); // A = P[k], network order
-            self.emit(goto(done));
-            self.asm.label(slow);
-            self.emit(mov32(r2, imm(offset))); // r2 = k
-            self.load_bytes_helper(size);
-            self.asm.label(done);
-            self.network_to_host(size);
-        } else {
-            self.emit(mov32(Reg::R2, imm(offset))); // r2 = k
-            self.load_bytes_helper(size);
-            self.network_to_host(size);
+            return;
         }
+        let end = offset + bytes(size);
+        match self.hook {
+            Hook::SocketFilter if end <= CACHE_BYTES => {
+                // The copy holds min(len, CACHE_BYTES) bytes: fewer than `end` means
+                // the packet ends before.
+                self.emit(branch64(JmpOp::Lt, CACHED, imm(end), self.reject())); // past the packet
+                let at = CACHE_OFFSET + offset as i16;
+                if !offset.is_multiple_of(bytes(size)) {
+                    self.load_from_copy_bytewise(size, FP, at); // A = P[k]
+                    return;
+                }
+                self.emit(load(size, A, FP, at)); // A = P[k], network order
+            }
+            Hook::Tc | Hook::Xdp if end <= DIRECT_LIMIT => {
+                let (slow, done) = (self.local(), self.local());
+                let (r1, r2) = (Reg::R1, Reg::R2);
+                self.emit(mov64(r1, Operand::Reg(DATA))); // r1 = data + k
+                self.emit(alu64(AluOp::Add, r1, imm(offset)));
+                self.emit(mov64(r2, Operand::Reg(r1))); // r2 = past the bytes loaded
+                self.emit(alu64(AluOp::Add, r2, imm(bytes(size))));
+                self.emit(branch64(JmpOp::Gt, r2, Operand::Reg(DATA_END), slow)); // not directly readable
+                self.emit(load(size, A, r1, 0)); // A = P[k], network order
+                self.emit(goto(done));
+                self.asm.label(slow);
+                self.emit(mov32(r2, imm(offset))); // r2 = k
+                self.load_bytes_helper(size);
+                self.asm.label(done);
+            }
+            _ => {
+                self.emit(mov32(Reg::R2, imm(offset))); // r2 = k
+                self.load_bytes_helper(size);
+            }
+        }
+        self.network_to_host(size);
     }
 
     /// `A = P[X + k:size]`. libpcap rejects when `X + k` overflows 32 bits or lies past
-    /// the packet; the kernel would wrap the sum and read negative offsets relative to
-    /// the link or network header. The guard keeps libpcap's meaning, and is left out
-    /// when X is known small enough that neither can happen.
+    /// the packet; the guard keeps libpcap's meaning, and is left out when X is known
+    /// small enough that neither can happen.
     pub(super) fn load_ind(&mut self, size: Size, offset: u32, x_bound: u32) {
         if offset > i32::MAX as u32 {
             self.emit(goto(self.reject()));
             return;
         }
         let guarded = u64::from(x_bound) + u64::from(offset) > i32::MAX as u64;
-        if self.hook.uses_ld_abs() {
-            if self.loops {
-                // See below: no branch on X in a loop. A saturated offset reads as -1,
-                // which LD_IND finds nowhere: the program ends without a match.
-                self.emit(mov64(TMP, Operand::Reg(X))); // TMP = X + k (< 2^33)
-                self.emit(alu64(AluOp::Add, TMP, imm(offset)));
-                self.saturate_past_2_31(TMP, Reg::R3);
-                self.emit(Insn::LoadInd {
-                    size,
-                    src: TMP,
-                    offset: 0,
-                }); // A = P[TMP]
-            } else if guarded {
-                self.emit(mov64(TMP, Operand::Reg(X))); // TMP = X (zero-extended)
-                self.emit(alu64(AluOp::Add, TMP, imm(offset))); // TMP = X + k, without wrapping
-                self.emit(branch64(
-                    JmpOp::Gt,
-                    TMP,
-                    Operand::Imm(i32::MAX),
-                    self.reject(),
-                )); // past any packet
-                self.emit(Insn::LoadInd {
-                    size,
-                    src: TMP,
-                    offset: 0,
-                }); // A = P[TMP]
-            } else {
-                self.emit(Insn::LoadInd {
-                    size,
-                    src: X,
-                    offset: offset as i32,
-                }); // A = P[X + k]
-            }
-            return;
-        }
         let (r1, r2, r3) = (Reg::R1, Reg::R2, Reg::R3);
         let (slow, done) = (self.local(), self.local());
         self.emit(mov64(r1, Operand::Reg(X))); // r1 = X + k, without wrapping
         self.emit(alu64(AluOp::Add, r1, imm(offset)));
-        if guarded && !self.loops {
-            self.emit(branch64(
-                JmpOp::Gt,
-                r1,
-                Operand::Imm(i32::MAX),
-                self.reject(),
-            )); // past any packet
-        }
         if self.loops {
             // In a loop X grows each round. Were it a packet offset, or compared in a
             // branch, the verifier would track every round's range and never see the
@@ -199,25 +235,65 @@ impl Translator {
             self.network_to_host(size);
             return;
         }
-        // Bounded for the verifier; further offsets take the helper.
-        self.emit(branch64(
-            JmpOp::Gt,
-            r1,
-            imm(DIRECT_LIMIT - bytes(size)),
-            slow,
-        ));
-        self.emit(mov64(r2, Operand::Reg(DATA))); // r2 = data + X + k
-        self.emit(alu64(AluOp::Add, r2, Operand::Reg(r1)));
-        self.emit(mov64(r3, Operand::Reg(r2))); // r3 = past the bytes loaded
-        self.emit(alu64(AluOp::Add, r3, imm(bytes(size))));
-        self.emit(branch64(JmpOp::Gt, r3, Operand::Reg(DATA_END), slow)); // not in the first buffer
-        self.emit(load(size, A, r2, 0)); // A = P[X + k], network order
+        if guarded {
+            self.emit(branch64(
+                JmpOp::Gt,
+                r1,
+                Operand::Imm(i32::MAX),
+                self.reject(),
+            )); // past any packet
+        }
+        if self.hook == Hook::SocketFilter {
+            self.emit(mov64(r3, Operand::Reg(r1))); // r3 = past the bytes loaded
+            self.emit(alu64(AluOp::Add, r3, imm(bytes(size))));
+            self.emit(branch64(JmpOp::Gt, r3, Operand::Reg(CACHED), slow)); // not in the copy
+            // A no-op (r1 + size <= CACHE_BYTES), which tells the verifier the read
+            // stays in the copy and its slack.
+            self.emit(alu64(AluOp::And, r1, imm(CACHE_BYTES - 1)));
+            self.emit(mov64(r2, Operand::Reg(FP))); // r2 = the copy + X + k
+            self.emit(alu64(AluOp::Add, r2, Operand::Reg(r1)));
+            self.load_from_copy_bytewise(size, r2, CACHE_OFFSET); // A = P[X + k]
+            self.emit(goto(done));
+            self.asm.label(slow);
+            self.emit(mov64(r2, Operand::Reg(r1))); // r2 = X + k
+            self.load_bytes_helper(size);
+            self.network_to_host(size);
+            self.asm.label(done);
+            return;
+        } else {
+            // Bounded for the verifier; further offsets take the helper.
+            self.emit(branch64(
+                JmpOp::Gt,
+                r1,
+                imm(DIRECT_LIMIT - bytes(size)),
+                slow,
+            ));
+            self.emit(mov64(r2, Operand::Reg(DATA))); // r2 = data + X + k
+            self.emit(alu64(AluOp::Add, r2, Operand::Reg(r1)));
+            self.emit(mov64(r3, Operand::Reg(r2))); // r3 = past the bytes loaded
+            self.emit(alu64(AluOp::Add, r3, imm(bytes(size))));
+            self.emit(branch64(JmpOp::Gt, r3, Operand::Reg(DATA_END), slow)); // not directly readable
+            self.emit(load(size, A, r2, 0)); // A = P[X + k], network order
+        }
         self.emit(goto(done));
         self.asm.label(slow);
         self.emit(mov64(r2, Operand::Reg(r1))); // r2 = X + k
         self.load_bytes_helper(size);
         self.asm.label(done);
         self.network_to_host(size);
+    }
+
+    /// `A = the size bytes at base + offset` of the socket filter's stack copy, in host
+    /// order, one byte at a time: the verifier wants stack reads aligned, and an
+    /// indexed offset's alignment is unknown. Clobbers r3.
+    fn load_from_copy_bytewise(&mut self, size: Size, base: Reg, offset: i16) {
+        let r3 = Reg::R3;
+        self.emit(load(Size::B, A, base, offset)); // A = the first byte
+        for i in 1..bytes(size) as i16 {
+            self.emit(alu32(AluOp::Lsh, A, Operand::Imm(8))); // A = A << 8 | the next byte
+            self.emit(load(Size::B, r3, base, offset + i));
+            self.emit(alu32(AluOp::Or, A, Operand::Reg(r3)));
+        }
     }
 
     /// `offset = offset < 2^31 ? offset : all ones`, without a branch (`offset` below
@@ -234,16 +310,21 @@ impl Translator {
         self.emit(alu64(AluOp::Or, offset, Operand::Reg(scratch))); // offset, or all ones
     }
 
-    /// XDP: `A = P[r2:size]` in network order through `bpf_xdp_load_bytes`, which reads
-    /// across buffers; out of bounds, the filter rejects.
+    /// `A = P[r2:size]` in network order through the hook's load helper
+    /// (`bpf_xdp_load_bytes` reads across buffers, `bpf_skb_load_bytes` across the
+    /// skb's fragments); out of bounds, the filter rejects.
     fn load_bytes_helper(&mut self, size: Size) {
         let (r1, r3, r4) = (Reg::R1, Reg::R3, Reg::R4);
+        let helper = match self.hook {
+            Hook::Xdp => Helper::XdpLoadBytes,
+            Hook::Tc | Hook::SocketFilter => Helper::SkbLoadBytes,
+        };
         self.emit(mov64(r1, Operand::Reg(CTX))); // r1 = ctx
         self.emit(mov64(r3, Operand::Reg(FP))); // r3 = buffer
         self.emit(alu64(AluOp::Add, r3, Operand::Imm(BUFFER_OFFSET.into())));
         self.emit(mov32(r4, imm(bytes(size)))); // r4 = length
-        self.emit(Insn::Call(Helper::XdpLoadBytes));
-        self.emit(branch64(JmpOp::Slt, A, Operand::Imm(0), self.reject())); // past the frame
+        self.emit(Insn::Call(helper));
+        self.emit(branch64(JmpOp::Slt, A, Operand::Imm(0), self.reject())); // past the packet
         self.emit(load(size, A, FP, BUFFER_OFFSET)); // A = the bytes, network order
     }
 
@@ -265,18 +346,9 @@ impl Translator {
 
     /// `dst = len` (A or X): the packet's length.
     pub(super) fn load_len(&mut self, dst: Reg) {
-        if self.hook.uses_ld_abs() {
-            self.emit(load(Size::W, dst, CTX, skb::LEN)); // dst = skb->len
-            return;
-        }
-        if dst != A {
-            self.emit(store(Size::W, FP, SPILL_OFFSET, Operand::Reg(A))); // keep A
-        }
-        self.emit(mov64(Reg::R1, Operand::Reg(CTX)));
-        self.emit(Insn::Call(Helper::XdpGetBuffLen)); // r0 = every buffer's bytes
-        if dst != A {
-            self.emit(mov32(dst, Operand::Reg(A))); // dst = len
-            self.emit(load(Size::W, A, FP, SPILL_OFFSET)); // A back
+        match self.hook {
+            Hook::Xdp => self.emit(load(Size::W, dst, FP, WIRE_LEN_OFFSET)), // dst = every buffer's bytes
+            Hook::Tc | Hook::SocketFilter => self.emit(load(Size::W, dst, CTX, skb::LEN)), // dst = skb->len
         }
     }
 
@@ -286,24 +358,12 @@ impl Translator {
             self.emit(goto(self.reject()));
             return;
         }
-        if self.hook.uses_ld_abs() {
-            self.emit(mov64(TMP, Operand::Reg(A))); // TMP = A
-            self.emit(Insn::LoadAbs {
-                size: Size::B,
-                offset: offset as i32,
-            }); // A = P[k:1]
-        } else {
-            self.emit(store(Size::W, FP, SPILL_OFFSET, Operand::Reg(A))); // keep A
-            self.load_abs(Size::B, offset); // A = P[k:1]
-        }
+        self.emit(store(Size::W, FP, SPILL_OFFSET, Operand::Reg(A))); // keep A
+        self.load_abs(Size::B, offset); // A = P[k:1]
         self.emit(alu32(AluOp::And, A, Operand::Imm(0xf))); // A &= 0xf
         self.emit(alu32(AluOp::Lsh, A, Operand::Imm(2))); // A <<= 2
         self.emit(mov64(X, Operand::Reg(A))); // X = 4 * (P[k:1] & 0xf)
-        if self.hook.uses_ld_abs() {
-            self.emit(mov64(A, Operand::Reg(TMP))); // A = TMP
-        } else {
-            self.emit(load(Size::W, A, FP, SPILL_OFFSET)); // A back
-        }
+        self.emit(load(Size::W, A, FP, SPILL_OFFSET)); // A back
     }
 
     pub(super) fn ancillary(&mut self, field: Ancillary) {
@@ -344,27 +404,13 @@ impl Translator {
         }
     }
 
-    /// `*(u64 *)(value + offset) += the frame's length on the wire`. Clobbers r0-r5
-    /// and X (dead here: every filter sets X before reading it).
+    /// `*(u64 *)(value + offset) += the frame's length on the wire` (from the
+    /// prologue). Clobbers r1 and r2.
     pub(super) fn add_frame_length(&mut self, value: Reg, offset: i16) {
-        let (r1, r2, r3) = (Reg::R1, Reg::R2, Reg::R3);
-        if self.hook.uses_ld_abs() {
-            // skb->len, plus the 4 bytes of a VLAN tag the kernel moved out of the frame
-            // into metadata (tcpdump puts it back).
-            self.emit(load(Size::W, r1, CTX, skb::LEN));
-            self.emit(load(Size::W, r3, CTX, skb::VLAN_PRESENT));
-            self.emit(alu64(AluOp::Lsh, r3, Operand::Imm(2)));
-            self.emit(alu64(AluOp::Add, r1, Operand::Reg(r3)));
-            self.emit(load(Size::DW, r2, value, offset));
-            self.emit(alu64(AluOp::Add, r2, Operand::Reg(r1)));
-            self.emit(store(Size::DW, value, offset, Operand::Reg(r2)));
-        } else {
-            self.emit(mov64(X, Operand::Reg(value))); // keep the value across the call
-            self.emit(mov64(r1, Operand::Reg(CTX)));
-            self.emit(Insn::Call(Helper::XdpGetBuffLen)); // r0 = every buffer's bytes
-            self.emit(load(Size::DW, r1, X, offset));
-            self.emit(alu64(AluOp::Add, r1, Operand::Reg(Reg::R0)));
-            self.emit(store(Size::DW, X, offset, Operand::Reg(r1)));
-        }
+        let (r1, r2) = (Reg::R1, Reg::R2);
+        self.emit(load(Size::DW, r1, FP, WIRE_LEN_OFFSET)); // r1 = wire_len
+        self.emit(load(Size::DW, r2, value, offset));
+        self.emit(alu64(AluOp::Add, r2, Operand::Reg(r1)));
+        self.emit(store(Size::DW, value, offset, Operand::Reg(r2)));
     }
 }

@@ -5,22 +5,24 @@
 //!
 //! | role     | register | why |
 //! |----------|----------|-----|
-//! | A        | `r0`     | `LD_ABS`/`LD_IND` and helpers leave their result there |
-//! | X        | `r7`     | callee-saved: survives packet loads and helper calls |
-//! | CTX      | `r6`     | `LD_ABS`/`LD_IND` require the context there |
-//! | TMP      | `r8`     | socket and TC hooks: scratch for `ldx msh` and guards |
-//! | data     | `r8`     | XDP: the frame's first byte |
-//! | data_end | `r9`     | XDP: one past the first buffer's last byte |
+//! | A        | `r0`     | helpers leave their result there |
+//! | X        | `r7`     | callee-saved: survives helper calls |
+//! | CTX      | `r6`     | the context, for helpers and `__sk_buff` fields |
+//! | data     | `r8`     | XDP and TC: the packet's first byte |
+//! | data_end | `r9`     | XDP and TC: one past its directly readable bytes |
+//! | cached   | `r9`     | socket filters: bytes of the packet copied to the stack |
 //! | FP       | `r10`    | `M[k]` lives at `r10 - 4 * (16 - k)` |
 //!
 //! How packet bytes, the length and socket metadata are read depends on the hook
-//! ([`access`]): `LD_ABS`/`LD_IND` and `__sk_buff` fields for socket filters and TC,
-//! direct packet access with bounds checks (and `bpf_xdp_load_bytes` beyond the first
-//! buffer) for XDP, which has no `LD_ABS`.
+//! ([`access`]): direct packet access with bounds checks for XDP and TC, a stack copy
+//! of the packet's first bytes for socket filters (which may not read packet memory),
+//! and a load helper for bytes beyond either. No `LD_ABS`: its failure would end the
+//! program, and a program holds many filters.
 //!
 //! Every accepting return jumps to the filter's counting code, which adds one packet and
 //! its length on the wire (for skb hooks `skb->len`, plus 4 for a VLAN tag the kernel
-//! took out of the frame, as tcpdump shows it) to its slot of a per-CPU array map;
+//! took out of the frame, as tcpdump shows it; computed once per packet) to its slot of
+//! a per-CPU array map;
 //! every rejecting return jumps past it. A program can hold several filters, one after
 //! another, each counting into its own slot; it ends in the hook's neutral return
 //! value, so it never changes what happens to the packet.
@@ -69,12 +71,6 @@ impl Hook {
             Hook::Xdp => 2,
         }
     }
-
-    /// Whether the hook reads packets with `LD_ABS`/`LD_IND`. An out-of-bounds load
-    /// then ends the whole program, so such a program holds only one filter.
-    pub const fn uses_ld_abs(self) -> bool {
-        matches!(self, Hook::SocketFilter | Hook::Tc)
-    }
 }
 
 impl std::fmt::Display for Hook {
@@ -95,6 +91,18 @@ pub struct CounterSlot {
     pub slot: u32,
 }
 
+/// Where one filter of a program counts its matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Counting {
+    Slot(CounterSlot),
+    /// Slot 0 of the counter map in entry `index` of the table `table_fd` (see
+    /// [`crate::table`]): one map reference for any number of filters.
+    Table {
+        table_fd: i32,
+        index: u32,
+    },
+}
+
 /// Why filters could not be translated for a hook.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TranslateError {
@@ -106,8 +114,6 @@ pub enum TranslateError {
         what: &'static str,
         hook: Hook,
     },
-    #[error("the {hook} hook runs one filter per program ({count} given)")]
-    OneFilterOnly { hook: Hook, count: usize },
 }
 
 /// Translates a validated classic program into an eBPF program for `hook` that counts
@@ -127,16 +133,57 @@ pub fn translate_tc_egress(
     program: &Program,
     counter: CounterSlot,
 ) -> Result<Vec<Insn>, TranslateError> {
-    Ok(assemble(&[(program, counter)], Hook::Tc, true)?.finish()?)
+    translate_all_tc_egress(&[(program, counter)])
 }
 
 /// Translates several filters into one program: each runs on every packet and counts
-/// its matches into its own counter slot (of its own map, or of a shared one).
+/// its matches into its own counter slot (of its own map, or of a shared one). The
+/// kernel allows a program 64 maps; [`translate_with_table`] has no such limit.
 pub fn translate_all(
     filters: &[(&Program, CounterSlot)],
     hook: Hook,
 ) -> Result<Vec<Insn>, TranslateError> {
-    Ok(assemble(filters, hook, false)?.finish()?)
+    Ok(assemble(&slots(filters), hook, false)?.finish()?)
+}
+
+/// [`translate_all`] for the TC egress hook (see [`translate_tc_egress`]).
+pub fn translate_all_tc_egress(
+    filters: &[(&Program, CounterSlot)],
+) -> Result<Vec<Insn>, TranslateError> {
+    Ok(assemble(&slots(filters), Hook::Tc, true)?.finish()?)
+}
+
+/// Translates several filters into one program, filter `i` counting into slot 0 of
+/// the counter map in entry `i` of the table `table_fd` ([`crate::table`]): any number
+/// of sessions, one map reference. `tc_egress`: for the TC egress hook (see
+/// [`translate_tc_egress`]).
+pub fn translate_with_table(
+    filters: &[&Program],
+    table_fd: i32,
+    hook: Hook,
+    tc_egress: bool,
+) -> Result<Vec<Insn>, TranslateError> {
+    let counted: Vec<_> = filters
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            (
+                *p,
+                Counting::Table {
+                    table_fd,
+                    index: i as u32,
+                },
+            )
+        })
+        .collect();
+    Ok(assemble(&counted, hook, tc_egress && hook == Hook::Tc)?.finish()?)
+}
+
+fn slots<'a>(filters: &[(&'a Program, CounterSlot)]) -> Vec<(&'a Program, Counting)> {
+    filters
+        .iter()
+        .map(|(p, slot)| (*p, Counting::Slot(*slot)))
+        .collect()
 }
 
 /// The same translation as assembly text with its labels (see [`Assembler::listing`]).
@@ -145,20 +192,14 @@ pub fn translate_listing(
     hook: Hook,
     counter: CounterSlot,
 ) -> Result<String, TranslateError> {
-    Ok(assemble(&[(program, counter)], hook, false)?.listing()?)
+    Ok(assemble(&[(program, Counting::Slot(counter))], hook, false)?.listing()?)
 }
 
 fn assemble(
-    filters: &[(&Program, CounterSlot)],
+    filters: &[(&Program, Counting)],
     hook: Hook,
     outgoing: bool,
 ) -> Result<Assembler, TranslateError> {
-    if hook.uses_ld_abs() && filters.len() != 1 {
-        return Err(TranslateError::OneFilterOnly {
-            hook,
-            count: filters.len(),
-        });
-    }
     for (program, _) in filters {
         access::check(program, hook)?;
     }
@@ -370,24 +411,43 @@ impl Translator {
         }
     }
 
-    /// The filter matched: one more packet and its bytes in `slot`. Falls through to
-    /// the filter's reject label (the next filter, or the return).
-    fn count(&mut self, counter: CounterSlot) {
-        let (r0, r1, r2) = (Reg::R0, Reg::R1, Reg::R2);
-        self.emit(store(Size::W, FP, KEY_OFFSET, imm(counter.slot))); // key = slot
-        self.emit(mov64(r2, Operand::Reg(FP))); // r2 = &key
-        self.emit(alu64(AluOp::Add, r2, Operand::Imm(KEY_OFFSET.into())));
-        self.emit(Insn::LoadMapFd {
-            dst: r1,
-            fd: counter.map_fd,
-        }); // r1 = counters
-        self.emit(Insn::Call(crate::insn::Helper::MapLookupElem)); // r0 = &counters[slot] on this CPU
-        self.emit(branch64(JmpOp::Eq, r0, Operand::Imm(0), self.reject()));
+    /// The filter matched: one more packet and its bytes in its counter slot. Falls
+    /// through to the filter's reject label (the next filter, or the return).
+    fn count(&mut self, counting: Counting) {
+        let (r0, r1) = (Reg::R0, Reg::R1);
+        match counting {
+            Counting::Slot(counter) => {
+                self.emit(Insn::LoadMapFd {
+                    dst: r1,
+                    fd: counter.map_fd,
+                }); // r1 = counters
+                self.lookup(counter.slot); // r0 = &counters[slot] on this CPU
+            }
+            Counting::Table { table_fd, index } => {
+                self.emit(Insn::LoadMapFd {
+                    dst: r1,
+                    fd: table_fd,
+                }); // r1 = the table
+                self.lookup(index); // r0 = the filter's counter map
+                self.emit(mov64(r1, Operand::Reg(r0))); // r1 = counters
+                self.lookup(0); // r0 = &counters[0] on this CPU
+            }
+        }
         // Per-CPU values, and a CPU runs one hook invocation at a time: plain adds.
         self.emit(load(Size::DW, r1, r0, 0)); // packets += 1
         self.emit(alu64(AluOp::Add, r1, Operand::Imm(1)));
         self.emit(store(Size::DW, r0, 0, Operand::Reg(r1)));
         self.add_frame_length(r0, 8); // bytes += the frame's length
+    }
+
+    /// `r0 = bpf_map_lookup_elem(r1, &key)`; on no element the filter counts nothing.
+    fn lookup(&mut self, key: u32) {
+        let r2 = Reg::R2;
+        self.emit(store(Size::W, FP, KEY_OFFSET, imm(key))); // key
+        self.emit(mov64(r2, Operand::Reg(FP))); // r2 = &key
+        self.emit(alu64(AluOp::Add, r2, Operand::Imm(KEY_OFFSET.into())));
+        self.emit(Insn::Call(crate::insn::Helper::MapLookupElem)); // r0 = the element
+        self.emit(branch64(JmpOp::Eq, Reg::R0, Operand::Imm(0), self.reject()));
     }
 }
 

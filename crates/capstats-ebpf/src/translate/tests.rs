@@ -30,10 +30,11 @@ fn body(raw: &[Raw]) -> Vec<String> {
         .map(|&(c, jt, jf, k)| RawInsn::new(c, jt, jf, k))
         .collect();
     let program = Program::new(&raw).unwrap();
-    let listing = translate_listing(&program, Hook::Tc, COUNTER).unwrap();
+    let listing = translate_listing(&program, Hook::SocketFilter, COUNTER).unwrap();
     listing
         .lines()
-        .skip(3) // r6 = r1; w0 = 0; w7 = 0
+        .skip_while(|l| l.trim() != "w7 = 0") // the prologue, then A = 0; X = 0
+        .skip(1)
         .take_while(|l| *l != ret && *l != "accept:" && *l != "reject:")
         .filter(|l| !(l.starts_with('c') && l.ends_with(':')))
         .map(|l| l.trim().to_owned())
@@ -52,29 +53,48 @@ fn a_whole_program_with_prologue_and_counting_epilogue() {
         ],
         Hook::SocketFilter,
     );
+    // The socket filter: wire length (skb->len + 4 if the kernel holds a VLAN tag)
+    // once, the first bytes copied to the stack once, then the filter, then counting.
     assert_eq!(
         lines,
         [
             "r6 = r1",
+            "r1 = *(u32 *)(r6 + 0)",
+            "r2 = *(u32 *)(r6 + 20)",
+            "r2 <<= 2",
+            "r1 += r2",
+            "*(u64 *)(r10 - 88) = r1",
+            "r9 = *(u32 *)(r6 + 0)",
+            "if r9 <= 128 goto +1",
+            "r9 = 128",
+            "*(u64 *)(r10 - 96) = 0",
+            "if r9 == 0 goto +8",
+            "r1 = r6",
+            "w2 = 0",
+            "r3 = r10",
+            "r3 += -224",
+            "r4 = r9",
+            "call bpf_skb_load_bytes#26",
+            "if r0 == 0 goto +1",
+            "r9 = 0",
             "w0 = 0",
             "w7 = 0",
-            "r0 = *(u16 *)skb[12]",
+            "if r9 < 14 goto +19",
+            "r0 = *(u16 *)(r10 - 212)",
+            "r0 = be16 r0",
             "if w0 != 0x800 goto +1",
             "goto +1",
-            "goto +17",
+            "goto +14",
+            "r1 = map[fd:7]",
             "*(u32 *)(r10 - 68) = 3",
             "r2 = r10",
             "r2 += -68",
-            "r1 = map[fd:7]",
             "call bpf_map_lookup_elem#1",
-            "if r0 == 0 goto +10",
+            "if r0 == 0 goto +7",
             "r1 = *(u64 *)(r0 + 0)",
             "r1 += 1",
             "*(u64 *)(r0 + 0) = r1",
-            "r1 = *(u32 *)(r6 + 0)",
-            "r3 = *(u32 *)(r6 + 20)",
-            "r3 <<= 2",
-            "r1 += r3",
+            "r1 = *(u64 *)(r10 - 88)",
             "r2 = *(u64 *)(r0 + 8)",
             "r2 += r1",
             "*(u64 *)(r0 + 8) = r2",
@@ -91,27 +111,83 @@ fn a_whole_program_with_prologue_and_counting_epilogue() {
 fn each_classic_instruction_becomes_these_ebpf_instructions() {
     let ad = |n: u32| SKF_AD_OFF + n;
     let table: &[(&str, &[Raw], &[&str])] = &[
-        ("ld [k]", &[(0x20, 0, 0, 26)], &["r0 = *(u32 *)skb[26]"]),
-        ("ldh [k]", &[(0x28, 0, 0, 12)], &["r0 = *(u16 *)skb[12]"]),
-        ("ldb [k]", &[(0x30, 0, 0, 23)], &["r0 = *(u8 *)skb[23]"]),
+        // The socket filter reads its stack copy of the first 128 bytes (at r10 - 224),
+        // after checking the packet is long enough (r9 = bytes copied); an unaligned
+        // offset byte by byte (the verifier wants aligned stack reads).
+        (
+            "ld [k], unaligned",
+            &[(0x20, 0, 0, 26)],
+            &[
+                "if r9 < 30 goto reject",
+                "r0 = *(u8 *)(r10 - 198)",
+                "w0 <<= 8",
+                "r3 = *(u8 *)(r10 - 197)",
+                "w0 |= w3",
+                "w0 <<= 8",
+                "r3 = *(u8 *)(r10 - 196)",
+                "w0 |= w3",
+                "w0 <<= 8",
+                "r3 = *(u8 *)(r10 - 195)",
+                "w0 |= w3",
+            ],
+        ),
+        (
+            "ldh [k]",
+            &[(0x28, 0, 0, 12)],
+            &[
+                "if r9 < 14 goto reject",
+                "r0 = *(u16 *)(r10 - 212)",
+                "r0 = be16 r0",
+            ],
+        ),
+        (
+            "ldb [k]",
+            &[(0x30, 0, 0, 23)],
+            &["if r9 < 24 goto reject", "r0 = *(u8 *)(r10 - 201)"],
+        ),
         // Beyond any packet: straight to the return; what follows is dropped unreachable.
         (
             "ldb [k >= 2^31]",
             &[(0x30, 0, 0, 0x8000_0000)],
             &["goto reject"],
         ),
-        // X bounded by ldx msh (<= 60): no guard.
+        // X bounded by ldx msh (<= 60): no 2^31 guard. In the copy: masked (a no-op the
+        // verifier needs) and read byte by byte; past it, the helper.
         (
             "ldh [x + k], x small",
             &[(0xb1, 0, 0, 14), (0x48, 0, 0, 16)],
             &[
-                "r8 = r0",
-                "r0 = *(u8 *)skb[14]",
+                "*(u32 *)(r10 - 72) = r0",
+                "if r9 < 15 goto reject",
+                "r0 = *(u8 *)(r10 - 210)",
                 "w0 &= 0xf",
                 "w0 <<= 2",
                 "r7 = r0",
-                "r0 = r8",
-                "r0 = *(u16 *)skb[r7 + 16]",
+                "r0 = *(u32 *)(r10 - 72)",
+                "r1 = r7",
+                "r1 += 16",
+                "r3 = r1",
+                "r3 += 2",
+                "if r3 > r9 goto l2",
+                "r1 &= 127",
+                "r2 = r10",
+                "r2 += r1",
+                "r0 = *(u8 *)(r2 - 224)",
+                "w0 <<= 8",
+                "r3 = *(u8 *)(r2 - 223)",
+                "w0 |= w3",
+                "goto l3",
+                "l2:",
+                "r2 = r1",
+                "r1 = r6",
+                "r3 = r10",
+                "r3 += -80",
+                "w4 = 2",
+                "call bpf_skb_load_bytes#26",
+                "if r0 s< 0 goto reject",
+                "r0 = *(u16 *)(r10 - 80)",
+                "r0 = be16 r0",
+                "l3:",
             ],
         ),
         // X unknown: X + k must not pass 2^31 (libpcap's bounds), checked in 64 bits.
@@ -120,10 +196,27 @@ fn each_classic_instruction_becomes_these_ebpf_instructions() {
             &[(0x81, 0, 0, 0), (0x50, 0, 0, 14)],
             &[
                 "r7 = *(u32 *)(r6 + 0)",
-                "r8 = r7",
-                "r8 += 14",
-                "if r8 > 0x7fffffff goto reject",
-                "r0 = *(u8 *)skb[r8 + 0]",
+                "r1 = r7",
+                "r1 += 14",
+                "if r1 > 0x7fffffff goto reject",
+                "r3 = r1",
+                "r3 += 1",
+                "if r3 > r9 goto l2",
+                "r1 &= 127",
+                "r2 = r10",
+                "r2 += r1",
+                "r0 = *(u8 *)(r2 - 224)",
+                "goto l3",
+                "l2:",
+                "r2 = r1",
+                "r1 = r6",
+                "r3 = r10",
+                "r3 += -80",
+                "w4 = 1",
+                "call bpf_skb_load_bytes#26",
+                "if r0 s< 0 goto reject",
+                "r0 = *(u8 *)(r10 - 80)",
+                "l3:",
             ],
         ),
         ("ld #pktlen", &[(0x80, 0, 0, 0)], &["r0 = *(u32 *)(r6 + 0)"]),
@@ -144,12 +237,12 @@ fn each_classic_instruction_becomes_these_ebpf_instructions() {
             "rsh x",
             &[(0x7c, 0, 0, 0)],
             &[
-                "if w7 < 0x20 goto l0",
+                "if w7 < 0x20 goto l2",
                 "w0 = 0",
-                "goto l1",
-                "l0:",
+                "goto l3",
+                "l2:",
                 "w0 >>= w7",
-                "l1:",
+                "l3:",
             ],
         ),
         (
@@ -239,12 +332,12 @@ fn a_backward_ja_becomes_a_budgeted_loop() {
         Hook::Tc,
     );
     assert_eq!(
-        lines[3..9],
+        lines[10..16],
         [
             "w0 = 3",
             "if w0 == 0 goto +3",
             "w0 -= 1",
-            "may_goto +19",
+            "may_goto +16",
             "goto -4",
             "goto +0"
         ]
@@ -263,11 +356,14 @@ fn xdp_loads_directly_and_falls_back_to_the_helper() {
     let listing = translate_listing(&program, Hook::Xdp, COUNTER).unwrap();
     let lines: Vec<&str> = listing.lines().map(str::trim).collect();
     assert_eq!(
-        lines[..22],
+        lines[..25],
         [
             "r6 = r1",
             "r8 = *(u32 *)(r6 + 0)",
             "r9 = *(u32 *)(r6 + 4)",
+            "r1 = r6",
+            "call bpf_xdp_get_buff_len#188",
+            "*(u64 *)(r10 - 88) = r0",
             "w0 = 0",
             "w7 = 0",
             "c0:",
@@ -289,7 +385,7 @@ fn xdp_loads_directly_and_falls_back_to_the_helper() {
             "r0 = *(u16 *)(r10 - 80)",
         ]
     );
-    assert_eq!(lines[22..25], ["l1:", "r0 = be16 r0", "c1:"]);
+    assert_eq!(lines[25..28], ["l1:", "r0 = be16 r0", "c1:"]);
     // The frame's length counts every buffer; the return lets the frame pass.
     assert!(
         listing.contains("call bpf_xdp_get_buff_len#188"),
@@ -309,10 +405,10 @@ fn xdp_loads_directly_and_falls_back_to_the_helper() {
     assert!(err.to_string().contains("VLAN tag metadata"), "{err}");
 }
 
-/// Several filters in one program (XDP): each counts into its own slot, and the
-/// labels say which filter they belong to.
+/// Several filters in one program, on every hook: each counts into its own slot, and
+/// the labels say which filter they belong to.
 #[test]
-fn several_filters_share_one_program_where_loads_cannot_abort_it() {
+fn several_filters_share_one_program_on_every_hook() {
     let raw = |list: &[Raw]| -> Program {
         let raw: Vec<RawInsn> = list
             .iter()
@@ -323,23 +419,34 @@ fn several_filters_share_one_program_where_loads_cannot_abort_it() {
     let a = raw(&[(0x06, 0, 0, 1)]);
     let b = raw(&[(0x06, 0, 0, 7)]);
     let slot = |slot| CounterSlot { map_fd: 9, slot };
-    let insns = translate_all(&[(&a, slot(0)), (&b, slot(5))], Hook::Xdp).unwrap();
-    let text: Vec<String> = insns.iter().map(Insn::to_string).collect();
-    assert!(
-        text.contains(&"*(u32 *)(r10 - 68) = 0".to_owned()),
-        "{text:?}"
-    );
-    assert!(
-        text.contains(&"*(u32 *)(r10 - 68) = 5".to_owned()),
-        "{text:?}"
-    );
-    assert_eq!(
-        translate_all(&[(&a, slot(0)), (&b, slot(5))], Hook::Tc).unwrap_err(),
-        TranslateError::OneFilterOnly {
-            hook: Hook::Tc,
-            count: 2
+    for hook in [Hook::SocketFilter, Hook::Tc, Hook::Xdp] {
+        let insns = translate_all(&[(&a, slot(0)), (&b, slot(5))], hook).unwrap();
+        let text: Vec<String> = insns.iter().map(Insn::to_string).collect();
+        for key in ["*(u32 *)(r10 - 68) = 0", "*(u32 *)(r10 - 68) = 5"] {
+            assert!(text.contains(&key.to_owned()), "{hook}: {text:?}");
         }
+    }
+}
+
+/// With a table of counter maps, filter `i` looks up entry `i` of the table, then slot
+/// 0 of the map it finds: one map reference for all of them.
+#[test]
+fn filters_count_through_a_table_of_counter_maps() {
+    let raw: Vec<RawInsn> = vec![RawInsn::new(0x06, 0, 0, 1)];
+    let program = Program::new(&raw).unwrap();
+    let insns = translate_with_table(&[&program, &program, &program], 11, Hook::Tc, false).unwrap();
+    let text: Vec<String> = insns.iter().map(Insn::to_string).collect();
+    let maps: Vec<&String> = text.iter().filter(|l| l.contains("map[")).collect();
+    assert_eq!(maps.len(), 3, "{text:?}");
+    assert!(
+        maps.iter().all(|l| l.as_str() == "r1 = map[fd:11]"),
+        "{maps:?}"
     );
+    for key in 0..3 {
+        let line = format!("*(u32 *)(r10 - 68) = {key}");
+        assert!(text.contains(&line), "{line} in {text:?}");
+    }
+    assert!(text.contains(&"r1 = r0".to_owned()), "{text:?}");
 }
 
 /// At TC egress every packet is outgoing, as a packet socket sees it, whatever
@@ -354,7 +461,15 @@ fn tc_egress_knows_its_packets_are_outgoing() {
     let text = |insns: Vec<Insn>| insns.iter().map(Insn::to_string).collect::<Vec<_>>();
     let ingress = text(translate(&program, Hook::Tc, COUNTER).unwrap());
     let egress = text(translate_tc_egress(&program, COUNTER).unwrap());
-    assert_eq!(ingress[3], "r0 = *(u32 *)(r6 + 4)");
-    assert_eq!(egress[3], "w0 = 4");
-    assert_eq!(ingress[4..], egress[4..]);
+    // After the prologue and A = 0; X = 0: the load of the type.
+    let at = ingress.iter().position(|l| l == "w7 = 0").unwrap() + 1;
+    assert_eq!(ingress[at], "r0 = *(u32 *)(r6 + 4)");
+    assert_eq!(egress[at], "w0 = 4");
+    assert_eq!(ingress[..at], egress[..at]);
+    assert_eq!(ingress[at + 1..], egress[at + 1..]);
+    // TC reads the skb's linear part directly, the rest with bpf_skb_load_bytes.
+    assert_eq!(
+        ingress[1..3],
+        ["r8 = *(u32 *)(r6 + 76)", "r9 = *(u32 *)(r6 + 80)"]
+    );
 }

@@ -1,0 +1,119 @@
+//! A table of counter maps: the one map a program with many filters refers to.
+//!
+//! The kernel lets a program refer to at most 64 maps, and the daemon gives every
+//! session its own pinned counter map (so that its counts outlive any program). A
+//! program counting many sessions therefore refers to one `BPF_MAP_TYPE_ARRAY_OF_MAPS`
+//! instead, whose entry `i` is filter `i`'s counter map; a match looks up its counter
+//! map there, then its slot. Entries hold references: the counter maps live as long as
+//! the table does, and the table as long as a program that refers to it.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_map_type};
+
+use crate::counters::CounterMap;
+
+/// Why a table could not be made or filled. Names the table.
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    #[error("cannot create counter table {name} ({entries} entries): {source}")]
+    Create {
+        name: String,
+        entries: u32,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot put counter map {map} into entry {index} of counter table {name}: {source}")]
+    Set {
+        name: String,
+        index: u32,
+        map: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A `BPF_MAP_TYPE_ARRAY_OF_MAPS` whose entries are counter maps of one slot.
+#[derive(Debug)]
+pub struct CounterTable {
+    name: String,
+    entries: u32,
+    fd: OwnedFd,
+}
+
+impl CounterTable {
+    /// Creates a table of `entries` (at least 1) empty entries for counter maps shaped
+    /// like `template` (a per-CPU array of one counter). `name` is truncated to 15
+    /// characters.
+    pub fn create(name: &str, template: &CounterMap, entries: u32) -> Result<Self, TableError> {
+        let entries = entries.max(1);
+        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+        // SAFETY: the map-create member of the union; every other byte stays zero.
+        let create = unsafe { &mut attr.__bindgen_anon_1 };
+        create.map_type = bpf_map_type::BPF_MAP_TYPE_ARRAY_OF_MAPS as u32;
+        create.key_size = size_of::<u32>() as u32;
+        create.value_size = size_of::<u32>() as u32;
+        create.max_entries = entries;
+        create.inner_map_fd = template.raw_fd() as u32;
+        for (i, byte) in name.bytes().take(15).enumerate() {
+            create.map_name[i] = byte as _;
+        }
+        let fd = bpf(bpf_cmd::BPF_MAP_CREATE, &mut attr).map_err(|source| TableError::Create {
+            name: name.to_owned(),
+            entries,
+            source,
+        })?;
+        Ok(Self {
+            name: name.to_owned(),
+            entries,
+            // SAFETY: BPF_MAP_CREATE returned a new fd that nothing else owns.
+            fd: unsafe { OwnedFd::from_raw_fd(fd as i32) },
+        })
+    }
+
+    /// Makes entry `index` refer to `map`.
+    pub fn set(&self, index: u32, map: &CounterMap) -> Result<(), TableError> {
+        let key = index;
+        let value = map.raw_fd() as u32;
+        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+        // SAFETY: the element member of the union.
+        let elem = unsafe { &mut attr.__bindgen_anon_2 };
+        elem.map_fd = self.fd.as_raw_fd() as u32;
+        elem.key = &key as *const u32 as u64;
+        elem.__bindgen_anon_1.value = &value as *const u32 as u64;
+        bpf(bpf_cmd::BPF_MAP_UPDATE_ELEM, &mut attr).map_err(|source| TableError::Set {
+            name: self.name.clone(),
+            index,
+            map: format!("{map:?}"),
+            source,
+        })?;
+        Ok(())
+    }
+
+    /// The fd to put into a program's map reference.
+    pub fn raw_fd(&self) -> i32 {
+        self.fd.as_raw_fd()
+    }
+
+    pub fn entries(&self) -> u32 {
+        self.entries
+    }
+}
+
+fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<i64> {
+    // SAFETY: attr is a valid, zero-initialised bpf_attr of the size passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd as libc::c_long,
+            attr as *mut bpf_attr,
+            size_of::<bpf_attr>(),
+        )
+    };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
