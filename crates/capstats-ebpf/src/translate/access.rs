@@ -34,12 +34,15 @@ const SPILL_OFFSET: i16 = -72;
 const BUFFER_OFFSET: i16 = -80;
 /// The frame's length on the wire, as counted (u64), computed in the prologue.
 const WIRE_LEN_OFFSET: i16 = -88;
+/// Socket filters: `cached` as the prologue found it (u64).
+const CACHED_OFFSET: i16 = -232;
 /// Socket filters: the stack copy of the packet's first bytes. An indexed load's
 /// address is masked to the copy for the verifier, so it may reach up to 3 bytes past
 /// it: 8 bytes after the copy are initialised too (and never read for a result).
 pub(super) const CACHE_BYTES: u32 = 128;
 const CACHE_SLACK_OFFSET: i16 = -96;
 const CACHE_OFFSET: i16 = CACHE_SLACK_OFFSET - CACHE_BYTES as i16;
+const _: () = assert!(CACHED_OFFSET <= CACHE_OFFSET - 8);
 /// XDP and TC: offsets up to here are tried with direct access first (the verifier
 /// bounds packet pointer offsets); further ones use the helper.
 const DIRECT_LIMIT: u32 = 0x8000;
@@ -113,20 +116,38 @@ impl Translator {
     pub(super) fn access_prologue(&mut self) {
         match self.hook {
             Hook::Xdp => {
-                self.emit(load(Size::W, DATA, CTX, xdp_md::DATA)); // data = ctx->data
-                self.emit(load(Size::W, DATA_END, CTX, xdp_md::DATA_END)); // data_end = ctx->data_end
                 self.emit(mov64(Reg::R1, Operand::Reg(CTX)));
                 self.emit(Insn::Call(Helper::XdpGetBuffLen)); // r0 = every buffer's bytes
                 self.emit(store(Size::DW, FP, WIRE_LEN_OFFSET, Operand::Reg(A))); // wire_len = r0
             }
-            Hook::Tc => {
-                self.emit(load(Size::W, DATA, CTX, skb::DATA)); // data = skb->data
-                self.emit(load(Size::W, DATA_END, CTX, skb::DATA_END)); // data_end = skb->data_end
-                self.skb_wire_len();
-            }
+            Hook::Tc => self.skb_wire_len(),
             Hook::SocketFilter => {
                 self.skb_wire_len();
                 self.cache_prologue();
+            }
+        }
+    }
+
+    /// Before each filter: the packet's bounds as the prologue left them. A filter
+    /// narrows what the verifier knows of them (a packet pointer's checked range, the
+    /// copy's length), each path through it differently; reloaded, every path arrives
+    /// at the next filter in the same state, so the verifier checks each filter once
+    /// rather than once per way through the filters before it.
+    pub(super) fn access_filter_start(&mut self) {
+        match self.hook {
+            Hook::Xdp => {
+                self.emit(load(Size::W, DATA, CTX, xdp_md::DATA)); // data = ctx->data
+                self.emit(load(Size::W, DATA_END, CTX, xdp_md::DATA_END)); // data_end = ctx->data_end
+            }
+            Hook::Tc => {
+                self.emit(load(Size::W, DATA, CTX, skb::DATA)); // data = skb->data
+                self.emit(load(Size::W, DATA_END, CTX, skb::DATA_END)); // data_end = skb->data_end
+            }
+            Hook::SocketFilter => {
+                self.emit(load(Size::DW, CACHED, FP, CACHED_OFFSET)); // cached, as copied
+                // A no-op (cached <= 128) that unlinks it from the saved value, which
+                // the filter's checks must not narrow.
+                self.emit(alu64(AluOp::And, CACHED, imm(0xff)));
             }
         }
     }
@@ -158,13 +179,21 @@ impl Translator {
         self.emit(mov32(r2, Operand::Imm(0))); // r2 = offset 0
         self.emit(mov64(r3, Operand::Reg(FP))); // r3 = the copy
         self.emit(alu64(AluOp::Add, r3, Operand::Imm(CACHE_OFFSET.into())));
-        self.emit(mov64(r4, Operand::Reg(CACHED))); // r4 = cached
+        // r4 = cached, through a mask that changes nothing (1 <= cached <= 128) but
+        // unlinks r4 from `cached`: the verifier tracks a helper's size exactly, and
+        // would then track `cached` exactly in every filter after, each narrowing it
+        // differently: a program of many filters would not converge.
+        self.emit(mov64(r4, Operand::Reg(CACHED)));
+        self.emit(alu64(AluOp::Sub, r4, Operand::Imm(1)));
+        self.emit(alu64(AluOp::And, r4, imm(CACHE_BYTES - 1)));
+        self.emit(alu64(AluOp::Add, r4, Operand::Imm(1))); // r4 = cached
         self.emit(Insn::Call(Helper::SkbLoadBytes));
         self.emit(branch64(JmpOp::Eq, A, Operand::Imm(0), done));
         // Not expected (cached <= skb->len); should it fail, every load takes the
         // helper, which decides.
         self.emit(mov64(CACHED, Operand::Imm(0))); // cached = 0
         self.asm.label(done);
+        self.emit(store(Size::DW, FP, CACHED_OFFSET, Operand::Reg(CACHED))); // saved for each filter
     }
 
     /// `A = P[k:size]`, big endian.
@@ -244,9 +273,12 @@ impl Translator {
             )); // past any packet
         }
         if self.hook == Hook::SocketFilter {
-            self.emit(mov64(r3, Operand::Reg(r1))); // r3 = past the bytes loaded
-            self.emit(alu64(AluOp::Add, r3, imm(bytes(size))));
-            self.emit(branch64(JmpOp::Gt, r3, Operand::Reg(CACHED), slow)); // not in the copy
+            // Not `r1 + size > cached`: the verifier links r1's copies and would then
+            // track `cached` exactly, and a program of many filters, each narrowing it
+            // differently, would no longer converge. A difference links nothing.
+            self.emit(mov64(r3, Operand::Reg(CACHED))); // r3 = bytes in the copy from X + k
+            self.emit(alu64(AluOp::Sub, r3, Operand::Reg(r1)));
+            self.emit(branch64(JmpOp::Slt, r3, imm(bytes(size)), slow)); // not all in the copy
             // A no-op (r1 + size <= CACHE_BYTES), which tells the verifier the read
             // stays in the copy and its slack.
             self.emit(alu64(AluOp::And, r1, imm(CACHE_BYTES - 1)));

@@ -285,6 +285,7 @@ impl Translator {
 
     /// One filter: A and X start at 0, as in a classic program of its own.
     fn filter_block(&mut self, program: &Program) {
+        self.access_filter_start();
         self.emit(mov32(A, Operand::Imm(0))); // A = 0
         self.emit(mov32(X, Operand::Imm(0))); // X = 0
         let x_bounds = x_upper_bounds(program);

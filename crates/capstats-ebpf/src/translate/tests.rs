@@ -54,7 +54,8 @@ fn a_whole_program_with_prologue_and_counting_epilogue() {
         Hook::SocketFilter,
     );
     // The socket filter: wire length (skb->len + 4 if the kernel holds a VLAN tag)
-    // once, the first bytes copied to the stack once, then the filter, then counting.
+    // once, the first bytes copied to the stack once (their number saved, and reloaded
+    // before each filter), then the filter, then counting.
     assert_eq!(
         lines,
         [
@@ -68,15 +69,21 @@ fn a_whole_program_with_prologue_and_counting_epilogue() {
             "if r9 <= 128 goto +1",
             "r9 = 128",
             "*(u64 *)(r10 - 96) = 0",
-            "if r9 == 0 goto +8",
+            "if r9 == 0 goto +11",
             "r1 = r6",
             "w2 = 0",
             "r3 = r10",
             "r3 += -224",
             "r4 = r9",
+            "r4 -= 1",
+            "r4 &= 127",
+            "r4 += 1",
             "call bpf_skb_load_bytes#26",
             "if r0 == 0 goto +1",
             "r9 = 0",
+            "*(u64 *)(r10 - 232) = r9",
+            "r9 = *(u64 *)(r10 - 232)",
+            "r9 &= 255",
             "w0 = 0",
             "w7 = 0",
             "if r9 < 14 goto +19",
@@ -166,9 +173,9 @@ fn each_classic_instruction_becomes_these_ebpf_instructions() {
                 "r0 = *(u32 *)(r10 - 72)",
                 "r1 = r7",
                 "r1 += 16",
-                "r3 = r1",
-                "r3 += 2",
-                "if r3 > r9 goto l2",
+                "r3 = r9",
+                "r3 -= r1",
+                "if r3 s< 2 goto l2",
                 "r1 &= 127",
                 "r2 = r10",
                 "r2 += r1",
@@ -199,9 +206,9 @@ fn each_classic_instruction_becomes_these_ebpf_instructions() {
                 "r1 = r7",
                 "r1 += 14",
                 "if r1 > 0x7fffffff goto reject",
-                "r3 = r1",
-                "r3 += 1",
-                "if r3 > r9 goto l2",
+                "r3 = r9",
+                "r3 -= r1",
+                "if r3 s< 1 goto l2",
                 "r1 &= 127",
                 "r2 = r10",
                 "r2 += r1",
@@ -359,11 +366,11 @@ fn xdp_loads_directly_and_falls_back_to_the_helper() {
         lines[..25],
         [
             "r6 = r1",
-            "r8 = *(u32 *)(r6 + 0)",
-            "r9 = *(u32 *)(r6 + 4)",
             "r1 = r6",
             "call bpf_xdp_get_buff_len#188",
             "*(u64 *)(r10 - 88) = r0",
+            "r8 = *(u32 *)(r6 + 0)",
+            "r9 = *(u32 *)(r6 + 4)",
             "w0 = 0",
             "w7 = 0",
             "c0:",
@@ -467,9 +474,9 @@ fn tc_egress_knows_its_packets_are_outgoing() {
     assert_eq!(egress[at], "w0 = 4");
     assert_eq!(ingress[..at], egress[..at]);
     assert_eq!(ingress[at + 1..], egress[at + 1..]);
-    // TC reads the skb's linear part directly, the rest with bpf_skb_load_bytes.
+    // TC reads the skb's linear part directly (pointers loaded before each filter).
     assert_eq!(
-        ingress[1..3],
+        ingress[at - 4..at - 2],
         ["r8 = *(u32 *)(r6 + 76)", "r9 = *(u32 *)(r6 + 80)"]
     );
 }

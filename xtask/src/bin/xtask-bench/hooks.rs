@@ -1,30 +1,29 @@
-//! The third table: what one packet costs at each hook when 1, 8 or 32 sessions count
-//! on its interface, each session with its own filter.
+//! The third table: what one packet costs at each hook when 1, 8, 64 or 256 sessions
+//! count on its interface, each session with its own filter.
 //!
-//! The daemon runs N sessions on one interface in three ways, and each is measured the
-//! way the kernel runs it:
+//! The daemon runs all sessions of an interface and hook in one generated program
+//! ("combined"): every session's filter in turn, each counting through a table of
+//! counter maps into its own session's map (one map reference for any number of
+//! sessions; a program may refer to at most 64 maps). The table measures that program
+//! for each hook, and, for socket and tc, the layout capstats had before ("separate":
+//! one program per session, one socket or tcx link each; the kernel runs them all on
+//! every packet), with the same generated code, up to 64 sessions (tcx takes 63
+//! programs per hook; 256 separate programs would take minutes to measure).
 //!
-//! - socket: one AF_PACKET socket per session, each with its own program; the kernel
-//!   runs every socket's filter on every packet. Here: N programs, run one after
-//!   another on the frame, one `BPF_PROG_RUN` each; the figure is their sum.
-//!   A `SOCKET_FILTER` test run hands the program the frame from its network header
-//!   (the harness pulls the Ethernet header), while a packet socket's filter sees it
-//!   from the MAC header, so the socket hook's eBPF (translated for
-//!   `Hook::SocketFilter`) is loaded and run as `SCHED_CLS`, whose test runs start at
-//!   the MAC header too. What the kernel does per socket besides the filter (the walk of
-//!   the taps, `deliver_skb`, `packet_rcv`'s preamble, freeing its reference) is not in
-//!   the figure.
-//! - tc: one tcx program per session (`SCHED_CLS`): N programs per packet, measured
-//!   like the socket hook.
-//! - xdp: one program per interface evaluating every session's filter in turn
-//!   (`translate_all`), each counting into its own session's map: one `BPF_PROG_RUN`.
+//! A `SOCKET_FILTER` test run hands the program the frame from its network header
+//! (the harness pulls the Ethernet header), while a packet socket's filter sees it
+//! from the MAC header, so the socket hook's eBPF (translated for `Hook::SocketFilter`)
+//! is loaded and run as `SCHED_CLS`, whose test runs start at the MAC header too. What
+//! the kernel does per socket besides the filter (the walk of the taps, `deliver_skb`,
+//! `packet_rcv`'s preamble) is not in the figure: with the combined layout there is one
+//! socket per interface, whatever the number of sessions.
 //!
 //! Each hook has its own empty program of the same type (`r0 = the hook's neutral
 //! return; exit`), run in the same rounds: its time is the harness's per-run cost. A
-//! round runs, for each hook and session count in turn, the empty program and then
-//! each program, `repeat` times each; the figures are medians over the rounds. Every program must return its hook's neutral value,
-//! and every session's own counter map must have counted exactly the runs its filter
-//! matches (none for the others).
+//! round runs, for each row in turn, the empty program and then the row's programs,
+//! `repeat` times each; the figures are medians over the rounds. Every program must
+//! return its hook's neutral value, and every session's own counter map must have
+//! counted exactly the runs its filter matches (none for the others).
 
 use std::fmt::Write as _;
 
@@ -35,13 +34,36 @@ use capstats_ebpf::filter::Filter;
 use capstats_ebpf::insn::build::mov64;
 use capstats_ebpf::insn::{Insn, Operand, Reg};
 use capstats_ebpf::program::LoadedProgram;
-use capstats_ebpf::translate::{CounterSlot, Hook, translate, translate_all};
+use capstats_ebpf::table::CounterTable;
+use capstats_ebpf::translate::{CounterSlot, Hook, translate, translate_with_table};
 use serde_json::json;
 
 use crate::stats::median;
 
 /// Sessions on the interface, per row.
-pub const SESSION_COUNTS: [usize; 3] = [1, 8, 32];
+pub const SESSION_COUNTS: [usize; 4] = [1, 8, 64, 256];
+/// Session filters listed in the printed table.
+const SHOWN: usize = 30;
+/// The most sessions measured in the separate layout.
+const MOST_SEPARATE: usize = 64;
+
+/// How the sessions of an interface are laid out in programs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// One program with every session's filter (what the daemon runs).
+    Combined,
+    /// One program per session (socket and tc, before).
+    Separate,
+}
+
+impl Layout {
+    fn as_str(self) -> &'static str {
+        match self {
+            Layout::Combined => "combined",
+            Layout::Separate => "separate",
+        }
+    }
+}
 /// The hooks, in the table's order.
 const HOOKS: [Hook; 3] = [Hook::SocketFilter, Hook::Tc, Hook::Xdp];
 /// Socket and tc filters are compiled as the daemon compiles them, as `tcpdump -i`
@@ -63,9 +85,20 @@ pub fn session_filter(i: usize) -> String {
     match i % 5 {
         0 => format!("host 192.0.2.{}", 10 + k),
         1 => format!("tcp port {}", 80 + k),
-        2 => format!("udp port {}", UDP_PORTS[k % UDP_PORTS.len()]),
+        2 => match UDP_PORTS.get(k) {
+            Some(port) => format!("udp port {port}"),
+            None => format!("udp port {}", 5000 + k),
+        },
         3 => format!("vlan {} and udp", 100 + k),
-        _ => format!("tcp[tcpflags] & {} != 0", TCP_FLAGS[k % TCP_FLAGS.len()]),
+        _ => match TCP_FLAGS.get(k) {
+            Some(flag) => format!("tcp[tcpflags] & {flag} != 0"),
+            // Past the six flags: each flag again, on its own port.
+            None => format!(
+                "tcp[tcpflags] & {} != 0 and port {}",
+                TCP_FLAGS[k % TCP_FLAGS.len()],
+                8000 + k
+            ),
+        },
     }
 }
 
@@ -92,8 +125,9 @@ struct Session {
 #[derive(Debug)]
 struct Row {
     hook: Hook,
+    layout: Layout,
     sessions: usize,
-    /// Programs the kernel runs per packet: N for socket and tc, 1 for XDP.
+    /// Programs the kernel runs per packet: 1 combined, N separate.
     programs: usize,
     /// eBPF instructions and kernel instruction slots, summed over the programs.
     ebpf_insns: usize,
@@ -243,10 +277,16 @@ pub fn measure(options: &Options) -> anyhow::Result<Figures> {
     let mut setups = Vec::new();
     for (h, hook) in HOOKS.into_iter().enumerate() {
         empties.push(Loaded::empty(hook)?);
-        for &n in &SESSION_COUNTS {
-            let setup = Setup::build(hook, h, &sessions[..n])
-                .with_context(|| format!("the {hook} hook with {n} sessions"))?;
-            setups.push(setup);
+        for layout in [Layout::Combined, Layout::Separate] {
+            for &n in &SESSION_COUNTS {
+                if layout == Layout::Separate && (hook == Hook::Xdp || n > MOST_SEPARATE) {
+                    continue;
+                }
+                let setup = Setup::build(hook, layout, h, &sessions[..n]).with_context(|| {
+                    format!("the {hook} hook with {n} sessions, {}", layout.as_str())
+                })?;
+                setups.push(setup);
+            }
         }
     }
 
@@ -289,11 +329,14 @@ pub fn measure(options: &Options) -> anyhow::Result<Figures> {
 /// One row's programs and counters, and its timings so far.
 struct Setup<'a> {
     hook: Hook,
+    layout: Layout,
     /// Index of the hook's empty program.
     empty: usize,
     sessions: &'a [Session],
     /// One counter map per session, as the daemon has them.
     counters: Vec<CounterMap>,
+    /// Combined: the table the program finds them in.
+    _table: Option<CounterTable>,
     programs: Vec<Loaded>,
     ebpf_insns: usize,
     total_rounds: Vec<u64>,
@@ -303,8 +346,13 @@ struct Setup<'a> {
 
 impl<'a> Setup<'a> {
     /// Compiles, translates and loads the sessions' filters as the daemon would for
-    /// `hook`.
-    fn build(hook: Hook, empty: usize, sessions: &'a [Session]) -> anyhow::Result<Self> {
+    /// `hook`, in `layout`.
+    fn build(
+        hook: Hook,
+        layout: Layout,
+        empty: usize,
+        sessions: &'a [Session],
+    ) -> anyhow::Result<Self> {
         let counters = (0..sessions.len())
             .map(|i| CounterMap::create(&format!("xtask_hook{i}"), 1))
             .collect::<Result<Vec<_>, _>>()?;
@@ -315,37 +363,45 @@ impl<'a> Setup<'a> {
                 _ => Filter::for_interface(COMPILE_IF, &s.expression),
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let slot = |map: &CounterMap| CounterSlot {
-            map_fd: map.raw_fd(),
-            slot: 0,
-        };
         let mut ebpf_insns = 0;
-        let programs = if hook == Hook::Xdp {
-            let all: Vec<_> = filters
-                .iter()
-                .zip(&counters)
-                .map(|(f, map)| (f.program(), slot(map)))
-                .collect();
-            let insns = translate_all(&all, Hook::Xdp)?;
-            ebpf_insns = insns.len();
-            vec![Loaded::load(hook, "xtask_xdp", &insns)?]
-        } else {
-            let mut programs = Vec::new();
-            for (f, map) in filters.iter().zip(&counters) {
-                let insns = translate(f.program(), hook, slot(map))?;
-                ebpf_insns += insns.len();
-                programs.push(
-                    Loaded::load(hook, "xtask_hook", &insns)
-                        .with_context(|| format!("loading {:?}", f.expression()))?,
-                );
+        let mut table = None;
+        let programs = match layout {
+            Layout::Combined => {
+                let counter_table =
+                    CounterTable::create("xtask_table", &counters[0], counters.len() as u32)?;
+                for (i, map) in counters.iter().enumerate() {
+                    counter_table.set(i as u32, map)?;
+                }
+                let all: Vec<_> = filters.iter().map(Filter::program).collect();
+                let insns = translate_with_table(&all, counter_table.raw_fd(), hook, false)?;
+                ebpf_insns = insns.len();
+                table = Some(counter_table);
+                vec![Loaded::load(hook, "xtask_combined", &insns)?]
             }
-            programs
+            Layout::Separate => {
+                let mut programs = Vec::new();
+                for (f, map) in filters.iter().zip(&counters) {
+                    let slot = CounterSlot {
+                        map_fd: map.raw_fd(),
+                        slot: 0,
+                    };
+                    let insns = translate(f.program(), hook, slot)?;
+                    ebpf_insns += insns.len();
+                    programs.push(
+                        Loaded::load(hook, "xtask_hook", &insns)
+                            .with_context(|| format!("loading {:?}", f.expression()))?,
+                    );
+                }
+                programs
+            }
         };
         Ok(Self {
             hook,
+            layout,
             empty,
             sessions,
             counters,
+            _table: table,
             program_rounds: vec![Vec::new(); programs.len()],
             programs,
             ebpf_insns,
@@ -399,6 +455,7 @@ impl<'a> Setup<'a> {
         }
         Ok(Row {
             hook: self.hook,
+            layout: self.layout,
             sessions: self.sessions.len(),
             programs: self.programs.len(),
             ebpf_insns: self.ebpf_insns,
@@ -428,20 +485,32 @@ pub fn report(figures: &Figures) -> String {
     );
     let _ = writeln!(
         out,
-        "columns: programs = programs the kernel runs per packet; eBPF = instructions (summed over \
-         the programs);\n         matched = sessions counting the frame; total, empty, above = ns \
-         per packet; above = total - programs x empty;\n         /session = above / sessions\n"
+        "columns: layout = combined (one program, every session: what capstats runs) or separate \
+         (a program per session: before);\n         programs = programs the kernel runs per \
+         packet; eBPF = instructions (summed over the programs);\n         matched = sessions \
+         counting the frame; total, empty, above = ns per packet; above = total - programs x \
+         empty;\n         /session = above / sessions\n"
     );
     let _ = writeln!(
         out,
-        "{:<7} {:>8} {:>8} {:>5} {:>7} {:>8} {:>6} {:>7} {:>8}",
-        "hook", "sessions", "programs", "eBPF", "matched", "total", "empty", "above", "/session"
+        "{:<7} {:<9} {:>8} {:>8} {:>6} {:>7} {:>8} {:>6} {:>7} {:>8}",
+        "hook",
+        "layout",
+        "sessions",
+        "programs",
+        "eBPF",
+        "matched",
+        "total",
+        "empty",
+        "above",
+        "/session"
     );
     for row in &figures.rows {
         let _ = writeln!(
             out,
-            "{:<7} {:>8} {:>8} {:>5} {:>7} {:>8} {:>6} {:>7} {:>8.1}",
+            "{:<7} {:<9} {:>8} {:>8} {:>6} {:>7} {:>8} {:>6} {:>7} {:>8.1}",
             row.hook.to_string(),
+            row.layout.as_str(),
             row.sessions,
             row.programs,
             row.ebpf_insns,
@@ -454,27 +523,31 @@ pub fn report(figures: &Figures) -> String {
     }
     let _ = writeln!(
         out,
-        "\nsocket: N socket filters (the socket hook's eBPF run as SCHED_CLS: SOCKET_FILTER test \
-         runs start at L3),\n        one BPF_PROG_RUN each; total = their sum, N harness calls \
-         included. Not included: the kernel's\n        own work per packet socket (tap list walk, \
-         deliver_skb, packet_rcv, skb reference) before each filter.\n\
-         tc:     N tcx programs, one BPF_PROG_RUN each; total = their sum, N harness calls \
-         included.\n\
-         xdp:    one program with all N filters (translate_all), one BPF_PROG_RUN per frame."
+        "\nsocket: the socket hook's eBPF run as SCHED_CLS (SOCKET_FILTER test runs start at L3); \
+         not included: the\n        kernel's own work per packet socket (tap list walk, \
+         deliver_skb, packet_rcv) - one socket per\n        interface when combined, one per \
+         session when separate.\n\
+         separate: N programs, one BPF_PROG_RUN each; total = their sum, N harness calls included.\n\
+         combined: one program with all N filters counting through a table of the sessions' \
+         counter maps."
     );
     let _ = writeln!(out, "\nframe: {}", o.frame_description);
     let _ = writeln!(
         out,
-        "session filters, in order (the first 1, 8, 32; * = matches the frame):"
+        "session filters, in order (the first 1, 8, 64, 256; * = matches the frame; after the \
+         first {SHOWN} the pattern goes on,\n  each parameter moving by one; all {} in \
+         bench/results.json):",
+        figures.sessions.len()
     );
-    for (i, s) in figures.sessions.iter().enumerate() {
+    let shown = &figures.sessions[..SHOWN.min(figures.sessions.len())];
+    for (i, s) in shown.iter().enumerate() {
         let cell = format!(
-            "{:>2}{} {}",
+            "{:>3}{} {}",
             i + 1,
             if s.matches { '*' } else { ' ' },
             s.expression
         );
-        let _ = if i % 3 == 2 || i + 1 == figures.sessions.len() {
+        let _ = if i % 3 == 2 || i + 1 == shown.len() {
             writeln!(out, "  {cell}")
         } else {
             write!(out, "  {cell:<34}")
@@ -493,11 +566,13 @@ pub fn to_json(figures: &Figures) -> serde_json::Value {
             "rounds": o.rounds,
             "statistic": "median over rounds of the kernel's average ns per run; total_ns: per \
                           round, the sum over the programs",
-            "socket": "N programs (one per packet socket), the socket hook's eBPF loaded and \
-                       run as SCHED_CLS (SOCKET_FILTER test runs start at L3), one BPF_PROG_RUN \
-                       each, summed; the kernel's own per-socket work is not included",
-            "tc": "N SCHED_CLS programs (one tcx program per session), one BPF_PROG_RUN each, summed",
-            "xdp": "one XDP program evaluating all N filters (translate_all), one BPF_PROG_RUN",
+            "combined": "one program evaluating all N filters, each counting through a table \
+                         of counter maps (ARRAY_OF_MAPS) into its own session's map; what the \
+                         daemon runs, one per interface and hook (and tc direction)",
+            "separate": "N programs (one per session), one BPF_PROG_RUN each, summed: the layout \
+                         of socket and tc sessions before; up to 64 sessions",
+            "socket": "the socket hook's eBPF loaded and run as SCHED_CLS (SOCKET_FILTER test \
+                       runs start at L3); the kernel's own per-socket work is not included",
             "empty": "per hook, r0 = the hook's neutral return; exit, loaded as the same type, \
                       run in the same rounds",
             "above_empty_ns": "total_ns - programs * empty_ns",
@@ -514,6 +589,7 @@ pub fn to_json(figures: &Figures) -> serde_json::Value {
         })).collect::<Vec<_>>(),
         "results": figures.rows.iter().map(|r| json!({
             "hook": r.hook.to_string(),
+            "layout": r.layout.as_str(),
             "sessions": r.sessions,
             "programs": r.programs,
             "measured_as": measured_as_name(r.hook),

@@ -59,6 +59,9 @@ struct Args {
     /// default: --repeat / 5.
     #[arg(long)]
     hooks_repeat: Option<u32>,
+    /// Measure only the hooks table (1, 8, 64, 256 sessions per hook) and print it.
+    #[arg(long)]
+    hooks_only: bool,
     /// Where to write the results as JSON.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -192,6 +195,17 @@ fn run(args: &Args) -> anyhow::Result<()> {
          at least 1"
     );
     let machine = Machine::this()?;
+    if args.hooks_only {
+        let hooks = hooks::measure(&hooks::Options {
+            repeat: args.hooks_repeat.unwrap_or((args.repeat / 5).max(1)),
+            rounds: args.rounds,
+            frame: http_frame()?,
+            frame_description: format!("{HTTP_FRAME} (PSH|ACK)"),
+        })
+        .context("the hooks table")?;
+        print!("{}", hooks::report(&hooks));
+        return Ok(());
+    }
     let empty_program = LoadedProgram::load(
         Hook::Tc,
         "xtask_empty",
