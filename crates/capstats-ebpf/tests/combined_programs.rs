@@ -1,0 +1,151 @@
+//! Many filters in one program, as the daemon runs the sessions of an interface: each
+//! filter must count exactly what it counts alone, that is what libpcap matches.
+//!
+//! The 409 valid expressions of the corpus go into programs of 64 filters each, every
+//! filter counting through a table of counter maps into a map of its own, and every
+//! record of the corpus goes through each program once (`BPF_PROG_RUN`). Each filter's
+//! map must then hold libpcap's packets and bytes for it. Records no test run takes
+//! (under 14 bytes, beyond the harness's frame size, or an IPv4/IPv6 header cut short,
+//! which this kernel's harness refuses) are left out on both sides and counted; the
+//! one-filter differential (`corpus_differential`) replays those through a device.
+
+mod common;
+
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
+use capstats_ebpf::counters::CounterMap;
+use capstats_ebpf::filter::{Filter, FilterError};
+use capstats_ebpf::program::LoadedProgram;
+use capstats_ebpf::table::CounterTable;
+use capstats_ebpf::testrun::harness_max_frame;
+use capstats_ebpf::translate::{Hook, translate_with_table};
+
+/// Filters per program.
+const PER_PROGRAM: usize = 64;
+
+#[test]
+fn each_filter_of_a_combined_program_counts_what_libpcap_matches_socket() {
+    combined(Hook::SocketFilter);
+}
+
+#[test]
+fn each_filter_of_a_combined_program_counts_what_libpcap_matches_tc() {
+    combined(Hook::Tc);
+}
+
+#[test]
+fn each_filter_of_a_combined_program_counts_what_libpcap_matches_xdp() {
+    combined(Hook::Xdp);
+}
+
+enum Runner {
+    Tc(SchedClassifier),
+    Xdp(Xdp),
+}
+
+impl Runner {
+    fn run(&self, frame: &[u8]) -> bool {
+        let options = TestRunOptions {
+            data_in: Some(frame),
+            repeat: 1,
+            ..Default::default()
+        };
+        match self {
+            Runner::Tc(p) => p.test_run(options).is_ok(),
+            Runner::Xdp(p) => p.test_run(options).is_ok(),
+        }
+    }
+}
+
+fn combined(hook: Hook) {
+    common::require_root();
+    let corpus = common::corpus_dir();
+    let captures = common::read_all_captures(&corpus);
+    let records: Vec<&[u8]> = captures
+        .iter()
+        .flat_map(|c| c.records.iter().map(Vec::as_slice))
+        .collect();
+    let filters: Vec<Filter> = common::lines(&corpus.join("filters_ethernet_valid.txt"))
+        .iter()
+        .filter_map(
+            |e| match Filter::for_linktype(pcap::Linktype::ETHERNET, e, 0) {
+                Ok(filter) => Some(filter),
+                // inbound/outbound/ifindex: refused for files (corpus_differential).
+                Err(FilterError::NeedsInterface { .. }) => None,
+                Err(err) => panic!("libpcap must compile {e:?}: {err}"),
+            },
+        )
+        .collect();
+    assert!(filters.len() >= 400, "{} filters", filters.len());
+    let max_frame = harness_max_frame(hook).expect("probe the test harness");
+
+    let (mut programs, mut refused_runs, mut matches) = (0, 0u64, 0u64);
+    let mut wrong = Vec::new();
+    for chunk in filters.chunks(PER_PROGRAM) {
+        let maps: Vec<CounterMap> = (0..chunk.len())
+            .map(|i| CounterMap::create(&format!("combined{i}"), 1).unwrap())
+            .collect();
+        let table = CounterTable::create("combined", &maps[0], maps.len() as u32).unwrap();
+        for (i, map) in maps.iter().enumerate() {
+            table.set(i as u32, map).unwrap();
+        }
+        let classic: Vec<_> = chunk.iter().map(Filter::program).collect();
+        let insns = translate_with_table(&classic, table.raw_fd(), hook, false).unwrap();
+        // Socket filters' test runs start at L3: their code runs as SCHED_CLS.
+        let loaded_as = if hook == Hook::Xdp {
+            Hook::Xdp
+        } else {
+            Hook::Tc
+        };
+        let program = LoadedProgram::load(loaded_as, "combined", &insns)
+            .unwrap_or_else(|e| panic!("{hook}: load {} filters: {e}", chunk.len()));
+        let runner = match hook {
+            Hook::Xdp => Runner::Xdp(program.xdp().unwrap()),
+            _ => Runner::Tc(program.sched_classifier().unwrap()),
+        };
+        programs += 1;
+        let mut want = vec![(0u64, 0u64); chunk.len()];
+        for record in &records {
+            if record.len() < 14 || record.len() > max_frame || !runner.run(record) {
+                refused_runs += 1;
+                continue;
+            }
+            for (filter, want) in chunk.iter().zip(&mut want) {
+                if filter.libpcap_matches(record) {
+                    want.0 += 1;
+                    want.1 += record.len() as u64;
+                    matches += 1;
+                }
+            }
+        }
+        for ((filter, map), want) in chunk.iter().zip(&maps).zip(&want) {
+            let got = map.read(0).unwrap();
+            if (got.packets, got.bytes) != *want {
+                wrong.push(format!(
+                    "{:?}: counted packets={} bytes={}, libpcap packets={} bytes={}",
+                    filter.expression(),
+                    got.packets,
+                    got.bytes,
+                    want.0,
+                    want.1
+                ));
+            }
+        }
+    }
+    eprintln!(
+        "{hook}: {} filters in {programs} programs over {} records: {matches} matches counted \
+         per filter; {refused_runs} program runs on records no test run takes",
+        filters.len(),
+        records.len()
+    );
+    assert!(
+        wrong.is_empty(),
+        "{hook}: {} filters miscounted:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+    // The records left out are few (a few dozen per program).
+    assert!(
+        refused_runs <= programs as u64 * 200,
+        "{refused_runs} runs refused"
+    );
+}
