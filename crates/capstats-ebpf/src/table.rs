@@ -91,6 +91,28 @@ impl CounterTable {
         Ok(())
     }
 
+    /// Makes entries `0..maps.len()` refer to `maps`, in one `BPF_MAP_UPDATE_BATCH`:
+    /// the kernel waits for an RCU grace period after each update of a map of maps
+    /// (tens of milliseconds here), once per call rather than once per entry.
+    pub fn fill(&self, maps: &[&CounterMap]) -> Result<(), TableError> {
+        let keys: Vec<u32> = (0..maps.len() as u32).collect();
+        let values: Vec<u32> = maps.iter().map(|m| m.raw_fd() as u32).collect();
+        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+        // SAFETY: the batch member of the union.
+        let batch = unsafe { &mut attr.batch };
+        batch.map_fd = self.fd.as_raw_fd() as u32;
+        batch.keys = keys.as_ptr() as u64;
+        batch.values = values.as_ptr() as u64;
+        batch.count = maps.len() as u32;
+        bpf(bpf_cmd::BPF_MAP_UPDATE_BATCH, &mut attr).map_err(|source| TableError::Set {
+            name: self.name.clone(),
+            index: 0,
+            map: format!("{} counter maps", maps.len()),
+            source,
+        })?;
+        Ok(())
+    }
+
     /// The fd to put into a program's map reference.
     pub fn raw_fd(&self) -> i32 {
         self.fd.as_raw_fd()

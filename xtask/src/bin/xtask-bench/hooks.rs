@@ -2,9 +2,9 @@
 //! count on its interface, each session with its own filter.
 //!
 //! The daemon runs all sessions of an interface and hook in one generated program
-//! ("combined"): every session's filter in turn, each counting through a table of
-//! counter maps into its own session's map (one map reference for any number of
-//! sessions; a program may refer to at most 64 maps). The table measures that program
+//! ("combined"): every session's filter in turn, each counting into its own session's
+//! map - up to 64 sessions through a reference to that map, beyond (a program may
+//! refer to at most 64 maps) through a table of the maps. The table measures that program
 //! for each hook, and, for socket and tc, the layout capstats had before ("separate":
 //! one program per session, one socket or tcx link each; the kernel runs them all on
 //! every packet), with the same generated code, up to 64 sessions (tcx takes 63
@@ -35,7 +35,7 @@ use capstats_ebpf::insn::build::mov64;
 use capstats_ebpf::insn::{Insn, Operand, Reg};
 use capstats_ebpf::program::LoadedProgram;
 use capstats_ebpf::table::CounterTable;
-use capstats_ebpf::translate::{CounterSlot, Hook, translate, translate_with_table};
+use capstats_ebpf::translate::{CounterSlot, Hook, translate, translate_all, translate_with_table};
 use serde_json::json;
 
 use crate::stats::median;
@@ -44,6 +44,8 @@ use crate::stats::median;
 pub const SESSION_COUNTS: [usize; 4] = [1, 8, 64, 256];
 /// Session filters listed in the printed table.
 const SHOWN: usize = 30;
+/// The most maps a program may refer to (the kernel's `MAX_USED_MAPS`).
+const MOST_MAPS: usize = 64;
 /// The most sessions measured in the separate layout.
 const MOST_SEPARATE: usize = 64;
 
@@ -366,12 +368,28 @@ impl<'a> Setup<'a> {
         let mut ebpf_insns = 0;
         let mut table = None;
         let programs = match layout {
+            // As the daemon does: each filter refers to its session's map, and beyond
+            // the kernel's 64 maps per program, to a table of them.
+            Layout::Combined if sessions.len() <= MOST_MAPS => {
+                let all: Vec<_> = filters
+                    .iter()
+                    .zip(&counters)
+                    .map(|(f, map)| {
+                        let slot = CounterSlot {
+                            map_fd: map.raw_fd(),
+                            slot: 0,
+                        };
+                        (f.program(), slot)
+                    })
+                    .collect();
+                let insns = translate_all(&all, hook)?;
+                ebpf_insns = insns.len();
+                vec![Loaded::load(hook, "xtask_combined", &insns)?]
+            }
             Layout::Combined => {
                 let counter_table =
                     CounterTable::create("xtask_table", &counters[0], counters.len() as u32)?;
-                for (i, map) in counters.iter().enumerate() {
-                    counter_table.set(i as u32, map)?;
-                }
+                counter_table.fill(&counters.iter().collect::<Vec<_>>())?;
                 let all: Vec<_> = filters.iter().map(Filter::program).collect();
                 let insns = translate_with_table(&all, counter_table.raw_fd(), hook, false)?;
                 ebpf_insns = insns.len();
@@ -528,8 +546,8 @@ pub fn report(figures: &Figures) -> String {
          deliver_skb, packet_rcv) - one socket per\n        interface when combined, one per \
          session when separate.\n\
          separate: N programs, one BPF_PROG_RUN each; total = their sum, N harness calls included.\n\
-         combined: one program with all N filters counting through a table of the sessions' \
-         counter maps."
+         combined: one program with all N filters, each counting into its session's map (beyond \
+         64 sessions through a table of the maps)."
     );
     let _ = writeln!(out, "\nframe: {}", o.frame_description);
     let _ = writeln!(
@@ -566,9 +584,10 @@ pub fn to_json(figures: &Figures) -> serde_json::Value {
             "rounds": o.rounds,
             "statistic": "median over rounds of the kernel's average ns per run; total_ns: per \
                           round, the sum over the programs",
-            "combined": "one program evaluating all N filters, each counting through a table \
-                         of counter maps (ARRAY_OF_MAPS) into its own session's map; what the \
-                         daemon runs, one per interface and hook (and tc direction)",
+            "combined": "one program evaluating all N filters, each counting into its own \
+                         session's map (beyond 64 sessions through a table of the maps, \
+                         ARRAY_OF_MAPS); what the daemon runs, one per interface and hook (and \
+                         tc direction)",
             "separate": "N programs (one per session), one BPF_PROG_RUN each, summed: the layout \
                          of socket and tc sessions before; up to 64 sessions",
             "socket": "the socket hook's eBPF loaded and run as SCHED_CLS (SOCKET_FILTER test \
