@@ -77,7 +77,7 @@ pub enum Command {
 }
 
 /// Where a session counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HookName {
     /// An AF_PACKET socket filter: what tcpdump sees, both directions.

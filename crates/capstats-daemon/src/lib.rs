@@ -6,15 +6,16 @@
 
 mod attach;
 mod auth;
+mod links;
 mod listener;
 mod log;
 mod metrics;
 mod pins;
+mod programs;
 mod server;
 mod service;
 mod session;
 mod state;
-mod xdp;
 
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -114,7 +115,16 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     let metrics = config.metrics.map(metrics::bind).transpose()?;
     let listener = listener::bind(&config.socket, group.as_ref().map(|g| g.gid))?;
     let pins = pins::Pins::prepare(&config.pin_dir)?;
+    // Before the sessions look at their interfaces: none that appears meanwhile is missed.
+    let link_events = links::LinkEvents::subscribe();
     let service = Arc::new(Mutex::new(service::Service::restore(table, state, pins)?));
+    match link_events.and_then(|events| events.watch(Arc::clone(&service))) {
+        Ok(()) => {}
+        Err(e) => event!(
+            "cannot watch interfaces (sessions of a deleted interface resume only at the next \
+             restart): {e}"
+        ),
+    }
     event!(
         "listening on {} ({}), {} restored from {}",
         config.socket.display(),

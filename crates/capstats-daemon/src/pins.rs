@@ -171,8 +171,8 @@ impl Pins {
         };
         for entry in entries.flatten() {
             let file = entry.file_name().to_string_lossy().into_owned();
-            if file == crate::xdp::XDP_DIR {
-                // Not a session: the interfaces' XDP programs.
+            if file == crate::programs::XDP_DIR || file == crate::programs::TC_DIR {
+                // Not a session: the interfaces' XDP and tc links.
                 continue;
             }
             match decode(&file) {

@@ -62,6 +62,17 @@ pub fn tcp_syn_a_to_b(dport: u16) -> Vec<u8> {
     )
 }
 
+/// `veth-a` in A and `veth-b` in B, jumbo MTU, GRO off, up.
+fn quiet_jumbo_veth(ns_a: &NetNs, ns_b: &NetNs) -> anyhow::Result<VethPair> {
+    let veth = VethPair::create(ns_a, ("veth-a", MAC_A), ns_b, ("veth-b", MAC_B))?;
+    let mtu = JUMBO_MTU.to_string();
+    for (ns, end) in [(ns_a, &veth.a), (ns_b, &veth.b)] {
+        ns.ip(&["link", "set", &end.name, "mtu", &mtu])?;
+        crate::cmd::run(ns.command("ethtool").args(["-K", &end.name, "gro", "off"]))?;
+    }
+    Ok(veth)
+}
+
 /// Two namespaces and the veth pair between them; all gone on drop.
 #[derive(Debug)]
 pub struct Rig {
@@ -83,13 +94,22 @@ impl Rig {
             ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
             ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
         }
-        let veth = VethPair::create(&ns_a, ("veth-a", MAC_A), &ns_b, ("veth-b", MAC_B))?;
-        let mtu = JUMBO_MTU.to_string();
-        for (ns, end) in [(&ns_a, &veth.a), (&ns_b, &veth.b)] {
-            ns.ip(&["link", "set", &end.name, "mtu", &mtu])?;
-            crate::cmd::run(ns.command("ethtool").args(["-K", &end.name, "gro", "off"]))?;
-        }
+        let veth = quiet_jumbo_veth(&ns_a, &ns_b)?;
         Ok(Self { veth, ns_a, ns_b })
+    }
+
+    /// Deletes the veth pair and makes it again, with the same names and addresses:
+    /// new interfaces (new indexes) where the old ones were.
+    ///
+    /// # Errors
+    /// When `ip` or `ethtool` fails.
+    pub fn recreate_veth(&mut self) -> anyhow::Result<()> {
+        let name = self.veth.b.name.clone();
+        if self.ns_b.ip(&["link", "show", &name]).is_ok() {
+            self.ns_b.ip(&["link", "del", &name])?;
+        }
+        self.veth = quiet_jumbo_veth(&self.ns_a, &self.ns_b)?;
+        Ok(())
     }
 
     /// B's end, where the daemon counts.

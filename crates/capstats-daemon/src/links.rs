@@ -1,0 +1,225 @@
+//! Watches the kernel's announcements of network interfaces (rtnetlink, the
+//! `RTNLGRP_LINK` group), so that sessions whose interface was deleted resume counting
+//! as soon as an interface of that name appears again, without a client asking.
+//!
+//! The daemon does nothing per packet; this thread wakes only when an interface is
+//! added, changed or removed.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+
+use crate::log::event;
+use crate::service::Service;
+
+const RTMGRP_LINK: u32 = 1;
+const RTM_NEWLINK: u16 = 16;
+const RTM_DELLINK: u16 = 17;
+const IFLA_IFNAME: u16 = 3;
+/// `struct nlmsghdr` and `struct ifinfomsg`.
+const NLMSG_HDRLEN: usize = 16;
+const IFINFOMSG_LEN: usize = 16;
+
+/// A netlink socket subscribed to interface announcements.
+#[derive(Debug)]
+pub struct LinkEvents {
+    fd: OwnedFd,
+}
+
+/// What an announcement says.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// Added or changed.
+    New(String),
+    Deleted(String),
+}
+
+impl LinkEvents {
+    /// Subscribes. Open it before looking at the interfaces, so that none that
+    /// appears in between goes unnoticed.
+    pub fn subscribe() -> io::Result<Self> {
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a new fd that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as u16;
+        addr.nl_groups = RTMGRP_LINK;
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_nl).cast(),
+                size_of::<libc::sockaddr_nl>() as u32,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self { fd })
+    }
+
+    /// Waits for the next datagram and returns what it announces.
+    fn next(&self, buffer: &mut [u8]) -> io::Result<Vec<LinkEvent>> {
+        loop {
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    buffer.as_mut_ptr().cast(),
+                    buffer.len(),
+                    0,
+                )
+            };
+            if n >= 0 {
+                return Ok(parse(&buffer[..n as usize]));
+            }
+            let error = io::Error::last_os_error();
+            match error.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                // Announcements were dropped: the caller looks at every interface.
+                Some(libc::ENOBUFS) => return Ok(Vec::new()),
+                _ => return Err(error),
+            }
+        }
+    }
+
+    /// Runs for the daemon's life on a thread of its own: each interface that appears
+    /// is offered to the service, which resumes the sessions waiting for it.
+    pub fn watch(self, service: Arc<Mutex<Service>>) -> io::Result<()> {
+        std::thread::Builder::new()
+            .name("capstats-links".into())
+            .spawn(move || {
+                let mut buffer = vec![0u8; 64 * 1024];
+                loop {
+                    let events = match self.next(&mut buffer) {
+                        Ok(events) => events,
+                        Err(e) => {
+                            event!(
+                                "no longer watching interfaces (sessions of a deleted \
+                                 interface resume only at the next restart): {e}"
+                            );
+                            return;
+                        }
+                    };
+                    let mut service = service.lock().unwrap_or_else(|p| p.into_inner());
+                    for event in events {
+                        match event {
+                            LinkEvent::New(name) if service.has_interface(&name) => {
+                                service.resume(&name)
+                            }
+                            LinkEvent::Deleted(name) if service.has_interface(&name) => {
+                                event!(
+                                    "{name} was deleted: its sessions keep their counters and \
+                                     resume when an interface of that name returns"
+                                )
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            })?;
+        Ok(())
+    }
+}
+
+/// The interface announcements in one netlink datagram.
+pub fn parse(mut datagram: &[u8]) -> Vec<LinkEvent> {
+    let mut events = Vec::new();
+    while datagram.len() >= NLMSG_HDRLEN {
+        let len = u32::from_ne_bytes(datagram[0..4].try_into().unwrap()) as usize;
+        let kind = u16::from_ne_bytes(datagram[4..6].try_into().unwrap());
+        if len < NLMSG_HDRLEN || len > datagram.len() {
+            break;
+        }
+        let message = &datagram[NLMSG_HDRLEN..len];
+        if matches!(kind, RTM_NEWLINK | RTM_DELLINK)
+            && let Some(name) = interface_name(message)
+        {
+            events.push(if kind == RTM_NEWLINK {
+                LinkEvent::New(name)
+            } else {
+                LinkEvent::Deleted(name)
+            });
+        }
+        datagram = &datagram[align4(len).min(datagram.len())..];
+    }
+    events
+}
+
+fn align4(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+/// `IFLA_IFNAME` of an `ifinfomsg` and its attributes.
+fn interface_name(message: &[u8]) -> Option<String> {
+    let mut attributes = message.get(IFINFOMSG_LEN..)?;
+    while attributes.len() >= 4 {
+        let len = u16::from_ne_bytes(attributes[0..2].try_into().unwrap()) as usize;
+        let kind = u16::from_ne_bytes(attributes[2..4].try_into().unwrap());
+        if len < 4 || len > attributes.len() {
+            return None;
+        }
+        if kind == IFLA_IFNAME {
+            let value = &attributes[4..len];
+            let end = value.iter().position(|&b| b == 0).unwrap_or(value.len());
+            return String::from_utf8(value[..end].to_vec()).ok();
+        }
+        attributes = &attributes[align4(len).min(attributes.len())..];
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(kind: u16, name: &str) -> Vec<u8> {
+        let mut attribute = Vec::new();
+        let value_len = name.len() + 1;
+        attribute.extend(((4 + value_len) as u16).to_ne_bytes());
+        attribute.extend(IFLA_IFNAME.to_ne_bytes());
+        attribute.extend(name.as_bytes());
+        attribute.push(0);
+        while attribute.len() % 4 != 0 {
+            attribute.push(0);
+        }
+        let mut out = Vec::new();
+        let len = NLMSG_HDRLEN + IFINFOMSG_LEN + attribute.len();
+        out.extend((len as u32).to_ne_bytes());
+        out.extend(kind.to_ne_bytes());
+        out.extend([0u8; 10]);
+        out.extend([0u8; IFINFOMSG_LEN]);
+        out.extend(attribute);
+        out
+    }
+
+    #[test]
+    fn reads_names_of_new_and_deleted_interfaces() {
+        let mut datagram = message(RTM_NEWLINK, "veth0");
+        datagram.extend(message(RTM_DELLINK, "eth1"));
+        datagram.extend(message(20, "ignored"));
+        assert_eq!(
+            parse(&datagram),
+            [
+                LinkEvent::New("veth0".into()),
+                LinkEvent::Deleted("eth1".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_cut_short_datagram_yields_what_is_whole() {
+        let datagram = message(RTM_NEWLINK, "veth0");
+        for cut in 0..datagram.len() {
+            let events = parse(&datagram[..cut]);
+            assert!(events.is_empty(), "{cut}: {events:?}");
+        }
+    }
+}
