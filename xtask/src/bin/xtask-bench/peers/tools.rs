@@ -84,13 +84,13 @@ impl Tool {
                 "capstats -d; capstats new {SESSION} interface {RECV_IF} hook {} EXPR",
                 hook_word(hook)
             ),
-            Tool::TcpdumpWrite => format!("tcpdump -i {RECV_IF} -n -w /dev/null EXPR"),
-            Tool::TcpdumpPrint => format!("tcpdump -i {RECV_IF} -n EXPR > /dev/null"),
+            Tool::TcpdumpWrite => format!("tcpdump -i {RECV_IF} -n -Z root -w /dev/null EXPR"),
+            Tool::TcpdumpPrint => format!("tcpdump -i {RECV_IF} -n -Z root EXPR > /dev/null"),
             Tool::Zeek => {
                 format!("/usr/bin/capstats -i {RECV_IF} -I {ZEEK_INTERVAL_S} -f EXPR")
             }
             Tool::Iptables => format!(
-                "iptables -t raw -A PREROUTING -i {RECV_IF} -m bpf --bytecode \"$(tcpdump -y RAW -ddd EXPR)\""
+                "iptables -t raw -A PREROUTING -i {RECV_IF} -m bpf --bytecode \"N,CODE JT JF K,...\" (EXPR compiled for DLT_RAW)"
             ),
         }
     }
@@ -166,7 +166,10 @@ impl Running {
             }
             Tool::TcpdumpWrite | Tool::TcpdumpPrint => {
                 let mut command = recv.command(Path::new("tcpdump"));
-                command.args(["-i", RECV_IF, "-n"]);
+                // -Z root: Debian's tcpdump otherwise switches to user tcpdump once
+                // its capture is open, and a change of user clears the death signal
+                // that stops it should the bench be killed.
+                command.args(["-i", RECV_IF, "-n", "-Z", "root"]);
                 if tool == Tool::TcpdumpWrite {
                     command.args(["-w", "/dev/null"]);
                 }
@@ -298,10 +301,15 @@ impl ToolProcess {
     /// containing `ready`.
     fn start(mut command: std::process::Command, ready: &str) -> anyhow::Result<Self> {
         let name = shown(&command);
-        // SAFETY: setpriority is async-signal-safe and changes only the child.
+        // SAFETY: setpriority and prctl are async-signal-safe and change only the
+        // child. The death signal comes when the spawning thread (the bench's main
+        // thread) ends, also when the bench is killed before its guards run; it
+        // survives the exec (the tools are not set-uid).
         unsafe {
             command.pre_exec(|| {
-                if libc::setpriority(libc::PRIO_PROCESS, 0, super::NICE) != 0 {
+                if libc::setpriority(libc::PRIO_PROCESS, 0, super::NICE) != 0
+                    || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
+                {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
