@@ -22,6 +22,10 @@
 //! The third table ([`hooks`]): what a packet costs at each hook (socket, tc, xdp) with
 //! 1, 8 and 32 sessions on its interface, each with its own filter, measured the same
 //! way (`--hooks-repeat` runs per call, `--rounds` rounds) before the daemon runs.
+//!
+//! The fourth ([`peers`]): capstats on each hook against tcpdump, Zeek's capstats and
+//! iptables `-m bpf`, counting one expression on the same stream from our XDP
+//! live-frames load generator ([`loadgen`]); `--only-peers` runs it alone.
 
 mod daemon;
 mod frame;
