@@ -41,9 +41,10 @@ use capstats_ebpf::translate::Hook;
 use crate::frame;
 
 /// Frames per `BPF_PROG_RUN` call at most. Large, because every live-frames call
-/// also waits in the kernel, off the CPU, for about 30 ms here (its page pool's setup
-/// and teardown): with 16,384 frames per call the generator sent 0.4 M frames/s while
-/// its thread's CPU time allowed 1.5 M; with 262,144, 1.3 M. So the flows follow each
+/// also waits in the kernel, off the CPU, for about 35 ms here (its thread sleeps in
+/// `synchronize_rcu`, seen in its `wchan`: an RCU grace period in the teardown of the
+/// call's page pool): with 16,384 frames per call the generator sent 0.4 M frames/s
+/// while its thread's CPU time allowed 1.5 M; with 262,144, 1.3 M. So the flows follow each
 /// other in blocks of up to this many frames rather than finely interleaved, which
 /// changes no count. [`Offered::waited_per_call`] reports that wait.
 pub const CHUNK: u32 = 1 << 20;
@@ -308,6 +309,18 @@ fn ifindex(interface: &str) -> anyhow::Result<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The program assembles (labels resolve) without a kernel; the kernel's verdict
+    /// comes with the first `Generator::load`.
+    #[test]
+    fn program_assembles() {
+        let insns = program(3).expect("assembles");
+        assert_eq!(insns.last(), Some(&Insn::Exit));
+        assert!(insns.contains(&Insn::LoadMapFd {
+            dst: Reg::R1,
+            fd: 3
+        }));
+    }
 
     #[test]
     fn flows_have_the_asked_size_and_differ() {
