@@ -41,6 +41,23 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ),
 ];
 
+/// Debian packages only `cargo xtask bench` needs, and why: the peers it compares
+/// capstats with. Not in [`PACKAGES`]: the tests do not use them.
+pub const BENCH_PACKAGES: &[(&str, &str)] = &[
+    (
+        "capstats",
+        "Zeek's capstats (/usr/bin/capstats), a libpcap peer in the bench's comparison",
+    ),
+    (
+        "iptables",
+        "iptables -m bpf, the kernel peer in the bench's comparison",
+    ),
+    (
+        "nftables",
+        "nft removes the iptables-nft raw table between the bench's runs",
+    ),
+];
+
 /// Where the capture corpus is when `CAPSTATS_CORPUS` does not say.
 const CORPUS_BESIDE_REPO: &str = "../shared/corpus";
 
@@ -71,17 +88,27 @@ pub fn require_root(task: &str) -> anyhow::Result<()> {
 /// Installs the [`PACKAGES`] that `dpkg -s` does not report installed; runs
 /// `apt-get update` only if one is missing.
 pub fn ensure_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = PACKAGES
+    ensure(PACKAGES)
+}
+
+/// [`PACKAGES`] and [`BENCH_PACKAGES`], as [`ensure_packages`] does.
+pub fn ensure_bench_packages() -> anyhow::Result<()> {
+    let all: Vec<(&str, &str)> = PACKAGES.iter().chain(BENCH_PACKAGES).copied().collect();
+    ensure(&all)
+}
+
+fn ensure(packages: &[(&str, &str)]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .map(|&(name, _)| name)
         .filter(|name| !installed(name))
         .collect();
     if missing.is_empty() {
-        let names: Vec<&str> = PACKAGES.iter().map(|&(name, _)| name).collect();
+        let names: Vec<&str> = packages.iter().map(|&(name, _)| name).collect();
         println!("    all installed: {}", names.join(" "));
         return Ok(());
     }
-    for &(name, why) in PACKAGES.iter().filter(|(name, _)| missing.contains(name)) {
+    for &(name, why) in packages.iter().filter(|(name, _)| missing.contains(name)) {
         println!("    missing {name}: {why}");
     }
     if !cmd::succeeds(Command::new("apt-get").arg("--version")) {

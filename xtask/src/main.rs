@@ -36,7 +36,8 @@ enum Task {
         profile: test::Profile,
     },
     /// Measure ns/packet of generated programs with BPF_PROG_RUN, then the daemon (poll
-    /// latency, its CPU while 1M packets are counted, its memory); writes
+    /// latency, its CPU while 1M packets are counted, its memory), then capstats against
+    /// tcpdump, Zeek's capstats and iptables on the same stream; writes
     /// bench/results.json.
     Bench {
         /// Runs per BPF_PROG_RUN call.
@@ -45,6 +46,12 @@ enum Task {
         /// Rounds per filter; the median is reported.
         #[arg(long, default_value_t = 9)]
         rounds: usize,
+        /// Frames offered to each tool in each round of the peer comparison.
+        #[arg(long, default_value_t = 4_000_000)]
+        peers_frames: u64,
+        /// Rounds of the peer comparison (each runs every tool once).
+        #[arg(long, default_value_t = 3)]
+        peers_rounds: usize,
     },
 }
 
@@ -53,7 +60,12 @@ fn main() -> ExitCode {
     let result = match cli.task {
         Task::Run => run::run(),
         Task::Test { profile } => test::test(profile),
-        Task::Bench { repeat, rounds } => bench::bench(repeat, rounds),
+        Task::Bench {
+            repeat,
+            rounds,
+            peers_frames,
+            peers_rounds,
+        } => bench::bench(repeat, rounds, peers_frames, peers_rounds),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

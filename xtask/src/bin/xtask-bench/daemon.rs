@@ -24,13 +24,14 @@
 //! loopback (scrapes with 256 sessions; the scrapes with 1 session are made with the
 //! polls with 1); stop the daemon (it must exit 0).
 
-mod client;
+// client, netns, process and traffic are shared with the peer comparison (crate::peers).
+pub mod client;
 mod latency;
-mod netns;
-mod process;
+pub mod netns;
+pub mod process;
 mod report;
 mod scrape;
-mod traffic;
+pub mod traffic;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -117,12 +118,12 @@ struct Rss {
 }
 
 /// Scratch directory for the daemon's socket, state and log; removed on drop.
-struct Scratch(PathBuf);
+pub struct Scratch(pub PathBuf);
 
 impl Scratch {
     const PREFIX: &str = "capstats-bench-";
 
-    fn create() -> anyhow::Result<Self> {
+    pub fn create() -> anyhow::Result<Self> {
         Self::sweep_stale();
         let path = std::env::temp_dir().join(format!("{}{}", Self::PREFIX, std::process::id()));
         // Left by an earlier process with our pid that was killed: nothing of ours.

@@ -22,10 +22,16 @@
 //! The third table ([`hooks`]): what a packet costs at each hook (socket, tc, xdp) with
 //! 1, 8 and 32 sessions on its interface, each with its own filter, measured the same
 //! way (`--hooks-repeat` runs per call, `--rounds` rounds) before the daemon runs.
+//!
+//! The fourth ([`peers`]): capstats on each hook against tcpdump, Zeek's capstats and
+//! iptables `-m bpf`, counting one expression on the same stream from our XDP
+//! live-frames load generator ([`loadgen`]); `--only-peers` runs it alone.
 
 mod daemon;
 mod frame;
 mod hooks;
+mod loadgen;
+mod peers;
 mod stats;
 
 use std::fmt::Write as _;
@@ -80,6 +86,24 @@ struct Args {
     /// Timed scrapes of the daemon's /metrics, per connection method and session count.
     #[arg(long, default_value_t = 500)]
     scrapes: usize,
+    /// Peer comparison: frames offered per tool and round (XDP live frames, 8 flows).
+    #[arg(long, default_value_t = 4_000_000)]
+    peers_frames: u64,
+    /// Peer comparison: rounds, each running every tool once; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    peers_rounds: usize,
+    /// Peer comparison: frame size in bytes (Ethernet header included, no FCS).
+    #[arg(long, default_value_t = 64)]
+    peers_size: usize,
+    /// Peer comparison: the expression every tool counts (2 of the 8 flows match).
+    #[arg(long, default_value = "udp port 53")]
+    peers_filter: String,
+    /// Peer comparison: frames per generator-rate run (64, 512, 1500 bytes).
+    #[arg(long, default_value_t = 2_000_000)]
+    peers_rate_frames: u64,
+    /// Only the peer comparison; its figures replace the `peers` object of --out.
+    #[arg(long)]
+    only_peers: bool,
 }
 
 /// One benchmarked filter and a frame it matches.
@@ -206,6 +230,17 @@ fn run(args: &Args) -> anyhow::Result<()> {
         print!("{}", hooks::report(&hooks));
         return Ok(());
     }
+    let peer_options = peers::Options {
+        capstats: args.capstats.clone(),
+        expression: args.peers_filter.clone(),
+        frames: args.peers_frames,
+        size: args.peers_size,
+        rounds: args.peers_rounds,
+        rate_frames: args.peers_rate_frames,
+    };
+    if args.only_peers {
+        return peers::run_alone(&machine, &peer_options, args.out.as_deref());
+    }
     let empty_program = LoadedProgram::load(
         Hook::Tc,
         "xtask_empty",
@@ -251,6 +286,9 @@ fn run(args: &Args) -> anyhow::Result<()> {
     })?;
     print!("\n{}", daemon::report(&machine, &daemon));
     print!("\n{}", hooks::report(&hooks));
+    eprintln!("comparing with the peers");
+    let peers = peers::measure(&peer_options).context("the peer comparison")?;
+    print!("\n{}", peers::report(&machine, &peers));
     ensure!(
         daemon::counted_exactly(&daemon),
         "the daemon's sessions did not count exactly the frames sent (above); results not written"
@@ -260,6 +298,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         let mut json = to_json(&machine, args, &cases, &results);
         json["daemon"] = daemon::to_json(&daemon);
         json["hooks"] = hooks::to_json(&hooks);
+        json["peers"] = peers::to_json(&peers);
         let text = serde_json::to_string_pretty(&json)?;
         std::fs::write(out, text + "\n").with_context(|| format!("writing {}", out.display()))?;
         println!("\nwritten to {}", out.display());

@@ -200,7 +200,24 @@ fn ip(args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Deletes the namespaces of earlier bench processes that no longer exist.
+/// Kills what still runs in a namespace a dead bench left (a tool of its peer
+/// comparison whose death signal did not come): only the bench starts processes there.
+fn kill_processes_in(name: &str) {
+    let Ok(out) = Command::new("ip").args(["netns", "pids", name]).output() else {
+        return;
+    };
+    for pid in String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse::<libc::pid_t>().ok())
+    {
+        eprintln!("killing process {pid}, left in network namespace {name}");
+        // SAFETY: a plain signal to a process of a namespace only the bench uses.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+/// Deletes the namespaces of earlier bench processes that no longer exist, and kills
+/// what still runs in them.
 fn sweep_stale() {
     let Ok(entries) = std::fs::read_dir(NETNS_RUN_DIR) else {
         return;
@@ -216,6 +233,7 @@ fn sweep_stale() {
         };
         if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
             eprintln!("deleting network namespace {name}, left by an earlier bench");
+            kill_processes_in(&name);
             drop(Registered(name));
         }
     }
