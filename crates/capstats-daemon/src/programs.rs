@@ -9,8 +9,10 @@
 //! session is added, changed or stopped, the program is generated again and swapped in
 //! atomically, so every packet meets the old program or the new one:
 //!
-//! - socket: one AF_PACKET socket bound to the interface, both directions
-//!   (`SO_ATTACH_BPF` replaces its filter). The socket lives in the daemon.
+//! - socket: AF_PACKET sockets bound to the interface, both directions, each counting
+//!   a group of up to 32 sessions (a socket holds a filter of limited size), a session
+//!   staying in its group for its life (`SO_ATTACH_BPF` replaces a filter). The
+//!   sockets live in the daemon.
 //! - tc: one program per direction on the interface's tcx links (`BPF_LINK_UPDATE`),
 //!   pinned at `<pin-dir>/%tc/<interface>/<in|out>-link`, so the kernel keeps counting
 //!   while no daemon runs and a new daemon takes the links back.
@@ -108,11 +110,32 @@ impl Mode {
     }
 }
 
-/// What holds an interface's program in the kernel.
+/// What holds an interface's tc or XDP program in the kernel.
 #[derive(Debug)]
 enum Holder {
-    Socket(CountingSocket),
     Link { link: FdLink, mode: Option<Mode> },
+}
+
+/// Socket sessions per socket. A socket filter is charged to the socket's option memory
+/// (`net.core.optmem_max`, 128 KiB by default), twice while a new filter replaces the
+/// old, so one socket cannot hold the program of hundreds of sessions. A session stays
+/// in its socket's group for its life, so that every packet meets each session's filter
+/// exactly once, also while sessions come and go.
+const SESSIONS_PER_SOCKET: usize = 32;
+
+/// A socket counting a group of socket sessions.
+#[derive(Debug)]
+struct SocketGroup {
+    /// The sessions, in the order of the socket's program.
+    members: Vec<String>,
+    /// Their filters as the program has them: a group whose sessions and filters are
+    /// unchanged keeps its program.
+    filters: Vec<Program>,
+    /// The interface's index when the socket was bound.
+    ifindex: u32,
+    socket: CountingSocket,
+    /// Kept until the next swap (the socket holds it anyway).
+    _program: LoadedProgram,
 }
 
 #[derive(Debug)]
@@ -129,7 +152,10 @@ struct Installed {
 #[derive(Debug)]
 pub struct InterfacePrograms {
     pin_dir: PathBuf,
+    /// tc and XDP.
     installed: BTreeMap<(String, Slot), Installed>,
+    /// Socket sessions, by interface.
+    sockets: BTreeMap<String, Vec<SocketGroup>>,
 }
 
 fn failed(interface: &str, slot: Slot, what: impl std::fmt::Display) -> SessionError {
@@ -140,14 +166,15 @@ fn failed(interface: &str, slot: Slot, what: impl std::fmt::Display) -> SessionE
 /// many sessions, the program refers to their maps; beyond, to a table of them.
 const MOST_MAPS: usize = 64;
 
-/// One session's part of a program: its filter and its counter map.
-pub type Counted<'a> = (Program, &'a CounterMap);
+/// One session's part of a program: its name, its filter and its counter map.
+pub type Counted<'a> = (&'a str, Program, &'a CounterMap);
 
 impl InterfacePrograms {
     pub fn new(pin_dir: &Path) -> Self {
         Self {
             pin_dir: pin_dir.to_owned(),
             installed: BTreeMap::new(),
+            sockets: BTreeMap::new(),
         }
     }
 
@@ -172,38 +199,12 @@ impl InterfacePrograms {
             self.detach(interface, slot);
             return Ok(None);
         }
+        if slot == Slot::Socket {
+            return self.sync_sockets(interface, counted).map(|()| None);
+        }
         let index =
             ifindex(interface).ok_or_else(|| SessionError::UnknownInterface(interface.into()))?;
-        let egress = slot == Slot::TcEgress;
-        let (insns, table) = if counted.len() <= MOST_MAPS {
-            // Each filter refers to its own map: one lookup per match, and no table,
-            // whose making costs an RCU grace period.
-            let slots: Vec<_> = counted
-                .iter()
-                .map(|(program, map)| {
-                    let slot = CounterSlot {
-                        map_fd: map.raw_fd(),
-                        slot: 0,
-                    };
-                    (program, slot)
-                })
-                .collect();
-            let insns = match egress {
-                true => translate_all_tc_egress(&slots)?,
-                false => translate_all(&slots, slot.hook())?,
-            };
-            (insns, None)
-        } else {
-            let table = CounterTable::create("capstats_table", counted[0].1, counted.len() as u32)
-                .map_err(|e| failed(interface, slot, e))?;
-            let maps: Vec<&CounterMap> = counted.iter().map(|(_, map)| *map).collect();
-            table.fill(&maps).map_err(|e| failed(interface, slot, e))?;
-            let filters: Vec<&Program> = counted.iter().map(|(p, _)| p).collect();
-            let insns = translate_with_table(&filters, table.raw_fd(), slot.hook(), egress)?;
-            (insns, Some(table))
-        };
-        let program = LoadedProgram::load(slot.hook(), slot.program_name(), &insns)?;
-
+        let (program, table) = generate(interface, slot, counted)?;
         let key = (interface.to_owned(), slot);
         let holder = match self.installed.remove(&key) {
             Some(old) if old.ifindex == index => {
@@ -220,7 +221,7 @@ impl InterfacePrograms {
                 );
                 drop(old);
                 self.unpin(interface, slot);
-                self.attach(interface, index, slot, &program)?
+                self.attach(interface, slot, &program)?
             }
             None => match self.taken_back(interface, slot) {
                 Some(holder) => match self.swap(interface, slot, &program, holder) {
@@ -233,16 +234,14 @@ impl InterfacePrograms {
                             slot.describe()
                         );
                         self.unpin(interface, slot);
-                        self.attach(interface, index, slot, &program)?
+                        self.attach(interface, slot, &program)?
                     }
                 },
-                None => self.attach(interface, index, slot, &program)?,
+                None => self.attach(interface, slot, &program)?,
             },
         };
-        let mode = match &holder {
-            Holder::Link { mode, .. } => *mode,
-            Holder::Socket(_) => None,
-        };
+        let Holder::Link { mode, .. } = &holder;
+        let mode = *mode;
         self.installed.insert(
             key,
             Installed {
@@ -255,6 +254,131 @@ impl InterfacePrograms {
         Ok(mode)
     }
 
+    /// The socket sessions of `interface`, in groups of at most
+    /// [`SESSIONS_PER_SOCKET`], a socket each. Every program is loaded before any is
+    /// swapped in; a group left empty closes its socket.
+    fn sync_sockets(
+        &mut self,
+        interface: &str,
+        counted: &[Counted<'_>],
+    ) -> Result<(), SessionError> {
+        let slot = Slot::Socket;
+        let index =
+            ifindex(interface).ok_or_else(|| SessionError::UnknownInterface(interface.into()))?;
+        let mut groups = self.sockets.remove(interface).unwrap_or_default();
+        if groups.iter().any(|g| g.ifindex != index) {
+            event!(
+                "{interface} is a new interface (index {index}): opening its counting sockets afresh"
+            );
+            groups.clear();
+        }
+        // Who goes where: members stay; new sessions fill the first group with room.
+        let wanted: std::collections::HashMap<&str, &Counted<'_>> =
+            counted.iter().map(|c| (c.0, c)).collect();
+        let mut plan: Vec<Vec<String>> = groups
+            .iter()
+            .map(|g| {
+                g.members
+                    .iter()
+                    .filter(|m| wanted.contains_key(m.as_str()))
+                    .cloned()
+                    .collect()
+            })
+            .collect();
+        let placed: std::collections::HashSet<String> = plan.iter().flatten().cloned().collect();
+        for (name, _, _) in counted {
+            if placed.contains(*name) {
+                continue;
+            }
+            match plan.iter_mut().find(|g| g.len() < SESSIONS_PER_SOCKET) {
+                Some(group) => group.push((*name).to_owned()),
+                None => plan.push(vec![(*name).to_owned()]),
+            }
+        }
+        let filters_of = |members: &[String]| -> Vec<Program> {
+            members
+                .iter()
+                .map(|m| wanted[m.as_str()].1.clone())
+                .collect()
+        };
+        let unchanged = |i: usize, members: &[String]| {
+            groups
+                .get(i)
+                .is_some_and(|g| g.members == members && g.filters == filters_of(members))
+        };
+        let programs = plan
+            .iter()
+            .enumerate()
+            .map(|(i, members)| {
+                if members.is_empty() || unchanged(i, members) {
+                    return Ok(None);
+                }
+                let part: Vec<Counted<'_>> = members
+                    .iter()
+                    .map(|m| {
+                        let (name, program, map) = wanted[m.as_str()];
+                        (*name, program.clone(), *map)
+                    })
+                    .collect();
+                generate(interface, slot, &part).map(|(program, _)| Some(program))
+            })
+            .collect::<Result<Vec<_>, SessionError>>();
+        let programs = match programs {
+            Ok(programs) => programs,
+            Err(e) => {
+                self.sockets.insert(interface.to_owned(), groups);
+                return Err(e);
+            }
+        };
+        let mut old = groups.into_iter().map(Some).collect::<Vec<_>>();
+        let mut synced = Vec::new();
+        let mut first_error = None;
+        for (i, (members, program)) in plan.iter().zip(programs).enumerate() {
+            let existing = old.get_mut(i).and_then(Option::take);
+            let Some(program) = program else {
+                match existing {
+                    // Unchanged: it keeps its socket and program.
+                    Some(group) if !members.is_empty() => synced.push(group),
+                    // Empty: its socket, if any, closes here.
+                    _ => {}
+                }
+                continue;
+            };
+            let members = members.clone();
+            let filters = filters_of(&members);
+            let socket = match existing {
+                Some(group) => match attach_filter(&program, &group.socket, interface, &members) {
+                    Ok(()) => group.socket,
+                    Err(e) => {
+                        // The socket keeps its old program and members.
+                        first_error.get_or_insert(e);
+                        synced.push(group);
+                        continue;
+                    }
+                },
+                None => match open_socket(&program, index, interface, &members) {
+                    Ok(socket) => socket,
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                        continue;
+                    }
+                },
+            };
+            synced.push(SocketGroup {
+                members,
+                filters,
+                ifindex: index,
+                socket,
+                _program: program,
+            });
+        }
+        self.sockets.insert(interface.to_owned(), synced);
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     /// Puts `program` where `holder`'s program is, atomically.
     fn swap(
         &self,
@@ -264,11 +388,6 @@ impl InterfacePrograms {
         holder: Holder,
     ) -> Result<Holder, SessionError> {
         match holder {
-            Holder::Socket(socket) => {
-                // SO_ATTACH_BPF on a socket with a filter swaps them atomically.
-                program.socket_filter()?.attach(&socket)?;
-                Ok(Holder::Socket(socket))
-            }
             Holder::Link { link, mode } => {
                 let link = match slot {
                     Slot::Xdp => {
@@ -328,25 +447,11 @@ impl InterfacePrograms {
     fn attach(
         &self,
         interface: &str,
-        index: u32,
         slot: Slot,
         program: &LoadedProgram,
     ) -> Result<Holder, SessionError> {
         match slot {
-            Slot::Socket => {
-                let socket_error = |what: &'static str| {
-                    move |source| SessionError::Socket {
-                        what,
-                        interface: interface.to_owned(),
-                        source,
-                    }
-                };
-                let socket = CountingSocket::new().map_err(socket_error("open"))?;
-                // The filter first, so that no packet passes unfiltered.
-                program.socket_filter()?.attach(&socket)?;
-                socket.bind(index).map_err(socket_error("bind"))?;
-                Ok(Holder::Socket(socket))
-            }
+            Slot::Socket => unreachable!("sockets are synced by sync_sockets"),
             Slot::TcIngress | Slot::TcEgress => {
                 let (attach_type, pin) = match slot {
                     Slot::TcIngress => (TcAttachType::Ingress, "in-link"),
@@ -453,6 +558,9 @@ impl InterfacePrograms {
 
     /// Takes the program off `slot` of `interface` and removes its pin.
     pub fn detach(&mut self, interface: &str, slot: Slot) {
+        if slot == Slot::Socket {
+            self.sockets.remove(interface);
+        }
         self.installed.remove(&(interface.to_owned(), slot));
         self.unpin(interface, slot);
     }
@@ -463,6 +571,7 @@ impl InterfacePrograms {
         for (interface, slot) in keys {
             self.detach(&interface, slot);
         }
+        self.sockets.clear();
         self.remove_unclaimed(&std::collections::HashSet::new());
     }
 
@@ -494,10 +603,116 @@ impl InterfacePrograms {
 
     /// The interface's index when `slot`'s program was attached, if it is.
     pub fn attached_ifindex(&self, interface: &str, slot: Slot) -> Option<u32> {
+        if slot == Slot::Socket {
+            return self
+                .sockets
+                .get(interface)
+                .and_then(|groups| groups.first())
+                .map(|g| g.ifindex);
+        }
         self.installed
             .get(&(interface.to_owned(), slot))
             .map(|i| i.ifindex)
     }
+}
+
+/// The program counting every filter of `counted` into its map, for `slot`.
+fn generate(
+    interface: &str,
+    slot: Slot,
+    counted: &[Counted<'_>],
+) -> Result<(LoadedProgram, Option<CounterTable>), SessionError> {
+    let egress = slot == Slot::TcEgress;
+    let (insns, table) = if counted.len() <= MOST_MAPS {
+        // Each filter refers to its own map: one lookup per match, and no table,
+        // whose making costs an RCU grace period.
+        let slots: Vec<_> = counted
+            .iter()
+            .map(|(_, program, map)| {
+                let slot = CounterSlot {
+                    map_fd: map.raw_fd(),
+                    slot: 0,
+                };
+                (program, slot)
+            })
+            .collect();
+        let insns = match egress {
+            true => translate_all_tc_egress(&slots)?,
+            false => translate_all(&slots, slot.hook())?,
+        };
+        (insns, None)
+    } else {
+        let table = CounterTable::create("capstats_table", counted[0].2, counted.len() as u32)
+            .map_err(|e| failed(interface, slot, e))?;
+        let maps: Vec<&CounterMap> = counted.iter().map(|(_, _, map)| *map).collect();
+        table.fill(&maps).map_err(|e| failed(interface, slot, e))?;
+        let filters: Vec<&Program> = counted.iter().map(|(_, p, _)| p).collect();
+        let insns = translate_with_table(&filters, table.raw_fd(), slot.hook(), egress)?;
+        (insns, Some(table))
+    };
+    let program = LoadedProgram::load(slot.hook(), slot.program_name(), &insns)?;
+    Ok((program, table))
+}
+
+/// `SO_ATTACH_BPF`: `program` replaces the socket's filter atomically.
+fn attach_filter(
+    program: &LoadedProgram,
+    socket: &CountingSocket,
+    interface: &str,
+    members: &[String],
+) -> Result<(), SessionError> {
+    use aya::programs::socket_filter::SocketFilterError;
+    match program.socket_filter()?.attach(socket) {
+        Ok(_) => Ok(()),
+        Err(ProgramError::SocketFilterError(SocketFilterError::SetsockoptError {
+            io_error,
+            ..
+        })) => {
+            let why = if io_error.raw_os_error() == Some(libc::ENOMEM) {
+                let optmem = std::fs::read_to_string("/proc/sys/net/core/optmem_max")
+                    .map(|s| s.trim().to_owned())
+                    .unwrap_or_else(|_| "?".into());
+                format!(
+                    "the filter is larger than a socket may hold (net.core.optmem_max = \
+                     {optmem} bytes, counting the old filter while the new one replaces it): \
+                     {io_error}"
+                )
+            } else {
+                io_error.to_string()
+            };
+            Err(failed(
+                interface,
+                Slot::Socket,
+                format!(
+                    "cannot attach the filter of {} session(s) ({}) to a counting socket: {why}",
+                    members.len(),
+                    members.join(", ")
+                ),
+            ))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A new counting socket with `program`, bound to interface `index`.
+fn open_socket(
+    program: &LoadedProgram,
+    index: u32,
+    interface: &str,
+    members: &[String],
+) -> Result<CountingSocket, SessionError> {
+    let socket_error = |what: &'static str| {
+        move |source| SessionError::Socket {
+            what,
+            interface: interface.to_owned(),
+            source,
+        }
+    };
+    let socket = CountingSocket::new().map_err(socket_error("open"))?;
+    // The filter first, so that no packet passes unfiltered.
+    attach_filter(program, &socket, interface, members)?;
+    socket.bind(index).map_err(socket_error("bind"))?;
+    Ok(socket)
 }
 
 /// The kernel's reason, in words.

@@ -152,7 +152,13 @@ impl Service {
             }
             let counted: Vec<_> = compiled
                 .iter()
-                .map(|(name, program)| (program.clone(), self.sessions[name].counters()))
+                .map(|(name, program)| {
+                    (
+                        name.as_str(),
+                        program.clone(),
+                        self.sessions[name].counters(),
+                    )
+                })
                 .collect();
             let synced = self.programs.sync(interface, slot, &counted);
             let ifindex = self.programs.attached_ifindex(interface, slot);

@@ -22,6 +22,7 @@
 //! the stream; wait [`SETTLE`] for the tool to catch up; stop it and read its count
 //! (the tool's CPU includes its shutdown); read everything again.
 
+mod scaling;
 mod tools;
 
 use std::fmt::Write as _;
@@ -127,6 +128,8 @@ pub struct Figures {
     pub runs: Vec<(Tool, Vec<Run>)>,
     /// The iptables rule's classic program (`tcpdump -ddd` format, link type RAW).
     pub iptables_bytecode: String,
+    /// capstats with 0, 1, 64 and 256 sessions per hook on the same stream.
+    pub scaling: Vec<scaling::Row>,
 }
 
 impl Figures {
@@ -221,6 +224,9 @@ pub fn measure(options: &Options) -> anyhow::Result<Figures> {
             tool_runs.push(run);
         }
     }
+    let scaling = scaling::measure(&context, &generator, &flows, per_flow, options.rounds)
+        .context("the live cost of sessions")
+        .with_context(|| format!("capstats -d logged:\n{}", daemon.log()))?;
     daemon.stop()?;
     drop(pair);
     drop(scratch);
@@ -233,6 +239,7 @@ pub fn measure(options: &Options) -> anyhow::Result<Figures> {
         rounds: options.rounds,
         rates,
         runs,
+        scaling,
         iptables_bytecode: bytecode,
     })
 }
@@ -623,6 +630,7 @@ pub fn report(machine: &Machine, figures: &Figures) -> String {
     for line in targets(figures, &summaries) {
         let _ = writeln!(out, "  {line}");
     }
+    out.push_str(&scaling::report(&figures.scaling));
     out
 }
 
@@ -827,6 +835,7 @@ pub fn to_json(figures: &Figures) -> serde_json::Value {
                 })).collect::<Vec<_>>(),
             })
         }).collect::<Vec<_>>(),
+        "live_cost_of_sessions": scaling::to_json(&figures.scaling),
     })
 }
 
