@@ -18,7 +18,10 @@ const COUNTERS: &str = "counters";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PinError {
-    #[error("cannot mount bpffs at {BPFFS} (needed for {dir}): {source}")]
+    #[error(
+        "cannot mount bpffs at {BPFFS} (needed for {dir}): {source}; mount it \
+         (`mount -t bpf bpf {BPFFS}`) or choose a --pin-dir on a mounted bpffs"
+    )]
     Mount { dir: String, source: nix::Error },
     #[error(
         "pin directory {dir} is not on a bpffs; mount one there or choose another with --pin-dir"

@@ -124,7 +124,10 @@ impl StateFile {
     /// daemon's pid, so that a second daemon can say which one runs.
     pub fn lock(&self) -> Result<File, StateError> {
         let path = self.dir.join(".lock");
-        let mut file = open_no_follow(
+        // Held open read-only: a file held open for writing would keep the state
+        // directory's file system from being remounted read-only (flock works on any
+        // open file).
+        let file = open_no_follow(
             OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -133,6 +136,10 @@ impl StateFile {
                 .mode(0o600),
             &path,
         )
+        .and_then(|created| {
+            drop(created);
+            open_no_follow(OpenOptions::new().read(true), &path)
+        })
         .map_err(|e| self.refusal("open", &path, e))?;
         if !file.metadata().is_ok_and(|m| m.is_file()) {
             return Err(StateError::Untrusted {
@@ -160,8 +167,9 @@ impl StateFile {
             });
         }
         // Ours now: record who holds it (a failure only costs the pid in a message).
-        let _ = file.set_len(0);
-        let _ = writeln!(file, "{}", std::process::id());
+        if let Ok(mut pid) = open_no_follow(OpenOptions::new().write(true).truncate(true), &path) {
+            let _ = writeln!(pid, "{}", std::process::id());
+        }
         Ok(file)
     }
 
