@@ -32,6 +32,9 @@ const FD_RESERVE: u64 = 32;
 
 /// Connections being served now.
 static CLIENTS: AtomicUsize = AtomicUsize::new(0);
+/// Whether a client was turned away since one last left: logged once per spell, so
+/// that a client connecting in a loop cannot flood the log.
+static FULL: AtomicBool = AtomicBool::new(false);
 
 /// Counts a connection while it is served.
 struct Served;
@@ -51,6 +54,7 @@ impl Served {
 impl Drop for Served {
     fn drop(&mut self) {
         CLIENTS.fetch_sub(1, Ordering::SeqCst);
+        FULL.store(false, Ordering::SeqCst);
     }
 }
 
@@ -171,7 +175,9 @@ fn connection(stream: UnixStream, access: Access, service: &Mutex<Service>) {
 
 /// One connection too many: told why, briefly, and closed.
 fn turn_away(stream: UnixStream) {
-    event!("refused a client: {MAX_CLIENTS} clients are connected already");
+    if !FULL.swap(true, Ordering::SeqCst) {
+        event!("refused a client: {MAX_CLIENTS} clients are connected already");
+    }
     let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
     let mut stream = stream;
     let _ = respond(
