@@ -252,7 +252,7 @@ fn two_hundred_clients_poll_while_sessions_come_and_go() -> anyhow::Result<()> {
                 let start = Instant::now();
                 let mut i = 0u64;
                 while start.elapsed() < LOAD_TIME && !stop.load(Ordering::Relaxed) {
-                    let command = if i % 2 == 0 {
+                    let command = if i.is_multiple_of(2) {
                         poll(&[])
                     } else {
                         Command::Show {
@@ -467,7 +467,7 @@ fn a_thousand_sessions_come_and_go_without_a_trace() -> anyhow::Result<()> {
     let mut hundreds = Vec::new();
     for n in 0..SESSIONS {
         make(&mut connection, n).with_context(|| format!("after {n} sessions"))?;
-        if (n + 1) % 100 == 0 {
+        if (n + 1).is_multiple_of(100) {
             hundreds.push(format!("{:.1?}", started.elapsed()));
         }
     }
