@@ -7,7 +7,8 @@
 //! - the state file unwritable (replaced by a directory, on a read-only mount) while
 //!   the daemon runs: the change is made and the client is told it was not saved; the
 //!   previous table stays as it was; the next save after the fault writes everything.
-//!   A daemon that cannot save at shutdown exits 1 saying so. A corrupt state file
+//!   A daemon that cannot save at shutdown exits 1 saying so. A full disk (a small
+//!   tmpfs as the state directory, filled up): the same. A corrupt state file
 //!   stops the daemon from starting, untouched, and the sessions come back once the
 //!   file is.
 //! - the socket's directory missing: made, mode 0755; a directory anyone may write to
@@ -483,5 +484,64 @@ fn programs_over_the_kernels_limits_are_refused_naming_the_limit() -> anyhow::Re
         "{error}"
     );
     println!("too complex: {}", error.lines().next().unwrap_or(""));
+    Ok(())
+}
+
+#[test]
+fn a_full_disk_loses_nothing() -> anyhow::Result<()> {
+    require_root(TEST);
+    let rig = Rig::new("diskfull")?;
+    let scratch = ScratchDir::new("diskfull")?;
+    let state_dir = scratch.join("state");
+    std::fs::create_dir(&state_dir)?;
+    // A 64 KiB tmpfs as the state directory, in the daemon's mount namespace only.
+    let dir = state_dir.to_str().context("UTF-8 path")?;
+    let spec = wrapped(
+        DaemonSpec::new(scratch.join("capstats.sock"), &state_dir),
+        in_private_mounts(&format!("mount -t tmpfs -o size=64k,mode=0700 none {dir}")),
+    );
+    let daemon = Daemon::start(&rig.ns_b, &spec, &scratch.join("daemon.log"))?;
+    let client = daemon.client()?;
+    let interface = rig.interface();
+    client.ok(&["new", "a", "interface", interface, "filter", "udp"])?;
+    // The daemon's view of its state directory: the tmpfs.
+    let pid = daemon.pid().context("the daemon runs")?;
+    let seen = Path::new(&format!("/proc/{pid}/root")).join(state_dir.strip_prefix("/")?);
+    let state_file = seen.join("sessions.json");
+    ensure!(
+        saved_names(&state_file)? == ["a"],
+        "the tmpfs is not the daemon's"
+    );
+    // Fill it.
+    let filler = seen.join("filler");
+    let mut file = std::fs::File::create(&filler)?;
+    let block = vec![0u8; 4096];
+    loop {
+        match std::io::Write::write_all(&mut file, &block) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    drop(file);
+    let before = std::fs::read(&state_file)?;
+    not_saved(
+        &client,
+        &["new", "b", "interface", interface, "filter", "tcp"],
+        "No space left on device",
+    )?;
+    ensure!(
+        std::fs::read(&state_file)? == before,
+        "a failed save changed the table"
+    );
+    ensure!(
+        !seen.join(".sessions.json.tmp").exists(),
+        "a failed save left its temporary file"
+    );
+    ensure!(names(&client.poll()?) == ["a", "b"]);
+    std::fs::remove_file(&filler)?;
+    client.ok(&["modify", "b", "tcp port 80"])?;
+    ensure!(saved_names(&state_file)? == ["a", "b"]);
+    daemon.stop()?;
     Ok(())
 }

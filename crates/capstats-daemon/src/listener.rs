@@ -48,7 +48,7 @@ impl Drop for SocketFile {
 
 /// Makes the directory the socket goes in, if it is missing (mode 0755: clients must
 /// reach the socket; the socket's own mode decides who may connect), and refuses one
-/// that others could write to: they could replace the socket under the clients.
+/// that anyone could write to: they could replace the socket under the clients.
 fn socket_dir(dir: &Path) -> Result<(), ListenError> {
     let shown = dir.display().to_string();
     fs::DirBuilder::new()
@@ -69,9 +69,14 @@ fn socket_dir(dir: &Path) -> Result<(), ListenError> {
         dir: shown.clone(),
         reason,
     };
+    // Another account's directory is said, not refused: a developer's checkout under
+    // sudo is one, and its owner could become root anyway.
     let euid = unsafe { libc::geteuid() };
     if meta.uid() != euid && meta.uid() != 0 {
-        return Err(unsafe_dir(format!("it belongs to uid {}", meta.uid())));
+        crate::log::event!(
+            "warning: the socket's directory {shown} belongs to uid {}, who could replace the socket",
+            meta.uid()
+        );
     }
     // Sticky (as /tmp): others may create files there but not remove or rename ours.
     if meta.mode() & 0o002 != 0 && meta.mode() & libc::S_ISVTX == 0 {

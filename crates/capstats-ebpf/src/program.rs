@@ -194,7 +194,10 @@ impl LoadedProgram {
                     slots: encoded.len(),
                 });
             }
-            Err(_) => return Err(load_with_log(hook, name, &encoded)),
+            // Again with a log, to say why; a load that succeeds this time (the first
+            // failure was transient: EAGAIN when the verifier saw a signal, memory
+            // for a moment) is as good as any.
+            Err(_) => load_with_log(hook, name, &encoded)?,
         };
         let id = prog_id(fd.as_fd()).map_err(|source| LoadError::Syscall {
             name: name.to_owned(),
@@ -275,22 +278,12 @@ impl AsFd for LoadedProgram {
     }
 }
 
-fn load_with_log(hook: Hook, name: &str, encoded: &[[u8; 8]]) -> LoadError {
+fn load_with_log(hook: Hook, name: &str, encoded: &[[u8; 8]]) -> Result<OwnedFd, LoadError> {
     let mut size = VERIFIER_LOG_START;
     loop {
         let mut log = vec![0u8; size];
         match prog_load(hook, name, encoded, Some(&mut log)) {
-            // Loaded this time (a transient failure before): treat as a failure anyway,
-            // the fd is closed on drop, and report the first error honestly.
-            Ok(_) => {
-                return LoadError::Syscall {
-                    name: name.to_owned(),
-                    source: io::Error::other(
-                        "load failed once, then succeeded with a verifier log",
-                    ),
-                    slots: encoded.len(),
-                };
-            }
+            Ok(fd) => return Ok(fd),
             Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && size < VERIFIER_LOG_MAX => {
                 size *= 4
             }
@@ -298,17 +291,17 @@ fn load_with_log(hook: Hook, name: &str, encoded: &[[u8; 8]]) -> LoadError {
                 let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
                 let log = String::from_utf8_lossy(&log[..end]).trim_end().to_owned();
                 if log.is_empty() {
-                    return LoadError::Syscall {
+                    return Err(LoadError::Syscall {
                         name: name.to_owned(),
                         source,
                         slots: encoded.len(),
-                    };
+                    });
                 }
-                return LoadError::Verifier {
+                return Err(LoadError::Verifier {
                     name: name.to_owned(),
                     source,
                     log,
-                };
+                });
             }
         }
     }
