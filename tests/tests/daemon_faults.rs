@@ -484,6 +484,20 @@ fn programs_over_the_kernels_limits_are_refused_naming_the_limit() -> anyhow::Re
         "{error}"
     );
     println!("too complex: {}", error.lines().next().unwrap_or(""));
+
+    // Memory is not tried live: a BPF allocation over the memory cgroup's limit calls
+    // the cgroup's OOM killer, which would pick the daemon. The words for it, and for
+    // the descriptor limit a program load can also meet:
+    let hint =
+        |errno| capstats_ebpf::program::limit_hint(&std::io::Error::from_raw_os_error(errno), None);
+    let memory = hint(libc::ENOMEM);
+    ensure!(
+        memory.contains("memory.max of /sys/fs/cgroup/") && memory.contains("RLIMIT_MEMLOCK"),
+        "{memory}"
+    );
+    let fds = hint(libc::EMFILE);
+    ensure!(fds.contains("(RLIMIT_NOFILE)"), "{fds}");
+    println!("ENOMEM:{memory}\nEMFILE:{fds}");
     Ok(())
 }
 

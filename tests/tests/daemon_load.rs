@@ -515,8 +515,9 @@ fn a_thousand_sessions_come_and_go_without_a_trace() -> anyhow::Result<()> {
         bail!("poll failed");
     };
     ensure!(left.is_empty(), "{} sessions left", left.len());
-    drop(connection);
+    // Measured with the connection still open, as `before` was.
     let after = settled(pid, before)?;
+    drop(connection);
     let pinned = std::fs::read_dir(&setup.spec.pin_dir)?.count();
 
     println!(

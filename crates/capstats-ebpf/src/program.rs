@@ -69,8 +69,8 @@ pub fn limit_hint(error: &io::Error, slots: Option<usize>) -> String {
             memlock()
         ),
         Some(libc::ENOMEM) => format!(
-            " (out of memory for BPF objects: the memory cgroup's limit (memory.max of {}) \
-             or, on kernels before 5.11, RLIMIT_MEMLOCK{} is reached)",
+            " (out of memory for BPF objects: the memory cgroup's limit is reached \
+             (memory.max of {}), or on kernels before 5.11 RLIMIT_MEMLOCK{})",
             own_cgroup(),
             memlock()
         ),
@@ -118,8 +118,8 @@ fn rlimit(resource: libc::__rlimit_resource_t) -> Option<u64> {
 
 fn memlock() -> String {
     match rlimit(libc::RLIMIT_MEMLOCK) {
-        Some(bytes) => format!(", now {bytes} bytes"),
-        None => ", now unlimited".into(),
+        Some(bytes) => format!(" (now {bytes} bytes)"),
+        None => " (now unlimited)".into(),
     }
 }
 
