@@ -70,7 +70,7 @@ pub fn limit_hint(error: &io::Error, slots: Option<usize>) -> String {
         ),
         Some(libc::ENOMEM) => format!(
             " (out of memory for BPF objects: the memory cgroup's limit is reached \
-             (memory.max of {}), or on kernels before 5.11 RLIMIT_MEMLOCK{})",
+             ({}), or on kernels before 5.11 RLIMIT_MEMLOCK{})",
             own_cgroup(),
             memlock()
         ),
@@ -123,18 +123,26 @@ fn memlock() -> String {
     }
 }
 
-/// This process's cgroup (v2), as a path under /sys/fs/cgroup.
+/// The file holding this process's memory cgroup limit: `memory.max` under cgroup v2,
+/// `memory.limit_in_bytes` under v1's memory controller (hybrid systems have both
+/// hierarchies; the v1 controller, when mounted, is the one that limits).
 fn own_cgroup() -> String {
-    std::fs::read_to_string("/proc/self/cgroup")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find_map(|line| line.strip_prefix("0::").map(str::to_owned))
-        })
-        .map_or_else(
-            || "this process's cgroup".into(),
-            |path| format!("/sys/fs/cgroup{path}"),
-        )
+    let text = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let v1 = text.lines().find_map(|line| {
+        let (_, rest) = line.split_once(':')?;
+        let (controllers, path) = rest.split_once(':')?;
+        controllers
+            .split(',')
+            .any(|c| c == "memory")
+            .then(|| format!("memory.limit_in_bytes of /sys/fs/cgroup/memory{path}"))
+    });
+    let v2 = || {
+        text.lines()
+            .find_map(|line| line.strip_prefix("0::"))
+            .map(|path| format!("memory.max of /sys/fs/cgroup{path}"))
+    };
+    v1.or_else(v2)
+        .unwrap_or_else(|| "the memory limit of this process's cgroup".into())
 }
 
 fn prog_type(hook: Hook) -> bpf_prog_type {
