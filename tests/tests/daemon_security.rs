@@ -14,6 +14,9 @@
 //!   file left as it is; a filter that no longer compiles leaves that session down,
 //!   with its counters and a message, and the others counting. Never a panic.
 //!
+//! - The log cannot be forged: a filter spanning lines (libpcap takes a newline as a
+//!   space) is logged as one line, its control characters escaped.
+//!
 //! (Peer credentials with a loosened socket mode: `daemon_access`.)
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
@@ -459,5 +462,43 @@ fn a_state_file_is_checked_on_load() -> anyhow::Result<()> {
     );
     ensure!(!daemon.log().contains("panicked"), "{}", daemon.log());
     daemon.stop()?;
+    Ok(())
+}
+
+#[test]
+fn a_filter_cannot_forge_a_log_line() -> anyhow::Result<()> {
+    require_root(TEST);
+    let setup = capstats_tests::daemon::rig::Setup::start("forge")?;
+    // libpcap takes newlines and carriage returns as spaces; what follows must still
+    // be an expression, so the "forged line" here is a harmless one. (Escape
+    // sequences, which libpcap refuses, are escaped too: the daemon's unit test.)
+    let filter = "udp or\ntcp port 80\r";
+    setup.client.ok(&[
+        "new",
+        "f",
+        "interface",
+        setup.rig.interface(),
+        "filter",
+        filter,
+    ])?;
+    ensure!(
+        setup.client.show("f")?.filter == filter,
+        "the filter is kept as given"
+    );
+    let log = setup.daemon.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("new session \"f\""))
+        .with_context(|| format!("no log line for the session:\n{log}"))?;
+    ensure!(
+        line.ends_with("udp or\\ntcp port 80\\r"),
+        "the filter should be logged escaped, on one line: {line:?}"
+    );
+    ensure!(
+        log.lines()
+            .all(|l| l.starts_with("20") && l.contains(" capstats: ")),
+        "a log line without a timestamp:\n{log}"
+    );
+    println!("{line}");
     Ok(())
 }
