@@ -368,6 +368,27 @@ fn a_daemon_short_of_file_descriptors_says_which_limit() -> anyhow::Result<()> {
     require_root(TEST);
     let rig = Rig::new("nofile")?;
     let scratch = ScratchDir::new("nofile")?;
+    // A soft limit below the hard one is raised to it, before sessions are restored.
+    let raised = DaemonSpec::new(scratch.join("raised.sock"), scratch.join("raised-state"))
+        .wrapped(&["prlimit", "--nofile=64:2048", "--"]);
+    let daemon = Daemon::start(&rig.ns_b, &raised, &scratch.join("raised.log"))?;
+    let limits = std::fs::read_to_string(format!(
+        "/proc/{}/limits",
+        daemon.pid().context("the daemon runs")?
+    ))?;
+    ensure!(
+        limits.lines().any(|l| l.starts_with("Max open files")
+            && l.split_whitespace().filter(|w| *w == "2048").count() == 2),
+        "the soft limit should be raised to the hard one:\n{limits}"
+    );
+    ensure!(
+        daemon
+            .log()
+            .contains("open files: up to 2048 (RLIMIT_NOFILE)"),
+        "{}",
+        daemon.log()
+    );
+    daemon.stop()?;
     const LIMIT: u32 = 96;
     let spec = DaemonSpec::new(scratch.join("capstats.sock"), scratch.join("state")).wrapped(&[
         "prlimit",

@@ -128,6 +128,10 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         return Err(DaemonError::NotRoot);
     }
     let group = config.group.as_deref().map(resolve_group).transpose()?;
+    // Before any session is restored: a large table needs the room.
+    if let Some(limit) = raise_file_limit() {
+        event!("open files: up to {limit} (RLIMIT_NOFILE)");
+    }
     state::ensure_dir(&config.state_dir).map_err(|source| DaemonError::StateDir {
         path: config.state_dir.display().to_string(),
         source,
@@ -155,10 +159,6 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         sessions(service.lock().map(|s| s.session_count()).unwrap_or(0)),
         config.state_dir.display()
     );
-
-    if let Some(limit) = raise_file_limit() {
-        event!("open files: up to {limit} (RLIMIT_NOFILE)");
-    }
 
     if let Some(endpoint) = metrics {
         endpoint.serve(Arc::clone(&service))?;
