@@ -455,6 +455,8 @@ mod tests {
             r#"{"version":1,"sessions":[{"name":"a","interface":"eth0","filter":"","created":"2026-11-26T03:00:00Z","modified":"2026-11-26T03:00:00Z","packets":-1,"bytes":0}]}"#,
         ] {
             fs::write(state.path(), bad).unwrap();
+            // Whatever the umask: a file others may write is refused for that alone.
+            fs::set_permissions(state.path(), fs::Permissions::from_mode(0o600)).unwrap();
             let err = state.load().unwrap_err();
             assert!(err.to_string().contains("left as it is"), "{err}");
             assert_eq!(fs::read_to_string(state.path()).unwrap(), bad);
