@@ -79,6 +79,10 @@ pub struct DaemonSpec {
     /// upgrade). Off by default; a test that sets it holds a [`PinDir`] guard so that
     /// nothing stays pinned after it, and stops its last daemon without it.
     pub keep_pins: bool,
+    /// A command the daemon is run through, inside the namespace: `prlimit ... --`,
+    /// `unshare -m ... --`; it must exec the daemon (same process), so that the
+    /// daemon's pid is the child's. Empty by default.
+    pub wrapper: Vec<String>,
 }
 
 impl DaemonSpec {
@@ -101,7 +105,14 @@ impl DaemonSpec {
             state_dir,
             group: None,
             keep_pins: false,
+            wrapper: Vec::new(),
         }
+    }
+
+    /// The same daemon run through `wrapper` (see [`DaemonSpec::wrapper`]).
+    pub fn wrapped(mut self, wrapper: &[&str]) -> Self {
+        self.wrapper = wrapper.iter().map(|s| (*s).to_owned()).collect();
+        self
     }
 
     /// The same daemon with `-g group`.
@@ -299,8 +310,15 @@ impl Daemon {
         let file = File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
         // Not `ip netns exec`: its private /sys would hide the host's bpffs, and the
         // daemon's pins would die with it.
-        let mut command =
-            ns.command_keeping_mounts(binary.to_str().context("the binary's path is not UTF-8")?);
+        let binary = binary.to_str().context("the binary's path is not UTF-8")?;
+        let mut command = match spec.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = ns.command_keeping_mounts(program);
+                command.args(args).arg(binary);
+                command
+            }
+            None => ns.command_keeping_mounts(binary),
+        };
         command
             .args(spec.args())
             .stdin(Stdio::null())
@@ -337,6 +355,11 @@ impl Daemon {
 
     pub fn socket(&self) -> &Path {
         &self.spec.socket
+    }
+
+    /// The daemon's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Whether the process is still running.

@@ -1,7 +1,8 @@
 //! The daemon across restarts: SIGTERM saves the session table, a new daemon on the
 //! same state directory restores it (same names, interfaces, filters and times) and
 //! its counters carry on from the saved values; and a second daemon refuses to start
-//! beside a running one, on its socket or on its state directory.
+//! beside a running one, on its socket or on its state directory, naming the running
+//! one by its pid.
 
 use std::path::Path;
 use std::time::Duration;
@@ -234,6 +235,9 @@ fn a_second_daemon_refuses_to_start() -> anyhow::Result<()> {
     client.settle("kept", 4, ARRIVAL, QUIET)?;
     let state_file = spec.state_dir.join("sessions.json");
     let saved = std::fs::read(&state_file)?;
+    // Each refusal names the daemon that runs, by the pid the kernel gives for the
+    // socket's other end or the one in the state directory's lock.
+    let pid = first.pid().context("the first daemon runs")?;
 
     // The same socket, another state directory.
     let same_socket = DaemonSpec::new(spec.socket.clone(), scratch.join("other-state"));
@@ -242,7 +246,7 @@ fn a_second_daemon_refuses_to_start() -> anyhow::Result<()> {
         &same_socket,
         &scratch.join("same-socket.log"),
         &format!(
-            "another capstats daemon already answers on {}",
+            "another capstats daemon (pid {pid}) already answers on {}",
             spec.socket.display()
         ),
     )?;
@@ -253,7 +257,7 @@ fn a_second_daemon_refuses_to_start() -> anyhow::Result<()> {
         &same_state,
         &scratch.join("same-state.log"),
         &format!(
-            "another capstats daemon uses the state directory {}",
+            "another capstats daemon (pid {pid}) uses the state directory {}",
             spec.state_dir.display()
         ),
     )?;

@@ -67,6 +67,35 @@ pub enum DaemonError {
     },
     #[error("cannot set up signal handling: {0}")]
     Signals(nix::Error),
+    #[error(
+        "stopped, but the session table could not be saved ({0}); the table saved before is left as it was"
+    )]
+    NotSaved(String),
+}
+
+/// Raises the soft limit on open files to the hard one, as systemd advises daemons to:
+/// each session holds a few descriptors (socket, program, map), so the usual soft
+/// limit of 1024 would stop a daemon at a few hundred sessions. Returns the limit.
+fn raise_file_limit() -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a pointer to a writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return None;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            ..limit
+        };
+        // SAFETY: a pointer to a valid rlimit; lowering nothing.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    Some(limit.rlim_cur)
 }
 
 /// `-g`'s group, by name or number; known to the system either way, so that logs and
@@ -100,6 +129,10 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         return Err(DaemonError::NotRoot);
     }
     let group = config.group.as_deref().map(resolve_group).transpose()?;
+    // Before any session is restored: a large table needs the room.
+    if let Some(limit) = raise_file_limit() {
+        event!("open files: up to {limit} (RLIMIT_NOFILE)");
+    }
     state::ensure_dir(&config.state_dir).map_err(|source| DaemonError::StateDir {
         path: config.state_dir.display().to_string(),
         source,
@@ -113,7 +146,8 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     signals.thread_block().map_err(DaemonError::Signals)?;
     // tiny_http starts its threads here: after the signals are blocked.
     let metrics = config.metrics.map(metrics::bind).transpose()?;
-    let listener = listener::bind(&config.socket, group.as_ref().map(|g| g.gid))?;
+    // Removed when `run` returns, an error after this point included.
+    let (listener, _socket_file) = listener::bind(&config.socket, group.as_ref().map(|g| g.gid))?;
     let pins = pins::Pins::prepare(&config.pin_dir)?;
     // Before the sessions look at their interfaces: none that appears meanwhile is missed.
     let link_events = links::LinkEvents::subscribe();
@@ -161,7 +195,9 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     server::serve(&listener, &Access { group }, &service, &stop);
 
     let mut service = service.lock().unwrap_or_else(|p| p.into_inner());
+    state::take_save_failure();
     service.save();
+    let not_saved = state::take_save_failure();
     if config.detach_on_exit {
         service.unpin_all();
         event!(
@@ -169,7 +205,9 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
             config.pin_dir.display()
         );
     }
-    let _ = std::fs::remove_file(&config.socket);
+    if let Some(reason) = not_saved {
+        return Err(DaemonError::NotSaved(reason));
+    }
     event!(
         "stopped; session table saved ({})",
         sessions(service.session_count())

@@ -6,6 +6,7 @@
 use std::collections::HashSet;
 use std::fs;
 use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use capstats_ebpf::counters::{CounterError, CounterMap};
@@ -17,12 +18,17 @@ const COUNTERS: &str = "counters";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PinError {
-    #[error("cannot mount bpffs at {BPFFS} (needed for {dir}): {source}")]
+    #[error(
+        "cannot mount bpffs at {BPFFS} (needed for {dir}): {source}; mount it \
+         (`mount -t bpf bpf {BPFFS}`) or choose a --pin-dir on a mounted bpffs"
+    )]
     Mount { dir: String, source: nix::Error },
     #[error(
         "pin directory {dir} is not on a bpffs; mount one there or choose another with --pin-dir"
     )]
     NotBpffs { dir: String },
+    #[error("refusing to use pin directory {dir}: it is a symbolic link")]
+    Symlink { dir: String },
     #[error("cannot {what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -93,14 +99,29 @@ impl Pins {
             })?;
             event!("mounted bpffs at {BPFFS}");
         }
-        fs::create_dir_all(dir).map_err(|source| PinError::Io {
-            what: "create the pin directory",
-            path: shown.clone(),
-            source,
-        })?;
+        if fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(PinError::Symlink { dir: shown });
+        }
+        // Root's alone: the pins hold every session's counters and links.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| PinError::Io {
+                what: "create the pin directory",
+                path: shown.clone(),
+                source,
+            })?;
         if !is_bpffs(dir) {
             return Err(PinError::NotBpffs { dir: shown });
         }
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|source| {
+            PinError::Io {
+                what: "set the mode of the pin directory",
+                path: shown.clone(),
+                source,
+            }
+        })?;
         Ok(Self {
             dir: dir.to_owned(),
         })
@@ -121,11 +142,14 @@ impl Pins {
     pub fn create(&self, name: &str) -> Result<CounterMap, PinError> {
         self.remove(name);
         let dir = self.session_dir(name);
-        fs::create_dir(&dir).map_err(|source| PinError::Io {
-            what: "create",
-            path: dir.display().to_string(),
-            source,
-        })?;
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|source| PinError::Io {
+                what: "create",
+                path: dir.display().to_string(),
+                source,
+            })?;
         let map = CounterMap::create("capstats", 1)?;
         map.pin(&dir.join(COUNTERS))?;
         Ok(map)

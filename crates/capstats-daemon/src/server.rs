@@ -7,12 +7,12 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use capstats_common::MAX_REQUEST_BYTES;
-use capstats_common::protocol::{ErrorKind, Request, Response};
+use capstats_common::protocol::{Command, ErrorKind, Request, Response};
 
 use crate::auth::{Access, Peer};
 use crate::log::event;
@@ -22,6 +22,41 @@ use crate::service::Service;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a response may wait for a client that does not read.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once (a thread and two descriptors each); more are told so
+/// and closed, so that a client opening connections in a loop cannot exhaust the
+/// daemon's threads or memory.
+pub const MAX_CLIENTS: usize = 512;
+/// File descriptors kept free when a session is created: its own (socket, program,
+/// map: about 4, more while libpcap compiles) and room for clients and saves.
+const FD_RESERVE: u64 = 32;
+
+/// Connections being served now.
+static CLIENTS: AtomicUsize = AtomicUsize::new(0);
+/// Whether a client was turned away since one last left: logged once per spell, so
+/// that a client connecting in a loop cannot flood the log.
+static FULL: AtomicBool = AtomicBool::new(false);
+
+/// Counts a connection while it is served.
+struct Served;
+
+impl Served {
+    /// `None` when [`MAX_CLIENTS`] are served already.
+    fn take() -> Option<Self> {
+        let before = CLIENTS.fetch_add(1, Ordering::SeqCst);
+        if before >= MAX_CLIENTS {
+            CLIENTS.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(Served)
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        CLIENTS.fetch_sub(1, Ordering::SeqCst);
+        FULL.store(false, Ordering::SeqCst);
+    }
+}
 
 /// Accepts connections until `stop` is set (and the listener shut down to wake us).
 pub fn serve(
@@ -37,17 +72,27 @@ pub fn serve(
         let stream = match stream {
             Ok(stream) => stream,
             Err(e) => {
-                event!("accept failed: {e}");
+                event!(
+                    "accept failed: {e}{}",
+                    capstats_ebpf::program::limit_hint(&e, None)
+                );
                 // Out of file descriptors and the like: do not spin.
                 std::thread::sleep(Duration::from_millis(50));
                 continue;
             }
         };
+        let Some(served) = Served::take() else {
+            turn_away(stream);
+            continue;
+        };
         let service = Arc::clone(service);
         let access = access.clone();
         let spawned = std::thread::Builder::new()
             .name("capstats-client".into())
-            .spawn(move || connection(stream, access, &service));
+            .spawn(move || {
+                let _served = served;
+                connection(stream, access, &service)
+            });
         if let Err(e) = spawned {
             event!("cannot start a thread for a client: {e}");
         }
@@ -101,7 +146,7 @@ fn connection(stream: UnixStream, access: Access, service: &Mutex<Service>) {
                     let mut service = service
                         .lock()
                         .unwrap_or_else(|poisoned| poisoned.into_inner());
-                    service.handle(request.command)
+                    handle(&mut service, request.command)
                 }
                 Err(message) => Response::error(ErrorKind::BadRequest, message),
             },
@@ -126,6 +171,75 @@ fn connection(stream: UnixStream, access: Access, service: &Mutex<Service>) {
             return;
         }
     }
+}
+
+/// One connection too many: told why, briefly, and closed.
+fn turn_away(stream: UnixStream) {
+    if !FULL.swap(true, Ordering::SeqCst) {
+        event!("refused a client: {MAX_CLIENTS} clients are connected already");
+    }
+    let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
+    let mut stream = stream;
+    let _ = respond(
+        &mut stream,
+        &Response::error(
+            ErrorKind::Internal,
+            format!("the daemon serves {MAX_CLIENTS} clients at once already; try again later"),
+        ),
+    );
+}
+
+/// [`Service::handle`], with what the service cannot see itself: a change whose
+/// session table could not be saved is reported (the change itself stands), and a
+/// session is not started when the daemon is about to run out of file descriptors.
+fn handle(service: &mut Service, command: Command) -> Response {
+    if let Command::New { name, .. } = &command
+        && let Some(message) = short_of_descriptors(name)
+    {
+        event!("{message}");
+        return Response::error(ErrorKind::Kernel, message);
+    }
+    let changes = matches!(
+        command,
+        Command::New { .. } | Command::Modify { .. } | Command::Stop { .. }
+    );
+    crate::state::take_save_failure();
+    let response = service.handle(command);
+    match (crate::state::take_save_failure(), response) {
+        (Some(reason), Response::Ok(_)) if changes => Response::error(
+            ErrorKind::Internal,
+            format!(
+                "the change was made, but the session table could not be saved: {reason}. \
+                 The previous table is left as it was; the daemon tries again at the next \
+                 change and when it stops"
+            ),
+        ),
+        (_, response) => response,
+    }
+}
+
+/// Why a new session would leave the daemon too few file descriptors, if it would.
+fn short_of_descriptors(name: &str) -> Option<String> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a pointer to a writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0
+        || limit.rlim_cur == libc::RLIM_INFINITY
+    {
+        return None;
+    }
+    let open = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+    (open + FD_RESERVE > limit.rlim_cur).then(|| {
+        format!(
+            "cannot create session {name:?}: the daemon has {open} file descriptors open and \
+             may have {} (RLIMIT_NOFILE); a session needs several, with {FD_RESERVE} kept \
+             free: stop sessions or raise the daemon's limit (LimitNOFILE= in its systemd \
+             unit, ulimit -n)",
+            limit.rlim_cur
+        )
+    })
 }
 
 fn respond(writer: &mut UnixStream, response: &Response) -> io::Result<()> {

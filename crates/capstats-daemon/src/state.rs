@@ -4,9 +4,10 @@
 //! It records each session's name, interface, filter and times, and the counters as
 //! last read, so that a restarted daemon continues from them instead of from zero.
 
+use std::cell::RefCell;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -16,6 +17,20 @@ use serde::{Deserialize, Serialize};
 
 const FILE: &str = "sessions.json";
 const STATE_VERSION: u32 = 1;
+/// Counts this high cannot have been counted (2^63 packets take three thousand years
+/// at 100 Mpps): a table claiming them is not ours, and adding to them would overflow.
+const MAX_COUNT: u64 = 1 << 63;
+
+thread_local! {
+    /// Why the last [`StateFile::save`] on this thread failed, until taken: the server
+    /// tells the client whose change it could not save (see [`take_save_failure`]).
+    static SAVE_FAILURE: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Why the last save on this thread failed, if it did; clears it.
+pub fn take_save_failure() -> Option<String> {
+    SAVE_FAILURE.with(|f| f.borrow_mut().take())
+}
 
 /// One session as saved.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,12 +82,19 @@ pub enum StateError {
         path: PathBuf,
         source: io::Error,
     },
-    #[error("another capstats daemon uses the state directory {0}")]
-    InUse(String),
+    #[error("another capstats daemon{pid} uses the state directory {dir}", pid = pid_of(*.pid))]
+    InUse { dir: String, pid: Option<u32> },
+    #[error("refusing to use {path}: {reason}")]
+    Untrusted { path: PathBuf, reason: String },
     #[error(
         "state file {path} is not a capstats session table ({reason}); it was left as it is: move it away to start afresh"
     )]
     Corrupt { path: PathBuf, reason: String },
+}
+
+/// " (pid N)" when the other daemon's pid is known.
+pub(crate) fn pid_of(pid: Option<u32>) -> String {
+    pid.map(|pid| format!(" (pid {pid})")).unwrap_or_default()
 }
 
 /// The state directory and its session file.
@@ -98,17 +120,33 @@ impl StateFile {
     }
 
     /// Takes the directory for this daemon: a second daemon on another socket must not
-    /// write the same table. Held until the returned file is dropped.
+    /// write the same table. Held until the returned file is dropped; it holds the
+    /// daemon's pid, so that a second daemon can say which one runs.
     pub fn lock(&self) -> Result<File, StateError> {
         let path = self.dir.join(".lock");
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(self.io("open", &path))?;
+        // Held open read-only: a file held open for writing would keep the state
+        // directory's file system from being remounted read-only (flock works on any
+        // open file).
+        let file = open_no_follow(
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600),
+            &path,
+        )
+        .and_then(|created| {
+            drop(created);
+            open_no_follow(OpenOptions::new().read(true), &path)
+        })
+        .map_err(|e| self.refusal("open", &path, e))?;
+        if !file.metadata().is_ok_and(|m| m.is_file()) {
+            return Err(StateError::Untrusted {
+                path,
+                reason: "it is not a regular file".into(),
+            });
+        }
         if unsafe {
             libc::flock(
                 std::os::fd::AsRawFd::as_raw_fd(&file),
@@ -118,23 +156,77 @@ impl StateFile {
         {
             let error = io::Error::last_os_error();
             return Err(if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                StateError::InUse(self.dir.display().to_string())
+                let mut text = String::new();
+                let _ = file.take(32).read_to_string(&mut text);
+                StateError::InUse {
+                    dir: self.dir.display().to_string(),
+                    pid: text.trim().parse().ok(),
+                }
             } else {
                 self.io("lock", &path)(error)
             });
         }
+        // Ours now: record who holds it (a failure only costs the pid in a message).
+        if let Ok(mut pid) = open_no_follow(OpenOptions::new().write(true).truncate(true), &path) {
+            let _ = writeln!(pid, "{}", std::process::id());
+        }
         Ok(file)
+    }
+
+    /// An open error, with a symbolic link named as such: `O_NOFOLLOW` says only ELOOP.
+    fn refusal(&self, what: &'static str, path: &Path, error: io::Error) -> StateError {
+        if error.raw_os_error() == Some(libc::ELOOP) {
+            StateError::Untrusted {
+                path: path.to_owned(),
+                reason: "it is a symbolic link, which capstats never follows there; \
+                         remove it"
+                    .into(),
+            }
+        } else {
+            self.io(what, path)(error)
+        }
     }
 
     /// The saved sessions; none if there is no file yet. A file that cannot be trusted
     /// (not JSON, wrong version, bad names or times, duplicates) is an error.
     pub fn load(&self) -> Result<Vec<SavedSession>, StateError> {
         let path = self.path();
-        let text = match fs::read_to_string(&path) {
-            Ok(text) => text,
+        // Never through a link, and never blocking on a FIFO planted there.
+        let mut file = match open_no_follow(
+            OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK),
+            &path,
+        ) {
+            Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(self.io("read", &path)(e)),
+            Err(e) => return Err(self.refusal("open", &path, e)),
         };
+        let meta = file.metadata().map_err(self.io("inspect", &path))?;
+        let untrusted = |reason: String| StateError::Untrusted {
+            path: path.clone(),
+            reason,
+        };
+        if !meta.is_file() {
+            return Err(untrusted(
+                "it is not a regular file; move it away to start afresh".into(),
+            ));
+        }
+        // Only the daemon's own account may have written the table it trusts.
+        let euid = unsafe { libc::geteuid() };
+        if meta.uid() != euid {
+            return Err(untrusted(format!(
+                "it belongs to uid {}, not to the daemon's uid {euid}",
+                meta.uid()
+            )));
+        }
+        if meta.mode() & 0o022 != 0 {
+            return Err(untrusted(format!(
+                "others may write it (mode {:04o}); chmod 600 it if its content is right",
+                meta.mode() & 0o7777
+            )));
+        }
+        let mut text = String::new();
+        file.read_to_string(&mut text)
+            .map_err(self.io("read", &path))?;
         let corrupt = |reason: String| StateError::Corrupt {
             path: path.clone(),
             reason,
@@ -156,8 +248,41 @@ impl StateFile {
                 humantime::parse_rfc3339(time)
                     .map_err(|e| corrupt(format!("time {time:?}: {e}")))?;
             }
-            if s.interface.is_empty() || s.interface.len() > 15 || s.interface.contains('/') {
-                return Err(corrupt(format!("interface name {:?}", s.interface)));
+            if s.interface.is_empty()
+                || s.interface.len() > 15
+                || s.interface.contains('/')
+                || s.interface
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(corrupt(format!(
+                    "session {:?}: interface name {:?}",
+                    s.name, s.interface
+                )));
+            }
+            if s.filter.contains('\0') {
+                return Err(corrupt(format!(
+                    "session {:?}: the filter contains a NUL byte",
+                    s.name
+                )));
+            }
+            for (what, total, base) in [
+                ("packets", s.packets, s.base_packets),
+                ("bytes", s.bytes, s.base_bytes),
+            ] {
+                if total >= MAX_COUNT {
+                    return Err(corrupt(format!(
+                        "session {:?}: {what} {total} is more than could have been counted",
+                        s.name
+                    )));
+                }
+                if base.is_some_and(|base| base > total) {
+                    return Err(corrupt(format!(
+                        "session {:?}: base_{what} {} exceeds {what} {total}, of which it is a part",
+                        s.name,
+                        base.unwrap_or(0)
+                    )));
+                }
             }
         }
         Ok(state.sessions)
@@ -165,8 +290,20 @@ impl StateFile {
 
     /// Replaces the file with `sessions`, atomically: readers see the old or the new
     /// table, never a mixture, even if the daemon dies halfway.
+    /// On failure the previous file stays as it was, the temporary file is removed, and
+    /// the reason is kept for [`take_save_failure`].
     pub fn save(&self, sessions: Vec<SavedSession>) -> Result<(), StateError> {
-        fs::create_dir_all(&self.dir).map_err(self.io("create", &self.dir))?;
+        let result = self.write(sessions);
+        SAVE_FAILURE.with(|f| *f.borrow_mut() = result.as_ref().err().map(ToString::to_string));
+        result
+    }
+
+    fn write(&self, sessions: Vec<SavedSession>) -> Result<(), StateError> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .map_err(self.io("create", &self.dir))?;
         let path = self.path();
         let tmp = self.dir.join(format!(".{FILE}.tmp"));
         let text = serde_json::to_string_pretty(&SavedState {
@@ -174,19 +311,34 @@ impl StateFile {
             sessions,
         })
         .expect("plain data serializes");
+        // Whatever is at the temporary name (a crash's leftover, a planted link) is
+        // unlinked, never followed; create_new then refuses anything that reappears.
         let _ = fs::remove_file(&tmp);
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            // Never through a link planted at the temporary name.
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)
-            .map_err(self.io("create", &tmp))?;
-        file.write_all(text.as_bytes())
-            .map_err(self.io("write", &tmp))?;
-        file.sync_all().map_err(self.io("sync", &tmp))?;
-        fs::rename(&tmp, &path).map_err(self.io("replace", &path))?;
+        let mut file = open_no_follow(
+            OpenOptions::new().write(true).create_new(true).mode(0o600),
+            &tmp,
+        )
+        .map_err(|e| self.refusal("create", &tmp, e))?;
+        let written = file
+            .write_all(text.as_bytes())
+            .map_err(self.io("write", &tmp))
+            .and_then(|()| file.sync_all().map_err(self.io("sync", &tmp)))
+            .and_then(|()| {
+                // rename() would put a file in place of an empty directory's name only
+                // with a less clear error: say what is in the way.
+                match fs::symlink_metadata(&path) {
+                    Ok(meta) if meta.is_dir() => Err(StateError::Untrusted {
+                        path: path.clone(),
+                        reason: "it is a directory; the session table cannot be saved there".into(),
+                    }),
+                    _ => fs::rename(&tmp, &path).map_err(self.io("replace", &path)),
+                }
+            });
+        if let Err(e) = written {
+            // A half-written table never replaces the old one, and is not left behind.
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
         if let Ok(dir) = File::open(&self.dir) {
             let _ = dir.sync_all();
         }
@@ -203,17 +355,45 @@ pub fn parse_time(text: &str) -> SystemTime {
     humantime::parse_rfc3339(text).unwrap_or_else(|_| SystemTime::now())
 }
 
-/// Makes the state directory if needed: root's, not readable by others.
+/// Opens `path` without following a symbolic link at its last component.
+fn open_no_follow(options: &mut OpenOptions, path: &Path) -> io::Result<File> {
+    options
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// Makes the state directory if needed: the daemon's, mode 0700. One that is a
+/// symbolic link or belongs to another account is refused: whoever controls it
+/// controls the table the daemon trusts.
 pub fn ensure_dir(dir: &Path) -> io::Result<()> {
-    fs::create_dir_all(dir)?;
+    match fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?,
+        Err(e) => return Err(e),
+        Ok(_) => {}
+    }
     let meta = fs::symlink_metadata(dir)?;
+    if meta.file_type().is_symlink() {
+        return Err(io::Error::other(
+            "it is a symbolic link, which capstats never follows there",
+        ));
+    }
     if !meta.is_dir() {
+        return Err(io::Error::other("it is not a directory"));
+    }
+    let euid = unsafe { libc::geteuid() };
+    if meta.uid() != euid {
         return Err(io::Error::other(format!(
-            "{} is not a directory",
-            dir.display()
+            "it belongs to uid {}, not to the daemon's uid {euid}",
+            meta.uid()
         )));
     }
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+    if meta.mode() & 0o7777 != 0o700 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -269,8 +449,14 @@ mod tests {
             r#"{"version":1,"sessions":[{"name":"a b","interface":"eth0","filter":"","hook":"socket","direction":"both","created":"2026-11-26T03:00:00Z","modified":"2026-11-26T03:00:00Z","packets":0,"bytes":0,"base_packets":0,"base_bytes":0}]}"#,
             r#"{"version":1,"sessions":[{"name":"a","interface":"../x","filter":"","hook":"socket","direction":"both","created":"2026-11-26T03:00:00Z","modified":"2026-11-26T03:00:00Z","packets":0,"bytes":0,"base_packets":0,"base_bytes":0}]}"#,
             r#"{"version":1,"sessions":[{"name":"a","interface":"eth0","filter":"","hook":"socket","direction":"both","created":"yesterday","modified":"2026-11-26T03:00:00Z","packets":0,"bytes":0,"base_packets":0,"base_bytes":0}]}"#,
+            r#"{"version":1,"sessions":[{"name":"a","interface":"eth0","filter":"","hook":"socket","direction":"both","created":"2026-11-26T03:00:00Z","modified":"2026-11-26T03:00:00Z","packets":18446744073709551615,"bytes":0,"base_packets":0,"base_bytes":0}]}"#,
+            r#"{"version":1,"sessions":[{"name":"a","interface":"eth0","filter":"","hook":"socket","direction":"both","created":"2026-11-26T03:00:00Z","modified":"2026-11-26T03:00:00Z","packets":5,"bytes":500,"base_packets":6,"base_bytes":0}]}"#,
+            r#"{"version":1,"sessions":[{"name":"a","interface":"eth0","filter":"","hook":"bogus","direction":"both","created":"2026-11-26T03:00:00Z","modified":"2026-11-26T03:00:00Z","packets":0,"bytes":0}]}"#,
+            r#"{"version":1,"sessions":[{"name":"a","interface":"eth0","filter":"","created":"2026-11-26T03:00:00Z","modified":"2026-11-26T03:00:00Z","packets":-1,"bytes":0}]}"#,
         ] {
             fs::write(state.path(), bad).unwrap();
+            // Whatever the umask: a file others may write is refused for that alone.
+            fs::set_permissions(state.path(), fs::Permissions::from_mode(0o600)).unwrap();
             let err = state.load().unwrap_err();
             assert!(err.to_string().contains("left as it is"), "{err}");
             assert_eq!(fs::read_to_string(state.path()).unwrap(), bad);
@@ -297,6 +483,26 @@ mod tests {
                 .to_string()
                 .contains("appears twice")
         );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn never_reads_through_a_link_nor_a_file_others_may_write() {
+        let dir = dir();
+        fs::create_dir_all(&dir).unwrap();
+        let state = StateFile::new(&dir);
+        let elsewhere = dir.join("elsewhere.json");
+        fs::write(&elsewhere, r#"{"version":1,"sessions":[]}"#).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, state.path()).unwrap();
+        let err = state.load().unwrap_err().to_string();
+        assert!(err.contains("it is a symbolic link"), "{err}");
+        fs::remove_file(state.path()).unwrap();
+        fs::copy(&elsewhere, state.path()).unwrap();
+        fs::set_permissions(state.path(), fs::Permissions::from_mode(0o666)).unwrap();
+        let err = state.load().unwrap_err().to_string();
+        assert!(err.contains("others may write it (mode 0666)"), "{err}");
+        fs::set_permissions(state.path(), fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(state.load().unwrap(), vec![]);
         fs::remove_dir_all(&dir).unwrap();
     }
 }

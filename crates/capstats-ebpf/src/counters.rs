@@ -24,12 +24,15 @@ pub struct Counter {
 // SAFETY: two u64, no padding, every bit pattern valid.
 unsafe impl aya::Pod for Counter {}
 
+/// Saturating: a count near `u64::MAX` (a state file from elsewhere, say) stays
+/// there instead of wrapping to a small number, which would make counters go back,
+/// or panicking in a debug build.
 impl std::ops::Add for Counter {
     type Output = Counter;
     fn add(self, other: Counter) -> Counter {
         Counter {
-            packets: self.packets + other.packets,
-            bytes: self.bytes + other.bytes,
+            packets: self.packets.saturating_add(other.packets),
+            bytes: self.bytes.saturating_add(other.bytes),
         }
     }
 }
@@ -37,7 +40,7 @@ impl std::ops::Add for Counter {
 /// Why the counter map could not be made or read. Names the map.
 #[derive(Debug, thiserror::Error)]
 pub enum CounterError {
-    #[error("cannot create counter map {name} ({slots} slots): {source}")]
+    #[error("cannot create counter map {name} ({slots} slots): {source}{hint}", hint = create_hint(.source))]
     Create {
         name: String,
         slots: u32,
@@ -72,6 +75,17 @@ pub enum CounterError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// The limit a failed map creation ran into, named (see [`crate::program::limit_hint`]).
+fn create_hint(error: &MapError) -> String {
+    match error {
+        // aya's message leaves the kernel's reason to its source: say it here.
+        MapError::CreateError { io_error, .. } => {
+            format!(": {io_error}{}", crate::program::limit_hint(io_error, None))
+        }
+        _ => String::new(),
+    }
 }
 
 /// A per-CPU array of [`Counter`]s.
@@ -209,5 +223,36 @@ impl std::fmt::Debug for CounterMap {
 impl AsFd for CounterMap {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sums_saturate_instead_of_wrapping() {
+        let near = Counter {
+            packets: u64::MAX - 1,
+            bytes: u64::MAX,
+        };
+        let one = Counter {
+            packets: 5,
+            bytes: 1,
+        };
+        assert_eq!(
+            near + one,
+            Counter {
+                packets: u64::MAX,
+                bytes: u64::MAX
+            }
+        );
+        assert_eq!(
+            one + one,
+            Counter {
+                packets: 10,
+                bytes: 2
+            }
+        );
     }
 }

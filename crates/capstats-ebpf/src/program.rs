@@ -29,17 +29,19 @@ pub enum LoadError {
         source: UnresolvedJump,
     },
     /// The verifier refused the program; `log` is its log, last lines first relevant.
-    #[error("the kernel's verifier rejected program {name} ({source}):\n{log}")]
+    #[error("the kernel's verifier rejected program {name} ({source}){limit}:\n{log}", limit = verifier_limit(.log))]
     Verifier {
         name: String,
         source: io::Error,
         log: String,
     },
-    #[error("bpf(BPF_PROG_LOAD) of program {name} failed: {source}{hint}", hint = permission_hint(.source))]
+    #[error("bpf(BPF_PROG_LOAD) of program {name} failed: {source}{hint}", hint = limit_hint(.source, Some(*.slots)))]
     Syscall {
         name: String,
         #[source]
         source: io::Error,
+        /// Instruction slots it had, for the message about the kernel's size limit.
+        slots: usize,
     },
     #[error("program {name} was loaded but cannot be found by id {id}: {source}")]
     Lookup {
@@ -50,11 +52,97 @@ pub enum LoadError {
     },
 }
 
-fn permission_hint(error: &io::Error) -> &'static str {
+/// The most instructions a program may have, and the most the verifier walks through
+/// while checking one (`BPF_COMPLEXITY_LIMIT_INSNS`, for root).
+pub const KERNEL_MAX_INSNS: usize = 1_000_000;
+
+/// What a failed `bpf()` call ran into, in words that name the limit: the kernel says
+/// only `EPERM`, `ENOMEM`, `E2BIG` or `EMFILE`, and the operator has to know which
+/// knob to turn. `slots`: the program's size, for `E2BIG` on a program load.
+pub fn limit_hint(error: &io::Error, slots: Option<usize>) -> String {
     match error.raw_os_error() {
-        Some(libc::EPERM) => " (loading eBPF programs needs root, or CAP_BPF and CAP_NET_ADMIN)",
-        _ => "",
+        // Since Linux 5.11 BPF memory is charged to the memory cgroup, not to
+        // RLIMIT_MEMLOCK; older kernels say EPERM when RLIMIT_MEMLOCK is reached.
+        Some(libc::EPERM) => format!(
+            " (loading eBPF programs and creating maps needs root, or CAP_BPF and CAP_NET_ADMIN; \
+             on kernels before 5.11 also room under RLIMIT_MEMLOCK{})",
+            memlock()
+        ),
+        Some(libc::ENOMEM) => format!(
+            " (out of memory for BPF objects: the memory cgroup's limit is reached \
+             ({}), or on kernels before 5.11 RLIMIT_MEMLOCK{})",
+            own_cgroup(),
+            memlock()
+        ),
+        Some(libc::E2BIG) => match slots {
+            Some(slots) if slots > KERNEL_MAX_INSNS => format!(
+                " (the program has {slots} instructions; the kernel takes at most \
+                 {KERNEL_MAX_INSNS} (BPF_COMPLEXITY_LIMIT_INSNS): the filter is too large)"
+            ),
+            Some(_) => format!(
+                " (the verifier gives up after {KERNEL_MAX_INSNS} processed instructions \
+                 (BPF_COMPLEXITY_LIMIT_INSNS): the filter is too complex)"
+            ),
+            None => " (an object is larger than the kernel allows)".into(),
+        },
+        Some(libc::EMFILE) | Some(libc::ENFILE) => format!(
+            " (out of file descriptors: the process may have {} open (RLIMIT_NOFILE))",
+            rlimit(libc::RLIMIT_NOFILE).map_or_else(|| "no more".into(), |n| n.to_string())
+        ),
+        _ => String::new(),
     }
+}
+
+/// The verifier's own size limit, named, when its log says it was reached.
+fn verifier_limit(log: &str) -> String {
+    if log.contains("BPF program is too large") {
+        format!(
+            ", the filter is too complex: the verifier gives up after {KERNEL_MAX_INSNS} \
+             processed instructions (BPF_COMPLEXITY_LIMIT_INSNS)"
+        )
+    } else {
+        String::new()
+    }
+}
+
+/// The soft limit of `resource`, `None` when unlimited or unknown.
+fn rlimit(resource: libc::__rlimit_resource_t) -> Option<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a valid resource and a pointer to a writable rlimit.
+    let rc = unsafe { libc::getrlimit(resource, &mut limit) };
+    (rc == 0 && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
+}
+
+fn memlock() -> String {
+    match rlimit(libc::RLIMIT_MEMLOCK) {
+        Some(bytes) => format!(" (now {bytes} bytes)"),
+        None => " (now unlimited)".into(),
+    }
+}
+
+/// The file holding this process's memory cgroup limit: `memory.max` under cgroup v2,
+/// `memory.limit_in_bytes` under v1's memory controller (hybrid systems have both
+/// hierarchies; the v1 controller, when mounted, is the one that limits).
+fn own_cgroup() -> String {
+    let text = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let v1 = text.lines().find_map(|line| {
+        let (_, rest) = line.split_once(':')?;
+        let (controllers, path) = rest.split_once(':')?;
+        controllers
+            .split(',')
+            .any(|c| c == "memory")
+            .then(|| format!("memory.limit_in_bytes of /sys/fs/cgroup/memory{path}"))
+    });
+    let v2 = || {
+        text.lines()
+            .find_map(|line| line.strip_prefix("0::"))
+            .map(|path| format!("memory.max of /sys/fs/cgroup{path}"))
+    };
+    v1.or_else(v2)
+        .unwrap_or_else(|| "the memory limit of this process's cgroup".into())
 }
 
 fn prog_type(hook: Hook) -> bpf_prog_type {
@@ -98,17 +186,31 @@ impl LoadedProgram {
         }
         let fd = match prog_load(hook, name, &encoded, None) {
             Ok(fd) => fd,
-            Err(first) if first.raw_os_error() == Some(libc::EPERM) => {
+            // No log would say more about these. E2BIG is also the verifier's word
+            // for a program it gave up on: only a program over the size limit is
+            // refused before the verifier runs.
+            Err(first)
+                if matches!(
+                    first.raw_os_error(),
+                    Some(libc::EPERM | libc::EMFILE | libc::ENFILE)
+                ) || (first.raw_os_error() == Some(libc::E2BIG)
+                    && encoded.len() > KERNEL_MAX_INSNS) =>
+            {
                 return Err(LoadError::Syscall {
                     name: name.to_owned(),
                     source: first,
+                    slots: encoded.len(),
                 });
             }
-            Err(_) => return Err(load_with_log(hook, name, &encoded)),
+            // Again with a log, to say why; a load that succeeds this time (the first
+            // failure was transient: EAGAIN when the verifier saw a signal, memory
+            // for a moment) is as good as any.
+            Err(_) => load_with_log(hook, name, &encoded)?,
         };
         let id = prog_id(fd.as_fd()).map_err(|source| LoadError::Syscall {
             name: name.to_owned(),
             source,
+            slots: encoded.len(),
         })?;
         Ok(Self {
             fd,
@@ -184,21 +286,12 @@ impl AsFd for LoadedProgram {
     }
 }
 
-fn load_with_log(hook: Hook, name: &str, encoded: &[[u8; 8]]) -> LoadError {
+fn load_with_log(hook: Hook, name: &str, encoded: &[[u8; 8]]) -> Result<OwnedFd, LoadError> {
     let mut size = VERIFIER_LOG_START;
     loop {
         let mut log = vec![0u8; size];
         match prog_load(hook, name, encoded, Some(&mut log)) {
-            // Loaded this time (a transient failure before): treat as a failure anyway,
-            // the fd is closed on drop, and report the first error honestly.
-            Ok(_) => {
-                return LoadError::Syscall {
-                    name: name.to_owned(),
-                    source: io::Error::other(
-                        "load failed once, then succeeded with a verifier log",
-                    ),
-                };
-            }
+            Ok(fd) => return Ok(fd),
             Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && size < VERIFIER_LOG_MAX => {
                 size *= 4
             }
@@ -206,16 +299,17 @@ fn load_with_log(hook: Hook, name: &str, encoded: &[[u8; 8]]) -> LoadError {
                 let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
                 let log = String::from_utf8_lossy(&log[..end]).trim_end().to_owned();
                 if log.is_empty() {
-                    return LoadError::Syscall {
+                    return Err(LoadError::Syscall {
                         name: name.to_owned(),
                         source,
-                    };
+                        slots: encoded.len(),
+                    });
                 }
-                return LoadError::Verifier {
+                return Err(LoadError::Verifier {
                     name: name.to_owned(),
                     source,
                     log,
-                };
+                });
             }
         }
     }
