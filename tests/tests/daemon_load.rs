@@ -95,14 +95,17 @@ fn settled(pid: u32, base: Usage) -> anyhow::Result<Usage> {
     }
 }
 
-/// The daemon's usage once only its own threads (main, signals) and `connections`
-/// client threads run: the clients that came before (readiness checks, the CLI) have
-/// left, but their threads end a moment later.
+/// The daemon's own threads: main, signals, the interface watcher.
+const OWN_THREADS: u64 = 3;
+
+/// The daemon's usage once only its own threads and `connections` client threads run:
+/// the clients that came before (readiness checks, the CLI) have left, but their
+/// threads end a moment later.
 fn idle(pid: u32, connections: u64) -> anyhow::Result<Usage> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let now = Usage::of(pid)?;
-        if now.threads <= 2 + connections {
+        if now.threads <= OWN_THREADS + connections {
             return Ok(now);
         }
         ensure!(

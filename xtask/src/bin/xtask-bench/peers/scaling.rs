@@ -176,8 +176,8 @@ pub fn report(rows: &[Row]) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<8} {:>8} {:>9} {:>9} {:>9} {:>9}  {}",
-        "hook", "sessions", "ns/frame", "above", "/session", "Mpps/cpu", "counts"
+        "{:<8} {:>8} {:>9} {:>9} {:>9} {:>9}  counts",
+        "hook", "sessions", "ns/frame", "above", "/session", "Mpps/cpu"
     );
     let base = rows.first().map_or(0.0, Row::ns);
     for row in rows {
