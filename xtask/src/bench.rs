@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: builds `capstats` and `xtask-bench` (src/bin/xtask-bench), both
 //! optimised, and starts the latter, which measures the generated programs, the daemon,
-//! each hook with 1, 8 and 32 sessions, and capstats against its peers (tcpdump, Zeek's
+//! each hook with 1, 8, 64 and 256 sessions, and capstats against its peers (tcpdump, Zeek's
 //! capstats, iptables -m bpf) on an XDP-generated stream, and writes bench/results.json.
 
 use crate::cmd::{self, Steps};

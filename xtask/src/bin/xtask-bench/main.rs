@@ -20,7 +20,7 @@
 //! (`--capstats`, which `cargo xtask bench` builds in release mode and passes).
 //!
 //! The third table ([`hooks`]): what a packet costs at each hook (socket, tc, xdp) with
-//! 1, 8 and 32 sessions on its interface, each with its own filter, measured the same
+//! 1, 8, 64 and 256 sessions on its interface, each with its own filter, measured the same
 //! way (`--hooks-repeat` runs per call, `--rounds` rounds) before the daemon runs.
 //!
 //! The fourth ([`peers`]): capstats on each hook against tcpdump, Zeek's capstats and
@@ -50,7 +50,7 @@ use serde_json::json;
 use stats::median;
 
 /// Measure ns/packet of capstats' generated programs with BPF_PROG_RUN, the daemon's
-/// poll latency, CPU, memory and /metrics scrape latency, and each hook's cost with 1, 8 and 32 sessions (needs
+/// poll latency, CPU, memory and /metrics scrape latency, and each hook's cost with 1, 8, 64 and 256 sessions (needs
 /// root).
 #[derive(Debug, Parser)]
 #[command(name = "xtask-bench")]
@@ -61,7 +61,7 @@ struct Args {
     /// Rounds per filter; the median is reported. Also the hooks table's rounds.
     #[arg(long, default_value_t = 9)]
     rounds: usize,
-    /// Runs per BPF_PROG_RUN call for the hooks table (1, 8, 32 sessions per hook);
+    /// Runs per BPF_PROG_RUN call for the hooks table (1, 8, 64, 256 sessions per hook);
     /// default: --repeat / 5.
     #[arg(long)]
     hooks_repeat: Option<u32>,
