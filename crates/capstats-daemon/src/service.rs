@@ -94,21 +94,39 @@ impl Service {
             .map(|s| (s.interface.clone(), s.hook))
             .collect();
         for (interface, hook) in groups {
-            match service.sync(&interface, hook) {
-                Ok(()) => event!(
-                    "restored the {} of {interface}: {}",
-                    match hook {
-                        HookName::Socket => "socket program",
-                        HookName::Tc => "tc programs",
-                        HookName::Xdp => "XDP program",
-                    },
-                    service.names(&interface, hook)
-                ),
-                Err(e) => event!(
-                    "{} sessions on {interface} restored down ({}): {e}",
-                    hook.as_str(),
-                    service.names(&interface, hook)
-                ),
+            let names: Vec<String> = service
+                .sessions
+                .values()
+                .filter(|s| s.hook == hook && s.interface == interface)
+                .map(|s| s.name.clone())
+                .collect();
+            match service.sync_quietly(&interface, hook) {
+                Ok(left_out) => {
+                    for (name, e) in &left_out {
+                        event!("session {name:?} restored down: {e}");
+                    }
+                    let counting: Vec<String> = names
+                        .iter()
+                        .filter(|n| !left_out.iter().any(|(l, _)| l == *n))
+                        .map(|n| format!("{n:?}"))
+                        .collect();
+                    if !counting.is_empty() {
+                        event!(
+                            "restored the {} of {interface}: {}",
+                            match hook {
+                                HookName::Socket => "socket program",
+                                HookName::Tc => "tc programs",
+                                HookName::Xdp => "XDP program",
+                            },
+                            counting.join(", ")
+                        );
+                    }
+                }
+                Err(e) => {
+                    for name in &names {
+                        event!("session {name:?} restored down: {e}");
+                    }
+                }
             }
         }
         Ok(service)
@@ -129,12 +147,26 @@ impl Service {
     /// each session whether it counts. A session whose filter no longer compiles there
     /// is left out, down. On error the kernel keeps the programs it had.
     fn sync(&mut self, interface: &str, hook: HookName) -> Result<(), SessionError> {
+        for (name, e) in self.sync_quietly(interface, hook)? {
+            event!("session {name:?} does not count: {e}");
+        }
+        Ok(())
+    }
+
+    /// [`Service::sync`], returning the sessions left out (and why) instead of logging
+    /// them.
+    fn sync_quietly(
+        &mut self,
+        interface: &str,
+        hook: HookName,
+    ) -> Result<Vec<(String, SessionError)>, SessionError> {
         let all_slots: &[Slot] = match hook {
             HookName::Socket => &[Slot::Socket],
             HookName::Tc => &[Slot::TcIngress, Slot::TcEgress],
             HookName::Xdp => &[Slot::Xdp],
         };
         let mut first_error = None;
+        let mut all_left_out: Vec<(String, SessionError)> = Vec::new();
         for &slot in all_slots {
             let mut compiled = Vec::new();
             let mut left_out = Vec::new();
@@ -162,10 +194,12 @@ impl Service {
                 .collect();
             let synced = self.programs.sync(interface, slot, &counted);
             let ifindex = self.programs.attached_ifindex(interface, slot);
-            for (name, e) in &left_out {
-                event!("session {name:?} does not count: {e}");
-                if let Some(session) = self.sessions.get_mut(name) {
+            for (name, e) in left_out {
+                if let Some(session) = self.sessions.get_mut(&name) {
                     session.set_counting(None);
+                }
+                if !all_left_out.iter().any(|(n, _)| *n == name) {
+                    all_left_out.push((name, e));
                 }
             }
             match synced {
@@ -191,7 +225,7 @@ impl Service {
         }
         match first_error {
             Some(e) => Err(e),
-            None => Ok(()),
+            None => Ok(all_left_out),
         }
     }
 
