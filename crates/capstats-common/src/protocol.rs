@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::names::check_name;
+
 /// One request line: a `version` and a command's fields. Unknown fields are refused,
 /// so a typo is an error rather than an ignored option.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -21,8 +23,17 @@ impl Request {
 
     /// Parses one request line. The error says what is wrong, for the client to see.
     pub fn parse(line: &str) -> Result<Self, String> {
-        let mut value: serde_json::Value =
-            serde_json::from_str(line).map_err(|e| format!("the request is not JSON: {e}"))?;
+        let mut value: serde_json::Value = serde_json::from_str(line).map_err(|e| {
+            // serde_json stops at a nesting depth of 128 (and so cannot exhaust the stack);
+            // say which limit, rather than call the request not JSON.
+            if e.to_string().starts_with("recursion limit exceeded") {
+                format!(
+                    "the request nests arrays or objects more than {MAX_NESTING} levels deep ({e})"
+                )
+            } else {
+                format!("the request is not JSON: {e}")
+            }
+        })?;
         let object = value
             .as_object_mut()
             .ok_or("the request must be a JSON object")?;
@@ -43,6 +54,11 @@ impl Request {
         Ok(Self { version, command })
     }
 }
+
+/// How deep arrays and objects may nest in a request: serde_json's own limit (it stops
+/// at the 128th level), which keeps a hostile `[[[[...` from exhausting the daemon's
+/// stack. Requests nest at most 2 levels.
+pub const MAX_NESTING: usize = 127;
 
 /// What the client asks for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +90,82 @@ pub enum Command {
         #[serde(default)]
         names: Vec<String>,
     },
+}
+
+impl Command {
+    /// Refuses what is wrong with a request whatever the daemon's state, before it is
+    /// dispatched (and so without the daemon's lock, the kernel or libpcap): a `new`
+    /// session's name, an interface name no Linux interface can have, a NUL byte in a
+    /// filter (libpcap reads C strings: the rest would be silently dropped).
+    ///
+    /// Names in `modify`, `stop`, `show` and `poll` are not checked here: a name that
+    /// is not a session's is answered as an unknown session, whatever its form.
+    pub fn check(&self) -> Result<(), (ErrorKind, String)> {
+        match self {
+            Command::New {
+                name,
+                interface,
+                filter,
+                ..
+            } => {
+                check_name(name).map_err(|m| (ErrorKind::InvalidName, m))?;
+                if let Some(interface) = interface {
+                    check_interface_name(interface)
+                        .map_err(|m| (ErrorKind::UnknownInterface, m))?;
+                }
+                check_filter(name, filter)
+            }
+            Command::Modify { name, filter } => check_filter(name, filter),
+            Command::Stop { .. }
+            | Command::List {}
+            | Command::Show { .. }
+            | Command::Poll { .. } => Ok(()),
+        }
+    }
+}
+
+/// The longest interface name Linux has (`IFNAMSIZ` less the terminating NUL).
+pub const MAX_INTERFACE_NAME_BYTES: usize = 15;
+
+/// Refuses a name the kernel would never give an interface (its `dev_valid_name`): empty,
+/// longer than 15 bytes, `.` or `..`, or with `/`, `:`, ASCII white space (C's
+/// `isspace`) or a NUL byte. The
+/// kernel's name lookup stops at a `:` (an old alias syntax), so `eth0:junk` would
+/// otherwise name eth0.
+pub fn check_interface_name(interface: &str) -> Result<(), String> {
+    if interface.is_empty() {
+        return Err("an interface name cannot be empty".into());
+    }
+    if interface.len() > MAX_INTERFACE_NAME_BYTES {
+        return Err(format!(
+            "no interface named {interface:?}: interface names are at most {MAX_INTERFACE_NAME_BYTES} bytes, this one is {}",
+            interface.len()
+        ));
+    }
+    if interface == "." || interface == ".." {
+        return Err(format!(
+            "no interface named {interface:?}: not a valid interface name"
+        ));
+    }
+    if let Some(c) = interface
+        .chars()
+        .find(|&c| matches!(c, '/' | ':' | '\0' | '\x0b') || c.is_ascii_whitespace())
+    {
+        return Err(format!(
+            "no interface named {interface:?}: interface names cannot contain {c:?}"
+        ));
+    }
+    Ok(())
+}
+
+fn check_filter(name: &str, filter: &str) -> Result<(), (ErrorKind, String)> {
+    match filter.find('\0') {
+        Some(at) => Err((
+            ErrorKind::InvalidFilter,
+            format!("the filter expression of session {name:?} contains a NUL byte (at byte {at})"),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Where a session counts.
@@ -259,6 +351,89 @@ mod tests {
         assert!(err.contains("unknown field `extra`"), "{err}");
         let err = Request::parse(r#"{"version":7,"command":"list"}"#).unwrap_err();
         assert!(err.contains("version 7"), "{err}");
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_naming_the_limit() {
+        let deep = "[".repeat(100_000);
+        let err = Request::parse(&deep).unwrap_err();
+        let limit = format!("more than {MAX_NESTING} levels deep");
+        assert!(err.contains(&limit), "{err}");
+        let err = Request::parse(&"[".repeat(MAX_NESTING + 1)).unwrap_err();
+        assert!(err.contains(&limit), "{err}");
+        // Within the limit, it is an ordinary JSON error.
+        let err = Request::parse(&"[".repeat(MAX_NESTING)).unwrap_err();
+        assert!(err.contains("not JSON"), "{err}");
+    }
+
+    #[test]
+    fn commands_are_checked_before_dispatch() {
+        let new = |name: &str, interface: Option<&str>, filter: &str| Command::New {
+            name: name.into(),
+            interface: interface.map(Into::into),
+            filter: filter.into(),
+            hook: None,
+            direction: None,
+        };
+        assert_eq!(new("web", Some("eth0"), "tcp port 80").check(), Ok(()));
+        assert_eq!(new("web", Some(&"e".repeat(15)), "").check(), Ok(()));
+        let cases = [
+            (
+                new("a b", None, "udp"),
+                ErrorKind::InvalidName,
+                "contains a space",
+            ),
+            (
+                new("", None, "udp"),
+                ErrorKind::InvalidName,
+                "cannot be empty",
+            ),
+            (
+                new("web", Some("lo:junk"), "udp"),
+                ErrorKind::UnknownInterface,
+                "cannot contain ':'",
+            ),
+            (
+                new("web", Some("../eth0"), "udp"),
+                ErrorKind::UnknownInterface,
+                "cannot contain '/'",
+            ),
+            (
+                new("web", Some(&"e".repeat(16)), "udp"),
+                ErrorKind::UnknownInterface,
+                "at most 15 bytes, this one is 16",
+            ),
+            (
+                new("web", Some(""), "udp"),
+                ErrorKind::UnknownInterface,
+                "cannot be empty",
+            ),
+            (
+                new("web", Some(".."), "udp"),
+                ErrorKind::UnknownInterface,
+                "not a valid interface name",
+            ),
+            (
+                new("web", None, "udp\0 and tcp"),
+                ErrorKind::InvalidFilter,
+                "session \"web\" contains a NUL byte (at byte 3)",
+            ),
+            (
+                Command::Modify {
+                    name: "web".into(),
+                    filter: "\0".into(),
+                },
+                ErrorKind::InvalidFilter,
+                "NUL byte",
+            ),
+        ];
+        for (command, kind, says) in cases {
+            let (got, message) = command.check().unwrap_err();
+            assert_eq!(got, kind, "{command:?}: {message}");
+            assert!(message.contains(says), "{command:?}: {message}");
+        }
+        // Names of sessions that may or may not exist are the daemon's to answer.
+        assert_eq!(Command::Stop { name: "".into() }.check(), Ok(()));
     }
 
     #[test]
