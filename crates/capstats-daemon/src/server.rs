@@ -1,34 +1,45 @@
 //! Serving the socket: one thread per connection, each checked against the access
 //! rule, then reading request lines and writing response lines until the client goes.
 //!
-//! A client cannot hurt another: lines are bounded ([`MAX_REQUEST_BYTES`]), a silent
-//! or stalled client is dropped after [`IDLE_TIMEOUT`], and a bad request only earns
-//! an error response on its own connection.
+//! A client cannot hurt another: lines are bounded ([`MAX_REQUEST_BYTES`]), a client
+//! that does not send a whole request within the idle timeout ([`IDLE_TIMEOUT`] unless
+//! the daemon was told otherwise) after its last answer is dropped, whether it is
+//! silent, stalls in the middle of a line or trickles a byte now and then, and a bad
+//! request only earns an error response on its own connection. Requests are read and
+//! checked without the service's lock: only a well-formed request waits for it.
+//!
+//! [`converse`] is a connection's conversation without the socket: the fuzz targets
+//! (`fuzz/`, `crates/capstats-fuzz`) drive it with arbitrary bytes.
 
+use std::cell::Cell;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use capstats_common::MAX_REQUEST_BYTES;
-use capstats_common::protocol::{ErrorKind, Request, Response};
+use capstats_common::protocol::{Command, ErrorKind, Request, Response};
 
 use crate::auth::{Access, Peer};
 use crate::log::event;
 use crate::service::Service;
 
-/// How long a connection may stay silent between requests.
+/// How long a connection may take, after connecting or after its last answer, to send
+/// its next whole request.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a response may wait for a client that does not read.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accepts connections until `stop` is set (and the listener shut down to wake us).
+/// `idle` is the idle timeout ([`IDLE_TIMEOUT`] but in tests).
 pub fn serve(
     listener: &UnixListener,
     access: &Access,
     service: &Arc<Mutex<Service>>,
     stop: &AtomicBool,
+    idle: Duration,
 ) {
     for stream in listener.incoming() {
         if stop.load(Ordering::SeqCst) {
@@ -47,14 +58,14 @@ pub fn serve(
         let access = access.clone();
         let spawned = std::thread::Builder::new()
             .name("capstats-client".into())
-            .spawn(move || connection(stream, access, &service));
+            .spawn(move || connection(stream, access, &service, idle));
         if let Err(e) = spawned {
             event!("cannot start a thread for a client: {e}");
         }
     }
 }
 
-fn connection(stream: UnixStream, access: Access, service: &Mutex<Service>) {
+fn connection(stream: UnixStream, access: Access, service: &Mutex<Service>, idle: Duration) {
     let peer = match Peer::of(&stream) {
         Ok(peer) => peer,
         Err(e) => {
@@ -63,7 +74,6 @@ fn connection(stream: UnixStream, access: Access, service: &Mutex<Service>) {
         }
     };
     let who = format!("pid {} uid {}", peer.pid, peer.uid);
-    let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
     let mut writer = match stream.try_clone() {
         Ok(writer) => writer,
@@ -88,47 +98,125 @@ fn connection(stream: UnixStream, access: Access, service: &Mutex<Service>) {
         );
         return;
     }
-    let mut reader = BufReader::new(stream);
-    loop {
-        let response = match read_line(&mut reader) {
-            Ok(Line::End) => return,
-            Ok(Line::TooLong) => Response::error(
-                ErrorKind::BadRequest,
-                format!("request longer than {MAX_REQUEST_BYTES} bytes"),
-            ),
-            Ok(Line::Text(text)) => match Request::parse(&text) {
-                Ok(request) => {
-                    let mut service = service
-                        .lock()
-                        .unwrap_or_else(|poisoned| poisoned.into_inner());
-                    service.handle(request.command)
-                }
-                Err(message) => Response::error(ErrorKind::BadRequest, message),
-            },
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                event!(
-                    "client {who} idle for {}s, disconnected",
-                    IDLE_TIMEOUT.as_secs()
-                );
-                return;
-            }
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                Response::error(ErrorKind::BadRequest, "the request is not UTF-8 text")
-            }
-            Err(_) => return,
-        };
-        if respond(&mut writer, &response).is_err() {
-            return;
+    let deadline = Rc::new(Cell::new(Instant::now() + idle));
+    let mut reader = BufReader::new(Patient {
+        stream: &stream,
+        deadline: Rc::clone(&deadline),
+    });
+    let mut writer = Restarting {
+        stream: writer,
+        deadline,
+        idle,
+    };
+    let mut handle = |command| {
+        service
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .handle(command)
+    };
+    match converse(&mut reader, &mut writer, &mut handle) {
+        Ok(()) => {}
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            event!(
+                "client {who} sent no whole request within {}, disconnected",
+                shown(idle)
+            );
         }
+        // The client went away (or does not read its answers): nothing to tell it.
+        Err(_) => {}
     }
 }
 
-fn respond(writer: &mut UnixStream, response: &Response) -> io::Result<()> {
+/// `60 s`, `1.5 s`.
+fn shown(duration: Duration) -> String {
+    format!("{} s", duration.as_secs_f64())
+}
+
+/// Reads the client's socket against a deadline for the whole request rather than for
+/// each read: the socket's own timeout restarts with every byte, and a client that
+/// trickles one now and then would hold its thread forever.
+struct Patient<'a> {
+    stream: &'a UnixStream,
+    deadline: Rc<Cell<Instant>>,
+}
+
+impl Read for Patient<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self
+            .deadline
+            .get()
+            .saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        self.stream.read(buf)
+    }
+}
+
+/// Writes answers to the client; each one written gives it the idle timeout anew for
+/// its next request.
+struct Restarting {
+    stream: UnixStream,
+    deadline: Rc<Cell<Instant>>,
+    idle: Duration,
+}
+
+impl Write for Restarting {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let written = self.stream.write(buf)?;
+        self.deadline.set(Instant::now() + self.idle);
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
+    }
+}
+
+/// One connection's conversation: reads request lines from `reader` until it ends and
+/// writes one response line to `writer` for each, in order. A line that is too long,
+/// not UTF-8, not a request or refused by [`Command::check`] gets an error response
+/// and never reaches `handle`; the others get what `handle` answers.
+///
+/// # Errors
+/// When reading or writing fails (a timeout among them): the conversation is over.
+pub fn converse(
+    reader: &mut impl BufRead,
+    writer: &mut impl Write,
+    handle: &mut dyn FnMut(Command) -> Response,
+) -> io::Result<()> {
+    loop {
+        let response = match read_line(reader) {
+            Ok(Line::End) => return Ok(()),
+            Ok(Line::TooLong) => Response::error(
+                ErrorKind::BadRequest,
+                format!(
+                    "request longer than {MAX_REQUEST_BYTES} bytes (the limit of a request line)"
+                ),
+            ),
+            Ok(Line::Text(text)) => match Request::parse(&text) {
+                Ok(request) => match request.command.check() {
+                    Ok(()) => handle(request.command),
+                    Err((kind, message)) => Response::error(kind, message),
+                },
+                Err(message) => Response::error(ErrorKind::BadRequest, message),
+            },
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                Response::error(ErrorKind::BadRequest, "the request is not UTF-8 text")
+            }
+            Err(e) => return Err(e),
+        };
+        respond(writer, &response)?;
+    }
+}
+
+fn respond(writer: &mut impl Write, response: &Response) -> io::Result<()> {
     if matches!(response, Response::Error(_)) {
         crate::metrics::REQUEST_ERRORS.fetch_add(1, Ordering::Relaxed);
     }
