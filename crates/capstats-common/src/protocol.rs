@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::names::check_name;
+use crate::text::printable;
 
 /// One request line: a `version` and a command's fields. Unknown fields are refused,
 /// so a typo is an error rather than an ignored option.
@@ -22,7 +23,13 @@ impl Request {
     }
 
     /// Parses one request line. The error says what is wrong, for the client to see.
+    /// Parts of the request it quotes (an unknown command's name, say) are escaped
+    /// ([`printable`]): the message is one line, whatever the request held.
     pub fn parse(line: &str) -> Result<Self, String> {
+        Self::parse_quoting(line).map_err(|message| printable(&message).into_owned())
+    }
+
+    fn parse_quoting(line: &str) -> Result<Self, String> {
         let mut value: serde_json::Value = serde_json::from_str(line).map_err(|e| {
             // serde_json stops at a nesting depth of 128 (and so cannot exhaust the stack);
             // say which limit, rather than call the request not JSON.
@@ -43,15 +50,61 @@ impl Request {
         let version = version
             .as_u64()
             .and_then(|v| u32::try_from(v).ok())
-            .ok_or_else(|| format!("\"version\" must be a number, not {version}"))?;
+            .ok_or_else(|| {
+                format!(
+                    "\"version\" must be a number (this daemon speaks version {}), not {}",
+                    crate::PROTOCOL_VERSION,
+                    described(&version)
+                )
+            })?;
         if version != crate::PROTOCOL_VERSION {
             return Err(format!(
                 "protocol version {version} is not spoken here; this daemon speaks version {}",
                 crate::PROTOCOL_VERSION
             ));
         }
+        // serde's own message for a value of the wrong type does not say which field
+        // it is in ("invalid type: integer `1`, expected a string"): check them first.
+        for (field, value) in object.iter() {
+            let (fits, expected) = match field.as_str() {
+                "command" | "name" | "filter" => (value.is_string(), "a string"),
+                "interface" | "hook" | "direction" => {
+                    (value.is_string() || value.is_null(), "a string")
+                }
+                "names" => (
+                    value
+                        .as_array()
+                        .is_some_and(|names| names.iter().all(serde_json::Value::is_string)),
+                    "an array of strings",
+                ),
+                // Unknown fields: serde names them, with those the command has.
+                _ => continue,
+            };
+            if !fits {
+                return Err(format!(
+                    "bad request: \"{field}\" must be {expected}, not {}",
+                    described(value)
+                ));
+            }
+        }
         let command = serde_json::from_value(value).map_err(|e| format!("bad request: {e}"))?;
         Ok(Self { version, command })
+    }
+}
+
+/// A JSON value in an error message: short ones as they are, long ones by their kind,
+/// so that a message does not repeat a client's megabyte.
+fn described(value: &serde_json::Value) -> String {
+    use serde_json::Value;
+    let text = value.to_string();
+    if text.len() <= 40 {
+        return text;
+    }
+    match value {
+        Value::Null | Value::Bool(_) | Value::Number(_) => text,
+        Value::String(s) => format!("a string of {} bytes", s.len()),
+        Value::Array(a) => format!("an array of {} elements", a.len()),
+        Value::Object(o) => format!("an object of {} fields", o.len()),
     }
 }
 
@@ -351,6 +404,58 @@ mod tests {
         assert!(err.contains("unknown field `extra`"), "{err}");
         let err = Request::parse(r#"{"version":7,"command":"list"}"#).unwrap_err();
         assert!(err.contains("version 7"), "{err}");
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_named_with_its_field() {
+        for (bad, says) in [
+            (
+                r#"{"version":1,"command":"show","name":1}"#,
+                r#""name" must be a string, not 1"#,
+            ),
+            (
+                r#"{"version":1,"command":"new","name":"a","filter":"","interface":[]}"#,
+                r#""interface" must be a string, not []"#,
+            ),
+            (
+                r#"{"version":1,"command":"poll","names":["a",2]}"#,
+                r#""names" must be an array of strings, not ["a",2]"#,
+            ),
+            (
+                r#"{"version":1,"command":7}"#,
+                r#""command" must be a string, not 7"#,
+            ),
+            (
+                r#"{"version":1.5,"command":"list"}"#,
+                r#""version" must be a number (this daemon speaks version 1), not 1.5"#,
+            ),
+            (
+                r#"{"version":4294967297,"command":"list"}"#,
+                "not 4294967297",
+            ),
+        ] {
+            let err = Request::parse(bad).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+        // Absent and null are the same for optional fields.
+        let null = r#"{"version":1,"command":"new","name":"a","filter":"","hook":null}"#;
+        assert!(matches!(
+            Request::parse(null).unwrap().command,
+            Command::New { hook: None, .. }
+        ));
+        // A long value is described, not repeated.
+        let long = format!(
+            r#"{{"version":1,"command":"show","name":[{}1]}}"#,
+            "1,".repeat(10_000)
+        );
+        let err = Request::parse(&long).unwrap_err();
+        assert!(err.ends_with("not an array of 10001 elements"), "{err}");
+    }
+
+    #[test]
+    fn quoted_parts_of_a_request_are_escaped() {
+        let err = Request::parse("{\"version\":1,\"command\":\"li\\nst\\u001b[31m\"}").unwrap_err();
+        assert!(err.contains(r"unknown variant `li\nst\u{1b}[31m`"), "{err}");
     }
 
     #[test]
