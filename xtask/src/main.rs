@@ -1,4 +1,4 @@
-//! Developer tasks for capstats: `cargo xtask run | test | bench`.
+//! Developer tasks for capstats: `cargo xtask run | test | bench | fuzz`.
 //!
 //! Each task starts from a fresh Debian machine: it checks for root and installs the
 //! packages it needs before building anything that needs them. That is why this binary
@@ -9,6 +9,7 @@
 mod bench;
 mod cmd;
 mod deps;
+mod fuzz;
 mod run;
 mod test;
 
@@ -16,7 +17,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// capstats developer tasks. All of them need root.
+/// capstats developer tasks. All but fuzz need root.
 #[derive(Debug, Parser)]
 #[command(name = "cargo xtask", bin_name = "cargo xtask")]
 struct Cli {
@@ -46,6 +47,21 @@ enum Task {
         #[arg(long, default_value_t = 9)]
         rounds: usize,
     },
+    /// Fuzz the request decoder and the daemon's connection loop for as long as asked:
+    /// a seeded generator of hostile requests (stable Rust), then libFuzzer on the
+    /// cargo-fuzz targets in fuzz/ (installs cargo-fuzz if missing). Needs no root
+    /// unless libpcap-dev must be installed.
+    Fuzz {
+        /// Seconds per engine and target (the generator, then each of the 2 targets).
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Which fuzzers.
+        #[arg(long, value_enum, default_value_t = fuzz::Engine::All)]
+        engine: fuzz::Engine,
+        /// The generator's first seed (decimal or 0x hex); from the clock by default.
+        #[arg(long)]
+        seed: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -54,6 +70,11 @@ fn main() -> ExitCode {
         Task::Run => run::run(),
         Task::Test { profile } => test::test(profile),
         Task::Bench { repeat, rounds } => bench::bench(repeat, rounds),
+        Task::Fuzz {
+            seconds,
+            engine,
+            seed,
+        } => fuzz::fuzz(seconds, engine, seed),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

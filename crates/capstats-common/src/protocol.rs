@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::names::check_name;
-use crate::text::printable;
+use crate::text::bounded;
 
 /// One request line: a `version` and a command's fields. Unknown fields are refused,
 /// so a typo is an error rather than an ignored option.
@@ -23,10 +23,12 @@ impl Request {
     }
 
     /// Parses one request line. The error says what is wrong, for the client to see.
-    /// Parts of the request it quotes (an unknown command's name, say) are escaped
-    /// ([`printable`]): the message is one line, whatever the request held.
+    /// Parts of the request it quotes (an unknown command's name, say) are escaped and
+    /// the message is cut to
+    /// [`MAX_MESSAGE_BYTES`](crate::text::MAX_MESSAGE_BYTES) ([`bounded`]): one short line,
+    /// whatever the request held.
     pub fn parse(line: &str) -> Result<Self, String> {
-        Self::parse_quoting(line).map_err(|message| printable(&message).into_owned())
+        Self::parse_quoting(line).map_err(|message| bounded(&message))
     }
 
     fn parse_quoting(line: &str) -> Result<Self, String> {
@@ -153,7 +155,13 @@ impl Command {
     ///
     /// Names in `modify`, `stop`, `show` and `poll` are not checked here: a name that
     /// is not a session's is answered as an unknown session, whatever its form.
+    /// Its messages are [`bounded`], as [`Request::parse`]'s.
     pub fn check(&self) -> Result<(), (ErrorKind, String)> {
+        self.check_quoting()
+            .map_err(|(kind, message)| (kind, bounded(&message)))
+    }
+
+    fn check_quoting(&self) -> Result<(), (ErrorKind, String)> {
         match self {
             Command::New {
                 name,

@@ -29,6 +29,28 @@ pub fn printable(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// The longest error message the daemon sends, in bytes: a message may quote a
+/// client's request, which may be up to 64 KiB of the worst characters to quote.
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// A message for people: [`printable`], and cut in the middle when longer than
+/// [`MAX_MESSAGE_BYTES`], so that both its start (what was refused) and its end (often
+/// why: libpcap's verdict after a quoted expression) are kept.
+pub fn bounded(message: &str) -> String {
+    let text = printable(message);
+    if text.len() <= MAX_MESSAGE_BYTES {
+        return text.into_owned();
+    }
+    let head = text.floor_char_boundary(600);
+    let tail = text.ceil_char_boundary(text.len() - 380);
+    format!(
+        "{} … [{} bytes cut] … {}",
+        &text[..head],
+        tail - head,
+        &text[tail..]
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -44,5 +66,19 @@ mod tests {
         assert_eq!(printable("a\u{7f}\u{85}b"), "a\\u{7f}\\u{85}b");
         assert_eq!(printable("x\u{202e}y\u{2066}"), "x\\u{202e}y\\u{2066}");
         assert_eq!(printable("\0"), "\\u{0}");
+    }
+
+    #[test]
+    fn long_messages_keep_their_start_and_end() {
+        assert_eq!(bounded("short\n"), "short\\n");
+        let long = format!(
+            "invalid filter \"{}\": syntax error",
+            "é\u{7f}".repeat(20_000)
+        );
+        let cut = bounded(&long);
+        assert!(cut.len() <= MAX_MESSAGE_BYTES, "{}", cut.len());
+        assert!(cut.starts_with("invalid filter \"é\\u{7f}"), "{cut}");
+        assert!(cut.ends_with("\": syntax error"), "{cut}");
+        assert!(cut.contains(" bytes cut] … "), "{cut}");
     }
 }

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use capstats_common::MAX_REQUEST_BYTES;
 use capstats_common::protocol::{Command, ErrorKind, Request, Response};
+use capstats_common::text::bounded;
 
 use crate::auth::{Access, Peer};
 use crate::log::event;
@@ -202,7 +203,12 @@ pub fn converse(
             ),
             Ok(Line::Text(text)) => match Request::parse(&text) {
                 Ok(request) => match request.command.check() {
-                    Ok(()) => handle(request.command),
+                    // The table's refusals quote requests too (a 60 KiB expression
+                    // libpcap refused): bounded as the decoder's are.
+                    Ok(()) => match handle(request.command) {
+                        Response::Error(e) => Response::error(e.kind, bounded(&e.message)),
+                        answer => answer,
+                    },
                     Err((kind, message)) => Response::error(kind, message),
                 },
                 Err(message) => Response::error(ErrorKind::BadRequest, message),

@@ -3,8 +3,8 @@
 //!
 //! - [`request_line`]: one line through `Request::parse` and `Command::check`, the
 //!   request decoder. Never a panic; a request it accepts serializes back to itself; a
-//!   refusal says why in one line without control characters, no longer than the
-//!   input and a few hundred bytes.
+//!   refusal says why in one line without control characters, at most 1 KiB long
+//!   however much of the request it quotes.
 //! - [`conversation`]: any byte stream through the daemon's connection loop
 //!   (`capstats_daemon::converse`: line framing with the 64 KiB limit, UTF-8, decoding,
 //!   checks, answers), with a stand-in for the session table. Exactly one response
@@ -32,11 +32,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
 use capstats_common::protocol::{Command, ErrorKind, Reply, Request, Response};
+use capstats_common::text::MAX_MESSAGE_BYTES;
 use capstats_common::{MAX_REQUEST_BYTES, PROTOCOL_VERSION};
-
-/// How much longer than its request an error message may be: a refusal may quote the
-/// request (an unknown command's name), but never amplify it.
-pub const MESSAGE_SLACK: usize = 512;
 
 /// What the daemon does with a request line: dispatch the command, or refuse it.
 pub type Verdict = Result<Command, (ErrorKind, String)>;
@@ -87,7 +84,7 @@ fn check_message(request_bytes: usize, message: &str) {
         "an error message with control characters (a newline, an escape): {message:?}"
     );
     assert!(
-        message.len() <= request_bytes + MESSAGE_SLACK,
+        message.len() <= MAX_MESSAGE_BYTES,
         "a {}-byte error message for a {request_bytes}-byte request: {:?}...",
         message.len(),
         &message[..message.floor_char_boundary(200)]

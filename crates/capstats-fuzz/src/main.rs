@@ -28,6 +28,40 @@ struct Args {
     /// Where a failing case's input is written.
     #[arg(long, default_value = "target/fuzz-failures")]
     failures: PathBuf,
+    /// Write seed inputs for the cargo-fuzz targets instead: DIR/request/ (one line
+    /// each) and DIR/conversation/ (a buffer-size byte, then a stream), from the seed.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["cases", "case"])]
+    write_corpus: Option<PathBuf>,
+}
+
+/// How many seed inputs `--write-corpus` writes per target.
+const CORPUS_CASES: u64 = 300;
+
+/// Generated cases as libFuzzer seeds, so that its mutations start from requests
+/// rather than from nothing.
+fn write_corpus(dir: &std::path::Path, seed: u64) -> std::io::Result<()> {
+    let (requests, conversations) = (dir.join("request"), dir.join("conversation"));
+    std::fs::create_dir_all(&requests)?;
+    std::fs::create_dir_all(&conversations)?;
+    let mut seeds = capstats_fuzz::generate::Rng::new(seed);
+    for i in 0..CORPUS_CASES {
+        let case =
+            capstats_fuzz::generate::case(&mut capstats_fuzz::generate::Rng::new(seeds.next_u64()));
+        // Seeds stay small: libFuzzer's inputs are short unless -max_len says otherwise.
+        if case.stream.len() > 4096 {
+            continue;
+        }
+        let line = case
+            .stream
+            .split(|&b| b == b'\n')
+            .next()
+            .unwrap_or_default();
+        std::fs::write(requests.join(format!("seed-{i:04}")), line)?;
+        let mut stream = vec![i as u8];
+        stream.extend(&case.stream);
+        std::fs::write(conversations.join(format!("seed-{i:04}")), stream)?;
+    }
+    Ok(())
 }
 
 /// A number in decimal or `0x` hexadecimal.
@@ -66,6 +100,21 @@ fn main() -> ExitCode {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64)
     });
+    if let Some(dir) = &args.write_corpus {
+        return match write_corpus(dir, seed) {
+            Ok(()) => {
+                println!(
+                    "seed inputs from seed {seed:#x} in {}/request and {0}/conversation",
+                    dir.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("cannot write seed inputs to {}: {e}", dir.display());
+                ExitCode::FAILURE
+            }
+        };
+    }
     let limit = Duration::from_secs_f64(args.seconds.max(0.0));
     let start = Instant::now();
     let mut next_note = Duration::from_secs(10);
