@@ -147,6 +147,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // The daemon runs this binary again to compile a filter against a time limit (see
+    // capstats_daemon::preflight); not a command for people.
+    if std::env::args_os().nth(1).as_deref()
+        == Some(std::ffi::OsStr::new(capstats_daemon::preflight::HELPER_ARG))
+    {
+        return capstats_daemon::preflight::helper();
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -10,6 +10,7 @@ mod listener;
 mod log;
 mod metrics;
 mod pins;
+pub mod preflight;
 mod server;
 mod service;
 mod session;

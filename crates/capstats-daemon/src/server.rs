@@ -6,7 +6,8 @@
 //! the daemon was told otherwise) after its last answer is dropped, whether it is
 //! silent, stalls in the middle of a line or trickles a byte now and then, and a bad
 //! request only earns an error response on its own connection. Requests are read and
-//! checked without the service's lock: only a well-formed request waits for it.
+//! checked without the service's lock: only a well-formed request waits for it, and
+//! only with a filter that libpcap compiles in time (`preflight`).
 //!
 //! [`converse`] is a connection's conversation without the socket: the fuzz targets
 //! (`fuzz/`, `crates/capstats-fuzz`) drive it with arbitrary bytes.
@@ -110,6 +111,14 @@ fn connection(stream: UnixStream, access: Access, service: &Mutex<Service>, idle
         idle,
     };
     let mut handle = |command| {
+        // Outside the lock: a filter that takes libpcap minutes is refused without
+        // making anyone else wait.
+        if let Err((kind, message)) =
+            crate::preflight::compiles_in_time(&command, crate::preflight::COMPILE_LIMIT)
+        {
+            event!("client {who}: {message}");
+            return Response::error(kind, message);
+        }
         service
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
