@@ -79,6 +79,9 @@ pub struct DaemonSpec {
     /// upgrade). Off by default; a test that sets it holds a [`PinDir`] guard so that
     /// nothing stays pinned after it, and stops its last daemon without it.
     pub keep_pins: bool,
+    /// `--idle-timeout`: how long a client may take to send a whole request (the
+    /// daemon's 60 s when `None`).
+    pub idle_timeout: Option<Duration>,
 }
 
 impl DaemonSpec {
@@ -101,7 +104,14 @@ impl DaemonSpec {
             state_dir,
             group: None,
             keep_pins: false,
+            idle_timeout: None,
         }
+    }
+
+    /// The same daemon with `--idle-timeout` (see [`DaemonSpec::idle_timeout`]).
+    pub fn with_idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout = Some(idle);
+        self
     }
 
     /// The same daemon with `-g group`.
@@ -137,6 +147,12 @@ impl DaemonSpec {
         ]);
         if !self.keep_pins {
             args.push("--detach-on-exit".into());
+        }
+        if let Some(idle) = self.idle_timeout {
+            args.extend([
+                "--idle-timeout".into(),
+                idle.as_secs_f64().to_string().into(),
+            ]);
         }
         args
     }
