@@ -126,6 +126,12 @@ fn connection(stream: UnixStream, access: Access, service: &Mutex<Service>, idle
     };
     match converse(&mut reader, &mut writer, &mut handle) {
         Ok(()) => {}
+        Err(e) if e.get_ref().is_some_and(|inner| inner.is::<Idle>()) => {
+            event!(
+                "client {who} sent no whole request within {}, disconnected",
+                shown(idle)
+            );
+        }
         Err(e)
             if matches!(
                 e.kind(),
@@ -133,14 +139,27 @@ fn connection(stream: UnixStream, access: Access, service: &Mutex<Service>, idle
             ) =>
         {
             event!(
-                "client {who} sent no whole request within {}, disconnected",
-                shown(idle)
+                "client {who} did not read its answer within {}, disconnected",
+                shown(WRITE_TIMEOUT)
             );
         }
-        // The client went away (or does not read its answers): nothing to tell it.
+        // The client went away: nothing to tell it.
         Err(_) => {}
     }
 }
+
+/// The error [`Patient`]'s reads end with when the client's time is up: told apart
+/// from a write timeout (a client that does not read its answers).
+#[derive(Debug)]
+struct Idle;
+
+impl std::fmt::Display for Idle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("no whole request within the idle timeout")
+    }
+}
+
+impl std::error::Error for Idle {}
 
 /// `60 s`, `1.5 s`.
 fn shown(duration: Duration) -> String {
@@ -161,11 +180,22 @@ impl Read for Patient<'_> {
             .deadline
             .get()
             .saturating_duration_since(Instant::now());
+        let idle = || io::Error::new(io::ErrorKind::TimedOut, Idle);
         if left.is_zero() {
-            return Err(io::ErrorKind::TimedOut.into());
+            return Err(idle());
         }
         self.stream.set_read_timeout(Some(left))?;
-        self.stream.read(buf)
+        match self.stream.read(buf) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                Err(idle())
+            }
+            read => read,
+        }
     }
 }
 
