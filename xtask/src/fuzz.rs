@@ -88,6 +88,21 @@ pub fn fuzz(seconds: u64, engine: Engine, seed: Option<String>) -> anyhow::Resul
     Ok(())
 }
 
+/// `--case SEED`: the generator's case of that seed, shown and run again.
+pub fn replay(case: &str) -> anyhow::Result<()> {
+    let mut command = cmd::cargo();
+    command.args([
+        "run",
+        "--release",
+        "--package",
+        "capstats-fuzz",
+        "--",
+        "--case",
+        case,
+    ]);
+    cmd::run(&mut command)
+}
+
 /// Installs cargo-fuzz unless `cargo fuzz` works already.
 fn ensure_cargo_fuzz() -> anyhow::Result<()> {
     if deps::cargo_tool("fuzz") {

@@ -61,6 +61,9 @@ enum Task {
         /// The generator's first seed (decimal or 0x hex); from the clock by default.
         #[arg(long)]
         seed: Option<String>,
+        /// Replay the one generated case of this seed (from a failure's message).
+        #[arg(long, conflicts_with_all = ["seed", "engine", "seconds"])]
+        case: Option<String>,
     },
 }
 
@@ -71,9 +74,13 @@ fn main() -> ExitCode {
         Task::Test { profile } => test::test(profile),
         Task::Bench { repeat, rounds } => bench::bench(repeat, rounds),
         Task::Fuzz {
+            case: Some(case), ..
+        } => fuzz::replay(&case),
+        Task::Fuzz {
             seconds,
             engine,
             seed,
+            case: None,
         } => fuzz::fuzz(seconds, engine, seed),
     };
     match result {
