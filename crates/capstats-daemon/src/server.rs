@@ -353,4 +353,71 @@ mod tests {
         assert_eq!(lines(&input), ["{\"a\":1}", "<too long>", "next", "last"]);
         assert_eq!(lines(b"\xff\xfe\nok\n"), ["<invalid data>", "ok"]);
     }
+
+    /// A conversation on one end of a socket pair with the connection's deadline, as
+    /// `connection` has it; returns how it ended and when.
+    fn patiently(ours: UnixStream, idle: Duration) -> (io::Result<()>, Duration) {
+        let start = Instant::now();
+        let deadline = Rc::new(Cell::new(start + idle));
+        let mut reader = BufReader::new(Patient {
+            stream: &ours,
+            deadline: Rc::clone(&deadline),
+        });
+        let mut writer = Restarting {
+            stream: ours.try_clone().unwrap(),
+            deadline,
+            idle,
+        };
+        let mut table = |_| Response::Ok(capstats_common::protocol::Reply::Sessions(Vec::new()));
+        let ended = converse(&mut reader, &mut writer, &mut table);
+        (ended, start.elapsed())
+    }
+
+    #[test]
+    fn a_trickling_client_is_cut_off_at_the_deadline() {
+        let idle = Duration::from_millis(300);
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let trickle = std::thread::spawn(move || {
+            // A byte every 50 ms: each read succeeds, the request never ends.
+            while theirs.write_all(b"x").is_ok() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let (ended, after) = patiently(ours, idle);
+        let e = ended.unwrap_err();
+        assert!(e.get_ref().is_some_and(|inner| inner.is::<Idle>()), "{e:?}");
+        assert!(after >= idle && after < idle * 3, "cut off after {after:?}");
+        trickle.join().unwrap();
+    }
+
+    #[test]
+    fn each_answer_gives_the_client_the_idle_timeout_anew() {
+        let idle = Duration::from_millis(300);
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let client = std::thread::spawn(move || {
+            let mut answers = BufReader::new(theirs.try_clone().unwrap());
+            let mut theirs = theirs;
+            // Four requests 200 ms apart: 800 ms in all, each within 300 ms of the
+            // last answer.
+            for _ in 0..4 {
+                std::thread::sleep(Duration::from_millis(200));
+                theirs
+                    .write_all(b"{\"version\":1,\"command\":\"list\"}\n")
+                    .unwrap();
+                let mut line = String::new();
+                answers.read_line(&mut line).unwrap();
+                assert!(line.starts_with("{\"ok\""), "{line}");
+            }
+            // Then silence, until the daemon's side is gone.
+            let mut rest = Vec::new();
+            let _ = answers.read_to_end(&mut rest);
+        });
+        let (ended, after) = patiently(ours, idle);
+        assert!(ended.is_err(), "{ended:?}");
+        assert!(
+            after >= Duration::from_millis(800) + idle,
+            "ended after {after:?}, before the last answer's timeout"
+        );
+        client.join().unwrap();
+    }
 }
