@@ -83,6 +83,9 @@ pub struct DaemonSpec {
     /// `unshare -m ... --`; it must exec the daemon (same process), so that the
     /// daemon's pid is the child's. Empty by default.
     pub wrapper: Vec<String>,
+    /// `--idle-timeout`: how long a client may take to send a whole request (the
+    /// daemon's 60 s when `None`).
+    pub idle_timeout: Option<Duration>,
 }
 
 impl DaemonSpec {
@@ -106,12 +109,19 @@ impl DaemonSpec {
             group: None,
             keep_pins: false,
             wrapper: Vec::new(),
+            idle_timeout: None,
         }
     }
 
     /// The same daemon run through `wrapper` (see [`DaemonSpec::wrapper`]).
     pub fn wrapped(mut self, wrapper: &[&str]) -> Self {
         self.wrapper = wrapper.iter().map(|s| (*s).to_owned()).collect();
+        self
+    }
+
+    /// The same daemon with `--idle-timeout` (see [`DaemonSpec::idle_timeout`]).
+    pub fn with_idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout = Some(idle);
         self
     }
 
@@ -148,6 +158,12 @@ impl DaemonSpec {
         ]);
         if !self.keep_pins {
             args.push("--detach-on-exit".into());
+        }
+        if let Some(idle) = self.idle_timeout {
+            args.extend([
+                "--idle-timeout".into(),
+                idle.as_secs_f64().to_string().into(),
+            ]);
         }
         args
     }

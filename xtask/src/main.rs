@@ -1,4 +1,4 @@
-//! Developer tasks for capstats: `cargo xtask run | test | bench`.
+//! Developer tasks for capstats: `cargo xtask run | test | bench | fuzz`.
 //!
 //! Each task starts from a fresh Debian machine: it checks for root and installs the
 //! packages it needs before building anything that needs them. That is why this binary
@@ -9,6 +9,7 @@
 mod bench;
 mod cmd;
 mod deps;
+mod fuzz;
 mod run;
 mod test;
 
@@ -16,7 +17,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// capstats developer tasks. All of them need root.
+/// capstats developer tasks. All but fuzz need root.
 #[derive(Debug, Parser)]
 #[command(name = "cargo xtask", bin_name = "cargo xtask")]
 struct Cli {
@@ -53,6 +54,24 @@ enum Task {
         #[arg(long, default_value_t = 3)]
         peers_rounds: usize,
     },
+    /// Fuzz the request decoder and the daemon's connection loop for as long as asked:
+    /// a seeded generator of hostile requests (stable Rust), then libFuzzer on the
+    /// cargo-fuzz targets in fuzz/ (installs cargo-fuzz if missing). Needs no root
+    /// unless libpcap-dev must be installed.
+    Fuzz {
+        /// Seconds per engine and target (the generator, then each of the 2 targets).
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Which fuzzers.
+        #[arg(long, value_enum, default_value_t = fuzz::Engine::All)]
+        engine: fuzz::Engine,
+        /// The generator's first seed (decimal or 0x hex); from the clock by default.
+        #[arg(long)]
+        seed: Option<String>,
+        /// Replay the one generated case of this seed (from a failure's message).
+        #[arg(long, conflicts_with_all = ["seed", "engine", "seconds"])]
+        case: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -66,6 +85,15 @@ fn main() -> ExitCode {
             peers_frames,
             peers_rounds,
         } => bench::bench(repeat, rounds, peers_frames, peers_rounds),
+        Task::Fuzz {
+            case: Some(case), ..
+        } => fuzz::replay(&case),
+        Task::Fuzz {
+            seconds,
+            engine,
+            seed,
+            case: None,
+        } => fuzz::fuzz(seconds, engine, seed),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -35,6 +35,8 @@ pub fn request(socket: &Path, command: Command) -> anyhow::Result<Reply> {
         .with_context(|| format!("the daemon's answer is not understood: {}", answer.trim()))?
     {
         Response::Ok(reply) => Ok(reply),
-        Response::Error(error) => bail!("{}", error.message),
+        // Escaped and cut here too: the message comes from the daemon, maybe another
+        // version of it, and goes to a terminal.
+        Response::Error(error) => bail!("{}", capstats_common::text::bounded(&error.message)),
     }
 }

@@ -54,6 +54,11 @@ struct Cli {
     #[arg(long, value_name = "ADDR:PORT", requires = "daemon")]
     metrics: Option<std::net::SocketAddr>,
 
+    /// With -d: seconds a client may take to send a whole request (after connecting or
+    /// after its last answer) before it is disconnected. For tests; 60 by default.
+    #[arg(long, value_name = "SECONDS", requires = "daemon", hide = true, value_parser = idle_timeout)]
+    idle_timeout: Option<std::time::Duration>,
+
     /// The daemon's socket.
     #[arg(short = 's', long, value_name = "SOCKET", env = "CAPSTATS_SOCKET", default_value = DEFAULT_SOCKET, global = true)]
     socket: PathBuf,
@@ -142,6 +147,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // The daemon runs this binary again to compile a filter against a time limit (see
+    // capstats_daemon::preflight); not a command for people.
+    if std::env::args_os().nth(1).as_deref()
+        == Some(std::ffi::OsStr::new(capstats_daemon::preflight::HELPER_ARG))
+    {
+        return capstats_daemon::preflight::helper();
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -176,6 +188,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             pin_dir: cli.pin_dir,
             detach_on_exit: cli.detach_on_exit,
             metrics: cli.metrics,
+            idle_timeout: cli.idle_timeout.unwrap_or(capstats_daemon::IDLE_TIMEOUT),
         })?);
     }
     // A client writes to a pipe that may close (`capstats poll | head`): end quietly
@@ -217,6 +230,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             watch::watch(socket, &name, &period, cli.json, zeek)
         }
         Command::Test(args) => test_cmd::run(&args, cli.json),
+    }
+}
+
+/// `--idle-timeout`: a positive number of seconds, fractions allowed.
+fn idle_timeout(text: &str) -> Result<std::time::Duration, String> {
+    match text.parse::<f64>() {
+        Ok(seconds) if seconds > 0.0 && seconds <= 86_400.0 => {
+            Ok(std::time::Duration::from_secs_f64(seconds))
+        }
+        _ => Err(format!(
+            "{text:?} is not a number of seconds between 0 (excluded) and 86400"
+        )),
     }
 }
 

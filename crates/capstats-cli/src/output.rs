@@ -2,6 +2,10 @@
 //! line, the protocol's field names).
 
 use capstats_common::protocol::Session;
+// A filter may hold a newline or a tab (libpcap reads them as spaces) and comes from
+// whoever created the session: shown escaped, one session stays one line, and no
+// escape sequence reaches the reader's terminal.
+use capstats_common::text::printable;
 
 /// `1234567` → `1,234,567`: counters are read by people too.
 pub fn grouped(n: u64) -> String {
@@ -122,7 +126,7 @@ pub fn list(sessions: &[Session]) {
                 hook(s),
                 state(s).into(),
                 s.created.clone(),
-                s.filter.clone(),
+                printable(&s.filter).into_owned(),
             ]
         })
         .collect();
@@ -148,7 +152,7 @@ pub fn poll(sessions: &[Session]) {
                 state(s).into(),
                 grouped(s.packets.unwrap_or(0)),
                 grouped(s.bytes.unwrap_or(0)),
-                s.filter.clone(),
+                printable(&s.filter).into_owned(),
             ]
         })
         .collect();
@@ -172,7 +176,7 @@ pub fn show(s: &Session) {
         ("name", s.name.clone()),
         ("interface", format!("{} ({})", s.interface, state(s))),
         ("hook", hook(s)),
-        ("filter", s.filter.clone()),
+        ("filter", printable(&s.filter).into_owned()),
         ("packets", grouped(s.packets.unwrap_or(0))),
         ("bytes", grouped(s.bytes.unwrap_or(0))),
         ("created", s.created.clone()),

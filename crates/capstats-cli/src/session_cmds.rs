@@ -108,9 +108,9 @@ pub fn new(socket: &Path, name: String, words: &[String], json: bool) -> anyhow:
         output::json_line(&s);
     } else {
         let filter = if s.filter.is_empty() {
-            "every packet"
+            "every packet".into()
         } else {
-            &s.filter
+            capstats_common::text::printable(&s.filter)
         };
         println!(
             "session {:?} counts on {} ({} hook, {}): {filter}",
@@ -130,9 +130,9 @@ pub fn modify(socket: &Path, name: String, words: &[String], json: bool) -> anyh
             "session {:?} now counts: {} ({} packets, {} bytes so far)",
             s.name,
             if s.filter.is_empty() {
-                "every packet"
+                "every packet".into()
             } else {
-                &s.filter
+                capstats_common::text::printable(&s.filter)
             },
             output::grouped(s.packets.unwrap_or(0)),
             output::grouped(s.bytes.unwrap_or(0))

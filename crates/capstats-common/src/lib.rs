@@ -8,6 +8,7 @@
 pub mod metrics;
 pub mod names;
 pub mod protocol;
+pub mod text;
 
 /// The version of the line protocol; a daemon refuses requests of another version.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -2,6 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::names::check_name;
+use crate::text::bounded;
+
 /// One request line: a `version` and a command's fields. Unknown fields are refused,
 /// so a typo is an error rather than an ignored option.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -20,9 +23,26 @@ impl Request {
     }
 
     /// Parses one request line. The error says what is wrong, for the client to see.
+    /// Parts of the request it quotes (an unknown command's name, say) are escaped and
+    /// the message is cut to
+    /// [`MAX_MESSAGE_BYTES`](crate::text::MAX_MESSAGE_BYTES) ([`bounded`]): one short line,
+    /// whatever the request held.
     pub fn parse(line: &str) -> Result<Self, String> {
-        let mut value: serde_json::Value =
-            serde_json::from_str(line).map_err(|e| format!("the request is not JSON: {e}"))?;
+        Self::parse_quoting(line).map_err(|message| bounded(&message))
+    }
+
+    fn parse_quoting(line: &str) -> Result<Self, String> {
+        let mut value: serde_json::Value = serde_json::from_str(line).map_err(|e| {
+            // serde_json stops at a nesting depth of 128 (and so cannot exhaust the stack);
+            // say which limit, rather than call the request not JSON.
+            if e.to_string().starts_with("recursion limit exceeded") {
+                format!(
+                    "the request nests arrays or objects more than {MAX_NESTING} levels deep ({e})"
+                )
+            } else {
+                format!("the request is not JSON: {e}")
+            }
+        })?;
         let object = value
             .as_object_mut()
             .ok_or("the request must be a JSON object")?;
@@ -32,17 +52,68 @@ impl Request {
         let version = version
             .as_u64()
             .and_then(|v| u32::try_from(v).ok())
-            .ok_or_else(|| format!("\"version\" must be a number, not {version}"))?;
+            .ok_or_else(|| {
+                format!(
+                    "\"version\" must be a number (this daemon speaks version {}), not {}",
+                    crate::PROTOCOL_VERSION,
+                    described(&version)
+                )
+            })?;
         if version != crate::PROTOCOL_VERSION {
             return Err(format!(
                 "protocol version {version} is not spoken here; this daemon speaks version {}",
                 crate::PROTOCOL_VERSION
             ));
         }
+        // serde's own message for a value of the wrong type does not say which field
+        // it is in ("invalid type: integer `1`, expected a string"): check them first.
+        for (field, value) in object.iter() {
+            let (fits, expected) = match field.as_str() {
+                "command" | "name" | "filter" => (value.is_string(), "a string"),
+                "interface" | "hook" | "direction" => {
+                    (value.is_string() || value.is_null(), "a string")
+                }
+                "names" => (
+                    value
+                        .as_array()
+                        .is_some_and(|names| names.iter().all(serde_json::Value::is_string)),
+                    "an array of strings",
+                ),
+                // Unknown fields: serde names them, with those the command has.
+                _ => continue,
+            };
+            if !fits {
+                return Err(format!(
+                    "bad request: \"{field}\" must be {expected}, not {}",
+                    described(value)
+                ));
+            }
+        }
         let command = serde_json::from_value(value).map_err(|e| format!("bad request: {e}"))?;
         Ok(Self { version, command })
     }
 }
+
+/// A JSON value in an error message: short ones as they are, long ones by their kind,
+/// so that a message does not repeat a client's megabyte.
+fn described(value: &serde_json::Value) -> String {
+    use serde_json::Value;
+    let text = value.to_string();
+    if text.len() <= 40 {
+        return text;
+    }
+    match value {
+        Value::Null | Value::Bool(_) | Value::Number(_) => text,
+        Value::String(s) => format!("a string of {} bytes", s.len()),
+        Value::Array(a) => format!("an array of {} elements", a.len()),
+        Value::Object(o) => format!("an object of {} fields", o.len()),
+    }
+}
+
+/// How deep arrays and objects may nest in a request: serde_json's own limit (it stops
+/// at the 128th level), which keeps a hostile `[[[[...` from exhausting the daemon's
+/// stack. Requests nest at most 2 levels.
+pub const MAX_NESTING: usize = 127;
 
 /// What the client asks for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +145,88 @@ pub enum Command {
         #[serde(default)]
         names: Vec<String>,
     },
+}
+
+impl Command {
+    /// Refuses what is wrong with a request whatever the daemon's state, before it is
+    /// dispatched (and so without the daemon's lock, the kernel or libpcap): a `new`
+    /// session's name, an interface name no Linux interface can have, a NUL byte in a
+    /// filter (libpcap reads C strings: the rest would be silently dropped).
+    ///
+    /// Names in `modify`, `stop`, `show` and `poll` are not checked here: a name that
+    /// is not a session's is answered as an unknown session, whatever its form.
+    /// Its messages are [`bounded`], as [`Request::parse`]'s.
+    pub fn check(&self) -> Result<(), (ErrorKind, String)> {
+        self.check_quoting()
+            .map_err(|(kind, message)| (kind, bounded(&message)))
+    }
+
+    fn check_quoting(&self) -> Result<(), (ErrorKind, String)> {
+        match self {
+            Command::New {
+                name,
+                interface,
+                filter,
+                ..
+            } => {
+                check_name(name).map_err(|m| (ErrorKind::InvalidName, m))?;
+                if let Some(interface) = interface {
+                    check_interface_name(interface)
+                        .map_err(|m| (ErrorKind::UnknownInterface, m))?;
+                }
+                check_filter(name, filter)
+            }
+            Command::Modify { name, filter } => check_filter(name, filter),
+            Command::Stop { .. }
+            | Command::List {}
+            | Command::Show { .. }
+            | Command::Poll { .. } => Ok(()),
+        }
+    }
+}
+
+/// The longest interface name Linux has (`IFNAMSIZ` less the terminating NUL).
+pub const MAX_INTERFACE_NAME_BYTES: usize = 15;
+
+/// Refuses a name the kernel would never give an interface (its `dev_valid_name`): empty,
+/// longer than 15 bytes, `.` or `..`, or with `/`, `:`, ASCII white space (C's
+/// `isspace`) or a NUL byte. The
+/// kernel's name lookup stops at a `:` (an old alias syntax), so `eth0:junk` would
+/// otherwise name eth0.
+pub fn check_interface_name(interface: &str) -> Result<(), String> {
+    if interface.is_empty() {
+        return Err("an interface name cannot be empty".into());
+    }
+    if interface.len() > MAX_INTERFACE_NAME_BYTES {
+        return Err(format!(
+            "no interface named {interface:?}: interface names are at most {MAX_INTERFACE_NAME_BYTES} bytes, this one is {}",
+            interface.len()
+        ));
+    }
+    if interface == "." || interface == ".." {
+        return Err(format!(
+            "no interface named {interface:?}: not a valid interface name"
+        ));
+    }
+    if let Some(c) = interface
+        .chars()
+        .find(|&c| matches!(c, '/' | ':' | '\0' | '\x0b') || c.is_ascii_whitespace())
+    {
+        return Err(format!(
+            "no interface named {interface:?}: interface names cannot contain {c:?}"
+        ));
+    }
+    Ok(())
+}
+
+fn check_filter(name: &str, filter: &str) -> Result<(), (ErrorKind, String)> {
+    match filter.find('\0') {
+        Some(at) => Err((
+            ErrorKind::InvalidFilter,
+            format!("the filter expression of session {name:?} contains a NUL byte (at byte {at})"),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Where a session counts.
@@ -259,6 +412,141 @@ mod tests {
         assert!(err.contains("unknown field `extra`"), "{err}");
         let err = Request::parse(r#"{"version":7,"command":"list"}"#).unwrap_err();
         assert!(err.contains("version 7"), "{err}");
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_named_with_its_field() {
+        for (bad, says) in [
+            (
+                r#"{"version":1,"command":"show","name":1}"#,
+                r#""name" must be a string, not 1"#,
+            ),
+            (
+                r#"{"version":1,"command":"new","name":"a","filter":"","interface":[]}"#,
+                r#""interface" must be a string, not []"#,
+            ),
+            (
+                r#"{"version":1,"command":"poll","names":["a",2]}"#,
+                r#""names" must be an array of strings, not ["a",2]"#,
+            ),
+            (
+                r#"{"version":1,"command":7}"#,
+                r#""command" must be a string, not 7"#,
+            ),
+            (
+                r#"{"version":1.5,"command":"list"}"#,
+                r#""version" must be a number (this daemon speaks version 1), not 1.5"#,
+            ),
+            (
+                r#"{"version":4294967297,"command":"list"}"#,
+                "not 4294967297",
+            ),
+        ] {
+            let err = Request::parse(bad).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+        // Absent and null are the same for optional fields.
+        let null = r#"{"version":1,"command":"new","name":"a","filter":"","hook":null}"#;
+        assert!(matches!(
+            Request::parse(null).unwrap().command,
+            Command::New { hook: None, .. }
+        ));
+        // A long value is described, not repeated.
+        let long = format!(
+            r#"{{"version":1,"command":"show","name":[{}1]}}"#,
+            "1,".repeat(10_000)
+        );
+        let err = Request::parse(&long).unwrap_err();
+        assert!(err.ends_with("not an array of 10001 elements"), "{err}");
+    }
+
+    #[test]
+    fn quoted_parts_of_a_request_are_escaped() {
+        let err = Request::parse("{\"version\":1,\"command\":\"li\\nst\\u001b[31m\"}").unwrap_err();
+        assert!(err.contains(r"unknown variant `li\nst\u{1b}[31m`"), "{err}");
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_naming_the_limit() {
+        let deep = "[".repeat(100_000);
+        let err = Request::parse(&deep).unwrap_err();
+        let limit = format!("more than {MAX_NESTING} levels deep");
+        assert!(err.contains(&limit), "{err}");
+        let err = Request::parse(&"[".repeat(MAX_NESTING + 1)).unwrap_err();
+        assert!(err.contains(&limit), "{err}");
+        // Within the limit, it is an ordinary JSON error.
+        let err = Request::parse(&"[".repeat(MAX_NESTING)).unwrap_err();
+        assert!(err.contains("not JSON"), "{err}");
+    }
+
+    #[test]
+    fn commands_are_checked_before_dispatch() {
+        let new = |name: &str, interface: Option<&str>, filter: &str| Command::New {
+            name: name.into(),
+            interface: interface.map(Into::into),
+            filter: filter.into(),
+            hook: None,
+            direction: None,
+        };
+        assert_eq!(new("web", Some("eth0"), "tcp port 80").check(), Ok(()));
+        assert_eq!(new("web", Some(&"e".repeat(15)), "").check(), Ok(()));
+        let cases = [
+            (
+                new("a b", None, "udp"),
+                ErrorKind::InvalidName,
+                "contains a space",
+            ),
+            (
+                new("", None, "udp"),
+                ErrorKind::InvalidName,
+                "cannot be empty",
+            ),
+            (
+                new("web", Some("lo:junk"), "udp"),
+                ErrorKind::UnknownInterface,
+                "cannot contain ':'",
+            ),
+            (
+                new("web", Some("../eth0"), "udp"),
+                ErrorKind::UnknownInterface,
+                "cannot contain '/'",
+            ),
+            (
+                new("web", Some(&"e".repeat(16)), "udp"),
+                ErrorKind::UnknownInterface,
+                "at most 15 bytes, this one is 16",
+            ),
+            (
+                new("web", Some(""), "udp"),
+                ErrorKind::UnknownInterface,
+                "cannot be empty",
+            ),
+            (
+                new("web", Some(".."), "udp"),
+                ErrorKind::UnknownInterface,
+                "not a valid interface name",
+            ),
+            (
+                new("web", None, "udp\0 and tcp"),
+                ErrorKind::InvalidFilter,
+                "session \"web\" contains a NUL byte (at byte 3)",
+            ),
+            (
+                Command::Modify {
+                    name: "web".into(),
+                    filter: "\0".into(),
+                },
+                ErrorKind::InvalidFilter,
+                "NUL byte",
+            ),
+        ];
+        for (command, kind, says) in cases {
+            let (got, message) = command.check().unwrap_err();
+            assert_eq!(got, kind, "{command:?}: {message}");
+            assert!(message.contains(says), "{command:?}: {message}");
+        }
+        // Names of sessions that may or may not exist are the daemon's to answer.
+        assert_eq!(Command::Stop { name: "".into() }.check(), Ok(()));
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod listener;
 mod log;
 mod metrics;
 mod pins;
+pub mod preflight;
 mod programs;
 mod server;
 mod service;
@@ -28,6 +29,7 @@ use crate::log::event;
 
 pub use auth::{Access, Group};
 pub use listener::ListenError;
+pub use server::{IDLE_TIMEOUT, converse};
 pub use state::StateError;
 
 /// How the daemon was started.
@@ -44,6 +46,9 @@ pub struct Config {
     pub detach_on_exit: bool,
     /// `--metrics ADDR:PORT`: serve `/metrics` over HTTP there (off when absent).
     pub metrics: Option<std::net::SocketAddr>,
+    /// How long a client may take to send a whole request after connecting or after
+    /// its last answer ([`IDLE_TIMEOUT`]; shorter in tests).
+    pub idle_timeout: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -192,7 +197,13 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
                 DaemonError::Signals(nix::Error::from_raw(e.raw_os_error().unwrap_or(0)))
             })?;
     }
-    server::serve(&listener, &Access { group }, &service, &stop);
+    server::serve(
+        &listener,
+        &Access { group },
+        &service,
+        &stop,
+        config.idle_timeout,
+    );
 
     let mut service = service.lock().unwrap_or_else(|p| p.into_inner());
     state::take_save_failure();

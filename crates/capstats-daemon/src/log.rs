@@ -16,6 +16,10 @@ pub(crate) use event;
 
 pub fn line(message: std::fmt::Arguments<'_>) {
     let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+    // A message may quote a client (a filter may hold a newline): escaped, it cannot
+    // forge a line of its own or reach the terminal of whoever reads the log; cut to
+    // 1 KiB (start and end kept), a 64 KiB expression does not flood it either.
+    let message = capstats_common::text::bounded(&message.to_string());
     // One write per line, so that lines from threads do not interleave.
     let text = format!("{now} capstats: {}\n", one_line(&message.to_string()));
     let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), text.as_bytes());

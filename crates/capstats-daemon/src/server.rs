@@ -1,24 +1,35 @@
 //! Serving the socket: one thread per connection, each checked against the access
 //! rule, then reading request lines and writing response lines until the client goes.
 //!
-//! A client cannot hurt another: lines are bounded ([`MAX_REQUEST_BYTES`]), a silent
-//! or stalled client is dropped after [`IDLE_TIMEOUT`], and a bad request only earns
-//! an error response on its own connection.
+//! A client cannot hurt another: lines are bounded ([`MAX_REQUEST_BYTES`]), a client
+//! that does not send a whole request within the idle timeout ([`IDLE_TIMEOUT`] unless
+//! the daemon was told otherwise) after its last answer is dropped, whether it is
+//! silent, stalls in the middle of a line or trickles a byte now and then, and a bad
+//! request only earns an error response on its own connection. Requests are read and
+//! checked without the service's lock: only a well-formed request waits for it, and
+//! only with a filter that libpcap compiles in time (`preflight`).
+//!
+//! [`converse`] is a connection's conversation without the socket: the fuzz targets
+//! (`fuzz/`, `crates/capstats-fuzz`) drive it with arbitrary bytes.
 
+use std::cell::Cell;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use capstats_common::MAX_REQUEST_BYTES;
 use capstats_common::protocol::{Command, ErrorKind, Request, Response};
+use capstats_common::text::bounded;
 
 use crate::auth::{Access, Peer};
 use crate::log::event;
 use crate::service::Service;
 
-/// How long a connection may stay silent between requests.
+/// How long a connection may take, after connecting or after its last answer, to send
+/// its next whole request.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a response may wait for a client that does not read.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -59,11 +70,13 @@ impl Drop for Served {
 }
 
 /// Accepts connections until `stop` is set (and the listener shut down to wake us).
+/// `idle` is the idle timeout ([`IDLE_TIMEOUT`] but in tests).
 pub fn serve(
     listener: &UnixListener,
     access: &Access,
     service: &Arc<Mutex<Service>>,
     stop: &AtomicBool,
+    idle: Duration,
 ) {
     for stream in listener.incoming() {
         if stop.load(Ordering::SeqCst) {
@@ -91,7 +104,7 @@ pub fn serve(
             .name("capstats-client".into())
             .spawn(move || {
                 let _served = served;
-                connection(stream, access, &service)
+                connection(stream, access, &service, idle)
             });
         if let Err(e) = spawned {
             event!("cannot start a thread for a client: {e}");
@@ -99,7 +112,7 @@ pub fn serve(
     }
 }
 
-fn connection(stream: UnixStream, access: Access, service: &Mutex<Service>) {
+fn connection(stream: UnixStream, access: Access, service: &Mutex<Service>, idle: Duration) {
     let peer = match Peer::of(&stream) {
         Ok(peer) => peer,
         Err(e) => {
@@ -108,7 +121,6 @@ fn connection(stream: UnixStream, access: Access, service: &Mutex<Service>) {
         }
     };
     let who = format!("pid {} uid {}", peer.pid, peer.uid);
-    let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
     let mut writer = match stream.try_clone() {
         Ok(writer) => writer,
@@ -133,42 +145,101 @@ fn connection(stream: UnixStream, access: Access, service: &Mutex<Service>) {
         );
         return;
     }
-    let mut reader = BufReader::new(stream);
-    loop {
-        let response = match read_line(&mut reader) {
-            Ok(Line::End) => return,
-            Ok(Line::TooLong) => Response::error(
-                ErrorKind::BadRequest,
-                format!("request longer than {MAX_REQUEST_BYTES} bytes"),
-            ),
-            Ok(Line::Text(text)) => match Request::parse(&text) {
-                Ok(request) => {
-                    let mut service = service
-                        .lock()
-                        .unwrap_or_else(|poisoned| poisoned.into_inner());
-                    handle(&mut service, request.command)
-                }
-                Err(message) => Response::error(ErrorKind::BadRequest, message),
-            },
+    let deadline = Rc::new(Cell::new(Instant::now() + idle));
+    let mut reader = BufReader::new(Patient {
+        stream: &stream,
+        deadline: Rc::clone(&deadline),
+    });
+    let mut writer = Restarting {
+        stream: writer,
+        deadline,
+        idle,
+    };
+    let mut handle = |command| {
+        // Outside the lock: a filter that takes libpcap minutes is refused without
+        // making anyone else wait.
+        if let Err((kind, message)) =
+            crate::preflight::compiles_in_time(&command, crate::preflight::COMPILE_LIMIT)
+        {
+            event!("client {who}: {message}");
+            return Response::error(kind, message);
+        }
+        let mut service = service
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        handled(&mut service, command)
+    };
+    match converse(&mut reader, &mut writer, &mut handle) {
+        Ok(()) => {}
+        Err(e) if e.get_ref().is_some_and(|inner| inner.is::<Idle>()) => {
+            event!(
+                "client {who} sent no whole request within {}, disconnected",
+                shown(idle)
+            );
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
+        {
+            event!(
+                "client {who} did not read its answer within {}, disconnected",
+                shown(WRITE_TIMEOUT)
+            );
+        }
+        // The client went away: nothing to tell it.
+        Err(_) => {}
+    }
+}
+
+/// The error [`Patient`]'s reads end with when the client's time is up: told apart
+/// from a write timeout (a client that does not read its answers).
+#[derive(Debug)]
+struct Idle;
+
+impl std::fmt::Display for Idle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("no whole request within the idle timeout")
+    }
+}
+
+impl std::error::Error for Idle {}
+
+/// `60 s`, `1.5 s`.
+fn shown(duration: Duration) -> String {
+    format!("{} s", duration.as_secs_f64())
+}
+
+/// Reads the client's socket against a deadline for the whole request rather than for
+/// each read: the socket's own timeout restarts with every byte, and a client that
+/// trickles one now and then would hold its thread forever.
+struct Patient<'a> {
+    stream: &'a UnixStream,
+    deadline: Rc<Cell<Instant>>,
+}
+
+impl Read for Patient<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self
+            .deadline
+            .get()
+            .saturating_duration_since(Instant::now());
+        let idle = || io::Error::new(io::ErrorKind::TimedOut, Idle);
+        if left.is_zero() {
+            return Err(idle());
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        match self.stream.read(buf) {
             Err(e)
                 if matches!(
                     e.kind(),
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                event!(
-                    "client {who} idle for {}s, disconnected",
-                    IDLE_TIMEOUT.as_secs()
-                );
-                return;
+                Err(idle())
             }
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                Response::error(ErrorKind::BadRequest, "the request is not UTF-8 text")
-            }
-            Err(_) => return,
-        };
-        if respond(&mut writer, &response).is_err() {
-            return;
+            read => read,
         }
     }
 }
@@ -192,7 +263,7 @@ fn turn_away(stream: UnixStream) {
 /// [`Service::handle`], with what the service cannot see itself: a change whose
 /// session table could not be saved is reported (the change itself stands), and a
 /// session is not started when the daemon is about to run out of file descriptors.
-fn handle(service: &mut Service, command: Command) -> Response {
+fn handled(service: &mut Service, command: Command) -> Response {
     if let Command::New { name, .. } = &command
         && let Some(message) = short_of_descriptors(name)
     {
@@ -242,7 +313,69 @@ fn short_of_descriptors(name: &str) -> Option<String> {
     })
 }
 
-fn respond(writer: &mut UnixStream, response: &Response) -> io::Result<()> {
+/// Writes answers to the client; each one written gives it the idle timeout anew for
+/// its next request.
+struct Restarting {
+    stream: UnixStream,
+    deadline: Rc<Cell<Instant>>,
+    idle: Duration,
+}
+
+impl Write for Restarting {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let written = self.stream.write(buf)?;
+        self.deadline.set(Instant::now() + self.idle);
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
+    }
+}
+
+/// One connection's conversation: reads request lines from `reader` until it ends and
+/// writes one response line to `writer` for each, in order. A line that is too long,
+/// not UTF-8, not a request or refused by [`Command::check`] gets an error response
+/// and never reaches `handle`; the others get what `handle` answers.
+///
+/// # Errors
+/// When reading or writing fails (a timeout among them): the conversation is over.
+pub fn converse(
+    reader: &mut impl BufRead,
+    writer: &mut impl Write,
+    handle: &mut dyn FnMut(Command) -> Response,
+) -> io::Result<()> {
+    loop {
+        let response = match read_line(reader) {
+            Ok(Line::End) => return Ok(()),
+            Ok(Line::TooLong) => Response::error(
+                ErrorKind::BadRequest,
+                format!(
+                    "request longer than {MAX_REQUEST_BYTES} bytes (the limit of a request line)"
+                ),
+            ),
+            Ok(Line::Text(text)) => match Request::parse(&text) {
+                Ok(request) => match request.command.check() {
+                    // The table's refusals quote requests too (a 60 KiB expression
+                    // libpcap refused): bounded as the decoder's are.
+                    Ok(()) => match handle(request.command) {
+                        Response::Error(e) => Response::error(e.kind, bounded(&e.message)),
+                        answer => answer,
+                    },
+                    Err((kind, message)) => Response::error(kind, message),
+                },
+                Err(message) => Response::error(ErrorKind::BadRequest, message),
+            },
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                Response::error(ErrorKind::BadRequest, "the request is not UTF-8 text")
+            }
+            Err(e) => return Err(e),
+        };
+        respond(writer, &response)?;
+    }
+}
+
+fn respond(writer: &mut impl Write, response: &Response) -> io::Result<()> {
     if matches!(response, Response::Error(_)) {
         crate::metrics::REQUEST_ERRORS.fetch_add(1, Ordering::Relaxed);
     }
@@ -333,5 +466,72 @@ mod tests {
         input.extend(b"\nnext\nlast");
         assert_eq!(lines(&input), ["{\"a\":1}", "<too long>", "next", "last"]);
         assert_eq!(lines(b"\xff\xfe\nok\n"), ["<invalid data>", "ok"]);
+    }
+
+    /// A conversation on one end of a socket pair with the connection's deadline, as
+    /// `connection` has it; returns how it ended and when.
+    fn patiently(ours: UnixStream, idle: Duration) -> (io::Result<()>, Duration) {
+        let start = Instant::now();
+        let deadline = Rc::new(Cell::new(start + idle));
+        let mut reader = BufReader::new(Patient {
+            stream: &ours,
+            deadline: Rc::clone(&deadline),
+        });
+        let mut writer = Restarting {
+            stream: ours.try_clone().unwrap(),
+            deadline,
+            idle,
+        };
+        let mut table = |_| Response::Ok(capstats_common::protocol::Reply::Sessions(Vec::new()));
+        let ended = converse(&mut reader, &mut writer, &mut table);
+        (ended, start.elapsed())
+    }
+
+    #[test]
+    fn a_trickling_client_is_cut_off_at_the_deadline() {
+        let idle = Duration::from_millis(300);
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let trickle = std::thread::spawn(move || {
+            // A byte every 50 ms: each read succeeds, the request never ends.
+            while theirs.write_all(b"x").is_ok() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let (ended, after) = patiently(ours, idle);
+        let e = ended.unwrap_err();
+        assert!(e.get_ref().is_some_and(|inner| inner.is::<Idle>()), "{e:?}");
+        assert!(after >= idle && after < idle * 3, "cut off after {after:?}");
+        trickle.join().unwrap();
+    }
+
+    #[test]
+    fn each_answer_gives_the_client_the_idle_timeout_anew() {
+        let idle = Duration::from_millis(300);
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let client = std::thread::spawn(move || {
+            let mut answers = BufReader::new(theirs.try_clone().unwrap());
+            let mut theirs = theirs;
+            // Four requests 200 ms apart: 800 ms in all, each within 300 ms of the
+            // last answer.
+            for _ in 0..4 {
+                std::thread::sleep(Duration::from_millis(200));
+                theirs
+                    .write_all(b"{\"version\":1,\"command\":\"list\"}\n")
+                    .unwrap();
+                let mut line = String::new();
+                answers.read_line(&mut line).unwrap();
+                assert!(line.starts_with("{\"ok\""), "{line}");
+            }
+            // Then silence, until the daemon's side is gone.
+            let mut rest = Vec::new();
+            let _ = answers.read_to_end(&mut rest);
+        });
+        let (ended, after) = patiently(ours, idle);
+        assert!(ended.is_err(), "{ended:?}");
+        assert!(
+            after >= Duration::from_millis(800) + idle,
+            "ended after {after:?}, before the last answer's timeout"
+        );
+        client.join().unwrap();
     }
 }

@@ -242,10 +242,23 @@ impl Setup {
     /// # Errors
     /// When the namespaces, the directory or the daemon cannot be had.
     pub fn start(tag: &str) -> anyhow::Result<Self> {
+        Self::start_with(tag, |spec| spec)
+    }
+
+    /// [`Setup::start`] with a daemon spec changed by `adjust` (an idle timeout, say).
+    ///
+    /// # Errors
+    /// When the namespaces, the directory or the daemon cannot be had.
+    pub fn start_with(
+        tag: &str,
+        adjust: impl FnOnce(crate::daemon::DaemonSpec) -> crate::daemon::DaemonSpec,
+    ) -> anyhow::Result<Self> {
         let rig = Rig::new(tag)?;
         let scratch = crate::scratch::ScratchDir::new(tag)?;
-        let spec =
-            crate::daemon::DaemonSpec::new(scratch.join("capstats.sock"), scratch.join("state"));
+        let spec = adjust(crate::daemon::DaemonSpec::new(
+            scratch.join("capstats.sock"),
+            scratch.join("state"),
+        ));
         let pins = spec.pin_guard();
         let daemon = crate::daemon::Daemon::start(&rig.ns_b, &spec, &scratch.join("daemon.log"))?;
         Ok(Self {
