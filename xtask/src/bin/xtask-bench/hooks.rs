@@ -46,6 +46,9 @@ pub const SESSION_COUNTS: [usize; 4] = [1, 8, 64, 256];
 const SHOWN: usize = 30;
 /// The most maps a program may refer to (the kernel's `MAX_USED_MAPS`).
 const MOST_MAPS: usize = 64;
+/// Socket sessions per socket (a program each), as the daemon groups them: a socket's
+/// filter is charged to its option memory (`net.core.optmem_max`).
+const SESSIONS_PER_SOCKET: usize = 32;
 /// The most sessions measured in the separate layout.
 const MOST_SEPARATE: usize = 64;
 
@@ -368,33 +371,44 @@ impl<'a> Setup<'a> {
         let mut ebpf_insns = 0;
         let mut table = None;
         let programs = match layout {
-            // As the daemon does: each filter refers to its session's map, and beyond
-            // the kernel's 64 maps per program, to a table of them.
-            Layout::Combined if sessions.len() <= MOST_MAPS => {
-                let all: Vec<_> = filters
-                    .iter()
-                    .zip(&counters)
-                    .map(|(f, map)| {
-                        let slot = CounterSlot {
-                            map_fd: map.raw_fd(),
-                            slot: 0,
-                        };
-                        (f.program(), slot)
-                    })
-                    .collect();
-                let insns = translate_all(&all, hook)?;
-                ebpf_insns = insns.len();
-                vec![Loaded::load(hook, "xtask_combined", &insns)?]
-            }
+            // As the daemon does: the socket hook's sessions in groups of 32, a socket
+            // (a program) each; tc and xdp in one program, each filter referring to its
+            // session's map, and beyond the kernel's 64 maps per program, to a table.
             Layout::Combined => {
-                let counter_table =
-                    CounterTable::create("xtask_table", &counters[0], counters.len() as u32)?;
-                counter_table.fill(&counters.iter().collect::<Vec<_>>())?;
-                let all: Vec<_> = filters.iter().map(Filter::program).collect();
-                let insns = translate_with_table(&all, counter_table.raw_fd(), hook, false)?;
-                ebpf_insns = insns.len();
-                table = Some(counter_table);
-                vec![Loaded::load(hook, "xtask_combined", &insns)?]
+                let per_program = match hook {
+                    Hook::SocketFilter => SESSIONS_PER_SOCKET,
+                    _ => usize::MAX,
+                };
+                let mut programs = Vec::new();
+                let pairs: Vec<_> = filters.iter().zip(&counters).collect();
+                for group in pairs.chunks(per_program.min(pairs.len())) {
+                    let insns = if group.len() <= MOST_MAPS {
+                        let all: Vec<_> = group
+                            .iter()
+                            .map(|(f, map)| {
+                                let slot = CounterSlot {
+                                    map_fd: map.raw_fd(),
+                                    slot: 0,
+                                };
+                                (f.program(), slot)
+                            })
+                            .collect();
+                        translate_all(&all, hook)?
+                    } else {
+                        let maps: Vec<&CounterMap> = group.iter().map(|(_, m)| *m).collect();
+                        let counter_table =
+                            CounterTable::create("xtask_table", maps[0], maps.len() as u32)?;
+                        counter_table.fill(&maps)?;
+                        let all: Vec<_> = group.iter().map(|(f, _)| f.program()).collect();
+                        let insns =
+                            translate_with_table(&all, counter_table.raw_fd(), hook, false)?;
+                        table = Some(counter_table);
+                        insns
+                    };
+                    ebpf_insns += insns.len();
+                    programs.push(Loaded::load(hook, "xtask_combined", &insns)?);
+                }
+                programs
             }
             Layout::Separate => {
                 let mut programs = Vec::new();
@@ -543,11 +557,12 @@ pub fn report(figures: &Figures) -> String {
         out,
         "\nsocket: the socket hook's eBPF run as SCHED_CLS (SOCKET_FILTER test runs start at L3); \
          not included: the\n        kernel's own work per packet socket (tap list walk, \
-         deliver_skb, packet_rcv) - one socket per\n        interface when combined, one per \
+         deliver_skb, packet_rcv) - one socket per\n        32 sessions when combined, one per \
          session when separate.\n\
          separate: N programs, one BPF_PROG_RUN each; total = their sum, N harness calls included.\n\
-         combined: one program with all N filters, each counting into its session's map (beyond \
-         64 sessions through a table of the maps)."
+         combined: one program with all N filters (socket: one per 32 sessions, as the daemon \
+         groups them),\n          each counting into its session's map (beyond 64 sessions through \
+         a table of the maps)."
     );
     let _ = writeln!(out, "\nframe: {}", o.frame_description);
     let _ = writeln!(
@@ -584,10 +599,10 @@ pub fn to_json(figures: &Figures) -> serde_json::Value {
             "rounds": o.rounds,
             "statistic": "median over rounds of the kernel's average ns per run; total_ns: per \
                           round, the sum over the programs",
-            "combined": "one program evaluating all N filters, each counting into its own \
-                         session's map (beyond 64 sessions through a table of the maps, \
-                         ARRAY_OF_MAPS); what the daemon runs, one per interface and hook (and \
-                         tc direction)",
+            "combined": "what the daemon runs: one program evaluating all N filters (socket: \
+                         one per group of 32 sessions, a socket each), each counting into its \
+                         own session's map (beyond 64 sessions through a table of the maps, \
+                         ARRAY_OF_MAPS); per interface and hook (and tc direction)",
             "separate": "N programs (one per session), one BPF_PROG_RUN each, summed: the layout \
                          of socket and tc sessions before; up to 64 sessions",
             "socket": "the socket hook's eBPF loaded and run as SCHED_CLS (SOCKET_FILTER test \

@@ -65,7 +65,8 @@ struct Args {
     /// default: --repeat / 5.
     #[arg(long)]
     hooks_repeat: Option<u32>,
-    /// Measure only the hooks table (1, 8, 64, 256 sessions per hook) and print it.
+    /// Measure only the hooks table (1, 8, 64, 256 sessions per hook) and print it;
+    /// with --out, replace the file's `hooks` object.
     #[arg(long)]
     hooks_only: bool,
     /// Where to write the results as JSON.
@@ -228,6 +229,18 @@ fn run(args: &Args) -> anyhow::Result<()> {
         })
         .context("the hooks table")?;
         print!("{}", hooks::report(&hooks));
+        if let Some(out) = &args.out {
+            // Only the hooks object changes; the rest of the file is kept.
+            let text = std::fs::read_to_string(out)
+                .with_context(|| format!("reading {}", out.display()))?;
+            let mut results: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not JSON", out.display()))?;
+            results["hooks"] = hooks::to_json(&hooks);
+            let text = serde_json::to_string_pretty(&results)?;
+            std::fs::write(out, text + "\n")
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!("\nhooks written to {}", out.display());
+        }
         return Ok(());
     }
     let peer_options = peers::Options {
