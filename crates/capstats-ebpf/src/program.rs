@@ -315,7 +315,8 @@ fn load_with_log(hook: Hook, name: &str, encoded: &[[u8; 8]]) -> Result<OwnedFd,
     }
 }
 
-fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<i64> {
+/// `bpf(cmd, attr)`: the syscall's return value, or errno as an error.
+pub(crate) fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<i64> {
     let rc = unsafe {
         libc::syscall(
             libc::SYS_bpf,

@@ -13,6 +13,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_map_type};
 
 use crate::counters::CounterMap;
+use crate::program::bpf;
 
 /// Why a table could not be made or filled. Names the table.
 #[derive(Debug, thiserror::Error)]
@@ -120,22 +121,5 @@ impl CounterTable {
 
     pub fn entries(&self) -> u32 {
         self.entries
-    }
-}
-
-fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<i64> {
-    // SAFETY: attr is a valid, zero-initialised bpf_attr of the size passed.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd as libc::c_long,
-            attr as *mut bpf_attr,
-            size_of::<bpf_attr>(),
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc)
     }
 }

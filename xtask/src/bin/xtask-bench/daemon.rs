@@ -29,7 +29,7 @@ pub mod client;
 mod latency;
 pub mod netns;
 pub mod process;
-mod report;
+pub mod report;
 mod scrape;
 pub mod traffic;
 

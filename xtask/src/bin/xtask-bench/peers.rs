@@ -38,6 +38,7 @@ use crate::Machine;
 use crate::daemon::Scratch;
 use crate::daemon::netns::{Namespace, Pair, RECV_IF, SEND_IF};
 use crate::daemon::process::{Daemon, clock_ticks_per_second};
+use crate::daemon::report::thousands;
 use crate::daemon::traffic::MachineCpu;
 use crate::frame;
 use crate::loadgen::{self, Flow, Generator, Offered};
@@ -442,19 +443,6 @@ impl Summary {
                 .unwrap_or(0),
         }
     }
-}
-
-/// `1234567` as `1,234,567`.
-fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// The comparison's tables for people.
