@@ -17,11 +17,11 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use capstats_common::MAX_REQUEST_BYTES;
-use capstats_common::protocol::{Command, ErrorKind, Request, Response};
+use capstats_common::protocol::{Command, ErrorKind, HookName, Request, Response};
 use capstats_common::text::bounded;
 
 use crate::auth::{Access, Peer};
@@ -74,7 +74,7 @@ impl Drop for Served {
 pub fn serve(
     listener: &UnixListener,
     access: &Access,
-    service: &Arc<Mutex<Service>>,
+    service: &Arc<RwLock<Service>>,
     stop: &AtomicBool,
     idle: Duration,
 ) {
@@ -112,7 +112,7 @@ pub fn serve(
     }
 }
 
-fn connection(stream: UnixStream, access: Access, service: &Mutex<Service>, idle: Duration) {
+fn connection(stream: UnixStream, access: Access, service: &RwLock<Service>, idle: Duration) {
     let peer = match Peer::of(&stream) {
         Ok(peer) => peer,
         Err(e) => {
@@ -164,8 +164,38 @@ fn connection(stream: UnixStream, access: Access, service: &Mutex<Service>, idle
             event!("client {who}: {message}");
             return Response::error(kind, message);
         }
+        // list, show and poll share the service; changes have it to themselves.
+        let target = {
+            let reading = service
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Some(answer) = reading.query(&command) {
+                return answer;
+            }
+            match &command {
+                Command::New {
+                    interface: Some(interface),
+                    hook,
+                    filter,
+                    ..
+                } => Some((
+                    interface.clone(),
+                    hook.unwrap_or(HookName::Socket),
+                    filter.clone(),
+                )),
+                Command::Modify { name, filter } => reading
+                    .target(name)
+                    .map(|(interface, hook)| (interface, hook, filter.clone())),
+                _ => None,
+            }
+        };
+        // Compiled before the lock: a capture handle's opening and closing is no
+        // one else's wait.
+        let _ahead = target.and_then(|(interface, hook, filter)| {
+            crate::session::precompile(&interface, hook, &filter)
+        });
         let mut service = service
-            .lock()
+            .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         handled(&mut service, command)
     };

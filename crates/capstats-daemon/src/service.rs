@@ -311,6 +311,27 @@ impl Service {
         }
     }
 
+    /// Answers a request that only reads (`list`, `show`, `poll`) with shared access,
+    /// so that many are answered at once; `None` for a request that changes something.
+    pub fn query(&self, command: &Command) -> Option<Response> {
+        match command {
+            Command::List {} | Command::Show { .. } | Command::Poll { .. } => {
+                Some(match self.read(command) {
+                    Ok(reply) => Response::Ok(reply),
+                    Err((kind, message)) => Response::error(kind, message),
+                })
+            }
+            Command::New { .. } | Command::Modify { .. } | Command::Stop { .. } => None,
+        }
+    }
+
+    /// Where the session `name` counts (interface and hook), if it exists.
+    pub fn target(&self, name: &str) -> Option<(String, HookName)> {
+        self.sessions
+            .get(name)
+            .map(|s| (s.interface.clone(), s.hook))
+    }
+
     fn dispatch(&mut self, command: Command) -> Result<Reply, (ErrorKind, String)> {
         let interfaces = Interfaces::default();
         let internal =
@@ -354,13 +375,14 @@ impl Service {
                     ));
                 }
                 // The filter must compile there before anything is made.
-                crate::session::compile(&interface, hook, &filter)
+                let program = crate::session::compile(&interface, hook, &filter)
                     .map_err(|e| (e.kind(), e.to_string()))?;
                 let counters = self
                     .pins
                     .create(&name)
                     .map_err(|e| (ErrorKind::Kernel, e.to_string()))?;
-                let session = Session::new(&spec, Counter::default(), counters);
+                let mut session = Session::new(&spec, Counter::default(), counters);
+                session.set_filter(filter.clone(), Some(program));
                 self.sessions.insert(name.clone(), session);
                 if let Err(e) = self.sync(&interface, hook) {
                     // Nothing of a session that did not start stays behind.
@@ -422,33 +444,34 @@ impl Service {
                 self.save();
                 Ok(Reply::Stopped(report))
             }
-            Command::List {} => {
-                let all = self
-                    .sessions
-                    .values()
-                    .map(|s| s.report(&interfaces))
-                    .collect::<Result<_, _>>();
-                Ok(Reply::Sessions(all.map_err(internal)?))
-            }
-            Command::Show { name } => Ok(Reply::Session(
-                self.get(&name)?.report(&interfaces).map_err(internal)?,
-            )),
-            Command::Poll { names } => {
-                let chosen: Vec<&Session> = if names.is_empty() {
-                    self.sessions.values().collect()
-                } else {
-                    names
-                        .iter()
-                        .map(|n| self.get(n))
-                        .collect::<Result<_, _>>()?
-                };
-                let all = chosen
-                    .into_iter()
-                    .map(|s| s.report(&interfaces))
-                    .collect::<Result<_, _>>();
-                Ok(Reply::Sessions(all.map_err(internal)?))
+            read @ (Command::List {} | Command::Show { .. } | Command::Poll { .. }) => {
+                self.read(&read)
             }
         }
+    }
+
+    /// `list`, `show` and `poll`: counters read from the kernel now.
+    fn read(&self, command: &Command) -> Result<Reply, (ErrorKind, String)> {
+        let interfaces = Interfaces::default();
+        let internal =
+            |e: capstats_ebpf::counters::CounterError| (ErrorKind::Kernel, e.to_string());
+        let chosen: Vec<&Session> = match command {
+            Command::Show { name } => {
+                return Ok(Reply::Session(
+                    self.get(name)?.report(&interfaces).map_err(internal)?,
+                ));
+            }
+            Command::Poll { names } if !names.is_empty() => names
+                .iter()
+                .map(|n| self.get(n))
+                .collect::<Result<_, _>>()?,
+            _ => self.sessions.values().collect(),
+        };
+        let all = chosen
+            .into_iter()
+            .map(|s| s.report(&interfaces))
+            .collect::<Result<_, _>>();
+        Ok(Reply::Sessions(all.map_err(internal)?))
     }
 
     fn get(&self, name: &str) -> Result<&Session, (ErrorKind, String)> {

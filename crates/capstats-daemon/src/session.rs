@@ -130,11 +130,51 @@ pub fn slots(hook: HookName, direction: Direction) -> &'static [Slot] {
     }
 }
 
+/// Filters compiled before the service's lock is taken ([`precompile`]): compiling
+/// for a live interface opens and closes a capture handle (~15 ms here), which the
+/// other clients need not wait for.
+type Key = (String, HookName, String);
+static PRECOMPILED: std::sync::Mutex<Vec<(Key, Program)>> = std::sync::Mutex::new(Vec::new());
+
+/// A filter compiled ahead, for the next [`compile`] of the same interface, hook and
+/// expression; forgotten when dropped if nobody took it.
+pub struct Precompiled(Key);
+
+/// Compiles ahead, outside any lock. A failure is left for [`compile`] to report.
+pub fn precompile(interface: &str, hook: HookName, expression: &str) -> Option<Precompiled> {
+    let program = compile(interface, hook, expression).ok()?;
+    let key = (interface.to_owned(), hook, expression.to_owned());
+    let mut ahead = PRECOMPILED.lock().unwrap_or_else(|p| p.into_inner());
+    ahead.push((key.clone(), program));
+    Some(Precompiled(key))
+}
+
+impl Drop for Precompiled {
+    fn drop(&mut self) {
+        let mut ahead = PRECOMPILED.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(at) = ahead.iter().position(|(key, _)| *key == self.0) {
+            ahead.swap_remove(at);
+        }
+    }
+}
+
+/// A filter [`precompile`] made for this interface, hook and expression, taken.
+fn take_precompiled(interface: &str, hook: HookName, expression: &str) -> Option<Program> {
+    let mut ahead = PRECOMPILED.lock().unwrap_or_else(|p| p.into_inner());
+    let at = ahead
+        .iter()
+        .position(|((i, h, e), _)| i == interface && *h == hook && e == expression)?;
+    Some(ahead.swap_remove(at).1)
+}
+
 /// `expression` compiled for `hook` on `interface`, as tcpdump would there: live
 /// semantics for socket and tc; tags in the frame for XDP, which runs before the
 /// kernel takes them out. On a loopback interface the socket filter skips the leaving
 /// copy of each packet, which tcpdump does not show either.
 pub fn compile(interface: &str, hook: HookName, expression: &str) -> Result<Program, SessionError> {
+    if let Some(program) = take_precompiled(interface, hook, expression) {
+        return Ok(program);
+    }
     Ok(match hook {
         HookName::Xdp => Filter::for_xdp(interface, expression)?.program().clone(),
         HookName::Tc => Filter::for_interface(interface, expression)?
