@@ -77,6 +77,23 @@ impl Slot {
         }
     }
 
+    /// The names its links are pinned under in the interface's directory, and the
+    /// XDP mode each stands for.
+    fn link_pins(self) -> &'static [(&'static str, Option<Mode>)] {
+        match self {
+            Slot::Socket => &[],
+            Slot::TcIngress => &[("in-link", None)],
+            Slot::TcEgress => &[("out-link", None)],
+            Slot::Xdp => {
+                const XDP: [(&str, Option<Mode>); 2] = [
+                    (Mode::Native.pin_name(), Some(Mode::Native)),
+                    (Mode::Generic.pin_name(), Some(Mode::Generic)),
+                ];
+                &XDP
+            }
+        }
+    }
+
     fn describe(self) -> &'static str {
         match self {
             Slot::Socket => "socket",
@@ -102,7 +119,7 @@ impl Mode {
         }
     }
 
-    fn pin_name(self) -> &'static str {
+    const fn pin_name(self) -> &'static str {
         match self {
             Mode::Native => "native-link",
             Mode::Generic => "generic-link",
@@ -110,10 +127,12 @@ impl Mode {
     }
 }
 
-/// What holds an interface's tc or XDP program in the kernel.
+/// What holds an interface's tc or XDP program in the kernel: a link, pinned.
 #[derive(Debug)]
-enum Holder {
-    Link { link: FdLink, mode: Option<Mode> },
+struct Linked {
+    link: FdLink,
+    /// XDP: how the program runs.
+    mode: Option<Mode>,
 }
 
 /// Socket sessions per socket. A socket filter is charged to the socket's option memory
@@ -142,8 +161,8 @@ struct SocketGroup {
 struct Installed {
     /// The interface's index when attached: another index means a new interface.
     ifindex: u32,
-    holder: Holder,
-    /// Kept until the next swap (the socket or link holds them anyway).
+    linked: Linked,
+    /// Kept until the next swap (the link holds them anyway).
     _program: LoadedProgram,
     _table: Option<CounterTable>,
 }
@@ -206,11 +225,11 @@ impl InterfacePrograms {
             ifindex(interface).ok_or_else(|| SessionError::UnknownInterface(interface.into()))?;
         let (program, table) = generate(interface, slot, counted)?;
         let key = (interface.to_owned(), slot);
-        let holder = match self.installed.remove(&key) {
+        let linked = match self.installed.remove(&key) {
             Some(old) if old.ifindex == index => {
                 // On failure the kernel keeps the old program; a link stays pinned and
                 // is taken back from its pin next time.
-                self.swap(interface, slot, &program, old.holder)?
+                self.swap(interface, slot, &program, old.linked)?
             }
             Some(old) => {
                 event!(
@@ -224,8 +243,8 @@ impl InterfacePrograms {
                 self.attach(interface, slot, &program)?
             }
             None => match self.taken_back(interface, slot) {
-                Some(holder) => match self.swap(interface, slot, &program, holder) {
-                    Ok(holder) => holder,
+                Some(linked) => match self.swap(interface, slot, &program, linked) {
+                    Ok(linked) => linked,
                     Err(e) => {
                         // A link of an interface that is gone (the name now belongs
                         // to another), or one that cannot be updated: start afresh.
@@ -240,13 +259,12 @@ impl InterfacePrograms {
                 None => self.attach(interface, slot, &program)?,
             },
         };
-        let Holder::Link { mode, .. } = &holder;
-        let mode = *mode;
+        let mode = linked.mode;
         self.installed.insert(
             key,
             Installed {
                 ifindex: index,
-                holder,
+                linked,
                 _program: program,
                 _table: table,
             },
@@ -379,59 +397,45 @@ impl InterfacePrograms {
         }
     }
 
-    /// Puts `program` where `holder`'s program is, atomically.
+    /// Puts `program` on `linked`'s link, atomically (`BPF_LINK_UPDATE`).
     fn swap(
         &self,
         interface: &str,
         slot: Slot,
         program: &LoadedProgram,
-        holder: Holder,
-    ) -> Result<Holder, SessionError> {
-        match holder {
-            Holder::Link { link, mode } => {
-                let link = match slot {
-                    Slot::Xdp => {
-                        let link = XdpLink::try_from(link).map_err(|e| {
-                            failed(interface, slot, format!("the link is not an XDP link: {e}"))
-                        })?;
-                        let mut xdp = program.xdp()?;
-                        let id = xdp.attach_to_link(link)?;
-                        FdLink::try_from(xdp.take_link(id)?)
-                            .map_err(|e| failed(interface, slot, e))?
-                    }
-                    _ => {
-                        let link = SchedClassifierLink::try_from(link).map_err(|e| {
-                            failed(interface, slot, format!("the link is not a tcx link: {e}"))
-                        })?;
-                        let mut classifier = program.sched_classifier()?;
-                        let id = classifier.attach_to_link(link)?;
-                        FdLink::try_from(classifier.take_link(id)?)
-                            .map_err(|e| failed(interface, slot, e))?
-                    }
-                };
-                Ok(Holder::Link { link, mode })
+        Linked { link, mode }: Linked,
+    ) -> Result<Linked, SessionError> {
+        let link = match slot {
+            Slot::Xdp => {
+                let link = XdpLink::try_from(link).map_err(|e| {
+                    failed(interface, slot, format!("the link is not an XDP link: {e}"))
+                })?;
+                let mut xdp = program.xdp()?;
+                let id = xdp.attach_to_link(link)?;
+                FdLink::try_from(xdp.take_link(id)?).map_err(|e| failed(interface, slot, e))?
             }
-        }
+            _ => {
+                let link = SchedClassifierLink::try_from(link).map_err(|e| {
+                    failed(interface, slot, format!("the link is not a tcx link: {e}"))
+                })?;
+                let mut classifier = program.sched_classifier()?;
+                let id = classifier.attach_to_link(link)?;
+                FdLink::try_from(classifier.take_link(id)?)
+                    .map_err(|e| failed(interface, slot, e))?
+            }
+        };
+        Ok(Linked { link, mode })
     }
 
     /// A link a previous daemon pinned for `slot` of `interface`.
-    fn taken_back(&self, interface: &str, slot: Slot) -> Option<Holder> {
+    fn taken_back(&self, interface: &str, slot: Slot) -> Option<Linked> {
         let dir = self.link_dir(interface, slot)?;
-        let candidates: &[(&str, Option<Mode>)] = match slot {
-            Slot::Socket => return None,
-            Slot::TcIngress => &[("in-link", None)],
-            Slot::TcEgress => &[("out-link", None)],
-            Slot::Xdp => &[
-                (Mode::Native.pin_name(), Some(Mode::Native)),
-                (Mode::Generic.pin_name(), Some(Mode::Generic)),
-            ],
-        };
-        for &(name, mode) in candidates {
+        for &(name, mode) in slot.link_pins() {
             let path = dir.join(name);
             if path.exists() {
                 match PinnedLink::from_pin(&path) {
                     Ok(pinned) => {
-                        return Some(Holder::Link {
+                        return Some(Linked {
                             link: FdLink::from(pinned),
                             mode,
                         });
@@ -449,14 +453,15 @@ impl InterfacePrograms {
         interface: &str,
         slot: Slot,
         program: &LoadedProgram,
-    ) -> Result<Holder, SessionError> {
+    ) -> Result<Linked, SessionError> {
         match slot {
             Slot::Socket => unreachable!("sockets are synced by sync_sockets"),
             Slot::TcIngress | Slot::TcEgress => {
-                let (attach_type, pin) = match slot {
-                    Slot::TcIngress => (TcAttachType::Ingress, "in-link"),
-                    _ => (TcAttachType::Egress, "out-link"),
+                let attach_type = match slot {
+                    Slot::TcIngress => TcAttachType::Ingress,
+                    _ => TcAttachType::Egress,
                 };
+                let (pin, _) = slot.link_pins()[0];
                 let mut classifier = program.sched_classifier()?;
                 let id = classifier
                     .attach(interface, attach_type)
@@ -464,7 +469,7 @@ impl InterfacePrograms {
                 let link = FdLink::try_from(classifier.take_link(id)?)
                     .map_err(|e| failed(interface, slot, e))?;
                 let link = self.pin(interface, slot, link, pin)?;
-                Ok(Holder::Link { link, mode: None })
+                Ok(Linked { link, mode: None })
             }
             Slot::Xdp => self.attach_xdp(interface, program),
         }
@@ -472,7 +477,7 @@ impl InterfacePrograms {
 
     /// Attaches natively where the driver can, generically otherwise. An XDP program
     /// already on the interface is left alone.
-    fn attach_xdp(&self, interface: &str, program: &LoadedProgram) -> Result<Holder, SessionError> {
+    fn attach_xdp(&self, interface: &str, program: &LoadedProgram) -> Result<Linked, SessionError> {
         let slot = Slot::Xdp;
         let mut xdp = program.xdp()?;
         let mut tried = Vec::new();
@@ -485,7 +490,7 @@ impl InterfacePrograms {
                     let link = FdLink::try_from(xdp.take_link(id)?)
                         .map_err(|e| failed(interface, slot, e))?;
                     let link = self.pin(interface, slot, link, mode.pin_name())?;
-                    return Ok(Holder::Link {
+                    return Ok(Linked {
                         link,
                         mode: Some(mode),
                     });
@@ -540,13 +545,7 @@ impl InterfacePrograms {
         let Some(dir) = self.link_dir(interface, slot) else {
             return;
         };
-        let names: &[&str] = match slot {
-            Slot::Socket => &[],
-            Slot::TcIngress => &["in-link"],
-            Slot::TcEgress => &["out-link"],
-            Slot::Xdp => &[Mode::Native.pin_name(), Mode::Generic.pin_name()],
-        };
-        for name in names {
+        for (name, _) in slot.link_pins() {
             let _ = fs::remove_file(dir.join(name));
         }
         // Empty directories go; one still holding the other direction's link stays.
@@ -588,7 +587,8 @@ impl InterfacePrograms {
                 let interface = entry.file_name().to_string_lossy().into_owned();
                 for &slot in slots {
                     if !keep.contains(&(interface.clone(), slot)) {
-                        if self.taken_back(&interface, slot).is_some() {
+                        let dir = entry.path();
+                        if slot.link_pins().iter().any(|(n, _)| dir.join(n).exists()) {
                             event!(
                                 "removing the pinned {} program of {interface}: no saved session counts there",
                                 slot.describe()
