@@ -186,7 +186,7 @@ fn failed(interface: &str, slot: Slot, what: impl std::fmt::Display) -> SessionE
 const MOST_MAPS: usize = 64;
 
 /// One session's part of a program: its name, its filter and its counter map.
-pub type Counted<'a> = (&'a str, Program, &'a CounterMap);
+pub type Counted<'a> = (&'a str, &'a Program, &'a CounterMap);
 
 impl InterfacePrograms {
     pub fn new(pin_dir: &Path) -> Self {
@@ -335,7 +335,7 @@ impl InterfacePrograms {
                     .iter()
                     .map(|m| {
                         let (name, program, map) = wanted[m.as_str()];
-                        (*name, program.clone(), *map)
+                        (*name, *program, *map)
                     })
                     .collect();
                 generate(interface, slot, &part).map(|(program, _)| Some(program))
@@ -628,7 +628,7 @@ fn generate(
         // whose making costs an RCU grace period.
         let slots: Vec<_> = counted
             .iter()
-            .map(|(_, program, map)| {
+            .map(|&(_, program, map)| {
                 let slot = CounterSlot {
                     map_fd: map.raw_fd(),
                     slot: 0,
@@ -646,7 +646,7 @@ fn generate(
             .map_err(|e| failed(interface, slot, e))?;
         let maps: Vec<&CounterMap> = counted.iter().map(|(_, _, map)| *map).collect();
         table.fill(&maps).map_err(|e| failed(interface, slot, e))?;
-        let filters: Vec<&Program> = counted.iter().map(|(_, p, _)| p).collect();
+        let filters: Vec<&Program> = counted.iter().map(|&(_, p, _)| p).collect();
         let insns = translate_with_table(&filters, table.raw_fd(), slot.hook(), egress)?;
         (insns, Some(table))
     };

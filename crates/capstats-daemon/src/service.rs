@@ -94,37 +94,29 @@ impl Service {
             .map(|s| (s.interface.clone(), s.hook))
             .collect();
         for (interface, hook) in groups {
-            let names: Vec<String> = service
-                .sessions
-                .values()
-                .filter(|s| s.hook == hook && s.interface == interface)
-                .map(|s| s.name.clone())
-                .collect();
             match service.sync_quietly(&interface, hook) {
                 Ok(left_out) => {
                     for (name, e) in &left_out {
                         event!("session {name:?} restored down: {e}");
                     }
-                    let counting: Vec<String> = names
-                        .iter()
-                        .filter(|n| !left_out.iter().any(|(l, _)| l == *n))
-                        .map(|n| format!("{n:?}"))
-                        .collect();
+                    let counting =
+                        service.names(&interface, hook, |s| s.counting_ifindex().is_some());
                     if !counting.is_empty() {
                         event!(
-                            "restored the {} of {interface}: {}",
+                            "restored the {} of {interface}: {counting}",
                             match hook {
                                 HookName::Socket => "socket program",
                                 HookName::Tc => "tc programs",
                                 HookName::Xdp => "XDP program",
                             },
-                            counting.join(", ")
                         );
                     }
                 }
                 Err(e) => {
-                    for name in &names {
-                        event!("session {name:?} restored down: {e}");
+                    for session in service.sessions.values() {
+                        if session.hook == hook && session.interface == interface {
+                            event!("session {:?} restored down: {e}", session.name);
+                        }
                     }
                 }
             }
@@ -132,11 +124,12 @@ impl Service {
         Ok(service)
     }
 
-    /// The names of the sessions of `interface` at `hook`, for the log.
-    fn names(&self, interface: &str, hook: HookName) -> String {
+    /// The names of the sessions of `interface` at `hook` that `which` picks, for the
+    /// log.
+    fn names(&self, interface: &str, hook: HookName, which: impl Fn(&Session) -> bool) -> String {
         self.sessions
             .values()
-            .filter(|s| s.hook == hook && s.interface == interface)
+            .filter(|s| s.hook == hook && s.interface == interface && which(s))
             .map(|s| format!("{:?}", s.name))
             .collect::<Vec<_>>()
             .join(", ")
@@ -160,51 +153,34 @@ impl Service {
         interface: &str,
         hook: HookName,
     ) -> Result<Vec<(String, SessionError)>, SessionError> {
-        let all_slots: &[Slot] = match hook {
-            HookName::Socket => &[Slot::Socket],
-            HookName::Tc => &[Slot::TcIngress, Slot::TcEgress],
-            HookName::Xdp => &[Slot::Xdp],
-        };
-        let mut first_error = None;
-        let mut all_left_out: Vec<(String, SessionError)> = Vec::new();
-        for &slot in all_slots {
-            let mut compiled = Vec::new();
-            let mut left_out = Vec::new();
-            for session in self.sessions.values_mut() {
-                if session.hook != hook
-                    || session.interface != interface
-                    || !session.slots().contains(&slot)
-                {
-                    continue;
-                }
-                match session.compiled() {
-                    Ok(program) => compiled.push((session.name.clone(), program)),
-                    Err(e) => left_out.push((session.name.clone(), e)),
-                }
+        // Each session's filter compiled once (kept), whatever the slots it counts in.
+        let mut left_out = Vec::new();
+        for session in self.sessions.values_mut() {
+            if session.hook == hook
+                && session.interface == interface
+                && let Err(e) = session.compiled()
+            {
+                session.set_counting(None);
+                left_out.push((session.name.clone(), e));
             }
-            let counted: Vec<_> = compiled
+        }
+        let mut first_error = None;
+        for &slot in crate::session::slots(hook, Direction::Both) {
+            let counted: Vec<_> = self
+                .sessions
+                .values()
+                .filter(|s| s.hook == hook && s.interface == interface && s.slots().contains(&slot))
+                .filter_map(|s| Some((s.name.as_str(), s.program()?, s.counters())))
+                .collect();
+            let compiled: Vec<String> = counted
                 .iter()
-                .map(|(name, program)| {
-                    (
-                        name.as_str(),
-                        program.clone(),
-                        self.sessions[name].counters(),
-                    )
-                })
+                .map(|(name, ..)| (*name).to_owned())
                 .collect();
             let synced = self.programs.sync(interface, slot, &counted);
             let ifindex = self.programs.attached_ifindex(interface, slot);
-            for (name, e) in left_out {
-                if let Some(session) = self.sessions.get_mut(&name) {
-                    session.set_counting(None);
-                }
-                if !all_left_out.iter().any(|(n, _)| *n == name) {
-                    all_left_out.push((name, e));
-                }
-            }
             match synced {
                 Ok(mode) => {
-                    for (name, _) in &compiled {
+                    for name in &compiled {
                         if let Some(session) = self.sessions.get_mut(name) {
                             session.set_counting(ifindex.map(|i| (i, mode.map(|m| m.as_str()))));
                         }
@@ -213,7 +189,7 @@ impl Service {
                 Err(e) => {
                     if ifindex.is_none() {
                         // Nothing of this daemon counts there: say so in `up`.
-                        for (name, _) in &compiled {
+                        for name in &compiled {
                             if let Some(session) = self.sessions.get_mut(name) {
                                 session.set_counting(None);
                             }
@@ -225,7 +201,7 @@ impl Service {
         }
         match first_error {
             Some(e) => Err(e),
-            None => Ok(all_left_out),
+            None => Ok(left_out),
         }
     }
 
@@ -250,11 +226,11 @@ impl Service {
             match self.sync(interface, hook) {
                 Ok(()) => event!(
                     "{interface} is back (index {index}): counting {} there again",
-                    self.names(interface, hook)
+                    self.names(interface, hook, |_| true)
                 ),
                 Err(e) => event!(
                     "{interface} is back (index {index}), but {} cannot count there: {e}",
-                    self.names(interface, hook)
+                    self.names(interface, hook, |_| true)
                 ),
             }
         }

@@ -216,13 +216,16 @@ impl Session {
 
     /// The session's filter, compiled for its hook and interface (once, until
     /// [`Session::set_filter`] or [`Session::recompile`]).
-    pub fn compiled(&mut self) -> Result<Program, SessionError> {
-        if let Some(program) = &self.compiled {
-            return Ok(program.clone());
+    pub fn compiled(&mut self) -> Result<&Program, SessionError> {
+        if self.compiled.is_none() {
+            self.compiled = Some(compile(&self.interface, self.hook, &self.filter)?);
         }
-        let program = compile(&self.interface, self.hook, &self.filter)?;
-        self.compiled = Some(program.clone());
-        Ok(program)
+        Ok(self.compiled.as_ref().expect("compiled above"))
+    }
+
+    /// The filter as [`Session::compiled`] last compiled it.
+    pub fn program(&self) -> Option<&Program> {
+        self.compiled.as_ref()
     }
 
     /// Replaces the filter; `program` is the new one compiled for the session's hook
