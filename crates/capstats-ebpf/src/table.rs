@@ -25,11 +25,10 @@ pub enum TableError {
         #[source]
         source: io::Error,
     },
-    #[error("cannot put counter map {map} into entry {index} of counter table {name}: {source}")]
-    Set {
+    #[error("cannot put {maps} counter maps into counter table {name}: {source}")]
+    Fill {
         name: String,
-        index: u32,
-        map: String,
+        maps: usize,
         #[source]
         source: io::Error,
     },
@@ -73,25 +72,6 @@ impl CounterTable {
         })
     }
 
-    /// Makes entry `index` refer to `map`.
-    pub fn set(&self, index: u32, map: &CounterMap) -> Result<(), TableError> {
-        let key = index;
-        let value = map.raw_fd() as u32;
-        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-        // SAFETY: the element member of the union.
-        let elem = unsafe { &mut attr.__bindgen_anon_2 };
-        elem.map_fd = self.fd.as_raw_fd() as u32;
-        elem.key = &key as *const u32 as u64;
-        elem.__bindgen_anon_1.value = &value as *const u32 as u64;
-        bpf(bpf_cmd::BPF_MAP_UPDATE_ELEM, &mut attr).map_err(|source| TableError::Set {
-            name: self.name.clone(),
-            index,
-            map: format!("{map:?}"),
-            source,
-        })?;
-        Ok(())
-    }
-
     /// Makes entries `0..maps.len()` refer to `maps`, in one `BPF_MAP_UPDATE_BATCH`:
     /// the kernel waits for an RCU grace period after each update of a map of maps
     /// (tens of milliseconds here), once per call rather than once per entry.
@@ -105,10 +85,9 @@ impl CounterTable {
         batch.keys = keys.as_ptr() as u64;
         batch.values = values.as_ptr() as u64;
         batch.count = maps.len() as u32;
-        bpf(bpf_cmd::BPF_MAP_UPDATE_BATCH, &mut attr).map_err(|source| TableError::Set {
+        bpf(bpf_cmd::BPF_MAP_UPDATE_BATCH, &mut attr).map_err(|source| TableError::Fill {
             name: self.name.clone(),
-            index: 0,
-            map: format!("{} counter maps", maps.len()),
+            maps: maps.len(),
             source,
         })?;
         Ok(())

@@ -90,9 +90,7 @@ fn combined(hook: Hook) {
         let mut _table = None;
         let insns = if programs % 2 == 0 {
             let table = CounterTable::create("combined", &maps[0], maps.len() as u32).unwrap();
-            for (i, map) in maps.iter().enumerate() {
-                table.set(i as u32, map).unwrap();
-            }
+            table.fill(&maps.iter().collect::<Vec<_>>()).unwrap();
             let classic: Vec<_> = chunk.iter().map(Filter::program).collect();
             let insns = translate_with_table(&classic, table.raw_fd(), hook, false).unwrap();
             _table = Some(table);
