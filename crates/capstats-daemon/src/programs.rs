@@ -35,10 +35,8 @@ use aya::sys::SyscallError;
 use capstats_ebpf::cbpf::Program;
 use capstats_ebpf::counters::CounterMap;
 use capstats_ebpf::program::LoadedProgram;
-use capstats_ebpf::table::CounterTable;
-use capstats_ebpf::translate::{
-    CounterSlot, Hook, translate_all, translate_all_tc_egress, translate_with_table,
-};
+use capstats_ebpf::table::{CounterTable, CountingError, translate_counting};
+use capstats_ebpf::translate::Hook;
 
 use crate::attach::{CountingSocket, ifindex};
 use crate::log::event;
@@ -180,10 +178,6 @@ pub struct InterfacePrograms {
 fn failed(interface: &str, slot: Slot, what: impl std::fmt::Display) -> SessionError {
     SessionError::Refused(format!("{} on {interface}: {what}", slot.describe()))
 }
-
-/// The most maps a program may refer to (the kernel's `MAX_USED_MAPS`): up to this
-/// many sessions, the program refers to their maps; beyond, to a table of them.
-const MOST_MAPS: usize = 64;
 
 /// One session's part of a program: its name, its filter and its counter map.
 pub type Counted<'a> = (&'a str, &'a Program, &'a CounterMap);
@@ -622,34 +616,15 @@ fn generate(
     slot: Slot,
     counted: &[Counted<'_>],
 ) -> Result<(LoadedProgram, Option<CounterTable>), SessionError> {
-    let egress = slot == Slot::TcEgress;
-    let (insns, table) = if counted.len() <= MOST_MAPS {
-        // Each filter refers to its own map: one lookup per match, and no table,
-        // whose making costs an RCU grace period.
-        let slots: Vec<_> = counted
-            .iter()
-            .map(|&(_, program, map)| {
-                let slot = CounterSlot {
-                    map_fd: map.raw_fd(),
-                    slot: 0,
-                };
-                (program, slot)
-            })
-            .collect();
-        let insns = match egress {
-            true => translate_all_tc_egress(&slots)?,
-            false => translate_all(&slots, slot.hook())?,
-        };
-        (insns, None)
-    } else {
-        let table = CounterTable::create("capstats_table", counted[0].2, counted.len() as u32)
-            .map_err(|e| failed(interface, slot, e))?;
-        let maps: Vec<&CounterMap> = counted.iter().map(|(_, _, map)| *map).collect();
-        table.fill(&maps).map_err(|e| failed(interface, slot, e))?;
-        let filters: Vec<&Program> = counted.iter().map(|&(_, p, _)| p).collect();
-        let insns = translate_with_table(&filters, table.raw_fd(), slot.hook(), egress)?;
-        (insns, Some(table))
-    };
+    let filters: Vec<_> = counted
+        .iter()
+        .map(|&(_, program, map)| (program, map))
+        .collect();
+    let (insns, table) = translate_counting(&filters, slot.hook(), slot == Slot::TcEgress)
+        .map_err(|e| match e {
+            CountingError::Translate(e) => SessionError::Translate(e),
+            CountingError::Table(e) => failed(interface, slot, e),
+        })?;
     let program = LoadedProgram::load(slot.hook(), slot.program_name(), &insns)?;
     Ok((program, table))
 }

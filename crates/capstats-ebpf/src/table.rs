@@ -12,8 +12,13 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_map_type};
 
+use crate::cbpf::Program;
 use crate::counters::CounterMap;
+use crate::insn::Insn;
 use crate::program::bpf;
+use crate::translate::{
+    CounterSlot, Hook, TranslateError, translate_all, translate_all_tc_egress, translate_with_table,
+};
 
 /// Why a table could not be made or filled. Names the table.
 #[derive(Debug, thiserror::Error)]
@@ -101,4 +106,51 @@ impl CounterTable {
     pub fn entries(&self) -> u32 {
         self.entries
     }
+}
+
+/// The most maps a program may refer to (the kernel's `MAX_USED_MAPS`).
+pub const MOST_MAPS: usize = 64;
+
+/// Why a counting program could not be generated.
+#[derive(Debug, thiserror::Error)]
+pub enum CountingError {
+    #[error(transparent)]
+    Table(#[from] TableError),
+    #[error(transparent)]
+    Translate(#[from] TranslateError),
+}
+
+/// One program for `hook` counting each filter of `counted` into slot 0 of its own
+/// counter map: up to [`MOST_MAPS`] filters through a reference to each map (one lookup
+/// per match, and no table, whose making costs an RCU grace period), beyond through a
+/// table of the maps, returned with the program: it must live as long as the program
+/// is loaded. `tc_egress` as for [`crate::translate::translate_all_tc_egress`].
+pub fn translate_counting(
+    counted: &[(&Program, &CounterMap)],
+    hook: Hook,
+    tc_egress: bool,
+) -> Result<(Vec<Insn>, Option<CounterTable>), CountingError> {
+    if counted.len() <= MOST_MAPS {
+        let slots: Vec<_> = counted
+            .iter()
+            .map(|&(program, map)| {
+                let slot = CounterSlot {
+                    map_fd: map.raw_fd(),
+                    slot: 0,
+                };
+                (program, slot)
+            })
+            .collect();
+        let insns = match tc_egress && hook == Hook::Tc {
+            true => translate_all_tc_egress(&slots)?,
+            false => translate_all(&slots, hook)?,
+        };
+        return Ok((insns, None));
+    }
+    let maps: Vec<&CounterMap> = counted.iter().map(|&(_, map)| map).collect();
+    let table = CounterTable::create("capstats_table", maps[0], maps.len() as u32)?;
+    table.fill(&maps)?;
+    let filters: Vec<&Program> = counted.iter().map(|&(program, _)| program).collect();
+    let insns = translate_with_table(&filters, table.raw_fd(), hook, tc_egress)?;
+    Ok((insns, Some(table)))
 }

@@ -34,8 +34,8 @@ use capstats_ebpf::filter::Filter;
 use capstats_ebpf::insn::build::mov64;
 use capstats_ebpf::insn::{Insn, Operand, Reg};
 use capstats_ebpf::program::LoadedProgram;
-use capstats_ebpf::table::CounterTable;
-use capstats_ebpf::translate::{CounterSlot, Hook, translate, translate_all, translate_with_table};
+use capstats_ebpf::table::{CounterTable, translate_counting};
+use capstats_ebpf::translate::{CounterSlot, Hook, translate};
 use serde_json::json;
 
 use crate::stats::median;
@@ -44,8 +44,6 @@ use crate::stats::median;
 pub const SESSION_COUNTS: [usize; 4] = [1, 8, 64, 256];
 /// Session filters listed in the printed table.
 const SHOWN: usize = 30;
-/// The most maps a program may refer to (the kernel's `MAX_USED_MAPS`).
-const MOST_MAPS: usize = 64;
 /// Socket sessions per socket (a program each), as the daemon groups them: a socket's
 /// filter is charged to its option memory (`net.core.optmem_max`).
 const SESSIONS_PER_SOCKET: usize = 32;
@@ -340,8 +338,8 @@ struct Setup<'a> {
     sessions: &'a [Session],
     /// One counter map per session, as the daemon has them.
     counters: Vec<CounterMap>,
-    /// Combined: the table the program finds them in.
-    _table: Option<CounterTable>,
+    /// Combined beyond 64 sessions: the tables the programs find them in.
+    _tables: Vec<CounterTable>,
     programs: Vec<Loaded>,
     ebpf_insns: usize,
     total_rounds: Vec<u64>,
@@ -369,7 +367,7 @@ impl<'a> Setup<'a> {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mut ebpf_insns = 0;
-        let mut table = None;
+        let mut tables = Vec::new();
         let programs = match layout {
             // As the daemon does: the socket hook's sessions in groups of 32, a socket
             // (a program) each; tc and xdp in one program, each filter referring to its
@@ -382,29 +380,10 @@ impl<'a> Setup<'a> {
                 let mut programs = Vec::new();
                 let pairs: Vec<_> = filters.iter().zip(&counters).collect();
                 for group in pairs.chunks(per_program.min(pairs.len())) {
-                    let insns = if group.len() <= MOST_MAPS {
-                        let all: Vec<_> = group
-                            .iter()
-                            .map(|(f, map)| {
-                                let slot = CounterSlot {
-                                    map_fd: map.raw_fd(),
-                                    slot: 0,
-                                };
-                                (f.program(), slot)
-                            })
-                            .collect();
-                        translate_all(&all, hook)?
-                    } else {
-                        let maps: Vec<&CounterMap> = group.iter().map(|(_, m)| *m).collect();
-                        let counter_table =
-                            CounterTable::create("xtask_table", maps[0], maps.len() as u32)?;
-                        counter_table.fill(&maps)?;
-                        let all: Vec<_> = group.iter().map(|(f, _)| f.program()).collect();
-                        let insns =
-                            translate_with_table(&all, counter_table.raw_fd(), hook, false)?;
-                        table = Some(counter_table);
-                        insns
-                    };
+                    let counted: Vec<_> =
+                        group.iter().map(|(f, map)| (f.program(), *map)).collect();
+                    let (insns, group_table) = translate_counting(&counted, hook, false)?;
+                    tables.extend(group_table);
                     ebpf_insns += insns.len();
                     programs.push(Loaded::load(hook, "xtask_combined", &insns)?);
                 }
@@ -433,7 +412,7 @@ impl<'a> Setup<'a> {
             empty,
             sessions,
             counters,
-            _table: table,
+            _tables: tables,
             program_rounds: vec![Vec::new(); programs.len()],
             programs,
             ebpf_insns,
