@@ -206,9 +206,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     );
 
     let mut service = service.write().unwrap_or_else(|p| p.into_inner());
-    state::take_save_failure();
-    service.save();
-    let not_saved = state::take_save_failure();
+    let not_saved = service.save().err().map(|e| e.to_string());
     if config.detach_on_exit {
         service.unpin_all();
         event!(

@@ -290,9 +290,8 @@ fn turn_away(stream: UnixStream) {
     );
 }
 
-/// [`Service::handle`], with what the service cannot see itself: a change whose
-/// session table could not be saved is reported (the change itself stands), and a
-/// session is not started when the daemon is about to run out of file descriptors.
+/// [`Service::handle`], but a session is not started when the daemon is about to run
+/// out of file descriptors.
 fn handled(service: &mut Service, command: Command) -> Response {
     if let Command::New { name, .. } = &command
         && let Some(message) = short_of_descriptors(name)
@@ -300,23 +299,7 @@ fn handled(service: &mut Service, command: Command) -> Response {
         event!("{message}");
         return Response::error(ErrorKind::Kernel, message);
     }
-    let changes = matches!(
-        command,
-        Command::New { .. } | Command::Modify { .. } | Command::Stop { .. }
-    );
-    crate::state::take_save_failure();
-    let response = service.handle(command);
-    match (crate::state::take_save_failure(), response) {
-        (Some(reason), Response::Ok(_)) if changes => Response::error(
-            ErrorKind::Internal,
-            format!(
-                "the change was made, but the session table could not be saved: {reason}. \
-                 The previous table is left as it was; the daemon tries again at the next \
-                 change and when it stops"
-            ),
-        ),
-        (_, response) => response,
-    }
+    service.handle(command)
 }
 
 /// Why a new session would leave the daemon too few file descriptors, if it would.

@@ -253,7 +253,7 @@ impl Service {
 
     /// Writes the table, counters as they are now; logs rather than fails, since the
     /// change it records has happened in the kernel already.
-    pub fn save(&self) {
+    pub fn save(&self) -> Result<(), crate::state::StateError> {
         let saved = self
             .sessions
             .values()
@@ -274,9 +274,24 @@ impl Service {
                 }
             })
             .collect();
-        if let Err(e) = self.state.save(saved) {
+        self.state.save(saved).inspect_err(|e| {
             event!("cannot save the session table: {e}");
-        }
+        })
+    }
+
+    /// [`Service::save`] after a change: a failure is the client's error, though the
+    /// change itself stands.
+    fn save_change(&self) -> Result<(), (ErrorKind, String)> {
+        self.save().map_err(|reason| {
+            (
+                ErrorKind::Internal,
+                format!(
+                    "the change was made, but the session table could not be saved: {reason}. \
+                     The previous table is left as it was; the daemon tries again at the next \
+                     change and when it stops"
+                ),
+            )
+        })
     }
 
     /// Answers one request.
@@ -376,7 +391,7 @@ impl Service {
                     direction.as_str(),
                     shown(&filter)
                 );
-                self.save();
+                self.save_change()?;
                 Ok(Reply::Session(report))
             }
             Command::Modify { name, filter } => {
@@ -396,7 +411,7 @@ impl Service {
                 session.modified = std::time::SystemTime::now();
                 let report = self.get(&name)?.report(&interfaces).map_err(internal)?;
                 event!("modified session {name:?}: {}", shown(&filter));
-                self.save();
+                self.save_change()?;
                 Ok(Reply::Session(report))
             }
             Command::Stop { name } => {
@@ -417,7 +432,7 @@ impl Service {
                     "stopped session {name:?} at {} packets",
                     report.packets.unwrap_or(0)
                 );
-                self.save();
+                self.save_change()?;
                 Ok(Reply::Stopped(report))
             }
             read @ (Command::List {} | Command::Show { .. } | Command::Poll { .. }) => {

@@ -4,7 +4,6 @@
 //! It records each session's name, interface, filter and times, and the counters as
 //! last read, so that a restarted daemon continues from them instead of from zero.
 
-use std::cell::RefCell;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -20,17 +19,6 @@ const STATE_VERSION: u32 = 1;
 /// Counts this high cannot have been counted (2^63 packets take three thousand years
 /// at 100 Mpps): a table claiming them is not ours, and adding to them would overflow.
 const MAX_COUNT: u64 = 1 << 63;
-
-thread_local! {
-    /// Why the last [`StateFile::save`] on this thread failed, until taken: the server
-    /// tells the client whose change it could not save (see [`take_save_failure`]).
-    static SAVE_FAILURE: RefCell<Option<String>> = const { RefCell::new(None) };
-}
-
-/// Why the last save on this thread failed, if it did; clears it.
-pub fn take_save_failure() -> Option<String> {
-    SAVE_FAILURE.with(|f| f.borrow_mut().take())
-}
 
 /// One session as saved.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -290,15 +278,8 @@ impl StateFile {
 
     /// Replaces the file with `sessions`, atomically: readers see the old or the new
     /// table, never a mixture, even if the daemon dies halfway.
-    /// On failure the previous file stays as it was, the temporary file is removed, and
-    /// the reason is kept for [`take_save_failure`].
+    /// On failure the previous file stays as it was and the temporary file is removed.
     pub fn save(&self, sessions: Vec<SavedSession>) -> Result<(), StateError> {
-        let result = self.write(sessions);
-        SAVE_FAILURE.with(|f| *f.borrow_mut() = result.as_ref().err().map(ToString::to_string));
-        result
-    }
-
-    fn write(&self, sessions: Vec<SavedSession>) -> Result<(), StateError> {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
