@@ -207,6 +207,16 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// What the hooks table is measured with.
+fn hooks_options(args: &Args) -> anyhow::Result<hooks::Options> {
+    Ok(hooks::Options {
+        repeat: args.hooks_repeat.unwrap_or((args.repeat / 5).max(1)),
+        rounds: args.rounds,
+        frame: http_frame()?,
+        frame_description: format!("{HTTP_FRAME} (PSH|ACK)"),
+    })
+}
+
 fn run(args: &Args) -> anyhow::Result<()> {
     ensure!(
         args.repeat > 0
@@ -221,13 +231,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     );
     let machine = Machine::this()?;
     if args.hooks_only {
-        let hooks = hooks::measure(&hooks::Options {
-            repeat: args.hooks_repeat.unwrap_or((args.repeat / 5).max(1)),
-            rounds: args.rounds,
-            frame: http_frame()?,
-            frame_description: format!("{HTTP_FRAME} (PSH|ACK)"),
-        })
-        .context("the hooks table")?;
+        let hooks = hooks::measure(&hooks_options(args)?).context("the hooks table")?;
         print!("{}", hooks::report(&hooks));
         if let Some(out) = &args.out {
             // Only the hooks object changes; the rest of the file is kept.
@@ -281,13 +285,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
 
     // Before the daemon: its network namespaces are torn down in the background after
     // it, on these CPUs. Printed after it, as the third table.
-    let hooks = hooks::measure(&hooks::Options {
-        repeat: args.hooks_repeat.unwrap_or((args.repeat / 5).max(1)),
-        rounds: args.rounds,
-        frame: http_frame()?,
-        frame_description: format!("{HTTP_FRAME} (PSH|ACK)"),
-    })
-    .context("the hooks table")?;
+    let hooks = hooks::measure(&hooks_options(args)?).context("the hooks table")?;
 
     eprintln!("measuring the daemon");
     let daemon = daemon::measure(&daemon::Options {
