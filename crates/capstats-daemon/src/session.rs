@@ -314,7 +314,7 @@ impl Session {
 
 /// Where a session's pinned objects were (tc links before capstats shared one program
 /// per interface): their names in its pin directory.
-pub const OLD_TC_LINK_PINS: [&str; 2] = ["tc-in", "tc-out"];
+const OLD_TC_LINK_PINS: [&str; 2] = ["tc-in", "tc-out"];
 
 /// Removes tc links an older capstats pinned per session: the interface's shared
 /// program counts the session now, and they would count it twice.
