@@ -389,6 +389,13 @@ struct Machine {
     kernel: String,
 }
 
+/// `AMD EPYC (…) (2 CPUs), Linux …`: the `machine:` line of every table.
+impl std::fmt::Display for Machine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({} CPUs), {}", self.cpu, self.cpus, self.kernel)
+    }
+}
+
 impl Machine {
     fn this() -> anyhow::Result<Self> {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").context("reading /proc/cpuinfo")?;
@@ -446,11 +453,7 @@ fn uname() -> anyhow::Result<String> {
 
 fn report(machine: &Machine, args: &Args, cases: &[Case], results: &[Measured]) -> String {
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "machine: {} ({} CPUs), {}",
-        machine.cpu, machine.cpus, machine.kernel
-    );
+    let _ = writeln!(out, "machine: {machine}");
     let _ = writeln!(
         out,
         "method:  BPF_PROG_RUN on SCHED_CLS, {} runs per call, median of {} rounds",

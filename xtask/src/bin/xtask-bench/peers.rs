@@ -455,11 +455,7 @@ pub fn report(machine: &Machine, figures: &Figures) -> String {
         out,
         "peers:   the same stream counted by each tool on the receiving veth, one at a time"
     );
-    let _ = writeln!(
-        out,
-        "machine: {} ({} CPUs), {}",
-        machine.cpu, machine.cpus, machine.kernel
-    );
+    let _ = writeln!(out, "machine: {machine}");
     let _ = writeln!(
         out,
         "stream:  {} frames of {} bytes per run, {} flows of {} (XDP live frames, XDP_TX into veth)",

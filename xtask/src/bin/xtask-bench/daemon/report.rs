@@ -56,11 +56,7 @@ pub fn report(machine: &Machine, figures: &Figures) -> String {
         "daemon:  {} -d, in a network namespace; sessions on one end of a veth pair",
         shown_path(&figures.capstats)
     );
-    let _ = writeln!(
-        out,
-        "machine: {} ({} CPUs), {}\n",
-        machine.cpu, machine.cpus, machine.kernel
-    );
+    let _ = writeln!(out, "machine: {machine}\n");
     let _ = writeln!(
         out,
         "{:<26} {:>8} {:>7} {:>10} {:>10}",
