@@ -21,7 +21,7 @@ mod state;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex};
 
 use nix::sys::signal::{SigSet, Signal};
 
@@ -156,7 +156,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     let pins = pins::Pins::prepare(&config.pin_dir)?;
     // Before the sessions look at their interfaces: none that appears meanwhile is missed.
     let link_events = links::LinkEvents::subscribe();
-    let service = Arc::new(RwLock::new(service::Service::restore(table, state, pins)?));
+    let service = Arc::new(Mutex::new(service::Service::restore(table, state, pins)?));
     match link_events.and_then(|events| events.watch(Arc::clone(&service))) {
         Ok(()) => {}
         Err(e) => event!(
@@ -171,7 +171,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
             Some(group) => format!("root and group {group}, mode 0660"),
             None => "root only, mode 0600".into(),
         },
-        sessions(service.read().map(|s| s.session_count()).unwrap_or(0)),
+        sessions(service.lock().map(|s| s.session_count()).unwrap_or(0)),
         config.state_dir.display()
     );
 
@@ -205,7 +205,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         config.idle_timeout,
     );
 
-    let mut service = service.write().unwrap_or_else(|p| p.into_inner());
+    let mut service = service.lock().unwrap_or_else(|p| p.into_inner());
     let not_saved = service.save().err().map(|e| e.to_string());
     if config.detach_on_exit {
         service.unpin_all();

@@ -7,7 +7,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex};
 
 use crate::log::event;
 use crate::service::Service;
@@ -92,7 +92,7 @@ impl LinkEvents {
 
     /// Runs for the daemon's life on a thread of its own: each interface that appears
     /// is offered to the service, which resumes the sessions waiting for it.
-    pub fn watch(self, service: Arc<RwLock<Service>>) -> io::Result<()> {
+    pub fn watch(self, service: Arc<Mutex<Service>>) -> io::Result<()> {
         std::thread::Builder::new()
             .name("capstats-links".into())
             .spawn(move || {
@@ -108,7 +108,7 @@ impl LinkEvents {
                             return;
                         }
                     };
-                    let mut service = service.write().unwrap_or_else(|p| p.into_inner());
+                    let mut service = service.lock().unwrap_or_else(|p| p.into_inner());
                     for event in events {
                         match event {
                             LinkEvent::New(name) if service.has_interface(&name) => {

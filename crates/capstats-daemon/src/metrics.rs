@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex};
 
 use capstats_common::metrics::{CONTENT_TYPE, DaemonInfo, render};
 use capstats_common::protocol::{Command, Reply, Response};
@@ -65,7 +65,7 @@ pub fn bind(addr: SocketAddr) -> Result<Endpoint, MetricsError> {
 
 impl Endpoint {
     /// Serves `/metrics` on a thread of its own until the process ends.
-    pub fn serve(self, service: Arc<RwLock<Service>>) -> Result<(), MetricsError> {
+    pub fn serve(self, service: Arc<Mutex<Service>>) -> Result<(), MetricsError> {
         let Endpoint { addr, server } = self;
         std::thread::Builder::new()
             .name("capstats-metrics".into())
@@ -87,7 +87,7 @@ fn header(name: &str, value: &str) -> Header {
     Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("valid header")
 }
 
-fn answer(request: Request, service: &RwLock<Service>) {
+fn answer(request: Request, service: &Mutex<Service>) {
     let path = request.url().split('?').next().unwrap_or("");
     let (status, body) = if path != "/metrics" {
         (404, "not found: metrics are at /metrics\n".to_owned())
@@ -116,10 +116,10 @@ fn answer(request: Request, service: &RwLock<Service>) {
 }
 
 /// Every session's counters, read now, as the exposition.
-fn scrape(service: &RwLock<Service>) -> Result<String, String> {
+fn scrape(service: &Mutex<Service>) -> Result<String, String> {
     let poll = Command::Poll { names: Vec::new() };
     let response = service
-        .read()
+        .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .query(&poll)
         .ok_or("poll is not a query")?;

@@ -17,7 +17,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use capstats_common::MAX_REQUEST_BYTES;
@@ -74,7 +74,7 @@ impl Drop for Served {
 pub fn serve(
     listener: &UnixListener,
     access: &Access,
-    service: &Arc<RwLock<Service>>,
+    service: &Arc<Mutex<Service>>,
     stop: &AtomicBool,
     idle: Duration,
 ) {
@@ -112,7 +112,7 @@ pub fn serve(
     }
 }
 
-fn connection(stream: UnixStream, access: Access, service: &RwLock<Service>, idle: Duration) {
+fn connection(stream: UnixStream, access: Access, service: &Mutex<Service>, idle: Duration) {
     let peer = match Peer::of(&stream) {
         Ok(peer) => peer,
         Err(e) => {
@@ -164,10 +164,10 @@ fn connection(stream: UnixStream, access: Access, service: &RwLock<Service>, idl
             event!("client {who}: {message}");
             return Response::error(kind, message);
         }
-        // list, show and poll share the service; changes have it to themselves.
+        // A change's filter is compiled before the change takes the lock (below).
         let target = {
             let reading = service
-                .read()
+                .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             if let Some(answer) = reading.query(&command) {
                 return answer;
@@ -195,7 +195,7 @@ fn connection(stream: UnixStream, access: Access, service: &RwLock<Service>, idl
             crate::session::precompile(&interface, hook, &filter)
         });
         let mut service = service
-            .write()
+            .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         handled(&mut service, command)
     };

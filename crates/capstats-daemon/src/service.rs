@@ -302,8 +302,8 @@ impl Service {
         }
     }
 
-    /// Answers a request that only reads (`list`, `show`, `poll`) with shared access,
-    /// so that many are answered at once; `None` for a request that changes something.
+    /// Answers a request that only reads (`list`, `show`, `poll`, and a scrape), which
+    /// needs no `&mut`; `None` for a request that changes something.
     pub fn query(&self, command: &Command) -> Option<Response> {
         match command {
             Command::List {} | Command::Show { .. } | Command::Poll { .. } => {
