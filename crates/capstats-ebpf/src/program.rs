@@ -19,6 +19,11 @@ use crate::translate::Hook;
 const VERIFIER_LOG_START: usize = 1 << 20;
 const VERIFIER_LOG_MAX: usize = 1 << 26;
 
+/// Loads tried when the verifier stops with `EAGAIN`. It does so whenever a signal is
+/// pending for the loading thread (a job-control stop, a cgroup freeze, a handler's
+/// signal), not because of the program; libbpf retries the same way (5 attempts).
+const LOAD_ATTEMPTS: u32 = 8;
+
 /// Why a program could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -85,6 +90,10 @@ pub fn limit_hint(error: &io::Error, slots: Option<usize>) -> String {
             ),
             None => " (an object is larger than the kernel allows)".into(),
         },
+        Some(libc::EAGAIN) => format!(
+            " (each of the {LOAD_ATTEMPTS} times the verifier ran, a signal to the loading \
+             thread stopped it)"
+        ),
         Some(libc::EMFILE) | Some(libc::ENFILE) => format!(
             " (out of file descriptors: the process may have {} open (RLIMIT_NOFILE))",
             rlimit(libc::RLIMIT_NOFILE).map_or_else(|| "no more".into(), |n| n.to_string())
@@ -166,6 +175,7 @@ pub struct LoadedProgram {
     name: String,
     id: u32,
     slots: usize,
+    verifier_runs: u32,
 }
 
 impl LoadedProgram {
@@ -184,8 +194,8 @@ impl LoadedProgram {
                     source,
                 })?;
         }
-        let fd = match prog_load(hook, name, &encoded, None) {
-            Ok(fd) => fd,
+        let (fd, verifier_runs) = match prog_load(hook, name, &encoded, None) {
+            Ok(loaded) => loaded,
             // No log would say more about these. E2BIG is also the verifier's word
             // for a program it gave up on: only a program over the size limit is
             // refused before the verifier runs.
@@ -203,8 +213,7 @@ impl LoadedProgram {
                 });
             }
             // Again with a log, to say why; a load that succeeds this time (the first
-            // failure was transient: EAGAIN when the verifier saw a signal, memory
-            // for a moment) is as good as any.
+            // failure was transient: memory for a moment) is as good as any.
             Err(_) => load_with_log(hook, name, &encoded)?,
         };
         let id = prog_id(fd.as_fd()).map_err(|source| LoadError::Syscall {
@@ -218,6 +227,7 @@ impl LoadedProgram {
             name: name.to_owned(),
             id,
             slots: encoded.len(),
+            verifier_runs,
         })
     }
 
@@ -237,6 +247,13 @@ impl LoadedProgram {
     /// Instruction slots loaded (a 64-bit immediate takes two).
     pub fn slots(&self) -> usize {
         self.slots
+    }
+
+    /// Times the kernel verified the program before accepting it: more than 1 when a
+    /// signal to the loading thread stopped the verifier (`EAGAIN`) and the load was
+    /// tried again.
+    pub fn verifier_runs(&self) -> u32 {
+        self.verifier_runs
     }
 
     /// The program as aya's `SchedClassifier`, for test runs and TC attachment.
@@ -286,14 +303,22 @@ impl AsFd for LoadedProgram {
     }
 }
 
-fn load_with_log(hook: Hook, name: &str, encoded: &[[u8; 8]]) -> Result<OwnedFd, LoadError> {
+fn load_with_log(hook: Hook, name: &str, encoded: &[[u8; 8]]) -> Result<(OwnedFd, u32), LoadError> {
     let mut size = VERIFIER_LOG_START;
     loop {
         let mut log = vec![0u8; size];
         match prog_load(hook, name, encoded, Some(&mut log)) {
-            Ok(fd) => return Ok(fd),
+            Ok(loaded) => return Ok(loaded),
             Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && size < VERIFIER_LOG_MAX => {
                 size *= 4
+            }
+            // The log of a stopped verifier says nothing about the program.
+            Err(source) if source.raw_os_error() == Some(libc::EAGAIN) => {
+                return Err(LoadError::Syscall {
+                    name: name.to_owned(),
+                    source,
+                    slots: encoded.len(),
+                });
             }
             Err(source) => {
                 let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
@@ -337,7 +362,7 @@ fn prog_load(
     name: &str,
     encoded: &[[u8; 8]],
     log: Option<&mut [u8]>,
-) -> io::Result<OwnedFd> {
+) -> io::Result<(OwnedFd, u32)> {
     let license = c"GPL";
     let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
     let load = unsafe { &mut attr.__bindgen_anon_3 };
@@ -357,8 +382,19 @@ fn prog_load(
         load.log_size = log.len() as u32;
         load.log_buf = log.as_mut_ptr() as u64;
     }
-    let fd = bpf(bpf_cmd::BPF_PROG_LOAD, &mut attr)?;
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    let mut runs = 1;
+    let fd = loop {
+        match bpf(bpf_cmd::BPF_PROG_LOAD, &mut attr) {
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) && runs < LOAD_ATTEMPTS => {
+                // The signal is handled on the way back to user space; give a stopped
+                // or frozen task a moment before verifying the whole program again.
+                std::thread::sleep(std::time::Duration::from_millis(1 << runs));
+                runs += 1;
+            }
+            result => break result?,
+        }
+    };
+    Ok((unsafe { OwnedFd::from_raw_fd(fd as i32) }, runs))
 }
 
 fn prog_id(fd: BorrowedFd<'_>) -> io::Result<u32> {
