@@ -176,6 +176,7 @@ pub struct LoadedProgram {
     id: u32,
     slots: usize,
     verifier_runs: u32,
+    verified_insns: u32,
 }
 
 impl LoadedProgram {
@@ -216,7 +217,7 @@ impl LoadedProgram {
             // failure was transient: memory for a moment) is as good as any.
             Err(_) => load_with_log(hook, name, &encoded)?,
         };
-        let id = prog_id(fd.as_fd()).map_err(|source| LoadError::Syscall {
+        let (id, verified_insns) = prog_info(fd.as_fd()).map_err(|source| LoadError::Syscall {
             name: name.to_owned(),
             source,
             slots: encoded.len(),
@@ -228,6 +229,7 @@ impl LoadedProgram {
             id,
             slots: encoded.len(),
             verifier_runs,
+            verified_insns,
         })
     }
 
@@ -247,6 +249,12 @@ impl LoadedProgram {
     /// Instruction slots loaded (a 64-bit immediate takes two).
     pub fn slots(&self) -> usize {
         self.slots
+    }
+
+    /// Instructions the verifier processed to accept the program (its work, which it
+    /// stops at [`KERNEL_MAX_INSNS`]), as `bpftool prog` shows `verified_insns`.
+    pub fn verified_insns(&self) -> u32 {
+        self.verified_insns
     }
 
     /// Times the kernel verified the program before accepting it: more than 1 when a
@@ -397,12 +405,13 @@ fn prog_load(
     Ok((unsafe { OwnedFd::from_raw_fd(fd as i32) }, runs))
 }
 
-fn prog_id(fd: BorrowedFd<'_>) -> io::Result<u32> {
+/// The kernel's id of the program, and the instructions its verifier processed.
+fn prog_info(fd: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
     let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
     let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
     attr.info.bpf_fd = fd.as_raw_fd() as u32;
     attr.info.info_len = size_of::<bpf_prog_info>() as u32;
     attr.info.info = &mut info as *mut bpf_prog_info as u64;
     bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-    Ok(info.id)
+    Ok((info.id, info.verified_insns))
 }

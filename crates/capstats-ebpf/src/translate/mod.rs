@@ -8,10 +8,9 @@
 //! | A        | `r0`     | helpers leave their result there |
 //! | X        | `r7`     | callee-saved: survives helper calls |
 //! | CTX      | `r6`     | the context, for helpers and `__sk_buff` fields |
-//! | data     | `r8`     | XDP and TC: the packet's first byte |
-//! | data_end | `r9`     | XDP and TC: one past its directly readable bytes |
+//! | data_end | `r9`     | XDP and TC: one past the directly readable bytes (their start is read from the context at each load) |
 //! | cached   | `r9`     | socket filters: bytes of the packet copied to the stack |
-//! | FP       | `r10`    | `M[k]` lives at `r10 - 4 * (16 - k)` |
+//! | FP       | `r10`    | the frame ([`frame`]): `M[k]`, the map key, the wire length |
 //!
 //! How packet bytes, the length and socket metadata are read depends on the hook
 //! ([`access`]): direct packet access with bounds checks for XDP and TC, a stack copy
@@ -33,6 +32,7 @@
 //! shift by X ≥ 32 gives 0.
 
 mod access;
+mod frame;
 #[cfg(test)]
 mod tests;
 
@@ -45,9 +45,6 @@ const A: Reg = Reg::R0;
 const X: Reg = Reg::R7;
 const CTX: Reg = Reg::R6;
 const FP: Reg = Reg::R10;
-
-/// Stack offset of the map key the counting code looks up, below the scratch words.
-const KEY_OFFSET: i16 = -68;
 
 /// The program type a translation is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -237,10 +234,6 @@ struct Translator {
     next_local: usize,
 }
 
-fn mem(m: u8) -> i16 {
-    -4 * (16 - i16::from(m))
-}
-
 fn size(size: LoadSize) -> Size {
     match size {
         LoadSize::Byte => Size::B,
@@ -305,14 +298,18 @@ impl Translator {
             }
             ClassicInsn::LoadA(LoadA::Len) => self.load_len(A),
             ClassicInsn::LoadA(LoadA::Imm(k)) => self.emit(mov32(A, imm(k))), // A = k
-            ClassicInsn::LoadA(LoadA::Mem(m)) => self.emit(load(Size::W, A, FP, mem(m))), // A = M[k]
+            ClassicInsn::LoadA(LoadA::Mem(m)) => self.emit(load(Size::W, A, FP, frame::scratch(m))), // A = M[k]
             ClassicInsn::LoadA(LoadA::Ancillary { field, .. }) => self.ancillary(field),
             ClassicInsn::LoadX(LoadX::Imm(k)) => self.emit(mov32(X, imm(k))), // X = k
             ClassicInsn::LoadX(LoadX::Len) => self.load_len(X),
-            ClassicInsn::LoadX(LoadX::Mem(m)) => self.emit(load(Size::W, X, FP, mem(m))), // X = M[k]
+            ClassicInsn::LoadX(LoadX::Mem(m)) => self.emit(load(Size::W, X, FP, frame::scratch(m))), // X = M[k]
             ClassicInsn::LoadX(LoadX::Msh(k)) => self.load_msh(k),
-            ClassicInsn::StoreA(m) => self.emit(store(Size::W, FP, mem(m), Operand::Reg(A))), // M[k] = A
-            ClassicInsn::StoreX(m) => self.emit(store(Size::W, FP, mem(m), Operand::Reg(X))), // M[k] = X
+            ClassicInsn::StoreA(m) => {
+                self.emit(store(Size::DW, FP, frame::scratch(m), Operand::Reg(A)))
+            } // M[k] = A
+            ClassicInsn::StoreX(m) => {
+                self.emit(store(Size::DW, FP, frame::scratch(m), Operand::Reg(X)))
+            } // M[k] = X
             ClassicInsn::Alu(op, src) => self.alu(op, src),
             ClassicInsn::Neg => self.emit(Insn::Neg {
                 width: Width::W32,
@@ -444,9 +441,9 @@ impl Translator {
     /// `r0 = bpf_map_lookup_elem(r1, &key)`; on no element the filter counts nothing.
     fn lookup(&mut self, key: u32) {
         let r2 = Reg::R2;
-        self.emit(store(Size::W, FP, KEY_OFFSET, imm(key))); // key
+        self.emit(store(Size::DW, FP, frame::KEY, imm(key))); // key
         self.emit(mov64(r2, Operand::Reg(FP))); // r2 = &key
-        self.emit(alu64(AluOp::Add, r2, Operand::Imm(KEY_OFFSET.into())));
+        self.emit(alu64(AluOp::Add, r2, Operand::Imm(frame::KEY.into())));
         self.emit(Insn::Call(crate::insn::Helper::MapLookupElem)); // r0 = the element
         self.emit(branch64(JmpOp::Eq, Reg::R0, Operand::Imm(0), self.reject()));
     }
