@@ -26,6 +26,7 @@
 //! counted exactly the runs its filter matches (none for the others).
 
 use std::fmt::Write as _;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
@@ -135,6 +136,10 @@ struct Row {
     /// eBPF instructions and kernel instruction slots, summed over the programs.
     ebpf_insns: usize,
     ebpf_slots: usize,
+    /// Instructions the verifier processed, summed over the programs, and the time
+    /// their loads took: what each new/modify/stop costs the daemon again.
+    verified_insns: u64,
+    load_time: Duration,
     /// Sessions whose filter matches the frame (and whose counters must show it).
     matched: usize,
     /// Per round: the programs' ns summed, and the empty program's ns.
@@ -231,6 +236,10 @@ impl Loaded {
 
     fn slots(&self) -> usize {
         self.program.slots()
+    }
+
+    fn verified_insns(&self) -> u64 {
+        u64::from(self.program.verified_insns())
     }
 
     /// One BPF_PROG_RUN of `repeat` runs; the kernel's average ns per run.
@@ -342,6 +351,7 @@ struct Setup<'a> {
     _tables: Vec<CounterTable>,
     programs: Vec<Loaded>,
     ebpf_insns: usize,
+    load_time: Duration,
     total_rounds: Vec<u64>,
     empty_rounds: Vec<u64>,
     program_rounds: Vec<Vec<u64>>,
@@ -367,6 +377,7 @@ impl<'a> Setup<'a> {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mut ebpf_insns = 0;
+        let mut load_time = Duration::ZERO;
         let mut tables = Vec::new();
         let programs = match layout {
             // As the daemon does: the socket hook's sessions in groups of 32, a socket
@@ -385,7 +396,9 @@ impl<'a> Setup<'a> {
                     let (insns, group_table) = translate_counting(&counted, hook, false)?;
                     tables.extend(group_table);
                     ebpf_insns += insns.len();
+                    let start = Instant::now();
                     programs.push(Loaded::load(hook, "xtask_combined", &insns)?);
+                    load_time += start.elapsed();
                 }
                 programs
             }
@@ -398,10 +411,12 @@ impl<'a> Setup<'a> {
                     };
                     let insns = translate(f.program(), hook, slot)?;
                     ebpf_insns += insns.len();
+                    let start = Instant::now();
                     programs.push(
                         Loaded::load(hook, "xtask_hook", &insns)
                             .with_context(|| format!("loading {:?}", f.expression()))?,
                     );
+                    load_time += start.elapsed();
                 }
                 programs
             }
@@ -416,6 +431,7 @@ impl<'a> Setup<'a> {
             program_rounds: vec![Vec::new(); programs.len()],
             programs,
             ebpf_insns,
+            load_time,
             total_rounds: Vec::new(),
             empty_rounds: Vec::new(),
         })
@@ -471,6 +487,8 @@ impl<'a> Setup<'a> {
             programs: self.programs.len(),
             ebpf_insns: self.ebpf_insns,
             ebpf_slots: self.programs.iter().map(Loaded::slots).sum(),
+            verified_insns: self.programs.iter().map(Loaded::verified_insns).sum(),
+            load_time: self.load_time,
             matched: self.sessions.iter().filter(|s| s.matches).count(),
             total_rounds: self.total_rounds,
             empty_rounds: self.empty_rounds,
@@ -498,18 +516,22 @@ pub fn report(figures: &Figures) -> String {
         out,
         "columns: layout = combined (one program, every session: what capstats runs) or separate \
          (a program per session: before);\n         programs = programs the kernel runs per \
-         packet; eBPF = instructions (summed over the programs);\n         matched = sessions \
+         packet; eBPF = instructions (summed over the programs);\n         verified = \
+         instructions the verifier processed, load ms = the loads' time (both summed: what a \
+         new/modify/stop costs);\n         matched = sessions \
          counting the frame; total, empty, above = ns per packet; above = total - programs x \
          empty;\n         /session = above / sessions\n"
     );
     let _ = writeln!(
         out,
-        "{:<7} {:<9} {:>8} {:>8} {:>6} {:>7} {:>8} {:>6} {:>7} {:>8}",
+        "{:<7} {:<9} {:>8} {:>8} {:>6} {:>8} {:>7} {:>7} {:>8} {:>6} {:>7} {:>8}",
         "hook",
         "layout",
         "sessions",
         "programs",
         "eBPF",
+        "verified",
+        "load ms",
         "matched",
         "total",
         "empty",
@@ -519,12 +541,14 @@ pub fn report(figures: &Figures) -> String {
     for row in &figures.rows {
         let _ = writeln!(
             out,
-            "{:<7} {:<9} {:>8} {:>8} {:>6} {:>7} {:>8} {:>6} {:>7} {:>8.1}",
+            "{:<7} {:<9} {:>8} {:>8} {:>6} {:>8} {:>7.1} {:>7} {:>8} {:>6} {:>7} {:>8.1}",
             row.hook.to_string(),
             row.layout.as_str(),
             row.sessions,
             row.programs,
             row.ebpf_insns,
+            row.verified_insns,
+            row.load_time.as_secs_f64() * 1e3,
             row.matched,
             row.total_ns(),
             row.empty_ns(),
@@ -608,6 +632,8 @@ pub fn to_json(figures: &Figures) -> serde_json::Value {
             "measured_as": measured_as_name(r.hook),
             "ebpf_insns": r.ebpf_insns,
             "ebpf_slots": r.ebpf_slots,
+            "verified_insns": r.verified_insns,
+            "load_ms": (r.load_time.as_secs_f64() * 1e4).round() / 10.0,
             "matched": r.matched,
             "total_ns": r.total_ns(),
             "empty_ns": r.empty_ns(),
