@@ -16,6 +16,9 @@ use capstats_ebpf::translate::{CounterSlot, Hook, translate_all};
 /// A filter the verifier takes a while over (many branches, variable offsets).
 const EXPRESSION: &str = "geneve and geneve";
 
+/// Loads tried until one had two verifications stopped (timing can miss).
+const ATTEMPTS: usize = 20;
+
 static SIGNALS_HANDLED: AtomicUsize = AtomicUsize::new(0);
 
 extern "C" fn count_signal(_: libc::c_int) {
@@ -53,10 +56,10 @@ fn a_signal_during_verification_does_not_fail_the_load() {
     );
 
     // Signals land a third of the way into the first verification and into the second
-    // (which starts after the first was stopped): CI once saw two loads in a row
+    // (which starts 2 ms after the first was stopped): CI once saw two loads in a row
     // stopped. Timing can miss; the attempts go on until both signals stopped one.
-    let mut interrupted_twice = false;
-    for attempt in 1..=10 {
+    let mut runs_seen = Vec::new();
+    for attempt in 1..=ATTEMPTS {
         let loader_tid = AtomicI32::new(0);
         let handled_before = SIGNALS_HANDLED.load(Ordering::SeqCst);
         let result = std::thread::scope(|scope| {
@@ -68,7 +71,9 @@ fn a_signal_during_verification_does_not_fail_the_load() {
                 std::thread::yield_now();
             }
             let start = Instant::now();
-            for at in [verify_time / 3, verify_time + verify_time / 3] {
+            // The loader waits 2 ms after a stopped verification before the next.
+            let first = verify_time / 3;
+            for at in [first, first + Duration::from_millis(2) + first] {
                 std::thread::sleep(at.saturating_sub(start.elapsed()));
                 if loader.is_finished() {
                     break;
@@ -84,15 +89,16 @@ fn a_signal_during_verification_does_not_fail_the_load() {
             SIGNALS_HANDLED.load(Ordering::SeqCst) > handled_before,
             "the loader handled no signal"
         );
+        runs_seen.push(program.verifier_runs());
         if program.verifier_runs() >= 3 {
-            interrupted_twice = true;
             break;
         }
     }
     assert!(
-        interrupted_twice,
-        "in 10 attempts the signals never stopped two verifications of one load ({filters} \
-         filters, {verify_time:?}): the test did not test the retry"
+        runs_seen.last() >= Some(&3),
+        "in {ATTEMPTS} attempts the signals never stopped two verifications of one load \
+         ({filters} filters, {verify_time:?}; verifications per load: {runs_seen:?}): the \
+         test did not test the retry"
     );
 }
 
