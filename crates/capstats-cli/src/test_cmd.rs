@@ -22,7 +22,8 @@ pub struct TestArgs {
     #[arg(long, default_value = "0.0.0.0")]
     netmask: String,
 
-    /// Which hook's code to run: `socket` (the default; also what `tc` runs) or `xdp`.
+    /// Which hook's code to run: `socket` (the default), `tc` or `xdp`. Each hook's
+    /// generated code reads the packet its own way; the verdicts are the same.
     #[arg(long, default_value = "socket", value_parser = ["socket", "tc", "xdp"])]
     hook: String,
 
@@ -56,11 +57,11 @@ fn parse_netmask(text: &str) -> anyhow::Result<u32> {
 
 pub fn run(args: &TestArgs, json: bool) -> anyhow::Result<()> {
     let expression = expression(&args.expression);
-    // The socket filter's eBPF is the TC program's; only TC test runs see frames from L2.
-    let hook = if args.hook == "xdp" {
-        Hook::Xdp
-    } else {
-        Hook::Tc
+    // The socket filter's code runs as SCHED_CLS: only TC test runs see frames from L2.
+    let hook = match args.hook.as_str() {
+        "xdp" => Hook::Xdp,
+        "tc" => Hook::Tc,
+        _ => Hook::SocketFilter,
     };
     let netmask = parse_netmask(&args.netmask)?;
     // Check the file and the expression before asking for privileges, so that those
