@@ -102,12 +102,24 @@ pub fn limit_hint(error: &io::Error, slots: Option<usize>) -> String {
     }
 }
 
-/// The verifier's own size limit, named, when its log says it was reached.
+/// The most branches the verifier keeps pending while it follows one path
+/// (`BPF_COMPLEXITY_LIMIT_JMP_SEQ`). Its first path runs through every filter of a
+/// program, leaving each filter's other branches pending: about a thousand typical
+/// filters in one program reach it.
+pub const KERNEL_MAX_PENDING_BRANCHES: usize = 8192;
+
+/// The verifier's own limits, named, when its log says one was reached.
 fn verifier_limit(log: &str) -> String {
     if log.contains("BPF program is too large") {
         format!(
             ", the filter is too complex: the verifier gives up after {KERNEL_MAX_INSNS} \
              processed instructions (BPF_COMPLEXITY_LIMIT_INSNS)"
+        )
+    } else if log.contains("jumps is too complex") {
+        format!(
+            ", too many filters in one program: the verifier keeps at most \
+             {KERNEL_MAX_PENDING_BRANCHES} branches pending (BPF_COMPLEXITY_LIMIT_JMP_SEQ), \
+             and each filter leaves a few"
         )
     } else {
         String::new()

@@ -102,3 +102,27 @@ fn linear(hook: Hook) {
          more than {COPIES}.5x"
     );
 }
+
+/// Past the verifier's limit on pending branches, the refusal names it: the first path
+/// it follows runs through every filter and leaves each filter's other branches
+/// pending, so a program of a few thousand filters is refused however simple they are.
+#[test]
+fn too_many_filters_in_one_program_are_refused_naming_the_limit() {
+    common::require_root();
+    let filter = Filter::for_linktype(pcap::Linktype::ETHERNET, "tcp port 80", 0).unwrap();
+    let map = CounterMap::create("work", 1).unwrap();
+    let slot = CounterSlot {
+        map_fd: map.raw_fd(),
+        slot: 0,
+    };
+    let insns = translate_all(&vec![(filter.program(), slot); 2048], Hook::Tc).unwrap();
+    let error = LoadedProgram::load(Hook::Tc, "work", &insns)
+        .expect_err("2,048 filters in one program exceed the verifier's pending branches");
+    let message = error.to_string();
+    let first_line = message.lines().next().unwrap_or_default();
+    assert!(
+        first_line.contains("BPF_COMPLEXITY_LIMIT_JMP_SEQ")
+            && first_line.contains("too many filters"),
+        "the refusal does not name the limit: {first_line}"
+    );
+}
