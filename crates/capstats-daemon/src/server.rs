@@ -156,15 +156,8 @@ fn connection(stream: UnixStream, access: Access, service: &Mutex<Service>, idle
         idle,
     };
     let mut handle = |command| {
-        // Outside the lock: a filter that takes libpcap minutes is refused without
-        // making anyone else wait.
-        if let Err((kind, message)) =
-            crate::preflight::compiles_in_time(&command, crate::preflight::COMPILE_LIMIT)
-        {
-            event!("client {who}: {message}");
-            return Response::error(kind, message);
-        }
-        // A change's filter is compiled before the change takes the lock (below).
+        // Where a change's filter will count, from the table (a read, answered here if
+        // the command is one).
         let target = {
             let reading = service
                 .lock()
@@ -176,24 +169,26 @@ fn connection(stream: UnixStream, access: Access, service: &Mutex<Service>, idle
                 Command::New {
                     interface: Some(interface),
                     hook,
-                    filter,
                     ..
-                } => Some((
-                    interface.clone(),
-                    hook.unwrap_or(HookName::Socket),
-                    filter.clone(),
-                )),
-                Command::Modify { name, filter } => reading
-                    .target(name)
-                    .map(|(interface, hook)| (interface, hook, filter.clone())),
+                } => Some((interface.clone(), hook.unwrap_or(HookName::Socket))),
+                Command::Modify { name, .. } => reading.target(name),
                 _ => None,
             }
         };
-        // Compiled before the lock: a capture handle's opening and closing is no
-        // one else's wait.
-        let _ahead = target.and_then(|(interface, hook, filter)| {
-            crate::session::precompile(&interface, hook, &filter)
-        });
+        // Compiled outside the lock, by a helper that is stopped after a time limit: a
+        // filter that takes libpcap minutes is refused without making anyone wait, and
+        // a capture handle's opening and closing is no one else's wait either.
+        let _ahead = match crate::preflight::compile_in_time(
+            &command,
+            target,
+            crate::preflight::COMPILE_LIMIT,
+        ) {
+            Ok(ahead) => ahead,
+            Err((kind, message)) => {
+                event!("client {who}: {message}");
+                return Response::error(kind, message);
+            }
+        };
         let mut service = service
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());

@@ -130,9 +130,9 @@ pub fn slots(hook: HookName, direction: Direction) -> &'static [Slot] {
     }
 }
 
-/// Filters compiled before the service's lock is taken ([`precompile`]): compiling
-/// for a live interface opens and closes a capture handle (~15 ms here), which the
-/// other clients need not wait for.
+/// Filters compiled before the service's lock is taken (`preflight`): compiling for a
+/// live interface opens and closes a capture handle (~15 ms here), and a large
+/// expression takes libpcap seconds, which the other clients need not wait for.
 type Key = (String, HookName, String);
 static PRECOMPILED: std::sync::Mutex<Vec<(Key, Program)>> = std::sync::Mutex::new(Vec::new());
 
@@ -140,13 +140,18 @@ static PRECOMPILED: std::sync::Mutex<Vec<(Key, Program)>> = std::sync::Mutex::ne
 /// expression; forgotten when dropped if nobody took it.
 pub struct Precompiled(Key);
 
-/// Compiles ahead, outside any lock. A failure is left for [`compile`] to report.
-pub fn precompile(interface: &str, hook: HookName, expression: &str) -> Option<Precompiled> {
-    let program = compile(interface, hook, expression).ok()?;
+/// Keeps `program`, libpcap's program for `expression` on `interface` at `hook`
+/// compiled elsewhere ([`libpcap_filter`]), for the next [`compile`] of the same.
+pub fn precompiled(
+    interface: &str,
+    hook: HookName,
+    expression: &str,
+    program: &Program,
+) -> Precompiled {
     let key = (interface.to_owned(), hook, expression.to_owned());
     let mut ahead = PRECOMPILED.lock().unwrap_or_else(|p| p.into_inner());
-    ahead.push((key.clone(), program));
-    Some(Precompiled(key))
+    ahead.push((key.clone(), counting_program(interface, hook, program)));
+    Precompiled(key)
 }
 
 impl Drop for Precompiled {
@@ -158,7 +163,7 @@ impl Drop for Precompiled {
     }
 }
 
-/// A filter [`precompile`] made for this interface, hook and expression, taken.
+/// A filter compiled ahead for this interface, hook and expression, taken.
 fn take_precompiled(interface: &str, hook: HookName, expression: &str) -> Option<Program> {
     let mut ahead = PRECOMPILED.lock().unwrap_or_else(|p| p.into_inner());
     let at = ahead
@@ -167,26 +172,37 @@ fn take_precompiled(interface: &str, hook: HookName, expression: &str) -> Option
     Some(ahead.swap_remove(at).1)
 }
 
-/// `expression` compiled for `hook` on `interface`, as tcpdump would there: live
-/// semantics for socket and tc; tags in the frame for XDP, which runs before the
-/// kernel takes them out. On a loopback interface the socket filter skips the leaving
-/// copy of each packet, which tcpdump does not show either.
+/// `expression` compiled by libpcap for `hook` on `interface`, as tcpdump would there:
+/// live semantics for socket and tc; tags in the frame for XDP, which runs before the
+/// kernel takes them out.
+pub fn libpcap_filter(
+    interface: &str,
+    hook: HookName,
+    expression: &str,
+) -> Result<Filter, FilterError> {
+    match hook {
+        HookName::Xdp => Filter::for_xdp(interface, expression),
+        HookName::Tc | HookName::Socket => Filter::for_interface(interface, expression),
+    }
+}
+
+/// What a session counts with, from libpcap's program: on a loopback interface the
+/// socket filter skips the leaving copy of each packet, which tcpdump does not show
+/// either.
+fn counting_program(interface: &str, hook: HookName, program: &Program) -> Program {
+    match hook {
+        HookName::Socket if is_loopback(interface) => program.rejecting_outgoing(),
+        _ => program.clone(),
+    }
+}
+
+/// The program a session with `expression` on `interface` at `hook` counts with.
 pub fn compile(interface: &str, hook: HookName, expression: &str) -> Result<Program, SessionError> {
     if let Some(program) = take_precompiled(interface, hook, expression) {
         return Ok(program);
     }
-    Ok(match hook {
-        HookName::Xdp => Filter::for_xdp(interface, expression)?.program().clone(),
-        HookName::Tc => Filter::for_interface(interface, expression)?
-            .program()
-            .clone(),
-        HookName::Socket if is_loopback(interface) => Filter::for_interface(interface, expression)?
-            .program()
-            .rejecting_outgoing(),
-        HookName::Socket => Filter::for_interface(interface, expression)?
-            .program()
-            .clone(),
-    })
+    let filter = libpcap_filter(interface, hook, expression)?;
+    Ok(counting_program(interface, hook, filter.program()))
 }
 
 impl Session {
