@@ -1,8 +1,10 @@
 //! XDP sessions end to end: `capstats new NAME interface IF hook xdp [filter] EXPR`.
 //!
-//! The daemon gives each interface one XDP program, generated from every XDP session
-//! counting there (each into its own pinned counter map), and swaps it in with
-//! `BPF_LINK_UPDATE` whenever a session is added, changed or stopped. The link is pinned
+//! The daemon gives each interface one XDP program (the first of a chain of programs of
+//! up to 63 sessions, each tail-calling the next), generated from the XDP sessions
+//! counting there (each into its own pinned counter map), and swaps in the changed
+//! program whenever a session is added, changed or stopped (`BPF_LINK_UPDATE` for the
+//! first, a prog array update for the others). The link is pinned
 //! under `<pin-dir>/%xdp/<IF>/<native|generic>-link`, so the kernel counts while no
 //! daemon runs and the next daemon takes the link back. XDP filters are compiled as
 //! for a capture file (tags in the frame): `inbound`, `outbound`, `ifindex` and

@@ -1,24 +1,31 @@
-//! One counting program per interface and hook: the sessions of an interface share it.
+//! The counting programs of interfaces: the sessions of an interface and hook share
+//! them.
 //!
-//! Every session has its own counter map (pinned by the caller). The program of an
-//! interface's hook evaluates each session's filter in turn, each counting into its
-//! session's map, so a session costs a few nanoseconds and any number of sessions fit
-//! (tcx takes 63 programs per hook; an interface has one XDP slot). A program may refer
-//! to 64 maps: beyond 64 sessions it counts through a table of their maps
-//! (`capstats_ebpf::table`). Whenever a
-//! session is added, changed or stopped, the program is generated again and swapped in
-//! atomically, so every packet meets the old program or the new one:
+//! Every session has its own counter map (pinned by the caller). A program evaluates
+//! the filters of several sessions in turn, each counting into its session's map, so a
+//! session costs a few nanoseconds, not a program of its own (tcx takes 63 programs
+//! per hook; an interface has one XDP slot). Sessions are laid out in groups, a session
+//! staying in its group for its life (new sessions fill the first group with room):
+//! when a session is added, changed or stopped, only its group's program is generated
+//! again and swapped in atomically, so every packet meets each session's filter exactly
+//! once, also while sessions come and go:
 //!
 //! - socket: AF_PACKET sockets bound to the interface, both directions, each counting
-//!   a group of up to 32 sessions (a socket holds a filter of limited size), a session
-//!   staying in its group for its life (`SO_ATTACH_BPF` replaces a filter). The
-//!   sockets live in the daemon.
-//! - tc: one program per direction on the interface's tcx links (`BPF_LINK_UPDATE`),
-//!   pinned at `<pin-dir>/%tc/<interface>/<in|out>-link`, so the kernel keeps counting
-//!   while no daemon runs and a new daemon takes the links back.
-//! - xdp: one program in native (driver) mode where the driver has it, generic
-//!   otherwise, pinned at `<pin-dir>/%xdp/<interface>/<mode>-link`. An XDP program that
-//!   capstats did not attach is never replaced.
+//!   a group of up to 32 sessions (a socket holds a filter of limited size;
+//!   `SO_ATTACH_BPF` replaces a filter). The sockets live in the daemon.
+//! - tc (each direction) and xdp: a chain of programs of up to 63 sessions (63 counter
+//!   maps and the prog array: the kernel's 64 maps per program), chunk 0's program on
+//!   the link (`BPF_LINK_UPDATE`), chunk `k`'s in entry `k` of a prog array, each
+//!   ending with a tail call to the next (`capstats_ebpf::chain`). A chunk emptied in
+//!   the middle keeps a program that only passes packets on; one emptied at the end
+//!   goes. At most 34 chunks (the kernel's 33 tail calls): 2,142 sessions.
+//!   The link is pinned at `<pin-dir>/%tc/<interface>/<in|out>-link` or
+//!   `%xdp/<interface>/<mode>-link` (XDP in native mode where the driver has it,
+//!   generic otherwise), the prog array beside it as `in-chain`, `out-chain` or
+//!   `chain` (a prog array's entries go with its last fd or pin), so the kernel keeps
+//!   counting while no daemon runs. A new daemon takes the link back, builds a fresh
+//!   chain, swaps its chunk 0 in and renames the new array's pin over the old. An XDP
+//!   program that capstats did not attach is never replaced.
 //!
 //! An interface deleted takes its attachments with it; the next sync for a new
 //! interface of that name attaches afresh.
@@ -228,9 +235,9 @@ impl InterfacePrograms {
         }
     }
 
-    /// Makes `slot` of `interface` run one program counting every filter of `counted`
-    /// into its counter map, or no program if `counted` is empty. On error the kernel
-    /// keeps what it had. Returns the XDP mode, for XDP.
+    /// Makes `slot` of `interface` count every filter of `counted` into its counter map
+    /// (socket groups, or a chain), or run no program if `counted` is empty. On error
+    /// the kernel keeps what it had. Returns the XDP mode, for XDP.
     pub fn sync(
         &mut self,
         interface: &str,
