@@ -347,7 +347,12 @@ impl InterfacePrograms {
         let linked = match linked {
             Ok(linked) => linked,
             Err(e) => {
+                // Nothing of ours stays: the array's pin, and directories left empty.
                 let _ = fs::remove_file(&pending);
+                let _ = fs::remove_dir(&dir);
+                if let Some(parent) = dir.parent() {
+                    let _ = fs::remove_dir(parent);
+                }
                 return Err(e);
             }
         };
