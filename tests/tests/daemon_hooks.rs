@@ -18,8 +18,9 @@
 //! [`capstats_tests::daemon::PinDir`] guard removes that directory whatever happens.
 //! Which programs run on B's tcx hooks is asked of the kernel ([`tcx`]).
 //!
-//! All tc sessions of an interface count through one program per direction (tcx runs
-//! at most 63 programs on a hook; 64 sessions in one direction all count).
+//! All tc sessions of an interface count through one chain of programs per direction
+//! (tcx runs at most 63 programs on a hook; 64 sessions in one direction all count;
+//! 150 make a chain of three programs).
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -1531,8 +1532,9 @@ fn thirty_two_tc_sessions_count_exactly_and_are_not_disturbed() -> anyhow::Resul
 }
 
 /// 64 `tc in` sessions on one interface (as the socket hook takes 64, see
-/// `daemon_counting`): tcx runs at most 63 programs on a hook, and the daemon runs one
-/// for all of them, so every session is made and counts exactly.
+/// `daemon_counting`): tcx runs at most 63 programs on a hook, and the daemon attaches
+/// one for all of them (the 64th session in a second program it tail-calls), so every
+/// session is made and counts exactly.
 #[test]
 fn sixty_four_tc_in_sessions_count_exactly_through_one_program() -> anyhow::Result<()> {
     require_root(TEST);
@@ -1597,6 +1599,198 @@ fn sixty_four_tc_in_sessions_count_exactly_through_one_program() -> anyhow::Resu
         started.elapsed()
     );
     ensure!(wrong.is_empty(), "miscounted:\n{}", wrong.join("\n"));
+    Ok(())
+}
+
+/// 150 `tc in` sessions on one interface: a chain of three programs (63, 63, 24
+/// sessions), the first on the link, the others in the prog array pinned beside it.
+/// All count exactly; then, under a steady stream over their ports, a session of the
+/// second program stops, one of the third is modified to an equivalent expression and
+/// a new one fills the second program's hole: the others, the modified one included,
+/// count every frame exactly once. Then the daemon is killed: frames for a session of
+/// the third program are still counted (the pinned prog array keeps the chain), and a
+/// new daemon takes the chain over and counts on exactly.
+#[test]
+fn a_hundred_and_fifty_tc_sessions_count_exactly_through_a_chain() -> anyhow::Result<()> {
+    require_root(TEST);
+    const SESSIONS: u16 = 150;
+    const BASE: u16 = 7100;
+    const STOPPED: u16 = 70; // in the second program
+    const MODIFIED: u16 = 140; // in the third
+    const STREAM: u64 = 6_000;
+    let started = Instant::now();
+    let Setup {
+        client,
+        daemon,
+        spec,
+        pins: _pins,
+        rig,
+        scratch,
+    } = setup("hooks-chain")?;
+    let interface = rig.interface();
+    new_session(&client, "all", interface, At::Socket, "")?;
+    let name = |i: u16| format!("in-{i:03}");
+    for i in 0..SESSIONS {
+        new_session(
+            &client,
+            &name(i),
+            interface,
+            At::TcIn,
+            &format!("udp dst port {}", BASE + i),
+        )?;
+    }
+    let created = started.elapsed();
+    let links = spec.pin_dir.join("%tc").join(interface);
+    ensure!(
+        tcx_counts(&rig)? == (1, 0) && links.join("in-chain").exists(),
+        "with {SESSIONS} tc in sessions: tcx programs {:?}, pins {:?}",
+        tcx_counts(&rig)?,
+        entries(&links)
+    );
+    // Port i: one frame of 42 + i % 50 bytes.
+    let frames: Vec<Vec<u8>> = (0..SESSIONS)
+        .map(|i| rig::udp_a_to_b(BASE + i, usize::from(i % 50)))
+        .collect();
+    let sender = rig.sender_a()?;
+    for frame in &frames {
+        sender.send(frame)?;
+    }
+    let mut written = u64::from(SESSIONS);
+    client.settle("all", written, ARRIVAL, QUIET)?;
+    let want_of = |i: u16, n: u64| times(&frames[usize::from(i)], n);
+    let check = |polled: &BTreeMap<String, Session>,
+                 n_of: &dyn Fn(u16) -> u64,
+                 skip: &[u16]|
+     -> anyhow::Result<Vec<String>> {
+        let mut wrong = Vec::new();
+        for i in (0..SESSIONS).filter(|i| !skip.contains(i)) {
+            let (got, want) = (count_of(polled, &name(i))?, want_of(i, n_of(i)));
+            if got != want {
+                wrong.push(format!(
+                    "{} (program {}): {got:?}, expected {want:?}",
+                    name(i),
+                    i / 63
+                ));
+            }
+        }
+        Ok(wrong)
+    };
+    let wrong = check(&poll(&client)?, &|_| 1, &[])?;
+    ensure!(wrong.is_empty(), "miscounted:\n{}", wrong.join("\n"));
+
+    // Round robin over the ports while the chain's second and third programs change.
+    let progress = AtomicU64::new(0);
+    let done = AtomicBool::new(false);
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let _end = SetOnDrop(&done);
+        let stream = scope.spawn(|| {
+            let frame = |k: u64| frames[(k % u64::from(SESSIONS)) as usize].as_slice();
+            stream_until(&sender, frame, 3_000, STREAM, &progress, &done)
+        });
+        wait_for(&progress, 300, ARRIVAL)?;
+        client.sessions(&["stop", &name(STOPPED)])?;
+        std::thread::sleep(Duration::from_millis(100));
+        let equivalent = format!("udp and dst port {}", BASE + MODIFIED);
+        client.sessions(&["modify", &name(MODIFIED), &equivalent])?;
+        std::thread::sleep(Duration::from_millis(100));
+        new_session(
+            &client,
+            "late",
+            interface,
+            At::TcIn,
+            &format!("udp dst port {}", BASE + 5),
+        )?;
+        let after_ops = progress.load(Ordering::SeqCst);
+        ensure!(
+            after_ops < STREAM,
+            "the stream ({after_ops} frames) ended before the operations did"
+        );
+        done.store(true, Ordering::SeqCst);
+        stream
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        Ok(())
+    })?;
+    let streamed = progress.load(Ordering::SeqCst);
+    written += streamed;
+    let share = |i: u16| {
+        streamed / u64::from(SESSIONS) + u64::from(u64::from(i) < streamed % u64::from(SESSIONS))
+    };
+    client.settle("all", written, ARRIVAL, QUIET)?;
+    let polled = poll(&client)?;
+    let wrong = check(&polled, &|i| 1 + share(i), &[STOPPED])?;
+    ensure!(
+        wrong.is_empty(),
+        "after stop/modify/new under {streamed} frames, miscounted:\n{}",
+        wrong.join("\n")
+    );
+    ensure!(
+        !polled.contains_key(&name(STOPPED)),
+        "{} is polled after stop",
+        name(STOPPED)
+    );
+    let late = count_of(&polled, "late")?;
+    ensure!(
+        late.0 > 0 && late.0 <= share(5),
+        "late (added under traffic) counted {late:?}, expected some of {} frames",
+        share(5)
+    );
+
+    // No daemon: the pinned chain counts on, the third program included.
+    daemon.kill()?;
+    let last = SESSIONS - 1;
+    let before = pinned_count(&spec.pin_dir, &name(last))?;
+    let n = 20;
+    // The socket session ("all") misses these: its socket closed with the daemon.
+    sender.send_n(&frames[usize::from(last)], n)?;
+    let deadline = Instant::now() + ARRIVAL;
+    let without_daemon = loop {
+        let now = pinned_count(&spec.pin_dir, &name(last))?;
+        if now.0 >= before.0 + n || Instant::now() > deadline {
+            break now;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    ensure!(
+        without_daemon == add(before, want_of(last, n)),
+        "{} counted {before:?} then {without_daemon:?} while no daemon ran, expected \
+         {n} frames more",
+        name(last)
+    );
+    let second = Daemon::start(&rig.ns_b, &spec, &scratch.join("second.log"))?;
+    let client = second.client()?;
+    for frame in &frames {
+        sender.send(frame)?;
+    }
+    written += u64::from(SESSIONS);
+    client.settle("all", written, ARRIVAL, QUIET)?;
+    let polled = poll(&client)?;
+    let extra = |i: u16| 2 + share(i) + if i == last { n } else { 0 };
+    let wrong = check(&polled, &extra, &[STOPPED])?;
+    ensure!(
+        wrong.is_empty(),
+        "after the restart, miscounted:\n{}",
+        wrong.join("\n")
+    );
+    ensure!(
+        tcx_counts(&rig)? == (1, 0)
+            && links.join("in-chain").exists()
+            && !links.join("in-chain-new").exists(),
+        "after the restart: tcx programs {:?}, pins {:?}",
+        tcx_counts(&rig)?,
+        entries(&links)
+    );
+    println!(
+        "{SESSIONS} tc in sessions made in {created:.1?}; exact through stop, modify and new \
+         under {streamed} frames, while no daemon ran and after a restart; {:.1?} in all",
+        started.elapsed()
+    );
+    second.stop()?;
+    ensure!(
+        !links.exists(),
+        "pins left after a clean stop: {:?}",
+        entries(&links)
+    );
     Ok(())
 }
 

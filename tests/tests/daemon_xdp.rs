@@ -1,8 +1,10 @@
 //! XDP sessions end to end: `capstats new NAME interface IF hook xdp [filter] EXPR`.
 //!
-//! The daemon gives each interface one XDP program, generated from every XDP session
-//! counting there (each into its own pinned counter map), and swaps it in with
-//! `BPF_LINK_UPDATE` whenever a session is added, changed or stopped. The link is pinned
+//! The daemon gives each interface one XDP program (the first of a chain of programs of
+//! up to 63 sessions, each tail-calling the next), generated from the XDP sessions
+//! counting there (each into its own pinned counter map), and swaps in the changed
+//! program whenever a session is added, changed or stopped (`BPF_LINK_UPDATE` for the
+//! first, a prog array update for the others). The link is pinned
 //! under `<pin-dir>/%xdp/<IF>/<native|generic>-link`, so the kernel counts while no
 //! daemon runs and the next daemon takes the link back. XDP filters are compiled as
 //! for a capture file (tags in the frame): `inbound`, `outbound`, `ifindex` and
@@ -1486,5 +1488,71 @@ fn xdp_on_an_unknown_interface_is_an_unknown_interface() -> anyhow::Result<()> {
             .all(|(_, e)| e.kind == ErrorKind::UnknownInterface && e.message.contains("nosuch0")),
         "an unknown interface should be `unknown_interface` on every hook: {answers:?}"
     );
+    Ok(())
+}
+
+/// 70 XDP sessions on one interface: a chain of two programs (63 and 7 sessions), the
+/// second in the prog array pinned beside the link. Every session counts exactly; a
+/// session of the second program stopped and one modified to an equivalent
+/// expression leave the others exact, and the chain stays pinned.
+#[test]
+fn seventy_xdp_sessions_count_exactly_through_a_chain() -> anyhow::Result<()> {
+    require_root(TEST);
+    const SESSIONS: u16 = 70;
+    const BASE: u16 = 7300;
+    const STOPPED: u16 = 65;
+    const MODIFIED: u16 = 68;
+    let setup = setup("xdp-chain")?;
+    let (client, rig) = (&setup.client, &setup.rig);
+    let interface = rig.interface();
+    let name = |i: u16| format!("x-{i:02}");
+    new_xdp(client, "all", interface, "")?;
+    for i in 0..SESSIONS {
+        new_xdp(
+            client,
+            &name(i),
+            interface,
+            &format!("udp dst port {}", BASE + i),
+        )?;
+    }
+    let chain = setup
+        .spec
+        .pin_dir
+        .join("%xdp")
+        .join(interface)
+        .join("chain");
+    ensure!(chain.exists(), "no chain pinned at {}", chain.display());
+    let frames: Vec<Vec<u8>> = (0..SESSIONS)
+        .map(|i| rig::udp_a_to_b(BASE + i, usize::from(i)))
+        .collect();
+    let sender = rig.sender_a()?;
+    let check = |round: u64, skip: &[u16]| -> anyhow::Result<()> {
+        for frame in &frames {
+            sender.send(frame)?;
+        }
+        client.settle("all", round * u64::from(SESSIONS), ARRIVAL, QUIET)?;
+        let polled = client.poll()?;
+        let mut wrong = Vec::new();
+        for i in (0..SESSIONS).filter(|i| !skip.contains(i)) {
+            let got = counts(find(&polled, &name(i))?);
+            let frame = &frames[usize::from(i)];
+            let want = (round, round * frame.len() as u64);
+            if got != want {
+                wrong.push(format!("{}: {got:?}, expected {want:?}", name(i)));
+            }
+        }
+        ensure!(
+            wrong.is_empty(),
+            "round {round}, miscounted:\n{}",
+            wrong.join("\n")
+        );
+        Ok(())
+    };
+    check(1, &[])?;
+    client.ok(&["stop", &name(STOPPED)])?;
+    let equivalent = format!("udp and dst port {}", BASE + MODIFIED);
+    client.ok(&["modify", &name(MODIFIED), &equivalent])?;
+    check(2, &[STOPPED])?;
+    ensure!(chain.exists(), "the chain is no longer pinned");
     Ok(())
 }

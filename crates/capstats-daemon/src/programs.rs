@@ -1,29 +1,36 @@
-//! One counting program per interface and hook: the sessions of an interface share it.
+//! The counting programs of interfaces: the sessions of an interface and hook share
+//! them.
 //!
-//! Every session has its own counter map (pinned by the caller). The program of an
-//! interface's hook evaluates each session's filter in turn, each counting into its
-//! session's map, so a session costs a few nanoseconds and any number of sessions fit
-//! (tcx takes 63 programs per hook; an interface has one XDP slot). A program may refer
-//! to 64 maps: beyond 64 sessions it counts through a table of their maps
-//! (`capstats_ebpf::table`). Whenever a
-//! session is added, changed or stopped, the program is generated again and swapped in
-//! atomically, so every packet meets the old program or the new one:
+//! Every session has its own counter map (pinned by the caller). A program evaluates
+//! the filters of several sessions in turn, each counting into its session's map, so a
+//! session costs a few nanoseconds, not a program of its own (tcx takes 63 programs
+//! per hook; an interface has one XDP slot). Sessions are laid out in groups, a session
+//! staying in its group for its life (new sessions fill the first group with room):
+//! when a session is added, changed or stopped, only its group's program is generated
+//! again and swapped in atomically, so every packet meets each session's filter exactly
+//! once, also while sessions come and go:
 //!
 //! - socket: AF_PACKET sockets bound to the interface, both directions, each counting
-//!   a group of up to 32 sessions (a socket holds a filter of limited size), a session
-//!   staying in its group for its life (`SO_ATTACH_BPF` replaces a filter). The
-//!   sockets live in the daemon.
-//! - tc: one program per direction on the interface's tcx links (`BPF_LINK_UPDATE`),
-//!   pinned at `<pin-dir>/%tc/<interface>/<in|out>-link`, so the kernel keeps counting
-//!   while no daemon runs and a new daemon takes the links back.
-//! - xdp: one program in native (driver) mode where the driver has it, generic
-//!   otherwise, pinned at `<pin-dir>/%xdp/<interface>/<mode>-link`. An XDP program that
-//!   capstats did not attach is never replaced.
+//!   a group of up to 32 sessions (a socket holds a filter of limited size;
+//!   `SO_ATTACH_BPF` replaces a filter). The sockets live in the daemon.
+//! - tc (each direction) and xdp: a chain of programs of up to 63 sessions (63 counter
+//!   maps and the prog array: the kernel's 64 maps per program), chunk 0's program on
+//!   the link (`BPF_LINK_UPDATE`), chunk `k`'s in entry `k` of a prog array, each
+//!   ending with a tail call to the next (`capstats_ebpf::chain`). A chunk emptied in
+//!   the middle keeps a program that only passes packets on; one emptied at the end
+//!   goes. At most 34 chunks (the kernel's 33 tail calls): 2,142 sessions.
+//!   The link is pinned at `<pin-dir>/%tc/<interface>/<in|out>-link` or
+//!   `%xdp/<interface>/<mode>-link` (XDP in native mode where the driver has it,
+//!   generic otherwise), the prog array beside it as `in-chain`, `out-chain` or
+//!   `chain` (a prog array's entries go with its last fd or pin), so the kernel keeps
+//!   counting while no daemon runs. A new daemon takes the link back, builds a fresh
+//!   chain, swaps its chunk 0 in and renames the new array's pin over the old. An XDP
+//!   program that capstats did not attach is never replaced.
 //!
 //! An interface deleted takes its attachments with it; the next sync for a new
 //! interface of that name attaches afresh.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -33,9 +40,12 @@ use aya::programs::xdp::XdpLink;
 use aya::programs::{ProgramError, XdpMode};
 use aya::sys::SyscallError;
 use capstats_ebpf::cbpf::Program;
+use capstats_ebpf::chain::{
+    CHAIN_MOST_SESSIONS, CHAIN_PROGRAMS, CHAIN_SESSIONS, ProgArray, translate_chunk,
+};
 use capstats_ebpf::counters::CounterMap;
 use capstats_ebpf::program::LoadedProgram;
-use capstats_ebpf::table::{CounterTable, CountingError, translate_counting};
+use capstats_ebpf::table::{CountingError, translate_counting};
 use capstats_ebpf::translate::Hook;
 
 use crate::attach::{CountingSocket, ifindex};
@@ -89,6 +99,16 @@ impl Slot {
                 ];
                 &XDP
             }
+        }
+    }
+
+    /// The name its chain's prog array is pinned under in the interface's directory.
+    fn chain_pin(self) -> Option<&'static str> {
+        match self {
+            Slot::Socket => None,
+            Slot::TcIngress => Some("in-chain"),
+            Slot::TcEgress => Some("out-chain"),
+            Slot::Xdp => Some("chain"),
         }
     }
 
@@ -155,14 +175,30 @@ struct SocketGroup {
     _program: LoadedProgram,
 }
 
+/// One program of a tc or XDP chain and the sessions it counts.
+#[derive(Debug)]
+struct Chunk {
+    /// The sessions, in the order of the program; none for a chunk whose sessions all
+    /// stopped while later chunks still count (its program only passes packets on).
+    members: Vec<String>,
+    /// Their filters as the program has them: a chunk whose sessions and filters are
+    /// unchanged keeps its program.
+    filters: Vec<Program>,
+    /// Kept until it is replaced (the link or the prog array holds it anyway).
+    program: LoadedProgram,
+}
+
+/// The chain of programs on a tc or XDP slot: chunk 0's program on the link, chunk
+/// `k`'s in entry `k` of the prog array, each ending with a tail call to the next.
 #[derive(Debug)]
 struct Installed {
     /// The interface's index when attached: another index means a new interface.
     ifindex: u32,
     linked: Linked,
-    /// Kept until the next swap (the link holds them anyway).
-    _program: LoadedProgram,
-    _table: Option<CounterTable>,
+    /// Our reference to the chain's prog array (pinned too): its entries go when the
+    /// last reference to it does.
+    chain: ProgArray,
+    chunks: Vec<Chunk>,
 }
 
 /// The counting programs the daemon has on interfaces.
@@ -199,9 +235,9 @@ impl InterfacePrograms {
         }
     }
 
-    /// Makes `slot` of `interface` run one program counting every filter of `counted`
-    /// into its counter map, or no program if `counted` is empty. On error the kernel
-    /// keeps what it had. Returns the XDP mode, for XDP.
+    /// Makes `slot` of `interface` count every filter of `counted` into its counter map
+    /// (socket groups, or a chain), or run no program if `counted` is empty. On error
+    /// the kernel keeps what it had. Returns the XDP mode, for XDP.
     pub fn sync(
         &mut self,
         interface: &str,
@@ -217,53 +253,220 @@ impl InterfacePrograms {
         }
         let index =
             ifindex(interface).ok_or_else(|| SessionError::UnknownInterface(interface.into()))?;
-        let (program, table) = generate(interface, slot, counted)?;
         let key = (interface.to_owned(), slot);
-        let linked = match self.installed.remove(&key) {
+        let installed = match self.installed.remove(&key) {
             Some(old) if old.ifindex == index => {
-                // On failure the kernel keeps the old program; a link stays pinned and
-                // is taken back from its pin next time.
-                self.swap(interface, slot, &program, old.linked)?
+                match self.update_chain(interface, slot, old, counted) {
+                    (Some(installed), Ok(())) => installed,
+                    (kept, result) => {
+                        if let Some(kept) = kept {
+                            self.installed.insert(key, kept);
+                        }
+                        return result.map(|()| None);
+                    }
+                }
             }
             Some(old) => {
                 event!(
                     "{interface} is a new interface (index {index}, was {}): attaching its {} \
-                     program afresh",
+                     programs afresh",
                     old.ifindex,
                     slot.describe()
                 );
                 drop(old);
                 self.unpin(interface, slot);
-                self.attach(interface, slot, &program)?
+                self.new_chain(interface, slot, index, counted)?
             }
-            None => match self.taken_back(interface, slot) {
-                Some(linked) => match self.swap(interface, slot, &program, linked) {
-                    Ok(linked) => linked,
-                    Err(e) => {
-                        // A link of an interface that is gone (the name now belongs
-                        // to another), or one that cannot be updated: start afresh.
-                        event!(
-                            "not using the pinned {} link of {interface}: {e}",
-                            slot.describe()
-                        );
-                        self.unpin(interface, slot);
-                        self.attach(interface, slot, &program)?
-                    }
-                },
-                None => self.attach(interface, slot, &program)?,
-            },
+            None => self.new_chain(interface, slot, index, counted)?,
         };
-        let mode = linked.mode;
-        self.installed.insert(
-            key,
-            Installed {
-                ifindex: index,
-                linked,
-                _program: program,
-                _table: table,
-            },
-        );
+        let mode = installed.linked.mode;
+        self.installed.insert(key, installed);
         Ok(mode)
+    }
+
+    /// A chain made afresh for `counted`: a new prog array and every chunk's program,
+    /// chunk 0 swapped onto the link a previous daemon pinned, or attached. The new
+    /// prog array replaces the pinned one once the new chunk 0 runs (the old array's
+    /// entries go with its pin). On error the kernel keeps what it had.
+    fn new_chain(
+        &self,
+        interface: &str,
+        slot: Slot,
+        index: u32,
+        counted: &[Counted<'_>],
+    ) -> Result<Installed, SessionError> {
+        let plan = chain_plan(interface, slot, &[], counted)?;
+        let chain =
+            ProgArray::create(slot.program_name()).map_err(|e| failed(interface, slot, e))?;
+        let wanted = by_name(counted);
+        let mut chunks = Vec::with_capacity(plan.len());
+        for (k, members) in plan.into_iter().enumerate() {
+            let program = generate_chunk(interface, slot, &wanted, &members, &chain, k)?;
+            chunks.push(Chunk {
+                filters: filters_of(&wanted, &members),
+                members,
+                program,
+            });
+        }
+        for (k, chunk) in chunks.iter().enumerate().skip(1) {
+            chain
+                .set(k as u32, &chunk.program)
+                .map_err(|e| failed(interface, slot, e))?;
+        }
+        // Pinned under a name of its own until chunk 0 refers to it.
+        let (pending, pin) = self.chain_pins(interface, slot);
+        let dir = self
+            .link_dir(interface, slot)
+            .expect("tc and XDP have a directory");
+        fs::create_dir_all(&dir)
+            .map_err(|e| failed(interface, slot, format!("{}: {e}", dir.display())))?;
+        let _ = fs::remove_file(&pending);
+        chain
+            .pin(&pending)
+            .map_err(|e| failed(interface, slot, e))?;
+        let head = &chunks[0].program;
+        let linked = match self.taken_back(interface, slot) {
+            Some(linked) => match self.swap(interface, slot, head, linked) {
+                Ok(linked) => Ok(linked),
+                Err(e) => {
+                    // A link of an interface that is gone (the name now belongs to
+                    // another), or one that cannot be updated: start afresh.
+                    event!(
+                        "not using the pinned {} link of {interface}: {e}",
+                        slot.describe()
+                    );
+                    self.unpin(interface, slot);
+                    fs::create_dir_all(&dir)
+                        .map_err(|e| failed(interface, slot, format!("{}: {e}", dir.display())))
+                        .and_then(|()| chain.pin(&pending).map_err(|e| failed(interface, slot, e)))
+                        .and_then(|()| self.attach(interface, slot, head))
+                }
+            },
+            None => self.attach(interface, slot, head),
+        };
+        let linked = match linked {
+            Ok(linked) => linked,
+            Err(e) => {
+                // Nothing of ours stays: the array's pin, and directories left empty.
+                let _ = fs::remove_file(&pending);
+                let _ = fs::remove_dir(&dir);
+                if let Some(parent) = dir.parent() {
+                    let _ = fs::remove_dir(parent);
+                }
+                return Err(e);
+            }
+        };
+        if let Err(e) = fs::rename(&pending, &pin) {
+            event!(
+                "cannot pin the {} chain of {interface} at {}: {e}; chained programs stop \
+                 counting when this daemon exits",
+                slot.describe(),
+                pin.display()
+            );
+        }
+        Ok(Installed {
+            ifindex: index,
+            linked,
+            chain,
+            chunks,
+        })
+    }
+
+    /// `installed` brought to `counted`: only chunks whose sessions or filters changed
+    /// get a new program, chunk 0 on the link (`BPF_LINK_UPDATE`), chunk `k` in entry
+    /// `k` of the prog array; chunks emptied at the end go. Every program is loaded
+    /// before any is swapped in: a refused one leaves everything as it was. Returns
+    /// what is installed after, with the error if any; none after a failed swap of
+    /// chunk 0 (the kernel keeps the old chain, taken back from the pins next time).
+    fn update_chain(
+        &self,
+        interface: &str,
+        slot: Slot,
+        mut installed: Installed,
+        counted: &[Counted<'_>],
+    ) -> (Option<Installed>, Result<(), SessionError>) {
+        let old: Vec<&[String]> = installed
+            .chunks
+            .iter()
+            .map(|c| c.members.as_slice())
+            .collect();
+        let plan = match chain_plan(interface, slot, &old, counted) {
+            Ok(plan) => plan,
+            Err(e) => return (Some(installed), Err(e)),
+        };
+        let wanted = by_name(counted);
+        let mut programs = Vec::with_capacity(plan.len());
+        for (k, members) in plan.iter().enumerate() {
+            let unchanged = installed.chunks.get(k).is_some_and(|c| {
+                c.members == *members && c.filters == filters_of(&wanted, members)
+            });
+            if unchanged {
+                programs.push(None);
+                continue;
+            }
+            match generate_chunk(interface, slot, &wanted, members, &installed.chain, k) {
+                Ok(program) => programs.push(Some(program)),
+                Err(e) => return (Some(installed), Err(e)),
+            }
+        }
+        // Chunk 0 first: when its swap fails nothing has changed.
+        let mut programs = programs.into_iter();
+        if let Some(head) = programs.next().flatten() {
+            let Installed {
+                ifindex,
+                linked,
+                chain,
+                mut chunks,
+            } = installed;
+            let linked = match self.swap(interface, slot, &head, linked) {
+                Ok(linked) => linked,
+                Err(e) => return (None, Err(e)),
+            };
+            chunks[0] = Chunk {
+                filters: filters_of(&wanted, &plan[0]),
+                members: plan[0].clone(),
+                program: head,
+            };
+            installed = Installed {
+                ifindex,
+                linked,
+                chain,
+                chunks,
+            };
+        }
+        let mut first_error = None;
+        for ((k, members), program) in plan.iter().enumerate().skip(1).zip(programs) {
+            let Some(program) = program else { continue };
+            // Atomic per entry; an entry that cannot be set keeps its program.
+            // Later chunks are left as they were: chunks stay in order.
+            if let Err(e) = installed.chain.set(k as u32, &program) {
+                first_error.get_or_insert(failed(interface, slot, e));
+                break;
+            }
+            let chunk = Chunk {
+                filters: filters_of(&wanted, members),
+                members: members.clone(),
+                program,
+            };
+            match installed.chunks.get_mut(k) {
+                Some(old) => *old = chunk,
+                None => installed.chunks.push(chunk),
+            }
+        }
+        // Chunks emptied at the end: their entries emptied, last first.
+        while installed.chunks.len() > plan.len() {
+            let k = installed.chunks.len() - 1;
+            if let Err(e) = installed.chain.clear(k as u32) {
+                first_error.get_or_insert(failed(interface, slot, e));
+                break;
+            }
+            installed.chunks.pop();
+        }
+        // What was swapped in is recorded; the error says what was not.
+        match first_error {
+            Some(e) => (Some(installed), Err(e)),
+            None => (Some(installed), Ok(())),
+        }
     }
 
     /// The socket sessions of `interface`, in groups of at most
@@ -284,35 +487,10 @@ impl InterfacePrograms {
             );
             groups.clear();
         }
-        // Who goes where: members stay; new sessions fill the first group with room.
-        let wanted: std::collections::HashMap<&str, &Counted<'_>> =
-            counted.iter().map(|c| (c.0, c)).collect();
-        let mut plan: Vec<Vec<String>> = groups
-            .iter()
-            .map(|g| {
-                g.members
-                    .iter()
-                    .filter(|m| wanted.contains_key(m.as_str()))
-                    .cloned()
-                    .collect()
-            })
-            .collect();
-        let placed: std::collections::HashSet<String> = plan.iter().flatten().cloned().collect();
-        for (name, _, _) in counted {
-            if placed.contains(*name) {
-                continue;
-            }
-            match plan.iter_mut().find(|g| g.len() < SESSIONS_PER_SOCKET) {
-                Some(group) => group.push((*name).to_owned()),
-                None => plan.push(vec![(*name).to_owned()]),
-            }
-        }
-        let filters_of = |members: &[String]| -> Vec<Program> {
-            members
-                .iter()
-                .map(|m| wanted[m.as_str()].1.clone())
-                .collect()
-        };
+        let wanted = by_name(counted);
+        let old: Vec<&[String]> = groups.iter().map(|g| g.members.as_slice()).collect();
+        let plan = plan_groups(&old, counted, SESSIONS_PER_SOCKET);
+        let filters_of = |members: &[String]| filters_of(&wanted, members);
         let unchanged = |i: usize, members: &[String]| {
             groups
                 .get(i)
@@ -325,14 +503,8 @@ impl InterfacePrograms {
                 if members.is_empty() || unchanged(i, members) {
                     return Ok(None);
                 }
-                let part: Vec<Counted<'_>> = members
-                    .iter()
-                    .map(|m| {
-                        let (name, program, map) = wanted[m.as_str()];
-                        (*name, *program, *map)
-                    })
-                    .collect();
-                generate(interface, slot, &part).map(|(program, _)| Some(program))
+                let part: Vec<Counted<'_>> = members.iter().map(|m| wanted[m.as_str()]).collect();
+                generate(interface, slot, &part).map(Some)
             })
             .collect::<Result<Vec<_>, SessionError>>();
         let programs = match programs {
@@ -533,8 +705,16 @@ impl InterfacePrograms {
         Ok(FdLink::from(pinned))
     }
 
-    /// Removes the slot's pinned link(s); the kernel detaches a link once nothing
-    /// holds it.
+    /// Where the slot's prog array is pinned while its chunk 0 is being swapped in,
+    /// and after.
+    fn chain_pins(&self, interface: &str, slot: Slot) -> (PathBuf, PathBuf) {
+        let dir = self.link_dir(interface, slot).unwrap_or_default();
+        let name = slot.chain_pin().unwrap_or_default();
+        (dir.join(format!("{name}-new")), dir.join(name))
+    }
+
+    /// Removes the slot's pinned link(s) and prog array; the kernel detaches a link
+    /// once nothing holds it, and empties a prog array.
     fn unpin(&self, interface: &str, slot: Slot) {
         let Some(dir) = self.link_dir(interface, slot) else {
             return;
@@ -542,6 +722,9 @@ impl InterfacePrograms {
         for (name, _) in slot.link_pins() {
             let _ = fs::remove_file(dir.join(name));
         }
+        let (pending, pin) = self.chain_pins(interface, slot);
+        let _ = fs::remove_file(pending);
+        let _ = fs::remove_file(pin);
         // Empty directories go; one still holding the other direction's link stays.
         let _ = fs::remove_dir(&dir);
         if let Some(parent) = dir.parent() {
@@ -582,9 +765,13 @@ impl InterfacePrograms {
                 for &slot in slots {
                     if !keep.contains(&(interface.clone(), slot)) {
                         let dir = entry.path();
-                        if slot.link_pins().iter().any(|(n, _)| dir.join(n).exists()) {
+                        let (pending, pin) = self.chain_pins(&interface, slot);
+                        if slot.link_pins().iter().any(|(n, _)| dir.join(n).exists())
+                            || pending.exists()
+                            || pin.exists()
+                        {
                             event!(
-                                "removing the pinned {} program of {interface}: no saved session counts there",
+                                "removing the pinned {} programs of {interface}: no saved session counts there",
                                 slot.describe()
                             );
                         }
@@ -610,23 +797,129 @@ impl InterfacePrograms {
     }
 }
 
-/// The program counting every filter of `counted` into its map, for `slot`.
+/// The program counting every filter of `counted` into its map, for a socket (at
+/// most [`SESSIONS_PER_SOCKET`] filters: no table of maps).
 fn generate(
     interface: &str,
     slot: Slot,
     counted: &[Counted<'_>],
-) -> Result<(LoadedProgram, Option<CounterTable>), SessionError> {
+) -> Result<LoadedProgram, SessionError> {
     let filters: Vec<_> = counted
         .iter()
         .map(|&(_, program, map)| (program, map))
         .collect();
-    let (insns, table) = translate_counting(&filters, slot.hook(), slot == Slot::TcEgress)
+    let (insns, _table) = translate_counting(&filters, slot.hook(), slot == Slot::TcEgress)
         .map_err(|e| match e {
             CountingError::Translate(e) => SessionError::Translate(e),
             CountingError::Table(e) => failed(interface, slot, e),
         })?;
-    let program = LoadedProgram::load(slot.hook(), slot.program_name(), &insns)?;
-    Ok((program, table))
+    Ok(LoadedProgram::load(
+        slot.hook(),
+        slot.program_name(),
+        &insns,
+    )?)
+}
+
+/// Program `k` of `slot`'s chain, counting the sessions `members` (named in `wanted`).
+fn generate_chunk(
+    interface: &str,
+    slot: Slot,
+    wanted: &HashMap<&str, Counted<'_>>,
+    members: &[String],
+    chain: &ProgArray,
+    k: usize,
+) -> Result<LoadedProgram, SessionError> {
+    let filters: Vec<_> = members
+        .iter()
+        .map(|m| {
+            let (_, program, map) = wanted[m.as_str()];
+            (program, map)
+        })
+        .collect();
+    let insns = translate_chunk(&filters, slot.hook(), slot == Slot::TcEgress, chain, k)?;
+    LoadedProgram::load(slot.hook(), slot.program_name(), &insns).map_err(|e| {
+        if k == 0 {
+            e.into()
+        } else {
+            failed(
+                interface,
+                slot,
+                format!("program {k} of the chain ({} sessions): {e}", members.len()),
+            )
+        }
+    })
+}
+
+/// The sessions of `counted` by name.
+fn by_name<'a>(counted: &[Counted<'a>]) -> HashMap<&'a str, Counted<'a>> {
+    counted.iter().map(|&c| (c.0, c)).collect()
+}
+
+/// The filters of `members`, in order.
+fn filters_of(wanted: &HashMap<&str, Counted<'_>>, members: &[String]) -> Vec<Program> {
+    members
+        .iter()
+        .map(|m| wanted[m.as_str()].1.clone())
+        .collect()
+}
+
+/// Who goes where, given the groups `old` had: every session of `counted` that is in
+/// a group stays there, in its place (a group may be left empty); new sessions fill
+/// the first group with room (fewer than `capacity`), then new groups at the end. A
+/// session staying in its group for life is what makes every packet meet each
+/// session's filter exactly once while groups are replaced one by one.
+fn plan_groups(old: &[&[String]], counted: &[Counted<'_>], capacity: usize) -> Vec<Vec<String>> {
+    let wanted: HashSet<&str> = counted.iter().map(|c| c.0).collect();
+    let mut plan: Vec<Vec<String>> = old
+        .iter()
+        .map(|members| {
+            members
+                .iter()
+                .filter(|m| wanted.contains(m.as_str()))
+                .cloned()
+                .collect()
+        })
+        .collect();
+    let placed: HashSet<String> = plan.iter().flatten().cloned().collect();
+    for (name, _, _) in counted {
+        if placed.contains(*name) {
+            continue;
+        }
+        match plan.iter_mut().find(|g| g.len() < capacity) {
+            Some(group) => group.push((*name).to_owned()),
+            None => plan.push(vec![(*name).to_owned()]),
+        }
+    }
+    plan
+}
+
+/// [`plan_groups`] for a chain: chunks of [`CHAIN_SESSIONS`], those emptied at the end
+/// left out (an emptied chunk in the middle stays, passing packets on), at most
+/// [`CHAIN_PROGRAMS`] chunks.
+fn chain_plan(
+    interface: &str,
+    slot: Slot,
+    old: &[&[String]],
+    counted: &[Counted<'_>],
+) -> Result<Vec<Vec<String>>, SessionError> {
+    let mut plan = plan_groups(old, counted, CHAIN_SESSIONS);
+    while plan.last().is_some_and(Vec::is_empty) {
+        plan.pop();
+    }
+    if plan.len() > CHAIN_PROGRAMS {
+        return Err(failed(
+            interface,
+            slot,
+            format!(
+                "{} sessions are more than one interface's {} hook can count: at most \
+                 {CHAIN_MOST_SESSIONS} ({CHAIN_PROGRAMS} chained programs of {CHAIN_SESSIONS} \
+                 sessions; the kernel allows 33 tail calls)",
+                counted.len(),
+                slot.describe()
+            ),
+        ));
+    }
+    Ok(plan)
 }
 
 /// `SO_ATTACH_BPF`: `program` replaces the socket's filter atomically.

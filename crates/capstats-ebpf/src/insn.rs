@@ -222,6 +222,7 @@ pub enum Helper {
     SkbLoadBytes,
     XdpGetBuffLen,
     XdpLoadBytes,
+    TailCall,
 }
 
 impl Helper {
@@ -234,6 +235,7 @@ impl Helper {
             Helper::SkbLoadBytes => 26,
             Helper::XdpGetBuffLen => 188,
             Helper::XdpLoadBytes => 189,
+            Helper::TailCall => 12,
         }
     }
 
@@ -245,6 +247,7 @@ impl Helper {
             Helper::SkbLoadBytes => "bpf_skb_load_bytes",
             Helper::XdpGetBuffLen => "bpf_xdp_get_buff_len",
             Helper::XdpLoadBytes => "bpf_xdp_load_bytes",
+            Helper::TailCall => "bpf_tail_call",
         }
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod asm;
 pub mod cbpf;
+pub mod chain;
 pub mod counters;
 pub mod filter;
 pub mod insn;

@@ -100,6 +100,16 @@ enum Counting {
     },
 }
 
+/// The program a chained program hands the packet to after its own filters
+/// (`bpf_tail_call`): entry `index` of the `BPF_MAP_TYPE_PROG_ARRAY` `prog_array_fd`
+/// (see [`crate::chain`]). An empty entry, or the kernel's limit of tail calls,
+/// makes the call fall through to the hook's neutral return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TailCall {
+    pub prog_array_fd: i32,
+    pub index: u32,
+}
+
 /// Why filters could not be translated for a hook.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TranslateError {
@@ -140,14 +150,27 @@ pub fn translate_all(
     filters: &[(&Program, CounterSlot)],
     hook: Hook,
 ) -> Result<Vec<Insn>, TranslateError> {
-    Ok(assemble(&slots(filters), hook, false)?.finish()?)
+    Ok(assemble(&slots(filters), hook, false, None)?.finish()?)
+}
+
+/// One program of a chain ([`crate::chain`]): [`translate_all`] (or, with
+/// `tc_egress`, [`translate_all_tc_egress`]), then, before the hook's neutral return,
+/// a tail call to `next` if given. Each program of a chain has the hook's whole
+/// prologue: a tail call keeps only the context, not the registers or the stack.
+pub fn translate_chained(
+    filters: &[(&Program, CounterSlot)],
+    hook: Hook,
+    tc_egress: bool,
+    next: Option<TailCall>,
+) -> Result<Vec<Insn>, TranslateError> {
+    Ok(assemble(&slots(filters), hook, tc_egress && hook == Hook::Tc, next)?.finish()?)
 }
 
 /// [`translate_all`] for the TC egress hook (see [`translate_tc_egress`]).
 pub fn translate_all_tc_egress(
     filters: &[(&Program, CounterSlot)],
 ) -> Result<Vec<Insn>, TranslateError> {
-    Ok(assemble(&slots(filters), Hook::Tc, true)?.finish()?)
+    Ok(assemble(&slots(filters), Hook::Tc, true, None)?.finish()?)
 }
 
 /// Translates several filters into one program, filter `i` counting into slot 0 of
@@ -173,7 +196,7 @@ pub fn translate_with_table(
             )
         })
         .collect();
-    Ok(assemble(&counted, hook, tc_egress && hook == Hook::Tc)?.finish()?)
+    Ok(assemble(&counted, hook, tc_egress && hook == Hook::Tc, None)?.finish()?)
 }
 
 fn slots<'a>(filters: &[(&'a Program, CounterSlot)]) -> Vec<(&'a Program, Counting)> {
@@ -189,13 +212,14 @@ pub fn translate_listing(
     hook: Hook,
     counter: CounterSlot,
 ) -> Result<String, TranslateError> {
-    Ok(assemble(&[(program, Counting::Slot(counter))], hook, false)?.listing()?)
+    Ok(assemble(&[(program, Counting::Slot(counter))], hook, false, None)?.listing()?)
 }
 
 fn assemble(
     filters: &[(&Program, Counting)],
     hook: Hook,
     outgoing: bool,
+    next: Option<TailCall>,
 ) -> Result<Assembler, TranslateError> {
     for (program, _) in filters {
         access::check(program, hook)?;
@@ -216,6 +240,9 @@ fn assemble(
         t.asm.label(Label::Accept(filter));
         t.count(*counter);
         t.asm.label(Label::Reject(filter));
+    }
+    if let Some(next) = next {
+        t.tail_call(next);
     }
     t.emit(mov64(A, Operand::Imm(hook.neutral_return()))); // the hook's "carry on"
     t.emit(Insn::Exit);
@@ -436,6 +463,18 @@ impl Translator {
         self.emit(alu64(AluOp::Add, r1, Operand::Imm(1)));
         self.emit(store(Size::DW, r0, 0, Operand::Reg(r1)));
         self.add_frame_length(r0, 8); // bytes += the frame's length
+    }
+
+    /// `bpf_tail_call(ctx, chain, index)`: does not return when the entry holds a
+    /// program; falls through otherwise.
+    fn tail_call(&mut self, next: TailCall) {
+        self.emit(mov64(Reg::R1, Operand::Reg(CTX))); // r1 = the context
+        self.emit(Insn::LoadMapFd {
+            dst: Reg::R2,
+            fd: next.prog_array_fd,
+        }); // r2 = the chain
+        self.emit(mov32(Reg::R3, imm(next.index))); // r3 = the next program's entry
+        self.emit(Insn::Call(crate::insn::Helper::TailCall)); // on to it, if it is there
     }
 
     /// `r0 = bpf_map_lookup_elem(r1, &key)`; on no element the filter counts nothing.

@@ -477,3 +477,50 @@ fn tc_egress_knows_its_packets_are_outgoing() {
     // TC reads the skb's linear part directly: its end loaded once, in the prologue.
     assert_eq!(ingress[at - 3], "r9 = *(u32 *)(r6 + 80)");
 }
+
+/// A program of a chain ends in a tail call to the next entry of the chain's prog
+/// array, before the neutral return it falls through to when that entry is empty;
+/// without a next program it ends as any other.
+#[test]
+fn a_chained_program_tail_calls_the_next_before_returning() {
+    let raw: Vec<RawInsn> = vec![RawInsn::new(0x06, 0, 0, 1)];
+    let program = Program::new(&raw).unwrap();
+    let text = |insns: Vec<Insn>| insns.iter().map(Insn::to_string).collect::<Vec<_>>();
+    let next = TailCall {
+        prog_array_fd: 12,
+        index: 3,
+    };
+    for (hook, neutral) in [(Hook::Tc, "r0 = -1"), (Hook::Xdp, "r0 = 2")] {
+        let alone = text(translate_all(&[(&program, COUNTER)], hook).unwrap());
+        let chained =
+            text(translate_chained(&[(&program, COUNTER)], hook, false, Some(next)).unwrap());
+        let end = alone.len() - 2;
+        assert_eq!(chained[..end], alone[..end], "{hook}");
+        assert_eq!(
+            chained[end..],
+            [
+                "r1 = r6",
+                "r2 = map[fd:12]",
+                "w3 = 3",
+                "call bpf_tail_call#12",
+                neutral,
+                "exit"
+            ],
+            "{hook}"
+        );
+        let unchained = text(translate_chained(&[(&program, COUNTER)], hook, false, None).unwrap());
+        assert_eq!(unchained, alone, "{hook}");
+    }
+    // No filters: the prologue, then on to the next program.
+    let empty = text(translate_chained(&[], Hook::Tc, true, Some(next)).unwrap());
+    assert_eq!(
+        empty[empty.len() - 6..empty.len() - 2],
+        [
+            "r1 = r6",
+            "r2 = map[fd:12]",
+            "w3 = 3",
+            "call bpf_tail_call#12"
+        ]
+    );
+    assert!(!empty.iter().any(|l| l.contains("map[fd:7]")), "{empty:?}");
+}

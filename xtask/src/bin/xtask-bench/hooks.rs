@@ -1,11 +1,12 @@
 //! The third table: what one packet costs at each hook when 1, 8, 64 or 256 sessions
 //! count on its interface, each session with its own filter.
 //!
-//! The daemon runs all sessions of an interface and hook in one generated program
-//! ("combined"): every session's filter in turn, each counting into its own session's
-//! map - up to 64 sessions through a reference to that map, beyond (a program may
-//! refer to at most 64 maps) through a table of the maps. The table measures that program
-//! for each hook, and, for socket and tc, the layout capstats had before ("separate":
+//! The daemon runs the sessions of an interface and hook in generated programs of
+//! several filters each ("combined"): every session's filter in turn, each counting
+//! into its own session's map through a reference to it. tc and xdp chain programs of
+//! up to 63 sessions: the first one runs (a test run starts there), each calling the
+//! next with `bpf_tail_call`; the socket hook has a socket per 32 sessions. The table
+//! measures those programs for each hook, and, for socket and tc, the layout capstats had before ("separate":
 //! one program per session, one socket or tcx link each; the kernel runs them all on
 //! every packet), with the same generated code, up to 64 sessions (tcx takes 63
 //! programs per hook; 256 separate programs would take minutes to measure).
@@ -30,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
+use capstats_ebpf::chain::{CHAIN_SESSIONS, ProgArray, translate_chunk};
 use capstats_ebpf::counters::CounterMap;
 use capstats_ebpf::filter::Filter;
 use capstats_ebpf::insn::build::mov64;
@@ -131,8 +133,11 @@ struct Row {
     hook: Hook,
     layout: Layout,
     sessions: usize,
-    /// Programs the kernel runs per packet: 1 combined, N separate.
+    /// Programs the kernel runs per packet: N separate; combined, one per 32 socket
+    /// sessions, one per 63 tc or xdp sessions (a chain).
     programs: usize,
+    /// Test runs per packet: a chain runs from its first program, in one run.
+    runs: usize,
     /// eBPF instructions and kernel instruction slots, summed over the programs.
     ebpf_insns: usize,
     ebpf_slots: usize,
@@ -140,6 +145,9 @@ struct Row {
     /// their loads took: what each new/modify/stop costs the daemon again.
     verified_insns: u64,
     load_time: Duration,
+    /// The longest load of one program: what one new/modify/stop costs at most where
+    /// only the program of the changed session is loaded again (socket, tc, xdp).
+    change_time: Duration,
     /// Sessions whose filter matches the frame (and whose counters must show it).
     matched: usize,
     /// Per round: the programs' ns summed, and the empty program's ns.
@@ -158,9 +166,9 @@ impl Row {
         median(&self.empty_rounds)
     }
 
-    /// The programs' own cost: the total less one empty run per program.
+    /// The programs' own cost: the total less one empty run per test run.
     fn above_ns(&self) -> i64 {
-        self.total_ns() as i64 - (self.programs as u64 * self.empty_ns()) as i64
+        self.total_ns() as i64 - (self.runs as u64 * self.empty_ns()) as i64
     }
 
     fn per_session_ns(&self) -> f64 {
@@ -347,11 +355,15 @@ struct Setup<'a> {
     sessions: &'a [Session],
     /// One counter map per session, as the daemon has them.
     counters: Vec<CounterMap>,
-    /// Combined beyond 64 sessions: the tables the programs find them in.
+    /// The tables the programs find them in (none as the daemon lays them out).
     _tables: Vec<CounterTable>,
+    /// tc and xdp combined: the prog array of the chain.
+    _chain: Option<ProgArray>,
     programs: Vec<Loaded>,
+    /// The first `runs` programs are test-run (a chain: its first).
+    runs: usize,
     ebpf_insns: usize,
-    load_time: Duration,
+    load_times: Vec<Duration>,
     total_rounds: Vec<u64>,
     empty_rounds: Vec<u64>,
     program_rounds: Vec<Vec<u64>>,
@@ -377,20 +389,16 @@ impl<'a> Setup<'a> {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mut ebpf_insns = 0;
-        let mut load_time = Duration::ZERO;
+        let mut load_times = Vec::new();
         let mut tables = Vec::new();
+        let mut chain = None;
+        let pairs: Vec<_> = filters.iter().zip(&counters).collect();
         let programs = match layout {
             // As the daemon does: the socket hook's sessions in groups of 32, a socket
-            // (a program) each; tc and xdp in one program, each filter referring to its
-            // session's map, and beyond the kernel's 64 maps per program, to a table.
-            Layout::Combined => {
-                let per_program = match hook {
-                    Hook::SocketFilter => SESSIONS_PER_SOCKET,
-                    _ => usize::MAX,
-                };
+            // (a program) each, each filter referring to its session's map.
+            Layout::Combined if hook == Hook::SocketFilter => {
                 let mut programs = Vec::new();
-                let pairs: Vec<_> = filters.iter().zip(&counters).collect();
-                for group in pairs.chunks(per_program.min(pairs.len())) {
+                for group in pairs.chunks(SESSIONS_PER_SOCKET) {
                     let counted: Vec<_> =
                         group.iter().map(|(f, map)| (f.program(), *map)).collect();
                     let (insns, group_table) = translate_counting(&counted, hook, false)?;
@@ -398,8 +406,29 @@ impl<'a> Setup<'a> {
                     ebpf_insns += insns.len();
                     let start = Instant::now();
                     programs.push(Loaded::load(hook, "xtask_combined", &insns)?);
-                    load_time += start.elapsed();
+                    load_times.push(start.elapsed());
                 }
+                programs
+            }
+            // tc and xdp: a chain of programs of up to 63 sessions, program k in entry k
+            // of the prog array, each calling the next.
+            Layout::Combined => {
+                let array = ProgArray::create("xtask_chain")?;
+                let mut programs = Vec::new();
+                for (k, group) in pairs.chunks(CHAIN_SESSIONS).enumerate() {
+                    let counted: Vec<_> =
+                        group.iter().map(|(f, map)| (f.program(), *map)).collect();
+                    let insns = translate_chunk(&counted, hook, false, &array, k)?;
+                    ebpf_insns += insns.len();
+                    let start = Instant::now();
+                    let loaded = Loaded::load(hook, "xtask_chain", &insns)?;
+                    load_times.push(start.elapsed());
+                    if k > 0 {
+                        array.set(k as u32, &loaded.program)?;
+                    }
+                    programs.push(loaded);
+                }
+                chain = Some(array);
                 programs
             }
             Layout::Separate => {
@@ -416,10 +445,14 @@ impl<'a> Setup<'a> {
                         Loaded::load(hook, "xtask_hook", &insns)
                             .with_context(|| format!("loading {:?}", f.expression()))?,
                     );
-                    load_time += start.elapsed();
+                    load_times.push(start.elapsed());
                 }
                 programs
             }
+        };
+        let runs = match chain {
+            Some(_) => 1,
+            None => programs.len(),
         };
         Ok(Self {
             hook,
@@ -428,10 +461,12 @@ impl<'a> Setup<'a> {
             sessions,
             counters,
             _tables: tables,
-            program_rounds: vec![Vec::new(); programs.len()],
+            _chain: chain,
+            program_rounds: vec![Vec::new(); runs],
             programs,
+            runs,
             ebpf_insns,
-            load_time,
+            load_times,
             total_rounds: Vec::new(),
             empty_rounds: Vec::new(),
         })
@@ -446,8 +481,8 @@ impl<'a> Setup<'a> {
         keep: bool,
     ) -> anyhow::Result<()> {
         let empty_ns = empty.run(frame, repeat)?;
-        let mut times = Vec::with_capacity(self.programs.len());
-        for program in &self.programs {
+        let mut times = Vec::with_capacity(self.runs);
+        for program in &self.programs[..self.runs] {
             times.push(program.run(frame, repeat)?);
         }
         if keep {
@@ -485,10 +520,12 @@ impl<'a> Setup<'a> {
             layout: self.layout,
             sessions: self.sessions.len(),
             programs: self.programs.len(),
+            runs: self.runs,
             ebpf_insns: self.ebpf_insns,
             ebpf_slots: self.programs.iter().map(Loaded::slots).sum(),
             verified_insns: self.programs.iter().map(Loaded::verified_insns).sum(),
-            load_time: self.load_time,
+            load_time: self.load_times.iter().sum(),
+            change_time: self.load_times.iter().copied().max().unwrap_or_default(),
             matched: self.sessions.iter().filter(|s| s.matches).count(),
             total_rounds: self.total_rounds,
             empty_rounds: self.empty_rounds,
@@ -514,17 +551,18 @@ pub fn report(figures: &Figures) -> String {
     );
     let _ = writeln!(
         out,
-        "columns: layout = combined (one program, every session: what capstats runs) or separate \
+        "columns: layout = combined (programs of many sessions: what capstats runs) or separate \
          (a program per session: before);\n         programs = programs the kernel runs per \
          packet; eBPF = instructions (summed over the programs);\n         verified = \
-         instructions the verifier processed, load ms = the loads' time (both summed: what a \
-         new/modify/stop costs);\n         matched = sessions \
+         instructions the verifier processed, load ms = the loads' time (both summed: a whole \
+         build);\n         chg ms = the longest load of one program (combined: what one \
+         new/modify/stop costs at most);\n         matched = sessions \
          counting the frame; total, empty, above = ns per packet; above = total - programs x \
          empty;\n         /session = above / sessions\n"
     );
     let _ = writeln!(
         out,
-        "{:<7} {:<9} {:>8} {:>8} {:>6} {:>8} {:>7} {:>7} {:>8} {:>6} {:>7} {:>8}",
+        "{:<7} {:<9} {:>8} {:>8} {:>6} {:>8} {:>7} {:>6} {:>7} {:>8} {:>6} {:>7} {:>8}",
         "hook",
         "layout",
         "sessions",
@@ -532,6 +570,7 @@ pub fn report(figures: &Figures) -> String {
         "eBPF",
         "verified",
         "load ms",
+        "chg ms",
         "matched",
         "total",
         "empty",
@@ -541,7 +580,7 @@ pub fn report(figures: &Figures) -> String {
     for row in &figures.rows {
         let _ = writeln!(
             out,
-            "{:<7} {:<9} {:>8} {:>8} {:>6} {:>8} {:>7.1} {:>7} {:>8} {:>6} {:>7} {:>8.1}",
+            "{:<7} {:<9} {:>8} {:>8} {:>6} {:>8} {:>7.1} {:>6.1} {:>7} {:>8} {:>6} {:>7} {:>8.1}",
             row.hook.to_string(),
             row.layout.as_str(),
             row.sessions,
@@ -549,6 +588,7 @@ pub fn report(figures: &Figures) -> String {
             row.ebpf_insns,
             row.verified_insns,
             row.load_time.as_secs_f64() * 1e3,
+            row.change_time.as_secs_f64() * 1e3,
             row.matched,
             row.total_ns(),
             row.empty_ns(),
@@ -563,9 +603,10 @@ pub fn report(figures: &Figures) -> String {
          deliver_skb, packet_rcv) - one socket per\n        32 sessions when combined, one per \
          session when separate.\n\
          separate: N programs, one BPF_PROG_RUN each; total = their sum, N harness calls included.\n\
-         combined: one program with all N filters (socket: one per 32 sessions, as the daemon \
-         groups them),\n          each counting into its session's map (beyond 64 sessions through \
-         a table of the maps)."
+         combined: as the daemon lays sessions out: socket, one program per 32 sessions (one run \
+         each); tc and xdp,\n          a chain of programs of up to 63 sessions, one run of the \
+         first, which tail-calls the next (total = that run);\n          each filter counting \
+         into its session's map."
     );
     let _ = writeln!(out, "\nframe: {}", o.frame_description);
     let _ = writeln!(
@@ -602,17 +643,20 @@ pub fn to_json(figures: &Figures) -> serde_json::Value {
             "rounds": o.rounds,
             "statistic": "median over rounds of the kernel's average ns per run; total_ns: per \
                           round, the sum over the programs",
-            "combined": "what the daemon runs: one program evaluating all N filters (socket: \
-                         one per group of 32 sessions, a socket each), each counting into its \
-                         own session's map (beyond 64 sessions through a table of the maps, \
-                         ARRAY_OF_MAPS); per interface and hook (and tc direction)",
+            "combined": "what the daemon runs, per interface and hook (and tc direction): \
+                         socket, one program per group of 32 sessions (a socket each, a run \
+                         each); tc and xdp, a chain of programs of up to 63 sessions, the first \
+                         test-run, each tail-calling the next (BPF_MAP_TYPE_PROG_ARRAY); each \
+                         filter counting into its own session's map",
+            "load_ms": "all the programs' loads, summed; change_ms: the longest load of one \
+                        program, what one new/modify/stop costs at most",
             "separate": "N programs (one per session), one BPF_PROG_RUN each, summed: the layout \
                          of socket and tc sessions before; up to 64 sessions",
             "socket": "the socket hook's eBPF loaded and run as SCHED_CLS (SOCKET_FILTER test \
                        runs start at L3); the kernel's own per-socket work is not included",
             "empty": "per hook, r0 = the hook's neutral return; exit, loaded as the same type, \
                       run in the same rounds",
-            "above_empty_ns": "total_ns - programs * empty_ns",
+            "above_empty_ns": "total_ns - runs * empty_ns (runs: test runs per packet)",
             "compiled": format!(
                 "socket, tc: as tcpdump -i {COMPILE_IF} (live semantics); xdp: Filter::for_xdp \
                  (tags in the frame)"
@@ -629,11 +673,13 @@ pub fn to_json(figures: &Figures) -> serde_json::Value {
             "layout": r.layout.as_str(),
             "sessions": r.sessions,
             "programs": r.programs,
+            "runs": r.runs,
             "measured_as": measured_as_name(r.hook),
             "ebpf_insns": r.ebpf_insns,
             "ebpf_slots": r.ebpf_slots,
             "verified_insns": r.verified_insns,
             "load_ms": (r.load_time.as_secs_f64() * 1e4).round() / 10.0,
+            "change_ms": (r.change_time.as_secs_f64() * 1e4).round() / 10.0,
             "matched": r.matched,
             "total_ns": r.total_ns(),
             "empty_ns": r.empty_ns(),

@@ -1,0 +1,206 @@
+//! Chained programs: the sessions of a tc or XDP hook in several programs, each handing
+//! the packet on to the next with `bpf_tail_call`.
+//!
+//! One program holding every session's filter fails the verifier beyond about a
+//! thousand typical filters (its first path crosses them all: 8,192 pending branches),
+//! and costs a whole re-verification on every change. A chain splits the sessions
+//! into programs of at most [`CHAIN_SESSIONS`] filters: program 0 is the attached one,
+//! program `k` ends with a tail call to entry `k + 1` of a `BPF_MAP_TYPE_PROG_ARRAY`
+//! ([`ProgArray`]) that holds programs 1 and beyond. A change regenerates only the
+//! programs it touches; replacing an entry is atomic, so a packet meets each filter
+//! exactly once.
+//!
+//! The kernel allows 33 tail calls per packet: a chain has at most
+//! [`CHAIN_PROGRAMS`] programs. A prog array's entries are dropped when its last
+//! user reference (an fd or a pin) goes, whatever programs still refer to it: the
+//! owner keeps an fd, or a pin.
+//!
+//! # Minimum kernel version
+//! Tail calls from XDP programs with `BPF_F_XDP_HAS_FRAGS`: 5.18.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_map_type};
+
+use crate::cbpf::Program;
+use crate::counters::CounterMap;
+use crate::insn::Insn;
+use crate::program::{LoadedProgram, bpf};
+use crate::table::MOST_MAPS;
+use crate::translate::{CounterSlot, Hook, TailCall, TranslateError, translate_chained};
+
+/// Filters per program of a chain: each refers to its counter map, and to the prog
+/// array, within the kernel's [`MOST_MAPS`] maps per program.
+pub const CHAIN_SESSIONS: usize = MOST_MAPS - 1;
+
+/// Programs in a chain: the first, and one per tail call the kernel allows
+/// (`MAX_TAIL_CALL_CNT`, 33).
+pub const CHAIN_PROGRAMS: usize = 34;
+
+/// The most filters a chain holds.
+pub const CHAIN_MOST_SESSIONS: usize = CHAIN_SESSIONS * CHAIN_PROGRAMS;
+
+/// Why a prog array could not be made, changed or pinned. Names the array.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    #[error("cannot create prog array {name}: {source}")]
+    Create {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot put program {program} into entry {index} of prog array {name}: {source}")]
+    Set {
+        name: String,
+        index: u32,
+        program: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot empty entry {index} of prog array {name}: {source}")]
+    Clear {
+        name: String,
+        index: u32,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot pin prog array {name} at {path}: {source}")]
+    Pin {
+        name: String,
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A `BPF_MAP_TYPE_PROG_ARRAY` of [`CHAIN_PROGRAMS`] entries: the programs of a chain
+/// after the first.
+#[derive(Debug)]
+pub struct ProgArray {
+    name: String,
+    fd: OwnedFd,
+}
+
+impl ProgArray {
+    /// Creates an array with every entry empty. `name` is truncated to 15 characters.
+    pub fn create(name: &str) -> Result<Self, ChainError> {
+        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+        // SAFETY: the map-create member of the union; every other byte stays zero.
+        let create = unsafe { &mut attr.__bindgen_anon_1 };
+        create.map_type = bpf_map_type::BPF_MAP_TYPE_PROG_ARRAY as u32;
+        create.key_size = size_of::<u32>() as u32;
+        create.value_size = size_of::<u32>() as u32;
+        create.max_entries = CHAIN_PROGRAMS as u32;
+        for (i, byte) in name.bytes().take(15).enumerate() {
+            create.map_name[i] = byte as _;
+        }
+        let fd = bpf(bpf_cmd::BPF_MAP_CREATE, &mut attr).map_err(|source| ChainError::Create {
+            name: name.to_owned(),
+            source,
+        })?;
+        Ok(Self {
+            name: name.to_owned(),
+            // SAFETY: BPF_MAP_CREATE returned a new fd that nothing else owns.
+            fd: unsafe { OwnedFd::from_raw_fd(fd as i32) },
+        })
+    }
+
+    /// Makes entry `index` hold `program`, atomically: a packet in flight runs the
+    /// old program or the new one.
+    pub fn set(&self, index: u32, program: &LoadedProgram) -> Result<(), ChainError> {
+        let key = index;
+        let value = program.as_fd().as_raw_fd() as u32;
+        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+        // SAFETY: the element member of the union.
+        let elem = unsafe { &mut attr.__bindgen_anon_2 };
+        elem.map_fd = self.fd.as_raw_fd() as u32;
+        elem.key = &key as *const u32 as u64;
+        elem.__bindgen_anon_1.value = &value as *const u32 as u64;
+        bpf(bpf_cmd::BPF_MAP_UPDATE_ELEM, &mut attr).map_err(|source| ChainError::Set {
+            name: self.name.clone(),
+            index,
+            program: program.name().to_owned(),
+            source,
+        })?;
+        Ok(())
+    }
+
+    /// Empties entry `index`: a tail call to it falls through. Empty already is fine.
+    pub fn clear(&self, index: u32) -> Result<(), ChainError> {
+        let key = index;
+        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+        // SAFETY: the element member of the union.
+        let elem = unsafe { &mut attr.__bindgen_anon_2 };
+        elem.map_fd = self.fd.as_raw_fd() as u32;
+        elem.key = &key as *const u32 as u64;
+        match bpf(bpf_cmd::BPF_MAP_DELETE_ELEM, &mut attr) {
+            Ok(_) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            Err(source) => Err(ChainError::Clear {
+                name: self.name.clone(),
+                index,
+                source,
+            }),
+        }
+    }
+
+    /// Pins the array at `path` on a bpffs: its entries stay while no process holds
+    /// it.
+    pub fn pin(&self, path: &Path) -> Result<(), ChainError> {
+        let error = |source| ChainError::Pin {
+            name: self.name.clone(),
+            path: path.display().to_string(),
+            source,
+        };
+        let text = CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| error(io::Error::from(io::ErrorKind::InvalidInput)))?;
+        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+        attr.__bindgen_anon_4.pathname = text.as_ptr() as u64;
+        attr.__bindgen_anon_4.bpf_fd = self.fd.as_raw_fd() as u32;
+        bpf(bpf_cmd::BPF_OBJ_PIN, &mut attr).map_err(error)?;
+        Ok(())
+    }
+
+    /// The fd to put into a program's map reference.
+    pub fn raw_fd(&self) -> i32 {
+        self.fd.as_raw_fd()
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// Program `index` of a chain for `hook`: each filter of `counted` counting into slot
+/// 0 of its own counter map (at most [`CHAIN_SESSIONS`], so no table is needed), then
+/// a tail call to entry `index + 1` of `chain` (none from the last possible program).
+/// `counted` may be empty: such a program only passes the packet on. `tc_egress` as
+/// for [`crate::translate::translate_all_tc_egress`]. With more than
+/// [`CHAIN_SESSIONS`] filters the kernel refuses the program (too many maps).
+pub fn translate_chunk(
+    counted: &[(&Program, &CounterMap)],
+    hook: Hook,
+    tc_egress: bool,
+    chain: &ProgArray,
+    index: usize,
+) -> Result<Vec<Insn>, TranslateError> {
+    let slots: Vec<_> = counted
+        .iter()
+        .map(|&(program, map)| {
+            let slot = CounterSlot {
+                map_fd: map.raw_fd(),
+                slot: 0,
+            };
+            (program, slot)
+        })
+        .collect();
+    let next = (index + 1 < CHAIN_PROGRAMS).then(|| TailCall {
+        prog_array_fd: chain.raw_fd(),
+        index: (index + 1) as u32,
+    });
+    translate_chained(&slots, hook, tc_egress, next)
+}
