@@ -557,8 +557,8 @@ pub fn report(figures: &Figures) -> String {
          instructions the verifier processed, load ms = the loads' time (both summed: a whole \
          build);\n         chg ms = the longest load of one program (combined: what one \
          new/modify/stop costs at most);\n         matched = sessions \
-         counting the frame; total, empty, above = ns per packet; above = total - programs x \
-         empty;\n         /session = above / sessions\n"
+         counting the frame; total, empty, above = ns per packet; above = total - runs x empty \
+         (runs: test runs per packet, 1 for a chain);\n         /session = above / sessions\n"
     );
     let _ = writeln!(
         out,
