@@ -18,10 +18,8 @@
 //! # Minimum kernel version
 //! Tail calls from XDP programs with `BPF_F_XDP_HAS_FRAGS`: 5.18.
 
-use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_map_type};
@@ -29,9 +27,9 @@ use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_map_type};
 use crate::cbpf::Program;
 use crate::counters::CounterMap;
 use crate::insn::Insn;
-use crate::program::{LoadedProgram, bpf};
+use crate::program::{LoadedProgram, bpf, obj_pin};
 use crate::table::MOST_MAPS;
-use crate::translate::{CounterSlot, Hook, TailCall, TranslateError, translate_chained};
+use crate::translate::{Hook, TailCall, TranslateError, translate_chained};
 
 /// Filters per program of a chain: each refers to its counter map, and to the prog
 /// array, within the kernel's [`MOST_MAPS`] maps per program.
@@ -151,18 +149,11 @@ impl ProgArray {
     /// Pins the array at `path` on a bpffs: its entries stay while no process holds
     /// it.
     pub fn pin(&self, path: &Path) -> Result<(), ChainError> {
-        let error = |source| ChainError::Pin {
+        obj_pin(self.fd.as_fd(), path).map_err(|source| ChainError::Pin {
             name: self.name.clone(),
             path: path.display().to_string(),
             source,
-        };
-        let text = CString::new(path.as_os_str().as_bytes())
-            .map_err(|_| error(io::Error::from(io::ErrorKind::InvalidInput)))?;
-        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-        attr.__bindgen_anon_4.pathname = text.as_ptr() as u64;
-        attr.__bindgen_anon_4.bpf_fd = self.fd.as_raw_fd() as u32;
-        bpf(bpf_cmd::BPF_OBJ_PIN, &mut attr).map_err(error)?;
-        Ok(())
+        })
     }
 
     /// The fd to put into a program's map reference.
@@ -190,13 +181,7 @@ pub fn translate_chunk(
 ) -> Result<Vec<Insn>, TranslateError> {
     let slots: Vec<_> = counted
         .iter()
-        .map(|&(program, map)| {
-            let slot = CounterSlot {
-                map_fd: map.raw_fd(),
-                slot: 0,
-            };
-            (program, slot)
-        })
+        .map(|&(program, map)| (program, map.slot(0)))
         .collect();
     let next = (index + 1 < CHAIN_PROGRAMS).then(|| TailCall {
         prog_array_fd: chain.raw_fd(),

@@ -4,14 +4,11 @@
 //! its own copy without atomics, and a read sums the copies. Created and read through
 //! aya; the raw fd goes into the programs' `ld_imm64` map references.
 
-use std::ffi::CString;
-use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use aya::maps::{Map, MapData, MapError, PerCpuArray};
-use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_map_type};
+use aya_obj::generated::bpf_map_type;
 
 /// Packets and bytes of one slot, as the programs write them (`u64` each, in order).
 #[repr(C)]
@@ -132,28 +129,11 @@ impl CounterMap {
     /// Pins the map at `path` on a bpffs, so that it outlives this process: the
     /// kernel keeps counting into it while no daemon runs.
     pub fn pin(&self, path: &Path) -> Result<(), CounterError> {
-        let error = |source| CounterError::Pin {
+        crate::program::obj_pin(self.fd.as_fd(), path).map_err(|source| CounterError::Pin {
             name: self.name.clone(),
             path: path.display().to_string(),
             source,
-        };
-        let text = CString::new(path.as_os_str().as_bytes())
-            .map_err(|_| error(io::Error::from(io::ErrorKind::InvalidInput)))?;
-        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-        attr.__bindgen_anon_4.pathname = text.as_ptr() as u64;
-        attr.__bindgen_anon_4.bpf_fd = self.fd.as_raw_fd() as u32;
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                bpf_cmd::BPF_OBJ_PIN as libc::c_long,
-                &mut attr as *mut bpf_attr,
-                size_of::<bpf_attr>(),
-            )
-        };
-        if rc < 0 {
-            return Err(error(io::Error::last_os_error()));
-        }
-        Ok(())
+        })
     }
 
     /// Opens a map pinned by [`CounterMap::pin`]: its counters as the kernel has them.
@@ -191,6 +171,14 @@ impl CounterMap {
     /// The fd to put into a program's map reference.
     pub fn raw_fd(&self) -> i32 {
         self.fd.as_raw_fd()
+    }
+
+    /// Slot `slot` of this map, for a program's counting code.
+    pub fn slot(&self, slot: u32) -> crate::translate::CounterSlot {
+        crate::translate::CounterSlot {
+            map_fd: self.raw_fd(),
+            slot,
+        }
     }
 
     pub fn slots(&self) -> u32 {

@@ -4,9 +4,11 @@
 //! the loaded program is then handed to aya ([`LoadedProgram::sched_classifier`],
 //! [`LoadedProgram::socket_filter`]) for test runs, attachment and pins.
 
-use std::ffi::c_char;
+use std::ffi::{CString, c_char};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 
 use aya::programs::{ProgramError, SchedClassifier, SocketFilter, Xdp, loaded_programs};
 use aya_obj::generated::{bpf_attach_type, bpf_attr, bpf_cmd, bpf_prog_info, bpf_prog_type};
@@ -375,6 +377,17 @@ pub(crate) fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<i64> {
     } else {
         Ok(rc)
     }
+}
+
+/// `BPF_OBJ_PIN`: pins the object behind `fd` (a map, a program, a link) at `path` on
+/// a bpffs, so that it outlives every process holding it.
+pub(crate) fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+    let text = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    attr.__bindgen_anon_4.pathname = text.as_ptr() as u64;
+    attr.__bindgen_anon_4.bpf_fd = fd.as_raw_fd() as u32;
+    bpf(bpf_cmd::BPF_OBJ_PIN, &mut attr).map(|_| ())
 }
 
 fn prog_load(

@@ -17,7 +17,7 @@ use crate::counters::CounterMap;
 use crate::insn::Insn;
 use crate::program::bpf;
 use crate::translate::{
-    CounterSlot, Hook, TranslateError, translate_all, translate_all_tc_egress, translate_with_table,
+    Hook, TranslateError, translate_all, translate_all_tc_egress, translate_with_table,
 };
 
 /// Why a table could not be made or filled. Names the table.
@@ -133,13 +133,7 @@ pub fn translate_counting(
     if counted.len() <= MOST_MAPS {
         let slots: Vec<_> = counted
             .iter()
-            .map(|&(program, map)| {
-                let slot = CounterSlot {
-                    map_fd: map.raw_fd(),
-                    slot: 0,
-                };
-                (program, slot)
-            })
+            .map(|&(program, map)| (program, map.slot(0)))
             .collect();
         let insns = match tc_egress && hook == Hook::Tc {
             true => translate_all_tc_egress(&slots)?,
