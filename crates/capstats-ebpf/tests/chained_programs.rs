@@ -13,7 +13,7 @@ use capstats_ebpf::chain::{
     CHAIN_MOST_SESSIONS, CHAIN_PROGRAMS, CHAIN_SESSIONS, ProgArray, translate_chunk,
 };
 use capstats_ebpf::counters::CounterMap;
-use capstats_ebpf::filter::{Filter, FilterError};
+use capstats_ebpf::filter::Filter;
 use capstats_ebpf::program::{LoadError, LoadedProgram};
 use capstats_ebpf::table::translate_counting;
 use capstats_ebpf::testrun::harness_max_frame;
@@ -95,15 +95,8 @@ fn chained(hook: Hook) {
         .iter()
         .flat_map(|c| c.records.iter().map(Vec::as_slice))
         .collect();
-    let filters: Vec<Filter> = common::lines(&corpus.join("filters_ethernet_valid.txt"))
-        .iter()
-        .filter_map(
-            |e| match Filter::for_linktype(pcap::Linktype::ETHERNET, e, 0) {
-                Ok(filter) => Some(filter),
-                Err(FilterError::NeedsInterface { .. }) => None,
-                Err(err) => panic!("libpcap must compile {e:?}: {err}"),
-            },
-        )
+    let filters: Vec<Filter> = common::file_filters(&corpus)
+        .into_iter()
         .take(CORPUS_FILTERS)
         .collect();
     assert_eq!(filters.len(), CORPUS_FILTERS);

@@ -14,7 +14,7 @@ mod common;
 
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 use capstats_ebpf::counters::CounterMap;
-use capstats_ebpf::filter::{Filter, FilterError};
+use capstats_ebpf::filter::Filter;
 use capstats_ebpf::program::LoadedProgram;
 use capstats_ebpf::table::CounterTable;
 use capstats_ebpf::testrun::harness_max_frame;
@@ -65,17 +65,7 @@ fn combined(hook: Hook) {
         .iter()
         .flat_map(|c| c.records.iter().map(Vec::as_slice))
         .collect();
-    let filters: Vec<Filter> = common::lines(&corpus.join("filters_ethernet_valid.txt"))
-        .iter()
-        .filter_map(
-            |e| match Filter::for_linktype(pcap::Linktype::ETHERNET, e, 0) {
-                Ok(filter) => Some(filter),
-                // inbound/outbound/ifindex: refused for files (corpus_differential).
-                Err(FilterError::NeedsInterface { .. }) => None,
-                Err(err) => panic!("libpcap must compile {e:?}: {err}"),
-            },
-        )
-        .collect();
+    let filters: Vec<Filter> = common::file_filters(&corpus);
     assert!(filters.len() >= 400, "{} filters", filters.len());
     let max_frame = harness_max_frame(hook).expect("probe the test harness");
 

@@ -36,6 +36,23 @@ pub fn lines(path: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The corpus's valid Ethernet expressions compiled as for a capture file, in order;
+/// those that need a live interface (inbound/outbound/ifindex) are left out
+/// (corpus_differential checks that libpcap matches nothing with them in files).
+pub fn file_filters(corpus: &Path) -> Vec<capstats_ebpf::filter::Filter> {
+    use capstats_ebpf::filter::{Filter, FilterError};
+    lines(&corpus.join("filters_ethernet_valid.txt"))
+        .iter()
+        .filter_map(
+            |e| match Filter::for_linktype(pcap::Linktype::ETHERNET, e, 0) {
+                Ok(filter) => Some(filter),
+                Err(FilterError::NeedsInterface { .. }) => None,
+                Err(err) => panic!("libpcap must compile {e:?}: {err}"),
+            },
+        )
+        .collect()
+}
+
 pub struct CaptureRecords {
     pub name: String,
     pub records: Vec<Vec<u8>>,
