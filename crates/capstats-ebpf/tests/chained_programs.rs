@@ -8,7 +8,6 @@
 
 mod common;
 
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 use capstats_ebpf::chain::{
     CHAIN_MOST_SESSIONS, CHAIN_PROGRAMS, CHAIN_SESSIONS, ProgArray, translate_chunk,
 };
@@ -30,35 +29,6 @@ fn each_filter_of_a_chain_counts_what_libpcap_matches_tc() {
 #[test]
 fn each_filter_of_a_chain_counts_what_libpcap_matches_xdp() {
     chained(Hook::Xdp);
-}
-
-enum Runner {
-    Tc(SchedClassifier),
-    Xdp(Xdp),
-}
-
-impl Runner {
-    fn new(program: &LoadedProgram) -> Self {
-        match program.hook() {
-            Hook::Xdp => Runner::Xdp(program.xdp().unwrap()),
-            _ => Runner::Tc(program.sched_classifier().unwrap()),
-        }
-    }
-
-    /// The program's return value, or `None` when the harness refuses the frame.
-    fn run(&self, frame: &[u8]) -> Option<u32> {
-        let options = TestRunOptions {
-            data_in: Some(frame),
-            repeat: 1,
-            ..Default::default()
-        };
-        match self {
-            Runner::Tc(p) => p.test_run(options),
-            Runner::Xdp(p) => p.test_run(options),
-        }
-        .ok()
-        .map(|r| r.return_value)
-    }
 }
 
 /// A chain: its array and its programs, program `k` holding the filters of chunk `k`.
@@ -105,7 +75,7 @@ fn chained(hook: Hook) {
         .collect();
     let chain = load_chain(hook, &filters.iter().collect::<Vec<_>>(), &maps);
     assert_eq!(chain.programs.len(), 4);
-    let head = Runner::new(&chain.programs[0]);
+    let head = common::Runner::new(&chain.programs[0]);
     let max_frame = harness_max_frame(hook).expect("probe the test harness");
 
     let mut want = vec![(0u64, 0u64); filters.len()];
@@ -206,7 +176,7 @@ fn a_chain_of_the_most_programs_loads_and_reaches_its_end() {
             .collect();
         let chain = load_chain(hook, &filters.iter().collect::<Vec<_>>(), &maps);
         assert_eq!(chain.programs.len(), CHAIN_PROGRAMS);
-        let head = Runner::new(&chain.programs[0]);
+        let head = common::Runner::new(&chain.programs[0]);
         for port in [1, CHAIN_MOST_SESSIONS - 1, CHAIN_MOST_SESSIONS] {
             let frame = udp_frame(port as u16);
             assert_eq!(head.run(&frame), Some(hook.neutral_return() as u32));

@@ -12,7 +12,6 @@
 
 mod common;
 
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 use capstats_ebpf::counters::CounterMap;
 use capstats_ebpf::filter::Filter;
 use capstats_ebpf::program::LoadedProgram;
@@ -36,25 +35,6 @@ fn each_filter_of_a_combined_program_counts_what_libpcap_matches_tc() {
 #[test]
 fn each_filter_of_a_combined_program_counts_what_libpcap_matches_xdp() {
     combined(Hook::Xdp);
-}
-
-enum Runner {
-    Tc(SchedClassifier),
-    Xdp(Xdp),
-}
-
-impl Runner {
-    fn run(&self, frame: &[u8]) -> bool {
-        let options = TestRunOptions {
-            data_in: Some(frame),
-            repeat: 1,
-            ..Default::default()
-        };
-        match self {
-            Runner::Tc(p) => p.test_run(options).is_ok(),
-            Runner::Xdp(p) => p.test_run(options).is_ok(),
-        }
-    }
 }
 
 fn combined(hook: Hook) {
@@ -107,14 +87,11 @@ fn combined(hook: Hook) {
         };
         let program = LoadedProgram::load(loaded_as, "combined", &insns)
             .unwrap_or_else(|e| panic!("{hook}: load {} filters: {e}", chunk.len()));
-        let runner = match hook {
-            Hook::Xdp => Runner::Xdp(program.xdp().unwrap()),
-            _ => Runner::Tc(program.sched_classifier().unwrap()),
-        };
+        let runner = common::Runner::new(&program);
         programs += 1;
         let mut want = vec![(0u64, 0u64); chunk.len()];
         for record in &records {
-            if record.len() < 14 || record.len() > max_frame || !runner.run(record) {
+            if record.len() < 14 || record.len() > max_frame || runner.run(record).is_none() {
                 refused_runs += 1;
                 continue;
             }

@@ -53,6 +53,37 @@ pub fn file_filters(corpus: &Path) -> Vec<capstats_ebpf::filter::Filter> {
         .collect()
 }
 
+/// A loaded program run on frames with `BPF_PROG_RUN`, as its type takes them.
+pub enum Runner {
+    Tc(aya::programs::SchedClassifier),
+    Xdp(aya::programs::Xdp),
+}
+
+impl Runner {
+    pub fn new(program: &capstats_ebpf::program::LoadedProgram) -> Self {
+        match program.hook() {
+            capstats_ebpf::translate::Hook::Xdp => Runner::Xdp(program.xdp().unwrap()),
+            _ => Runner::Tc(program.sched_classifier().unwrap()),
+        }
+    }
+
+    /// The program's return value, or `None` when the harness refuses the frame.
+    pub fn run(&self, frame: &[u8]) -> Option<u32> {
+        use aya::programs::{TestRun, TestRunOptions};
+        let options = TestRunOptions {
+            data_in: Some(frame),
+            repeat: 1,
+            ..Default::default()
+        };
+        match self {
+            Runner::Tc(p) => p.test_run(options),
+            Runner::Xdp(p) => p.test_run(options),
+        }
+        .ok()
+        .map(|r| r.return_value)
+    }
+}
+
 pub struct CaptureRecords {
     pub name: String,
     pub records: Vec<Vec<u8>>,
