@@ -45,8 +45,7 @@ use capstats_ebpf::chain::{
 };
 use capstats_ebpf::counters::CounterMap;
 use capstats_ebpf::program::LoadedProgram;
-use capstats_ebpf::table::{CountingError, translate_counting};
-use capstats_ebpf::translate::Hook;
+use capstats_ebpf::translate::{Hook, translate_all};
 
 use crate::attach::{CountingSocket, ifindex};
 use crate::log::event;
@@ -504,7 +503,7 @@ impl InterfacePrograms {
                     return Ok(None);
                 }
                 let part: Vec<Counted<'_>> = members.iter().map(|m| wanted[m.as_str()]).collect();
-                generate(interface, slot, &part).map(Some)
+                generate(slot, &part).map(Some)
             })
             .collect::<Result<Vec<_>, SessionError>>();
         let programs = match programs {
@@ -798,21 +797,13 @@ impl InterfacePrograms {
 }
 
 /// The program counting every filter of `counted` into its map, for a socket (at
-/// most [`SESSIONS_PER_SOCKET`] filters: no table of maps).
-fn generate(
-    interface: &str,
-    slot: Slot,
-    counted: &[Counted<'_>],
-) -> Result<LoadedProgram, SessionError> {
+/// most [`SESSIONS_PER_SOCKET`] filters, well within the kernel's maps per program).
+fn generate(slot: Slot, counted: &[Counted<'_>]) -> Result<LoadedProgram, SessionError> {
     let filters: Vec<_> = counted
         .iter()
-        .map(|&(_, program, map)| (program, map))
+        .map(|&(_, program, map)| (program, map.slot(0)))
         .collect();
-    let (insns, _table) = translate_counting(&filters, slot.hook(), slot == Slot::TcEgress)
-        .map_err(|e| match e {
-            CountingError::Translate(e) => SessionError::Translate(e),
-            CountingError::Table(e) => failed(interface, slot, e),
-        })?;
+    let insns = translate_all(&filters, slot.hook())?;
     Ok(LoadedProgram::load(
         slot.hook(),
         slot.program_name(),

@@ -27,13 +27,12 @@ use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_map_type};
 use crate::cbpf::Program;
 use crate::counters::CounterMap;
 use crate::insn::Insn;
-use crate::program::{LoadedProgram, bpf, obj_pin};
-use crate::table::MOST_MAPS;
+use crate::program::{KERNEL_MAX_MAPS, LoadedProgram, bpf, obj_pin};
 use crate::translate::{Hook, TailCall, TranslateError, translate_chained};
 
 /// Filters per program of a chain: each refers to its counter map, and to the prog
-/// array, within the kernel's [`MOST_MAPS`] maps per program.
-pub const CHAIN_SESSIONS: usize = MOST_MAPS - 1;
+/// array, within the kernel's [`KERNEL_MAX_MAPS`] maps per program.
+pub const CHAIN_SESSIONS: usize = KERNEL_MAX_MAPS - 1;
 
 /// Programs in a chain: the first, and one per tail call the kernel allows
 /// (`MAX_TAIL_CALL_CNT`, 33).

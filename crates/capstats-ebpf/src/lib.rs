@@ -14,6 +14,5 @@ pub mod filter;
 pub mod insn;
 pub mod program;
 pub mod replay;
-pub mod table;
 pub mod testrun;
 pub mod translate;

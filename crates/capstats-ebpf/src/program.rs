@@ -59,6 +59,9 @@ pub enum LoadError {
     },
 }
 
+/// The most maps a program may refer to (the kernel's `MAX_USED_MAPS`).
+pub const KERNEL_MAX_MAPS: usize = 64;
+
 /// The most instructions a program may have, and the most the verifier walks through
 /// while checking one (`BPF_COMPLEXITY_LIMIT_INSNS`, for root).
 pub const KERNEL_MAX_INSNS: usize = 1_000_000;

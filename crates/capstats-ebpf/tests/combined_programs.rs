@@ -2,8 +2,7 @@
 //! filter must count exactly what it counts alone, that is what libpcap matches.
 //!
 //! The 409 valid expressions of the corpus go into programs of 64 filters each, every
-//! filter counting into a map of its own (through a reference to it, or through a
-//! table of the maps, in turn), and every
+//! filter counting into a map of its own through a reference to it, and every
 //! record of the corpus goes through each program once (`BPF_PROG_RUN`). Each filter's
 //! map must then hold libpcap's packets and bytes for it. Records no test run takes
 //! (under 14 bytes, beyond the harness's frame size, or an IPv4/IPv6 header cut short,
@@ -15,9 +14,8 @@ mod common;
 use capstats_ebpf::counters::CounterMap;
 use capstats_ebpf::filter::Filter;
 use capstats_ebpf::program::LoadedProgram;
-use capstats_ebpf::table::CounterTable;
 use capstats_ebpf::testrun::harness_max_frame;
-use capstats_ebpf::translate::{CounterSlot, Hook, translate_all, translate_with_table};
+use capstats_ebpf::translate::{Hook, translate_all};
 
 /// Filters per program.
 const PER_PROGRAM: usize = 64;
@@ -55,30 +53,12 @@ fn combined(hook: Hook) {
         let maps: Vec<CounterMap> = (0..chunk.len())
             .map(|i| CounterMap::create(&format!("combined{i}"), 1).unwrap())
             .collect();
-        // Every other program counts through a table of the maps, the others refer
-        // to each map (both are what the daemon runs: the table beyond 64 sessions).
-        let mut _table = None;
-        let insns = if programs % 2 == 0 {
-            let table = CounterTable::create("combined", &maps[0], maps.len() as u32).unwrap();
-            table.fill(&maps.iter().collect::<Vec<_>>()).unwrap();
-            let classic: Vec<_> = chunk.iter().map(Filter::program).collect();
-            let insns = translate_with_table(&classic, table.raw_fd(), hook, false).unwrap();
-            _table = Some(table);
-            insns
-        } else {
-            let slots: Vec<_> = chunk
-                .iter()
-                .zip(&maps)
-                .map(|(f, map)| {
-                    let slot = CounterSlot {
-                        map_fd: map.raw_fd(),
-                        slot: 0,
-                    };
-                    (f.program(), slot)
-                })
-                .collect();
-            translate_all(&slots, hook).unwrap()
-        };
+        let slots: Vec<_> = chunk
+            .iter()
+            .zip(&maps)
+            .map(|(f, map)| (f.program(), map.slot(0)))
+            .collect();
+        let insns = translate_all(&slots, hook).unwrap();
         // Socket filters' test runs start at L3: their code runs as SCHED_CLS.
         let loaded_as = if hook == Hook::Xdp {
             Hook::Xdp

@@ -88,18 +88,6 @@ pub struct CounterSlot {
     pub slot: u32,
 }
 
-/// Where one filter of a program counts its matches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Counting {
-    Slot(CounterSlot),
-    /// Slot 0 of the counter map in entry `index` of the table `table_fd` (see
-    /// [`crate::table`]): one map reference for any number of filters.
-    Table {
-        table_fd: i32,
-        index: u32,
-    },
-}
-
 /// The program a chained program hands the packet to after its own filters
 /// (`bpf_tail_call`): entry `index` of the `BPF_MAP_TYPE_PROG_ARRAY` `prog_array_fd`
 /// (see [`crate::chain`]). An empty entry, or the kernel's limit of tail calls,
@@ -145,12 +133,12 @@ pub fn translate_tc_egress(
 
 /// Translates several filters into one program: each runs on every packet and counts
 /// its matches into its own counter slot (of its own map, or of a shared one). The
-/// kernel allows a program 64 maps; [`translate_with_table`] has no such limit.
+/// kernel allows a program 64 maps: more sessions take a chain ([`crate::chain`]).
 pub fn translate_all(
     filters: &[(&Program, CounterSlot)],
     hook: Hook,
 ) -> Result<Vec<Insn>, TranslateError> {
-    Ok(assemble(&slots(filters), hook, false, None)?.finish()?)
+    Ok(assemble(filters, hook, false, None)?.finish()?)
 }
 
 /// One program of a chain ([`crate::chain`]): [`translate_all`] (or, with
@@ -163,47 +151,14 @@ pub fn translate_chained(
     tc_egress: bool,
     next: Option<TailCall>,
 ) -> Result<Vec<Insn>, TranslateError> {
-    Ok(assemble(&slots(filters), hook, tc_egress && hook == Hook::Tc, next)?.finish()?)
+    Ok(assemble(filters, hook, tc_egress && hook == Hook::Tc, next)?.finish()?)
 }
 
 /// [`translate_all`] for the TC egress hook (see [`translate_tc_egress`]).
 pub fn translate_all_tc_egress(
     filters: &[(&Program, CounterSlot)],
 ) -> Result<Vec<Insn>, TranslateError> {
-    Ok(assemble(&slots(filters), Hook::Tc, true, None)?.finish()?)
-}
-
-/// Translates several filters into one program, filter `i` counting into slot 0 of
-/// the counter map in entry `i` of the table `table_fd` ([`crate::table`]): any number
-/// of sessions, one map reference. `tc_egress`: for the TC egress hook (see
-/// [`translate_tc_egress`]).
-pub fn translate_with_table(
-    filters: &[&Program],
-    table_fd: i32,
-    hook: Hook,
-    tc_egress: bool,
-) -> Result<Vec<Insn>, TranslateError> {
-    let counted: Vec<_> = filters
-        .iter()
-        .enumerate()
-        .map(|(i, p)| {
-            (
-                *p,
-                Counting::Table {
-                    table_fd,
-                    index: i as u32,
-                },
-            )
-        })
-        .collect();
-    Ok(assemble(&counted, hook, tc_egress && hook == Hook::Tc, None)?.finish()?)
-}
-
-fn slots<'a>(filters: &[(&'a Program, CounterSlot)]) -> Vec<(&'a Program, Counting)> {
-    filters
-        .iter()
-        .map(|(p, slot)| (*p, Counting::Slot(*slot)))
-        .collect()
+    Ok(assemble(filters, Hook::Tc, true, None)?.finish()?)
 }
 
 /// The same translation as assembly text with its labels (see [`Assembler::listing`]).
@@ -212,11 +167,11 @@ pub fn translate_listing(
     hook: Hook,
     counter: CounterSlot,
 ) -> Result<String, TranslateError> {
-    Ok(assemble(&[(program, Counting::Slot(counter))], hook, false, None)?.listing()?)
+    Ok(assemble(&[(program, counter)], hook, false, None)?.listing()?)
 }
 
 fn assemble(
-    filters: &[(&Program, Counting)],
+    filters: &[(&Program, CounterSlot)],
     hook: Hook,
     outgoing: bool,
     next: Option<TailCall>,
@@ -438,26 +393,13 @@ impl Translator {
 
     /// The filter matched: one more packet and its bytes in its counter slot. Falls
     /// through to the filter's reject label (the next filter, or the return).
-    fn count(&mut self, counting: Counting) {
+    fn count(&mut self, counter: CounterSlot) {
         let (r0, r1) = (Reg::R0, Reg::R1);
-        match counting {
-            Counting::Slot(counter) => {
-                self.emit(Insn::LoadMapFd {
-                    dst: r1,
-                    fd: counter.map_fd,
-                }); // r1 = counters
-                self.lookup(counter.slot); // r0 = &counters[slot] on this CPU
-            }
-            Counting::Table { table_fd, index } => {
-                self.emit(Insn::LoadMapFd {
-                    dst: r1,
-                    fd: table_fd,
-                }); // r1 = the table
-                self.lookup(index); // r0 = the filter's counter map
-                self.emit(mov64(r1, Operand::Reg(r0))); // r1 = counters
-                self.lookup(0); // r0 = &counters[0] on this CPU
-            }
-        }
+        self.emit(Insn::LoadMapFd {
+            dst: r1,
+            fd: counter.map_fd,
+        }); // r1 = counters
+        self.lookup(counter.slot); // r0 = &counters[slot] on this CPU
         // Per-CPU values, and a CPU runs one hook invocation at a time: plain adds.
         self.emit(load(Size::DW, r1, r0, 0)); // packets += 1
         self.emit(alu64(AluOp::Add, r1, Operand::Imm(1)));

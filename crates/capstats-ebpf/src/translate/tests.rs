@@ -435,27 +435,6 @@ fn several_filters_share_one_program_on_every_hook() {
     }
 }
 
-/// With a table of counter maps, filter `i` looks up entry `i` of the table, then slot
-/// 0 of the map it finds: one map reference for all of them.
-#[test]
-fn filters_count_through_a_table_of_counter_maps() {
-    let raw: Vec<RawInsn> = vec![RawInsn::new(0x06, 0, 0, 1)];
-    let program = Program::new(&raw).unwrap();
-    let insns = translate_with_table(&[&program, &program, &program], 11, Hook::Tc, false).unwrap();
-    let text: Vec<String> = insns.iter().map(Insn::to_string).collect();
-    let maps: Vec<&String> = text.iter().filter(|l| l.contains("map[")).collect();
-    assert_eq!(maps.len(), 3, "{text:?}");
-    assert!(
-        maps.iter().all(|l| l.as_str() == "r1 = map[fd:11]"),
-        "{maps:?}"
-    );
-    for key in 0..3 {
-        let line = format!("*(u64 *)(r10 - 136) = {key}");
-        assert!(text.contains(&line), "{line} in {text:?}");
-    }
-    assert!(text.contains(&"r1 = r0".to_owned()), "{text:?}");
-}
-
 /// At TC egress every packet is outgoing, as a packet socket sees it, whatever
 /// `skb->pkt_type` says there.
 #[test]

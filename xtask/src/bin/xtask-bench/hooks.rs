@@ -37,8 +37,7 @@ use capstats_ebpf::filter::Filter;
 use capstats_ebpf::insn::build::mov64;
 use capstats_ebpf::insn::{Insn, Operand, Reg};
 use capstats_ebpf::program::LoadedProgram;
-use capstats_ebpf::table::{CounterTable, translate_counting};
-use capstats_ebpf::translate::{CounterSlot, Hook, translate};
+use capstats_ebpf::translate::{CounterSlot, Hook, translate, translate_all};
 use serde_json::json;
 
 use crate::stats::median;
@@ -355,8 +354,6 @@ struct Setup<'a> {
     sessions: &'a [Session],
     /// One counter map per session, as the daemon has them.
     counters: Vec<CounterMap>,
-    /// The tables the programs find them in (none as the daemon lays them out).
-    _tables: Vec<CounterTable>,
     /// tc and xdp combined: the prog array of the chain.
     _chain: Option<ProgArray>,
     programs: Vec<Loaded>,
@@ -390,7 +387,6 @@ impl<'a> Setup<'a> {
             .collect::<Result<Vec<_>, _>>()?;
         let mut ebpf_insns = 0;
         let mut load_times = Vec::new();
-        let mut tables = Vec::new();
         let mut chain = None;
         let pairs: Vec<_> = filters.iter().zip(&counters).collect();
         let programs = match layout {
@@ -399,10 +395,11 @@ impl<'a> Setup<'a> {
             Layout::Combined if hook == Hook::SocketFilter => {
                 let mut programs = Vec::new();
                 for group in pairs.chunks(SESSIONS_PER_SOCKET) {
-                    let counted: Vec<_> =
-                        group.iter().map(|(f, map)| (f.program(), *map)).collect();
-                    let (insns, group_table) = translate_counting(&counted, hook, false)?;
-                    tables.extend(group_table);
+                    let counted: Vec<_> = group
+                        .iter()
+                        .map(|(f, map)| (f.program(), map.slot(0)))
+                        .collect();
+                    let insns = translate_all(&counted, hook)?;
                     ebpf_insns += insns.len();
                     let start = Instant::now();
                     programs.push(Loaded::load(hook, "xtask_combined", &insns)?);
@@ -460,7 +457,6 @@ impl<'a> Setup<'a> {
             empty,
             sessions,
             counters,
-            _tables: tables,
             _chain: chain,
             program_rounds: vec![Vec::new(); runs],
             programs,
