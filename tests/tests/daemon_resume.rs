@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure};
 use capstats_common::protocol::Session;
-use capstats_tests::daemon::Daemon;
-use capstats_tests::daemon::rig::{self, Setup};
+use capstats_tests::daemon::rig::{self, Rig, Setup};
 use capstats_tests::require_root;
 
 const TEST: &str = "daemon_resume";
@@ -123,25 +122,7 @@ fn sessions_resume_after_a_restart_on_a_new_interface() -> anyhow::Result<()> {
     let len = frame.len() as u64;
     send_and_settle(&setup, &frame, 10, 10)?;
 
-    let Setup {
-        daemon,
-        spec,
-        pins,
-        mut rig,
-        scratch,
-        ..
-    } = setup;
-    daemon.kill()?;
-    rig.recreate_veth()?;
-    let daemon = Daemon::start(&rig.ns_b, &spec, &scratch.join("daemon2.log"))?;
-    let setup = Setup {
-        client: daemon.client()?,
-        daemon,
-        spec,
-        pins,
-        rig,
-        scratch,
-    };
+    let setup = setup.restart("daemon2.log", Rig::recreate_veth)?;
     let up = wait_up(&setup.client, true)?;
     ensure!(
         up.iter().all(|s| counts(s) == (10, 10 * len)),

@@ -260,7 +260,41 @@ impl Setup {
             scratch.join("state"),
         ));
         let pins = spec.pin_guard();
-        let daemon = crate::daemon::Daemon::start(&rig.ns_b, &spec, &scratch.join("daemon.log"))?;
+        Self::with_daemon(rig, scratch, spec, pins, "daemon.log")
+    }
+
+    /// Kills the daemon (`kill -9`: it leaves its pins and table as they are), lets
+    /// `meanwhile` change the rig while none runs, and starts another with the same
+    /// spec, its log at `log` in the scratch directory.
+    ///
+    /// # Errors
+    /// When the daemon cannot be killed or started, or `meanwhile` fails.
+    pub fn restart(
+        self,
+        log: &str,
+        meanwhile: impl FnOnce(&mut Rig) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Self> {
+        let Setup {
+            daemon,
+            spec,
+            pins,
+            mut rig,
+            scratch,
+            ..
+        } = self;
+        daemon.kill()?;
+        meanwhile(&mut rig)?;
+        Self::with_daemon(rig, scratch, spec, pins, log)
+    }
+
+    fn with_daemon(
+        rig: Rig,
+        scratch: crate::scratch::ScratchDir,
+        spec: crate::daemon::DaemonSpec,
+        pins: crate::daemon::PinDir,
+        log: &str,
+    ) -> anyhow::Result<Self> {
+        let daemon = crate::daemon::Daemon::start(&rig.ns_b, &spec, &scratch.join(log))?;
         Ok(Self {
             client: daemon.client()?,
             daemon,
