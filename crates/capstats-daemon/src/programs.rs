@@ -476,7 +476,6 @@ impl InterfacePrograms {
         interface: &str,
         counted: &[Counted<'_>],
     ) -> Result<(), SessionError> {
-        let slot = Slot::Socket;
         let index =
             ifindex(interface).ok_or_else(|| SessionError::UnknownInterface(interface.into()))?;
         let mut groups = self.sockets.remove(interface).unwrap_or_default();
@@ -503,7 +502,7 @@ impl InterfacePrograms {
                     return Ok(None);
                 }
                 let part: Vec<Counted<'_>> = members.iter().map(|m| wanted[m.as_str()]).collect();
-                generate(slot, &part).map(Some)
+                generate_socket_program(&part).map(Some)
             })
             .collect::<Result<Vec<_>, SessionError>>();
         let programs = match programs {
@@ -798,11 +797,12 @@ impl InterfacePrograms {
 
 /// The program counting every filter of `counted` into its map, for a socket (at
 /// most [`SESSIONS_PER_SOCKET`] filters, well within the kernel's maps per program).
-fn generate(slot: Slot, counted: &[Counted<'_>]) -> Result<LoadedProgram, SessionError> {
+fn generate_socket_program(counted: &[Counted<'_>]) -> Result<LoadedProgram, SessionError> {
     let filters: Vec<_> = counted
         .iter()
         .map(|&(_, program, map)| (program, map.slot(0)))
         .collect();
+    let slot = Slot::Socket;
     let insns = translate_all(&filters, slot.hook())?;
     Ok(LoadedProgram::load(
         slot.hook(),
