@@ -1,6 +1,6 @@
 //! `cargo xtask fuzz`: the request decoder and the daemon's connection loop against
 //! hostile input for as long as asked (CI runs the same properties for a few seconds in
-//! `crates/capstats-fuzz/tests/properties.rs`).
+//! `capstats-fuzz/tests/properties.rs`).
 //!
 //! Two engines, each run for `--seconds` per target:
 //! - `stable`: `capstats-fuzz`, a seeded generator of hostile request streams, built in

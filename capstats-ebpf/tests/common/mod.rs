@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 pub fn corpus_dir() -> PathBuf {
     let dir = std::env::var_os("CAPSTATS_CORPUS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus"));
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus"));
     assert!(
         dir.join("filters_ethernet_valid.txt").is_file(),
         "the test corpus is missing at {} (set CAPSTATS_CORPUS)",

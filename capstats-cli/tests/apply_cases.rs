@@ -15,7 +15,7 @@ use std::process::Command;
 fn corpus() -> PathBuf {
     let dir = std::env::var_os("CAPSTATS_CORPUS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus"));
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus"));
     assert!(
         dir.join("apply_cases.tsv").is_file(),
         "corpus missing at {} (set CAPSTATS_CORPUS)",

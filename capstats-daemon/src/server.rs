@@ -10,7 +10,7 @@
 //! only with a filter that libpcap compiles in time (`preflight`).
 //!
 //! [`converse`] is a connection's conversation without the socket: the fuzz targets
-//! (`fuzz/`, `crates/capstats-fuzz`) drive it with arbitrary bytes.
+//! (`fuzz/`, `capstats-fuzz`) drive it with arbitrary bytes.
 
 use std::cell::Cell;
 use std::io::{self, BufRead, BufReader, Read, Write};

@@ -6,7 +6,7 @@ use std::process::{Command, Output};
 fn sample() -> PathBuf {
     let corpus = std::env::var_os("CAPSTATS_CORPUS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus"));
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus"));
     let file = corpus.join("pcap/libpcap-filter/dhcp-rfc3004.pcap");
     assert!(
         file.is_file(),
