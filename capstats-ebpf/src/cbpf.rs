@@ -35,7 +35,7 @@ impl RawInsn {
 }
 
 /// Size of a packet load.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LoadSize {
     Byte,
     Half,
@@ -54,7 +54,7 @@ impl LoadSize {
 
 /// Socket-buffer metadata read by an ancillary load (`SKF_AD_*`). Whatever the load's
 /// size, the whole field is read, as the kernel does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Ancillary {
     /// `SKF_AD_PROTOCOL`: the link-layer protocol, `ntohs(skb->protocol)`.
     Protocol,
@@ -127,7 +127,7 @@ impl Ancillary {
 }
 
 /// What a load puts into the accumulator A.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LoadA {
     /// `A = P[k:size]`, big endian.
     Abs { size: LoadSize, offset: u32 },
@@ -144,7 +144,7 @@ pub enum LoadA {
 }
 
 /// What a load puts into the index register X.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LoadX {
     /// `X = k`.
     Imm(u32),
@@ -157,7 +157,7 @@ pub enum LoadX {
 }
 
 /// The second operand of an ALU operation or comparison.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Src {
     K(u32),
     X,
@@ -172,7 +172,7 @@ impl fmt::Display for Src {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AluOp {
     Add,
     Sub,
@@ -204,7 +204,7 @@ impl AluOp {
 }
 
 /// The comparison of a conditional jump (all unsigned 32-bit).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Cond {
     Eq,
     Gt,
@@ -224,7 +224,7 @@ impl Cond {
 }
 
 /// A validated classic instruction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ClassicInsn {
     LoadA(LoadA),
     LoadX(LoadX),
@@ -340,7 +340,7 @@ pub enum ClassicError {
 }
 
 /// A classic program that passed validation.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Program {
     insns: Vec<ClassicInsn>,
 }

@@ -14,5 +14,6 @@ pub mod filter;
 pub mod insn;
 pub mod program;
 pub mod replay;
+pub mod shared;
 pub mod testrun;
 pub mod translate;

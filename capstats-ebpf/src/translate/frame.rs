@@ -40,3 +40,21 @@ pub(super) const CACHED: i16 = CACHE - 8;
 
 /// The kernel gives a program 512 bytes of stack.
 const _: () = assert!(CACHED >= -512);
+
+/// Shared groups: A while the dispatch map is looked up and a member's branch runs.
+pub(super) const SAVED_A: i16 = CACHED - 8;
+/// Shared groups: X, likewise.
+pub(super) const SAVED_X: i16 = SAVED_A - 8;
+/// Shared groups: the dispatch map's key (group, point, value; see
+/// [`crate::shared::maps::DispatchKey`]).
+pub(super) const DISPATCH_KEY: i16 = SAVED_X - 8;
+/// Shared programs: the counter table's entry to count into (u32 in the low half).
+pub(super) const ENTRY: i16 = DISPATCH_KEY - 8;
+
+/// Shared groups: the table entry of the member that left the default path at the
+/// group's `i`th remembered point (u64::MAX: none).
+pub(super) fn remembered(i: usize) -> i16 {
+    ENTRY - 8 * (1 + i as i16)
+}
+
+const _: () = assert!(ENTRY - 8 * crate::shared::shape::MOST_REMEMBERED as i16 >= -512);

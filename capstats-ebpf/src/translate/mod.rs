@@ -33,6 +33,7 @@
 
 mod access;
 mod frame;
+mod shared;
 #[cfg(test)]
 mod tests;
 
@@ -40,6 +41,7 @@ use crate::asm::{AsmError, Assembler};
 use crate::cbpf::{AluOp as ClassicAlu, ClassicInsn, Cond, LoadA, LoadSize, LoadX, Program, Src};
 use crate::insn::build::*;
 use crate::insn::{AluOp, Insn, JmpOp, Label, Operand, Reg, Size, Target, Width};
+use crate::shared::plan::{Item, Plan};
 
 const A: Reg = Reg::R0;
 const X: Reg = Reg::R7;
@@ -96,6 +98,15 @@ pub struct CounterSlot {
 pub struct TailCall {
     pub prog_array_fd: i32,
     pub index: u32,
+}
+
+/// The maps a shared program reads ([`crate::shared::maps`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SharedMaps {
+    /// The dispatch map (`BPF_MAP_TYPE_HASH`, [`crate::shared::maps::DispatchKey`] → table entry).
+    pub dispatch_fd: i32,
+    /// The counter table (`BPF_MAP_TYPE_ARRAY_OF_MAPS`, entry → counter map).
+    pub table_fd: i32,
 }
 
 /// Why filters could not be translated for a hook.
@@ -170,6 +181,72 @@ pub fn translate_listing(
     Ok(assemble(&[(program, counter)], hook, false, None)?.listing()?)
 }
 
+/// Translates `filters` as `plan` groups them ([`crate::shared`]): each group's code
+/// once, each single filter alone, every filter counting into its counter map through
+/// the table, at the entry [`crate::shared::maps::table_order`] gives it. `tc_egress`
+/// and `next` as for [`translate_chained`].
+pub fn translate_shared(
+    filters: &[&Program],
+    plan: &Plan,
+    hook: Hook,
+    tc_egress: bool,
+    maps: SharedMaps,
+    next: Option<TailCall>,
+) -> Result<Vec<Insn>, TranslateError> {
+    Ok(assemble_shared(filters, plan, hook, tc_egress && hook == Hook::Tc, maps, next)?.finish()?)
+}
+
+/// [`translate_shared`] as assembly text with its labels.
+pub fn translate_shared_listing(
+    filters: &[&Program],
+    plan: &Plan,
+    hook: Hook,
+    maps: SharedMaps,
+) -> Result<String, TranslateError> {
+    Ok(assemble_shared(filters, plan, hook, false, maps, None)?.listing()?)
+}
+
+fn assemble_shared(
+    filters: &[&Program],
+    plan: &Plan,
+    hook: Hook,
+    outgoing: bool,
+    maps: SharedMaps,
+    next: Option<TailCall>,
+) -> Result<Assembler, TranslateError> {
+    for program in filters {
+        access::check(program, hook)?;
+    }
+    let mut t = Translator::new(hook, outgoing, maps.table_fd, plan.items.len());
+    t.prologue();
+    let mut entry = 0u32;
+    let mut group_number = 0u16;
+    for (item_number, item) in plan.items.iter().enumerate() {
+        t.filter = item_number;
+        match item {
+            Item::Single(filter) => {
+                let program = filters[*filter];
+                t.loops = program.has_loops();
+                t.filter_block(program);
+                t.asm.label(Label::Accept(item_number));
+                t.emit(store(Size::DW, FP, frame::ENTRY, imm(entry))); // entry = this filter's
+                t.count_entry(Label::Reject(item_number));
+                entry += 1;
+            }
+            Item::Group(group) => {
+                t.loops = false;
+                let program = filters[group.members[0]];
+                t.group_block(group_number, program, &group.template, maps);
+                group_number += 1;
+                entry += group.members.len() as u32;
+            }
+        }
+        t.asm.label(Label::Reject(item_number));
+    }
+    t.epilogue(next);
+    Ok(t.asm)
+}
+
 fn assemble(
     filters: &[(&Program, CounterSlot)],
     hook: Hook,
@@ -179,14 +256,7 @@ fn assemble(
     for (program, _) in filters {
         access::check(program, hook)?;
     }
-    let mut t = Translator {
-        asm: Assembler::new(),
-        hook,
-        outgoing,
-        filter: 0,
-        loops: false,
-        next_local: 0,
-    };
+    let mut t = Translator::new(hook, outgoing, -1, filters.len());
     t.prologue();
     for (filter, (program, counter)) in filters.iter().enumerate() {
         t.filter = filter;
@@ -196,11 +266,7 @@ fn assemble(
         t.count(*counter);
         t.asm.label(Label::Reject(filter));
     }
-    if let Some(next) = next {
-        t.tail_call(next);
-    }
-    t.emit(mov64(A, Operand::Imm(hook.neutral_return()))); // the hook's "carry on"
-    t.emit(Insn::Exit);
+    t.epilogue(next);
     Ok(t.asm)
 }
 
@@ -214,6 +280,11 @@ struct Translator {
     /// Whether that filter loops (a backward `ja`).
     loops: bool,
     next_local: usize,
+    /// The label number of the next copy of a group's branch (after every item's).
+    next_branch: usize,
+    /// The counter table of a shared program (-1 in others, which count through map
+    /// references).
+    table_fd: i32,
 }
 
 fn size(size: LoadSize) -> Size {
@@ -229,6 +300,29 @@ fn imm(k: u32) -> Operand {
 }
 
 impl Translator {
+    fn new(hook: Hook, outgoing: bool, table_fd: i32, items: usize) -> Self {
+        Translator {
+            asm: Assembler::new(),
+            hook,
+            outgoing,
+            filter: 0,
+            loops: false,
+            next_local: 0,
+            next_branch: items,
+            table_fd,
+        }
+    }
+
+    /// After the last filter: on to the next program of a chain, if any, else the
+    /// hook's neutral return.
+    fn epilogue(&mut self, next: Option<TailCall>) {
+        if let Some(next) = next {
+            self.tail_call(next);
+        }
+        self.emit(mov64(A, Operand::Imm(self.hook.neutral_return()))); // the hook's "carry on"
+        self.emit(Insn::Exit);
+    }
+
     fn emit(&mut self, insn: Insn) {
         self.asm.push(insn);
     }
@@ -400,6 +494,12 @@ impl Translator {
             fd: counter.map_fd,
         }); // r1 = counters
         self.lookup(counter.slot); // r0 = &counters[slot] on this CPU
+        self.add_one(r0);
+    }
+
+    /// One packet and its bytes added to the counter at `counter`.
+    fn add_one(&mut self, counter: Reg) {
+        let (r0, r1) = (counter, Reg::R1);
         // Per-CPU values, and a CPU runs one hook invocation at a time: plain adds.
         self.emit(load(Size::DW, r1, r0, 0)); // packets += 1
         self.emit(alu64(AluOp::Add, r1, Operand::Imm(1)));

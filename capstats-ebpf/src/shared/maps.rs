@@ -1,0 +1,244 @@
+//! The kernel maps a shared program reads: the dispatch map and the counter table.
+//!
+//! The *dispatch map* (`BPF_MAP_TYPE_HASH`, u64 → u32) answers, at a varying point of a
+//! group, "which member compares with this value here?": its key is the group, the
+//! point and the value ([`DispatchKey`]), its value the member's entry in the *counter
+//! table*. The counter table (`BPF_MAP_TYPE_ARRAY_OF_MAPS`) holds each filter's own
+//! counter map, so that a program counts any number of filters through two map
+//! references (the kernel allows a program 64) and every session keeps its own map,
+//! which the daemon pins and reads.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_map_type};
+
+use crate::cbpf::Program;
+use crate::counters::CounterMap;
+use crate::program::bpf;
+
+use super::plan::{Item, Plan};
+use super::shape::comparisons;
+
+/// Why a shared program's map could not be made or filled. Names the map.
+#[derive(Debug, thiserror::Error)]
+pub enum MapsError {
+    #[error("cannot create {what} {name} ({entries} entries): {source}")]
+    Create {
+        what: &'static str,
+        name: String,
+        entries: u32,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot write {entries} entries into {what} {name}: {source}")]
+    Fill {
+        what: &'static str,
+        name: String,
+        entries: usize,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// A dispatch map's key: group `group` of the program, classic instruction `pc` of
+/// its code, and the value compared there. The generated code builds the same u64.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DispatchKey {
+    pub group: u16,
+    pub pc: u16,
+    pub value: u32,
+}
+
+impl DispatchKey {
+    pub const fn to_u64(self) -> u64 {
+        ((self.group as u64) << 48) | ((self.pc as u64) << 32) | self.value as u64
+    }
+}
+
+/// The dispatch map's entries for `plan`: for each group (numbered in plan order from
+/// 0) and member, the member's constant at each varying point, leading to
+/// `table_index(member)`.
+pub fn dispatch_entries(
+    plan: &Plan,
+    filters: &[&Program],
+    table_index: impl Fn(usize) -> u32,
+) -> Vec<(DispatchKey, u32)> {
+    let mut entries = Vec::new();
+    for (group_number, group) in plan.groups().enumerate() {
+        for &member in &group.members {
+            for (pc, value) in comparisons(filters[member]) {
+                if group.template.varying.binary_search(&pc).is_ok() {
+                    let key = DispatchKey {
+                        group: group_number as u16,
+                        pc: pc as u16,
+                        value,
+                    };
+                    entries.push((key, table_index(member)));
+                }
+            }
+        }
+    }
+    entries
+}
+
+/// The most groups a plan may have: their number is 16 bits of a dispatch key.
+pub const MOST_GROUPS: usize = u16::MAX as usize;
+
+/// Every filter of `plan` in the order of its items: singles and group members alike
+/// count through the table, entry = position in this order.
+pub fn table_order(plan: &Plan) -> Vec<usize> {
+    plan.items
+        .iter()
+        .flat_map(|item| match item {
+            Item::Single(filter) => vec![*filter],
+            Item::Group(group) => group.members.clone(),
+        })
+        .collect()
+}
+
+fn create(
+    what: &'static str,
+    name: &str,
+    map_type: bpf_map_type,
+    key_size: usize,
+    entries: u32,
+    inner: Option<&CounterMap>,
+) -> Result<OwnedFd, MapsError> {
+    let entries = entries.max(1);
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: the map-create member of the union; every other byte stays zero.
+    let create = unsafe { &mut attr.__bindgen_anon_1 };
+    create.map_type = map_type as u32;
+    create.key_size = key_size as u32;
+    create.value_size = size_of::<u32>() as u32;
+    create.max_entries = entries;
+    if let Some(inner) = inner {
+        create.inner_map_fd = inner.raw_fd() as u32;
+    }
+    for (i, byte) in name.bytes().take(15).enumerate() {
+        create.map_name[i] = byte as _;
+    }
+    let fd = bpf(bpf_cmd::BPF_MAP_CREATE, &mut attr).map_err(|source| MapsError::Create {
+        what,
+        name: name.to_owned(),
+        entries,
+        source,
+    })?;
+    // SAFETY: BPF_MAP_CREATE returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `BPF_MAP_UPDATE_BATCH` of `keys` → `values` (u32 values; keys of any size).
+fn update_batch<K>(
+    what: &'static str,
+    name: &str,
+    fd: &OwnedFd,
+    keys: &[K],
+    values: &[u32],
+) -> Result<(), MapsError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: the batch member of the union.
+    let batch = unsafe { &mut attr.batch };
+    batch.map_fd = fd.as_raw_fd() as u32;
+    batch.keys = keys.as_ptr() as u64;
+    batch.values = values.as_ptr() as u64;
+    batch.count = keys.len() as u32;
+    bpf(bpf_cmd::BPF_MAP_UPDATE_BATCH, &mut attr).map_err(|source| MapsError::Fill {
+        what,
+        name: name.to_owned(),
+        entries: keys.len(),
+        source,
+    })?;
+    Ok(())
+}
+
+/// A shared program's dispatch map (see the module's text).
+#[derive(Debug)]
+pub struct DispatchMap {
+    name: String,
+    fd: OwnedFd,
+}
+
+impl DispatchMap {
+    /// A map holding exactly `entries`.
+    pub fn create(name: &str, entries: &[(DispatchKey, u32)]) -> Result<Self, MapsError> {
+        let what = "dispatch map";
+        let fd = create(
+            what,
+            name,
+            bpf_map_type::BPF_MAP_TYPE_HASH,
+            size_of::<u64>(),
+            entries.len() as u32,
+            None,
+        )?;
+        let keys: Vec<u64> = entries.iter().map(|(key, _)| key.to_u64()).collect();
+        let values: Vec<u32> = entries.iter().map(|&(_, value)| value).collect();
+        update_batch(what, name, &fd, &keys, &values)?;
+        Ok(Self {
+            name: name.to_owned(),
+            fd,
+        })
+    }
+
+    /// The fd to put into a program's map reference.
+    pub fn raw_fd(&self) -> i32 {
+        self.fd.as_raw_fd()
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// A table of counter maps (see the module's text). Entries hold references: the
+/// counter maps live as long as the table does.
+#[derive(Debug)]
+pub struct CounterTable {
+    name: String,
+    fd: OwnedFd,
+}
+
+impl CounterTable {
+    /// A table whose entry `i` is `maps[i]` (each a per-CPU array of one counter),
+    /// filled in one `BPF_MAP_UPDATE_BATCH`: the kernel waits for an RCU grace period
+    /// after each update of a map of maps, so once per call rather than per entry.
+    pub fn create(name: &str, maps: &[&CounterMap]) -> Result<Self, MapsError> {
+        let what = "counter table";
+        let Some(template) = maps.first() else {
+            return Err(MapsError::Create {
+                what,
+                name: name.to_owned(),
+                entries: 0,
+                source: io::Error::from(io::ErrorKind::InvalidInput),
+            });
+        };
+        let fd = create(
+            what,
+            name,
+            bpf_map_type::BPF_MAP_TYPE_ARRAY_OF_MAPS,
+            size_of::<u32>(),
+            maps.len() as u32,
+            Some(template),
+        )?;
+        let keys: Vec<u32> = (0..maps.len() as u32).collect();
+        let values: Vec<u32> = maps.iter().map(|m| m.raw_fd() as u32).collect();
+        update_batch(what, name, &fd, &keys, &values)?;
+        Ok(Self {
+            name: name.to_owned(),
+            fd,
+        })
+    }
+
+    /// The fd to put into a program's map reference.
+    pub fn raw_fd(&self) -> i32 {
+        self.fd.as_raw_fd()
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}

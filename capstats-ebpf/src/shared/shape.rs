@@ -1,0 +1,222 @@
+//! A classic program's shape, and what evaluating one shape for many filters needs.
+//!
+//! Filters whose classic programs are equal but for the constants their `jeq #k`
+//! instructions compare with (`udp and dst port 53` and `udp and dst port 123`) have
+//! one *shape*. Where the members of a group differ, at the *varying* points, the
+//! shared code cannot compare with one constant: it looks the value it has up in a
+//! hash map instead, which names the one member whose constant equals it.
+//!
+//! Whether that is exact depends on the shape and on which points vary, and
+//! [`Template::analyse`] decides it. Think of the *default path*: the way through the
+//! program a filter takes when every varying comparison is false, which is the same
+//! for every member (it depends on the packet only). A member leaves it at the first
+//! varying point whose value equals its constant, and from there takes the true
+//! branch. The shared code is exact when
+//! - the default path never accepts (else every member that never leaves it would
+//!   count, and a packet would cost every member),
+//! - what follows the true branch of a varying point holds no varying point (so once
+//!   a member has left the default path, its verdict is the same for every member
+//!   leaving there and is computed once),
+//! - and writes no scratch memory (the default path goes on after it, with the
+//!   scratch words as they were).
+//!
+//! A member that meets its constant at two points of one default path (`host A` on a
+//! packet from A to A) leaves at the first: the code remembers who left where and
+//! skips them later ([`Template::remembered`]).
+
+use crate::cbpf::{ClassicInsn, Cond, Program, Src};
+
+/// The most varying points of a group that the code must remember a member at.
+pub const MOST_REMEMBERED: usize = 12;
+
+/// The shape of a classic program: itself, with the constants of `jeq #k` and of
+/// accepting returns set to 0 (any accepting `ret` counts the same).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Shape(Vec<ClassicInsn>);
+
+impl Shape {
+    pub fn of(program: &Program) -> Self {
+        Self(
+            program
+                .insns()
+                .iter()
+                .map(|insn| match *insn {
+                    ClassicInsn::Jump {
+                        cond: Cond::Eq,
+                        src: Src::K(_),
+                        jt,
+                        jf,
+                    } => ClassicInsn::Jump {
+                        cond: Cond::Eq,
+                        src: Src::K(0),
+                        jt,
+                        jf,
+                    },
+                    ClassicInsn::RetK(k) if k != 0 => ClassicInsn::RetK(1),
+                    other => other,
+                })
+                .collect(),
+        )
+    }
+}
+
+/// The points of `program` where a constant can vary between members of one shape:
+/// `jeq #k` whose two branches differ.
+pub fn comparisons(program: &Program) -> impl Iterator<Item = (usize, u32)> + '_ {
+    program
+        .insns()
+        .iter()
+        .enumerate()
+        .filter_map(|(pc, insn)| match *insn {
+            ClassicInsn::Jump {
+                cond: Cond::Eq,
+                src: Src::K(k),
+                jt,
+                jf,
+            } if jt != jf => Some((pc, k)),
+            _ => None,
+        })
+}
+
+/// A shape with its varying points chosen: what the shared code of a group is made of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    /// The varying points, ascending.
+    pub varying: Vec<usize>,
+    /// For each varying point (same order), the classic instructions reached from its
+    /// true branch, ascending: the code run once for the member that leaves there.
+    pub branches: Vec<Vec<usize>>,
+    /// For each varying point, the varying points that may come before it on the
+    /// default path (indices into `varying`).
+    pub before: Vec<Vec<usize>>,
+    /// The varying points where the code must remember which member left (those
+    /// before some other), indices into `varying`; a member left at
+    /// `remembered[i]` is kept in the frame's slot `i`.
+    pub remembered: Vec<usize>,
+}
+
+/// Why a shape cannot be evaluated once for several members with these points varying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NotShared {
+    #[error("nothing varies")]
+    NothingVaries,
+    #[error("the program loops")]
+    Loops,
+    #[error("the default path can accept (instruction {pc})")]
+    DefaultAccepts { pc: usize },
+    #[error("the true branch of varying instruction {pc} reaches varying instruction {other}")]
+    NestedVarying { pc: usize, other: usize },
+    #[error("the true branch of varying instruction {pc} writes scratch memory")]
+    BranchStores { pc: usize },
+    #[error("more than {MOST_REMEMBERED} varying points to remember")]
+    TooManyRemembered,
+}
+
+impl Template {
+    /// Decides whether `program`'s shape can be evaluated once for members that differ
+    /// at `varying` (each a [`comparisons`] point), and lays out the code if so.
+    pub fn analyse(program: &Program, varying: &[usize]) -> Result<Template, NotShared> {
+        if varying.is_empty() {
+            return Err(NotShared::NothingVaries);
+        }
+        if program.has_loops() {
+            return Err(NotShared::Loops);
+        }
+        let insns = program.insns();
+        let is_varying = |pc: usize| varying.binary_search(&pc).is_ok();
+        let index = |pc: usize| varying.binary_search(&pc).expect("a varying point");
+
+        // The default path: one forward sweep (no loops), a varying point going on to
+        // its false branch only. `seen[pc]`: the varying points that may come before.
+        let mut reached = vec![false; insns.len()];
+        let mut seen: Vec<Vec<usize>> = vec![Vec::new(); insns.len()];
+        reached[0] = true;
+        for (pc, insn) in insns.iter().enumerate() {
+            if !reached[pc] {
+                continue;
+            }
+            match *insn {
+                ClassicInsn::RetK(0) => continue,
+                ClassicInsn::RetK(_) | ClassicInsn::RetA => {
+                    return Err(NotShared::DefaultAccepts { pc });
+                }
+                _ => {}
+            }
+            let successors = insn.successors(pc);
+            let (next, out): (&[usize], Vec<usize>) = if is_varying(pc) {
+                let mut out = seen[pc].clone();
+                out.push(index(pc));
+                (&successors[1..], out)
+            } else {
+                (&successors[..], seen[pc].clone())
+            };
+            for &to in next {
+                reached[to] = true;
+                for v in &out {
+                    if !seen[to].contains(v) {
+                        seen[to].push(*v);
+                    }
+                }
+            }
+        }
+
+        let mut branches = Vec::with_capacity(varying.len());
+        for &pc in varying {
+            let ClassicInsn::Jump { jt, .. } = insns[pc] else {
+                unreachable!("varying points are comparisons");
+            };
+            let branch = reachable_from(program, pc + 1 + usize::from(jt));
+            if let Some(&other) = branch.iter().find(|&&b| is_varying(b)) {
+                return Err(NotShared::NestedVarying { pc, other });
+            }
+            if branch.iter().any(|&b| {
+                matches!(insns[b], ClassicInsn::StoreA(_) | ClassicInsn::StoreX(_))
+            }) {
+                return Err(NotShared::BranchStores { pc });
+            }
+            branches.push(branch);
+        }
+
+        let before: Vec<Vec<usize>> = varying
+            .iter()
+            .map(|&pc| {
+                let mut b = seen[pc].clone();
+                b.sort_unstable();
+                b
+            })
+            .collect();
+        let mut remembered: Vec<usize> = before.iter().flatten().copied().collect();
+        remembered.sort_unstable();
+        remembered.dedup();
+        if remembered.len() > MOST_REMEMBERED {
+            return Err(NotShared::TooManyRemembered);
+        }
+        Ok(Template {
+            varying: varying.to_vec(),
+            branches,
+            before,
+            remembered,
+        })
+    }
+
+    /// The frame slot (index into [`Template::remembered`]) of varying point `i`, if it
+    /// is remembered.
+    pub fn remembered_at(&self, i: usize) -> Option<usize> {
+        self.remembered.binary_search(&i).ok()
+    }
+}
+
+/// The classic instructions control may reach from `start`, ascending.
+fn reachable_from(program: &Program, start: usize) -> Vec<usize> {
+    let insns = program.insns();
+    let mut reached = vec![false; insns.len()];
+    reached[start] = true;
+    for pc in start..insns.len() {
+        if reached[pc] {
+            for to in insns[pc].successors(pc) {
+                reached[to] = true;
+            }
+        }
+    }
+    (start..insns.len()).filter(|&pc| reached[pc]).collect()
+}

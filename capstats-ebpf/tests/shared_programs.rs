@@ -1,0 +1,408 @@
+//! Shared evaluation (`capstats_ebpf::shared`): filters of one shape run once per
+//! packet for all of them, each still counting exactly what libpcap matches with its
+//! own expression.
+//!
+//! Three sets of filters, every corpus record through each (`BPF_PROG_RUN`), every
+//! filter's counter map compared with libpcap's packets and bytes: the corpus's
+//! expressions (few share a shape: the check that nothing else changed), a set made to
+//! stress merging (one shape with equal, overlapping and nested constants, duplicates,
+//! `port` beside `src port`/`dst port`, shapes differing only in an operator, constants
+//! taken from the corpus's own packets so that they match), and sessions added and
+//! removed in random order between batches of records, as the daemon regenerates a
+//! program while its sessions' maps keep counting.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use capstats_ebpf::counters::CounterMap;
+use capstats_ebpf::filter::Filter;
+use capstats_ebpf::program::LoadedProgram;
+use capstats_ebpf::shared::SharedProgram;
+use capstats_ebpf::testrun::harness_max_frame;
+use capstats_ebpf::translate::Hook;
+
+/// Filters per program for the corpus (as `combined_programs`).
+const PER_PROGRAM: usize = 64;
+
+struct Records {
+    all: Vec<Vec<u8>>,
+}
+
+impl Records {
+    fn load() -> Self {
+        let corpus = common::corpus_dir();
+        let all = common::read_all_captures(&corpus)
+            .into_iter()
+            .flat_map(|c| c.records)
+            .collect();
+        Self { all }
+    }
+}
+
+/// The kernel's count of each filter: one shared program of `filters`, every record
+/// of `records` through it. Also what libpcap counts for each, over the records the
+/// harness ran, and how many filters the plan grouped.
+struct Counted {
+    got: Vec<(u64, u64)>,
+    want: Vec<(u64, u64)>,
+    grouped: usize,
+    groups: usize,
+}
+
+fn run_shared(
+    hook: Hook,
+    filters: &[&Filter],
+    maps: &[&CounterMap],
+    records: &[Vec<u8>],
+) -> (Vec<(u64, u64)>, usize, usize) {
+    let counted: Vec<_> = filters
+        .iter()
+        .zip(maps)
+        .map(|(f, m)| (f.program(), *m))
+        .collect();
+    let shared = SharedProgram::build("shared", &counted, hook, false, None)
+        .unwrap_or_else(|e| panic!("{hook}: build {} filters: {e}", filters.len()));
+    // Socket filters' test runs start at L3: their code runs as SCHED_CLS.
+    let loaded_as = if hook == Hook::Xdp { Hook::Xdp } else { Hook::Tc };
+    let program = LoadedProgram::load(loaded_as, "shared", &shared.insns)
+        .unwrap_or_else(|e| panic!("{hook}: load {} filters: {e}", filters.len()));
+    let runner = common::Runner::new(&program);
+    let max_frame = harness_max_frame(hook).expect("probe the test harness");
+    let mut want = vec![(0u64, 0u64); filters.len()];
+    for record in records {
+        if record.len() < 14 || record.len() > max_frame || runner.run(record).is_none() {
+            continue;
+        }
+        for (filter, want) in filters.iter().zip(&mut want) {
+            if filter.libpcap_matches(record) {
+                want.0 += 1;
+                want.1 += record.len() as u64;
+            }
+        }
+    }
+    let groups = shared.plan.groups().count();
+    (want, shared.plan.grouped(), groups)
+}
+
+fn count(hook: Hook, filters: &[&Filter], records: &[Vec<u8>]) -> Counted {
+    let maps: Vec<CounterMap> = (0..filters.len())
+        .map(|i| CounterMap::create(&format!("shared{i}"), 1).unwrap())
+        .collect();
+    let map_refs: Vec<&CounterMap> = maps.iter().collect();
+    let (want, grouped, groups) = run_shared(hook, filters, &map_refs, records);
+    let got = maps
+        .iter()
+        .map(|m| {
+            let c = m.read(0).unwrap();
+            (c.packets, c.bytes)
+        })
+        .collect();
+    Counted {
+        got,
+        want,
+        grouped,
+        groups,
+    }
+}
+
+fn assert_exact(hook: Hook, filters: &[&Filter], got: &[(u64, u64)], want: &[(u64, u64)]) {
+    let wrong: Vec<String> = filters
+        .iter()
+        .zip(got.iter().zip(want))
+        .filter(|(_, (got, want))| got != want)
+        .map(|(f, (got, want))| {
+            format!(
+                "{:?}: counted packets={} bytes={}, libpcap packets={} bytes={}",
+                f.expression(),
+                got.0,
+                got.1,
+                want.0,
+                want.1
+            )
+        })
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{hook}: {} of {} filters miscounted:\n{}",
+        wrong.len(),
+        filters.len(),
+        wrong.join("\n")
+    );
+}
+
+fn corpus(hook: Hook) {
+    common::require_root();
+    let records = Records::load();
+    let filters = common::file_filters(&common::corpus_dir());
+    assert!(filters.len() >= 400, "{} filters", filters.len());
+    let (mut grouped, mut matches) = (0, 0);
+    for chunk in filters.chunks(PER_PROGRAM) {
+        let chunk: Vec<&Filter> = chunk.iter().collect();
+        let counted = count(hook, &chunk, &records.all);
+        assert_exact(hook, &chunk, &counted.got, &counted.want);
+        grouped += counted.grouped;
+        matches += counted.want.iter().map(|w| w.0).sum::<u64>();
+    }
+    eprintln!(
+        "{hook}: {} corpus filters in shared programs of {PER_PROGRAM}: {matches} matches \
+         exact, {grouped} filters evaluated in groups",
+        filters.len()
+    );
+    assert!(matches > 100_000, "{matches} matches: the records did not run");
+}
+
+#[test]
+fn corpus_expressions_in_shared_programs_count_what_libpcap_matches_socket() {
+    corpus(Hook::SocketFilter);
+}
+
+#[test]
+fn corpus_expressions_in_shared_programs_count_what_libpcap_matches_tc() {
+    corpus(Hook::Tc);
+}
+
+#[test]
+fn corpus_expressions_in_shared_programs_count_what_libpcap_matches_xdp() {
+    corpus(Hook::Xdp);
+}
+
+/// Values seen in the corpus's untagged IPv4 packets, so that the stress set matches.
+#[derive(Default)]
+struct Seen {
+    ports: BTreeSet<u16>,
+    hosts: BTreeSet<[u8; 4]>,
+    vlans: BTreeSet<u16>,
+    lengths: BTreeSet<usize>,
+}
+
+fn seen(records: &[Vec<u8>]) -> Seen {
+    let mut seen = Seen::default();
+    for r in records {
+        seen.lengths.insert(r.len());
+        if r.len() >= 18 && r[12..14] == [0x81, 0x00] {
+            seen.vlans.insert(u16::from_be_bytes([r[14], r[15]]) & 0xfff);
+        }
+        if r.len() < 38 || r[12..14] != [0x08, 0x00] {
+            continue;
+        }
+        seen.hosts.insert(r[26..30].try_into().unwrap());
+        seen.hosts.insert(r[30..34].try_into().unwrap());
+        let ihl = usize::from(r[14] & 0xf) * 4;
+        if matches!(r[23], 6 | 17) && r.len() >= 14 + ihl + 4 {
+            let at = 14 + ihl;
+            seen.ports.insert(u16::from_be_bytes([r[at], r[at + 1]]));
+            seen.ports.insert(u16::from_be_bytes([r[at + 2], r[at + 3]]));
+        }
+    }
+    seen
+}
+
+/// A small deterministic generator (xorshift), so that a failure can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+}
+
+fn ip(a: &[u8; 4]) -> String {
+    format!("{}.{}.{}.{}", a[0], a[1], a[2], a[3])
+}
+
+/// Expressions made to stress merging, with constants from `seen` (and a few that
+/// match nothing), in a shuffled order with duplicates.
+fn stress_expressions(seen: &Seen, rng: &mut Rng) -> Vec<String> {
+    let ports: Vec<u16> = seen.ports.iter().copied().take(60).collect();
+    let hosts: Vec<[u8; 4]> = seen.hosts.iter().copied().take(60).collect();
+    let vlans: Vec<u16> = seen.vlans.iter().copied().take(12).collect();
+    let lengths: Vec<usize> = seen.lengths.iter().copied().step_by(37).take(10).collect();
+    let mut out = Vec::new();
+    for p in &ports {
+        out.push(format!("udp and dst port {p}"));
+        out.push(format!("tcp dst port {p}"));
+        out.push(format!("port {p}"));
+    }
+    for p in ports.iter().step_by(3) {
+        out.push(format!("src port {p}"));
+        out.push(format!("dst port {p}"));
+        out.push(format!("udp port {p}"));
+    }
+    for h in &hosts {
+        out.push(format!("host {}", ip(h)));
+        out.push(format!("net {}.{}.{}.0/24", h[0], h[1], h[2]));
+        out.push(format!("src net {}.{}.0.0/16 and udp", h[0], h[1]));
+    }
+    for h in hosts.iter().step_by(4) {
+        out.push(format!("src host {}", ip(h)));
+        out.push(format!("dst host {}", ip(h)));
+        out.push(format!("net {}.0.0.0/8", h[0]));
+        out.push(format!("net {}.{}.0.0/16", h[0], h[1]));
+        out.push(format!("ip host {} and udp", ip(h)));
+    }
+    // Nested and overlapping nets, the issue's example among them.
+    out.extend(
+        ["net 10.0.0.0/8", "net 10.1.0.0/16", "net 10.1.2.0/24", "net 10.0.0.0/16"]
+            .map(String::from),
+    );
+    for v in &vlans {
+        out.push(format!("vlan {v}"));
+        out.push(format!("vlan {v} and udp"));
+    }
+    for n in &lengths {
+        out.push(format!("greater {n}"));
+        out.push(format!("less {n}"));
+        out.push(format!("len >= {n}"));
+    }
+    // Constants nothing in the corpus carries.
+    for p in [1u16, 7, 9, 65535] {
+        out.push(format!("udp and dst port {p}"));
+    }
+    out.push("host 192.0.2.77".into());
+    // Duplicates, more than once.
+    for _ in 0..30 {
+        let again = rng.pick(&out).clone();
+        out.push(again);
+    }
+    out.push("port 53".into());
+    out.push("port 53".into());
+    out.push("port 53".into());
+    // Shuffled: a group's first member is any of them.
+    for i in (1..out.len()).rev() {
+        out.swap(i, rng.below(i + 1));
+    }
+    out
+}
+
+fn compile(expressions: &[String]) -> Vec<Filter> {
+    expressions
+        .iter()
+        .map(|e| {
+            Filter::for_linktype(pcap::Linktype::ETHERNET, e, 0)
+                .unwrap_or_else(|err| panic!("libpcap must compile {e:?}: {err}"))
+        })
+        .collect()
+}
+
+fn stress(hook: Hook) {
+    common::require_root();
+    let records = Records::load();
+    let seen = seen(&records.all);
+    assert!(seen.ports.len() >= 60 && seen.hosts.len() >= 60, "corpus values");
+    for seed in [0x5eed_0001u64, 0x5eed_0002] {
+        let mut rng = Rng(seed);
+        let filters = compile(&stress_expressions(&seen, &mut rng));
+        let refs: Vec<&Filter> = filters.iter().collect();
+        let counted = count(hook, &refs, &records.all);
+        assert_exact(hook, &refs, &counted.got, &counted.want);
+        let matches: u64 = counted.want.iter().map(|w| w.0).sum();
+        eprintln!(
+            "{hook} seed {seed:#x}: {} filters in one shared program, {} in {} groups: \
+             {matches} matches exact",
+            refs.len(),
+            counted.grouped,
+            counted.groups
+        );
+        // The set is made of a few shapes: most filters must share their evaluation,
+        // or this test would check nothing new.
+        assert!(
+            counted.grouped * 10 >= refs.len() * 8,
+            "only {} of {} filters grouped",
+            counted.grouped,
+            refs.len()
+        );
+        assert!(matches > 50_000, "{matches} matches: the constants did not match");
+    }
+}
+
+#[test]
+fn merging_stress_set_counts_what_libpcap_matches_socket() {
+    stress(Hook::SocketFilter);
+}
+
+#[test]
+fn merging_stress_set_counts_what_libpcap_matches_tc() {
+    stress(Hook::Tc);
+}
+
+#[test]
+fn merging_stress_set_counts_what_libpcap_matches_xdp() {
+    stress(Hook::Xdp);
+}
+
+/// Sessions come and go between batches of records: each batch runs through a program
+/// generated for the sessions present then, counting into maps that outlive it. Each
+/// session must hold libpcap's count over the batches it was present for.
+fn churn(hook: Hook) {
+    common::require_root();
+    let records = Records::load();
+    let seen = seen(&records.all);
+    let mut rng = Rng(0xc0ffee);
+    let pool_expressions = stress_expressions(&seen, &mut rng);
+    let pool = compile(&pool_expressions);
+    let maps: Vec<CounterMap> = (0..pool.len())
+        .map(|i| CounterMap::create(&format!("churn{i}"), 1).unwrap())
+        .collect();
+    let mut present: Vec<bool> = (0..pool.len()).map(|_| rng.below(2) == 0).collect();
+    let mut want = vec![(0u64, 0u64); pool.len()];
+    let batches = 8;
+    let per_batch = records.all.len().div_ceil(batches);
+    for batch in records.all.chunks(per_batch) {
+        let live: Vec<usize> = (0..pool.len()).filter(|&i| present[i]).collect();
+        let filters: Vec<&Filter> = live.iter().map(|&i| &pool[i]).collect();
+        let live_maps: Vec<&CounterMap> = live.iter().map(|&i| &maps[i]).collect();
+        let (batch_want, _, _) = run_shared(hook, &filters, &live_maps, batch);
+        for (&i, w) in live.iter().zip(batch_want) {
+            want[i].0 += w.0;
+            want[i].1 += w.1;
+        }
+        // A third of the sessions change their presence.
+        for p in present.iter_mut() {
+            if rng.below(3) == 0 {
+                *p = !*p;
+            }
+        }
+    }
+    let got: Vec<(u64, u64)> = maps
+        .iter()
+        .map(|m| {
+            let c = m.read(0).unwrap();
+            (c.packets, c.bytes)
+        })
+        .collect();
+    let refs: Vec<&Filter> = pool.iter().collect();
+    assert_exact(hook, &refs, &got, &want);
+    let matches: u64 = want.iter().map(|w| w.0).sum();
+    assert!(matches > 10_000, "{matches} matches");
+    eprintln!(
+        "{hook}: {} sessions coming and going over {batches} batches: {matches} matches exact",
+        pool.len()
+    );
+}
+
+#[test]
+fn sessions_coming_and_going_count_what_libpcap_matches_socket() {
+    churn(Hook::SocketFilter);
+}
+
+#[test]
+fn sessions_coming_and_going_count_what_libpcap_matches_tc() {
+    churn(Hook::Tc);
+}
+
+#[test]
+fn sessions_coming_and_going_count_what_libpcap_matches_xdp() {
+    churn(Hook::Xdp);
+}
