@@ -64,7 +64,11 @@ fn run_shared(
     let shared = SharedProgram::build("shared", &counted, hook, false, None)
         .unwrap_or_else(|e| panic!("{hook}: build {} filters: {e}", filters.len()));
     // Socket filters' test runs start at L3: their code runs as SCHED_CLS.
-    let loaded_as = if hook == Hook::Xdp { Hook::Xdp } else { Hook::Tc };
+    let loaded_as = if hook == Hook::Xdp {
+        Hook::Xdp
+    } else {
+        Hook::Tc
+    };
     let program = LoadedProgram::load(loaded_as, "shared", &shared.insns)
         .unwrap_or_else(|e| panic!("{hook}: load {} filters: {e}", filters.len()));
     let runner = common::Runner::new(&program);
@@ -149,7 +153,10 @@ fn corpus(hook: Hook) {
          exact, {grouped} filters evaluated in groups",
         filters.len()
     );
-    assert!(matches > 100_000, "{matches} matches: the records did not run");
+    assert!(
+        matches > 100_000,
+        "{matches} matches: the records did not run"
+    );
 }
 
 #[test]
@@ -181,7 +188,8 @@ fn seen(records: &[Vec<u8>]) -> Seen {
     for r in records {
         seen.lengths.insert(r.len());
         if r.len() >= 18 && r[12..14] == [0x81, 0x00] {
-            seen.vlans.insert(u16::from_be_bytes([r[14], r[15]]) & 0xfff);
+            seen.vlans
+                .insert(u16::from_be_bytes([r[14], r[15]]) & 0xfff);
         }
         if r.len() < 38 || r[12..14] != [0x08, 0x00] {
             continue;
@@ -192,7 +200,8 @@ fn seen(records: &[Vec<u8>]) -> Seen {
         if matches!(r[23], 6 | 17) && r.len() >= 14 + ihl + 4 {
             let at = 14 + ihl;
             seen.ports.insert(u16::from_be_bytes([r[at], r[at + 1]]));
-            seen.ports.insert(u16::from_be_bytes([r[at + 2], r[at + 3]]));
+            seen.ports
+                .insert(u16::from_be_bytes([r[at + 2], r[at + 3]]));
         }
     }
     seen
@@ -254,8 +263,13 @@ fn stress_expressions(seen: &Seen, rng: &mut Rng) -> Vec<String> {
     }
     // Nested and overlapping nets, the issue's example among them.
     out.extend(
-        ["net 10.0.0.0/8", "net 10.1.0.0/16", "net 10.1.2.0/24", "net 10.0.0.0/16"]
-            .map(String::from),
+        [
+            "net 10.0.0.0/8",
+            "net 10.1.0.0/16",
+            "net 10.1.2.0/24",
+            "net 10.0.0.0/16",
+        ]
+        .map(String::from),
     );
     for v in &vlans {
         out.push(format!("vlan {v}"));
@@ -300,7 +314,10 @@ fn stress(hook: Hook) {
     common::require_root();
     let records = Records::load();
     let seen = seen(&records.all);
-    assert!(seen.ports.len() >= 60 && seen.hosts.len() >= 60, "corpus values");
+    assert!(
+        seen.ports.len() >= 60 && seen.hosts.len() >= 60,
+        "corpus values"
+    );
     for seed in [0x5eed_0001u64, 0x5eed_0002] {
         let mut rng = Rng(seed);
         let filters = compile(&stress_expressions(&seen, &mut rng));
@@ -323,7 +340,10 @@ fn stress(hook: Hook) {
             counted.grouped,
             refs.len()
         );
-        assert!(matches > 50_000, "{matches} matches: the constants did not match");
+        assert!(
+            matches > 50_000,
+            "{matches} matches: the constants did not match"
+        );
     }
 }
 

@@ -142,3 +142,122 @@ fn try_join(group: &mut Forming, filters: &[&Program], filter: usize) -> bool {
     group.template = Some(template);
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::filter::Filter;
+
+    fn compile(expressions: &[&str]) -> Vec<Filter> {
+        expressions
+            .iter()
+            .map(|e| Filter::for_linktype(pcap::Linktype::ETHERNET, e, 0).unwrap())
+            .collect()
+    }
+
+    /// The plan of `expressions` as lists of expressions: a group's members, or one.
+    fn plan(expressions: &[&str]) -> Vec<Vec<String>> {
+        let filters = compile(expressions);
+        let programs: Vec<&Program> = filters.iter().map(Filter::program).collect();
+        Plan::new(&programs)
+            .items
+            .iter()
+            .map(|item| match item {
+                Item::Single(f) => vec![expressions[*f].to_owned()],
+                Item::Group(g) => g.members.iter().map(|&m| expressions[m].into()).collect(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_shape_with_distinct_constants_is_one_group() {
+        let expressions: Vec<String> = (0..256).map(|p| format!("udp and dst port {p}")).collect();
+        let refs: Vec<&str> = expressions.iter().map(String::as_str).collect();
+        assert_eq!(plan(&refs), vec![expressions.clone()]);
+    }
+
+    #[test]
+    fn duplicates_go_to_another_group() {
+        let got = plan(&[
+            "host 10.0.0.1",
+            "host 10.0.0.2",
+            "host 10.0.0.1",
+            "host 10.0.0.1",
+        ]);
+        assert_eq!(
+            got,
+            vec![
+                vec!["host 10.0.0.1", "host 10.0.0.2"],
+                vec!["host 10.0.0.1"],
+                vec!["host 10.0.0.1"]
+            ]
+        );
+    }
+
+    #[test]
+    fn shapes_apart_and_operators_apart() {
+        let got = plan(&[
+            "net 10.0.0.0/8",
+            "net 10.1.0.0/16",
+            "net 11.0.0.0/8",
+            "src port 53",
+            "port 53",
+            "src port 54",
+            "greater 100",
+            "greater 200",
+        ]);
+        assert_eq!(
+            got,
+            vec![
+                // The mask differs: another shape.
+                vec!["net 10.0.0.0/8", "net 11.0.0.0/8"],
+                vec!["net 10.1.0.0/16"],
+                vec!["src port 53", "src port 54"],
+                vec!["port 53"],
+                // A `jge` constant does not vary within a group.
+                vec!["greater 100"],
+                vec!["greater 200"],
+            ]
+        );
+    }
+
+    #[test]
+    fn filters_whose_default_path_accepts_stay_alone() {
+        let got = plan(&["not port 80", "not port 443", "udp and not dst port 53"]);
+        assert_eq!(got.iter().map(Vec::len).collect::<Vec<_>>(), vec![1, 1, 1]);
+        let filters = compile(&["not port 80"]);
+        let program = filters[0].program();
+        let varying: Vec<usize> = comparisons(program).map(|(pc, _)| pc).collect();
+        assert!(matches!(
+            Template::analyse(program, &varying[varying.len() - 1..]),
+            Err(crate::shared::shape::NotShared::DefaultAccepts { .. })
+        ));
+    }
+
+    #[test]
+    fn a_point_the_members_agreed_on_cannot_start_to_vary() {
+        // Two members agree on the destination; a third differing there would make it
+        // vary, and a look-up of the shared destination could not tell them apart.
+        let got = plan(&[
+            "src host 10.0.0.1 and dst host 10.9.9.9",
+            "src host 10.0.0.2 and dst host 10.9.9.9",
+            "src host 10.0.0.3 and dst host 10.8.8.8",
+        ]);
+        assert_eq!(got.iter().map(Vec::len).collect::<Vec<_>>(), vec![2, 1]);
+    }
+
+    #[test]
+    fn host_remembers_who_left_at_the_source() {
+        let filters = compile(&["host 10.0.0.1", "host 10.0.0.2"]);
+        let programs: Vec<&Program> = filters.iter().map(Filter::program).collect();
+        let plan = Plan::new(&programs);
+        let group = plan.groups().next().expect("one group");
+        // IPv4, and ARP/RARP (one code after libpcap's optimiser): a source and a
+        // destination each, the source before.
+        assert_eq!(group.template.varying, vec![3, 5, 9, 11]);
+        assert_eq!(group.template.remembered, vec![0, 2]);
+        for (i, before) in group.template.before.iter().enumerate() {
+            assert!(before.len() <= 1, "point {i}: {before:?}");
+        }
+    }
+}

@@ -169,9 +169,10 @@ impl Template {
             if let Some(&other) = branch.iter().find(|&&b| is_varying(b)) {
                 return Err(NotShared::NestedVarying { pc, other });
             }
-            if branch.iter().any(|&b| {
-                matches!(insns[b], ClassicInsn::StoreA(_) | ClassicInsn::StoreX(_))
-            }) {
+            if branch
+                .iter()
+                .any(|&b| matches!(insns[b], ClassicInsn::StoreA(_) | ClassicInsn::StoreX(_)))
+            {
                 return Err(NotShared::BranchStores { pc });
             }
             branches.push(branch);

@@ -193,7 +193,15 @@ pub fn translate_shared(
     maps: SharedMaps,
     next: Option<TailCall>,
 ) -> Result<Vec<Insn>, TranslateError> {
-    Ok(assemble_shared(filters, plan, hook, tc_egress && hook == Hook::Tc, maps, next)?.finish()?)
+    Ok(assemble_shared(
+        filters,
+        plan,
+        hook,
+        tc_egress && hook == Hook::Tc,
+        maps,
+        next,
+    )?
+    .finish()?)
 }
 
 /// [`translate_shared`] as assembly text with its labels.

@@ -23,7 +23,12 @@ impl Translator {
         self.emit(mov32(X, Operand::Imm(0))); // X = 0
         for slot in 0..template.remembered.len() {
             // nobody left the default path there yet
-            self.emit(store(Size::DW, FP, frame::remembered(slot), Operand::Imm(-1)));
+            self.emit(store(
+                Size::DW,
+                FP,
+                frame::remembered(slot),
+                Operand::Imm(-1),
+            ));
         }
         let x_bounds = x_upper_bounds(program);
         for (pc, insn) in program.insns().iter().enumerate() {
@@ -75,7 +80,11 @@ impl Translator {
             fd: maps.dispatch_fd,
         }); // r1 = dispatch map
         self.emit(mov64(r2, Operand::Reg(FP))); // r2 = &key
-        self.emit(alu64(AluOp::Add, r2, Operand::Imm(frame::DISPATCH_KEY.into())));
+        self.emit(alu64(
+            AluOp::Add,
+            r2,
+            Operand::Imm(frame::DISPATCH_KEY.into()),
+        ));
         self.emit(Insn::Call(Helper::MapLookupElem)); // r0 = the member comparing equal
         self.emit(branch64(JmpOp::Eq, r0, Operand::Imm(0), done)); // none: default path
         self.emit(load(Size::W, r1, r0, 0)); // r1 = its table entry
@@ -87,7 +96,12 @@ impl Translator {
             self.emit(branch64(JmpOp::Eq, r1, Operand::Reg(r2), done)); // it left before
         }
         if let Some(slot) = template.remembered_at(point) {
-            self.emit(store(Size::DW, FP, frame::remembered(slot), Operand::Reg(r1))); // it left here
+            self.emit(store(
+                Size::DW,
+                FP,
+                frame::remembered(slot),
+                Operand::Reg(r1),
+            )); // it left here
         }
         self.emit(store(Size::DW, FP, frame::ENTRY, Operand::Reg(r1))); // entry = r1
         self.emit(load(Size::W, A, FP, frame::SAVED_A)); // A = saved A

@@ -190,7 +190,7 @@ enum Runner {
 }
 
 /// A program in the kernel, ready for test runs.
-struct Loaded {
+pub(crate) struct Loaded {
     /// Keeps the program (the runner has its own reference too).
     program: LoadedProgram,
     runner: Runner,
@@ -200,7 +200,7 @@ struct Loaded {
 
 /// The program type a hook's code is measured as: socket filters as `SCHED_CLS` (their
 /// own test runs start at the network header).
-fn measured_as(hook: Hook) -> Hook {
+pub(crate) fn measured_as(hook: Hook) -> Hook {
     match hook {
         Hook::Xdp => Hook::Xdp,
         Hook::SocketFilter | Hook::Tc => Hook::Tc,
@@ -215,7 +215,7 @@ fn measured_as_name(hook: Hook) -> &'static str {
 }
 
 impl Loaded {
-    fn load(hook: Hook, name: &str, insns: &[Insn]) -> anyhow::Result<Self> {
+    pub(crate) fn load(hook: Hook, name: &str, insns: &[Insn]) -> anyhow::Result<Self> {
         let program = LoadedProgram::load(measured_as(hook), name, insns)?;
         let runner = match measured_as(hook) {
             Hook::Xdp => Runner::Xdp(program.xdp()?),
@@ -229,7 +229,7 @@ impl Loaded {
     }
 
     /// `r0 = the hook's neutral return; exit`.
-    fn empty(hook: Hook) -> anyhow::Result<Self> {
+    pub(crate) fn empty(hook: Hook) -> anyhow::Result<Self> {
         Self::load(
             hook,
             "xtask_empty",
@@ -245,12 +245,16 @@ impl Loaded {
         self.program.slots()
     }
 
-    fn verified_insns(&self) -> u64 {
+    pub(crate) fn program(&self) -> &LoadedProgram {
+        &self.program
+    }
+
+    pub(crate) fn verified_insns(&self) -> u64 {
         u64::from(self.program.verified_insns())
     }
 
     /// One BPF_PROG_RUN of `repeat` runs; the kernel's average ns per run.
-    fn run(&self, frame: &[u8], repeat: u32) -> anyhow::Result<u64> {
+    pub(crate) fn run(&self, frame: &[u8], repeat: u32) -> anyhow::Result<u64> {
         let options = TestRunOptions {
             data_in: Some(frame),
             repeat,

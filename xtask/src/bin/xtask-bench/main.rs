@@ -32,6 +32,7 @@ mod frame;
 mod hooks;
 mod loadgen;
 mod peers;
+mod shared;
 mod stats;
 
 use std::fmt::Write as _;
@@ -69,6 +70,10 @@ struct Args {
     /// with --out, replace the file's `hooks` object.
     #[arg(long)]
     hooks_only: bool,
+    /// Measure only the shared-evaluation scaling table (1 to 4,096 sessions of one
+    /// shape per hook) and print it; with --out, replace the file's `shared` object.
+    #[arg(long)]
+    shared_only: bool,
     /// Where to write the results as JSON.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -217,6 +222,31 @@ fn hooks_options(args: &Args) -> anyhow::Result<hooks::Options> {
     })
 }
 
+/// What the shared-evaluation table is measured with.
+fn shared_options(args: &Args) -> shared::Options {
+    shared::Options {
+        repeat: args.hooks_repeat.unwrap_or((args.repeat / 5).max(1)),
+        rounds: args.rounds,
+    }
+}
+
+/// Replaces the object `key` of the JSON results file `out`, keeping the rest.
+fn replace_in_results(
+    out: &std::path::Path,
+    key: &str,
+    value: serde_json::Value,
+) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(out).with_context(|| format!("reading {}", out.display()))?;
+    let mut results: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", out.display()))?;
+    results[key] = value;
+    let text = serde_json::to_string_pretty(&results)?;
+    std::fs::write(out, text + "\n").with_context(|| format!("writing {}", out.display()))?;
+    println!("\n{key} written to {}", out.display());
+    Ok(())
+}
+
 fn run(args: &Args) -> anyhow::Result<()> {
     ensure!(
         args.repeat > 0
@@ -234,16 +264,15 @@ fn run(args: &Args) -> anyhow::Result<()> {
         let hooks = hooks::measure(&hooks_options(args)?).context("the hooks table")?;
         print!("{}", hooks::report(&hooks));
         if let Some(out) = &args.out {
-            // Only the hooks object changes; the rest of the file is kept.
-            let text = std::fs::read_to_string(out)
-                .with_context(|| format!("reading {}", out.display()))?;
-            let mut results: serde_json::Value = serde_json::from_str(&text)
-                .with_context(|| format!("{} is not JSON", out.display()))?;
-            results["hooks"] = hooks::to_json(&hooks);
-            let text = serde_json::to_string_pretty(&results)?;
-            std::fs::write(out, text + "\n")
-                .with_context(|| format!("writing {}", out.display()))?;
-            println!("\nhooks written to {}", out.display());
+            replace_in_results(out, "hooks", hooks::to_json(&hooks))?;
+        }
+        return Ok(());
+    }
+    if args.shared_only {
+        let shared = shared::measure(&shared_options(args)).context("the shared table")?;
+        print!("{}", shared::report(&shared));
+        if let Some(out) = &args.out {
+            replace_in_results(out, "shared", shared::to_json(&shared))?;
         }
         return Ok(());
     }
@@ -297,6 +326,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
     })?;
     print!("\n{}", daemon::report(&machine, &daemon));
     print!("\n{}", hooks::report(&hooks));
+    let shared = shared::measure(&shared_options(args)).context("the shared table")?;
+    print!("\n{}", shared::report(&shared));
     eprintln!("comparing with the peers");
     let peers = peers::measure(&peer_options).context("the peer comparison")?;
     print!("\n{}", peers::report(&machine, &peers));
@@ -309,6 +340,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         let mut json = to_json(&machine, args, &cases, &results);
         json["daemon"] = daemon::to_json(&daemon);
         json["hooks"] = hooks::to_json(&hooks);
+        json["shared"] = shared::to_json(&shared);
         json["peers"] = peers::to_json(&peers);
         let text = serde_json::to_string_pretty(&json)?;
         std::fs::write(out, text + "\n").with_context(|| format!("writing {}", out.display()))?;

@@ -1,0 +1,384 @@
+//! The scaling table of shared evaluation: what one packet costs at each hook with 1 to
+//! 4,096 sessions of one shape (or four mixed shapes), shared against the layout
+//! before it (every filter in turn: tc/xdp chains of 63, socket programs of 32).
+//!
+//! Each shape's frame runs every filter to its end: it is of the filters' kind but
+//! carries none of their constants (`udp and dst port P`: UDP to port 5001, no P is).
+//! Filters are compiled as for a capture file (`capstats test`), on every hook: a
+//! test run has no socket metadata, so a live `vlan` test would stop at "no tag in
+//! metadata" instead of running to its end. BPF_PROG_RUN on the generated program
+//! (socket code run as SCHED_CLS, as in the hooks table); the figure is the median ns
+//! per run above the hook's empty program. "build ms" is planning, map creation and
+//! filling and translation; "load ms" the verifier; their sum is what a change costs
+//! when the whole program is regenerated. Every session's map must have counted
+//! nothing (the frame matches none), and the program must return the hook's neutral
+//! value.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use capstats_ebpf::chain::{CHAIN_SESSIONS, ProgArray, translate_chunk};
+use capstats_ebpf::counters::CounterMap;
+use capstats_ebpf::filter::Filter;
+use capstats_ebpf::shared::SharedProgram;
+use capstats_ebpf::translate::{Hook, translate_all};
+use serde_json::json;
+
+use crate::frame;
+use crate::hooks::Loaded;
+
+/// Sessions per row.
+pub const SESSION_COUNTS: [usize; 5] = [1, 64, 256, 1024, 4096];
+/// The most sessions the layout before shared evaluation is measured with (tc/xdp
+/// chains held at most 2,142).
+const MOST_BEFORE: usize = 1024;
+const HOOKS: [Hook; 3] = [Hook::SocketFilter, Hook::Tc, Hook::Xdp];
+/// Socket sessions per program before (a socket's option memory).
+const SESSIONS_PER_SOCKET: usize = 32;
+
+/// The session sets measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    UdpDstPort,
+    Host,
+    Net24,
+    Vlan,
+    /// udp dst ports, hosts, tcp dst ports and `src net N/16 and udp`, in turn.
+    Mixed,
+}
+
+impl Shape {
+    const ALL: [Shape; 5] = [
+        Shape::UdpDstPort,
+        Shape::Host,
+        Shape::Net24,
+        Shape::Vlan,
+        Shape::Mixed,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Shape::UdpDstPort => "udp and dst port P",
+            Shape::Host => "host A",
+            Shape::Net24 => "net N/24",
+            Shape::Vlan => "vlan V",
+            Shape::Mixed => "4 mixed shapes",
+        }
+    }
+
+    /// Session `i`'s filter: distinct for every `i` (vlan ids repeat after 4,094).
+    fn filter(self, i: usize) -> String {
+        let (hi, lo) = (i >> 8, i & 0xff);
+        match self {
+            Shape::UdpDstPort => format!("udp and dst port {}", 10_000 + i),
+            Shape::Host => format!("host 10.{hi}.{lo}.1"),
+            Shape::Net24 => format!("net 10.{hi}.{lo}.0/24"),
+            Shape::Vlan => format!("vlan {}", i % 4094 + 1),
+            Shape::Mixed => {
+                let k = i / 4;
+                let (hi, lo) = (k >> 8, k & 0xff);
+                match i % 4 {
+                    0 => format!("udp and dst port {}", 10_000 + k),
+                    1 => format!("host 10.{hi}.{lo}.1"),
+                    2 => format!("tcp dst port {}", 10_000 + k),
+                    _ => format!("src net {}.{lo}.0.0/16 and udp", 16 + hi),
+                }
+            }
+        }
+    }
+
+    /// A frame of the filters' kind that none of them matches.
+    fn frame(self) -> Vec<u8> {
+        let udp = frame::udp_ipv4(
+            "192.0.2.10:53000".parse().expect("address"),
+            "198.51.100.1:5001".parse().expect("address"),
+            &[0; 18],
+        );
+        match self {
+            Shape::Vlan => frame::vlan_tagged(&udp, 4095),
+            _ => udp,
+        }
+    }
+}
+
+/// One row.
+#[derive(Debug)]
+struct Row {
+    shape: Shape,
+    hook: Hook,
+    sessions: usize,
+    shared: bool,
+    programs: usize,
+    groups: usize,
+    ebpf_insns: usize,
+    verified: u64,
+    build: Duration,
+    load: Duration,
+    above_ns: i64,
+}
+
+/// One row's programs, kept loaded while it is measured.
+struct Setup {
+    row: Row,
+    /// Test-run: the first program of a chain, or each program of the socket layout.
+    runs: Vec<Loaded>,
+    _others: Vec<Loaded>,
+    _chain: Option<ProgArray>,
+    _shared: Option<SharedProgram>,
+    counters: Vec<CounterMap>,
+    frame: Vec<u8>,
+    empty: usize,
+    rounds: Vec<i64>,
+}
+
+/// What to measure with.
+pub struct Options {
+    pub repeat: u32,
+    pub rounds: usize,
+}
+
+pub struct Figures {
+    rows: Vec<Row>,
+    repeat: u32,
+    rounds: usize,
+}
+
+pub fn measure(options: &Options) -> anyhow::Result<Figures> {
+    let most = SESSION_COUNTS.iter().copied().max().unwrap_or(1);
+    let empties: Vec<Loaded> = HOOKS
+        .iter()
+        .map(|&h| Loaded::empty(h))
+        .collect::<anyhow::Result<_>>()?;
+    let mut rows = Vec::new();
+    for shape in Shape::ALL {
+        eprintln!(
+            "shared evaluation: compiling {most} filters of {}",
+            shape.name()
+        );
+        let filters = (0..most)
+            .map(|i| Filter::for_linktype(pcap::Linktype::ETHERNET, &shape.filter(i), 0))
+            .collect::<Result<Vec<_>, _>>()?;
+        let frame = shape.frame();
+        ensure!(
+            !filters.iter().any(|f| f.libpcap_matches(&frame)),
+            "{}: the frame matches a filter; it would not run them all to their end",
+            shape.name()
+        );
+        // Measured hook by hook: a row holds a counter map (two fds) per session.
+        for (h, &hook) in HOOKS.iter().enumerate() {
+            let mut setups = Vec::new();
+            for &n in &SESSION_COUNTS {
+                for shared in [true, false] {
+                    if !shared && n > MOST_BEFORE {
+                        continue;
+                    }
+                    let setup = Setup::build(shape, hook, shared, &filters[..n], &frame, h)
+                        .with_context(|| format!("{} on {hook} with {n} sessions", shape.name()))?;
+                    setups.push(setup);
+                }
+            }
+            for setup in &mut setups {
+                setup.round(&empties[setup.empty], (options.repeat / 10).max(1), false)?;
+            }
+            for round in 1..=options.rounds {
+                eprintln!(
+                    "shared evaluation, {} on {hook}: round {round} of {}",
+                    shape.name(),
+                    options.rounds
+                );
+                for setup in &mut setups {
+                    setup.round(&empties[setup.empty], options.repeat, true)?;
+                }
+            }
+            for setup in setups {
+                rows.push(setup.finish()?);
+            }
+        }
+    }
+    Ok(Figures {
+        rows,
+        repeat: options.repeat,
+        rounds: options.rounds,
+    })
+}
+
+impl Setup {
+    fn build(
+        shape: Shape,
+        hook: Hook,
+        shared: bool,
+        filters: &[Filter],
+        frame: &[u8],
+        empty: usize,
+    ) -> anyhow::Result<Self> {
+        let counters = (0..filters.len())
+            .map(|i| CounterMap::create(&format!("xtask_sh{i}"), 1))
+            .collect::<Result<Vec<_>, _>>()?;
+        let counted: Vec<_> = filters
+            .iter()
+            .zip(&counters)
+            .map(|(f, m)| (f.program(), m))
+            .collect();
+        let (mut runs, mut others, mut chain, mut shared_program) =
+            (Vec::new(), Vec::new(), None, None);
+        let (mut build, mut load) = (Duration::ZERO, Duration::ZERO);
+        let (mut ebpf_insns, mut groups) = (0, 0);
+        if shared {
+            let start = Instant::now();
+            let program = SharedProgram::build("xtask_shared", &counted, hook, false, None)?;
+            build += start.elapsed();
+            ebpf_insns = program.insns.len();
+            groups = program.plan.groups().count();
+            let start = Instant::now();
+            runs.push(Loaded::load(hook, "xtask_shared", &program.insns)?);
+            load += start.elapsed();
+            shared_program = Some(program);
+        } else if hook == Hook::SocketFilter {
+            for group in counted.chunks(SESSIONS_PER_SOCKET) {
+                let start = Instant::now();
+                let slots: Vec<_> = group.iter().map(|(p, m)| (*p, m.slot(0))).collect();
+                let insns = translate_all(&slots, hook)?;
+                build += start.elapsed();
+                ebpf_insns += insns.len();
+                let start = Instant::now();
+                runs.push(Loaded::load(hook, "xtask_before", &insns)?);
+                load += start.elapsed();
+            }
+        } else {
+            let array = ProgArray::create("xtask_chain")?;
+            for (k, group) in counted.chunks(CHAIN_SESSIONS).enumerate() {
+                let start = Instant::now();
+                let insns = translate_chunk(group, hook, false, &array, k)?;
+                build += start.elapsed();
+                ebpf_insns += insns.len();
+                let start = Instant::now();
+                let loaded = Loaded::load(hook, "xtask_chain", &insns)?;
+                load += start.elapsed();
+                if k == 0 {
+                    runs.push(loaded);
+                } else {
+                    array.set(k as u32, loaded.program())?;
+                    others.push(loaded);
+                }
+            }
+            chain = Some(array);
+        }
+        let verified = runs.iter().chain(&others).map(Loaded::verified_insns).sum();
+        Ok(Self {
+            row: Row {
+                shape,
+                hook,
+                sessions: filters.len(),
+                shared,
+                programs: runs.len() + others.len(),
+                groups,
+                ebpf_insns,
+                verified,
+                build,
+                load,
+                above_ns: 0,
+            },
+            runs,
+            _others: others,
+            _chain: chain,
+            _shared: shared_program,
+            counters,
+            frame: frame.to_vec(),
+            empty,
+            rounds: Vec::new(),
+        })
+    }
+
+    fn round(&mut self, empty: &Loaded, repeat: u32, keep: bool) -> anyhow::Result<()> {
+        let empty_ns = empty.run(&self.frame, repeat)? as i64;
+        let mut total = 0;
+        for program in &self.runs {
+            total += program.run(&self.frame, repeat)? as i64;
+        }
+        if keep {
+            self.rounds.push(total - empty_ns);
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> anyhow::Result<Row> {
+        for (i, map) in self.counters.iter().enumerate() {
+            let counted = map.read(0)?;
+            ensure!(
+                counted.packets == 0,
+                "session {i} counted {} packets of a frame its filter does not match",
+                counted.packets
+            );
+        }
+        self.rounds.sort_unstable();
+        self.row.above_ns = self.rounds[self.rounds.len() / 2];
+        Ok(self.row)
+    }
+}
+
+pub fn report(figures: &Figures) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "Shared evaluation (BPF_PROG_RUN, {} runs per call, median of {} rounds; ns above the \
+         hook's empty program; shared = one program, filters of one shape evaluated once; \
+         before = every filter in turn, tc/xdp chains of 63, socket programs of 32):",
+        figures.repeat, figures.rounds
+    );
+    let _ = writeln!(
+        out,
+        "{:<20} {:<6} {:>8} {:<7} {:>8} {:>6} {:>6} {:>9} {:>8} {:>7} {:>8} {:>9}",
+        "sessions of",
+        "hook",
+        "sessions",
+        "layout",
+        "programs",
+        "groups",
+        "eBPF",
+        "verified",
+        "build ms",
+        "load ms",
+        "ns above",
+        "/session"
+    );
+    for r in &figures.rows {
+        let _ = writeln!(
+            out,
+            "{:<20} {:<6} {:>8} {:<7} {:>8} {:>6} {:>6} {:>9} {:>8.1} {:>7.1} {:>8} {:>9.2}",
+            r.shape.name(),
+            r.hook.to_string(),
+            r.sessions,
+            if r.shared { "shared" } else { "before" },
+            r.programs,
+            r.groups,
+            r.ebpf_insns,
+            r.verified,
+            r.build.as_secs_f64() * 1e3,
+            r.load.as_secs_f64() * 1e3,
+            r.above_ns,
+            r.above_ns as f64 / r.sessions as f64
+        );
+    }
+    out
+}
+
+pub fn to_json(figures: &Figures) -> serde_json::Value {
+    json!({
+        "repeat": figures.repeat,
+        "rounds": figures.rounds,
+        "rows": figures.rows.iter().map(|r| json!({
+            "shape": r.shape.name(),
+            "hook": r.hook.to_string(),
+            "sessions": r.sessions,
+            "layout": if r.shared { "shared" } else { "before" },
+            "programs": r.programs,
+            "groups": r.groups,
+            "ebpf_insns": r.ebpf_insns,
+            "verified_insns": r.verified,
+            "build_ms": r.build.as_secs_f64() * 1e3,
+            "load_ms": r.load.as_secs_f64() * 1e3,
+            "ns_above_empty": r.above_ns,
+        })).collect::<Vec<_>>(),
+    })
+}
