@@ -40,12 +40,12 @@ use aya::programs::xdp::XdpLink;
 use aya::programs::{ProgramError, XdpMode};
 use aya::sys::SyscallError;
 use capstats_ebpf::cbpf::Program;
-use capstats_ebpf::chain::{
-    CHAIN_MOST_SESSIONS, CHAIN_PROGRAMS, CHAIN_SESSIONS, ProgArray, translate_chunk,
-};
+use capstats_ebpf::chain::{CHAIN_ITEMS, CHAIN_PROGRAMS, ProgArray, build_chunk};
 use capstats_ebpf::counters::CounterMap;
 use capstats_ebpf::program::LoadedProgram;
-use capstats_ebpf::translate::{Hook, translate_all};
+use capstats_ebpf::shared::SharedProgram;
+use capstats_ebpf::shared::plan::Planner;
+use capstats_ebpf::translate::Hook;
 
 use crate::attach::{CountingSocket, ifindex};
 use crate::log::event;
@@ -71,6 +71,17 @@ impl Slot {
             Slot::Socket => Hook::SocketFilter,
             Slot::TcIngress | Slot::TcEgress => Hook::Tc,
             Slot::Xdp => Hook::Xdp,
+        }
+    }
+
+    /// The prefix of its programs' maps' names, as `bpftool map` shows them
+    /// (`tc_in_d`: the dispatch map, `tc_in_t`: the counter table).
+    fn maps_name(self) -> &'static str {
+        match self {
+            Slot::Socket => "socket",
+            Slot::TcIngress => "tc_in",
+            Slot::TcEgress => "tc_out",
+            Slot::Xdp => "xdp",
         }
     }
 
@@ -796,18 +807,19 @@ impl InterfacePrograms {
 }
 
 /// The program counting every filter of `counted` into its map, for a socket (at
-/// most [`SESSIONS_PER_SOCKET`] filters, well within the kernel's maps per program).
+/// most [`SESSIONS_PER_SOCKET`] groups and filters alone).
 fn generate_socket_program(counted: &[Counted<'_>]) -> Result<LoadedProgram, SessionError> {
     let filters: Vec<_> = counted
         .iter()
-        .map(|&(_, program, map)| (program, map.slot(0)))
+        .map(|&(_, program, map)| (program, map))
         .collect();
     let slot = Slot::Socket;
-    let insns = translate_all(&filters, slot.hook())?;
+    let shared = SharedProgram::build(slot.maps_name(), &filters, slot.hook(), false, None)
+        .map_err(|e| SessionError::Refused(e.to_string()))?;
     Ok(LoadedProgram::load(
         slot.hook(),
         slot.program_name(),
-        &insns,
+        &shared.insns,
     )?)
 }
 
@@ -827,8 +839,16 @@ fn generate_chunk(
             (program, map)
         })
         .collect();
-    let insns = translate_chunk(&filters, slot.hook(), slot == Slot::TcEgress, chain, k)?;
-    LoadedProgram::load(slot.hook(), slot.program_name(), &insns).map_err(|e| {
+    let shared = build_chunk(
+        slot.maps_name(),
+        &filters,
+        slot.hook(),
+        slot == Slot::TcEgress,
+        chain,
+        k,
+    )
+    .map_err(|e| failed(interface, slot, e))?;
+    LoadedProgram::load(slot.hook(), slot.program_name(), &shared.insns).map_err(|e| {
         if k == 0 {
             e.into()
         } else {
@@ -854,46 +874,64 @@ fn filters_of(wanted: &HashMap<&str, Counted<'_>>, members: &[String]) -> Vec<Pr
         .collect()
 }
 
-/// Who goes where, given the groups `old` had: every session of `counted` that is in
-/// a group stays there, in its place (a group may be left empty); new sessions fill
-/// the first group with room (fewer than `capacity`), then new groups at the end. A
-/// session staying in its group for life is what makes every packet meet each
-/// session's filter exactly once while groups are replaced one by one.
-fn plan_groups(old: &[&[String]], counted: &[Counted<'_>], capacity: usize) -> Vec<Vec<String>> {
-    let wanted: HashSet<&str> = counted.iter().map(|c| c.0).collect();
-    let mut plan: Vec<Vec<String>> = old
+/// Who goes where, given the programs `old` had: every session of `counted` that is
+/// in one stays there, in its place (a program may be left with none); a new session
+/// goes into the first program where it joins a group of filters evaluated together
+/// or there is room for it alone (at most `most_items` groups and filters alone, see
+/// `capstats_ebpf::shared`), else into a new program at the end. A session staying in
+/// its program for life is what makes every packet meet each session's filter
+/// exactly once while programs are replaced one by one.
+fn plan_groups(old: &[&[String]], counted: &[Counted<'_>], most_items: usize) -> Vec<Vec<String>> {
+    let wanted = by_name(counted);
+    let mut plan: Vec<(Vec<String>, Planner<'_>)> = old
         .iter()
         .map(|members| {
-            members
+            let kept: Vec<String> = members
                 .iter()
-                .filter(|m| wanted.contains(m.as_str()))
+                .filter(|m| wanted.contains_key(m.as_str()))
                 .cloned()
-                .collect()
+                .collect();
+            let mut planner = Planner::new();
+            for member in &kept {
+                planner.add(wanted[member.as_str()].1);
+            }
+            (kept, planner)
         })
         .collect();
-    let placed: HashSet<String> = plan.iter().flatten().cloned().collect();
-    for (name, _, _) in counted {
-        if placed.contains(*name) {
+    let placed: HashSet<String> = plan.iter().flat_map(|(m, _)| m.iter().cloned()).collect();
+    for &(name, program, _) in counted {
+        if placed.contains(name) {
             continue;
         }
-        match plan.iter_mut().find(|g| g.len() < capacity) {
-            Some(group) => group.push((*name).to_owned()),
-            None => plan.push(vec![(*name).to_owned()]),
+        let mut fits = None;
+        for (members, planner) in plan.iter_mut() {
+            if planner.add_within(program, most_items) {
+                fits = Some(members);
+                break;
+            }
+        }
+        match fits {
+            Some(members) => members.push(name.to_owned()),
+            None => {
+                let mut planner = Planner::new();
+                planner.add(program);
+                plan.push((vec![name.to_owned()], planner));
+            }
         }
     }
-    plan
+    plan.into_iter().map(|(members, _)| members).collect()
 }
 
-/// [`plan_groups`] for a chain: chunks of [`CHAIN_SESSIONS`], those emptied at the end
-/// left out (an emptied chunk in the middle stays, passing packets on), at most
-/// [`CHAIN_PROGRAMS`] chunks.
+/// [`plan_groups`] for a chain: chunks of at most [`CHAIN_ITEMS`] groups and filters
+/// alone, those emptied at the end left out (an emptied chunk in the middle stays,
+/// passing packets on), at most [`CHAIN_PROGRAMS`] chunks.
 fn chain_plan(
     interface: &str,
     slot: Slot,
     old: &[&[String]],
     counted: &[Counted<'_>],
 ) -> Result<Vec<Vec<String>>, SessionError> {
-    let mut plan = plan_groups(old, counted, CHAIN_SESSIONS);
+    let mut plan = plan_groups(old, counted, CHAIN_ITEMS);
     while plan.last().is_some_and(Vec::is_empty) {
         plan.pop();
     }
@@ -903,8 +941,10 @@ fn chain_plan(
             slot,
             format!(
                 "{} sessions are more than one interface's {} hook can count: at most \
-                 {CHAIN_MOST_SESSIONS} ({CHAIN_PROGRAMS} chained programs of {CHAIN_SESSIONS} \
-                 sessions; the kernel allows 33 tail calls)",
+                 {CHAIN_PROGRAMS} chained programs of {CHAIN_ITEMS} filters or groups of \
+                 filters that differ only in their constants (the kernel allows 33 tail \
+                 calls); filters of one shape, such as `udp port P` for many P, take one \
+                 place together",
                 counted.len(),
                 slot.describe()
             ),

@@ -28,6 +28,7 @@ use crate::cbpf::Program;
 use crate::counters::CounterMap;
 use crate::insn::Insn;
 use crate::program::{KERNEL_MAX_MAPS, LoadedProgram, bpf, obj_pin};
+use crate::shared::{SharedError, SharedProgram};
 use crate::translate::{Hook, TailCall, TranslateError, translate_chained};
 
 /// Filters per program of a chain: each refers to its counter map, and to the prog
@@ -163,6 +164,29 @@ impl ProgArray {
     pub fn name(&self) -> &str {
         &self.name
     }
+}
+
+/// Groups and filters alone ([`crate::shared::plan`]) per program of a chain: a
+/// program's verification grows with them, not with the members of its groups.
+pub const CHAIN_ITEMS: usize = 63;
+
+/// Program `index` of a chain for `hook`, as [`SharedProgram::build`] makes it (`name`
+/// names its maps), ending with a tail call to entry `index + 1` of `chain` (none
+/// from the last possible program). `counted` may be empty: such a program only
+/// passes the packet on.
+pub fn build_chunk(
+    name: &str,
+    counted: &[(&Program, &CounterMap)],
+    hook: Hook,
+    tc_egress: bool,
+    chain: &ProgArray,
+    index: usize,
+) -> Result<SharedProgram, SharedError> {
+    let next = (index + 1 < CHAIN_PROGRAMS).then(|| TailCall {
+        prog_array_fd: chain.raw_fd(),
+        index: (index + 1) as u32,
+    });
+    SharedProgram::build(name, counted, hook, tc_egress, next)
 }
 
 /// Program `index` of a chain for `hook`: each filter of `counted` counting into slot

@@ -1602,8 +1602,17 @@ fn sixty_four_tc_in_sessions_count_exactly_through_one_program() -> anyhow::Resu
     Ok(())
 }
 
-/// 150 `tc in` sessions on one interface: a chain of three programs (63, 63, 24
-/// sessions), the first on the link, the others in the prog array pinned beside it.
+/// `udp dst port PORT`, of a shape no other session `i` has (see
+/// `a_hundred_and_fifty_tc_sessions_count_exactly_through_a_chain`).
+fn apart(port: u16, i: u16) -> String {
+    format!("udp dst port {port} and len <= {}", 1500 + i)
+}
+
+/// 150 `tc in` sessions on one interface, each of a shape of its own (`udp dst port P
+/// and len <= L`, a different L each: a `jgt` constant, which shared evaluation does
+/// not look up), so no two are evaluated together: a chain of three programs (63,
+/// 63, 24 sessions), the first on the link, the others in the prog array pinned
+/// beside it.
 /// All count exactly; then, under a steady stream over their ports, a session of the
 /// second program stops, one of the third is modified to an equivalent expression and
 /// a new one fills the second program's hole: the others, the modified one included,
@@ -1631,13 +1640,7 @@ fn a_hundred_and_fifty_tc_sessions_count_exactly_through_a_chain() -> anyhow::Re
     new_session(&client, "all", interface, At::Socket, "")?;
     let name = |i: u16| format!("in-{i:03}");
     for i in 0..SESSIONS {
-        new_session(
-            &client,
-            &name(i),
-            interface,
-            At::TcIn,
-            &format!("udp dst port {}", BASE + i),
-        )?;
+        new_session(&client, &name(i), interface, At::TcIn, &apart(BASE + i, i))?;
     }
     let created = started.elapsed();
     let links = spec.pin_dir.join("%tc").join(interface);
@@ -1690,7 +1693,11 @@ fn a_hundred_and_fifty_tc_sessions_count_exactly_through_a_chain() -> anyhow::Re
         wait_for(&progress, 300, ARRIVAL)?;
         client.sessions(&["stop", &name(STOPPED)])?;
         std::thread::sleep(Duration::from_millis(100));
-        let equivalent = format!("udp and dst port {}", BASE + MODIFIED);
+        let equivalent = format!(
+            "udp and dst port {} and len <= {}",
+            BASE + MODIFIED,
+            1500 + MODIFIED
+        );
         client.sessions(&["modify", &name(MODIFIED), &equivalent])?;
         std::thread::sleep(Duration::from_millis(100));
         new_session(

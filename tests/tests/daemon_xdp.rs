@@ -1491,7 +1491,9 @@ fn xdp_on_an_unknown_interface_is_an_unknown_interface() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// 70 XDP sessions on one interface: a chain of two programs (63 and 7 sessions), the
+/// 70 XDP sessions on one interface, each of a shape of its own (`len <= L`, a
+/// different L each, so no two are evaluated together): a chain of two programs (63
+/// and 7 sessions), the
 /// second in the prog array pinned beside the link. Every session counts exactly; a
 /// session of the second program stopped and one modified to an equivalent
 /// expression leave the others exact, and the chain stays pinned.
@@ -1512,7 +1514,7 @@ fn seventy_xdp_sessions_count_exactly_through_a_chain() -> anyhow::Result<()> {
             client,
             &name(i),
             interface,
-            &format!("udp dst port {}", BASE + i),
+            &format!("udp dst port {} and len <= {}", BASE + i, 1500 + i),
         )?;
     }
     let chain = setup
@@ -1550,7 +1552,11 @@ fn seventy_xdp_sessions_count_exactly_through_a_chain() -> anyhow::Result<()> {
     };
     check(1, &[])?;
     client.ok(&["stop", &name(STOPPED)])?;
-    let equivalent = format!("udp and dst port {}", BASE + MODIFIED);
+    let equivalent = format!(
+        "udp and dst port {} and len <= {}",
+        BASE + MODIFIED,
+        1500 + MODIFIED
+    );
     client.ok(&["modify", &name(MODIFIED), &equivalent])?;
     check(2, &[STOPPED])?;
     ensure!(chain.exists(), "the chain is no longer pinned");

@@ -32,20 +32,21 @@ pub enum SharedError {
     Translate(#[from] TranslateError),
 }
 
-/// A shared program's code with the maps it reads, which must live as long as it is
-/// loaded (a loaded program holds references to them too).
+/// A shared program's code with the maps it reads (none when it counts nothing). A
+/// loaded program holds references to its maps: these are for inspection.
 #[derive(Debug)]
 pub struct SharedProgram {
     pub plan: Plan,
     pub insns: Vec<Insn>,
-    pub dispatch: DispatchMap,
-    pub table: CounterTable,
+    pub maps: Option<(DispatchMap, CounterTable)>,
 }
 
 impl SharedProgram {
-    /// One program for `hook` counting each of `counted` (at least one) into slot 0 of
-    /// its own counter map, filters of one shape evaluated together. `name` names the
-    /// maps; `tc_egress` and `next` as for [`crate::translate::translate_chained`].
+    /// One program for `hook` counting each of `counted` into slot 0 of its own counter
+    /// map, filters of one shape evaluated together. `name` names the maps (`NAME_d`,
+    /// `NAME_t`; keep it short: the kernel keeps 15 characters); `tc_egress` and `next`
+    /// as for [`crate::translate::translate_chained`]. With nothing to count the
+    /// program only goes on to `next` (or returns).
     pub fn build(
         name: &str,
         counted: &[(&Program, &CounterMap)],
@@ -60,26 +61,22 @@ impl SharedProgram {
         for (entry, &filter) in order.iter().enumerate() {
             entry_of[filter] = entry as u32;
         }
-        let maps: Vec<&CounterMap> = order.iter().map(|&filter| counted[filter].1).collect();
-        let table = CounterTable::create(&format!("{name}_t"), &maps)?;
-        let entries = dispatch_entries(&plan, &filters, |filter| entry_of[filter]);
-        let dispatch = DispatchMap::create(&format!("{name}_d"), &entries)?;
-        let insns = translate_shared(
-            &filters,
-            &plan,
-            hook,
-            tc_egress,
-            SharedMaps {
-                dispatch_fd: dispatch.raw_fd(),
-                table_fd: table.raw_fd(),
-            },
-            next,
-        )?;
-        Ok(Self {
-            plan,
-            insns,
-            dispatch,
-            table,
-        })
+        let maps = match counted.is_empty() {
+            true => None,
+            false => {
+                let maps: Vec<&CounterMap> =
+                    order.iter().map(|&filter| counted[filter].1).collect();
+                let table = CounterTable::create(&format!("{name}_t"), &maps)?;
+                let entries = dispatch_entries(&plan, &filters, |filter| entry_of[filter]);
+                let dispatch = DispatchMap::create(&format!("{name}_d"), &entries)?;
+                Some((dispatch, table))
+            }
+        };
+        let fds = SharedMaps {
+            dispatch_fd: maps.as_ref().map_or(-1, |(d, _)| d.raw_fd()),
+            table_fd: maps.as_ref().map_or(-1, |(_, t)| t.raw_fd()),
+        };
+        let insns = translate_shared(&filters, &plan, hook, tc_egress, fds, next)?;
+        Ok(Self { plan, insns, maps })
     }
 }

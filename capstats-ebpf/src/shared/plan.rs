@@ -46,29 +46,64 @@ struct Forming {
     template: Option<Template>,
 }
 
-impl Plan {
-    /// Groups `filters` (see the module's text).
-    pub fn new(filters: &[&Program]) -> Plan {
-        let mut forming: Vec<Forming> = Vec::new();
-        let mut by_shape: HashMap<Shape, Vec<usize>> = HashMap::new();
-        for (filter, program) in filters.iter().enumerate() {
-            let candidates = by_shape.entry(Shape::of(program)).or_default();
-            let joined = candidates
-                .iter()
-                .any(|&g| try_join(&mut forming[g], filters, filter));
-            if !joined {
-                candidates.push(forming.len());
-                forming.push(Forming {
-                    members: vec![filter],
-                    first: comparisons(program).collect(),
-                    varying: Vec::new(),
-                    taken: HashSet::new(),
-                    template: None,
-                });
-            }
+/// A plan built one filter at a time, so that a caller can ask whether one more
+/// filter still fits a program of at most so many items (the daemon's chains).
+pub struct Planner<'a> {
+    filters: Vec<&'a Program>,
+    forming: Vec<Forming>,
+    by_shape: HashMap<Shape, Vec<usize>>,
+}
+
+impl<'a> Planner<'a> {
+    pub fn new() -> Self {
+        Self {
+            filters: Vec::new(),
+            forming: Vec::new(),
+            by_shape: HashMap::new(),
         }
-        // Items in the order of their first member.
-        let items = forming
+    }
+
+    /// The items so far: groups and filters alone.
+    pub fn items(&self) -> usize {
+        self.forming.len()
+    }
+
+    /// Adds `program` as the next filter.
+    pub fn add(&mut self, program: &'a Program) {
+        self.add_within(program, usize::MAX);
+    }
+
+    /// Adds `program` as the next filter if it joins a group or the items stay at most
+    /// `most_items`; otherwise changes nothing and says so.
+    pub fn add_within(&mut self, program: &'a Program, most_items: usize) -> bool {
+        let filter = self.filters.len();
+        self.filters.push(program);
+        let candidates = self.by_shape.entry(Shape::of(program)).or_default();
+        let joined = candidates
+            .iter()
+            .any(|&g| try_join(&mut self.forming[g], &self.filters, filter));
+        if joined {
+            return true;
+        }
+        if self.forming.len() >= most_items {
+            self.filters.pop();
+            return false;
+        }
+        candidates.push(self.forming.len());
+        self.forming.push(Forming {
+            members: vec![filter],
+            first: comparisons(program).collect(),
+            varying: Vec::new(),
+            taken: HashSet::new(),
+            template: None,
+        });
+        true
+    }
+
+    /// The plan: items in the order of their first member.
+    pub fn finish(self) -> Plan {
+        let items = self
+            .forming
             .into_iter()
             .map(|group| match group.template {
                 Some(template) if group.members.len() > 1 => Item::Group(Group {
@@ -79,6 +114,23 @@ impl Plan {
             })
             .collect();
         Plan { items }
+    }
+}
+
+impl Default for Planner<'_> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Plan {
+    /// Groups `filters` (see the module's text).
+    pub fn new(filters: &[&Program]) -> Plan {
+        let mut planner = Planner::new();
+        for program in filters {
+            planner.add(program);
+        }
+        planner.finish()
     }
 
     /// How many filters share their evaluation with others.
