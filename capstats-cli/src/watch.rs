@@ -11,10 +11,10 @@ use std::io::IsTerminal;
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use capstats_common::protocol::{Command, Reply, Session};
 
-use crate::client::request;
+use crate::client::{request, usage};
 use crate::output;
 
 /// Periods a sparkline shows.
@@ -25,15 +25,17 @@ pub fn parse_period(words: &[String]) -> anyhow::Result<Duration> {
     let text = match words {
         [keyword, seconds] if keyword == "frequency" => seconds,
         [seconds] => seconds,
-        _ => bail!("usage: watch NAME frequency SECONDS"),
+        _ => return Err(usage("usage: watch NAME frequency SECONDS")),
     };
     let seconds: f64 = text
         .parse()
-        .with_context(|| format!("frequency {text:?} is not a number of seconds"))?;
+        .map_err(|_| usage(format!("frequency {text:?} is not a number of seconds")))?;
     if !(seconds.is_finite() && seconds > 0.0) {
-        bail!("frequency must be a positive number of seconds, not {text}");
+        return Err(usage(format!(
+            "frequency must be a positive number of seconds, not {text}"
+        )));
     }
-    Duration::try_from_secs_f64(seconds).with_context(|| format!("frequency {text} is too long"))
+    Duration::try_from_secs_f64(seconds).map_err(|_| usage(format!("frequency {text} is too long")))
 }
 
 fn show(socket: &Path, name: &str) -> anyhow::Result<(Session, SystemTime)> {
