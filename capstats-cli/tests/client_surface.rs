@@ -133,3 +133,40 @@ fn version_names_libpcap_and_the_kernel_features() {
     );
     assert_eq!(value["kernel"], release.trim());
 }
+
+#[test]
+fn test_json_keys_follow_the_session_order() {
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "capstats test loads a program: run this test as root"
+    );
+    let corpus = std::env::var_os("CAPSTATS_CORPUS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus")
+        });
+    let file = corpus.join("pcap/libpcap-filter/dhcp-rfc3004.pcap");
+    let out = capstats(&["--json", "test", file.to_str().unwrap(), "udp"]);
+    assert!(out.status.success(), "{out:?}");
+    let line = String::from_utf8(out.stdout).unwrap();
+    let keys: Vec<&str> = line
+        .split('"')
+        .collect::<Vec<_>>()
+        .windows(2)
+        .filter(|w| w[1].starts_with(':'))
+        .map(|w| w[0])
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "file",
+            "filter",
+            "records",
+            "packets",
+            "bytes",
+            "not_runnable"
+        ],
+        "{line}"
+    );
+}
