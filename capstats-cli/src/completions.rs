@@ -224,10 +224,7 @@ pub fn sessions(socket: Option<PathBuf>) {
 }
 
 pub fn man_page() -> anyhow::Result<()> {
-    let man = clap_mangen::Man::new(crate::Cli::definition());
-    let mut out = Vec::new();
-    man.render(&mut out)?;
-    print!("{}", String::from_utf8_lossy(&out));
+    print!("{}", crate::man::page()?);
     Ok(())
 }
 

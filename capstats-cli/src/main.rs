@@ -3,6 +3,7 @@
 
 mod client;
 mod completions;
+mod man;
 mod output;
 mod session_cmds;
 mod test_cmd;
@@ -103,7 +104,7 @@ enum Command {
         shell: String,
     },
 
-    /// Start counting: new NAME [interface IF] [hook socket|tc|xdp] [direction in|out|both]
+    /// Start counting: new NAME [interface IF | -i IF] [hook socket|tc|xdp] [direction in|out|both]
     /// [filter] EXPR...
     #[command(
         after_help = "The expression is compiled for the interface as `tcpdump -i IF EXPR` does;\n\
@@ -113,7 +114,7 @@ enum Command {
     New {
         /// The session's name (1-64 bytes, no white space).
         name: String,
-        /// [interface IF] [hook H] [direction D] [filter] EXPR..., the expression one
+        /// [interface IF | -i IF] [hook H] [direction D] [filter] EXPR..., the expression one
         /// quoted argument or several words.
         #[arg(
             trailing_var_arg = true,

@@ -170,3 +170,87 @@ fn test_json_keys_follow_the_session_order() {
         "{line}"
     );
 }
+
+#[test]
+fn the_man_page_renders_without_warnings_and_holds_the_semantics() {
+    let out = capstats(&["__man-page"]);
+    assert!(out.status.success(), "{out:?}");
+    let roff = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        roff.contains(".TH capstats 8 "),
+        "{}",
+        &roff[..200.min(roff.len())]
+    );
+    let dir = std::env::temp_dir().join(format!("capstats-man-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let page = dir.join("capstats.8");
+    std::fs::write(&page, &roff).unwrap();
+    let rendered = Command::new("man")
+        .args(["--warnings", "-l"])
+        .arg(&page)
+        .env("MANWIDTH", "100")
+        .env("LC_ALL", "C.UTF-8")
+        .output()
+        .expect("man (apt-get install man-db groff-base)");
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&rendered.stderr);
+    assert!(
+        rendered.status.success() && stderr.is_empty(),
+        "man: {stderr}"
+    );
+    // Bold and underline are overstruck (`X\bX`, `_\bX`) when not on a terminal.
+    let mut text = String::new();
+    for c in String::from_utf8_lossy(&rendered.stdout).chars() {
+        if c == '\u{8}' {
+            text.pop();
+        } else {
+            text.push(c);
+        }
+    }
+    for section in [
+        "NAME",
+        "SYNOPSIS",
+        "OPTIONS",
+        "COMMANDS",
+        "SESSION COMMANDS",
+        "HOOKS",
+        "WHAT IS COUNTED",
+        "FILES",
+        "SIGNALS",
+        "EXIT STATUS",
+    ] {
+        assert!(
+            text.lines().any(|l| l == section),
+            "no section {section}:\n{text}"
+        );
+    }
+    // Every option and command of the definition (from --help) is on the page.
+    let help = String::from_utf8(capstats(&["--help"]).stdout).unwrap();
+    for word in help.split_whitespace() {
+        let word = word.trim_end_matches(',');
+        if word.starts_with("--") && word.len() > 2 {
+            assert!(text.contains(word), "{word} is not on the page");
+        }
+    }
+    for command in [
+        "version",
+        "completions",
+        "new",
+        "modify",
+        "stop",
+        "list",
+        "show",
+        "poll",
+        "watch",
+        "test",
+    ] {
+        assert!(text.contains(&format!("capstats {command}")), "{command}");
+    }
+    for file in [
+        "/var/run/capstats",
+        "/var/lib/capstats",
+        "/sys/fs/bpf/capstats",
+    ] {
+        assert!(text.contains(file), "{file}");
+    }
+}
