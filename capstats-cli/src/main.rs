@@ -222,6 +222,15 @@ fn main() -> ExitCode {
             };
         }
     };
+    let mut cli = cli;
+    // `new`'s and `modify`'s words run to the end of the line, so a `--json` typed after
+    // the expression lands in them; it is never part of a pcap expression.
+    if let Some(Command::New { words, .. } | Command::Modify { words, .. }) = &mut cli.command
+        && words.iter().any(|w| w == "--json")
+    {
+        words.retain(|w| w != "--json");
+        cli.json = true;
+    }
     let json = cli.json;
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

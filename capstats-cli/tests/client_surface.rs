@@ -55,7 +55,13 @@ fn json_error(args: &[&str]) -> (String, String) {
 
 #[test]
 fn json_errors_are_one_object_on_stdout() {
-    let cases: [(&[&str], &str, &str); 7] = [
+    let cases: [(&[&str], &str, &str); 8] = [
+        // After the expression, --json is still the option.
+        (
+            &["-s", NO_DAEMON, "new", "x", "udp", "--json"],
+            "connection",
+            "cannot connect",
+        ),
         (
             &["--json", "-s", NO_DAEMON, "list"],
             "connection",
