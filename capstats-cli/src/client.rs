@@ -4,11 +4,55 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
-use anyhow::{Context, anyhow, bail};
-use capstats_common::protocol::{Command, Reply, Request, Response};
+use anyhow::{Context, bail};
+use capstats_common::protocol::{Command, ErrorKind, Reply, Request, Response};
+
+/// A failure whose kind a program can act on (`--json` prints it as
+/// `{"error":{"kind":...,"message":...}}`); other errors are of kind `other`.
+#[derive(Debug)]
+pub enum Failure {
+    /// The daemon refused the request (or the client refused it as the daemon would):
+    /// the daemon's kind of error.
+    Refused { kind: ErrorKind, message: String },
+    /// The command line is wrong: kind `usage`.
+    Usage(String),
+    /// The daemon could not be reached: kind `connection`.
+    Connection(String),
+}
+
+impl Failure {
+    /// The `kind` field of a JSON error.
+    pub fn kind(&self) -> String {
+        match self {
+            Failure::Refused { kind, .. } => serde_json::to_value(kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_else(|| "other".into()),
+            Failure::Usage(_) => "usage".into(),
+            Failure::Connection(_) => "connection".into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Refused { message, .. }
+            | Failure::Usage(message)
+            | Failure::Connection(message) => f.write_str(message),
+        }
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// A wrong command line, as an error of kind `usage`.
+pub fn usage(message: impl Into<String>) -> anyhow::Error {
+    Failure::Usage(message.into()).into()
+}
 
 /// Sends `command` to the daemon at `socket` and returns its reply; the daemon's error
-/// message becomes the error.
+/// becomes a [`Failure::Refused`], a failed connection a [`Failure::Connection`].
 pub fn request(socket: &Path, command: Command) -> anyhow::Result<Reply> {
     let mut stream = UnixStream::connect(socket).map_err(|e| {
         let hint = match e.kind() {
@@ -17,7 +61,10 @@ pub fn request(socket: &Path, command: Command) -> anyhow::Result<Reply> {
             }
             _ => "; is `capstats -d` running? (-s/--socket or CAPSTATS_SOCKET choose another socket)",
         };
-        anyhow!("cannot connect to the capstats daemon at {}: {e}{hint}", socket.display())
+        Failure::Connection(format!(
+            "cannot connect to the capstats daemon at {}: {e}{hint}",
+            socket.display()
+        ))
     })?;
     let mut line = serde_json::to_vec(&Request::new(command)).expect("plain data serializes");
     line.push(b'\n');
@@ -35,8 +82,10 @@ pub fn request(socket: &Path, command: Command) -> anyhow::Result<Reply> {
         .with_context(|| format!("the daemon's answer is not understood: {}", answer.trim()))?
     {
         Response::Ok(reply) => Ok(reply),
-        // Escaped and cut here too: the message comes from the daemon, maybe another
-        // version of it, and goes to a terminal.
-        Response::Error(error) => bail!("{}", capstats_common::text::bounded(&error.message)),
+        Response::Error(error) => Err(Failure::Refused {
+            kind: error.kind,
+            message: capstats_common::text::bounded(&error.message),
+        }
+        .into()),
     }
 }

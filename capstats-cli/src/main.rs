@@ -2,9 +2,12 @@
 //! the work is done by the daemon (`capstats-daemon`) and `capstats-ebpf`.
 
 mod client;
+mod completions;
+mod man;
 mod output;
 mod session_cmds;
 mod test_cmd;
+mod version;
 mod watch;
 mod zeek;
 
@@ -22,11 +25,17 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "capstats",
     version,
+    disable_version_flag = true,
     about,
     after_help = "Examples:\n  capstats -d -g capstats\n  capstats new web interface eth0 filter tcp port 80\n  \
                   capstats poll\n  capstats watch web frequency 0.5\n  capstats test trace.pcap udp port 53"
 )]
-struct Cli {
+pub struct Cli {
+    /// Print the version, libpcap's version and the kernel features found (as
+    /// `capstats version`).
+    #[arg(short = 'V', long)]
+    version: bool,
+
     /// Run the daemon (in the foreground; logs go to stderr).
     #[arg(short = 'd', long = "daemon")]
     daemon: bool,
@@ -71,9 +80,31 @@ struct Cli {
     command: Option<Command>,
 }
 
+impl Cli {
+    /// The command line's definition, for completions and the man page.
+    pub fn definition() -> clap::Command {
+        <Self as clap::CommandFactory>::command()
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Start counting: new NAME [interface IF] [hook socket|tc|xdp] [direction in|out|both]
+    /// The version, libpcap's version and the kernel features found (BPF JIT, tcx, XDP,
+    /// BTF).
+    Version,
+    /// Print a completion script for bash, zsh or fish; it completes session names
+    /// from the daemon.
+    #[command(
+        after_help = "Install, e.g.:\n  capstats completions bash > /etc/bash_completion.d/capstats\n  \
+                            capstats completions zsh > /usr/local/share/zsh/site-functions/_capstats\n  \
+                            capstats completions fish > ~/.config/fish/completions/capstats.fish"
+    )]
+    Completions {
+        #[arg(value_parser = ["bash", "zsh", "fish"])]
+        shell: String,
+    },
+
+    /// Start counting: new NAME [interface IF | -i IF] [hook socket|tc|xdp] [direction in|out|both]
     /// [filter] EXPR...
     #[command(
         after_help = "The expression is compiled for the interface as `tcpdump -i IF EXPR` does;\n\
@@ -83,7 +114,7 @@ enum Command {
     New {
         /// The session's name (1-64 bytes, no white space).
         name: String,
-        /// [interface IF] [hook H] [direction D] [filter] EXPR..., the expression one
+        /// [interface IF | -i IF] [hook H] [direction D] [filter] EXPR..., the expression one
         /// quoted argument or several words.
         #[arg(
             trailing_var_arg = true,
@@ -154,12 +185,36 @@ fn main() -> ExitCode {
     {
         return capstats_daemon::preflight::helper();
     }
+    // Words for the completion scripts and xtask, not for people: kept out of clap's
+    // definition, so that completions and the man page do not offer them.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    match args.first().and_then(|a| a.to_str()) {
+        Some(completions::SESSIONS_ARG) => {
+            completions::sessions(args.get(1).map(PathBuf::from));
+            return ExitCode::SUCCESS;
+        }
+        Some(completions::MAN_ARG) => {
+            return match completions::man_page() {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("capstats: {}", describe(&e));
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
             let failed = e.use_stderr();
+            // Usage errors are errors like any other: exit code 1, and with --json (if
+            // it can be seen on a command line clap could not read) one JSON object.
+            if failed && json_asked() {
+                json_error("usage", &clap_message(&e));
+                return ExitCode::FAILURE;
+            }
             let _ = e.print();
-            // Usage errors are errors like any other: exit code 1.
             return if failed {
                 ExitCode::FAILURE
             } else {
@@ -167,19 +222,78 @@ fn main() -> ExitCode {
             };
         }
     };
+    let mut cli = cli;
+    // `new`'s and `modify`'s words run to the end of the line, so a `--json` typed after
+    // the expression lands in them; it is never part of a pcap expression.
+    if let Some(Command::New { words, .. } | Command::Modify { words, .. }) = &mut cli.command
+        && words.iter().any(|w| w == "--json")
+    {
+        words.retain(|w| w != "--json");
+        cli.json = true;
+    }
+    let json = cli.json;
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("capstats: {}", describe(&error));
+            let kind = error
+                .downcast_ref::<client::Failure>()
+                .map_or_else(|| "other".to_owned(), client::Failure::kind);
+            if json {
+                json_error(&kind, &describe(&error));
+            } else {
+                eprintln!("capstats: {}", describe(&error));
+            }
             ExitCode::FAILURE
         }
     }
 }
 
+/// Whether `--json` is on a command line clap refused: a word of its own before any `--`.
+fn json_asked() -> bool {
+    std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json")
+}
+
+/// clap's message without its `error: ` prefix, usage and tip: the first paragraph.
+fn clap_message(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let first = text.split("\n\n").next().unwrap_or_default();
+    first
+        .trim()
+        .strip_prefix("error: ")
+        .unwrap_or(first.trim())
+        .to_owned()
+}
+
+/// An error with --json: `{"error":{"kind":...,"message":...}}` on stdout, one line, the
+/// form of the daemon's own error responses.
+fn json_error(kind: &str, message: &str) {
+    #[derive(serde::Serialize)]
+    struct Error<'a> {
+        kind: &'a str,
+        message: &'a str,
+    }
+    #[derive(serde::Serialize)]
+    struct Line<'a> {
+        error: Error<'a>,
+    }
+    output::json_line(&Line {
+        error: Error { kind, message },
+    });
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if cli.version {
+        if cli.command.is_some() || cli.daemon {
+            return Err(client::usage("--version takes no command"));
+        }
+        return version::print(cli.json);
+    }
     if cli.daemon {
         if cli.command.is_some() {
-            anyhow::bail!("-d runs the daemon and takes no command");
+            return Err(client::usage("-d runs the daemon and takes no command"));
         }
         return Ok(capstats_daemon::run(capstats_daemon::Config {
             socket: cli.socket,
@@ -196,12 +310,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     // ignoring it, and sees EPIPE on a vanished client instead.)
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let Some(command) = cli.command else {
-        anyhow::bail!(
-            "say what to do: capstats -d to run the daemon, or a command (capstats --help)"
-        );
+        return Err(client::usage(
+            "say what to do: capstats -d to run the daemon, or a command (capstats --help)",
+        ));
     };
     let socket = &cli.socket;
     match command {
+        Command::Version => version::print(cli.json),
+        Command::Completions { shell } => completions::print(&shell),
         Command::New { name, words } => session_cmds::new(socket, name, &words, cli.json),
         Command::Modify { name, words } => session_cmds::modify(socket, name, &words, cli.json),
         Command::Stop { name } => session_cmds::stop(socket, name, cli.json),
@@ -219,13 +335,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 _ => session_cmds::PollFormat::People,
             };
             if cli.json && (prometheus || zeek) {
-                anyhow::bail!("--json and --prometheus or --zeek: choose one output format");
+                return Err(client::usage(
+                    "--json and --prometheus or --zeek: choose one output format",
+                ));
             }
             session_cmds::poll(socket, names, format)
         }
         Command::Watch { name, period, zeek } => {
             if cli.json && zeek {
-                anyhow::bail!("--json and --zeek: choose one output format");
+                return Err(client::usage("--json and --zeek: choose one output format"));
             }
             watch::watch(socket, &name, &period, cli.json, zeek)
         }

@@ -3,9 +3,9 @@
 use std::path::Path;
 
 use anyhow::bail;
-use capstats_common::protocol::{Command, Direction, HookName, Reply, Session};
+use capstats_common::protocol::{Command, Direction, ErrorKind, HookName, Reply, Session};
 
-use crate::client::request;
+use crate::client::{Failure, request, usage};
 use crate::output;
 use crate::test_cmd::expression;
 
@@ -18,8 +18,11 @@ pub struct NewArgs {
     pub filter: String,
 }
 
-/// `[interface IF] [hook socket|tc|xdp] [direction in|out|both] [filter] EXPR...`: the
-/// keywords in any order, each once, before the expression.
+/// The keywords of `new` before the expression; `-i` is tcpdump's `interface`.
+const KEYWORDS: [&str; 4] = ["interface", "-i", "hook", "direction"];
+
+/// `[interface IF | -i IF] [hook socket|tc|xdp] [direction in|out|both] [filter] EXPR...`:
+/// the keywords in any order, each once, before the expression.
 pub fn parse_new_words(words: &[String]) -> anyhow::Result<NewArgs> {
     let mut args = NewArgs {
         interface: None,
@@ -30,21 +33,19 @@ pub fn parse_new_words(words: &[String]) -> anyhow::Result<NewArgs> {
     let mut rest = words;
     loop {
         let (keyword, value) = match rest {
-            [keyword, value, ..]
-                if ["interface", "hook", "direction"].contains(&keyword.as_str()) =>
-            {
+            [keyword, value, ..] if KEYWORDS.contains(&keyword.as_str()) => {
                 (keyword.as_str(), value.as_str())
             }
-            [keyword] if ["interface", "hook", "direction"].contains(&keyword.as_str()) => {
-                bail!(
+            [keyword] if KEYWORDS.contains(&keyword.as_str()) => {
+                return Err(usage(format!(
                     "`{keyword}` needs a value: new NAME [interface IF] [hook socket|tc|xdp] [direction in|out|both] [filter] EXPR..."
-                )
+                )));
             }
             _ => break,
         };
-        let twice = || anyhow::anyhow!("`{keyword}` is given twice");
+        let twice = || usage("`interface` (or -i), `hook` and `direction` are given once each");
         match keyword {
-            "interface" => {
+            "interface" | "-i" => {
                 if args.interface.replace(value.to_owned()).is_some() {
                     return Err(twice());
                 }
@@ -54,7 +55,9 @@ pub fn parse_new_words(words: &[String]) -> anyhow::Result<NewArgs> {
                     "socket" => HookName::Socket,
                     "tc" => HookName::Tc,
                     "xdp" => HookName::Xdp,
-                    other => bail!("unknown hook {other:?}: socket, tc or xdp"),
+                    other => {
+                        return Err(usage(format!("unknown hook {other:?}: socket, tc or xdp")));
+                    }
                 };
                 if args.hook.replace(hook).is_some() {
                     return Err(twice());
@@ -65,7 +68,11 @@ pub fn parse_new_words(words: &[String]) -> anyhow::Result<NewArgs> {
                     "in" => Direction::In,
                     "out" => Direction::Out,
                     "both" => Direction::Both,
-                    other => bail!("unknown direction {other:?}: in, out or both"),
+                    other => {
+                        return Err(usage(format!(
+                            "unknown direction {other:?}: in, out or both"
+                        )));
+                    }
                 };
                 if args.direction.replace(direction).is_some() {
                     return Err(twice());
@@ -76,6 +83,76 @@ pub fn parse_new_words(words: &[String]) -> anyhow::Result<NewArgs> {
     }
     args.filter = expression(rest);
     Ok(args)
+}
+
+/// `new`'s keywords typed after the expression, as tcpdump users do
+/// (`tcp port 80 interface eth0`, `udp -i eth0`): each `(keyword, value)` found, in the
+/// order typed, and the expression without them. None when there are none.
+pub fn misplaced_keywords(filter: &str) -> Option<(Vec<(String, String)>, String)> {
+    let words: Vec<&str> = filter.split_whitespace().collect();
+    let mut found = Vec::new();
+    let mut rest = Vec::new();
+    let mut i = 0;
+    while i < words.len() {
+        let fits = |keyword: &str, value: &str| match keyword {
+            "interface" | "-i" => true,
+            "hook" => ["socket", "tc", "xdp"].contains(&value),
+            "direction" => ["in", "out", "both"].contains(&value),
+            _ => false,
+        };
+        match (words[i], words.get(i + 1)) {
+            (keyword, Some(value)) if fits(keyword, value) => {
+                let keyword = if keyword == "-i" {
+                    "interface"
+                } else {
+                    keyword
+                };
+                found.push((keyword.to_owned(), (*value).to_owned()));
+                i += 2;
+            }
+            (word, _) => {
+                rest.push(word);
+                i += 1;
+            }
+        }
+    }
+    (!found.is_empty()).then(|| (found, rest.join(" ")))
+}
+
+/// libpcap's refusal of an expression that holds `new`'s keywords, with the command in
+/// the right order; other errors as they are.
+fn hint_misplaced(error: anyhow::Error, command: &str, name: &str, filter: &str) -> anyhow::Error {
+    let Some(Failure::Refused {
+        kind: ErrorKind::InvalidFilter,
+        message,
+    }) = error.downcast_ref::<Failure>()
+    else {
+        return error;
+    };
+    let Some((keywords, rest)) = misplaced_keywords(filter) else {
+        return error;
+    };
+    let typed: Vec<String> = keywords.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    let message = if command == "new" {
+        format!(
+            "{} must come before the filter expression, not in it: capstats new {name} {} {rest} \
+             (libpcap: {message})",
+            typed.join(", "),
+            typed.join(" "),
+        )
+    } else {
+        format!(
+            "modify changes only the filter expression; {} is fixed when the session is made \
+             (capstats stop {name}, then capstats new {name} {} {rest}) (libpcap: {message})",
+            typed.join(", "),
+            typed.join(" "),
+        )
+    };
+    Failure::Refused {
+        kind: ErrorKind::InvalidFilter,
+        message,
+    }
+    .into()
 }
 
 fn one(reply: Reply) -> anyhow::Result<Session> {
@@ -96,14 +173,15 @@ fn many(reply: Reply) -> anyhow::Result<Vec<Session>> {
 
 pub fn new(socket: &Path, name: String, words: &[String], json: bool) -> anyhow::Result<()> {
     let args = parse_new_words(words)?;
+    let filter = args.filter.clone();
     let command = Command::New {
-        name,
+        name: name.clone(),
         interface: args.interface,
         filter: args.filter,
         hook: args.hook,
         direction: args.direction,
     };
-    let s = one(request(socket, command)?)?;
+    let s = one(request(socket, command).map_err(|e| hint_misplaced(e, "new", &name, &filter))?)?;
     if json {
         output::json_line(&s);
     } else {
@@ -122,7 +200,19 @@ pub fn new(socket: &Path, name: String, words: &[String], json: bool) -> anyhow:
 
 pub fn modify(socket: &Path, name: String, words: &[String], json: bool) -> anyhow::Result<()> {
     let filter = expression(words);
-    let s = one(request(socket, Command::Modify { name, filter })?)?;
+    if capstats_common::protocol::is_blank_filter(&filter) {
+        return Err(Failure::Refused {
+            kind: ErrorKind::InvalidFilter,
+            message: capstats_common::protocol::modify_needs_a_filter(&name),
+        }
+        .into());
+    }
+    let command = Command::Modify {
+        name: name.clone(),
+        filter: filter.clone(),
+    };
+    let s =
+        one(request(socket, command).map_err(|e| hint_misplaced(e, "modify", &name, &filter))?)?;
     if json {
         output::json_line(&s);
     } else {
@@ -238,6 +328,50 @@ mod tests {
             );
         }
         assert!(parse_new_words(&words("interface")).is_err());
+    }
+
+    #[test]
+    fn dash_i_is_interface() {
+        let args = parse_new_words(&words("-i eth1 hook tc udp")).unwrap();
+        assert_eq!(
+            (args.interface.as_deref(), args.hook, args.filter.as_str()),
+            (Some("eth1"), Some(HookName::Tc), "udp")
+        );
+        let args = parse_new_words(&words("hook xdp -i v0 filter tcp port 80")).unwrap();
+        assert_eq!(
+            (args.interface.as_deref(), args.filter.as_str()),
+            (Some("v0"), "tcp port 80")
+        );
+        for bad in ["-i", "-i a interface b", "interface a -i b"] {
+            assert!(parse_new_words(&words(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn keywords_after_the_expression_are_found() {
+        let found = |text: &str| {
+            misplaced_keywords(text).map(|(k, rest)| {
+                let k: Vec<String> = k.iter().map(|(k, v)| format!("{k} {v}")).collect();
+                (k.join(","), rest)
+            })
+        };
+        assert_eq!(
+            found("tcp port 80 interface vb"),
+            Some(("interface vb".into(), "tcp port 80".into()))
+        );
+        assert_eq!(
+            found("udp -i eth0 hook tc direction in"),
+            Some(("interface eth0,hook tc,direction in".into(), "udp".into()))
+        );
+        assert_eq!(
+            found("tcp hook xdp and port 80"),
+            Some(("hook xdp".into(), "tcp and port 80".into()))
+        );
+        // Words that are not a keyword with one of its values stay in the expression.
+        assert_eq!(found("tcp port 80"), None);
+        assert_eq!(found("host hook"), None);
+        assert_eq!(found("tcp direction"), None);
+        assert_eq!(found("ip interface"), None);
     }
 
     #[test]

@@ -107,15 +107,24 @@ pub fn run(args: &TestArgs, json: bool) -> anyhow::Result<()> {
         );
     }
     if json {
-        let object = serde_json::json!({
-            "file": args.file.display().to_string(),
-            "filter": expression,
-            "records": report.records,
-            "packets": report.packets,
-            "bytes": report.bytes,
-            "not_runnable": report.not_runnable,
+        // Fields in the order sessions print theirs (filter, packets, bytes).
+        #[derive(serde::Serialize)]
+        struct Summary<'a> {
+            file: String,
+            filter: &'a str,
+            records: u64,
+            packets: u64,
+            bytes: u64,
+            not_runnable: u64,
+        }
+        crate::output::json_line(&Summary {
+            file: args.file.display().to_string(),
+            filter: &expression,
+            records: report.records,
+            packets: report.packets,
+            bytes: report.bytes,
+            not_runnable: report.not_runnable,
         });
-        println!("{object}");
     } else {
         println!("packets={} bytes={}", report.packets, report.bytes);
         if report.not_runnable > 0 {

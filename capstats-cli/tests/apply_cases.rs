@@ -127,9 +127,14 @@ fn every_libpcap_oracle_case_passes_through_capstats_test() {
                 .unwrap_or_else(|| {
                     panic!("{label}: unexpected local_libpcap_agrees {:?}", case.agrees)
                 });
-            if out.status.code() != Some(1) || !stderr.contains(message) {
+            // With --json the error is one JSON object on stdout.
+            let said = serde_json::from_str::<serde_json::Value>(stdout.trim())
+                .ok()
+                .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            if out.status.code() != Some(1) || !said.contains(message) || !stderr.is_empty() {
                 failures.push(format!(
-                    "{label}: want exit 1 with libpcap's {message:?}, got {:?}: {stderr}",
+                    "{label}: want exit 1 with libpcap's {message:?} as a JSON error, got {:?}: {stdout} {stderr}",
                     out.status.code()
                 ));
             }

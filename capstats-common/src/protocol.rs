@@ -176,13 +176,35 @@ impl Command {
                 }
                 check_filter(name, filter)
             }
-            Command::Modify { name, filter } => check_filter(name, filter),
+            Command::Modify { name, filter } => {
+                if is_blank_filter(filter) {
+                    return Err((ErrorKind::InvalidFilter, modify_needs_a_filter(name)));
+                }
+                check_filter(name, filter)
+            }
             Command::Stop { .. }
             | Command::List {}
             | Command::Show { .. }
             | Command::Poll { .. } => Ok(()),
         }
     }
+}
+
+/// Whether libpcap would read `filter` as no expression at all (every packet): empty or
+/// only the white space its scanner skips.
+pub fn is_blank_filter(filter: &str) -> bool {
+    filter
+        .bytes()
+        .all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+}
+
+/// The refusal of a `modify` without an expression: it would silently widen the session
+/// to every packet, which is rarely what a forgotten argument means.
+pub fn modify_needs_a_filter(name: &str) -> String {
+    format!(
+        "modify {name:?} needs a filter expression; an empty one would count every packet. \
+         A session that counts everything is made on purpose: capstats new NAME \"\""
+    )
 }
 
 /// The longest interface name Linux has (`IFNAMSIZ` less the terminating NUL).
@@ -538,6 +560,22 @@ mod tests {
                 },
                 ErrorKind::InvalidFilter,
                 "NUL byte",
+            ),
+            (
+                Command::Modify {
+                    name: "web".into(),
+                    filter: "".into(),
+                },
+                ErrorKind::InvalidFilter,
+                "needs a filter expression",
+            ),
+            (
+                Command::Modify {
+                    name: "web".into(),
+                    filter: " \t\n".into(),
+                },
+                ErrorKind::InvalidFilter,
+                "capstats new NAME \"\"",
             ),
         ];
         for (command, kind, says) in cases {

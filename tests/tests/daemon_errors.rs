@@ -69,6 +69,12 @@ fn every_client_error_exits_1_with_a_message_and_changes_nothing() -> anyhow::Re
     client.settle("dns", 3, Duration::from_secs(10), Duration::from_millis(50))?;
     let before = listed(client)?;
 
+    let hint = format!(
+        "interface {interface} must come before the filter expression, not in it: capstats new bad interface {interface} tcp port 80"
+    );
+    let hint_dashed = format!(
+        "hook tc, interface {interface} must come before the filter expression, not in it: capstats new bad hook tc interface {interface} udp"
+    );
     let long = "x".repeat(MAX_NAME_BYTES + 1);
     let longest = "y".repeat(MAX_NAME_BYTES);
     // (arguments, what stderr must say)
@@ -95,6 +101,26 @@ fn every_client_error_exits_1_with_a_message_and_changes_nothing() -> anyhow::Re
             "unknown ip proto 'nosuch'",
         ),
         (vec!["modify", "web", "tcp", "port"], "syntax error"),
+        // tcpdump's habit of options after the expression: the right form is named.
+        (
+            vec!["new", "bad", "tcp", "port", "80", "interface", &interface],
+            &hint,
+        ),
+        (
+            vec!["new", "bad", "udp", "hook", "tc", "-i", &interface],
+            &hint_dashed,
+        ),
+        (
+            vec!["modify", "web", "udp", "hook", "xdp"],
+            "modify changes only the filter expression",
+        ),
+        // No expression would widen the session to every packet: refused.
+        (vec!["modify", "web"], "needs a filter expression"),
+        (vec!["modify", "web", ""], "capstats new NAME \"\""),
+        (
+            vec!["modify", "web", "filter", " "],
+            "needs a filter expression",
+        ),
         (
             vec!["new", "bad", "interface", "nosuch0", "filter", "udp"],
             "no interface named \"nosuch0\"",
@@ -172,6 +198,23 @@ fn every_client_error_exits_1_with_a_message_and_changes_nothing() -> anyhow::Re
     // Still serving: a 64-byte name is fine, and the old sessions still count.
     client.ok(&["new", &longest, "interface", &interface, "filter", "udp"])?;
     client.ok(&["stop", &longest])?;
+    // tcpdump's -i is `interface`.
+    let dashed = client.sessions(&["new", "dashed", "-i", &interface, "udp"])?;
+    ensure!(
+        dashed.len() == 1 && dashed[0].interface == interface && dashed[0].filter == "udp",
+        "{dashed:?}"
+    );
+    // The completion scripts' view of the sessions.
+    let names = std::process::Command::new(capstats_tests::daemon::binary()?)
+        .arg("__complete-sessions")
+        .arg(setup.daemon.socket())
+        .output()?;
+    let names = String::from_utf8_lossy(&names.stdout);
+    ensure!(
+        names == "dashed\ndns\nweb\n",
+        "__complete-sessions: {names:?}"
+    );
+    client.ok(&["stop", "dashed"])?;
     sender.send_n(&rig::udp_a_to_b(53, 10), 2)?;
     let dns = client.settle("dns", 5, Duration::from_secs(10), Duration::from_millis(50))?;
     ensure!(dns.packets == Some(5), "dns: {dns:?}");
@@ -314,6 +357,22 @@ fn bad_requests_get_an_error_line_and_the_connection_goes_on() -> anyhow::Result
     match connection.ask(br#"{"version":1,"command":"show","name":"nosuch"}"#)? {
         Response::Error(e) if e.kind == ErrorKind::UnknownSession => {}
         other => failures.push(format!("show nosuch: {other:?}")),
+    }
+    // A modify without an expression is refused by the daemon too (not only by the
+    // client): it would widen the session to every packet.
+    for filter in ["", " \\t "] {
+        let line =
+            format!(r#"{{"version":1,"command":"modify","name":"web","filter":"{filter}"}}"#);
+        match connection.ask(line.as_bytes())? {
+            Response::Error(e)
+                if e.kind == ErrorKind::InvalidFilter
+                    && e.message.contains("needs a filter expression") => {}
+            other => failures.push(format!("{line}: {other:?}")),
+        }
+    }
+    match connection.ask(list)? {
+        Response::Ok(again) if unread(again.clone()) == listed => {}
+        other => failures.push(format!("after an empty modify: list answered {other:?}")),
     }
     // A new connection and the client are served as before.
     ensure!(

@@ -39,6 +39,18 @@ pub const PACKAGES: &[(&str, &str)] = &[
         "bpftool",
         "inspecting loaded programs and maps when something goes wrong",
     ),
+    ("zsh", "the completion tests load the zsh script"),
+    ("fish", "the completion tests ask fish what it completes"),
+    (
+        "dpkg-dev",
+        "cargo xtask deb computes Depends with dpkg-shlibdeps",
+    ),
+    ("binutils", "cargo xtask deb strips the packaged binary"),
+    ("man-db", "the man page tests render capstats(8) with man"),
+    (
+        "systemd",
+        "the package test checks the unit with systemd-analyze verify",
+    ),
 ];
 
 /// Debian packages only `cargo xtask bench` needs, and why: the peers it compares

@@ -1,4 +1,4 @@
-//! Developer tasks for capstats: `cargo xtask run | test | bench | fuzz`.
+//! Developer tasks for capstats: `cargo xtask run | test | bench | fuzz | man | deb`.
 //!
 //! Each task starts from a fresh Debian machine: it checks for root and installs the
 //! packages it needs before building anything that needs them. That is why this binary
@@ -10,6 +10,7 @@ mod bench;
 mod cmd;
 mod deps;
 mod fuzz;
+mod package;
 mod run;
 mod test;
 
@@ -72,6 +73,24 @@ enum Task {
         #[arg(long, conflicts_with_all = ["seed", "engine", "seconds"])]
         case: Option<String>,
     },
+    /// Write capstats(8) to target/man/capstats.8, generated from the command line's
+    /// definition (builds capstats unless --binary names one).
+    Man {
+        /// A capstats binary already built.
+        #[arg(long)]
+        binary: Option<std::path::PathBuf>,
+    },
+    /// Build target/debian/capstats-bpf_VERSION_ARCH.deb with dpkg-deb: the binary,
+    /// the systemd unit, capstats(8), bash/zsh/fish completions and the capstats group
+    /// (sysusers.d). Builds a release capstats unless --binary names one.
+    Deb {
+        /// A capstats binary already built.
+        #[arg(long)]
+        binary: Option<std::path::PathBuf>,
+        /// Where the package goes (target/debian by default).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -94,6 +113,8 @@ fn main() -> ExitCode {
             seed,
             case: None,
         } => fuzz::fuzz(seconds, engine, seed),
+        Task::Man { binary } => package::man(binary),
+        Task::Deb { binary, out } => package::deb(binary, out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
