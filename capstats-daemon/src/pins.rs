@@ -82,16 +82,40 @@ fn mount_ns(pid: &str) -> Option<u64> {
         .map(|m| m.ino())
 }
 
-/// Whether another process than this one is in mount namespace `ns`: then the
-/// namespace, and what is mounted in it, outlives this process.
+/// The parent of process `pid`, from /proc/PID/stat.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name, which may hold anything but ends with ')'.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    rest.split(' ').nth(1)?.parse::<u32>().ok()
+}
+
+/// This process and its ancestors (up to pid 1, or as far as /proc shows them).
+fn self_and_ancestors() -> Vec<u32> {
+    let mut chain = vec![std::process::id()];
+    while chain.len() < 256 {
+        match chain.last().copied().and_then(parent_of) {
+            Some(parent) if parent > 0 && !chain.contains(&parent) => chain.push(parent),
+            _ => break,
+        }
+    }
+    chain
+}
+
+/// Whether a process other than this one and its ancestors is in mount namespace
+/// `ns`: then the namespace, and what is mounted in it, outlives this process. (An
+/// ancestor there is most often a shell waiting for the daemon, `sh -c` under `ip
+/// netns exec`: it goes when the daemon does.)
 fn ns_has_others(ns: u64) -> bool {
-    let me = std::process::id().to_string();
+    let own: Vec<String> = self_and_ancestors().iter().map(u32::to_string).collect();
     let Ok(entries) = fs::read_dir("/proc") else {
         return false;
     };
     entries.flatten().any(|entry| {
         let pid = entry.file_name().to_string_lossy().into_owned();
-        pid.bytes().all(|b| b.is_ascii_digit()) && pid != me && mount_ns(&pid) == Some(ns)
+        pid.bytes().all(|b| b.is_ascii_digit())
+            && !own.contains(&pid)
+            && mount_ns(&pid) == Some(ns)
     })
 }
 
@@ -147,26 +171,16 @@ fn unescape_mount_point(field: &str) -> String {
 }
 
 /// The processes whose mount namespaces may hold a bpffs that outlives this daemon's
-/// own: pid 1, then the daemon's ancestors, nearest first.
+/// own: pid 1, and the nearest ancestor in another mount namespace than the daemon's
+/// (where it was started from: the shell that ran `ip netns exec`, say).
 fn other_namespaces(own: u64) -> Vec<u32> {
     let mut pids = vec![1];
-    let mut pid = std::process::id();
-    for _ in 0..64 {
-        let Some(parent) = fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|stat| {
-                // After the command name, which may hold anything but ends with ')'.
-                let rest = &stat[stat.rfind(')')? + 2..];
-                rest.split(' ').nth(1)?.parse::<u32>().ok()
-            })
-        else {
-            break;
-        };
-        if parent <= 1 {
-            break;
-        }
-        pids.push(parent);
-        pid = parent;
+    if let Some(&nearest) = self_and_ancestors()
+        .iter()
+        .skip(1)
+        .find(|pid| mount_ns(&pid.to_string()).is_some_and(|ns| ns != own))
+    {
+        pids.push(nearest);
     }
     pids.retain(|pid| mount_ns(&pid.to_string()).is_some_and(|ns| ns != own));
     pids.dedup();
