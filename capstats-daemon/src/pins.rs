@@ -5,8 +5,8 @@
 
 use std::collections::HashSet;
 use std::fs;
-use std::io;
 use std::fs::File;
+use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -68,6 +68,10 @@ pub struct Pins {
     durable: bool,
     /// The directory, open and `flock`ed: a second daemon on it is refused.
     _lock: File,
+    /// For a directory reached through a descriptor: its parent, held open, and its
+    /// name there, so that `--detach-on-exit` can remove it (`rmdir` of
+    /// `/proc/self/fd/N` would not).
+    parent: Option<(File, std::ffi::OsString)>,
 }
 
 fn is_bpffs(path: &Path) -> bool {
@@ -113,9 +117,7 @@ fn ns_has_others(ns: u64) -> bool {
     };
     entries.flatten().any(|entry| {
         let pid = entry.file_name().to_string_lossy().into_owned();
-        pid.bytes().all(|b| b.is_ascii_digit())
-            && !own.contains(&pid)
-            && mount_ns(&pid) == Some(ns)
+        pid.bytes().all(|b| b.is_ascii_digit()) && !own.contains(&pid) && mount_ns(&pid) == Some(ns)
     })
 }
 
@@ -195,6 +197,14 @@ fn under_root(pid: u32, dir: &Path) -> PathBuf {
 /// Whether `dir`, or the directory it would be made in, is on a bpffs.
 fn bpffs_for(dir: &Path) -> bool {
     is_bpffs(dir) || dir.parent().is_some_and(is_bpffs)
+}
+
+/// The device of the file system `dir` (or the directory it would be made in) is on.
+fn device_of(dir: &Path) -> Option<u64> {
+    fs::metadata(dir)
+        .or_else(|_| fs::metadata(dir.parent().unwrap_or(dir)))
+        .ok()
+        .map(|m| m.dev())
 }
 
 /// The pid of the process holding a `flock` on the file `meta` describes, with its
@@ -294,14 +304,24 @@ impl Pins {
                         dir: there.display().to_string(),
                     });
                 }
-                if bpffs_for(&there) {
-                    event!(
-                        "this daemon has a mount namespace of its own (as under `ip netns \
-                         exec`), whose bpffs would die with it: pinning in {shown} of the \
-                         mount namespace of pid {pid}, which outlives it"
-                    );
-                    return Self::open(there, format!("{shown} (pid {pid}'s mount namespace)"), true);
+                if !bpffs_for(&there) {
+                    continue;
                 }
+                if mounted_here && device_of(dir).is_some() && device_of(dir) == device_of(&there) {
+                    // The same bpffs, mounted there too (this namespace was made from
+                    // that one's mounts): it outlives the daemon as it is.
+                    return Self::open(dir.to_owned(), shown, true);
+                }
+                event!(
+                    "this daemon has a mount namespace of its own (as under `ip netns exec`), \
+                     whose bpffs would die with it: pinning in {shown} of the mount namespace \
+                     of pid {pid}, which outlives it"
+                );
+                return Self::open(
+                    there,
+                    format!("{shown} (pid {pid}'s mount namespace)"),
+                    true,
+                );
             }
         }
         if !mounted_here && dir.starts_with(BPFFS) {
@@ -382,16 +402,31 @@ impl Pins {
         })?;
         // A directory of another mount namespace is reached through the descriptor held
         // open: its /proc/PID/root may go with that process.
-        let dir = if path.starts_with("/proc") {
-            PathBuf::from(format!("/proc/self/fd/{}", lock.as_raw_fd()))
+        let (dir, parent) = if path.starts_with("/proc") {
+            let parent = path
+                .parent()
+                .zip(path.file_name())
+                .and_then(|(parent, name)| {
+                    fs::OpenOptions::new()
+                        .read(true)
+                        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+                        .open(parent)
+                        .ok()
+                        .map(|file| (file, name.to_owned()))
+                });
+            (
+                PathBuf::from(format!("/proc/self/fd/{}", lock.as_raw_fd())),
+                parent,
+            )
         } else {
-            path
+            (path, None)
         };
         Ok(Self {
             dir,
             shown,
             durable,
             _lock: lock,
+            parent,
         })
     }
 
@@ -514,7 +549,18 @@ impl Pins {
                 }
             }
         }
-        let _ = fs::remove_dir(&self.dir);
+        match &self.parent {
+            Some((parent, name)) => {
+                let _ = nix::unistd::unlinkat(
+                    Some(parent.as_raw_fd()),
+                    name.as_os_str(),
+                    nix::unistd::UnlinkatFlags::RemoveDir,
+                );
+            }
+            None => {
+                let _ = fs::remove_dir(&self.dir);
+            }
+        }
     }
 }
 

@@ -234,8 +234,15 @@ impl StateFile {
             // What a request could not ask for, a table cannot restore: the request's
             // checks (an interface the kernel would read as another, `eth0:junk` as
             // `eth0`; a direction the hook cannot count).
-            check_interface_name(&s.interface)
-                .map_err(|e| corrupt(format!("session {:?}: {e}", s.name)))?;
+            check_interface_name(&s.interface).map_err(|e| {
+                let prefix = format!("no interface named {:?}: ", s.interface);
+                corrupt(format!(
+                    "session {:?}: interface name {:?}: {}",
+                    s.name,
+                    s.interface,
+                    e.strip_prefix(&prefix).unwrap_or(&e)
+                ))
+            })?;
             let spec = crate::session::Spec {
                 name: &s.name,
                 interface: &s.interface,
@@ -436,6 +443,9 @@ mod tests {
             r#"{"version":1,"sessions":[{"name":"a","interface":"eth0","filter":"","hook":"socket","direction":"both","created":"2026-11-26T03:00:00Z","modified":"2026-11-26T03:00:00Z","packets":5,"bytes":500,"base_packets":6,"base_bytes":0}]}"#,
             r#"{"version":1,"sessions":[{"name":"a","interface":"eth0","filter":"","hook":"bogus","direction":"both","created":"2026-11-26T03:00:00Z","modified":"2026-11-26T03:00:00Z","packets":0,"bytes":0}]}"#,
             r#"{"version":1,"sessions":[{"name":"a","interface":"eth0","filter":"","created":"2026-11-26T03:00:00Z","modified":"2026-11-26T03:00:00Z","packets":-1,"bytes":0}]}"#,
+            r#"{"version":1,"sessions":[{"name":"a","interface":"vb:junk","filter":"","created":"2026-11-26T03:00:00Z","modified":"2026-11-26T03:00:00Z","packets":0,"bytes":0}]}"#,
+            r#"{"version":1,"sessions":[{"name":"a","interface":"eth0","filter":"","hook":"socket","direction":"in","created":"2026-11-26T03:00:00Z","modified":"2026-11-26T03:00:00Z","packets":0,"bytes":0}]}"#,
+            r#"{"version":1,"sessions":[{"name":"a","interface":"eth0","filter":"","created":"2026-11-26T03:00:00Z","modified":"2026-11-26T03:00:00Z","packets":9223372036854775808,"bytes":0}]}"#,
         ] {
             fs::write(state.path(), bad).unwrap();
             // Whatever the umask: a file others may write is refused for that alone.
@@ -453,6 +463,12 @@ mod tests {
             (HookName::Socket, Direction::Both)
         );
         assert_eq!((loaded[0].base_packets, loaded[0].packets), (None, 7));
+        // The highest count the daemon keeps is one it reads back.
+        let mut top = saved("top");
+        (top.packets, top.bytes) = (MAX_COUNT, MAX_COUNT);
+        (top.base_packets, top.base_bytes) = (Some(MAX_COUNT), Some(0));
+        state.save(vec![top.clone()]).unwrap();
+        assert_eq!(state.load().unwrap(), vec![top]);
         let twice = serde_json::to_string(&SavedState {
             version: 1,
             sessions: vec![saved("a"), saved("a")],

@@ -112,11 +112,7 @@ fn under_ip_netns_exec_kill_9_mid_stream_loses_nothing() -> anyhow::Result<()> {
     let (at_kill, killed_at, after_restart, (restarted_at, answered_at), second) =
         std::thread::scope(|scope| -> anyhow::Result<_> {
             let stream = scope.spawn(|| {
-                sender.send_paced_counting(
-                    (0..FRAMES).map(|_| frame.as_slice()),
-                    PPS,
-                    &progress,
-                )
+                sender.send_paced_counting((0..FRAMES).map(|_| frame.as_slice()), PPS, &progress)
             });
             let run = || -> anyhow::Result<_> {
                 wait_for(&progress, FRAMES / 3)?;
@@ -128,7 +124,13 @@ fn under_ip_netns_exec_kill_9_mid_stream_loses_nothing() -> anyhow::Result<()> {
                 let second = Daemon::start(&rig.ns_b, &spec, &scratch.join("second.log"))?;
                 let after_restart = client.poll()?;
                 let answered_at = progress.load(Ordering::SeqCst);
-                Ok((at_kill, killed_at, after_restart, (restarted_at, answered_at), second))
+                Ok((
+                    at_kill,
+                    killed_at,
+                    after_restart,
+                    (restarted_at, answered_at),
+                    second,
+                ))
             };
             let outcome = run();
             let streamed = stream
@@ -234,9 +236,10 @@ fn a_daemon_whose_pins_die_with_it_says_so() -> anyhow::Result<()> {
     );
     let metrics = client.ok(&["poll", "--prometheus"])?;
     ensure!(
-        metrics.lines().any(|l| l
-            .starts_with("capstats_session_survives_daemon{session=\"t\"")
-            && l.ends_with(" 0")),
+        metrics.lines().any(
+            |l| l.starts_with("capstats_session_survives_daemon{session=\"t\"")
+                && l.ends_with(" 0")
+        ),
         "poll --prometheus:\n{metrics}"
     );
     ensure!(
@@ -262,8 +265,8 @@ fn a_start_that_cannot_reopen_its_pins_leaves_them() -> anyhow::Result<()> {
     require_root(TEST);
     let rig = Rig::new("nofile")?;
     let scratch = ScratchDir::new("nofile")?;
-    let spec = DaemonSpec::new(scratch.join("capstats.sock"), scratch.join("state"))
-        .keeping_pins(true);
+    let spec =
+        DaemonSpec::new(scratch.join("capstats.sock"), scratch.join("state")).keeping_pins(true);
     let _pins = spec.pin_guard();
     let client = spec.client()?;
     let frame = rig::udp_a_to_b(7000, 30);
@@ -372,12 +375,13 @@ fn a_second_daemon_on_the_same_pin_directory_is_refused() -> anyhow::Result<()> 
     let pid = first.pid().context("the first daemon runs")?;
     ensure!(
         outcome.code == Some(1)
-            && outcome.stderr.contains(&format!(
-                "another capstats daemon (pid {pid}: \""
-            ))
             && outcome
                 .stderr
-                .contains(&format!("uses the pin directory {}", spec.pin_dir.display())),
+                .contains(&format!("another capstats daemon (pid {pid}: \""))
+            && outcome.stderr.contains(&format!(
+                "uses the pin directory {}",
+                spec.pin_dir.display()
+            )),
         "{outcome}"
     );
     ensure!(!other.socket.exists(), "the refused daemon left its socket");
