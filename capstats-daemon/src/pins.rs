@@ -1,7 +1,10 @@
 //! The daemon's objects on bpffs: one directory per session under the pin directory
 //! (default `/sys/fs/bpf/capstats`), holding its counter map. A pinned map outlives the
 //! daemon, so a restarted daemon (after a crash, an upgrade, `kill -9`) continues from
-//! the kernel's counts instead of going back to what it last saved.
+//! the kernel's counts instead of going back to what it last saved: only if the bpffs
+//! outlives the daemon, which [`Pins::prepare`] sees to (or says it cannot). The
+//! directory is locked (`flock`) for one daemon: another would take its pins for
+//! unclaimed ones and remove them.
 
 use std::collections::HashSet;
 use std::fs;
@@ -37,14 +40,13 @@ pub enum PinError {
     )]
     InUse { dir: String, holder: String },
     #[error(
-        "session {name:?}: cannot reopen its pinned counters at {path}: {source}; they are \
-         left in place, untouched (the next start that can open them continues from the \
-         kernel's counts)"
+        "session {name:?}: cannot reopen its pinned counters ({source}); they are left in \
+         place, untouched (the next start that can open them continues from the kernel's \
+         counts)"
     )]
     Reopen {
         name: String,
-        path: String,
-        source: CounterError,
+        source: Box<CounterError>,
     },
     #[error("cannot {what} {path}: {source}")]
     Io {
@@ -491,8 +493,7 @@ impl Pins {
             .map(Some)
             .map_err(|source| PinError::Reopen {
                 name: name.to_owned(),
-                path: path.display().to_string(),
-                source,
+                source: Box::new(source),
             })
     }
 

@@ -91,20 +91,6 @@ fn under_ip_netns_exec_kill_9_mid_stream_loses_nothing() -> anyhow::Result<()> {
     let client = spec.client()?;
     let first = Daemon::start(&rig.ns_b, &spec, &scratch.join("first.log"))?;
     new_sessions(&client, rig.interface())?;
-    for session in client.poll()? {
-        ensure!(
-            session.survives_daemon == Some(true),
-            "under ip netns exec, the pins should outlive the daemon: {session:?}\n{}",
-            first.log()
-        );
-    }
-    ensure!(
-        spec.pin_dir.join("tc-in").join("counters").exists(),
-        "the pins are not on the bpffs of the namespace the daemon was started from \
-         ({}); its log:\n{}",
-        spec.pin_dir.display(),
-        first.log()
-    );
     let frame = rig::udp_a_to_b(7000, 30);
     let len = frame.len() as u64;
     let sender = rig.sender_a()?;
@@ -167,6 +153,20 @@ fn under_ip_netns_exec_kill_9_mid_stream_loses_nothing() -> anyhow::Result<()> {
         sock.0 >= sock_at_kill.0 + (FRAMES - answered_at) && sock.0 <= FRAMES,
         "sock: {sock:?} (had {sock_at_kill:?} at the kill, the new daemon answered at frame \
          {answered_at})"
+    );
+    for session in client.poll()? {
+        ensure!(
+            session.survives_daemon == Some(true),
+            "under ip netns exec, the pins should outlive the daemon: {session:?}\n{}",
+            second.log()
+        );
+    }
+    ensure!(
+        spec.pin_dir.join("tc-in").join("counters").exists(),
+        "the pins are not on the bpffs of the namespace the daemon was started from \
+         ({}); its log:\n{}",
+        spec.pin_dir.display(),
+        second.log()
     );
     println!(
         "ip netns exec: {FRAMES} frames at {PPS}/s, killed at frame {killed_at}, restarted at \
