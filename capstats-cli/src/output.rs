@@ -189,7 +189,16 @@ pub fn show(s: &Session) {
         .map(|since| {
             format!("{since} (restarted: a socket session counts only while a daemon runs)")
         });
-    for (key, value) in fields.into_iter().chain(gap.map(|g| ("counting", g))) {
+    let mortal = (s.survives_daemon == Some(false)).then(|| {
+        "no: pinned in a bpffs that dies with the daemon (see its log); a restart goes back \
+         to the counts last saved"
+            .to_owned()
+    });
+    for (key, value) in fields
+        .into_iter()
+        .chain(gap.map(|g| ("counting", g)))
+        .chain(mortal.map(|m| ("survives", m)))
+    {
         println!("{:<10} {value}", format!("{key}:"));
     }
 }

@@ -108,6 +108,21 @@ pub fn render(sessions: &[Session], daemon: &DaemonInfo) -> String {
             }
         }
     }
+    if sessions.iter().any(|s| s.survives_daemon.is_some()) {
+        let name = "capstats_session_survives_daemon";
+        header(
+            &mut out,
+            name,
+            "gauge",
+            "1 if the session's pinned counters (and tc/xdp links) outlive the daemon, 0 if \
+             they die with it (a bpffs of the daemon's own mount namespace).",
+        );
+        for (session, id) in sessions.iter().zip(&ids) {
+            if let Some(survives) = session.survives_daemon {
+                let _ = writeln!(out, "{name}{id} {}", u64::from(survives));
+            }
+        }
+    }
     header(
         &mut out,
         "capstats_session_info",
@@ -184,6 +199,7 @@ mod tests {
             created: "2026-01-01T00:00:00Z".into(),
             modified: "2026-01-01T00:00:00Z".into(),
             counting_since: None,
+            survives_daemon: None,
             read_at: Some("2026-01-01T00:00:10.000000000Z".into()),
         }
     }

@@ -372,6 +372,13 @@ pub struct Session {
     /// When these counters were read (`poll`, `show`): rates divide by its differences.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_at: Option<String>,
+    /// Whether the session's pinned counters (and a tc or xdp session's links) outlive
+    /// the daemon: false when the daemon pins into a bpffs of a mount namespace that
+    /// dies with it (started under `ip netns exec` with no bpffs outside to reach);
+    /// then a restart goes back to the counts last saved, and tc and xdp sessions stop
+    /// counting while no daemon runs. Absent where the daemon did not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub survives_daemon: Option<bool>,
 }
 
 impl Response {

@@ -154,6 +154,15 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     // Removed when `run` returns, an error after this point included.
     let (listener, _socket_file) = listener::bind(&config.socket, group.as_ref().map(|g| g.gid))?;
     let pins = pins::Pins::prepare(&config.pin_dir)?;
+    let pinned = format!(
+        "pins in {} ({})",
+        pins.shown(),
+        if pins.durable() {
+            "they outlive the daemon"
+        } else {
+            "they die with the daemon: tc and xdp sessions will not count through a restart"
+        }
+    );
     // Before the sessions look at their interfaces: none that appears meanwhile is missed.
     let link_events = links::LinkEvents::subscribe();
     let service = Arc::new(Mutex::new(service::Service::restore(table, state, pins)?));
@@ -165,7 +174,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         ),
     }
     event!(
-        "listening on {} ({}), {} restored from {}",
+        "listening on {} ({}), {} restored from {}, {pinned}",
         config.socket.display(),
         match &group {
             Some(group) => format!("root and group {group}, mode 0660"),

@@ -1,12 +1,17 @@
 //! The daemon's objects on bpffs: one directory per session under the pin directory
 //! (default `/sys/fs/bpf/capstats`), holding its counter map. A pinned map outlives the
 //! daemon, so a restarted daemon (after a crash, an upgrade, `kill -9`) continues from
-//! the kernel's counts instead of going back to what it last saved.
+//! the kernel's counts instead of going back to what it last saved: only if the bpffs
+//! outlives the daemon, which [`Pins::prepare`] sees to (or says it cannot). The
+//! directory is locked (`flock`) for one daemon: another would take its pins for
+//! unclaimed ones and remove them.
 
 use std::collections::HashSet;
 use std::fs;
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use capstats_ebpf::counters::{CounterError, CounterMap};
@@ -29,6 +34,20 @@ pub enum PinError {
     NotBpffs { dir: String },
     #[error("refusing to use pin directory {dir}: it is a symbolic link")]
     Symlink { dir: String },
+    #[error(
+        "another capstats daemon{holder} uses the pin directory {dir}: it would take that \
+         daemon's pins for unclaimed ones; two daemons need two pin directories (--pin-dir)"
+    )]
+    InUse { dir: String, holder: String },
+    #[error(
+        "session {name:?}: cannot reopen its pinned counters ({source}); they are left in \
+         place, untouched (the next start that can open them continues from the kernel's \
+         counts)"
+    )]
+    Reopen {
+        name: String,
+        source: Box<CounterError>,
+    },
     #[error("cannot {what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -39,15 +58,188 @@ pub enum PinError {
     Counters(#[from] CounterError),
 }
 
-/// Where the daemon pins its objects.
-#[derive(Debug, Clone)]
+/// Where the daemon pins its objects, locked for this daemon.
+#[derive(Debug)]
 pub struct Pins {
+    /// The directory as the daemon reaches it: the path given, or, for a bpffs of
+    /// another mount namespace, `/proc/self/fd/N` of the directory held open.
     dir: PathBuf,
+    /// The directory for messages.
+    shown: String,
+    /// Whether the pins outlive the daemon (see [`Pins::prepare`]).
+    durable: bool,
+    /// The directory, open and `flock`ed: a second daemon on it is refused.
+    _lock: File,
+    /// For a directory reached through a descriptor: its parent, held open, and its
+    /// name there, so that `--detach-on-exit` can remove it (`rmdir` of
+    /// `/proc/self/fd/N` would not).
+    parent: Option<(File, std::ffi::OsString)>,
 }
 
 fn is_bpffs(path: &Path) -> bool {
     nix::sys::statfs::statfs(path)
         .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::BPF_FS_MAGIC)
+}
+
+/// The mount namespace of a process (`self` or a pid), by its nsfs inode.
+fn mount_ns(pid: &str) -> Option<u64> {
+    fs::metadata(format!("/proc/{pid}/ns/mnt"))
+        .ok()
+        .map(|m| m.ino())
+}
+
+/// The parent of process `pid`, from /proc/PID/stat.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name, which may hold anything but ends with ')'.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    rest.split(' ').nth(1)?.parse::<u32>().ok()
+}
+
+/// This process and its ancestors (up to pid 1, or as far as /proc shows them).
+fn self_and_ancestors() -> Vec<u32> {
+    let mut chain = vec![std::process::id()];
+    while chain.len() < 256 {
+        match chain.last().copied().and_then(parent_of) {
+            Some(parent) if parent > 0 && !chain.contains(&parent) => chain.push(parent),
+            _ => break,
+        }
+    }
+    chain
+}
+
+/// Whether a process other than this one and its ancestors is in mount namespace
+/// `ns`: then the namespace, and what is mounted in it, outlives this process. (An
+/// ancestor there is most often a shell waiting for the daemon, `sh -c` under `ip
+/// netns exec`: it goes when the daemon does.)
+fn ns_has_others(ns: u64) -> bool {
+    let own: Vec<String> = self_and_ancestors().iter().map(u32::to_string).collect();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        pid.bytes().all(|b| b.is_ascii_digit()) && !own.contains(&pid) && mount_ns(&pid) == Some(ns)
+    })
+}
+
+/// Whether the mount holding `path` propagates to or from other mount namespaces
+/// (`shared:` or `master:` in mountinfo): then its file system is mounted elsewhere
+/// too, and outlives this process's namespace (the host's bpffs, seen from a
+/// namespace made from the host's mounts, as systemd makes for a service).
+fn propagated(path: &Path) -> bool {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let mut best: Option<(usize, bool)> = None;
+    for line in info.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(point) = fields.get(4).map(|p| unescape_mount_point(p)) else {
+            continue;
+        };
+        if !path.starts_with(&point) {
+            continue;
+        }
+        let tagged = fields
+            .iter()
+            .skip(6)
+            .take_while(|f| **f != "-")
+            .any(|f| f.starts_with("shared:") || f.starts_with("master:"));
+        // The last of equal mount points is the one on top.
+        if best.is_none_or(|(len, _)| point.len() >= len) {
+            best = Some((point.len(), tagged));
+        }
+    }
+    best.is_some_and(|(_, tagged)| tagged)
+}
+
+/// A mount point as mountinfo writes it: space, tab, newline and backslash as `\ooo`.
+fn unescape_mount_point(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && let Some(code) = field
+                .get(i + 1..i + 4)
+                .and_then(|o| u8::from_str_radix(o, 8).ok())
+        {
+            out.push(code);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The processes whose mount namespaces may hold a bpffs that outlives this daemon's
+/// own: pid 1, and the nearest ancestor in another mount namespace than the daemon's
+/// (where it was started from: the shell that ran `ip netns exec`, say).
+fn other_namespaces(own: u64) -> Vec<u32> {
+    let mut pids = vec![1];
+    if let Some(&nearest) = self_and_ancestors()
+        .iter()
+        .skip(1)
+        .find(|pid| mount_ns(&pid.to_string()).is_some_and(|ns| ns != own))
+    {
+        pids.push(nearest);
+    }
+    pids.retain(|pid| mount_ns(&pid.to_string()).is_some_and(|ns| ns != own));
+    pids.dedup();
+    pids
+}
+
+/// `/proc/PID/root` followed by `dir` (absolute).
+fn under_root(pid: u32, dir: &Path) -> PathBuf {
+    Path::new(&format!("/proc/{pid}/root")).join(dir.strip_prefix("/").unwrap_or(dir))
+}
+
+/// Whether `dir`, or the directory it would be made in, is on a bpffs.
+fn bpffs_for(dir: &Path) -> bool {
+    is_bpffs(dir) || dir.parent().is_some_and(is_bpffs)
+}
+
+/// The device of the file system `dir` (or the directory it would be made in) is on.
+fn device_of(dir: &Path) -> Option<u64> {
+    fs::metadata(dir)
+        .or_else(|_| fs::metadata(dir.parent().unwrap_or(dir)))
+        .ok()
+        .map(|m| m.dev())
+}
+
+/// The pid of the process holding a `flock` on the file `meta` describes, with its
+/// command line, from /proc/locks.
+fn lock_holder(meta: &fs::Metadata) -> String {
+    let dev = meta.dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let wanted = format!("{major:02x}:{minor:02x}:{}", meta.ino());
+    let Ok(locks) = fs::read_to_string("/proc/locks") else {
+        return String::new();
+    };
+    for line in locks.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // "1: FLOCK  ADVISORY  WRITE 1234 00:2a:5678 0 EOF"
+        if fields.get(1) == Some(&"FLOCK") && fields.get(5) == Some(&wanted.as_str()) {
+            let pid = fields[4];
+            let command = fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| {
+                    String::from_utf8_lossy(&c)
+                        .split('\0')
+                        .filter(|a| !a.is_empty())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default();
+            return if command.is_empty() {
+                format!(" (pid {pid})")
+            } else {
+                format!(" (pid {pid}: {command:?})")
+            };
+        }
+    }
+    String::new()
 }
 
 /// A session name as a file name: bytes other than letters, digits, `-` and `_` as
@@ -81,11 +273,60 @@ fn decode(file: &str) -> Option<String> {
 }
 
 impl Pins {
-    /// Makes `dir` ready: bpffs mounted at /sys/fs/bpf if `dir` is under it and it is
-    /// not mounted yet (it is not at boot on some systems), and the directory made.
+    /// Makes `dir` ready and takes it for this daemon: on a bpffs that outlives the
+    /// daemon where one can be reached, the directory made, and locked.
+    ///
+    /// A bpffs outlives the daemon when it is mounted in a mount namespace that does:
+    /// the daemon's own, if another process shares it or the mount propagates from
+    /// elsewhere. `ip netns exec` gives the daemon a namespace of its own with a fresh
+    /// `/sys`: a bpffs mounted there would die with the daemon, pins, links, counts and
+    /// all. Then `dir` is used in the bpffs of pid 1's mount namespace, or else of the
+    /// nearest ancestor's in another namespace (through `/proc/PID/root`, held open),
+    /// when it is mounted there. Where no such bpffs is mounted, bpffs is mounted at
+    /// /sys/fs/bpf here (if `dir` is under it and it is not mounted yet) and the pins
+    /// are marked not durable ([`Pins::durable`]): the daemon says so.
     pub fn prepare(dir: &Path) -> Result<Self, PinError> {
         let shown = dir.display().to_string();
-        if dir.starts_with(BPFFS) && !is_bpffs(Path::new(BPFFS)) {
+        if fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(PinError::Symlink { dir: shown });
+        }
+        let own = mount_ns("self");
+        let shared = own.is_some_and(ns_has_others);
+        let mounted_here = bpffs_for(dir) || (dir.starts_with(BPFFS) && is_bpffs(Path::new(BPFFS)));
+        let durable_here = |dir: &Path| shared || propagated(dir);
+        if mounted_here && durable_here(dir) {
+            return Self::open(dir.to_owned(), shown, true);
+        }
+        // This namespace's bpffs would die with the daemon: another namespace's?
+        if let Some(own) = own {
+            for pid in other_namespaces(own) {
+                let there = under_root(pid, dir);
+                if fs::symlink_metadata(&there).is_ok_and(|m| m.file_type().is_symlink()) {
+                    return Err(PinError::Symlink {
+                        dir: there.display().to_string(),
+                    });
+                }
+                if !bpffs_for(&there) {
+                    continue;
+                }
+                if mounted_here && device_of(dir).is_some() && device_of(dir) == device_of(&there) {
+                    // The same bpffs, mounted there too (this namespace was made from
+                    // that one's mounts): it outlives the daemon as it is.
+                    return Self::open(dir.to_owned(), shown, true);
+                }
+                event!(
+                    "this daemon has a mount namespace of its own (as under `ip netns exec`), \
+                     whose bpffs would die with it: pinning in {shown} of the mount namespace \
+                     of pid {pid}, which outlives it"
+                );
+                return Self::open(
+                    there,
+                    format!("{shown} (pid {pid}'s mount namespace)"),
+                    true,
+                );
+            }
+        }
+        if !mounted_here && dir.starts_with(BPFFS) {
             nix::mount::mount(
                 Some("bpf"),
                 BPFFS,
@@ -99,37 +340,113 @@ impl Pins {
             })?;
             event!("mounted bpffs at {BPFFS}");
         }
-        if fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()) {
-            return Err(PinError::Symlink { dir: shown });
+        let durable = durable_here(dir);
+        if !durable {
+            event!(
+                "WARNING: {shown} is on a bpffs of this daemon's own mount namespace (as \
+                 `ip netns exec` makes), which dies with it, and no bpffs of a namespace that \
+                 outlives it is mounted: when this daemon exits, its pinned counters, tc and \
+                 xdp links go, tc and xdp sessions stop counting, and the next daemon starts \
+                 from the table as last saved. Mount bpffs at {BPFFS} in the initial mount \
+                 namespace, or start the daemon without a mount namespace of its own \
+                 (`nsenter --net=/run/netns/NS`)"
+            );
         }
+        Self::open(dir.to_owned(), shown, durable)
+    }
+
+    /// Makes `path` (mode 0700), checks it is on bpffs, and holds it open and locked.
+    fn open(path: PathBuf, shown: String, durable: bool) -> Result<Self, PinError> {
         // Root's alone: the pins hold every session's counters and links.
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(dir)
+            .create(&path)
             .map_err(|source| PinError::Io {
                 what: "create the pin directory",
                 path: shown.clone(),
                 source,
             })?;
-        if !is_bpffs(dir) {
+        if !is_bpffs(&path) {
             return Err(PinError::NotBpffs { dir: shown });
         }
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|source| {
+        let lock = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|source| PinError::Io {
+                what: "open the pin directory",
+                path: shown.clone(),
+                source,
+            })?;
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let source = io::Error::last_os_error();
+            return Err(if source.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                PinError::InUse {
+                    holder: lock.metadata().map(|m| lock_holder(&m)).unwrap_or_default(),
+                    dir: shown,
+                }
+            } else {
+                PinError::Io {
+                    what: "lock the pin directory",
+                    path: shown,
+                    source,
+                }
+            });
+        }
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o700)).map_err(|source| {
             PinError::Io {
                 what: "set the mode of the pin directory",
                 path: shown.clone(),
                 source,
             }
         })?;
+        // A directory of another mount namespace is reached through the descriptor held
+        // open: its /proc/PID/root may go with that process.
+        let (dir, parent) = if path.starts_with("/proc") {
+            let parent = path
+                .parent()
+                .zip(path.file_name())
+                .and_then(|(parent, name)| {
+                    fs::OpenOptions::new()
+                        .read(true)
+                        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+                        .open(parent)
+                        .ok()
+                        .map(|file| (file, name.to_owned()))
+                });
+            (
+                PathBuf::from(format!("/proc/self/fd/{}", lock.as_raw_fd())),
+                parent,
+            )
+        } else {
+            (path, None)
+        };
         Ok(Self {
-            dir: dir.to_owned(),
+            dir,
+            shown,
+            durable,
+            _lock: lock,
+            parent,
         })
     }
 
-    /// The pin directory.
+    /// The pin directory, as the daemon reaches it.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The pin directory, for messages.
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    /// Whether the pins outlive the daemon (its bpffs is mounted in a mount namespace
+    /// that does): then tc and xdp sessions count through a restart and every
+    /// session's counts continue from the kernel's.
+    pub fn durable(&self) -> bool {
+        self.durable
     }
 
     /// Where a session's objects are pinned.
@@ -155,20 +472,29 @@ impl Pins {
         Ok(map)
     }
 
-    /// The pinned counter map of a session, with the counts the kernel has, if it is
-    /// there and is one.
-    pub fn reopen(&self, name: &str) -> Option<CounterMap> {
+    /// The pinned counter map of a session, with the counts the kernel has, if there is
+    /// one. Anything at its path that cannot be opened as one (too few descriptors, not
+    /// a counter map) is an error, and is left as it is: it may hold the only copy of
+    /// the session's counts.
+    pub fn reopen(&self, name: &str) -> Result<Option<CounterMap>, PinError> {
         let path = self.session_dir(name).join(COUNTERS);
-        if !path.exists() {
-            return None;
-        }
-        match CounterMap::open_pinned(&path) {
-            Ok(map) => Some(map),
-            Err(e) => {
-                event!("session {name:?}: not using {}: {e}", path.display());
-                None
+        match fs::symlink_metadata(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(PinError::Io {
+                    what: "inspect",
+                    path: path.display().to_string(),
+                    source,
+                });
             }
+            Ok(_) => {}
         }
+        CounterMap::open_pinned(&path)
+            .map(Some)
+            .map_err(|source| PinError::Reopen {
+                name: name.to_owned(),
+                source: Box::new(source),
+            })
     }
 
     /// Removes a session's pinned objects; the kernel frees them once nothing else
@@ -224,7 +550,18 @@ impl Pins {
                 }
             }
         }
-        let _ = fs::remove_dir(&self.dir);
+        match &self.parent {
+            Some((parent, name)) => {
+                let _ = nix::unistd::unlinkat(
+                    Some(parent.as_raw_fd()),
+                    name.as_os_str(),
+                    nix::unistd::UnlinkatFlags::RemoveDir,
+                );
+            }
+            None => {
+                let _ = fs::remove_dir(&self.dir);
+            }
+        }
     }
 }
 

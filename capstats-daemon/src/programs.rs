@@ -336,7 +336,10 @@ impl InterfacePrograms {
             .map_err(|e| failed(interface, slot, e))?;
         let head = &chunks[0].program;
         let linked = match self.taken_back(interface, slot) {
-            Some(linked) => match self.swap(interface, slot, head, linked) {
+            // A pinned link that cannot be opened now (too few descriptors) still
+            // counts: attaching another would count twice, unpinning it lose the gap.
+            Err(e) => Err(e),
+            Ok(Some(linked)) => match self.swap(interface, slot, head, linked) {
                 Ok(linked) => Ok(linked),
                 Err(e) => {
                     // A link of an interface that is gone (the name now belongs to
@@ -352,7 +355,7 @@ impl InterfacePrograms {
                         .and_then(|()| self.attach(interface, slot, head))
                 }
             },
-            None => self.attach(interface, slot, head),
+            Ok(None) => self.attach(interface, slot, head),
         };
         let linked = match linked {
             Ok(linked) => linked,
@@ -602,24 +605,32 @@ impl InterfacePrograms {
         Ok(Linked { link, mode })
     }
 
-    /// A link a previous daemon pinned for `slot` of `interface`.
-    fn taken_back(&self, interface: &str, slot: Slot) -> Option<Linked> {
-        let dir = self.link_dir(interface, slot)?;
+    /// A link a previous daemon pinned for `slot` of `interface`. One that is there but
+    /// cannot be opened is an error, and stays pinned (and counting).
+    fn taken_back(&self, interface: &str, slot: Slot) -> Result<Option<Linked>, SessionError> {
+        let Some(dir) = self.link_dir(interface, slot) else {
+            return Ok(None);
+        };
         for &(name, mode) in slot.link_pins() {
             let path = dir.join(name);
             if path.exists() {
-                match PinnedLink::from_pin(&path) {
-                    Ok(pinned) => {
-                        return Some(Linked {
-                            link: FdLink::from(pinned),
-                            mode,
-                        });
-                    }
-                    Err(e) => event!("not using {}: {e}", path.display()),
-                }
+                return match PinnedLink::from_pin(&path) {
+                    Ok(pinned) => Ok(Some(Linked {
+                        link: FdLink::from(pinned),
+                        mode,
+                    })),
+                    Err(e) => Err(failed(
+                        interface,
+                        slot,
+                        format!(
+                            "cannot open the pinned link {}: {e}; it is left in place",
+                            path.display()
+                        ),
+                    )),
+                };
             }
         }
-        None
+        Ok(None)
     }
 
     /// Attaches `program` to `slot` of `interface` (index `index`), pinning a link.

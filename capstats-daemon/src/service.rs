@@ -37,10 +37,18 @@ impl Service {
         state: StateFile,
         pins: Pins,
     ) -> Result<Self, PinError> {
+        // Every pin the table claims is opened before anything is removed or made: a
+        // start that cannot open one fails and leaves every pin as it was.
+        let mut reopened = BTreeMap::new();
+        for saved in &table {
+            if let Some(map) = pins.reopen(&saved.name)? {
+                reopened.insert(saved.name.clone(), map);
+            }
+        }
         pins.remove_unclaimed(&table.iter().map(|s| s.name.as_str()).collect());
         let mut sessions = BTreeMap::new();
         for saved in table {
-            let (counters, base) = match pins.reopen(&saved.name) {
+            let (counters, base) = match reopened.remove(&saved.name) {
                 Some(map) => (
                     map,
                     Counter {
@@ -297,9 +305,23 @@ impl Service {
     /// Answers one request.
     pub fn handle(&mut self, command: Command) -> Response {
         match self.dispatch(command) {
-            Ok(reply) => Response::Ok(reply),
+            Ok(reply) => Response::Ok(self.mark(reply)),
             Err((kind, message)) => Response::error(kind, message),
         }
+    }
+
+    /// Says in every session reported whether its pins outlive the daemon.
+    fn mark(&self, mut reply: Reply) -> Reply {
+        let durable = Some(self.pins.durable());
+        match &mut reply {
+            Reply::Session(s) | Reply::Stopped(s) => s.survives_daemon = durable,
+            Reply::Sessions(all) => {
+                for s in all {
+                    s.survives_daemon = durable;
+                }
+            }
+        }
+        reply
     }
 
     /// Answers a request that only reads (`list`, `show`, `poll`, and a scrape), which
@@ -308,7 +330,7 @@ impl Service {
         match command {
             Command::List {} | Command::Show { .. } | Command::Poll { .. } => {
                 Some(match self.read(command) {
-                    Ok(reply) => Response::Ok(reply),
+                    Ok(reply) => Response::Ok(self.mark(reply)),
                     Err((kind, message)) => Response::error(kind, message),
                 })
             }

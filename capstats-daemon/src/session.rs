@@ -324,6 +324,7 @@ impl Session {
             modified: time(self.modified),
             read_at: Some(humantime::format_rfc3339_nanos(read_at).to_string()),
             counting_since: self.socket_since.map(time),
+            survives_daemon: None,
         })
     }
 }

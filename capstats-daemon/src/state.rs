@@ -11,14 +11,12 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use capstats_common::names::check_name;
-use capstats_common::protocol::{Direction, HookName};
+use capstats_common::protocol::{Direction, HookName, check_interface_name};
+use capstats_ebpf::counters::MAX_COUNT;
 use serde::{Deserialize, Serialize};
 
 const FILE: &str = "sessions.json";
 const STATE_VERSION: u32 = 1;
-/// Counts this high cannot have been counted (2^63 packets take three thousand years
-/// at 100 Mpps): a table claiming them is not ours, and adding to them would overflow.
-const MAX_COUNT: u64 = 1 << 63;
 
 /// One session as saved.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -180,10 +178,7 @@ impl StateFile {
     pub fn load(&self) -> Result<Vec<SavedSession>, StateError> {
         let path = self.path();
         // Never through a link, and never blocking on a FIFO planted there.
-        let mut file = match open_no_follow(
-            OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK),
-            &path,
-        ) {
+        let mut file = match open_no_follow(OpenOptions::new().read(true), &path) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(self.refusal("open", &path, e)),
@@ -236,18 +231,27 @@ impl StateFile {
                 humantime::parse_rfc3339(time)
                     .map_err(|e| corrupt(format!("time {time:?}: {e}")))?;
             }
-            if s.interface.is_empty()
-                || s.interface.len() > 15
-                || s.interface.contains('/')
-                || s.interface
-                    .chars()
-                    .any(|c| c.is_whitespace() || c.is_control())
-            {
-                return Err(corrupt(format!(
-                    "session {:?}: interface name {:?}",
-                    s.name, s.interface
-                )));
-            }
+            // What a request could not ask for, a table cannot restore: the request's
+            // checks (an interface the kernel would read as another, `eth0:junk` as
+            // `eth0`; a direction the hook cannot count).
+            check_interface_name(&s.interface).map_err(|e| {
+                let prefix = format!("no interface named {:?}: ", s.interface);
+                corrupt(format!(
+                    "session {:?}: interface name {:?}: {}",
+                    s.name,
+                    s.interface,
+                    e.strip_prefix(&prefix).unwrap_or(&e)
+                ))
+            })?;
+            let spec = crate::session::Spec {
+                name: &s.name,
+                interface: &s.interface,
+                filter: &s.filter,
+                hook: s.hook,
+                direction: s.direction,
+            };
+            spec.check()
+                .map_err(|e| corrupt(format!("session {:?}: {e}", s.name)))?;
             if s.filter.contains('\0') {
                 return Err(corrupt(format!(
                     "session {:?}: the filter contains a NUL byte",
@@ -258,9 +262,11 @@ impl StateFile {
                 ("packets", s.packets, s.base_packets),
                 ("bytes", s.bytes, s.base_bytes),
             ] {
-                if total >= MAX_COUNT {
+                // The daemon's counts stop at MAX_COUNT: it reads whatever it wrote.
+                if total > MAX_COUNT {
                     return Err(corrupt(format!(
-                        "session {:?}: {what} {total} is more than could have been counted",
+                        "session {:?}: {what} {total} is more than could have been counted \
+                         (at most {MAX_COUNT})",
                         s.name
                     )));
                 }
@@ -336,10 +342,13 @@ pub fn parse_time(text: &str) -> SystemTime {
     humantime::parse_rfc3339(text).unwrap_or_else(|_| SystemTime::now())
 }
 
-/// Opens `path` without following a symbolic link at its last component.
+/// Opens `path` without following a symbolic link at its last component, and without
+/// blocking: a FIFO planted there opens at once (and is then refused as not a regular
+/// file) instead of waiting forever for a writer. `O_NONBLOCK` changes nothing for a
+/// regular file. (`custom_flags` replaces flags set before: they are all set here.)
 fn open_no_follow(options: &mut OpenOptions, path: &Path) -> io::Result<File> {
     options
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)
 }
 
@@ -434,6 +443,9 @@ mod tests {
             r#"{"version":1,"sessions":[{"name":"a","interface":"eth0","filter":"","hook":"socket","direction":"both","created":"2026-11-26T03:00:00Z","modified":"2026-11-26T03:00:00Z","packets":5,"bytes":500,"base_packets":6,"base_bytes":0}]}"#,
             r#"{"version":1,"sessions":[{"name":"a","interface":"eth0","filter":"","hook":"bogus","direction":"both","created":"2026-11-26T03:00:00Z","modified":"2026-11-26T03:00:00Z","packets":0,"bytes":0}]}"#,
             r#"{"version":1,"sessions":[{"name":"a","interface":"eth0","filter":"","created":"2026-11-26T03:00:00Z","modified":"2026-11-26T03:00:00Z","packets":-1,"bytes":0}]}"#,
+            r#"{"version":1,"sessions":[{"name":"a","interface":"vb:junk","filter":"","created":"2026-11-26T03:00:00Z","modified":"2026-11-26T03:00:00Z","packets":0,"bytes":0}]}"#,
+            r#"{"version":1,"sessions":[{"name":"a","interface":"eth0","filter":"","hook":"socket","direction":"in","created":"2026-11-26T03:00:00Z","modified":"2026-11-26T03:00:00Z","packets":0,"bytes":0}]}"#,
+            r#"{"version":1,"sessions":[{"name":"a","interface":"eth0","filter":"","created":"2026-11-26T03:00:00Z","modified":"2026-11-26T03:00:00Z","packets":9223372036854775808,"bytes":0}]}"#,
         ] {
             fs::write(state.path(), bad).unwrap();
             // Whatever the umask: a file others may write is refused for that alone.
@@ -451,6 +463,12 @@ mod tests {
             (HookName::Socket, Direction::Both)
         );
         assert_eq!((loaded[0].base_packets, loaded[0].packets), (None, 7));
+        // The highest count the daemon keeps is one it reads back.
+        let mut top = saved("top");
+        (top.packets, top.bytes) = (MAX_COUNT, MAX_COUNT);
+        (top.base_packets, top.base_bytes) = (Some(MAX_COUNT), Some(0));
+        state.save(vec![top.clone()]).unwrap();
+        assert_eq!(state.load().unwrap(), vec![top]);
         let twice = serde_json::to_string(&SavedState {
             version: 1,
             sessions: vec![saved("a"), saved("a")],

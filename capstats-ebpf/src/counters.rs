@@ -21,15 +21,21 @@ pub struct Counter {
 // SAFETY: two u64, no padding, every bit pattern valid.
 unsafe impl aya::Pod for Counter {}
 
-/// Saturating: a count near `u64::MAX` (a state file from elsewhere, say) stays
-/// there instead of wrapping to a small number, which would make counters go back,
-/// or panicking in a debug build.
+/// The highest count capstats reports, keeps or accepts: `i64::MAX`, so that it fits
+/// every JSON reader's signed 64-bit integers. 2^63 packets take three thousand years
+/// at 100 Mpps; a count can reach it only from a state file written by hand.
+pub const MAX_COUNT: u64 = i64::MAX as u64;
+
+/// Saturating at [`MAX_COUNT`]: a count near it (a state file from elsewhere, say)
+/// stays there instead of wrapping to a small number, which would make counters go
+/// back, or panicking in a debug build; and whatever a sum gives, a state file of it
+/// is one the daemon accepts.
 impl std::ops::Add for Counter {
     type Output = Counter;
     fn add(self, other: Counter) -> Counter {
         Counter {
-            packets: self.packets.saturating_add(other.packets),
-            bytes: self.bytes.saturating_add(other.bytes),
+            packets: self.packets.saturating_add(other.packets).min(MAX_COUNT),
+            bytes: self.bytes.saturating_add(other.bytes).min(MAX_COUNT),
         }
     }
 }
@@ -231,8 +237,19 @@ mod tests {
         assert_eq!(
             near + one,
             Counter {
-                packets: u64::MAX,
-                bytes: u64::MAX
+                packets: MAX_COUNT,
+                bytes: MAX_COUNT
+            }
+        );
+        let below = Counter {
+            packets: MAX_COUNT - 3,
+            bytes: MAX_COUNT - 1,
+        };
+        assert_eq!(
+            below + one,
+            Counter {
+                packets: MAX_COUNT,
+                bytes: MAX_COUNT
             }
         );
         assert_eq!(

@@ -86,6 +86,10 @@ pub struct DaemonSpec {
     /// `--idle-timeout`: how long a client may take to send a whole request (the
     /// daemon's 60 s when `None`).
     pub idle_timeout: Option<Duration>,
+    /// Start the daemon as users often do, `ip netns exec NS capstats -d ...`, which
+    /// gives it a mount namespace of its own with a fresh `/sys` (so no bpffs there),
+    /// rather than `nsenter --net` (the default), which keeps the test's mounts.
+    pub ip_netns_exec: bool,
 }
 
 impl DaemonSpec {
@@ -110,7 +114,14 @@ impl DaemonSpec {
             keep_pins: false,
             wrapper: Vec::new(),
             idle_timeout: None,
+            ip_netns_exec: false,
         }
+    }
+
+    /// The same daemon started with `ip netns exec` (see [`DaemonSpec::ip_netns_exec`]).
+    pub fn under_ip_netns_exec(mut self) -> Self {
+        self.ip_netns_exec = true;
+        self
     }
 
     /// The same daemon run through `wrapper` (see [`DaemonSpec::wrapper`]).
@@ -324,16 +335,23 @@ impl Daemon {
     fn spawn(ns: &NetNs, spec: &DaemonSpec, log: &Path) -> anyhow::Result<Self> {
         let binary = binary()?;
         let file = File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
-        // Not `ip netns exec`: its private /sys would hide the host's bpffs, and the
-        // daemon's pins would die with it.
+        // `nsenter --net` unless the test asks for `ip netns exec`, whose private /sys
+        // hides the host's bpffs (the daemon must find one that outlives it).
         let binary = binary.to_str().context("the binary's path is not UTF-8")?;
+        let enter = |program: &str| {
+            if spec.ip_netns_exec {
+                ns.command(program)
+            } else {
+                ns.command_keeping_mounts(program)
+            }
+        };
         let mut command = match spec.wrapper.split_first() {
             Some((program, args)) => {
-                let mut command = ns.command_keeping_mounts(program);
+                let mut command = enter(program);
                 command.args(args).arg(binary);
                 command
             }
-            None => ns.command_keeping_mounts(binary),
+            None => enter(binary),
         };
         command
             .args(spec.args())
@@ -353,7 +371,7 @@ impl Daemon {
             });
         }
         let line = command_line(&command);
-        // `nsenter` execs the program: the child is the daemon itself.
+        // `nsenter` and `ip netns exec` exec the program: the child is the daemon itself.
         let child = command
             .spawn()
             .with_context(|| format!("cannot run `{line}`"))?;

@@ -1,9 +1,10 @@
 //! Faults around the daemon, each with a clear message and nothing lost:
 //!
 //! - bpffs not mounted: in a private mount namespace where /sys/fs/bpf is unmounted,
-//!   the daemon mounts it and counts; where it cannot be mounted, and where the pin
-//!   directory is on another file system, it refuses to start, saying why, and leaves
-//!   no socket behind.
+//!   the daemon pins on the bpffs of the namespace it was started from; where none is
+//!   reachable, it mounts one, counts, and says its pins die with it; where it cannot
+//!   be mounted, and where the pin directory is on another file system, it refuses to
+//!   start, saying why, and leaves no socket behind.
 //! - the state file unwritable (replaced by a directory, on a read-only mount) while
 //!   the daemon runs: the change is made and the client is told it was not saved; the
 //!   previous table stays as it was; the next save after the fault writes everything.
@@ -70,16 +71,65 @@ fn names(sessions: &[Session]) -> Vec<String> {
     sessions.iter().map(|s| s.name.clone()).collect()
 }
 
+/// [`in_private_mounts`], and a pid namespace too, with the daemon in a mount
+/// namespace of its own as its pid 1: no bpffs outside its namespace is reachable from
+/// it (not pid 1's, which is itself, nor an ancestor's), so it has to mount one. The
+/// outer `unshare --fork` waits for it, ignoring SIGTERM: stop it with SIGKILL
+/// (`Daemon::kill`), which takes the daemon along.
+fn alone_in_private_mounts(script: &str) -> Vec<String> {
+    [
+        "unshare",
+        "-m",
+        "-p",
+        "--fork",
+        "--mount-proc",
+        "--kill-child",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-ec",
+        &format!("{script}\nexec unshare -m --propagation private -- \"$0\" \"$@\""),
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
+}
+
 #[test]
 fn bpffs_not_mounted_is_mounted_or_named() -> anyhow::Result<()> {
     require_root(TEST);
     let rig = Rig::new("bpffs")?;
     let scratch = ScratchDir::new("bpffs")?;
 
-    // Unmounted: the daemon mounts bpffs, in its own mount namespace here, and counts.
+    // Unmounted in the daemon's own mount namespace, but mounted in the one it was
+    // started from: the daemon pins there, where its pins outlive it.
+    let spec = wrapped(
+        DaemonSpec::new(scratch.join("o.sock"), scratch.join("o-state")),
+        in_private_mounts(UNMOUNT_BPFFS),
+    );
+    let _pins = spec.pin_guard();
+    let daemon = Daemon::start(&rig.ns_b, &spec, &scratch.join("o.log"))?;
+    let client = daemon.client()?;
+    client.ok(&["new", "u", "interface", rig.interface(), "filter", "udp"])?;
+    ensure!(
+        spec.pin_dir.join("u").join("counters").exists()
+            && client.show("u")?.survives_daemon == Some(true)
+            && !daemon.log().contains("mounted bpffs"),
+        "the daemon should pin on the bpffs of the namespace it was started from:\n{}",
+        daemon.log()
+    );
+    println!(
+        "bpffs unmounted here, mounted where started: {}",
+        first_line(&daemon.log(), "pinning in")
+    );
+    daemon.stop()?;
+
+    // Unmounted everywhere it can reach: it mounts bpffs, in its own mount namespace,
+    // counts, and says its pins die with it.
     let spec = wrapped(
         DaemonSpec::new(scratch.join("a.sock"), scratch.join("a-state")),
-        in_private_mounts(UNMOUNT_BPFFS),
+        alone_in_private_mounts(UNMOUNT_BPFFS),
     );
     let _pins = spec.pin_guard();
     let daemon = Daemon::start(&rig.ns_b, &spec, &scratch.join("a.log"))?;
@@ -94,7 +144,7 @@ fn bpffs_not_mounted_is_mounted_or_named() -> anyhow::Result<()> {
     rig.sender_a()?.send_n(&frame, 7)?;
     let counted = client.settle("u", 7, ARRIVAL, QUIET)?;
     ensure!(
-        counts(&counted) == (7, 7 * frame.len() as u64),
+        counts(&counted) == (7, 7 * frame.len() as u64) && counted.survives_daemon == Some(false),
         "{counted:?}"
     );
     // Its pins are on the bpffs it mounted, not on the host's.
@@ -104,12 +154,12 @@ fn bpffs_not_mounted_is_mounted_or_named() -> anyhow::Result<()> {
         spec.pin_dir.display()
     );
     println!("bpffs unmounted: {}", first_line(&daemon.log(), "bpffs"));
-    daemon.stop()?;
+    daemon.kill()?;
 
     // Cannot be mounted: /sys/fs is hidden under an empty tmpfs, so no /sys/fs/bpf.
     let spec = wrapped(
         DaemonSpec::new(scratch.join("b.sock"), scratch.join("b-state")),
-        in_private_mounts(&format!(
+        alone_in_private_mounts(&format!(
             "{UNMOUNT_BPFFS}\nmount -t tmpfs -o ro none /sys/fs"
         )),
     );
