@@ -14,6 +14,18 @@
 //! refuse them with an error or they must translate and load (or be refused by the
 //! translator with an error), and, where they run to an end, agree too.
 //!
+//! A third part runs random programs through shared evaluation
+//! (`capstats_ebpf::shared`): each case's program (made shareable: most returns before
+//! its end fall through, the comparisons get generated branches of their own, the
+//! default path rejects) goes into one shared program with variants differing in their
+//! `jeq #k` constants, taken from the values A has at those points on the packets (so
+//! that members leave the default path, some at two points on one packet), duplicates,
+//! copies and unrelated programs; after every packet each program's counter must have
+//! moved exactly as the reference says that program alone matches. Programs with a
+//! loop stay out of it: they are never grouped, and a random counting loop among other
+//! random filters can reach the verifier's limits (pending branches, processed
+//! instructions) where each filter alone loads.
+//!
 //! `CAPSTATS_FUZZ_SEED` (decimal or 0x-hex) and `CAPSTATS_FUZZ_CASES` override the
 //! fixed seed and the number of programs, for longer runs; a failure prints the seed and
 //! the case, the program (shrunk as far as it still fails) and the packet.
@@ -25,7 +37,10 @@ mod reference_bpf;
 use std::time::Instant;
 
 use capstats_ebpf::cbpf::{ClassicError, Program, RawInsn, SKF_AD_OFF, SKF_LL_OFF};
+use capstats_ebpf::counters::CounterMap;
 use capstats_ebpf::filter::libpcap_run;
+use capstats_ebpf::program::LoadedProgram;
+use capstats_ebpf::shared::SharedProgram;
 use capstats_ebpf::testrun::{KernelFilter, Verdict};
 use capstats_ebpf::translate::{Hook, TranslateError};
 use reference_bpf::{Declined, End};
@@ -882,4 +897,567 @@ fn an_endless_counting_loop_is_refused_with_the_verifiers_reason() {
             );
         }
     }
+}
+
+/// Random programs through shared evaluation (`capstats_ebpf::shared`): cases.
+const SHARED_CASES: usize = 200;
+/// Packets generated for each case's own program and for each unrelated one.
+const SHARED_PACKETS: usize = 10;
+
+/// The points where `insns` compares A with a constant and the branches differ, as
+/// `shared::shape::comparisons` has them.
+fn comparison_points(insns: &[RawInsn]) -> Vec<usize> {
+    insns
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| i.code == 0x15 && i.jt != i.jf)
+        .map(|(pc, _)| pc)
+        .collect()
+}
+
+/// A valid generated program without a loop, its conditional jumps on a constant
+/// turned to `jeq #k` half the time; with a comparison to vary if `comparing`.
+fn shared_base(rng: &mut Rng, comparing: bool) -> Vec<RawInsn> {
+    loop {
+        let (mut insns, _) = valid_program(rng);
+        for insn in &mut insns {
+            if matches!(insn.code, 0x25 | 0x35 | 0x45) && rng.chance(50) {
+                insn.code = 0x15;
+            }
+        }
+        let looped = insns.iter().any(|i| i.code == 0x05 && (i.k as i32) < 0);
+        if !looped
+            && (!comparing || !comparison_points(&insns).is_empty())
+            && Program::new(&insns).is_ok()
+        {
+            return insns;
+        }
+    }
+}
+
+/// A generated program to run when a comparison holds: no loop, no store (a group's
+/// branch must not write scratch memory), at most `most` instructions, half its
+/// `ret #0` accepting instead.
+fn branch_block(rng: &mut Rng, most: usize) -> Vec<RawInsn> {
+    loop {
+        let (mut insns, _) = valid_program(rng);
+        for insn in &mut insns {
+            if insn.code == 0x06 && insn.k == 0 && rng.chance(50) {
+                insn.k = rng.pick_or_any(&[1, 0xffff, 262_144]).max(1);
+            }
+        }
+        let fits = insns.len() <= most
+            && !insns
+                .iter()
+                .any(|i| matches!(i.code, 0x02 | 0x03) || (i.code == 0x05 && (i.k as i32) < 0));
+        if fits && Program::new(&insns).is_ok() {
+            return insns;
+        }
+    }
+}
+
+/// Gives the comparisons of `insns` true branches of their own: a generated block
+/// each, appended behind the program's last return, so that a member leaving the
+/// default path there runs code no other point reaches.
+fn graft_branches(insns: &mut Vec<RawInsn>, rng: &mut Rng) {
+    for pc in comparison_points(insns) {
+        let start = insns.len();
+        // A jump's offset is a byte.
+        let Some(room) = (pc + 256).checked_sub(start + 1) else {
+            break;
+        };
+        if room < 2 {
+            break;
+        }
+        let block = branch_block(rng, room.min(16));
+        insns[pc].jt = (start - pc - 1) as u8;
+        insns.extend(block);
+    }
+}
+
+/// Makes most returns before the end of `insns` fall through (`ja +0`), so that the
+/// default path goes on to the points behind them.
+fn fall_through(insns: &mut [RawInsn], rng: &mut Rng) {
+    let before = insns.to_vec();
+    let last = insns.len() - 1;
+    for insn in &mut insns[..last] {
+        if matches!(insn.code, 0x06 | 0x16) && rng.chance(90) {
+            *insn = raw(0x05, 0, 0, 0);
+        }
+    }
+    if Program::new(insns).is_err() {
+        // A scratch word read where it was not written before: as it was.
+        insns.copy_from_slice(&before);
+    }
+}
+
+/// Makes `insns` a program whose shape a group can evaluate exactly with the points
+/// returned varying: every return its default path reaches rejects (or, before `end`,
+/// the program's own last instruction before grafted branches, falls through), and the
+/// points whose true branch reaches another or stores are left out. The judge is the
+/// crate's own analysis; whether it judged right, the counts say.
+fn make_shareable(insns: &mut [RawInsn], end: usize, rng: &mut Rng) -> Vec<usize> {
+    use capstats_ebpf::shared::shape::{NotShared, Template};
+    let mut varying = comparison_points(insns);
+    while !varying.is_empty() {
+        let program = Program::new(insns).expect("still a valid program");
+        match Template::analyse(&program, &varying) {
+            Ok(_) => break,
+            Err(NotShared::DefaultAccepts { pc }) => {
+                // Rejects, or (before the end) falls through where that stays valid.
+                insns[pc] = raw(0x05, 0, 0, 0);
+                if pc >= end || Program::new(insns).is_err() {
+                    insns[pc] = raw(0x06, 0, 0, 0);
+                }
+            }
+            Err(NotShared::NestedVarying { pc, other }) => {
+                let drop = if rng.chance(50) { pc } else { other };
+                varying.retain(|&v| v != drop);
+            }
+            Err(NotShared::BranchStores { pc }) => varying.retain(|&v| v != pc),
+            Err(NotShared::TooManyRemembered) => {
+                varying.remove(rng.range(0, varying.len() as u32 - 1) as usize);
+            }
+            Err(NotShared::Loops | NotShared::NothingVaries) => varying.clear(),
+        }
+    }
+    varying
+}
+
+/// A at comparison `at` when `packet` takes the default path (every comparison of
+/// `points` false), if that path reaches it: the reference run with `at` made `ret a`
+/// and the other points made `ja` to their false branch.
+fn value_at(insns: &[RawInsn], points: &[usize], at: usize, packet: &[u8]) -> Option<u32> {
+    let mut traced = insns.to_vec();
+    for &pc in points {
+        traced[pc] = if pc == at {
+            raw(0x16, 0, 0, 0)
+        } else {
+            raw(0x05, 0, 0, u32::from(insns[pc].jf))
+        };
+    }
+    match reference_bpf::run(&traced, packet, BUDGET) {
+        Ok(run) if run.end == (End::Ret { pc: at }) => Some(run.value),
+        _ => None,
+    }
+}
+
+/// A generated packet, most of them lengthened with random bytes so that the loads
+/// of random programs (offsets up to 210) are mostly in bounds.
+fn shared_packet(rng: &mut Rng) -> Vec<u8> {
+    let mut p = packet(rng);
+    if rng.chance(70) {
+        let len = rng.range(210, 300) as usize;
+        while p.len() < len {
+            p.push(rng.u32() as u8);
+        }
+    }
+    p
+}
+
+/// A constant not in `taken`.
+fn fresh(rng: &mut Rng, taken: &std::collections::HashSet<u32>) -> u32 {
+    loop {
+        let k = constant(rng);
+        if !taken.contains(&k) {
+            return k;
+        }
+    }
+}
+
+/// The values A has at each of `points` on each packet's default path.
+fn default_path_values(
+    insns: &[RawInsn],
+    points: &[usize],
+    packets: &[Vec<u8>],
+) -> Vec<Vec<Option<u32>>> {
+    packets
+        .iter()
+        .map(|p| {
+            points
+                .iter()
+                .map(|&at| value_at(insns, points, at, p))
+                .collect()
+        })
+        .collect()
+}
+
+/// Programs of `insns`'s shape: variants differing in the constants at `points` (each
+/// taking, as far as they are new there, the values A has at them on one packet's
+/// default path, `traces`, so that it leaves there and may meet its constant again
+/// later), a
+/// few differing at some points only or at another comparison too, some with other
+/// accepting return values, duplicates, and copies of the original.
+fn shared_variants(
+    insns: &[RawInsn],
+    points: &[usize],
+    traces: &[Vec<Option<u32>>],
+    rng: &mut Rng,
+) -> Vec<(String, Vec<RawInsn>)> {
+    let mut taken: Vec<std::collections::HashSet<u32>> =
+        points.iter().map(|&pc| [insns[pc].k].into()).collect();
+    let others: Vec<usize> = (0..insns.len())
+        .filter(|&pc| insns[pc].code == 0x15 && !points.contains(&pc))
+        .collect();
+    let mut out: Vec<(String, Vec<RawInsn>)> = Vec::new();
+    // The packets whose default path reaches a point.
+    let reaching: Vec<usize> = (0..traces.len())
+        .filter(|&j| traces[j].iter().any(Option::is_some))
+        .collect();
+    for n in 0..rng.range(3, 8) as usize {
+        let j = if !reaching.is_empty() && rng.chance(85) {
+            rng.pick(&reaching)
+        } else {
+            rng.range(0, traces.len() as u32 - 1) as usize
+        };
+        let trace = &traces[j];
+        let partial = rng.chance(15);
+        let mut variant = insns.to_vec();
+        for (i, &pc) in points.iter().enumerate() {
+            if partial && rng.chance(50) {
+                continue;
+            }
+            let k = match trace[i] {
+                Some(k) if !taken[i].contains(&k) && !rng.chance(15) => k,
+                _ => fresh(rng, &taken[i]),
+            };
+            taken[i].insert(k);
+            variant[pc].k = k;
+        }
+        if !others.is_empty() && rng.chance(10) {
+            variant[rng.pick(&others)].k = constant(rng);
+        }
+        if rng.chance(25) {
+            for insn in variant.iter_mut().filter(|i| i.code == 0x06 && i.k != 0) {
+                insn.k = rng.pick_or_any(&[1, 0xffff, 262_144]).max(1);
+            }
+        }
+        out.push((format!("variant {n}"), variant));
+    }
+    for _ in 0..rng.range(0, 2) {
+        let n = rng.range(0, out.len() as u32 - 1) as usize;
+        let copy = out[n].1.clone();
+        out.push((format!("duplicate of variant {n}"), copy));
+    }
+    if rng.chance(50) {
+        out.push(("copy of the original".into(), insns.to_vec()));
+    }
+    out
+}
+
+#[derive(Default)]
+struct SharedTally {
+    cases: usize,
+    programs: usize,
+    groups: usize,
+    grouped: usize,
+    /// Groups whose code remembers who left at a point (a point before another).
+    remembering: usize,
+    packets: usize,
+    /// Packets the test harness refused (not run, not compared).
+    refused: usize,
+    /// Verdicts compared: programs times packets run.
+    checks: usize,
+    matches: usize,
+    /// Matches of programs evaluated in a group.
+    grouped_matches: usize,
+    /// Packets on whose default path a grouped program met its constant at two
+    /// varying points (the code must count it once, where it left first).
+    met_twice: usize,
+}
+
+/// Where the plan put program `i`: alone, or in a group (its members, varying points).
+fn placement(plan: &capstats_ebpf::shared::plan::Plan, i: usize, labels: &[String]) -> String {
+    use capstats_ebpf::shared::plan::Item;
+    for item in &plan.items {
+        match item {
+            Item::Single(f) if *f == i => return "alone".into(),
+            Item::Group(g) if g.members.contains(&i) => {
+                let members: Vec<&str> = g.members.iter().map(|&m| labels[m].as_str()).collect();
+                return format!(
+                    "in a group of {} (first {}; {}), varying at {:?}, remembered {:?}",
+                    members.len(),
+                    members[0],
+                    members.join(", "),
+                    g.template.varying,
+                    g.template.remembered
+                );
+            }
+            _ => {}
+        }
+    }
+    "in no item of the plan".into()
+}
+
+/// One case: a random program, its variants and a few unrelated programs in one
+/// shared program for `hook`; every packet through it, each program's counter moved
+/// exactly as the reference says that program alone matches. The first disagreement.
+fn shared_case(hook: Hook, seed: u64, case: usize, tally: &mut SharedTally) -> Option<String> {
+    let mut rng = Rng::new(seed ^ 0x5a5a_0000_0000 ^ (case as u64).wrapping_mul(0x9e37_79b9));
+    let mut packets: Vec<Vec<u8>> = (0..SHARED_PACKETS)
+        .map(|_| shared_packet(&mut rng))
+        .collect();
+    // A program whose default path reaches its points on some packets, if one of a
+    // few tries gives one (random loads often end a run out of bounds).
+    let mut tries = 0;
+    let (original, points, traces) = loop {
+        tries += 1;
+        let mut original = shared_base(&mut rng, true);
+        let end = original.len() - 1;
+        let mut points = if rng.chance(90) {
+            fall_through(&mut original, &mut rng);
+            if rng.chance(85) {
+                graft_branches(&mut original, &mut rng);
+            }
+            make_shareable(&mut original, end, &mut rng)
+        } else {
+            Vec::new()
+        };
+        if points.is_empty() {
+            points = comparison_points(&original);
+        }
+        let traces = default_path_values(&original, &points, &packets);
+        if tries == 20 || traces.iter().flatten().any(Option::is_some) {
+            break (original, points, traces);
+        }
+    };
+    let mut entries = vec![("original".to_owned(), original.clone())];
+    entries.extend(shared_variants(&original, &points, &traces, &mut rng));
+    for n in 0..rng.range(1, 3) {
+        entries.push((format!("unrelated {n}"), shared_base(&mut rng, false)));
+        packets.extend((0..SHARED_PACKETS / 2).map(|_| shared_packet(&mut rng)));
+    }
+    for i in (1..entries.len()).rev() {
+        entries.swap(i, rng.range(0, i as u32) as usize);
+    }
+
+    // What the reference says of each program alone, on each packet.
+    let mut want: Vec<Vec<bool>> = Vec::new();
+    for (label, insns) in &entries {
+        let mut row = Vec::new();
+        for p in &packets {
+            match reference(insns, p) {
+                Ok(run) => row.push(run.value != 0),
+                // Endless (only with CAPSTATS_FUZZ_ENDLESS=1): left out below.
+                Err(e) if e.contains("Budget") => break,
+                Err(e) => {
+                    return Some(format!(
+                        "case {case}: {label}: reference on packet {}: {e}\n{}",
+                        hex(p),
+                        listing(insns)
+                    ));
+                }
+            }
+        }
+        want.push(row);
+    }
+    let keep: Vec<usize> = (0..entries.len())
+        .filter(|&i| want[i].len() == packets.len())
+        .collect();
+    let labels: Vec<String> = keep.iter().map(|&i| entries[i].0.clone()).collect();
+    let raws: Vec<&[RawInsn]> = keep.iter().map(|&i| entries[i].1.as_slice()).collect();
+    let want: Vec<&[bool]> = keep.iter().map(|&i| want[i].as_slice()).collect();
+    let programs: Vec<Program> = raws
+        .iter()
+        .map(|r| Program::new(r).expect("variants of a valid program are valid"))
+        .collect();
+    let maps: Vec<CounterMap> = (0..programs.len())
+        .map(|i| CounterMap::create(&format!("rnd{i}"), 1).expect("create a counter map"))
+        .collect();
+    let counted: Vec<(&Program, &CounterMap)> = programs.iter().zip(&maps).collect();
+    let shared = match SharedProgram::build("rnd", &counted, hook, false, None) {
+        Ok(shared) => shared,
+        Err(e) => return Some(format!("case {case}: {hook}: build failed: {e}")),
+    };
+    let loaded_as = if hook == Hook::Xdp {
+        Hook::Xdp
+    } else {
+        Hook::Tc
+    };
+    let loaded = match LoadedProgram::load(loaded_as, "rnd", &shared.insns) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            let all: Vec<String> = (0..raws.len())
+                .map(|i| {
+                    format!(
+                        "{} ({}):\n{}",
+                        labels[i],
+                        placement(&shared.plan, i, &labels),
+                        listing(raws[i])
+                    )
+                })
+                .collect();
+            return Some(format!(
+                "case {case}: {hook}: LOAD FAILED: {}\n{}",
+                short(&e.to_string()),
+                all.join("\n")
+            ));
+        }
+    };
+    let runner = common::Runner::new(&loaded);
+    tally.cases += 1;
+    tally.programs += programs.len();
+    tally.groups += shared.plan.groups().count();
+    tally.grouped += shared.plan.grouped();
+    tally.remembering += shared
+        .plan
+        .groups()
+        .filter(|g| !g.template.remembered.is_empty())
+        .count();
+    let in_group: Vec<bool> = (0..programs.len())
+        .map(|i| shared.plan.groups().any(|g| g.members.contains(&i)))
+        .collect();
+    for group in shared.plan.groups() {
+        let varying = &group.template.varying;
+        for &i in &group.members {
+            tally.met_twice += packets
+                .iter()
+                .filter(|p| {
+                    let met = varying
+                        .iter()
+                        .filter(|&&at| value_at(raws[i], varying, at, p) == Some(raws[i][at].k))
+                        .count();
+                    met >= 2
+                })
+                .count();
+        }
+    }
+
+    let read = |m: &CounterMap| {
+        let c = m.read(0).expect("read a counter map");
+        (c.packets, c.bytes)
+    };
+    let mut last: Vec<(u64, u64)> = maps.iter().map(read).collect();
+    let mut total = vec![(0u64, 0u64); programs.len()];
+    for (j, p) in packets.iter().enumerate() {
+        if runner.run(p).is_none() {
+            tally.refused += 1;
+            continue;
+        }
+        tally.packets += 1;
+        let now: Vec<(u64, u64)> = maps.iter().map(read).collect();
+        let mut wrong = Vec::new();
+        for i in 0..programs.len() {
+            let matched = want[i][j];
+            let expected = if matched { (1, p.len() as u64) } else { (0, 0) };
+            let moved = (now[i].0 - last[i].0, now[i].1 - last[i].1);
+            total[i].0 += expected.0;
+            total[i].1 += expected.1;
+            tally.checks += 1;
+            tally.matches += usize::from(matched);
+            tally.grouped_matches += usize::from(matched && in_group[i]);
+            if moved != expected {
+                wrong.push(format!(
+                    "{} ({}): counter moved by (packets, bytes) {moved:?}, the reference \
+                     {} it alone\n{}",
+                    labels[i],
+                    placement(&shared.plan, i, &labels),
+                    if matched { "matches" } else { "does not match" },
+                    listing(raws[i])
+                ));
+            }
+        }
+        if !wrong.is_empty() {
+            let first = labels.iter().position(|l| l == "original").unwrap_or(0);
+            return Some(format!(
+                "case {case}: {hook}: on packet {} ({} bytes):\n{}\n(the original: {})",
+                hex(p),
+                p.len(),
+                wrong.join("\n"),
+                listing(raws[first])
+            ));
+        }
+        last = now;
+    }
+    let end: Vec<(u64, u64)> = maps.iter().map(read).collect();
+    (end != total).then(|| format!("case {case}: {hook}: counters {end:?}, expected {total:?}"))
+}
+
+/// Random programs and variants of them in shared programs for `hook`, each counted
+/// against the reference for it alone.
+fn through_shared_evaluation(hook: Hook) {
+    common::require_root();
+    let seed = env_number("CAPSTATS_FUZZ_SEED").unwrap_or(DEFAULT_SEED);
+    let cases = env_number("CAPSTATS_FUZZ_CASES").map_or(SHARED_CASES, |n| n as usize);
+    let started = Instant::now();
+    let mut tally = SharedTally::default();
+    let mut failures = Vec::new();
+    for case in 0..cases {
+        if let Some(bad) = shared_case(hook, seed, case, &mut tally) {
+            failures.push(bad);
+        }
+    }
+    eprintln!(
+        "random_programs through shared evaluation, {hook}: seed {seed:#x}, {} shared \
+         programs: {} programs, {} groups ({} remembering who left where), {} grouped; {} \
+         packets ({} refused by the harness), {} verdicts, {} matches ({} of grouped \
+         programs; {} times a grouped program met its constant twice on one path); {:.1} s",
+        tally.cases,
+        tally.programs,
+        tally.groups,
+        tally.remembering,
+        tally.grouped,
+        tally.packets,
+        tally.refused,
+        tally.checks,
+        tally.matches,
+        tally.grouped_matches,
+        tally.met_twice,
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        failures.is_empty(),
+        "seed {seed:#x}: {} of {cases} cases failed (replay with CAPSTATS_FUZZ_SEED={seed:#x} \
+         CAPSTATS_FUZZ_CASES={cases}):\n\n{}",
+        failures.len(),
+        failures
+            .iter()
+            .take(5)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n\n")
+    );
+    // The run must check shared code, not only programs evaluated alone: most programs
+    // in groups, groups that remember who left, grouped programs that match, and
+    // members meeting their constant twice on one packet's path.
+    assert!(
+        tally.grouped * 2 >= tally.programs,
+        "only {} of {} programs evaluated in groups",
+        tally.grouped,
+        tally.programs
+    );
+    assert!(
+        tally.remembering * 5 >= tally.groups,
+        "only {} of {} groups remember who left",
+        tally.remembering,
+        tally.groups
+    );
+    assert!(
+        tally.grouped_matches * 10 >= tally.matches && tally.matches < tally.checks,
+        "grouped programs matched {} times of {} matches in {} verdicts",
+        tally.grouped_matches,
+        tally.matches,
+        tally.checks
+    );
+    assert!(tally.met_twice > 0, "no member met its constant twice");
+    assert!(
+        tally.refused * 10 <= tally.packets,
+        "the harness refused {} packets",
+        tally.refused
+    );
+}
+
+#[test]
+fn random_programs_through_shared_evaluation_count_as_each_alone_socket() {
+    through_shared_evaluation(Hook::SocketFilter);
+}
+
+#[test]
+fn random_programs_through_shared_evaluation_count_as_each_alone_tc() {
+    through_shared_evaluation(Hook::Tc);
+}
+
+#[test]
+fn random_programs_through_shared_evaluation_count_as_each_alone_xdp() {
+    through_shared_evaluation(Hook::Xdp);
 }
