@@ -175,6 +175,10 @@ impl CounterMap {
     }
 
     /// The fd to put into a program's map reference.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     pub fn raw_fd(&self) -> i32 {
         self.fd.as_raw_fd()
     }

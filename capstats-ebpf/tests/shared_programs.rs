@@ -207,6 +207,34 @@ fn seen(records: &[Vec<u8>]) -> Seen {
     seen
 }
 
+/// The UDP destination ports and IPv4 addresses of the corpus's untagged packets, the
+/// most frequent first (ties by value).
+fn most_common(records: &[Vec<u8>]) -> (Vec<u16>, Vec<[u8; 4]>) {
+    use std::collections::BTreeMap;
+    let mut ports: BTreeMap<u16, u64> = BTreeMap::new();
+    let mut hosts: BTreeMap<[u8; 4], u64> = BTreeMap::new();
+    for r in records {
+        if r.len() < 38 || r[12..14] != [0x08, 0x00] {
+            continue;
+        }
+        *hosts.entry(r[26..30].try_into().unwrap()).or_default() += 1;
+        *hosts.entry(r[30..34].try_into().unwrap()).or_default() += 1;
+        let ihl = usize::from(r[14] & 0xf) * 4;
+        if r[23] == 17 && r.len() >= 14 + ihl + 4 {
+            let at = 14 + ihl + 2;
+            *ports
+                .entry(u16::from_be_bytes([r[at], r[at + 1]]))
+                .or_default() += 1;
+        }
+    }
+    fn by_count<K: Copy + Ord>(counts: BTreeMap<K, u64>) -> Vec<K> {
+        let mut all: Vec<(K, u64)> = counts.into_iter().collect();
+        all.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        all.into_iter().map(|(k, _)| k).collect()
+    }
+    (by_count(ports), by_count(hosts))
+}
+
 /// A small deterministic generator (xorshift), so that a failure can be replayed.
 struct Rng(u64);
 
@@ -425,4 +453,145 @@ fn sessions_coming_and_going_count_what_libpcap_matches_tc() {
 #[test]
 fn sessions_coming_and_going_count_what_libpcap_matches_xdp() {
     churn(Hook::Xdp);
+}
+
+/// Changes made in the maps alone (`SharedProgram::update_in_place`): members of two
+/// groups join, leave and change their constants between batches of records while
+/// one loaded program keeps running; a change the code must follow (none here but
+/// the fallback) rebuilds it. Each session must hold libpcap's count over the batches
+/// it was present for, with the filter it had then, and most changes must have been
+/// made in place.
+fn in_place(hook: Hook) {
+    common::require_root();
+    let records = Records::load();
+    let mut rng = Rng(0x1a_91ace);
+    let (ports, hosts) = most_common(&records.all);
+    let (ports, hosts) = (&ports[..80], &hosts[..40]);
+    // Sessions 0..40: ports 0..40 (40..80 spare, for changes); then 40 hosts. The first
+    // of each group stays, so that the groups keep their order.
+    let mut expressions: Vec<String> = ports[..40]
+        .iter()
+        .map(|p| format!("udp and dst port {p}"))
+        .chain(hosts.iter().map(|h| format!("host {}", ip(h))))
+        .collect();
+    let mut filters = compile(&expressions);
+    let anchors = [0, 40];
+    let maps: Vec<CounterMap> = (0..filters.len())
+        .map(|i| CounterMap::create(&format!("inplace{i}"), 1).unwrap())
+        .collect();
+    let mut present: Vec<bool> = (0..filters.len())
+        .map(|i| anchors.contains(&i) || rng.below(3) > 0)
+        .collect();
+    let mut want = vec![(0u64, 0u64); filters.len()];
+    let loaded_as = if hook == Hook::Xdp {
+        Hook::Xdp
+    } else {
+        Hook::Tc
+    };
+    let max_frame = harness_max_frame(hook).expect("probe the test harness");
+    let (mut program, mut loaded, mut runner) = (None::<SharedProgram>, None, None);
+    let (mut in_place, mut rebuilt) = (0, 0);
+    let batches = 10;
+    for batch in records.all.chunks(records.all.len().div_ceil(batches)) {
+        let live: Vec<usize> = (0..filters.len()).filter(|&i| present[i]).collect();
+        let counted: Vec<_> = live
+            .iter()
+            .map(|&i| (filters[i].program(), &maps[i]))
+            .collect();
+        let entries: Vec<u32> = live.iter().map(|&i| i as u32).collect();
+        let changed_in_place = match program.as_mut() {
+            Some(p) => p.update_in_place(&counted, &entries).unwrap(),
+            None => false,
+        };
+        if changed_in_place {
+            in_place += 1;
+        } else {
+            let p =
+                SharedProgram::build_at("inplace", &counted, &entries, hook, false, None).unwrap();
+            let l = LoadedProgram::load(loaded_as, "inplace", &p.insns).unwrap();
+            runner = Some(common::Runner::new(&l));
+            (program, loaded) = (Some(p), Some(l));
+            rebuilt += 1;
+        }
+        let runner = runner.as_ref().unwrap();
+        for record in batch {
+            if record.len() < 14 || record.len() > max_frame || runner.run(record).is_none() {
+                continue;
+            }
+            for &i in &live {
+                if filters[i].libpcap_matches(record) {
+                    want[i].0 += 1;
+                    want[i].1 += record.len() as u64;
+                }
+            }
+        }
+        // Some leave or come back; some ports move to a spare one.
+        for i in 0..filters.len() {
+            if anchors.contains(&i) {
+                continue;
+            }
+            match rng.below(6) {
+                0 => present[i] = !present[i],
+                1 if i < 40 => {
+                    let used: BTreeSet<&String> = expressions.iter().collect();
+                    let spare = ports[40..]
+                        .iter()
+                        .map(|p| format!("udp and dst port {p}"))
+                        .find(|e| !used.contains(e));
+                    if let Some(spare) = spare {
+                        filters[i] = compile(std::slice::from_ref(&spare)).remove(0);
+                        expressions[i] = spare;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    drop(loaded);
+    let got: Vec<(u64, u64)> = maps
+        .iter()
+        .map(|m| {
+            let c = m.read(0).unwrap();
+            (c.packets, c.bytes)
+        })
+        .collect();
+    // Sessions are compared with the sum over their filters: name them by index.
+    let wrong: Vec<String> = got
+        .iter()
+        .zip(&want)
+        .enumerate()
+        .filter(|(_, (g, w))| g != w)
+        .map(|(i, (g, w))| format!("session {i}: counted {g:?}, libpcap {w:?}"))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{hook}: miscounted:\n{}",
+        wrong.join("\n")
+    );
+    let matches: u64 = want.iter().map(|w| w.0).sum();
+    eprintln!(
+        "{hook}: {} sessions over {batches} batches: {in_place} changes in the maps alone, \
+         {rebuilt} programs built; {matches} matches exact",
+        filters.len()
+    );
+    assert!(
+        in_place >= batches / 2,
+        "only {in_place} of {batches} changes were made in place"
+    );
+    assert!(matches > 1_000, "{matches} matches");
+}
+
+#[test]
+fn changes_in_the_maps_alone_count_what_libpcap_matches_socket() {
+    in_place(Hook::SocketFilter);
+}
+
+#[test]
+fn changes_in_the_maps_alone_count_what_libpcap_matches_tc() {
+    in_place(Hook::Tc);
+}
+
+#[test]
+fn changes_in_the_maps_alone_count_what_libpcap_matches_xdp() {
+    in_place(Hook::Xdp);
 }

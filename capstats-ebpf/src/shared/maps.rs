@@ -17,7 +17,7 @@ use crate::cbpf::Program;
 use crate::counters::CounterMap;
 use crate::program::bpf;
 
-use super::plan::{Item, Plan};
+use super::plan::Plan;
 use super::shape::comparisons;
 
 /// Why a shared program's map could not be made or filled. Names the map.
@@ -85,17 +85,9 @@ pub fn dispatch_entries(
 /// The most groups a plan may have: their number is 16 bits of a dispatch key.
 pub const MOST_GROUPS: usize = u16::MAX as usize;
 
-/// Every filter of `plan` in the order of its items: singles and group members alike
-/// count through the table, entry = position in this order.
-pub fn table_order(plan: &Plan) -> Vec<usize> {
-    plan.items
-        .iter()
-        .flat_map(|item| match item {
-            Item::Single(filter) => vec![*filter],
-            Item::Group(group) => group.members.clone(),
-        })
-        .collect()
-}
+/// `BPF_F_NO_PREALLOC`: a hash map's elements are allocated as they are added, so a
+/// map made with room to grow costs only its buckets until it does.
+const BPF_F_NO_PREALLOC: u32 = 1;
 
 fn create(
     what: &'static str,
@@ -110,6 +102,9 @@ fn create(
     // SAFETY: the map-create member of the union; every other byte stays zero.
     let create = unsafe { &mut attr.__bindgen_anon_1 };
     create.map_type = map_type as u32;
+    if map_type == bpf_map_type::BPF_MAP_TYPE_HASH {
+        create.map_flags = BPF_F_NO_PREALLOC;
+    }
     create.key_size = key_size as u32;
     create.value_size = size_of::<u32>() as u32;
     create.max_entries = entries;
@@ -160,28 +155,62 @@ fn update_batch<K>(
 #[derive(Debug)]
 pub struct DispatchMap {
     name: String,
+    capacity: u32,
     fd: OwnedFd,
 }
 
 impl DispatchMap {
-    /// A map holding exactly `entries`.
-    pub fn create(name: &str, entries: &[(DispatchKey, u32)]) -> Result<Self, MapsError> {
-        let what = "dispatch map";
+    /// An empty map with room for `capacity` entries.
+    pub fn create(name: &str, capacity: u32) -> Result<Self, MapsError> {
         let fd = create(
-            what,
+            "dispatch map",
             name,
             bpf_map_type::BPF_MAP_TYPE_HASH,
             size_of::<u64>(),
-            entries.len() as u32,
+            capacity,
             None,
         )?;
-        let keys: Vec<u64> = entries.iter().map(|(key, _)| key.to_u64()).collect();
-        let values: Vec<u32> = entries.iter().map(|&(_, value)| value).collect();
-        update_batch(what, name, &fd, &keys, &values)?;
         Ok(Self {
             name: name.to_owned(),
+            capacity: capacity.max(1),
             fd,
         })
+    }
+
+    /// Adds or replaces `entries`, in one `BPF_MAP_UPDATE_BATCH`.
+    pub fn update(&self, entries: &[(DispatchKey, u32)]) -> Result<(), MapsError> {
+        let keys: Vec<u64> = entries.iter().map(|(key, _)| key.to_u64()).collect();
+        let values: Vec<u32> = entries.iter().map(|&(_, value)| value).collect();
+        update_batch("dispatch map", &self.name, &self.fd, &keys, &values)
+    }
+
+    /// Removes `keys`, one `BPF_MAP_DELETE_ELEM` each; a key not there is fine.
+    pub fn delete(&self, keys: &[DispatchKey]) -> Result<(), MapsError> {
+        for key in keys {
+            let key = key.to_u64();
+            let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+            // SAFETY: the element member of the union.
+            let elem = unsafe { &mut attr.__bindgen_anon_2 };
+            elem.map_fd = self.fd.as_raw_fd() as u32;
+            elem.key = &key as *const u64 as u64;
+            match bpf(bpf_cmd::BPF_MAP_DELETE_ELEM, &mut attr) {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(source) => {
+                    return Err(MapsError::Fill {
+                        what: "dispatch map",
+                        name: self.name.clone(),
+                        entries: keys.len(),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn capacity(&self) -> u32 {
+        self.capacity
     }
 
     /// The fd to put into a program's map reference.
@@ -199,38 +228,41 @@ impl DispatchMap {
 #[derive(Debug)]
 pub struct CounterTable {
     name: String,
+    capacity: u32,
     fd: OwnedFd,
 }
 
 impl CounterTable {
-    /// A table whose entry `i` is `maps[i]` (each a per-CPU array of one counter),
-    /// filled in one `BPF_MAP_UPDATE_BATCH`: the kernel waits for an RCU grace period
-    /// after each update of a map of maps, so once per call rather than per entry.
-    pub fn create(name: &str, maps: &[&CounterMap]) -> Result<Self, MapsError> {
-        let what = "counter table";
-        let Some(template) = maps.first() else {
-            return Err(MapsError::Create {
-                what,
-                name: name.to_owned(),
-                entries: 0,
-                source: io::Error::from(io::ErrorKind::InvalidInput),
-            });
-        };
+    /// An empty table of `capacity` entries for counter maps shaped like `template` (a
+    /// per-CPU array of one counter).
+    pub fn create(name: &str, template: &CounterMap, capacity: u32) -> Result<Self, MapsError> {
         let fd = create(
-            what,
+            "counter table",
             name,
             bpf_map_type::BPF_MAP_TYPE_ARRAY_OF_MAPS,
             size_of::<u32>(),
-            maps.len() as u32,
+            capacity,
             Some(template),
         )?;
-        let keys: Vec<u32> = (0..maps.len() as u32).collect();
-        let values: Vec<u32> = maps.iter().map(|m| m.raw_fd() as u32).collect();
-        update_batch(what, name, &fd, &keys, &values)?;
         Ok(Self {
             name: name.to_owned(),
+            capacity: capacity.max(1),
             fd,
         })
+    }
+
+    /// Makes entry `e` refer to `map` for each `(e, map)`, in one
+    /// `BPF_MAP_UPDATE_BATCH`: the kernel waits for an RCU grace period after each
+    /// update of a map of maps (about 10 ms here), so once per call rather than per
+    /// entry. When it returns, every program sees the new maps.
+    pub fn set(&self, entries: &[(u32, &CounterMap)]) -> Result<(), MapsError> {
+        let keys: Vec<u32> = entries.iter().map(|&(e, _)| e).collect();
+        let values: Vec<u32> = entries.iter().map(|(_, m)| m.raw_fd() as u32).collect();
+        update_batch("counter table", &self.name, &self.fd, &keys, &values)
+    }
+
+    pub fn capacity(&self) -> u32 {
+        self.capacity
     }
 
     /// The fd to put into a program's map reference.

@@ -10,43 +10,68 @@
 //! one look-up per varying comparison it reaches, however many members a group has,
 //! as DPF (Engler & Kaashoek, 1996) dispatches many filters on one field with a hash
 //! table. Filters that fit no group run alone, as before.
+//!
+//! The code depends on the plan's shape, not on the members' constants, so a change
+//! that keeps the code (a member joins or leaves a group, or changes its constants)
+//! is made in the maps alone ([`SharedProgram::update_in_place`]): no program is
+//! loaded, and each map update is atomic for the packets that run meanwhile.
 
 pub mod maps;
 pub mod plan;
 pub mod shape;
 
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd};
+
+use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_map_info};
+
 use crate::cbpf::Program;
 use crate::counters::CounterMap;
 use crate::insn::Insn;
+use crate::program::bpf;
 use crate::translate::{Hook, SharedMaps, TailCall, TranslateError, translate_shared};
 
-use maps::{CounterTable, DispatchMap, MapsError, dispatch_entries, table_order};
+use maps::{CounterTable, DispatchKey, DispatchMap, MapsError, dispatch_entries};
 use plan::Plan;
 
-/// Why a shared program could not be generated.
+/// Why a shared program could not be generated or changed.
 #[derive(Debug, thiserror::Error)]
 pub enum SharedError {
     #[error(transparent)]
     Maps(#[from] MapsError),
     #[error(transparent)]
     Translate(#[from] TranslateError),
+    #[error("cannot read the id of counter map {name}: {source}")]
+    MapId {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("filter {filter} has counter table entry {entry}, which another filter has too")]
+    SharedEntry { filter: usize, entry: u32 },
 }
 
-/// A shared program's code with the maps it reads (none when it counts nothing). A
-/// loaded program holds references to its maps: these are for inspection.
+/// A shared program's code with the maps it reads (none when it counts nothing), and
+/// what the maps hold, so that a later change can be made in them alone.
 #[derive(Debug)]
 pub struct SharedProgram {
     pub plan: Plan,
     pub insns: Vec<Insn>,
     pub maps: Option<(DispatchMap, CounterTable)>,
+    hook: Hook,
+    tc_egress: bool,
+    next: Option<TailCall>,
+    /// The dispatch map's entries.
+    dispatch: HashMap<DispatchKey, u32>,
+    /// The counter table's entries: the kernel id of the counter map in each.
+    table: HashMap<u32, u32>,
 }
 
 impl SharedProgram {
     /// One program for `hook` counting each of `counted` into slot 0 of its own counter
-    /// map, filters of one shape evaluated together. `name` names the maps (`NAME_d`,
-    /// `NAME_t`; keep it short: the kernel keeps 15 characters); `tc_egress` and `next`
-    /// as for [`crate::translate::translate_chained`]. With nothing to count the
-    /// program only goes on to `next` (or returns).
+    /// map, filters of one shape evaluated together, filter `i` at counter table entry
+    /// `i`. See [`SharedProgram::build_at`].
     pub fn build(
         name: &str,
         counted: &[(&Program, &CounterMap)],
@@ -54,29 +79,167 @@ impl SharedProgram {
         tc_egress: bool,
         next: Option<TailCall>,
     ) -> Result<Self, SharedError> {
+        let entries: Vec<u32> = (0..counted.len() as u32).collect();
+        Self::build_at(name, counted, &entries, hook, tc_egress, next)
+    }
+
+    /// [`SharedProgram::build`] with filter `i` at counter table entry `entries[i]`
+    /// (distinct). `name` names the maps (`NAME_d`, `NAME_t`; keep it short: the kernel
+    /// keeps 15 characters); `tc_egress` and `next` as for
+    /// [`crate::translate::translate_chained`]. The maps get room to grow (twice what
+    /// is needed now), for [`SharedProgram::update_in_place`]. With nothing to count
+    /// the program only goes on to `next` (or returns).
+    pub fn build_at(
+        name: &str,
+        counted: &[(&Program, &CounterMap)],
+        entries: &[u32],
+        hook: Hook,
+        tc_egress: bool,
+        next: Option<TailCall>,
+    ) -> Result<Self, SharedError> {
         let filters: Vec<&Program> = counted.iter().map(|&(program, _)| program).collect();
         let plan = Plan::new(&filters);
-        let order = table_order(&plan);
-        let mut entry_of = vec![0u32; filters.len()];
-        for (entry, &filter) in order.iter().enumerate() {
-            entry_of[filter] = entry as u32;
+        let mut shared = Self {
+            plan,
+            insns: Vec::new(),
+            maps: None,
+            hook,
+            tc_egress,
+            next,
+            dispatch: HashMap::new(),
+            table: HashMap::new(),
+        };
+        if let Some(&(_, template)) = counted.first() {
+            let most_entry = entries.iter().copied().max().unwrap_or(0);
+            let table = CounterTable::create(
+                &format!("{name}_t"),
+                template,
+                room(most_entry as usize + 1, 64),
+            )?;
+            let keys = dispatch_entries(&shared.plan, &filters, |f| entries[f]);
+            let dispatch = DispatchMap::create(&format!("{name}_d"), room(keys.len(), 256))?;
+            shared.maps = Some((dispatch, table));
+            shared.fill(counted, entries, keys)?;
         }
-        let maps = match counted.is_empty() {
-            true => None,
-            false => {
-                let maps: Vec<&CounterMap> =
-                    order.iter().map(|&filter| counted[filter].1).collect();
-                let table = CounterTable::create(&format!("{name}_t"), &maps)?;
-                let entries = dispatch_entries(&plan, &filters, |filter| entry_of[filter]);
-                let dispatch = DispatchMap::create(&format!("{name}_d"), &entries)?;
-                Some((dispatch, table))
-            }
-        };
-        let fds = SharedMaps {
-            dispatch_fd: maps.as_ref().map_or(-1, |(d, _)| d.raw_fd()),
-            table_fd: maps.as_ref().map_or(-1, |(_, t)| t.raw_fd()),
-        };
-        let insns = translate_shared(&filters, &plan, hook, tc_egress, fds, next)?;
-        Ok(Self { plan, insns, maps })
+        shared.insns = shared.translate(&filters, entries)?;
+        Ok(shared)
     }
+
+    /// Brings the program to `counted` at `entries` by changing its maps alone, if the
+    /// code for them is the code it has and they fit the maps' room: a member joining
+    /// or leaving a group, or changing its constants. Returns whether it did; if not,
+    /// nothing changed and the caller builds a new program. Entries are made before
+    /// the dispatch keys that lead to them, and stale keys go last, so a packet meets
+    /// each filter at most once and counts into the right map throughout.
+    pub fn update_in_place(
+        &mut self,
+        counted: &[(&Program, &CounterMap)],
+        entries: &[u32],
+    ) -> Result<bool, SharedError> {
+        let Some((dispatch, table)) = &self.maps else {
+            return Ok(false);
+        };
+        if entries.iter().any(|&e| e >= table.capacity()) {
+            return Ok(false);
+        }
+        let filters: Vec<&Program> = counted.iter().map(|&(program, _)| program).collect();
+        let plan = Plan::new(&filters);
+        let keys = dispatch_entries(&plan, &filters, |f| entries[f]);
+        if keys.len() > dispatch.capacity() as usize {
+            return Ok(false);
+        }
+        let old_plan = std::mem::replace(&mut self.plan, plan);
+        match self.translate(&filters, entries) {
+            Ok(insns) if insns == self.insns => {}
+            Ok(_) => {
+                self.plan = old_plan;
+                return Ok(false);
+            }
+            Err(e) => {
+                self.plan = old_plan;
+                return Err(e);
+            }
+        }
+        self.fill(counted, entries, keys)?;
+        Ok(true)
+    }
+
+    /// Puts `counted`'s maps at `entries` of the table and `keys` into the dispatch
+    /// map, in that order, then removes the keys no longer wanted.
+    fn fill(
+        &mut self,
+        counted: &[(&Program, &CounterMap)],
+        entries: &[u32],
+        keys: Vec<(DispatchKey, u32)>,
+    ) -> Result<(), SharedError> {
+        let Some((dispatch, table)) = &self.maps else {
+            return Ok(());
+        };
+        let mut seen = HashSet::new();
+        let mut changed = Vec::new();
+        let mut ids = Vec::new();
+        for (filter, (&(_, map), &entry)) in counted.iter().zip(entries).enumerate() {
+            if !seen.insert(entry) {
+                return Err(SharedError::SharedEntry { filter, entry });
+            }
+            let id = map_id(map)?;
+            if self.table.get(&entry) != Some(&id) {
+                changed.push((entry, map));
+                ids.push((entry, id));
+            }
+        }
+        table.set(&changed)?;
+        self.table.extend(ids);
+        let wanted: HashMap<DispatchKey, u32> = keys.into_iter().collect();
+        let new: Vec<(DispatchKey, u32)> = wanted
+            .iter()
+            .filter(|&(key, entry)| self.dispatch.get(key) != Some(entry))
+            .map(|(&key, &entry)| (key, entry))
+            .collect();
+        dispatch.update(&new)?;
+        let stale: Vec<DispatchKey> = self
+            .dispatch
+            .keys()
+            .filter(|key| !wanted.contains_key(key))
+            .copied()
+            .collect();
+        dispatch.delete(&stale)?;
+        self.dispatch = wanted;
+        Ok(())
+    }
+
+    fn translate(&self, filters: &[&Program], entries: &[u32]) -> Result<Vec<Insn>, SharedError> {
+        let fds = SharedMaps {
+            dispatch_fd: self.maps.as_ref().map_or(-1, |(d, _)| d.raw_fd()),
+            table_fd: self.maps.as_ref().map_or(-1, |(_, t)| t.raw_fd()),
+        };
+        Ok(translate_shared(
+            filters,
+            entries,
+            &self.plan,
+            self.hook,
+            self.tc_egress,
+            fds,
+            self.next,
+        )?)
+    }
+}
+
+/// Room for `needed` entries and as many again, at least `least`, a power of two.
+fn room(needed: usize, least: usize) -> u32 {
+    (needed * 2).max(least).next_power_of_two() as u32
+}
+
+/// The kernel's id of `map`: what tells two maps apart, where fd numbers are reused.
+fn map_id(map: &CounterMap) -> Result<u32, SharedError> {
+    let mut info: bpf_map_info = unsafe { std::mem::zeroed() };
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    attr.info.bpf_fd = map.as_fd().as_raw_fd() as u32;
+    attr.info.info_len = size_of::<bpf_map_info>() as u32;
+    attr.info.info = &mut info as *mut bpf_map_info as u64;
+    bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr).map_err(|source| SharedError::MapId {
+        name: map.name().to_owned(),
+        source,
+    })?;
+    Ok(info.id)
 }

@@ -183,10 +183,12 @@ pub fn translate_listing(
 
 /// Translates `filters` as `plan` groups them ([`crate::shared`]): each group's code
 /// once, each single filter alone, every filter counting into its counter map through
-/// the table, at the entry [`crate::shared::maps::table_order`] gives it. `tc_egress`
-/// and `next` as for [`translate_chained`].
+/// the table, filter `i` at entry `entries[i]` (a single's entry is in its code; a
+/// group member's in the dispatch map). `tc_egress` and `next` as for
+/// [`translate_chained`].
 pub fn translate_shared(
     filters: &[&Program],
+    entries: &[u32],
     plan: &Plan,
     hook: Hook,
     tc_egress: bool,
@@ -195,6 +197,7 @@ pub fn translate_shared(
 ) -> Result<Vec<Insn>, TranslateError> {
     Ok(assemble_shared(
         filters,
+        entries,
         plan,
         hook,
         tc_egress && hook == Hook::Tc,
@@ -207,15 +210,17 @@ pub fn translate_shared(
 /// [`translate_shared`] as assembly text with its labels.
 pub fn translate_shared_listing(
     filters: &[&Program],
+    entries: &[u32],
     plan: &Plan,
     hook: Hook,
     maps: SharedMaps,
 ) -> Result<String, TranslateError> {
-    Ok(assemble_shared(filters, plan, hook, false, maps, None)?.listing()?)
+    Ok(assemble_shared(filters, entries, plan, hook, false, maps, None)?.listing()?)
 }
 
 fn assemble_shared(
     filters: &[&Program],
+    entries: &[u32],
     plan: &Plan,
     hook: Hook,
     outgoing: bool,
@@ -227,7 +232,6 @@ fn assemble_shared(
     }
     let mut t = Translator::new(hook, outgoing, maps.table_fd, plan.items.len());
     t.prologue();
-    let mut entry = 0u32;
     let mut group_number = 0u16;
     for (item_number, item) in plan.items.iter().enumerate() {
         t.filter = item_number;
@@ -237,16 +241,14 @@ fn assemble_shared(
                 t.loops = program.has_loops();
                 t.filter_block(program);
                 t.asm.label(Label::Accept(item_number));
-                t.emit(store(Size::DW, FP, frame::ENTRY, imm(entry))); // entry = this filter's
+                t.emit(store(Size::DW, FP, frame::ENTRY, imm(entries[*filter]))); // entry = this filter's
                 t.count_entry(Label::Reject(item_number));
-                entry += 1;
             }
             Item::Group(group) => {
                 t.loops = false;
                 let program = filters[group.members[0]];
                 t.group_block(group_number, program, &group.template, maps);
                 group_number += 1;
-                entry += group.members.len() as u32;
             }
         }
         t.asm.label(Label::Reject(item_number));
