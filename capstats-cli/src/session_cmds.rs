@@ -43,7 +43,17 @@ pub fn parse_new_words(words: &[String]) -> anyhow::Result<NewArgs> {
             }
             _ => break,
         };
-        let twice = || usage("`interface` (or -i), `hook` and `direction` are given once each");
+        let twice = || {
+            let name = if keyword == "-i" {
+                "interface"
+            } else {
+                keyword
+            };
+            usage(format!(
+                "`{name}` is given twice: `interface` (or -i), `hook` and `direction` are given \
+                 once each"
+            ))
+        };
         match keyword {
             "interface" | "-i" => {
                 if args.interface.replace(value.to_owned()).is_some() {

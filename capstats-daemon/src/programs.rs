@@ -43,8 +43,8 @@ use capstats_ebpf::cbpf::Program;
 use capstats_ebpf::chain::{CHAIN_ITEMS, CHAIN_PROGRAMS, ProgArray, build_chunk};
 use capstats_ebpf::counters::CounterMap;
 use capstats_ebpf::program::LoadedProgram;
-use capstats_ebpf::shared::SharedProgram;
 use capstats_ebpf::shared::plan::Planner;
+use capstats_ebpf::shared::{InPlace, SharedProgram};
 use capstats_ebpf::translate::Hook;
 
 use crate::attach::{CountingSocket, ifindex};
@@ -170,32 +170,51 @@ struct Linked {
 /// exactly once, also while sessions come and go.
 const SESSIONS_PER_SOCKET: usize = 32;
 
+/// What one program counts: its sessions, their filters and counter table entries,
+/// and the shared program it was built as (whose maps a change may alter alone).
+#[derive(Debug)]
+struct Counting {
+    /// The sessions, in the order of the program.
+    members: Vec<String>,
+    /// Their filters as the program has them: a program whose sessions and filters
+    /// are unchanged is kept as it is.
+    filters: Vec<Program>,
+    /// Their entries in the program's counter table, stable for a session's life.
+    entries: Vec<u32>,
+    shared: SharedProgram,
+    /// Kept until it is replaced (the socket, link or prog array holds it anyway).
+    program: LoadedProgram,
+}
+
+/// How a program comes to count a new set of sessions.
+enum Work {
+    /// Its sessions and filters are unchanged.
+    Keep,
+    /// A change of its maps alone: the code for the new set is the code it has.
+    InPlace {
+        members: Vec<String>,
+        entries: Vec<u32>,
+        change: InPlace,
+    },
+    /// A new program, loaded, to be swapped in.
+    Load(Box<Counting>),
+}
+
 /// A socket counting a group of socket sessions.
 #[derive(Debug)]
 struct SocketGroup {
-    /// The sessions, in the order of the socket's program.
-    members: Vec<String>,
-    /// Their filters as the program has them: a group whose sessions and filters are
-    /// unchanged keeps its program.
-    filters: Vec<Program>,
+    counting: Counting,
     /// The interface's index when the socket was bound.
     ifindex: u32,
     socket: CountingSocket,
-    /// Kept until the next swap (the socket holds it anyway).
-    _program: LoadedProgram,
 }
 
-/// One program of a tc or XDP chain and the sessions it counts.
+/// One program of a tc or XDP chain and the sessions it counts; none for a chunk
+/// whose sessions all stopped while later chunks still count (its program only
+/// passes packets on).
 #[derive(Debug)]
 struct Chunk {
-    /// The sessions, in the order of the program; none for a chunk whose sessions all
-    /// stopped while later chunks still count (its program only passes packets on).
-    members: Vec<String>,
-    /// Their filters as the program has them: a chunk whose sessions and filters are
-    /// unchanged keeps its program.
-    filters: Vec<Program>,
-    /// Kept until it is replaced (the link or the prog array holds it anyway).
-    program: LoadedProgram,
+    counting: Counting,
 }
 
 /// The chain of programs on a tc or XDP slot: chunk 0's program on the link, chunk
@@ -311,16 +330,13 @@ impl InterfacePrograms {
         let wanted = by_name(counted);
         let mut chunks = Vec::with_capacity(plan.len());
         for (k, members) in plan.into_iter().enumerate() {
-            let program = generate_chunk(interface, slot, &wanted, &members, &chain, k)?;
-            chunks.push(Chunk {
-                filters: filters_of(&wanted, &members),
-                members,
-                program,
-            });
+            let entries = entries_for(None, &members);
+            let counting = generate_chunk(interface, slot, &wanted, members, entries, &chain, k)?;
+            chunks.push(Chunk { counting });
         }
         for (k, chunk) in chunks.iter().enumerate().skip(1) {
             chain
-                .set(k as u32, &chunk.program)
+                .set(k as u32, &chunk.counting.program)
                 .map_err(|e| failed(interface, slot, e))?;
         }
         // Pinned under a name of its own until chunk 0 refers to it.
@@ -334,7 +350,7 @@ impl InterfacePrograms {
         chain
             .pin(&pending)
             .map_err(|e| failed(interface, slot, e))?;
-        let head = &chunks[0].program;
+        let head = &chunks[0].counting.program;
         let linked = match self.taken_back(interface, slot) {
             // A pinned link that cannot be opened now (too few descriptors) still
             // counts: attaching another would count twice, unpinning it lose the gap.
@@ -386,11 +402,13 @@ impl InterfacePrograms {
     }
 
     /// `installed` brought to `counted`: only chunks whose sessions or filters changed
-    /// get a new program, chunk 0 on the link (`BPF_LINK_UPDATE`), chunk `k` in entry
-    /// `k` of the prog array; chunks emptied at the end go. Every program is loaded
-    /// before any is swapped in: a refused one leaves everything as it was. Returns
-    /// what is installed after, with the error if any; none after a failed swap of
-    /// chunk 0 (the kernel keeps the old chain, taken back from the pins next time).
+    /// change, in their maps alone where their code stays the same, else with a new
+    /// program: chunk 0 on the link (`BPF_LINK_UPDATE`), chunk `k` in entry `k` of the
+    /// prog array; chunks emptied at the end go. Every new program is loaded and every
+    /// change of maps prepared before anything is changed: a refused one leaves
+    /// everything as it was. Returns what is installed after, with the error if any;
+    /// none after a failed swap of chunk 0 (the kernel keeps the old chain, taken back
+    /// from the pins next time).
     fn update_chain(
         &self,
         interface: &str,
@@ -401,73 +419,88 @@ impl InterfacePrograms {
         let old: Vec<&[String]> = installed
             .chunks
             .iter()
-            .map(|c| c.members.as_slice())
+            .map(|c| c.counting.members.as_slice())
             .collect();
         let plan = match chain_plan(interface, slot, &old, counted) {
             Ok(plan) => plan,
             Err(e) => return (Some(installed), Err(e)),
         };
         let wanted = by_name(counted);
-        let mut programs = Vec::with_capacity(plan.len());
+        let mut works = Vec::with_capacity(plan.len());
         for (k, members) in plan.iter().enumerate() {
-            let unchanged = installed.chunks.get(k).is_some_and(|c| {
-                c.members == *members && c.filters == filters_of(&wanted, members)
+            let old = installed.chunks.get(k).map(|c| &c.counting);
+            let work = plan_work(old, members, &wanted, |members, entries| {
+                generate_chunk(
+                    interface,
+                    slot,
+                    &wanted,
+                    members,
+                    entries,
+                    &installed.chain,
+                    k,
+                )
             });
-            if unchanged {
-                programs.push(None);
-                continue;
-            }
-            match generate_chunk(interface, slot, &wanted, members, &installed.chain, k) {
-                Ok(program) => programs.push(Some(program)),
+            match work {
+                Ok(work) => works.push(work),
                 Err(e) => return (Some(installed), Err(e)),
             }
         }
-        // Chunk 0 first: when its swap fails nothing has changed.
-        let mut programs = programs.into_iter();
-        if let Some(head) = programs.next().flatten() {
-            let Installed {
-                ifindex,
-                linked,
-                chain,
-                mut chunks,
-            } = installed;
-            let linked = match self.swap(interface, slot, &head, linked) {
-                Ok(linked) => linked,
-                Err(e) => return (None, Err(e)),
-            };
-            chunks[0] = Chunk {
-                filters: filters_of(&wanted, &plan[0]),
-                members: plan[0].clone(),
-                program: head,
-            };
-            installed = Installed {
-                ifindex,
-                linked,
-                chain,
-                chunks,
-            };
-        }
         let mut first_error = None;
-        for ((k, members), program) in plan.iter().enumerate().skip(1).zip(programs) {
-            let Some(program) = program else { continue };
-            // Atomic per entry; an entry that cannot be set keeps its program.
-            // Later chunks are left as they were: chunks stay in order.
-            if let Err(e) = installed.chain.set(k as u32, &program) {
-                first_error.get_or_insert(failed(interface, slot, e));
-                break;
-            }
-            let chunk = Chunk {
-                filters: filters_of(&wanted, members),
-                members: members.clone(),
-                program,
-            };
-            match installed.chunks.get_mut(k) {
-                Some(old) => *old = chunk,
-                None => installed.chunks.push(chunk),
+        for (k, work) in works.into_iter().enumerate() {
+            match work {
+                Work::Keep => {}
+                Work::InPlace {
+                    members,
+                    entries,
+                    change,
+                } => {
+                    let counting = &mut installed.chunks[k].counting;
+                    if let Err(e) = apply(counting, &wanted, members, entries, change) {
+                        first_error.get_or_insert(failed(interface, slot, e));
+                        break;
+                    }
+                }
+                // Chunk 0 first: when its swap fails nothing has changed.
+                Work::Load(counting) if k == 0 => {
+                    let Installed {
+                        ifindex,
+                        linked,
+                        chain,
+                        mut chunks,
+                    } = installed;
+                    let linked = match self.swap(interface, slot, &counting.program, linked) {
+                        Ok(linked) => linked,
+                        Err(e) => return (None, Err(e)),
+                    };
+                    chunks[0] = Chunk {
+                        counting: *counting,
+                    };
+                    installed = Installed {
+                        ifindex,
+                        linked,
+                        chain,
+                        chunks,
+                    };
+                }
+                Work::Load(counting) => {
+                    // Atomic per entry; an entry that cannot be set keeps its program.
+                    // Later chunks are left as they were: chunks stay in order.
+                    if let Err(e) = installed.chain.set(k as u32, &counting.program) {
+                        first_error.get_or_insert(failed(interface, slot, e));
+                        break;
+                    }
+                    let chunk = Chunk {
+                        counting: *counting,
+                    };
+                    match installed.chunks.get_mut(k) {
+                        Some(old) => *old = chunk,
+                        None => installed.chunks.push(chunk),
+                    }
+                }
             }
         }
         // Chunks emptied at the end: their entries emptied, last first.
-        while installed.chunks.len() > plan.len() {
+        while first_error.is_none() && installed.chunks.len() > plan.len() {
             let k = installed.chunks.len() - 1;
             if let Err(e) = installed.chain.clear(k as u32) {
                 first_error.get_or_insert(failed(interface, slot, e));
@@ -500,27 +533,27 @@ impl InterfacePrograms {
             groups.clear();
         }
         let wanted = by_name(counted);
-        let old: Vec<&[String]> = groups.iter().map(|g| g.members.as_slice()).collect();
+        let old: Vec<&[String]> = groups
+            .iter()
+            .map(|g| g.counting.members.as_slice())
+            .collect();
         let plan = plan_groups(&old, counted, SESSIONS_PER_SOCKET);
-        let filters_of = |members: &[String]| filters_of(&wanted, members);
-        let unchanged = |i: usize, members: &[String]| {
-            groups
-                .get(i)
-                .is_some_and(|g| g.members == members && g.filters == filters_of(members))
-        };
-        let programs = plan
+        let works = plan
             .iter()
             .enumerate()
             .map(|(i, members)| {
-                if members.is_empty() || unchanged(i, members) {
+                if members.is_empty() {
                     return Ok(None);
                 }
-                let part: Vec<Counted<'_>> = members.iter().map(|m| wanted[m.as_str()]).collect();
-                generate_socket_program(&part).map(Some)
+                let old = groups.get(i).map(|g| &g.counting);
+                plan_work(old, members, &wanted, |members, entries| {
+                    generate_socket_program(&wanted, members, entries)
+                })
+                .map(Some)
             })
             .collect::<Result<Vec<_>, SessionError>>();
-        let programs = match programs {
-            Ok(programs) => programs,
+        let works = match works {
+            Ok(works) => works,
             Err(e) => {
                 self.sockets.insert(interface.to_owned(), groups);
                 return Err(e);
@@ -529,21 +562,42 @@ impl InterfacePrograms {
         let mut old = groups.into_iter().map(Some).collect::<Vec<_>>();
         let mut synced = Vec::new();
         let mut first_error = None;
-        for (i, (members, program)) in plan.iter().zip(programs).enumerate() {
+        for (i, work) in works.into_iter().enumerate() {
             let existing = old.get_mut(i).and_then(Option::take);
-            let Some(program) = program else {
-                match existing {
-                    // Unchanged: it keeps its socket and program.
-                    Some(group) if !members.is_empty() => synced.push(group),
-                    // Empty: its socket, if any, closes here.
-                    _ => {}
+            let counting = match (work, existing) {
+                // Empty: its socket, if any, closes here.
+                (None, _) => continue,
+                (Some(Work::Keep), Some(group)) => {
+                    synced.push(group);
+                    continue;
                 }
-                continue;
+                (
+                    Some(Work::InPlace {
+                        members,
+                        entries,
+                        change,
+                    }),
+                    Some(mut group),
+                ) => {
+                    if let Err(e) = apply(&mut group.counting, &wanted, members, entries, change) {
+                        first_error.get_or_insert(SessionError::Refused(format!(
+                            "socket on {interface}: {e}"
+                        )));
+                    }
+                    synced.push(group);
+                    continue;
+                }
+                (Some(Work::Load(counting)), existing) => (*counting, existing),
+                (Some(_), None) => unreachable!("only a program that exists is kept or changed"),
             };
-            let members = members.clone();
-            let filters = filters_of(&members);
+            let (counting, existing) = counting;
             let socket = match existing {
-                Some(group) => match attach_filter(&program, &group.socket, interface, &members) {
+                Some(group) => match attach_filter(
+                    &counting.program,
+                    &group.socket,
+                    interface,
+                    &counting.members,
+                ) {
                     Ok(()) => group.socket,
                     Err(e) => {
                         // The socket keeps its old program and members.
@@ -552,7 +606,7 @@ impl InterfacePrograms {
                         continue;
                     }
                 },
-                None => match open_socket(&program, index, interface, &members) {
+                None => match open_socket(&counting.program, index, interface, &counting.members) {
                     Ok(socket) => socket,
                     Err(e) => {
                         first_error.get_or_insert(e);
@@ -561,11 +615,9 @@ impl InterfacePrograms {
                 },
             };
             synced.push(SocketGroup {
-                members,
-                filters,
+                counting,
                 ifindex: index,
                 socket,
-                _program: program,
             });
         }
         self.sockets.insert(interface.to_owned(), synced);
@@ -817,59 +869,167 @@ impl InterfacePrograms {
     }
 }
 
-/// The program counting every filter of `counted` into its map, for a socket (at
-/// most [`SESSIONS_PER_SOCKET`] groups and filters alone).
-fn generate_socket_program(counted: &[Counted<'_>]) -> Result<LoadedProgram, SessionError> {
-    let filters: Vec<_> = counted
-        .iter()
-        .map(|&(_, program, map)| (program, map))
-        .collect();
+/// The program counting the sessions `members` (named in `wanted`) into their maps at
+/// table entries `entries`, for a socket (at most [`SESSIONS_PER_SOCKET`] groups and
+/// filters alone).
+fn generate_socket_program(
+    wanted: &HashMap<&str, Counted<'_>>,
+    members: Vec<String>,
+    entries: Vec<u32>,
+) -> Result<Counting, SessionError> {
     let slot = Slot::Socket;
-    let shared = SharedProgram::build(slot.maps_name(), &filters, slot.hook(), false, None)
-        .map_err(|e| SessionError::Refused(e.to_string()))?;
-    Ok(LoadedProgram::load(
+    let filters = counted_filters(wanted, &members);
+    let shared = SharedProgram::build_at(
+        slot.maps_name(),
+        &filters,
+        &entries,
         slot.hook(),
-        slot.program_name(),
-        &shared.insns,
-    )?)
+        false,
+        None,
+    )
+    .map_err(|e| SessionError::Refused(format!("socket: {e}")))?;
+    let program = LoadedProgram::load(slot.hook(), slot.program_name(), &shared.insns)?;
+    Ok(Counting {
+        filters: filters_of(wanted, &members),
+        members,
+        entries,
+        shared,
+        program,
+    })
 }
 
-/// Program `k` of `slot`'s chain, counting the sessions `members` (named in `wanted`).
+/// Program `k` of `slot`'s chain, counting the sessions `members` (named in `wanted`)
+/// at table entries `entries`.
 fn generate_chunk(
     interface: &str,
     slot: Slot,
     wanted: &HashMap<&str, Counted<'_>>,
-    members: &[String],
+    members: Vec<String>,
+    entries: Vec<u32>,
     chain: &ProgArray,
     k: usize,
-) -> Result<LoadedProgram, SessionError> {
-    let filters: Vec<_> = members
-        .iter()
-        .map(|m| {
-            let (_, program, map) = wanted[m.as_str()];
-            (program, map)
-        })
-        .collect();
+) -> Result<Counting, SessionError> {
+    let filters = counted_filters(wanted, &members);
     let shared = build_chunk(
         slot.maps_name(),
         &filters,
+        &entries,
         slot.hook(),
         slot == Slot::TcEgress,
         chain,
         k,
     )
     .map_err(|e| failed(interface, slot, e))?;
-    LoadedProgram::load(slot.hook(), slot.program_name(), &shared.insns).map_err(|e| {
-        if k == 0 {
-            e.into()
-        } else {
-            failed(
-                interface,
-                slot,
-                format!("program {k} of the chain ({} sessions): {e}", members.len()),
-            )
-        }
+    let program =
+        LoadedProgram::load(slot.hook(), slot.program_name(), &shared.insns).map_err(|e| {
+            if k == 0 {
+                e.into()
+            } else {
+                failed(
+                    interface,
+                    slot,
+                    format!("program {k} of the chain ({} sessions): {e}", members.len()),
+                )
+            }
+        })?;
+    Ok(Counting {
+        filters: filters_of(wanted, &members),
+        members,
+        entries,
+        shared,
+        program,
     })
+}
+
+/// The filters and counter maps of `members`, in order.
+fn counted_filters<'a>(
+    wanted: &HashMap<&str, Counted<'a>>,
+    members: &[String],
+) -> Vec<(&'a Program, &'a CounterMap)> {
+    members
+        .iter()
+        .map(|m| {
+            let (_, program, map) = wanted[m.as_str()];
+            (program, map)
+        })
+        .collect()
+}
+
+/// Counter table entries for `members`: a session keeps the one it had in `old`; a new
+/// one takes the lowest entry no other member has.
+fn entries_for(old: Option<&Counting>, members: &[String]) -> Vec<u32> {
+    let had: HashMap<&str, u32> = old
+        .map(|c| {
+            c.members
+                .iter()
+                .map(String::as_str)
+                .zip(c.entries.iter().copied())
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut taken: HashSet<u32> = members
+        .iter()
+        .filter_map(|m| had.get(m.as_str()).copied())
+        .collect();
+    let mut next = 0;
+    members
+        .iter()
+        .map(|m| match had.get(m.as_str()) {
+            Some(&entry) => entry,
+            None => {
+                while taken.contains(&next) {
+                    next += 1;
+                }
+                taken.insert(next);
+                next
+            }
+        })
+        .collect()
+}
+
+/// How the program `old` (none: there is none yet) comes to count `members`: kept,
+/// changed in its maps alone, or generated anew with `generate`.
+fn plan_work(
+    old: Option<&Counting>,
+    members: &[String],
+    wanted: &HashMap<&str, Counted<'_>>,
+    generate: impl FnOnce(Vec<String>, Vec<u32>) -> Result<Counting, SessionError>,
+) -> Result<Work, SessionError> {
+    if old.is_some_and(|c| c.members == members && c.filters == filters_of(wanted, members)) {
+        return Ok(Work::Keep);
+    }
+    let entries = entries_for(old, members);
+    if let Some(old) = old {
+        let filters = counted_filters(wanted, members);
+        let change = old
+            .shared
+            .prepare_in_place(&filters, &entries)
+            .map_err(|e| SessionError::Refused(e.to_string()))?;
+        if let Some(change) = change {
+            return Ok(Work::InPlace {
+                members: members.to_vec(),
+                entries,
+                change,
+            });
+        }
+    }
+    generate(members.to_vec(), entries).map(|counting| Work::Load(Box::new(counting)))
+}
+
+/// Makes a change prepared by [`plan_work`] in `counting`'s maps.
+fn apply(
+    counting: &mut Counting,
+    wanted: &HashMap<&str, Counted<'_>>,
+    members: Vec<String>,
+    entries: Vec<u32>,
+    change: InPlace,
+) -> Result<(), capstats_ebpf::shared::SharedError> {
+    let filters = counted_filters(wanted, &members);
+    counting.shared.apply(change, &filters, &entries)?;
+    counting.filters = filters_of(wanted, &members);
+    counting.members = members;
+    counting.entries = entries;
+    Ok(())
 }
 
 /// The sessions of `counted` by name.

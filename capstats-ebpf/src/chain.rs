@@ -170,13 +170,14 @@ impl ProgArray {
 /// program's verification grows with them, not with the members of its groups.
 pub const CHAIN_ITEMS: usize = 63;
 
-/// Program `index` of a chain for `hook`, as [`SharedProgram::build`] makes it (`name`
-/// names its maps), ending with a tail call to entry `index + 1` of `chain` (none
+/// Program `index` of a chain for `hook`, as [`SharedProgram::build_at`] makes it
+/// (`name` names its maps, filter `i` counts at table entry `entries[i]`), ending with a tail call to entry `index + 1` of `chain` (none
 /// from the last possible program). `counted` may be empty: such a program only
 /// passes the packet on.
 pub fn build_chunk(
     name: &str,
     counted: &[(&Program, &CounterMap)],
+    entries: &[u32],
     hook: Hook,
     tc_egress: bool,
     chain: &ProgArray,
@@ -186,7 +187,7 @@ pub fn build_chunk(
         prog_array_fd: chain.raw_fd(),
         index: (index + 1) as u32,
     });
-    SharedProgram::build(name, counted, hook, tc_egress, next)
+    SharedProgram::build_at(name, counted, entries, hook, tc_egress, next)
 }
 
 /// Program `index` of a chain for `hook`: each filter of `counted` counting into slot

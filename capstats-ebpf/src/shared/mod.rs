@@ -136,32 +136,56 @@ impl SharedProgram {
         counted: &[(&Program, &CounterMap)],
         entries: &[u32],
     ) -> Result<bool, SharedError> {
+        match self.prepare_in_place(counted, entries)? {
+            Some(change) => self.apply(change, counted, entries).map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// The first half of [`SharedProgram::update_in_place`], changing nothing: the
+    /// change to make in the maps, or none if the code or the maps' room would not do.
+    /// A caller that must know every part of a change can be made before making any
+    /// (the daemon's chains) applies it later with [`SharedProgram::apply`].
+    pub fn prepare_in_place(
+        &self,
+        counted: &[(&Program, &CounterMap)],
+        entries: &[u32],
+    ) -> Result<Option<InPlace>, SharedError> {
         let Some((dispatch, table)) = &self.maps else {
-            return Ok(false);
+            return Ok(None);
         };
-        if entries.iter().any(|&e| e >= table.capacity()) {
-            return Ok(false);
+        if counted.is_empty() || entries.iter().any(|&e| e >= table.capacity()) {
+            return Ok(None);
         }
         let filters: Vec<&Program> = counted.iter().map(|&(program, _)| program).collect();
         let plan = Plan::new(&filters);
         let keys = dispatch_entries(&plan, &filters, |f| entries[f]);
         if keys.len() > dispatch.capacity() as usize {
-            return Ok(false);
+            return Ok(None);
         }
-        let old_plan = std::mem::replace(&mut self.plan, plan);
-        match self.translate(&filters, entries) {
-            Ok(insns) if insns == self.insns => {}
-            Ok(_) => {
-                self.plan = old_plan;
-                return Ok(false);
-            }
-            Err(e) => {
-                self.plan = old_plan;
-                return Err(e);
-            }
-        }
-        self.fill(counted, entries, keys)?;
-        Ok(true)
+        let insns = translate_shared(
+            &filters,
+            entries,
+            &plan,
+            self.hook,
+            self.tc_egress,
+            self.fds(),
+            self.next,
+        )?;
+        Ok((insns == self.insns).then_some(InPlace { plan, keys }))
+    }
+
+    /// Makes `change` (from [`SharedProgram::prepare_in_place`] with the same
+    /// `counted` and `entries`) in the maps.
+    pub fn apply(
+        &mut self,
+        change: InPlace,
+        counted: &[(&Program, &CounterMap)],
+        entries: &[u32],
+    ) -> Result<(), SharedError> {
+        self.fill(counted, entries, change.keys)?;
+        self.plan = change.plan;
+        Ok(())
     }
 
     /// Puts `counted`'s maps at `entries` of the table and `keys` into the dispatch
@@ -208,21 +232,32 @@ impl SharedProgram {
         Ok(())
     }
 
-    fn translate(&self, filters: &[&Program], entries: &[u32]) -> Result<Vec<Insn>, SharedError> {
-        let fds = SharedMaps {
+    fn fds(&self) -> SharedMaps {
+        SharedMaps {
             dispatch_fd: self.maps.as_ref().map_or(-1, |(d, _)| d.raw_fd()),
             table_fd: self.maps.as_ref().map_or(-1, |(_, t)| t.raw_fd()),
-        };
+        }
+    }
+
+    fn translate(&self, filters: &[&Program], entries: &[u32]) -> Result<Vec<Insn>, SharedError> {
         Ok(translate_shared(
             filters,
             entries,
             &self.plan,
             self.hook,
             self.tc_egress,
-            fds,
+            self.fds(),
             self.next,
         )?)
     }
+}
+
+/// A change of a shared program's maps that keeps its code
+/// ([`SharedProgram::prepare_in_place`]).
+#[derive(Debug)]
+pub struct InPlace {
+    plan: Plan,
+    keys: Vec<(DispatchKey, u32)>,
 }
 
 /// Room for `needed` entries and as many again, at least `least`, a power of two.
