@@ -21,20 +21,23 @@ pub fn request(socket: &Path, command: Command) -> anyhow::Result<Reply> {
     })?;
     let mut line = serde_json::to_vec(&Request::new(command)).expect("plain data serializes");
     line.push(b'\n');
-    stream
-        .write_all(&line)
-        .context("sending the request to the daemon")?;
+    // A daemon that refuses us answers at once and closes: the request may then find
+    // the connection closed, but the answer is there to read, and says why.
+    let sent = stream.write_all(&line);
     let mut answer = String::new();
-    BufReader::new(&stream)
-        .read_line(&mut answer)
-        .context("reading the daemon's answer")?;
+    let read = BufReader::new(&stream).read_line(&mut answer);
     if answer.is_empty() {
+        sent.context("sending the request to the daemon")?;
+        read.context("reading the daemon's answer")?;
         bail!("the daemon closed the connection without answering");
     }
     match serde_json::from_str::<Response>(&answer)
         .with_context(|| format!("the daemon's answer is not understood: {}", answer.trim()))?
     {
-        Response::Ok(reply) => Ok(reply),
+        Response::Ok(reply) => {
+            sent.context("sending the request to the daemon")?;
+            Ok(reply)
+        }
         // Escaped and cut here too: the message comes from the daemon, maybe another
         // version of it, and goes to a terminal.
         Response::Error(error) => bail!("{}", capstats_common::text::bounded(&error.message)),

@@ -13,6 +13,7 @@ mod metrics;
 mod pins;
 pub mod preflight;
 mod programs;
+mod refusals;
 mod server;
 mod service;
 mod session;

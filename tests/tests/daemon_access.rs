@@ -157,12 +157,13 @@ struct Accounts {
 }
 
 impl Accounts {
-    fn create() -> anyhow::Result<Self> {
+    /// `tag` tells the accounts of tests running at once apart.
+    fn create(tag: &str) -> anyhow::Result<Self> {
         sweep_stale_accounts();
-        let group = Group::create("grp")?;
-        let primary = User::create("pri", Some(&group), &[])?;
-        let supplementary = User::create("sup", None, &[&group])?;
-        let outsider = User::create("out", None, &[])?;
+        let group = Group::create(&format!("{tag}grp"))?;
+        let primary = User::create(&format!("{tag}pri"), Some(&group), &[])?;
+        let supplementary = User::create(&format!("{tag}sup"), None, &[&group])?;
+        let outsider = User::create(&format!("{tag}out"), None, &[])?;
         Ok(Self {
             primary,
             supplementary,
@@ -212,7 +213,7 @@ fn refused(client: &Client, user: &User, by: &str) -> anyhow::Result<String> {
 #[test]
 fn only_root_and_the_group_may_use_the_daemon() -> anyhow::Result<()> {
     require_root(TEST);
-    let accounts = Accounts::create()?;
+    let accounts = Accounts::create("a")?;
     let Accounts {
         primary,
         supplementary,
@@ -369,5 +370,243 @@ fn only_root_and_the_group_may_use_the_daemon() -> anyhow::Result<()> {
         outsider.name,
         outcome.stderr.trim()
     );
+    Ok(())
+}
+
+/// Runs `work` on a thread of its own that has `user`'s credentials (uid, groups as
+/// `setpriv --init-groups` gives them), while the rest of the test stays root: Linux
+/// keeps credentials per thread, and the raw system calls change only the calling
+/// thread's (the C library's wrappers would change every thread's). What the thread
+/// connects or binds is recorded by the kernel as `user`'s, as a process of that user
+/// would be, and it has no capabilities left.
+fn on_thread_as<T: Send + 'static>(
+    user: &User,
+    work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<std::thread::JoinHandle<anyhow::Result<T>>> {
+    let groups = user.groups()?;
+    let uid = user.uid;
+    let gid = *groups.first().context("the user has no group")?;
+    Ok(std::thread::spawn(move || {
+        // SAFETY: plain system calls on this thread's credentials, with a valid array.
+        unsafe {
+            ensure!(
+                libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) == 0
+                    && libc::syscall(libc::SYS_setresgid, gid, gid, gid) == 0
+                    && libc::syscall(libc::SYS_setresuid, uid, uid, uid) == 0,
+                "cannot take the credentials of uid {uid}: {}",
+                std::io::Error::last_os_error()
+            );
+            ensure!(libc::geteuid() == uid && libc::getegid() == gid);
+        }
+        work()
+    }))
+}
+
+/// The daemon's threads now.
+fn threads(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .context("no Threads: in /proc/PID/status")
+}
+
+/// A daemon with `-g GROUP` whose socket is loosened to 0666 on purpose: strangers
+/// can connect, and only the daemon's own check stands between them and it.
+fn loosened_daemon(
+    rig: &Rig,
+    scratch: &ScratchDir,
+    group: &Group,
+    tag: &str,
+) -> anyhow::Result<(Daemon, Client)> {
+    std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755))?;
+    let spec = DaemonSpec::new(
+        scratch.join(&format!("{tag}.sock")),
+        scratch.join(&format!("{tag}-state")),
+    )
+    .with_group(&group.name);
+    let daemon = Daemon::start(&rig.ns_b, &spec, &scratch.join(&format!("{tag}.log")))?;
+    loosen(&spec.socket)?;
+    let client = daemon.client()?;
+    Ok((daemon, client))
+}
+
+/// Connections a stranger keeps open, or tries to: more than the daemon serves at once.
+const STRANGER_CONNECTIONS: usize = 600;
+
+/// A stranger opens [`STRANGER_CONNECTIONS`] connections and trickles a byte every
+/// 0.5 s on each, reopening any the daemon closed, for 8 s (before, it held the 512
+/// slots for as long as it liked: 76 s and counting). Meanwhile root and a member
+/// must be served promptly, every time, and the daemon must start no thread for the
+/// stranger.
+#[test]
+fn a_stranger_holds_no_slot() -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+    require_root(TEST);
+    let accounts = Accounts::create("t")?;
+    let rig = Rig::new("accslot")?;
+    let scratch = ScratchDir::new("accslot")?;
+    let (daemon, client) = loosened_daemon(&rig, &scratch, &accounts.group, "slot")?;
+    let pid = daemon.pid().context("the daemon runs")?;
+    let threads_before = threads(pid)?;
+
+    const ATTACK: Duration = Duration::from_secs(8);
+    let attempts = std::sync::Arc::new(AtomicUsize::new(0));
+    let socket = daemon.socket().to_owned();
+    let stranger = on_thread_as(&accounts.outsider, {
+        let attempts = std::sync::Arc::clone(&attempts);
+        move || {
+            let start = Instant::now();
+            let mut held: Vec<Option<std::os::unix::net::UnixStream>> =
+                (0..STRANGER_CONNECTIONS).map(|_| None).collect();
+            // The most connections that took a byte after the daemon had had 0.5 s to
+            // close them: the ones it let the stranger hold.
+            let mut most_held = 0;
+            let mut round = 0;
+            while start.elapsed() < ATTACK {
+                let mut alive = 0;
+                for slot in &mut held {
+                    if slot.is_none() {
+                        *slot = Some(std::os::unix::net::UnixStream::connect(&socket)?);
+                        attempts.fetch_add(1, Ordering::SeqCst);
+                    } else if slot.as_mut().is_some_and(|s| s.write_all(b"x").is_ok()) {
+                        alive += 1;
+                    } else {
+                        *slot = None;
+                    }
+                }
+                if round > 0 {
+                    most_held = most_held.max(alive);
+                }
+                round += 1;
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Ok(most_held)
+        }
+    })?;
+    while attempts.load(Ordering::SeqCst) < STRANGER_CONNECTIONS {
+        ensure!(!stranger.is_finished(), "the stranger stopped early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let member = client.run_as(accounts.primary.run_as());
+    let mut slowest = Duration::ZERO;
+    let mut served = 0;
+    let mut most_threads = threads(pid)?;
+    while !stranger.is_finished() {
+        for (who, as_who) in [("root", &client), ("member", &member)] {
+            let asked = Instant::now();
+            as_who
+                .ok(&["list"])
+                .with_context(|| format!("{who}, while a stranger holds connections"))?;
+            let took = asked.elapsed();
+            ensure!(
+                took < Duration::from_secs(2),
+                "{who} waited {took:?} for a list while a stranger holds connections"
+            );
+            slowest = slowest.max(took);
+            served += 1;
+        }
+        most_threads = most_threads.max(threads(pid)?);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let most_held = stranger.join().expect("the stranger's thread")?;
+    let attempts = attempts.load(Ordering::SeqCst);
+    println!(
+        "a stranger made {attempts} connections over {ATTACK:?}, held at most {most_held} \
+         past 0.5 s; root and a member served {served} times, the slowest in {slowest:?}; \
+         daemon threads {threads_before} before, at most {most_threads} during"
+    );
+    ensure!(
+        attempts > STRANGER_CONNECTIONS * 2,
+        "the daemon should close the stranger's connections, which it reopens: {attempts} made"
+    );
+    ensure!(
+        most_held == 0,
+        "{most_held} of the stranger's connections were still open 0.5 s on"
+    );
+    // The members' own clients have a thread each while they are served.
+    ensure!(
+        most_threads <= threads_before + 2,
+        "the daemon ran up to {most_threads} threads (from {threads_before}) for a stranger"
+    );
+    daemon.stop()?;
+    Ok(())
+}
+
+/// A stranger connecting in a loop for 3 s (before: 35,664 log lines, 6 MB): each
+/// attempt is refused and accounted for in the log, but in a few lines: the first
+/// few in full, the rest in one summary line per interval.
+#[test]
+fn a_connect_loop_writes_few_log_lines() -> anyhow::Result<()> {
+    use std::time::{Duration, Instant};
+    require_root(TEST);
+    let accounts = Accounts::create("l")?;
+    let rig = Rig::new("acclog")?;
+    let scratch = ScratchDir::new("acclog")?;
+    let (daemon, client) = loosened_daemon(&rig, &scratch, &accounts.group, "log")?;
+    let socket = daemon.socket().to_owned();
+    let stranger = on_thread_as(&accounts.outsider, move || {
+        let start = Instant::now();
+        let mut attempts = 0usize;
+        while start.elapsed() < Duration::from_secs(3) {
+            drop(std::os::unix::net::UnixStream::connect(&socket)?);
+            attempts += 1;
+        }
+        Ok(attempts)
+    })?;
+    let attempts = stranger.join().expect("the stranger's thread")?;
+    let uid = accounts.outsider.uid;
+    let in_full = format!("uid {uid}: permission denied");
+    let summary = format!(" more refused connections from uid {uid} suppressed");
+    // Every attempt accounted for, once the interval's summary is written.
+    let deadline = Instant::now() + Duration::from_secs(25);
+    let (lines, logged, suppressed) = loop {
+        let log = daemon.log();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(&in_full) || l.contains(&summary))
+            .collect();
+        let logged = lines.iter().filter(|l| l.contains(&in_full)).count();
+        let suppressed: usize = lines
+            .iter()
+            .filter_map(|l| l.split_once(&summary))
+            .map(|(head, _)| head.rsplit(' ').next().unwrap_or("").parse::<usize>())
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .sum();
+        if logged + suppressed >= attempts || Instant::now() > deadline {
+            break (
+                lines.iter().map(|l| l.to_string()).collect::<Vec<_>>(),
+                logged,
+                suppressed,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    println!(
+        "a stranger connected {attempts} times in 3 s: {} log lines ({logged} in full, \
+         {suppressed} counted in summaries); the first of them:\n{}",
+        lines.len(),
+        lines[..lines.len().min(10)].join("\n")
+    );
+    ensure!(
+        lines.len() <= 8,
+        "{} log lines for {attempts} refused connections",
+        lines.len()
+    );
+    ensure!(
+        logged + suppressed == attempts,
+        "{attempts} connections, {logged} logged and {suppressed} suppressed"
+    );
+    ensure!(
+        attempts > 100,
+        "the loop made only {attempts} connections"
+    );
+    // Root is still served.
+    client.ok(&["list"])?;
+    daemon.stop()?;
     Ok(())
 }
