@@ -1,4 +1,12 @@
-//! Talking to the daemon: one request line out, one response line back.
+//! Talking to the daemon: one request line out, one response line back, and only to a
+//! daemon that runs as root.
+//!
+//! The socket's path may be in a directory others can write to (`/tmp`, which is
+//! sticky): while no daemon listens there, another user could. Before the request
+//! goes out, the listener's credentials, which the kernel recorded when it began to
+//! listen (`SO_PEERCRED`), are checked ([`trusted_listener`]): a request, its filter
+//! among it, never reaches a stranger, and no stranger's answer is shown as the
+//! daemon's.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -6,6 +14,16 @@ use std::path::Path;
 
 use anyhow::{Context, anyhow, bail};
 use capstats_common::protocol::{Command, Reply, Request, Response};
+use capstats_daemon::Peer;
+
+/// Whether a client running as `client_uid` may talk to a listener that runs as
+/// `listener_uid`: the daemon runs as root, so root's listener always; a root client
+/// no other (whatever answers as another user is not the daemon, and root's requests
+/// are not for it); a user's client also its own uid's (such a listener can do nothing
+/// the user could not, and it can relay to the daemon), never another user's.
+pub fn trusted_listener(listener_uid: u32, client_uid: u32) -> bool {
+    listener_uid == 0 || (client_uid != 0 && listener_uid == client_uid)
+}
 
 /// Sends `command` to the daemon at `socket` and returns its reply; the daemon's error
 /// message becomes the error.
@@ -19,6 +37,24 @@ pub fn request(socket: &Path, command: Command) -> anyhow::Result<Reply> {
         };
         anyhow!("cannot connect to the capstats daemon at {}: {e}{hint}", socket.display())
     })?;
+    let listener = Peer::of(&stream).with_context(|| {
+        format!(
+            "cannot read the credentials of the listener at {}",
+            socket.display()
+        )
+    })?;
+    // SAFETY: no arguments, cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if !trusted_listener(listener.uid, me) {
+        bail!(
+            "refusing to talk to {}: the process listening there (pid {}) runs as uid {}, \
+             not root, so it is not the capstats daemon; nothing was sent (-s/--socket or \
+             CAPSTATS_SOCKET choose another socket)",
+            socket.display(),
+            listener.pid,
+            listener.uid
+        );
+    }
     let mut line = serde_json::to_vec(&Request::new(command)).expect("plain data serializes");
     line.push(b'\n');
     // A daemon that refuses us answers at once and closes: the request may then find
@@ -41,5 +77,22 @@ pub fn request(socket: &Path, command: Command) -> anyhow::Result<Reply> {
         // Escaped and cut here too: the message comes from the daemon, maybe another
         // version of it, and goes to a terminal.
         Response::Error(error) => bail!("{}", capstats_common::text::bounded(&error.message)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_talks_only_to_root_a_user_also_to_itself() {
+        assert!(trusted_listener(0, 0));
+        assert!(
+            !trusted_listener(1000, 0),
+            "root's client, a user's listener"
+        );
+        assert!(trusted_listener(0, 1000));
+        assert!(trusted_listener(1000, 1000));
+        assert!(!trusted_listener(1001, 1000), "another user's listener");
     }
 }

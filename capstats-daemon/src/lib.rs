@@ -28,7 +28,7 @@ use nix::sys::signal::{SigSet, Signal};
 
 use crate::log::event;
 
-pub use auth::{Access, Group};
+pub use auth::{Access, Group, Peer};
 pub use listener::ListenError;
 pub use server::{IDLE_TIMEOUT, converse};
 pub use state::StateError;

@@ -601,12 +601,165 @@ fn a_connect_loop_writes_few_log_lines() -> anyhow::Result<()> {
         logged + suppressed == attempts,
         "{attempts} connections, {logged} logged and {suppressed} suppressed"
     );
-    ensure!(
-        attempts > 100,
-        "the loop made only {attempts} connections"
-    );
+    ensure!(attempts > 100, "the loop made only {attempts} connections");
     // Root is still served.
     client.ok(&["list"])?;
+    daemon.stop()?;
+    Ok(())
+}
+
+/// A stranger's listener at the socket's path (a sticky directory anyone may create
+/// files in, as /tmp), recording every request line it is sent until dropped.
+struct Impostor {
+    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Impostor {
+    fn listen(user: &User, path: &std::path::Path) -> anyhow::Result<Self> {
+        use std::io::BufRead;
+        use std::sync::atomic::Ordering;
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ready, listening) = std::sync::mpsc::channel();
+        let thread = on_thread_as(user, {
+            let (requests, stop, path) = (requests.clone(), stop.clone(), path.to_owned());
+            move || {
+                let listener = std::os::unix::net::UnixListener::bind(&path);
+                let _ = ready.send(listener.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                let listener = listener?;
+                // Open to all, as an impostor wants it.
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777))?;
+                listener.set_nonblocking(true)?;
+                while !stop.load(Ordering::SeqCst) {
+                    let Ok((stream, _)) = listener.accept() else {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                        continue;
+                    };
+                    stream.set_nonblocking(false)?;
+                    stream.set_read_timeout(Some(std::time::Duration::from_secs(1)))?;
+                    let mut line = String::new();
+                    let _ = std::io::BufReader::new(&stream).read_line(&mut line);
+                    if !line.is_empty() {
+                        requests.lock().unwrap().push(line);
+                    }
+                }
+                Ok(())
+            }
+        })?;
+        match listening.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => anyhow::bail!("the stranger cannot listen at {}: {e}", path.display()),
+            Err(_) => anyhow::bail!("the stranger's thread ended before listening"),
+        }
+        Ok(Self {
+            requests,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    /// Stops listening (its socket file stays, as a dead process's would).
+    fn stop(mut self) -> anyhow::Result<()> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(ended)) => ended,
+            Some(Err(_)) => anyhow::bail!("the stranger's listener panicked"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Impostor {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A stranger listening at the socket's path in a sticky world-writable directory
+/// (before: the daemon said "another capstats daemon (pid N) already answers", and
+/// root's client sent it its request). The daemon refuses to start, naming the
+/// stranger's uid; root's and a member's clients refuse to talk to it and send
+/// nothing; the stranger's own client may (its uid's listener: documented). Once it
+/// is gone, a daemon takes the path over (with a warning about the directory) and is
+/// served as usual.
+#[test]
+fn only_a_root_listener_is_taken_for_the_daemon() -> anyhow::Result<()> {
+    require_root(TEST);
+    let accounts = Accounts::create("i")?;
+    let rig = Rig::new("accimp")?;
+    let scratch = ScratchDir::new("accimp")?;
+    std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755))?;
+    let sticky = scratch.join("sticky");
+    std::fs::create_dir(&sticky)?;
+    std::fs::set_permissions(&sticky, std::fs::Permissions::from_mode(0o1777))?;
+    let path = sticky.join("capstats.sock");
+    let stranger = &accounts.outsider;
+    let impostor = Impostor::listen(stranger, &path)?;
+    ensure!(
+        std::fs::symlink_metadata(&path)?.uid() == stranger.uid,
+        "the stranger's socket is not its own"
+    );
+
+    // The daemon does not take the stranger for another daemon, nor its path.
+    let spec = DaemonSpec::new(&path, scratch.join("state")).with_group(&accounts.group.name);
+    let outcome = Daemon::expect_exit(&rig.ns_b, &spec, &scratch.join("refused.log"))?;
+    ensure!(
+        outcome.code == Some(1)
+            && outcome
+                .stderr
+                .contains(&format!("uid {} (pid", stranger.uid))
+            && outcome.stderr.contains("not root"),
+        "capstats -d with a stranger listening on its socket: {outcome}"
+    );
+    println!("capstats -d: {}", outcome.stderr.trim());
+
+    // Root's and a member's clients send it nothing.
+    let root = Client::new(&path)?;
+    let member = root.run_as(accounts.primary.run_as());
+    for (who, client) in [("root", &root), ("member", &member)] {
+        let said = client.fails(&["list"])?.stderr;
+        ensure!(
+            said.contains("refusing to talk to")
+                && said.contains(&format!("runs as uid {}", stranger.uid)),
+            "{who}'s client with a stranger listening: {said}"
+        );
+        println!("{who}'s client: {}", said.trim());
+    }
+    ensure!(
+        impostor.requests().is_empty(),
+        "the stranger was sent {:?}",
+        impostor.requests()
+    );
+    // A user's client talks to a listener of its own uid.
+    let _ = root.run_as(stranger.run_as()).fails(&["list"])?;
+    ensure!(
+        impostor.requests().len() == 1 && impostor.requests()[0].contains("list"),
+        "the stranger's own client should have sent its request: {:?}",
+        impostor.requests()
+    );
+    impostor.stop()?;
+
+    // Gone: its socket file is stale, and a daemon takes the path.
+    let daemon = Daemon::start(&rig.ns_b, &spec, &scratch.join("daemon.log"))?;
+    ensure!(std::fs::symlink_metadata(&path)?.uid() == 0);
+    root.ok(&["list"])?;
+    member.ok(&["list"])?;
+    ensure!(
+        daemon
+            .log()
+            .contains("warning: anyone may create files in the socket's directory"),
+        "{}",
+        daemon.log()
+    );
     daemon.stop()?;
     Ok(())
 }
