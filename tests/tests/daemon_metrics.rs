@@ -420,7 +420,8 @@ fn curl(rig: &Rig, url: &str, args: &[&str]) -> anyhow::Result<Curled> {
 /// `--web-config` as exporter-toolkit reads it, with a certificate made here
 /// (openssl) and a bcrypt hash: over TLS with basic authentication, no password and a
 /// wrong one get 401 (before the path is looked at), the right one the exposition;
-/// plain HTTP gets no answer on the TLS port. With users but no TLS, the same over
+/// plain HTTP gets no answer on the TLS port; connections that never begin their
+/// handshake hold up no scrape. With users but no TLS, the same over
 /// HTTP. A file capstats cannot honour in full stops the daemon, saying why.
 #[test]
 fn web_config_serves_tls_and_basic_auth() -> anyhow::Result<()> {
@@ -462,11 +463,23 @@ fn web_config_serves_tls_and_basic_auth() -> anyhow::Result<()> {
     ])?;
     let url = format!("https://{tls_addr}/metrics");
     let ca = cert.to_str().context("path")?;
+    // Connections that never begin their TLS handshake hold up nobody else.
+    let _silent = rig.ns_b.run(|| {
+        Ok((0..10)
+            .map(|_| std::net::TcpStream::connect(tls_addr))
+            .collect::<std::io::Result<Vec<_>>>()?)
+    })?;
+    let asked = std::time::Instant::now();
     let right = curl(
         &rig,
         &url,
         &["--cacert", ca, "--user", "prometheus:right horse"],
     )?;
+    let took = asked.elapsed();
+    ensure!(
+        took < Duration::from_secs(3),
+        "a scrape took {took:?} beside 10 silent connections"
+    );
     ensure!(
         right.status == 200 && right.body.contains("session=\"secret-session\""),
         "over TLS with the password: {} {}\n{}{}",
@@ -522,7 +535,8 @@ fn web_config_serves_tls_and_basic_auth() -> anyhow::Result<()> {
         untrusted.status
     );
     println!(
-        "over TLS with the password: 200; plain HTTP on the TLS port: {}",
+        "over TLS with the password: 200 in {took:?} beside 10 silent connections; \
+         plain HTTP on the TLS port: {}",
         plain.stderr.trim()
     );
     ensure!(
