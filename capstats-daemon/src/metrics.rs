@@ -131,14 +131,21 @@ impl Endpoint {
             service,
             verified: Mutex::new(HashSet::new()),
         });
+        let accepting = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("capstats-metrics".into())
-            .spawn(move || accept(&listener, &shared))
+            .spawn(move || accept(&listener, &accepting))
             .map_err(|e| MetricsError {
                 addr,
                 message: e.to_string(),
             })?;
         event!("serving metrics on {shown}");
+        if !shared.web.users.is_empty() && shared.web.tls.is_none() && !addr.ip().is_loopback() {
+            event!(
+                "warning: basic authentication without TLS on {addr}: passwords and metrics \
+                 cross the network in the clear (tls_server_config in --web-config)"
+            );
+        }
         Ok(())
     }
 }
