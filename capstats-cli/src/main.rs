@@ -63,6 +63,12 @@ pub struct Cli {
     #[arg(long, value_name = "ADDR:PORT", requires = "daemon")]
     metrics: Option<std::net::SocketAddr>,
 
+    /// With --metrics: serve them over TLS and/or with basic authentication, as FILE
+    /// says, in the Prometheus exporters' web configuration format (tls_server_config:
+    /// cert_file, key_file; basic_auth_users: user: bcrypt hash).
+    #[arg(long, value_name = "FILE", requires = "metrics")]
+    web_config: Option<PathBuf>,
+
     /// With -d: seconds a client may take to send a whole request (after connecting or
     /// after its last answer) before it is disconnected. For tests; 60 by default.
     #[arg(long, value_name = "SECONDS", requires = "daemon", hide = true, value_parser = idle_timeout)]
@@ -302,6 +308,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             pin_dir: cli.pin_dir,
             detach_on_exit: cli.detach_on_exit,
             metrics: cli.metrics,
+            web_config: cli.web_config,
             idle_timeout: cli.idle_timeout.unwrap_or(capstats_daemon::IDLE_TIMEOUT),
         })?);
     }

@@ -6,6 +6,7 @@
 
 mod attach;
 mod auth;
+mod http;
 mod links;
 mod listener;
 mod log;
@@ -13,10 +14,12 @@ mod metrics;
 mod pins;
 pub mod preflight;
 mod programs;
+mod refusals;
 mod server;
 mod service;
 mod session;
 mod state;
+mod webconfig;
 
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -27,7 +30,7 @@ use nix::sys::signal::{SigSet, Signal};
 
 use crate::log::event;
 
-pub use auth::{Access, Group};
+pub use auth::{Access, Group, Peer};
 pub use listener::ListenError;
 pub use server::{IDLE_TIMEOUT, converse};
 pub use state::StateError;
@@ -46,6 +49,9 @@ pub struct Config {
     pub detach_on_exit: bool,
     /// `--metrics ADDR:PORT`: serve `/metrics` over HTTP there (off when absent).
     pub metrics: Option<std::net::SocketAddr>,
+    /// `--web-config FILE`: TLS and basic authentication for the metrics endpoint, in
+    /// the Prometheus exporters' format (plain HTTP, open to all, when absent).
+    pub web_config: Option<PathBuf>,
     /// How long a client may take to send a whole request after connecting or after
     /// its last answer ([`IDLE_TIMEOUT`]; shorter in tests).
     pub idle_timeout: std::time::Duration,
@@ -65,6 +71,8 @@ pub enum DaemonError {
     Pins(#[from] pins::PinError),
     #[error(transparent)]
     Metrics(#[from] metrics::MetricsError),
+    #[error(transparent)]
+    WebConfig(#[from] webconfig::WebConfigError),
     #[error("cannot use state directory {path}: {source}")]
     StateDir {
         path: String,
@@ -149,8 +157,16 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     // Signals are taken by one thread only: block them before any thread starts.
     let signals: SigSet = [Signal::SIGTERM, Signal::SIGINT].into_iter().collect();
     signals.thread_block().map_err(DaemonError::Signals)?;
-    // tiny_http starts its threads here: after the signals are blocked.
-    let metrics = config.metrics.map(metrics::bind).transpose()?;
+    let web = config
+        .web_config
+        .as_deref()
+        .map(webconfig::WebConfig::load)
+        .transpose()?
+        .unwrap_or_default();
+    let metrics = config
+        .metrics
+        .map(|addr| metrics::bind(addr, web))
+        .transpose()?;
     // Removed when `run` returns, an error after this point included.
     let (listener, _socket_file) = listener::bind(&config.socket, group.as_ref().map(|g| g.gid))?;
     let pins = pins::Pins::prepare(&config.pin_dir)?;

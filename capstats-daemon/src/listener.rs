@@ -18,6 +18,12 @@ pub enum ListenError {
          use a directory only root may write to"
     )]
     UnsafeDirectory { dir: String, reason: String },
+    #[error(
+        "refusing to listen on {path}: uid {uid} (pid {pid}) listens there, not root, so it \
+         is not a capstats daemon (another user may have put it there); remove it, or choose \
+         a socket in a directory only root may write to"
+    )]
+    Impostor { path: String, uid: u32, pid: i32 },
     #[error("refusing to use {0}: it is a symbolic link")]
     Symlink(String),
     #[error("refusing to replace {0}: it exists and is not a socket")]
@@ -79,11 +85,20 @@ fn socket_dir(dir: &Path) -> Result<(), ListenError> {
         );
     }
     // Sticky (as /tmp): others may create files there but not remove or rename ours.
-    if meta.mode() & 0o002 != 0 && meta.mode() & libc::S_ISVTX == 0 {
-        return Err(unsafe_dir(format!(
-            "anyone may write to it (mode {:04o}, not sticky)",
+    if meta.mode() & 0o002 != 0 {
+        if meta.mode() & libc::S_ISVTX == 0 {
+            return Err(unsafe_dir(format!(
+                "anyone may write to it (mode {:04o}, not sticky)",
+                meta.mode() & 0o7777
+            )));
+        }
+        // They may still listen at the path while no daemon does: clients then refuse
+        // to talk to them (they check the listener is root), but say so.
+        crate::log::event!(
+            "warning: anyone may create files in the socket's directory {shown} (mode {:04o}): \
+             while no daemon listens, another user could, and clients would refuse it",
             meta.mode() & 0o7777
-        )));
+        );
     }
     Ok(())
 }
@@ -101,13 +116,22 @@ pub fn bind(path: &Path, group: Option<u32>) -> Result<(UnixListener, SocketFile
     match fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_symlink() => return Err(ListenError::Symlink(shown)),
         Ok(meta) if meta.file_type().is_socket() => match UnixStream::connect(path) {
+            // The kernel says who listens: a daemon runs as root; anyone else who
+            // answers there is not one, and is neither believed nor replaced.
             Ok(other) => {
-                return Err(ListenError::AlreadyRunning {
-                    path: shown,
-                    // The kernel says who holds the other end.
-                    pid: crate::auth::Peer::of(&other)
-                        .ok()
-                        .and_then(|peer| u32::try_from(peer.pid).ok()),
+                let peer = crate::auth::Peer::of(&other)
+                    .map_err(io("read the credentials of the listener on"))?;
+                return Err(if peer.uid == 0 {
+                    ListenError::AlreadyRunning {
+                        path: shown,
+                        pid: u32::try_from(peer.pid).ok(),
+                    }
+                } else {
+                    ListenError::Impostor {
+                        path: shown,
+                        uid: peer.uid,
+                        pid: peer.pid,
+                    }
                 });
             }
             // Nobody answers: a stale socket of a daemon that is gone.

@@ -1,25 +1,42 @@
-//! `--metrics ADDR:PORT`: `/metrics` over HTTP for Prometheus, on a thread of its own.
+//! `--metrics ADDR:PORT`: `/metrics` for Prometheus, on threads of its own, over HTTP,
+//! or with `--web-config` over TLS and/or behind basic authentication
+//! ([`crate::webconfig`]).
 //!
 //! Each scrape reads every session's counters from the kernel then and there (the
 //! service is locked for the read, as for a client's `poll`) and answers with the text
-//! exposition of [`capstats_common::metrics`]. Any other path is 404; any method other
-//! than GET or HEAD is 405. HTTP is `tiny_http`'s.
+//! exposition of [`capstats_common::metrics`]. With users configured, a request
+//! without one of their passwords gets 401, whatever its path; otherwise any path but
+//! `/metrics` is 404, and any method other than GET or HEAD 405. HTTP is
+//! [`crate::http`]'s; each connection has a thread, at most [`MAX_SCRAPERS`] at once
+//! (more are closed at once).
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashSet;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use base64::Engine;
 use capstats_common::metrics::{CONTENT_TYPE, DaemonInfo, render};
 use capstats_common::protocol::{Command, Reply, Response};
-use tiny_http::{Header, Method, Request, Server, StatusCode};
 
+use crate::http::{self, Answer, Request};
 use crate::log::event;
 use crate::service::Service;
+use crate::webconfig::WebConfig;
 
 /// Requests on the socket answered with an error (counted by the server).
 pub static REQUEST_ERRORS: AtomicU64 = AtomicU64::new(0);
 /// Scrapes whose counters could not be read.
 static SCRAPE_ERRORS: AtomicU64 = AtomicU64::new(0);
+/// Connections served at once; more are closed as they come.
+pub const MAX_SCRAPERS: usize = 64;
+/// Connections being served now.
+static SCRAPERS: AtomicUsize = AtomicUsize::new(0);
+/// Verified (user, password) pairs remembered, so that a scraper does not pay for a
+/// bcrypt check (tens of milliseconds by design) on every scrape, as exporter-toolkit
+/// does; failures are never remembered.
+const REMEMBERED: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot serve metrics on {addr}: {message}")]
@@ -31,18 +48,18 @@ pub struct MetricsError {
 /// The metrics endpoint, bound but not yet served.
 pub struct Endpoint {
     addr: SocketAddr,
-    server: Server,
+    listener: TcpListener,
+    web: WebConfig,
 }
 
 /// Binds `addr` (early, so that a taken port stops the daemon before it takes its
 /// socket or touches a session).
-pub fn bind(addr: SocketAddr) -> Result<Endpoint, MetricsError> {
+pub fn bind(addr: SocketAddr, web: WebConfig) -> Result<Endpoint, MetricsError> {
     let error = |message: String| MetricsError { addr, message };
-    let listener = std::net::TcpListener::bind(addr).map_err(|e| error(e.to_string()))?;
-    // tiny_http writes a response's head and body apart; with Nagle's algorithm the
-    // body then waits for the client's delayed ACK (40 ms on a kept-alive connection,
-    // as Prometheus keeps them). Accepted sockets inherit TCP_NODELAY from the
-    // listener on Linux.
+    let listener = TcpListener::bind(addr).map_err(|e| error(e.to_string()))?;
+    // Answers are written in one piece, but a TLS record and the TCP ACKs of a
+    // kept-alive connection still meet Nagle's algorithm: off. Accepted sockets
+    // inherit TCP_NODELAY from the listener on Linux.
     let on: libc::c_int = 1;
     let rc = unsafe {
         libc::setsockopt(
@@ -59,60 +76,202 @@ pub fn bind(addr: SocketAddr) -> Result<Endpoint, MetricsError> {
             std::io::Error::last_os_error()
         )));
     }
-    let server = Server::from_listener(listener, None).map_err(|e| error(e.to_string()))?;
-    Ok(Endpoint { addr, server })
+    Ok(Endpoint {
+        addr,
+        listener,
+        web,
+    })
+}
+
+/// Counts a connection while it is served.
+struct Scraper;
+
+impl Scraper {
+    fn take() -> Option<Self> {
+        if SCRAPERS.fetch_add(1, Ordering::SeqCst) >= MAX_SCRAPERS {
+            SCRAPERS.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(Scraper)
+    }
+}
+
+impl Drop for Scraper {
+    fn drop(&mut self) {
+        SCRAPERS.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// What every connection shares.
+struct Shared {
+    web: WebConfig,
+    service: Arc<Mutex<Service>>,
+    verified: Mutex<HashSet<(String, String)>>,
 }
 
 impl Endpoint {
-    /// Serves `/metrics` on a thread of its own until the process ends.
+    /// Serves `/metrics` on threads of its own until the process ends.
     pub fn serve(self, service: Arc<Mutex<Service>>) -> Result<(), MetricsError> {
-        let Endpoint { addr, server } = self;
+        let Endpoint {
+            addr,
+            listener,
+            web,
+        } = self;
+        let shown = format!(
+            "{}://{addr}/metrics ({})",
+            if web.tls.is_some() { "https" } else { "http" },
+            if web.users.is_empty() {
+                "no authentication: anyone who can reach the address may read it".to_owned()
+            } else {
+                format!("basic authentication, {} user(s)", web.users.len())
+            }
+        );
+        let shared = Arc::new(Shared {
+            web,
+            service,
+            verified: Mutex::new(HashSet::new()),
+        });
+        let accepting = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("capstats-metrics".into())
-            .spawn(move || {
-                for request in server.incoming_requests() {
-                    answer(request, &service);
-                }
-            })
+            .spawn(move || accept(&listener, &accepting))
             .map_err(|e| MetricsError {
                 addr,
                 message: e.to_string(),
             })?;
-        event!("serving metrics on http://{addr}/metrics");
+        event!("serving metrics on {shown}");
+        if !shared.web.users.is_empty() && shared.web.tls.is_none() && !addr.ip().is_loopback() {
+            event!(
+                "warning: basic authentication without TLS on {addr}: passwords and metrics \
+                 cross the network in the clear (tls_server_config in --web-config)"
+            );
+        }
         Ok(())
     }
 }
 
-fn header(name: &str, value: &str) -> Header {
-    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("valid header")
+fn accept(listener: &TcpListener, shared: &Arc<Shared>) {
+    for stream in listener.incoming() {
+        let stream = match stream {
+            Ok(stream) => stream,
+            Err(_) => {
+                // Out of file descriptors and the like: do not spin.
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        let Some(scraper) = Scraper::take() else {
+            continue;
+        };
+        let shared = Arc::clone(shared);
+        let _ = std::thread::Builder::new()
+            .name("capstats-scrape".into())
+            .spawn(move || {
+                let _scraper = scraper;
+                connection(stream, &shared);
+            });
+    }
 }
 
-fn answer(request: Request, service: &Mutex<Service>) {
-    let path = request.url().split('?').next().unwrap_or("");
-    let (status, body) = if path != "/metrics" {
-        (404, "not found: metrics are at /metrics\n".to_owned())
-    } else if !matches!(request.method(), Method::Get | Method::Head) {
-        (405, "method not allowed: GET /metrics\n".to_owned())
-    } else {
-        match scrape(service) {
-            Ok(text) => (200, text),
-            Err(message) => {
-                SCRAPE_ERRORS.fetch_add(1, Ordering::Relaxed);
-                event!("metrics scrape failed: {message}");
-                (500, format!("{message}\n"))
+/// One scraper's connection: TLS first when configured, then HTTP.
+fn connection(stream: TcpStream, shared: &Shared) {
+    let (timed, deadline) = http::Timed::new(stream);
+    let mut handle = |request: &Request| answer(request, shared);
+    match &shared.web.tls {
+        None => {
+            let _ = http::converse(timed, &deadline, &mut handle);
+        }
+        Some(config) => {
+            let Ok(tls) = rustls::ServerConnection::new(Arc::clone(config)) else {
+                return;
+            };
+            // A failed handshake (a plain HTTP client, an unknown certificate) ends
+            // the connection; it is not logged: anyone who can connect could fill the
+            // log with them.
+            let mut stream = rustls::StreamOwned::new(tls, timed);
+            if http::converse(&mut stream, &deadline, &mut handle).is_ok() {
+                stream.conn.send_close_notify();
+                let _ = stream.conn.complete_io(&mut stream.sock);
             }
         }
+    }
+}
+
+fn answer(request: &Request, shared: &Shared) -> Answer {
+    if !shared.web.users.is_empty() && !authorized(request.authorization.as_deref(), shared) {
+        let mut answer = Answer::text(
+            401,
+            "unauthorized: a user and password are needed (basic authentication)\n",
+        );
+        answer
+            .headers
+            .push("WWW-Authenticate: Basic realm=\"capstats\"".into());
+        return answer;
+    }
+    if request.path != "/metrics" {
+        return Answer::text(404, "not found: metrics are at /metrics\n");
+    }
+    if !matches!(request.method.as_str(), "GET" | "HEAD") {
+        return Answer::text(405, "method not allowed: GET /metrics\n");
+    }
+    match scrape(&shared.service) {
+        Ok(text) => Answer {
+            status: 200,
+            content_type: CONTENT_TYPE,
+            body: text,
+            headers: Vec::new(),
+        },
+        Err(message) => {
+            SCRAPE_ERRORS.fetch_add(1, Ordering::Relaxed);
+            event!("metrics scrape failed: {message}");
+            Answer::text(500, format!("{message}\n"))
+        }
+    }
+}
+
+/// Whether `authorization` (the header) is `Basic` with a configured user and its
+/// password.
+fn authorized(authorization: Option<&str>, shared: &Shared) -> bool {
+    let Some((user, password)) = authorization
+        .and_then(|value| value.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
+        .and_then(|(_, encoded)| {
+            base64::engine::general_purpose::STANDARD
+                .decode(encoded.trim())
+                .ok()
+        })
+        .and_then(|decoded| String::from_utf8(decoded).ok())
+        .and_then(|text| {
+            text.split_once(':')
+                .map(|(u, p)| (u.to_owned(), p.to_owned()))
+        })
+    else {
+        return false;
     };
-    let content_type = if status == 200 {
-        CONTENT_TYPE
-    } else {
-        "text/plain; charset=utf-8"
+    let key = (user, password);
+    let verified = || shared.verified.lock().unwrap_or_else(|p| p.into_inner());
+    if verified().contains(&key) {
+        return true;
+    }
+    let (user, password) = &key;
+    // An unknown user costs a bcrypt check too (against another user's hash, which
+    // fails): the time of an answer does not tell which users exist.
+    let (known, hash) = match shared.web.users.get(user) {
+        Some(hash) => (true, hash),
+        None => match shared.web.users.values().next() {
+            Some(hash) => (false, hash),
+            None => return false,
+        },
     };
-    let response = tiny_http::Response::from_string(body)
-        .with_status_code(StatusCode(status))
-        .with_header(header("Content-Type", content_type));
-    // A scraper that went away is no concern of ours.
-    let _ = request.respond(response);
+    let ok = bcrypt::verify(password, hash).unwrap_or(false) && known;
+    if ok {
+        let mut verified = verified();
+        if verified.len() >= REMEMBERED {
+            verified.clear();
+        }
+        verified.insert(key);
+    }
+    ok
 }
 
 /// Every session's counters, read now, as the exposition.

@@ -1,5 +1,7 @@
-//! Serving the socket: one thread per connection, each checked against the access
-//! rule, then reading request lines and writing response lines until the client goes.
+//! Serving the socket: each connection checked against the access rule as it is
+//! accepted (a stranger is answered and closed there and then, without a thread or a
+//! slot), then one thread per connection reading request lines and writing response
+//! lines until the client goes.
 //!
 //! A client cannot hurt another: lines are bounded ([`MAX_REQUEST_BYTES`]), a client
 //! that does not send a whole request within the idle timeout ([`IDLE_TIMEOUT`] unless
@@ -14,6 +16,7 @@
 
 use std::cell::Cell;
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -26,6 +29,7 @@ use capstats_common::text::bounded;
 
 use crate::auth::{Access, Peer};
 use crate::log::event;
+use crate::refusals::{self, RefusalLog};
 use crate::service::Service;
 
 /// How long a connection may take, after connecting or after its last answer, to send
@@ -71,6 +75,11 @@ impl Drop for Served {
 
 /// Accepts connections until `stop` is set (and the listener shut down to wake us).
 /// `idle` is the idle timeout ([`IDLE_TIMEOUT`] but in tests).
+///
+/// The access rule is applied here, before a connection is given a thread or counted
+/// among the [`MAX_CLIENTS`]: the kernel recorded the peer's credentials when it
+/// connected, so a stranger is refused at once ([`refuse`]) and can hold no slot that
+/// root or a member would need.
 pub fn serve(
     listener: &UnixListener,
     access: &Access,
@@ -78,12 +87,23 @@ pub fn serve(
     stop: &AtomicBool,
     idle: Duration,
 ) {
-    for stream in listener.incoming() {
+    let mut refusals = RefusalLog::default();
+    loop {
+        // Wakes for the summary of suppressed refusals when it is due, not only at the
+        // next connection.
+        let summary_due = refusals.next_due();
+        if !readable(listener, summary_due) {
+            for line in refusals.due(Instant::now()) {
+                event!("{line}");
+            }
+            continue;
+        }
+        let accepted = listener.accept();
         if stop.load(Ordering::SeqCst) {
             break;
         }
-        let stream = match stream {
-            Ok(stream) => stream,
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
             Err(e) => {
                 event!(
                     "accept failed: {e}{}",
@@ -94,57 +114,97 @@ pub fn serve(
                 continue;
             }
         };
+        let peer = match Peer::of(&stream) {
+            Ok(peer) => peer,
+            Err(e) => {
+                event!("cannot read a client's credentials, disconnecting it: {e}");
+                continue;
+            }
+        };
+        if let Err(reason) = access.check(&peer) {
+            let (summaries, in_full) = refusals.refused(peer.uid, Instant::now());
+            for line in summaries {
+                event!("{line}");
+            }
+            if in_full {
+                event!("refused client pid {} uid {}: {reason}", peer.pid, peer.uid);
+            }
+            refuse(stream, reason);
+            continue;
+        }
         let Some(served) = Served::take() else {
             turn_away(stream);
             continue;
         };
         let service = Arc::clone(service);
-        let access = access.clone();
         let spawned = std::thread::Builder::new()
             .name("capstats-client".into())
             .spawn(move || {
                 let _served = served;
-                connection(stream, access, &service, idle)
+                connection(stream, peer, service.as_ref(), idle)
             });
         if let Err(e) = spawned {
             event!("cannot start a thread for a client: {e}");
         }
     }
+    for line in refusals.due(Instant::now() + refusals::INTERVAL) {
+        event!("{line}");
+    }
 }
 
-fn connection(stream: UnixStream, access: Access, service: &Mutex<Service>, idle: Duration) {
-    let peer = match Peer::of(&stream) {
-        Ok(peer) => peer,
-        Err(e) => {
-            event!("cannot read a client's credentials, disconnecting it: {e}");
-            return;
-        }
+/// Waits until a connection is there to accept (or the listener is shut down: then
+/// `accept` says so) or `until` has passed; `false` on the latter.
+fn readable(listener: &UnixListener, until: Option<Instant>) -> bool {
+    let timeout = until.map_or(-1, |until| {
+        let left = until.saturating_duration_since(Instant::now());
+        // Rounded up: woken before it is due, the summary would wait another turn.
+        i32::try_from(left.as_millis() + 1).unwrap_or(i32::MAX)
+    });
+    let mut fd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
     };
+    // SAFETY: one valid pollfd.
+    match unsafe { libc::poll(&mut fd, 1, timeout) } {
+        0 => false,
+        // Readable, hung up, or an error (EINTR among them): `accept` tells which.
+        _ => true,
+    }
+}
+
+/// A stranger's connection: told why, without waiting for it, and closed. The answer
+/// is written without blocking (the connection is new: its buffer is empty), then
+/// whatever request the client already sent is taken without waiting, so that closing
+/// does not reset a connection whose client is about to read its answer (a client
+/// that writes later finds the connection closed, and still reads the answer: ours
+/// does). No thread, no timeout, nothing the stranger can hold.
+fn refuse(stream: UnixStream, reason: String) {
+    if stream.set_nonblocking(true).is_err() {
+        return;
+    }
+    let mut stream = stream;
+    let _ = respond(
+        &mut stream,
+        &Response::error(ErrorKind::PermissionDenied, reason),
+    );
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let _ = io::copy(
+        &mut (&stream).take(MAX_REQUEST_BYTES as u64),
+        &mut io::sink(),
+    );
+}
+
+fn connection(stream: UnixStream, peer: Peer, service: &Mutex<Service>, idle: Duration) {
     let who = format!("pid {} uid {}", peer.pid, peer.uid);
     let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-    let mut writer = match stream.try_clone() {
+    let writer = match stream.try_clone() {
         Ok(writer) => writer,
         Err(e) => {
             event!("client {who}: {e}");
             return;
         }
     };
-    if let Err(reason) = access.check(&peer) {
-        event!("refused client {who}: {reason}");
-        let _ = respond(
-            &mut writer,
-            &Response::error(ErrorKind::PermissionDenied, reason),
-        );
-        // Closing with the client's request still unread would reset the connection,
-        // and the client could lose the answer: take what it sends (bounded, briefly).
-        let _ = writer.shutdown(std::net::Shutdown::Write);
-        let _ = writer.set_read_timeout(Some(Duration::from_secs(1)));
-        let _ = io::copy(
-            &mut (&writer).take(MAX_REQUEST_BYTES as u64),
-            &mut io::sink(),
-        );
-        return;
-    }
     let deadline = Rc::new(Cell::new(Instant::now() + idle));
     let mut reader = BufReader::new(Patient {
         stream: &stream,

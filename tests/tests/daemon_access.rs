@@ -157,12 +157,13 @@ struct Accounts {
 }
 
 impl Accounts {
-    fn create() -> anyhow::Result<Self> {
+    /// `tag` tells the accounts of tests running at once apart.
+    fn create(tag: &str) -> anyhow::Result<Self> {
         sweep_stale_accounts();
-        let group = Group::create("grp")?;
-        let primary = User::create("pri", Some(&group), &[])?;
-        let supplementary = User::create("sup", None, &[&group])?;
-        let outsider = User::create("out", None, &[])?;
+        let group = Group::create(&format!("{tag}grp"))?;
+        let primary = User::create(&format!("{tag}pri"), Some(&group), &[])?;
+        let supplementary = User::create(&format!("{tag}sup"), None, &[&group])?;
+        let outsider = User::create(&format!("{tag}out"), None, &[])?;
         Ok(Self {
             primary,
             supplementary,
@@ -212,7 +213,7 @@ fn refused(client: &Client, user: &User, by: &str) -> anyhow::Result<String> {
 #[test]
 fn only_root_and_the_group_may_use_the_daemon() -> anyhow::Result<()> {
     require_root(TEST);
-    let accounts = Accounts::create()?;
+    let accounts = Accounts::create("a")?;
     let Accounts {
         primary,
         supplementary,
@@ -369,5 +370,396 @@ fn only_root_and_the_group_may_use_the_daemon() -> anyhow::Result<()> {
         outsider.name,
         outcome.stderr.trim()
     );
+    Ok(())
+}
+
+/// Runs `work` on a thread of its own that has `user`'s credentials (uid, groups as
+/// `setpriv --init-groups` gives them), while the rest of the test stays root: Linux
+/// keeps credentials per thread, and the raw system calls change only the calling
+/// thread's (the C library's wrappers would change every thread's). What the thread
+/// connects or binds is recorded by the kernel as `user`'s, as a process of that user
+/// would be, and it has no capabilities left.
+fn on_thread_as<T: Send + 'static>(
+    user: &User,
+    work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<std::thread::JoinHandle<anyhow::Result<T>>> {
+    let groups = user.groups()?;
+    let uid = user.uid;
+    let gid = *groups.first().context("the user has no group")?;
+    Ok(std::thread::spawn(move || {
+        // SAFETY: plain system calls on this thread's credentials, with a valid array.
+        unsafe {
+            ensure!(
+                libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) == 0
+                    && libc::syscall(libc::SYS_setresgid, gid, gid, gid) == 0
+                    && libc::syscall(libc::SYS_setresuid, uid, uid, uid) == 0,
+                "cannot take the credentials of uid {uid}: {}",
+                std::io::Error::last_os_error()
+            );
+            ensure!(libc::geteuid() == uid && libc::getegid() == gid);
+        }
+        work()
+    }))
+}
+
+/// The daemon's threads now.
+fn threads(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .context("no Threads: in /proc/PID/status")
+}
+
+/// A daemon with `-g GROUP` whose socket is loosened to 0666 on purpose: strangers
+/// can connect, and only the daemon's own check stands between them and it.
+fn loosened_daemon(
+    rig: &Rig,
+    scratch: &ScratchDir,
+    group: &Group,
+    tag: &str,
+) -> anyhow::Result<(Daemon, Client)> {
+    std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755))?;
+    let spec = DaemonSpec::new(
+        scratch.join(&format!("{tag}.sock")),
+        scratch.join(&format!("{tag}-state")),
+    )
+    .with_group(&group.name);
+    let daemon = Daemon::start(&rig.ns_b, &spec, &scratch.join(&format!("{tag}.log")))?;
+    loosen(&spec.socket)?;
+    let client = daemon.client()?;
+    Ok((daemon, client))
+}
+
+/// Connections a stranger keeps open, or tries to: more than the daemon serves at once.
+const STRANGER_CONNECTIONS: usize = 600;
+
+/// A stranger opens [`STRANGER_CONNECTIONS`] connections and trickles a byte every
+/// 0.5 s on each, reopening any the daemon closed, for 8 s (before, it held the 512
+/// slots for as long as it liked: 76 s and counting). Meanwhile root and a member
+/// must be served promptly, every time, and the daemon must start no thread for the
+/// stranger.
+#[test]
+fn a_stranger_holds_no_slot() -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+    require_root(TEST);
+    let accounts = Accounts::create("t")?;
+    let rig = Rig::new("accslot")?;
+    let scratch = ScratchDir::new("accslot")?;
+    let (daemon, client) = loosened_daemon(&rig, &scratch, &accounts.group, "slot")?;
+    let pid = daemon.pid().context("the daemon runs")?;
+    let threads_before = threads(pid)?;
+
+    const ATTACK: Duration = Duration::from_secs(8);
+    let attempts = std::sync::Arc::new(AtomicUsize::new(0));
+    let socket = daemon.socket().to_owned();
+    let stranger = on_thread_as(&accounts.outsider, {
+        let attempts = std::sync::Arc::clone(&attempts);
+        move || {
+            let start = Instant::now();
+            let mut held: Vec<Option<std::os::unix::net::UnixStream>> =
+                (0..STRANGER_CONNECTIONS).map(|_| None).collect();
+            // The most connections that took a byte after the daemon had had 0.5 s to
+            // close them: the ones it let the stranger hold.
+            let mut most_held = 0;
+            let mut round = 0;
+            while start.elapsed() < ATTACK {
+                let mut alive = 0;
+                for slot in &mut held {
+                    if slot.is_none() {
+                        *slot = Some(std::os::unix::net::UnixStream::connect(&socket)?);
+                        attempts.fetch_add(1, Ordering::SeqCst);
+                    } else if slot.as_mut().is_some_and(|s| s.write_all(b"x").is_ok()) {
+                        alive += 1;
+                    } else {
+                        *slot = None;
+                    }
+                }
+                if round > 0 {
+                    most_held = most_held.max(alive);
+                }
+                round += 1;
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Ok(most_held)
+        }
+    })?;
+    while attempts.load(Ordering::SeqCst) < STRANGER_CONNECTIONS {
+        ensure!(!stranger.is_finished(), "the stranger stopped early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let member = client.run_as(accounts.primary.run_as());
+    let mut slowest = Duration::ZERO;
+    let mut served = 0;
+    let mut most_threads = threads(pid)?;
+    while !stranger.is_finished() {
+        for (who, as_who) in [("root", &client), ("member", &member)] {
+            let asked = Instant::now();
+            as_who
+                .ok(&["list"])
+                .with_context(|| format!("{who}, while a stranger holds connections"))?;
+            let took = asked.elapsed();
+            ensure!(
+                took < Duration::from_secs(2),
+                "{who} waited {took:?} for a list while a stranger holds connections"
+            );
+            slowest = slowest.max(took);
+            served += 1;
+        }
+        most_threads = most_threads.max(threads(pid)?);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let most_held = stranger.join().expect("the stranger's thread")?;
+    let attempts = attempts.load(Ordering::SeqCst);
+    println!(
+        "a stranger made {attempts} connections over {ATTACK:?}, held at most {most_held} \
+         past 0.5 s; root and a member served {served} times, the slowest in {slowest:?}; \
+         daemon threads {threads_before} before, at most {most_threads} during"
+    );
+    ensure!(
+        attempts > STRANGER_CONNECTIONS * 2,
+        "the daemon should close the stranger's connections, which it reopens: {attempts} made"
+    );
+    ensure!(
+        most_held == 0,
+        "{most_held} of the stranger's connections were still open 0.5 s on"
+    );
+    // The members' own clients have a thread each while they are served.
+    ensure!(
+        most_threads <= threads_before + 2,
+        "the daemon ran up to {most_threads} threads (from {threads_before}) for a stranger"
+    );
+    daemon.stop()?;
+    Ok(())
+}
+
+/// A stranger connecting in a loop for 3 s (before: 35,664 log lines, 6 MB): each
+/// attempt is refused and accounted for in the log, but in a few lines: the first
+/// few in full, the rest in one summary line per interval.
+#[test]
+fn a_connect_loop_writes_few_log_lines() -> anyhow::Result<()> {
+    use std::time::{Duration, Instant};
+    require_root(TEST);
+    let accounts = Accounts::create("l")?;
+    let rig = Rig::new("acclog")?;
+    let scratch = ScratchDir::new("acclog")?;
+    let (daemon, client) = loosened_daemon(&rig, &scratch, &accounts.group, "log")?;
+    let socket = daemon.socket().to_owned();
+    let stranger = on_thread_as(&accounts.outsider, move || {
+        let start = Instant::now();
+        let mut attempts = 0usize;
+        while start.elapsed() < Duration::from_secs(3) {
+            drop(std::os::unix::net::UnixStream::connect(&socket)?);
+            attempts += 1;
+        }
+        Ok(attempts)
+    })?;
+    let attempts = stranger.join().expect("the stranger's thread")?;
+    let uid = accounts.outsider.uid;
+    let in_full = format!("uid {uid}: permission denied");
+    let summary = format!(" more refused connections from uid {uid} suppressed");
+    // Every attempt accounted for, once the interval's summary is written.
+    let deadline = Instant::now() + Duration::from_secs(25);
+    let (lines, logged, suppressed) = loop {
+        let log = daemon.log();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(&in_full) || l.contains(&summary))
+            .collect();
+        let logged = lines.iter().filter(|l| l.contains(&in_full)).count();
+        let suppressed: usize = lines
+            .iter()
+            .filter_map(|l| l.split_once(&summary))
+            .map(|(head, _)| head.rsplit(' ').next().unwrap_or("").parse::<usize>())
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .sum();
+        if logged + suppressed >= attempts || Instant::now() > deadline {
+            break (
+                lines.iter().map(|l| l.to_string()).collect::<Vec<_>>(),
+                logged,
+                suppressed,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    println!(
+        "a stranger connected {attempts} times in 3 s: {} log lines ({logged} in full, \
+         {suppressed} counted in summaries); the first of them:\n{}",
+        lines.len(),
+        lines[..lines.len().min(10)].join("\n")
+    );
+    ensure!(
+        lines.len() <= 8,
+        "{} log lines for {attempts} refused connections",
+        lines.len()
+    );
+    ensure!(
+        logged + suppressed == attempts,
+        "{attempts} connections, {logged} logged and {suppressed} suppressed"
+    );
+    ensure!(attempts > 100, "the loop made only {attempts} connections");
+    // Root is still served.
+    client.ok(&["list"])?;
+    daemon.stop()?;
+    Ok(())
+}
+
+/// A stranger's listener at the socket's path (a sticky directory anyone may create
+/// files in, as /tmp), recording every request line it is sent until dropped.
+struct Impostor {
+    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Impostor {
+    fn listen(user: &User, path: &std::path::Path) -> anyhow::Result<Self> {
+        use std::io::BufRead;
+        use std::sync::atomic::Ordering;
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ready, listening) = std::sync::mpsc::channel();
+        let thread = on_thread_as(user, {
+            let (requests, stop, path) = (requests.clone(), stop.clone(), path.to_owned());
+            move || {
+                let listener = std::os::unix::net::UnixListener::bind(&path);
+                let _ = ready.send(listener.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                let listener = listener?;
+                // Open to all, as an impostor wants it.
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777))?;
+                listener.set_nonblocking(true)?;
+                while !stop.load(Ordering::SeqCst) {
+                    let Ok((stream, _)) = listener.accept() else {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                        continue;
+                    };
+                    stream.set_nonblocking(false)?;
+                    stream.set_read_timeout(Some(std::time::Duration::from_secs(1)))?;
+                    let mut line = String::new();
+                    let _ = std::io::BufReader::new(&stream).read_line(&mut line);
+                    if !line.is_empty() {
+                        requests.lock().unwrap().push(line);
+                    }
+                }
+                Ok(())
+            }
+        })?;
+        match listening.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => anyhow::bail!("the stranger cannot listen at {}: {e}", path.display()),
+            Err(_) => anyhow::bail!("the stranger's thread ended before listening"),
+        }
+        Ok(Self {
+            requests,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    /// Stops listening (its socket file stays, as a dead process's would).
+    fn stop(mut self) -> anyhow::Result<()> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(ended)) => ended,
+            Some(Err(_)) => anyhow::bail!("the stranger's listener panicked"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Impostor {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A stranger listening at the socket's path in a sticky world-writable directory
+/// (before: the daemon said "another capstats daemon (pid N) already answers", and
+/// root's client sent it its request). The daemon refuses to start, naming the
+/// stranger's uid; root's and a member's clients refuse to talk to it and send
+/// nothing; the stranger's own client may (its uid's listener: documented). Once it
+/// is gone, a daemon takes the path over (with a warning about the directory) and is
+/// served as usual.
+#[test]
+fn only_a_root_listener_is_taken_for_the_daemon() -> anyhow::Result<()> {
+    require_root(TEST);
+    let accounts = Accounts::create("i")?;
+    let rig = Rig::new("accimp")?;
+    let scratch = ScratchDir::new("accimp")?;
+    std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755))?;
+    let sticky = scratch.join("sticky");
+    std::fs::create_dir(&sticky)?;
+    std::fs::set_permissions(&sticky, std::fs::Permissions::from_mode(0o1777))?;
+    let path = sticky.join("capstats.sock");
+    let stranger = &accounts.outsider;
+    let impostor = Impostor::listen(stranger, &path)?;
+    ensure!(
+        std::fs::symlink_metadata(&path)?.uid() == stranger.uid,
+        "the stranger's socket is not its own"
+    );
+
+    // The daemon does not take the stranger for another daemon, nor its path.
+    let spec = DaemonSpec::new(&path, scratch.join("state")).with_group(&accounts.group.name);
+    let outcome = Daemon::expect_exit(&rig.ns_b, &spec, &scratch.join("refused.log"))?;
+    ensure!(
+        outcome.code == Some(1)
+            && outcome
+                .stderr
+                .contains(&format!("uid {} (pid", stranger.uid))
+            && outcome.stderr.contains("not root"),
+        "capstats -d with a stranger listening on its socket: {outcome}"
+    );
+    println!("capstats -d: {}", outcome.stderr.trim());
+
+    // Root's and a member's clients send it nothing.
+    let root = Client::new(&path)?;
+    let member = root.run_as(accounts.primary.run_as());
+    for (who, client) in [("root", &root), ("member", &member)] {
+        let said = client.fails(&["list"])?.stderr;
+        ensure!(
+            said.contains("refusing to talk to")
+                && said.contains(&format!("runs as uid {}", stranger.uid)),
+            "{who}'s client with a stranger listening: {said}"
+        );
+        println!("{who}'s client: {}", said.trim());
+    }
+    ensure!(
+        impostor.requests().is_empty(),
+        "the stranger was sent {:?}",
+        impostor.requests()
+    );
+    // A user's client talks to a listener of its own uid.
+    let _ = root.run_as(stranger.run_as()).fails(&["list"])?;
+    ensure!(
+        impostor.requests().len() == 1 && impostor.requests()[0].contains("list"),
+        "the stranger's own client should have sent its request: {:?}",
+        impostor.requests()
+    );
+    impostor.stop()?;
+
+    // Gone: its socket file is stale, and a daemon takes the path.
+    let daemon = Daemon::start(&rig.ns_b, &spec, &scratch.join("daemon.log"))?;
+    ensure!(std::fs::symlink_metadata(&path)?.uid() == 0);
+    root.ok(&["list"])?;
+    member.ok(&["list"])?;
+    ensure!(
+        daemon
+            .log()
+            .contains("warning: anyone may create files in the socket's directory"),
+        "{}",
+        daemon.log()
+    );
+    daemon.stop()?;
     Ok(())
 }

@@ -145,12 +145,14 @@ impl Connection {
     fn ask(&mut self, command: Command) -> anyhow::Result<Response> {
         let mut request = serde_json::to_vec(&Request::new(command))?;
         request.push(b'\n');
-        self.writer.write_all(&request)?;
+        // A connection turned away is answered and closed at once: the request may
+        // find it closed, and the answer is still there to read.
+        let sent = self.writer.write_all(&request);
         self.line.clear();
         self.reader.read_line(&mut self.line)?;
         ensure!(
             self.line.ends_with('\n'),
-            "the daemon closed the connection"
+            "the daemon closed the connection (sending the request: {sent:?})"
         );
         serde_json::from_str(&self.line).with_context(|| format!("the daemon said {:?}", self.line))
     }

@@ -19,7 +19,7 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 use capstats_common::metrics::{DaemonInfo, render};
 use capstats_common::protocol::Session;
-use capstats_tests::daemon::metrics::{MetricsDaemon, free_loopback_addrs, get};
+use capstats_tests::daemon::metrics::{MetricsDaemon, free_loopback_addrs, get, self_signed};
 use capstats_tests::daemon::rig::{self, Rig};
 use capstats_tests::daemon::{Client, DaemonSpec, PinDir, START_TIMEOUT};
 use capstats_tests::require_root;
@@ -374,5 +374,235 @@ fn a_taken_metrics_port_stops_the_daemon() -> anyhow::Result<()> {
         "log:\n{log}"
     );
     ensure!(!spec.socket.exists(), "the socket was left behind");
+    Ok(())
+}
+
+/// What curl made of a request: the status (0 when there was no HTTP answer), the
+/// response head and body, and curl's own complaint.
+struct Curled {
+    status: u16,
+    head: String,
+    body: String,
+    stderr: String,
+}
+
+/// `curl` from inside `ns`, with `args` before the URL.
+fn curl(rig: &Rig, url: &str, args: &[&str]) -> anyhow::Result<Curled> {
+    let out = rig
+        .ns_b
+        .command("curl")
+        .args([
+            "--silent",
+            "--show-error",
+            "--max-time",
+            "10",
+            "--dump-header",
+            "-",
+        ])
+        .args(args)
+        .arg(url)
+        .output()
+        .context("curl (Debian's curl)")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    Ok(Curled {
+        status,
+        head: head.to_owned(),
+        body: body.to_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+/// `--web-config` as exporter-toolkit reads it, with a certificate made here
+/// (openssl) and a bcrypt hash: over TLS with basic authentication, no password and a
+/// wrong one get 401 (before the path is looked at), the right one the exposition;
+/// plain HTTP gets no answer on the TLS port; connections that never begin their
+/// handshake hold up no scrape. With users but no TLS, the same over
+/// HTTP. A file capstats cannot honour in full stops the daemon, saying why.
+#[test]
+fn web_config_serves_tls_and_basic_auth() -> anyhow::Result<()> {
+    require_root(TEST);
+    let rig = Rig::new("metrics-web")?;
+    let scratch = ScratchDir::new("metrics-web")?;
+    rig.ns_b.ip(&["link", "set", "lo", "up"])?;
+    let [tls_addr, plain_addr, bad_addr] = free_loopback_addrs(&rig.ns_b, 3)?[..] else {
+        bail!("no free ports");
+    };
+    let (cert, _key) = self_signed(scratch.path())?;
+    // Cost 4, the least bcrypt has: the check is the same, only cheaper.
+    let hash = bcrypt::hash("right horse", 4)?;
+    let users = format!("basic_auth_users:\n  prometheus: '{hash}'\n");
+    // Relative paths: from the file's own directory, as exporter-toolkit takes them.
+    let tls_config = scratch.join("web-tls.yml");
+    std::fs::write(
+        &tls_config,
+        format!("tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\n{users}"),
+    )?;
+    let auth_config = scratch.join("web-auth.yml");
+    std::fs::write(&auth_config, &users)?;
+
+    let spec = DaemonSpec::new(scratch.join("tls.sock"), scratch.join("tls-state"));
+    let _pins = spec.pin_guard();
+    let daemon = MetricsDaemon::start_with(
+        &rig.ns_b,
+        &spec,
+        tls_addr,
+        Some(&tls_config),
+        &scratch.join("tls.log"),
+    )?;
+    Client::new(&spec.socket)?.ok(&[
+        "new",
+        "secret-session",
+        "interface",
+        rig.interface(),
+        "udp",
+    ])?;
+    let url = format!("https://{tls_addr}/metrics");
+    let ca = cert.to_str().context("path")?;
+    // Connections that never begin their TLS handshake hold up nobody else.
+    let _silent = rig.ns_b.run(|| {
+        Ok((0..10)
+            .map(|_| std::net::TcpStream::connect(tls_addr))
+            .collect::<std::io::Result<Vec<_>>>()?)
+    })?;
+    let asked = std::time::Instant::now();
+    let right = curl(
+        &rig,
+        &url,
+        &["--cacert", ca, "--user", "prometheus:right horse"],
+    )?;
+    let took = asked.elapsed();
+    ensure!(
+        took < Duration::from_secs(3),
+        "a scrape took {took:?} beside 10 silent connections"
+    );
+    ensure!(
+        right.status == 200 && right.body.contains("session=\"secret-session\""),
+        "over TLS with the password: {} {}\n{}{}",
+        right.status,
+        right.stderr,
+        right.head,
+        right.body
+    );
+    for (what, args) in [
+        ("no password", vec!["--cacert", ca]),
+        (
+            "a wrong password",
+            vec!["--cacert", ca, "--user", "prometheus:wrong"],
+        ),
+        (
+            "an unknown user",
+            vec!["--cacert", ca, "--user", "root:right horse"],
+        ),
+    ] {
+        for path in ["/metrics", "/other"] {
+            let got = curl(&rig, &format!("https://{tls_addr}{path}"), &args)?;
+            ensure!(
+                got.status == 401
+                    && got.head.to_lowercase().contains("www-authenticate: basic")
+                    && !got.body.contains("secret-session"),
+                "{what}, {path}: {} {}\n{}{}",
+                got.status,
+                got.stderr,
+                got.head,
+                got.body
+            );
+        }
+        println!("over TLS with {what}: 401");
+    }
+    // Plain HTTP on the TLS port: no HTTP answer, nothing of the sessions.
+    let plain = curl(
+        &rig,
+        &format!("http://{tls_addr}/metrics"),
+        &["--user", "prometheus:right horse"],
+    )?;
+    ensure!(
+        plain.status == 0 && !plain.body.contains("secret-session"),
+        "plain HTTP on the TLS port: {} {}\n{}",
+        plain.status,
+        plain.head,
+        plain.body
+    );
+    // A certificate the client does not trust: refused by the client, as it should be.
+    let untrusted = curl(&rig, &url, &["--user", "prometheus:right horse"])?;
+    ensure!(
+        untrusted.status == 0,
+        "TLS without the CA: {}",
+        untrusted.status
+    );
+    println!(
+        "over TLS with the password: 200 in {took:?} beside 10 silent connections; \
+         plain HTTP on the TLS port: {}",
+        plain.stderr.trim()
+    );
+    ensure!(
+        daemon.log().contains(&format!(
+            "serving metrics on https://{tls_addr}/metrics (basic authentication"
+        )),
+        "{}",
+        daemon.log()
+    );
+    drop(daemon);
+
+    // Users without TLS: the same over plain HTTP.
+    let spec = DaemonSpec::new(scratch.join("auth.sock"), scratch.join("auth-state"));
+    let _pins = spec.pin_guard();
+    let daemon = MetricsDaemon::start_with(
+        &rig.ns_b,
+        &spec,
+        plain_addr,
+        Some(&auth_config),
+        &scratch.join("auth.log"),
+    )?;
+    let url = format!("http://{plain_addr}/metrics");
+    ensure!(curl(&rig, &url, &[])?.status == 401);
+    ensure!(curl(&rig, &url, &["--user", "prometheus:wrong"])?.status == 401);
+    let right = curl(&rig, &url, &["--user", "prometheus:right horse"])?;
+    ensure!(right.status == 200, "{} {}", right.status, right.body);
+    ensure!(get(&rig.ns_b, plain_addr, "/metrics")?.0 == 401);
+    drop(daemon);
+
+    // A setting capstats does not have is refused, not ignored; a password that is
+    // not a hash too.
+    for (text, says) in [
+        (
+            "tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\n  client_ca_file: cert.pem\n",
+            "unknown field `client_ca_file`",
+        ),
+        (
+            "basic_auth_users:\n  prometheus: plain\n",
+            "not a bcrypt hash",
+        ),
+    ] {
+        let file = scratch.join("web-bad.yml");
+        std::fs::write(&file, text)?;
+        let spec = DaemonSpec::new(scratch.join("bad.sock"), scratch.join("bad-state"));
+        let _pins = spec.pin_guard();
+        let mut daemon = MetricsDaemon::spawn_with(
+            &rig.ns_b,
+            &spec,
+            bad_addr,
+            Some(&file),
+            &scratch.join("bad.log"),
+        )?;
+        let Some(status) = daemon.wait_exit(START_TIMEOUT)? else {
+            bail!(
+                "capstats -d started with {text:?}; its log:\n{}",
+                daemon.log()
+            );
+        };
+        let log = daemon.log();
+        ensure!(
+            status.code() == Some(1) && log.contains(says) && log.contains("--web-config"),
+            "exit {status}; log:\n{log}"
+        );
+        ensure!(!spec.socket.exists(), "the socket was left behind");
+        println!("refused: {}", log.lines().last().unwrap_or_default());
+    }
     Ok(())
 }

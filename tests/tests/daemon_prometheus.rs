@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use capstats_tests::daemon::metrics::{MetricsDaemon, free_loopback_addrs, http_get};
+use capstats_tests::daemon::metrics::{MetricsDaemon, free_loopback_addrs, http_get, self_signed};
 use capstats_tests::daemon::rig::{self, Rig};
 use capstats_tests::daemon::{Client, DaemonSpec, STOP_TIMEOUT};
 use capstats_tests::netns::NetNs;
@@ -67,14 +67,24 @@ impl Prometheus {
         target: SocketAddr,
         listen: SocketAddr,
     ) -> anyhow::Result<Self> {
+        Self::start_with_jobs(ns, dir, &[job("capstats", target, "")], listen)
+    }
+
+    /// [`Prometheus::start`] with scrape jobs of its own (see [`job`]).
+    fn start_with_jobs(
+        ns: &NetNs,
+        dir: &Path,
+        jobs: &[String],
+        listen: SocketAddr,
+    ) -> anyhow::Result<Self> {
         require_prometheus()?;
         let config = dir.join("prometheus.yml");
         std::fs::write(
             &config,
             format!(
                 "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-                 scrape_configs:\n  - job_name: capstats\n    metrics_path: /metrics\n    \
-                 static_configs:\n      - targets: ['{target}']\n"
+                 scrape_configs:\n{}",
+                jobs.concat()
             ),
         )?;
         let storage = dir.join("tsdb");
@@ -208,6 +218,15 @@ impl Drop for Prometheus {
     }
 }
 
+/// A scrape job of Prometheus's configuration: `name` scrapes `target`'s `/metrics`
+/// every second; `more` is more of the job's settings, each line indented by 4.
+fn job(name: &str, target: SocketAddr, more: &str) -> String {
+    format!(
+        "  - job_name: {name}\n    metrics_path: /metrics\n    \
+         static_configs:\n      - targets: ['{target}']\n{more}"
+    )
+}
+
 /// One series of an instant vector.
 #[derive(Debug, Clone)]
 struct Series {
@@ -258,15 +277,31 @@ struct Setup {
 
 impl Setup {
     fn new(tag: &str) -> anyhow::Result<Self> {
+        Self::with_web_config(tag, |_| Ok(None))
+    }
+
+    /// A daemon with `--web-config` the file `web_config` writes in the scratch
+    /// directory (none when it returns `None`).
+    fn with_web_config(
+        tag: &str,
+        web_config: impl FnOnce(&ScratchDir) -> anyhow::Result<Option<PathBuf>>,
+    ) -> anyhow::Result<Self> {
         let rig = Rig::new(tag)?;
         let scratch = ScratchDir::new(tag)?;
+        let web_config = web_config(&scratch)?;
         let spec = DaemonSpec::new(scratch.join("capstats.sock"), scratch.join("state"));
         let pins = spec.pin_guard();
         rig.ns_b.ip(&["link", "set", "lo", "up"])?;
         let [metrics, spare] = free_loopback_addrs(&rig.ns_b, 2)?[..] else {
             bail!("no two free ports on B's loopback");
         };
-        let daemon = MetricsDaemon::start(&rig.ns_b, &spec, metrics, &scratch.join("daemon.log"))?;
+        let daemon = MetricsDaemon::start_with(
+            &rig.ns_b,
+            &spec,
+            metrics,
+            web_config.as_deref(),
+            &scratch.join("daemon.log"),
+        )?;
         Ok(Self {
             daemon,
             client: Client::new(&spec.socket)?,
@@ -711,5 +746,93 @@ fn fifty_concurrent_scrapers_for_ten_seconds() -> anyhow::Result<()> {
         assert_eq!(packets[name], FRAMES, "{name}: {}", response.body);
     }
     client.ok(&["poll"])?;
+    Ok(())
+}
+
+/// A real Prometheus scrapes a daemon with `--web-config` (TLS with a certificate
+/// made here, basic authentication) configured as for any exporter (`scheme: https`,
+/// `tls_config.ca_file`, `basic_auth`): the target is up and its counts arrive; a job
+/// with a wrong password is down with 401, one over plain HTTP is down too.
+#[test]
+fn prometheus_scrapes_over_tls_with_basic_auth() -> anyhow::Result<()> {
+    require_root(TEST);
+    require_prometheus()?;
+    let setup = Setup::with_web_config("promtls", |scratch| {
+        self_signed(scratch.path())?;
+        let hash = bcrypt::hash("scrape me", 4)?;
+        let file = scratch.join("web.yml");
+        std::fs::write(
+            &file,
+            format!(
+                "tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\n\
+                 basic_auth_users:\n  prometheus: '{hash}'\n"
+            ),
+        )?;
+        Ok(Some(file))
+    })?;
+    let (ns, client) = (&setup.rig.ns_b, &setup.client);
+    client.ok(&["new", "counted", "interface", setup.rig.interface(), "udp"])?;
+    let ca = setup.scratch.join("cert.pem");
+    let tls = |password: &str| {
+        format!(
+            "    scheme: https\n    tls_config:\n      ca_file: {}\n    \
+             basic_auth:\n      username: prometheus\n      password: '{password}'\n",
+            ca.display()
+        )
+    };
+    let jobs = [
+        job("capstats", setup.metrics, &tls("scrape me")),
+        job("wrong-password", setup.metrics, &tls("guess")),
+        job("plain", setup.metrics, ""),
+    ];
+    let dir = setup.scratch.join("prometheus");
+    std::fs::create_dir(&dir)?;
+    let prometheus = Prometheus::start_with_jobs(ns, &dir, &jobs, setup.spare)?;
+    prometheus.wait_for(
+        ns,
+        "up{job=\"capstats\"}",
+        "the target up",
+        |v| Ok(v == "1"),
+    )?;
+    prometheus.wait_for(
+        ns,
+        "capstats_session_packets_total{job=\"capstats\",session=\"counted\"}",
+        "the session's counter",
+        |_| Ok(true),
+    )?;
+    for down in ["wrong-password", "plain"] {
+        prometheus.wait_for(
+            ns,
+            &format!("up{{job=\"{down}\"}}"),
+            "the target down",
+            |v| Ok(v == "0"),
+        )?;
+        let none = prometheus.query(ns, &format!("capstats_sessions{{job=\"{down}\"}}"))?;
+        ensure!(none.is_empty(), "{down} scraped something: {none:?}");
+    }
+    let targets = ns.run(|| http_get(prometheus.addr, "/api/v1/targets", HTTP_TIMEOUT))?;
+    let targets: serde_json::Value = serde_json::from_str(&targets.body)?;
+    let error_of = |job: &str| {
+        targets["data"]["activeTargets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|t| t["labels"]["job"] == job)
+            .map(|t| t["lastError"].as_str().unwrap_or_default().to_owned())
+    };
+    let wrong = error_of("wrong-password").unwrap_or_default();
+    ensure!(
+        wrong.contains("401"),
+        "the wrong password's error: {wrong:?}"
+    );
+    ensure!(
+        error_of("capstats").as_deref() == Some(""),
+        "the right job's error: {:?}",
+        error_of("capstats")
+    );
+    println!(
+        "prometheus over TLS with the password: up; with a wrong one: {wrong}; plain HTTP: {}",
+        error_of("plain").unwrap_or_default()
+    );
     Ok(())
 }

@@ -36,6 +36,14 @@ pub const PACKAGES: &[(&str, &str)] = &[
         "a real Prometheus server scrapes the daemon's /metrics in the tests",
     ),
     (
+        "openssl",
+        "the tests make a certificate for the metrics endpoint's TLS",
+    ),
+    (
+        "curl",
+        "an outside HTTPS client with basic authentication for the metrics endpoint",
+    ),
+    (
         "bpftool",
         "inspecting loaded programs and maps when something goes wrong",
     ),

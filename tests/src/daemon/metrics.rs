@@ -36,6 +36,20 @@ impl MetricsDaemon {
         metrics: SocketAddr,
         log: &Path,
     ) -> anyhow::Result<Self> {
+        Self::spawn_with(ns, spec, metrics, None, log)
+    }
+
+    /// [`MetricsDaemon::spawn`], with `--web-config web_config` when given.
+    ///
+    /// # Errors
+    /// As [`MetricsDaemon::spawn`].
+    pub fn spawn_with(
+        ns: &NetNs,
+        spec: &DaemonSpec,
+        metrics: SocketAddr,
+        web_config: Option<&Path>,
+        log: &Path,
+    ) -> anyhow::Result<Self> {
         let file = std::fs::File::create(log)?;
         let mut command = ns.command_keeping_mounts(binary()?.to_str().context("path")?);
         command
@@ -49,6 +63,11 @@ impl MetricsDaemon {
             .arg("--detach-on-exit")
             .arg("--metrics")
             .arg(metrics.to_string())
+            .args(
+                web_config
+                    .iter()
+                    .flat_map(|file| [Path::new("--web-config"), file]),
+            )
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file);
@@ -77,7 +96,21 @@ impl MetricsDaemon {
         metrics: SocketAddr,
         log: &Path,
     ) -> anyhow::Result<Self> {
-        let mut daemon = Self::spawn(ns, spec, metrics, log)?;
+        Self::start_with(ns, spec, metrics, None, log)
+    }
+
+    /// [`MetricsDaemon::start`], with `--web-config web_config` when given.
+    ///
+    /// # Errors
+    /// As [`MetricsDaemon::start`].
+    pub fn start_with(
+        ns: &NetNs,
+        spec: &DaemonSpec,
+        metrics: SocketAddr,
+        web_config: Option<&Path>,
+        log: &Path,
+    ) -> anyhow::Result<Self> {
+        let mut daemon = Self::spawn_with(ns, spec, metrics, web_config, log)?;
         let client = spec.client()?;
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -236,4 +269,26 @@ pub fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> anyhow::Resu
 pub fn get(ns: &NetNs, addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     let response = ns.run(|| http_get(addr, path, Duration::from_secs(10)))?;
     Ok((response.status, response.body))
+}
+
+/// A self-signed certificate for 127.0.0.1 (P-256, valid a day) and its key, made by
+/// `openssl req` in `dir`: `(cert.pem, key.pem)`.
+///
+/// # Errors
+/// When openssl is missing or fails.
+pub fn self_signed(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=capstats-test"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .context("cannot run openssl")?;
+    ensure!(made.status.success(), "openssl req: {made:?}");
+    Ok((cert, key))
 }

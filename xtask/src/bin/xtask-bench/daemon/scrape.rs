@@ -12,9 +12,9 @@
 //! byte of the body. Every response is checked after its timing: status 200 and a
 //! `capstats_sessions N` line with every session.
 //!
-//! The HTTP client is the least the bench needs to read tiny_http's answers: a status
-//! line, headers, and a body framed by `Content-Length` or chunked (tiny_http chunks
-//! bodies over 32 KiB, as the exposition of 256 sessions is).
+//! The HTTP client is the least the bench needs to read the daemon's answers: a status
+//! line, headers, and a body framed by `Content-Length` or chunked (the daemon, which
+//! used tiny_http, chunked bodies over 32 KiB; it now always sends a length).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
