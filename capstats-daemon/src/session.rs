@@ -52,6 +52,7 @@ impl SessionError {
         match self {
             SessionError::UnknownInterface(_) => ErrorKind::UnknownInterface,
             SessionError::Filter(FilterError::Open { .. }) => ErrorKind::UnknownInterface,
+            SessionError::Filter(FilterError::LinkType { .. }) => ErrorKind::BadRequest,
             SessionError::Filter(_) => ErrorKind::InvalidFilter,
             SessionError::Unsupported(_) => ErrorKind::BadRequest,
             _ => ErrorKind::Kernel,
