@@ -9,8 +9,12 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 /// `ETH_P_ALL` in network byte order: every protocol, like tcpdump.
 const ETH_P_ALL_BE: u16 = (libc::ETH_P_ALL as u16).to_be();
 
-/// The interface index of `name` in this network namespace, if it exists.
+/// The interface index of `name` in this network namespace, if it exists; 0 for
+/// `any`, every interface (an unbound packet socket), which always exists.
 pub fn ifindex(name: &str) -> Option<u32> {
+    if name == capstats_ebpf::filter::ANY {
+        return Some(0);
+    }
     let name = CString::new(name).ok()?;
     match unsafe { libc::if_nametoindex(name.as_ptr()) } {
         0 => None,
@@ -78,9 +82,16 @@ pub struct CountingSocket {
 }
 
 impl CountingSocket {
-    /// A raw packet socket that receives nothing until [`CountingSocket::bind`].
-    pub fn new() -> io::Result<Self> {
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    /// A packet socket that receives nothing until [`CountingSocket::bind`]: raw (the
+    /// packet from its link-layer header), or, for `any`, `SOCK_DGRAM` (from its
+    /// network header, as libpcap's cooked socket there).
+    pub fn new(cooked: bool) -> io::Result<Self> {
+        let kind = if cooked {
+            libc::SOCK_DGRAM
+        } else {
+            libc::SOCK_RAW
+        };
+        let fd = unsafe { libc::socket(libc::AF_PACKET, kind | libc::SOCK_CLOEXEC, 0) };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -101,7 +112,8 @@ impl CountingSocket {
         Ok(socket)
     }
 
-    /// Starts receiving every protocol on `ifindex`, both directions. Attach the filter
+    /// Starts receiving every protocol on `ifindex` (0: on every interface of the
+    /// namespace, those that appear later too), both directions. Attach the filter
     /// first, so that no packet passes unfiltered.
     pub fn bind(&self, ifindex: u32) -> io::Result<()> {
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };

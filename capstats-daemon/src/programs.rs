@@ -39,13 +39,15 @@ use aya::programs::tc::{SchedClassifierLink, TcAttachType};
 use aya::programs::xdp::XdpLink;
 use aya::programs::{ProgramError, XdpMode};
 use aya::sys::SyscallError;
+use capstats_ebpf::cbpf::Cooked;
 use capstats_ebpf::cbpf::Program;
 use capstats_ebpf::chain::{
     CHAIN_MOST_SESSIONS, CHAIN_PROGRAMS, CHAIN_SESSIONS, ProgArray, translate_chunk,
 };
 use capstats_ebpf::counters::CounterMap;
+use capstats_ebpf::filter::ANY;
 use capstats_ebpf::program::LoadedProgram;
-use capstats_ebpf::translate::{Hook, translate_all};
+use capstats_ebpf::translate::{Hook, translate_all, translate_all_cooked};
 
 use crate::attach::{CountingSocket, ifindex};
 use crate::log::event;
@@ -502,7 +504,7 @@ impl InterfacePrograms {
                     return Ok(None);
                 }
                 let part: Vec<Counted<'_>> = members.iter().map(|m| wanted[m.as_str()]).collect();
-                generate_socket_program(&part).map(Some)
+                generate_socket_program(interface, &part).map(Some)
             })
             .collect::<Result<Vec<_>, SessionError>>();
         let programs = match programs {
@@ -797,13 +799,20 @@ impl InterfacePrograms {
 
 /// The program counting every filter of `counted` into its map, for a socket (at
 /// most [`SESSIONS_PER_SOCKET`] filters, well within the kernel's maps per program).
-fn generate_socket_program(counted: &[Counted<'_>]) -> Result<LoadedProgram, SessionError> {
+fn generate_socket_program(
+    interface: &str,
+    counted: &[Counted<'_>],
+) -> Result<LoadedProgram, SessionError> {
     let filters: Vec<_> = counted
         .iter()
         .map(|&(_, program, map)| (program, map.slot(0)))
         .collect();
     let slot = Slot::Socket;
-    let insns = translate_all(&filters, slot.hook())?;
+    let insns = if interface == ANY {
+        translate_all_cooked(&filters, Cooked::Sll2.len())?
+    } else {
+        translate_all(&filters, slot.hook())?
+    };
     Ok(LoadedProgram::load(
         slot.hook(),
         slot.program_name(),
@@ -967,7 +976,7 @@ fn open_socket(
             source,
         }
     };
-    let socket = CountingSocket::new().map_err(socket_error("open"))?;
+    let socket = CountingSocket::new(interface == ANY).map_err(socket_error("open"))?;
     // The filter first, so that no packet passes unfiltered.
     attach_filter(program, &socket, interface, members)?;
     socket.bind(index).map_err(socket_error("bind"))?;

@@ -212,6 +212,26 @@ impl Filter {
         )
     }
 
+    /// Compiles `expression` as `tcpdump -i any` does: on a live handle on `any` with
+    /// tcpdump's link type there, `LINUX_SLL2` (the `pcap` crate's handle would be
+    /// `LINUX_SLL`), so that the program reads the header tcpdump records. Counting
+    /// needs it as the kernel runs it ([`Program::for_cooked_socket`]).
+    pub fn for_any(expression: &str) -> Result<Self, FilterError> {
+        let mut handle = open_live(ANY)?;
+        handle
+            .set_datalink(LINKTYPE_LINUX_SLL2)
+            .map_err(|source| FilterError::Open {
+                what: "interface \"any\" with link type LINUX_SLL2".into(),
+                source,
+            })?;
+        compile(
+            handle.as_ptr().cast(),
+            expression,
+            interface_netmask(ANY),
+            Semantics::Live,
+        )
+    }
+
     pub fn expression(&self) -> &str {
         &self.expression
     }
@@ -275,6 +295,9 @@ fn open_live(interface: &str) -> Result<Capture<Active>, FilterError> {
         source,
     })
 }
+
+/// libpcap's pseudo-interface for every interface (`tcpdump -i any`).
+pub const ANY: &str = "any";
 
 /// `DLT_LINUX_SLL` and `DLT_LINUX_SLL2`: the headers libpcap makes up for `any` and for
 /// links whose own header it does not read (cooked mode).

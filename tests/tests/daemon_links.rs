@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::ensure;
 use capstats_common::protocol::Session;
-use capstats_tests::daemon::rig::Setup;
-use capstats_tests::frame::Ipv4;
+use capstats_tests::daemon::rig::{self, Setup};
+use capstats_tests::frame::{Ethernet, Ipv4, VlanTag, ethertype};
 use capstats_tests::link::Tun;
 use capstats_tests::require_root;
 use capstats_tests::tcpdump::{Recorded, Tcpdump};
@@ -106,4 +106,119 @@ fn every_hook_counts_what_tcpdump_sees_on_a_tun_device() -> anyhow::Result<()> {
 
 fn tempfile_dir() -> anyhow::Result<capstats_tests::scratch::ScratchDir> {
     capstats_tests::scratch::ScratchDir::new("links-dumps")
+}
+
+/// `interface any` counts as `tcpdump -i any` does: every interface of the namespace,
+/// one made after the session too, both directions, loopback's packets once, bytes
+/// with tcpdump's cooked header (`LINUX_SLL2`, 20 bytes) in place of the link's.
+#[test]
+fn interface_any_counts_what_tcpdump_any_records() -> anyhow::Result<()> {
+    require_root(TEST);
+    let setup = Setup::start("links-any")?;
+    let ns = &setup.rig.ns_b;
+    ns.ip(&["link", "set", "lo", "up"])?;
+    let expressions = [
+        ("all", ""),
+        ("udp", "udp"),
+        ("in", "inbound"),
+        ("out", "outbound"),
+        ("host", "ip host 10.9.0.1"),
+        ("dns", "udp port 53"),
+        ("lo", "ifindex 1"),
+    ];
+    let dir = tempfile_dir()?;
+    let mut dumps = Vec::new();
+    for (tag, expression) in expressions {
+        dumps.push(Tcpdump::start(
+            ns,
+            "any",
+            expression,
+            &dir.join(&format!("any-{tag}.pcap")),
+        )?);
+    }
+    for (tag, expression) in expressions {
+        setup
+            .client
+            .ok(&["new", tag, "interface", "any", "filter", expression])?;
+    }
+    let shown = setup.client.show("all")?;
+    ensure!(
+        shown.up && shown.interface == "any",
+        "a session on any: {shown:?}"
+    );
+    // Into veth-b and out of it.
+    setup.rig.sender_a()?.send_n(&rig::udp_a_to_b(53, 60), 10)?;
+    setup
+        .rig
+        .sender_b()?
+        .send_n(&rig::udp_b_to_a(9999, 100), 7)?;
+    // 802.1Q-tagged: the kernel takes the tag out; tcpdump -i any does not put it back.
+    let tagged = Ethernet::new(rig::MAC_B, rig::MAC_A)
+        .tagged(VlanTag::dot1q(7))
+        .frame(
+            ethertype::IPV4,
+            &Ipv4::new(rig::IP_A, rig::IP_B).udp(40000, 53, &[4; 50]),
+        );
+    setup.rig.sender_a()?.send_n(&tagged, 4)?;
+    // An interface made after the sessions: counted there too.
+    let tun = Tun::create(ns, "tun1")?;
+    for seq in 0..5u16 {
+        tun.send(
+            &Ipv4::new(Ipv4Addr::new(10, 9, 0, 1), Ipv4Addr::new(10, 9, 0, 2))
+                .icmp_echo(false, 1, seq, &[3; 40]),
+        )?;
+    }
+    // Loopback: each datagram passes twice there (leaving, arriving), shown once.
+    ns.run(|| {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let listener = std::net::UdpSocket::bind("127.0.0.1:5300")?;
+        for _ in 0..3 {
+            socket.send_to(&[9; 33], "127.0.0.1:5300")?;
+        }
+        drop(listener);
+        Ok(())
+    })?;
+    std::thread::sleep(Duration::from_millis(500));
+    let mut failures = Vec::new();
+    for ((tag, _), dump) in expressions.iter().zip(dumps) {
+        let want = recorded(&dump.stop()?);
+        let got = counts(&setup.client.settle(tag, want.0, ARRIVAL, QUIET)?);
+        println!("{tag:>5}: {got:?}, tcpdump -i any {want:?}");
+        if got != want {
+            failures.push(format!("{tag}: {got:?}, tcpdump {want:?}"));
+        }
+    }
+    ensure!(
+        failures.is_empty(),
+        "counts differ from tcpdump -i any: {failures:?}"
+    );
+    let all = counts(&setup.client.show("all")?);
+    ensure!(
+        all.0 >= 10 + 7 + 4 + 5 + 3,
+        "every interface and both directions: only {all:?}"
+    );
+
+    // tc and xdp attach to one interface: refused, naming the socket hook.
+    for hook in ["tc", "xdp"] {
+        let refused = setup
+            .client
+            .fails(&["new", "x", "interface", "any", "hook", hook, "udp"])?;
+        ensure!(
+            refused.stderr.contains("socket hook") || refused.stderr.contains("hook socket"),
+            "hook {hook} on any: {refused:?}"
+        );
+    }
+    // A link-layer address in the cooked header: libpcap filters that in user space.
+    let refused = setup
+        .client
+        .fails(&["new", "x", "interface", "any", "ether[6:2] = 1"])?;
+    ensure!(
+        refused.stderr.contains("user space"),
+        "a load of the cooked header's address: {refused:?}"
+    );
+    ensure!(
+        setup.client.poll()?.len() == expressions.len(),
+        "a refused session was made"
+    );
+    Ok(())
 }

@@ -154,6 +154,17 @@ pub fn translate_chained(
     Ok(assemble(filters, hook, tc_egress && hook == Hook::Tc, next)?.finish()?)
 }
 
+/// [`translate_all`] for a socket filter on an unbound `SOCK_DGRAM` packet socket
+/// (`interface any`): the packet starts at its network header, and the frame tcpdump
+/// records is a Linux cooked header of `header_len` bytes before it, with no VLAN tag
+/// put back (`LINKTYPE_LINUX_SLL2`). Counts `skb->len + header_len` bytes per packet.
+pub fn translate_all_cooked(
+    filters: &[(&Program, CounterSlot)],
+    header_len: u32,
+) -> Result<Vec<Insn>, TranslateError> {
+    Ok(assemble_with(filters, Hook::SocketFilter, false, None, Some(header_len))?.finish()?)
+}
+
 /// [`translate_all`] for the TC egress hook (see [`translate_tc_egress`]).
 pub fn translate_all_tc_egress(
     filters: &[(&Program, CounterSlot)],
@@ -176,6 +187,16 @@ fn assemble(
     outgoing: bool,
     next: Option<TailCall>,
 ) -> Result<Assembler, TranslateError> {
+    assemble_with(filters, hook, outgoing, next, None)
+}
+
+fn assemble_with(
+    filters: &[(&Program, CounterSlot)],
+    hook: Hook,
+    outgoing: bool,
+    next: Option<TailCall>,
+    cooked: Option<u32>,
+) -> Result<Assembler, TranslateError> {
     for (program, _) in filters {
         access::check(program, hook)?;
     }
@@ -183,6 +204,7 @@ fn assemble(
         asm: Assembler::new(),
         hook,
         outgoing,
+        cooked,
         filter: 0,
         loops: false,
         next_local: 0,
@@ -209,6 +231,9 @@ struct Translator {
     hook: Hook,
     /// TC egress: every packet is `PACKET_OUTGOING` (see [`translate_tc_egress`]).
     outgoing: bool,
+    /// Socket filters on `any`: the cooked header's length (see
+    /// [`translate_all_cooked`]).
+    cooked: Option<u32>,
     /// The filter being translated: its labels are its own.
     filter: usize,
     /// Whether that filter loops (a backward `ja`).
