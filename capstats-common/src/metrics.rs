@@ -184,6 +184,7 @@ mod tests {
             created: "2026-01-01T00:00:00Z".into(),
             modified: "2026-01-01T00:00:00Z".into(),
             counting_since: None,
+            link: None,
             read_at: Some("2026-01-01T00:00:10.000000000Z".into()),
         }
     }

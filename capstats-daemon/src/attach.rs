@@ -25,9 +25,32 @@ pub fn ifindex(name: &str) -> Option<u32> {
 /// Whether `name` is a loopback interface (`IFF_LOOPBACK`), asked of the kernel in
 /// this network namespace.
 pub fn is_loopback(name: &str) -> bool {
-    let Ok(socket) = std::net::UdpSocket::bind("0.0.0.0:0") else {
-        return name == "lo";
-    };
+    match flags(name) {
+        Some(flags) => flags & libc::IFF_LOOPBACK != 0,
+        None => name == "lo",
+    }
+}
+
+/// The state of interface `name` as `ip link` shows it: `up`, `down`
+/// (administratively), `no-carrier` (up, its lower layer not: `IFF_RUNNING` clear);
+/// `None` when there is no such interface, and for `any`.
+pub fn state(name: &str) -> Option<&'static str> {
+    if name == capstats_ebpf::filter::ANY {
+        return None;
+    }
+    let flags = flags(name)?;
+    Some(if flags & libc::IFF_UP == 0 {
+        "down"
+    } else if flags & libc::IFF_RUNNING == 0 {
+        "no-carrier"
+    } else {
+        "up"
+    })
+}
+
+/// The interface's flags (`SIOCGIFFLAGS`) in this network namespace.
+fn flags(name: &str) -> Option<i32> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
     let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in request
         .ifr_name
@@ -37,7 +60,7 @@ pub fn is_loopback(name: &str) -> bool {
         *dst = src as libc::c_char;
     }
     let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) };
-    rc == 0 && unsafe { request.ifr_ifru.ifru_flags } as i32 & libc::IFF_LOOPBACK != 0
+    (rc == 0).then(|| i32::from(unsafe { request.ifr_ifru.ifru_flags }))
 }
 
 /// Interface indexes looked up at most once each while one request is answered: a
@@ -48,6 +71,11 @@ pub struct Interfaces {
 }
 
 impl Interfaces {
+    /// [`state`], asked at each call (it changes without the index changing).
+    pub fn state(&self, name: &str) -> Option<&'static str> {
+        state(name)
+    }
+
     pub fn ifindex(&self, name: &str) -> Option<u32> {
         *self
             .seen

@@ -252,8 +252,20 @@ impl InterfacePrograms {
         if slot == Slot::Socket {
             return self.sync_sockets(interface, counted).map(|()| None);
         }
-        let index =
-            ifindex(interface).ok_or_else(|| SessionError::UnknownInterface(interface.into()))?;
+        let Some(index) = ifindex(interface) else {
+            // Links pinned for an interface of this name count on whatever it became
+            // (renamed or moved while no daemon ran): a session shown down must not
+            // count.
+            if self.has_pins(interface, slot) {
+                event!(
+                    "removing the pinned {} programs of {interface}: no interface has that \
+                     name now (they counted on one renamed, moved or deleted meanwhile)",
+                    slot.describe()
+                );
+            }
+            self.detach(interface, slot);
+            return Err(SessionError::UnknownInterface(interface.into()));
+        };
         let key = (interface.to_owned(), slot);
         let installed = match self.installed.remove(&key) {
             Some(old) if old.ifindex == index => {
@@ -732,6 +744,49 @@ impl InterfacePrograms {
         }
     }
 
+    /// Whether links or a chain are pinned for `slot` of `interface`.
+    fn has_pins(&self, interface: &str, slot: Slot) -> bool {
+        let Some(dir) = self.link_dir(interface, slot) else {
+            return false;
+        };
+        let (pending, pin) = self.chain_pins(interface, slot);
+        slot.link_pins().iter().any(|(n, _)| dir.join(n).exists())
+            || pending.exists()
+            || pin.exists()
+    }
+
+    /// The interface `old` is now called `new` (same index): its programs, sockets and
+    /// pins are filed under the new name. Whatever was filed under `new` (of an
+    /// interface gone meanwhile) is dropped first.
+    pub fn rename(&mut self, old: &str, new: &str) {
+        for slot in [Slot::Socket, Slot::TcIngress, Slot::TcEgress, Slot::Xdp] {
+            self.detach(new, slot);
+        }
+        if let Some(groups) = self.sockets.remove(old) {
+            self.sockets.insert(new.to_owned(), groups);
+        }
+        for slot in [Slot::TcIngress, Slot::TcEgress, Slot::Xdp] {
+            if let Some(installed) = self.installed.remove(&(old.to_owned(), slot)) {
+                self.installed.insert((new.to_owned(), slot), installed);
+            }
+        }
+        for top in [TC_DIR, XDP_DIR] {
+            let (from, to) = (
+                self.pin_dir.join(top).join(old),
+                self.pin_dir.join(top).join(new),
+            );
+            if from.exists()
+                && let Err(e) = fs::rename(&from, &to)
+            {
+                event!(
+                    "cannot move the pins of {old} to {}: {e}; a daemon started later does \
+                     not find them",
+                    to.display()
+                );
+            }
+        }
+    }
+
     /// Takes the program off `slot` of `interface` and removes its pin.
     pub fn detach(&mut self, interface: &str, slot: Slot) {
         if slot == Slot::Socket {
@@ -809,7 +864,7 @@ fn generate_socket_program(
         .collect();
     let slot = Slot::Socket;
     let insns = if interface == ANY {
-        translate_all_cooked(&filters, Cooked::Sll2.len())?
+        translate_all_cooked(&filters, Cooked::Sll2.header_len())?
     } else {
         translate_all(&filters, slot.hook())?
     };

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use capstats_common::names::check_name;
 use capstats_common::protocol::{Command, Direction, ErrorKind, HookName, Reply, Response};
 use capstats_ebpf::counters::Counter;
+use capstats_ebpf::filter::ANY;
 
 use crate::attach::{Interfaces, default_interface};
 use crate::log::event;
@@ -234,6 +235,77 @@ impl Service {
                 ),
             }
         }
+    }
+
+    /// Interface `index` is now called `name`: sessions counting on it under another
+    /// name follow it (their interface is renamed, their programs, sockets and pins
+    /// filed under the new name), and say so. A session counts on an interface, not a
+    /// name: the kernel's attachments follow the index.
+    pub fn follow_rename(&mut self, name: &str, index: u32) {
+        let renamed: BTreeSet<String> = self
+            .sessions
+            .values()
+            .filter(|s| {
+                s.counting_ifindex() == Some(index) && s.interface != name && s.interface != ANY
+            })
+            .map(|s| s.interface.clone())
+            .collect();
+        for old in renamed {
+            self.programs.rename(&old, name);
+            let mut names = Vec::new();
+            for session in self.sessions.values_mut() {
+                if session.interface == old {
+                    session.interface = name.to_owned();
+                    names.push(format!("{:?}", session.name));
+                }
+            }
+            event!(
+                "{old} was renamed {name} (index {index}): {} follow it and count there",
+                names.join(", ")
+            );
+            // Logged if it fails; the kernel has the change already.
+            let _ = self.save();
+        }
+    }
+
+    /// Interface `index`, called `name`, left this namespace (deleted, or moved to
+    /// another): the sessions that counted on it stop (their programs detached, their
+    /// pins removed, so that none counts in another namespace), keep their counters,
+    /// and resume when an interface of that name appears here.
+    pub fn gone(&mut self, name: &str, index: u32) {
+        if !self.has_interface(name) {
+            return;
+        }
+        let hooks: BTreeSet<HookName> = self
+            .sessions
+            .values()
+            .filter(|s| s.interface == name)
+            .map(|s| s.hook)
+            .collect();
+        for &hook in &hooks {
+            for &slot in crate::session::slots(hook, Direction::Both) {
+                if self.programs.attached_ifindex(name, slot) == Some(index) {
+                    self.programs.detach(name, slot);
+                }
+            }
+        }
+        let mut stopped = Vec::new();
+        for session in self.sessions.values_mut() {
+            if session.interface == name && session.counting_ifindex() == Some(index) {
+                session.set_counting(None);
+                stopped.push(format!("{:?}", session.name));
+            }
+        }
+        event!(
+            "{name} (index {index}) was deleted or moved to another namespace: {} stopped \
+             counting there and keep their counters; they resume when an interface named \
+             {name} appears here",
+            if stopped.is_empty() {
+                "its sessions".to_owned()
+            } else {
+                stopped.join(", ")
+            }
+        );
     }
 
     /// Whether any session counts on (or waits for) `interface`.

@@ -346,6 +346,7 @@ impl Session {
             packets: Some(counter.packets),
             bytes: Some(counter.bytes),
             up: self.up(interfaces),
+            link: interfaces.state(&self.interface).map(Into::into),
             hook: self.hook.as_str().into(),
             direction: self.direction.as_str().into(),
             mode: self.counting.and_then(|c| c.mode).map(Into::into),

@@ -320,7 +320,7 @@ pub enum Cooked {
 
 impl Cooked {
     /// The header's length.
-    pub const fn len(self) -> u32 {
+    pub const fn header_len(self) -> u32 {
         match self {
             Cooked::Sll => 16,
             Cooked::Sll2 => 20,
@@ -508,7 +508,7 @@ impl Program {
                 _ => None,
             }
         };
-        let len = header.len();
+        let len = header.header_len();
         // Beyond any packet: the translation rejects such an offset.
         const UNREADABLE: u32 = u32::MAX;
         let mut insns = Vec::with_capacity(self.insns.len());

@@ -222,3 +222,166 @@ fn interface_any_counts_what_tcpdump_any_records() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// One session per hook, each counting the test's frames.
+const HOOKS: [(&str, &[&str]); 3] = [
+    ("sock", &["hook", "socket"]),
+    ("tc-in", &["hook", "tc", "direction", "in"]),
+    ("xdp", &["hook", "xdp"]),
+];
+
+fn start_hook_sessions(setup: &Setup) -> anyhow::Result<()> {
+    let interface = setup.rig.interface().to_owned();
+    for (name, hook) in HOOKS {
+        let mut args = vec!["new", name, "interface", &interface];
+        args.extend_from_slice(hook);
+        args.extend(["filter", "udp port 53"]);
+        setup.client.ok(&args)?;
+    }
+    Ok(())
+}
+
+/// Sends `n` frames A to B and waits until every session has counted `total`.
+fn send_and_settle(setup: &Setup, n: u64, total: u64) -> anyhow::Result<()> {
+    let frame = rig::udp_a_to_b(53, 60);
+    setup.rig.sender_a()?.send_n(&frame, n)?;
+    for (name, _) in HOOKS {
+        let session = setup.client.settle(name, total, ARRIVAL, QUIET)?;
+        ensure!(
+            counts(&session) == (total, total * frame.len() as u64),
+            "{name} after {total} frames: {session:?}"
+        );
+    }
+    Ok(())
+}
+
+/// Sends `n` frames A to B and checks, after they had time to arrive, that no
+/// session counted them (each still at `total`).
+fn send_uncounted(setup: &Setup, n: u64, total: u64) -> anyhow::Result<()> {
+    let frame = rig::udp_a_to_b(53, 60);
+    setup.rig.sender_a()?.send_n(&frame, n)?;
+    std::thread::sleep(Duration::from_millis(500));
+    for session in setup.client.poll()? {
+        ensure!(
+            counts(&session) == (total, total * frame.len() as u64),
+            "{} counted frames while down: {session:?}",
+            session.name
+        );
+    }
+    Ok(())
+}
+
+/// Polls until `check` holds for every session.
+fn wait_all(
+    setup: &Setup,
+    what: &str,
+    check: impl Fn(&Session) -> bool,
+) -> anyhow::Result<Vec<Session>> {
+    let deadline = std::time::Instant::now() + ARRIVAL;
+    loop {
+        let sessions = setup.client.poll()?;
+        if sessions.iter().all(&check) {
+            return Ok(sessions);
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "sessions not all {what} within {ARRIVAL:?}: {sessions:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A renamed interface: its sessions follow it (by index), show the new name, stay
+/// up and count on; the interface's own state is reported (down, then up again).
+#[test]
+fn sessions_follow_a_renamed_interface() -> anyhow::Result<()> {
+    require_root(TEST);
+    let setup = Setup::start("links-rename")?;
+    start_hook_sessions(&setup)?;
+    send_and_settle(&setup, 10, 10)?;
+    let ns = &setup.rig.ns_b;
+    ns.ip(&["link", "set", "veth-b", "down"])?;
+    ns.ip(&["link", "set", "veth-b", "name", "lan0"])?;
+    ns.ip(&["link", "set", "lan0", "up"])?;
+    let sessions = wait_all(&setup, "on lan0, up", |s| s.interface == "lan0" && s.up)?;
+    ensure!(
+        sessions.iter().all(|s| counts(s).0 == 10),
+        "counters after the rename: {sessions:?}"
+    );
+    send_and_settle(&setup, 15, 25)?;
+    let log = setup.daemon.log();
+    ensure!(
+        log.contains("veth-b was renamed lan0"),
+        "the log does not say the sessions followed the rename:\n{log}"
+    );
+    // The interface's own state: down, then up again, under counting sessions.
+    ns.ip(&["link", "set", "lan0", "down"])?;
+    wait_all(&setup, "shown with their link down", |s| {
+        s.up && s.link.as_deref() == Some("down")
+    })?;
+    let list = setup.client.ok(&["list"])?;
+    ensure!(
+        list.contains("up (link down)"),
+        "`list` does not show the link down:\n{list}"
+    );
+    ns.ip(&["link", "set", "lan0", "up"])?;
+    wait_all(&setup, "shown with their link up", |s| {
+        s.up && s.link.as_deref() == Some("up")
+    })?;
+    Ok(())
+}
+
+/// Renamed while no daemon ran: the next daemon shows the sessions down, and down
+/// means not counting (the tc and XDP links it finds pinned are removed); when an
+/// interface of their name returns they count again.
+#[test]
+fn a_rename_while_no_daemon_runs_leaves_nothing_counting_down() -> anyhow::Result<()> {
+    require_root(TEST);
+    let setup = Setup::start("links-rename-restart")?;
+    start_hook_sessions(&setup)?;
+    send_and_settle(&setup, 10, 10)?;
+    let setup = setup.restart("daemon2.log", |rig| {
+        rig.ns_b.ip(&["link", "set", "veth-b", "down"])?;
+        rig.ns_b.ip(&["link", "set", "veth-b", "name", "lan0"])?;
+        rig.ns_b.ip(&["link", "set", "lan0", "up"]).map(drop)
+    })?;
+    wait_all(&setup, "down", |s| !s.up && s.link.is_none())?;
+    send_uncounted(&setup, 5, 10)?;
+    let ns = &setup.rig.ns_b;
+    ns.ip(&["link", "set", "lan0", "down"])?;
+    ns.ip(&["link", "set", "lan0", "name", "veth-b"])?;
+    ns.ip(&["link", "set", "veth-b", "up"])?;
+    wait_all(&setup, "up again", |s| s.up)?;
+    send_and_settle(&setup, 15, 25)?;
+    Ok(())
+}
+
+/// Moved to another namespace: the sessions stop counting (tc and XDP included, whose
+/// programs would follow the interface there), show down, keep their counters, and
+/// count again when it comes back.
+#[test]
+fn an_interface_moved_away_stops_its_sessions_until_it_returns() -> anyhow::Result<()> {
+    require_root(TEST);
+    let setup = Setup::start("links-move")?;
+    let elsewhere = capstats_tests::netns::NetNs::create("links-move-c")?;
+    start_hook_sessions(&setup)?;
+    send_and_settle(&setup, 10, 10)?;
+    let ns = &setup.rig.ns_b;
+    ns.ip(&["link", "set", "veth-b", "netns", elsewhere.name()])?;
+    elsewhere.ip(&["link", "set", "veth-b", "up"])?;
+    wait_all(&setup, "down", |s| !s.up)?;
+    // Frames still reach veth-b, in the other namespace: nobody here counts them.
+    send_uncounted(&setup, 10, 10)?;
+    let log = setup.daemon.log();
+    ensure!(
+        log.contains(
+            "was deleted or moved to another namespace: \"sock\", \"tc-in\", \"xdp\" stopped"
+        ),
+        "the log does not say the interface left:\n{log}"
+    );
+    elsewhere.ip(&["link", "set", "veth-b", "netns", ns.name()])?;
+    ns.ip(&["link", "set", "veth-b", "up"])?;
+    wait_all(&setup, "up again", |s| s.up)?;
+    send_and_settle(&setup, 5, 15)?;
+    Ok(())
+}

@@ -127,6 +127,7 @@ fn session(name: &str, filter: &str) -> Session {
         created: "2026-01-01T00:00:00Z".into(),
         modified: "2026-01-01T00:00:00Z".into(),
         counting_since: None,
+        link: None,
         read_at: None,
     }
 }
