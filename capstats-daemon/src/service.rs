@@ -437,6 +437,17 @@ impl Service {
                         format!("no interface named {interface:?}"),
                     ));
                 }
+                if hook == HookName::Tc && direction != Direction::Out {
+                    let generic = self.names(&interface, HookName::Xdp, |s| {
+                        s.xdp_mode() == Some("generic")
+                    });
+                    if !generic.is_empty() {
+                        return Err((
+                            ErrorKind::BadRequest,
+                            generic_xdp_and_tc_ingress(&interface, &generic),
+                        ));
+                    }
+                }
                 // The filter must compile there before anything is made.
                 let program = crate::session::compile(&interface, hook, &filter)
                     .map_err(|e| (e.kind(), e.to_string()))?;
@@ -452,6 +463,24 @@ impl Service {
                     self.sessions.remove(&name);
                     self.pins.remove(&name);
                     return Err((e.kind(), e.to_string()));
+                }
+                if self.sessions[&name].xdp_mode() == Some("generic") {
+                    let tc_ingress = self.names(&interface, HookName::Tc, Session::at_tc_ingress);
+                    if !tc_ingress.is_empty() {
+                        // Taken out again: the tc sessions were there first.
+                        self.sessions.remove(&name);
+                        if let Err(e) = self.sync(&interface, hook) {
+                            event!(
+                                "cannot regenerate the XDP program of {interface} without \
+                                 {name:?}: {e}"
+                            );
+                        }
+                        self.pins.remove(&name);
+                        return Err((
+                            ErrorKind::BadRequest,
+                            generic_xdp_and_tc_ingress(&interface, &tc_ingress),
+                        ));
+                    }
                 }
                 let session = self.sessions.get_mut(&name).expect("inserted above");
                 session.counting_from_creation();
@@ -544,6 +573,19 @@ impl Service {
     fn get_mut(&mut self, name: &str) -> Result<&mut Session, (ErrorKind, String)> {
         self.sessions.get_mut(name).ok_or_else(|| unknown(name))
     }
+}
+
+/// Why an XDP session in generic mode and tc ingress sessions cannot share an
+/// interface (`others`: the sessions already there).
+fn generic_xdp_and_tc_ingress(interface: &str, others: &str) -> String {
+    format!(
+        "XDP runs in generic mode on {interface}, and there it breaks tc ingress: to run a \
+         generic XDP program the kernel copies each packet that lacks headroom, and the copy \
+         loses its link-layer header length (skb->mac_len), so tc ingress programs then see \
+         packets without their link-layer header (filters miss, lengths are 14 bytes short). \
+         capstats does not count tc ingress and generic XDP on one interface ({others} \
+         there already): count with hook socket, or on another interface"
+    )
 }
 
 /// A filter for the log: the empty one matches everything.

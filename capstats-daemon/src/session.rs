@@ -324,6 +324,16 @@ impl Session {
         self.counting.map(|c| c.ifindex)
     }
 
+    /// XDP sessions that count: `native` or `generic`.
+    pub fn xdp_mode(&self) -> Option<&'static str> {
+        self.counting.and_then(|c| c.mode)
+    }
+
+    /// Whether it counts at tc ingress.
+    pub fn at_tc_ingress(&self) -> bool {
+        self.slots().contains(&Slot::TcIngress)
+    }
+
     /// The session's counter map.
     pub fn counters(&self) -> &CounterMap {
         &self.counters
