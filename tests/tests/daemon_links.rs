@@ -220,6 +220,20 @@ fn interface_any_counts_what_tcpdump_any_records() -> anyhow::Result<()> {
         setup.client.poll()?.len() == expressions.len(),
         "a refused session was made"
     );
+    // Changed, and restored by another daemon: still every interface.
+    setup.client.ok(&["modify", "dns", "udp port 9999"])?;
+    let setup = setup.restart("daemon2.log", |_| Ok(()))?;
+    wait_all(&setup, "up after a restart", |s| s.up)?;
+    let dns = counts(&setup.client.show("dns")?);
+    setup
+        .rig
+        .sender_b()?
+        .send_n(&rig::udp_b_to_a(9999, 100), 3)?;
+    let after = counts(&setup.client.settle("dns", dns.0 + 3, ARRIVAL, QUIET)?);
+    ensure!(
+        after == (dns.0 + 3, dns.1 + 3 * (20 + 20 + 8 + 100)),
+        "after modify and restart: {dns:?} then {after:?}"
+    );
     Ok(())
 }
 
