@@ -167,3 +167,76 @@ impl AsFd for CountingSocket {
         self.fd.as_fd()
     }
 }
+
+/// Whether an XDP program runs in generic mode on interface `ifindex` (whoever
+/// attached it), as `ip link` reports it: `RTM_GETLINK`, `IFLA_XDP`.
+pub fn xdp_generic(ifindex: u32) -> io::Result<bool> {
+    const RTM_GETLINK: u16 = 18;
+    const NLM_F_REQUEST: u16 = 1;
+    const NLMSG_ERROR: u16 = 2;
+    const IFLA_XDP: u16 = 43;
+    const IFLA_XDP_ATTACHED: u16 = 2;
+    const IFLA_XDP_SKB_PROG_ID: u16 = 6;
+    const XDP_ATTACHED_SKB: u8 = 2;
+    const XDP_ATTACHED_MULTI: u8 = 4;
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new fd that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // struct nlmsghdr, then struct ifinfomsg with the index.
+    let mut request = [0u8; 32];
+    request[0..4].copy_from_slice(&32u32.to_ne_bytes());
+    request[4..6].copy_from_slice(&RTM_GETLINK.to_ne_bytes());
+    request[6..8].copy_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    request[20..24].copy_from_slice(&ifindex.to_ne_bytes());
+    if unsafe { libc::send(fd.as_raw_fd(), request.as_ptr().cast(), request.len(), 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut answer = vec![0u8; 64 * 1024];
+    let n = unsafe { libc::recv(fd.as_raw_fd(), answer.as_mut_ptr().cast(), answer.len(), 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let answer = &answer[..n as usize];
+    if answer.len() < 32 || u16::from_ne_bytes([answer[4], answer[5]]) == NLMSG_ERROR {
+        return Err(io::Error::other(format!(
+            "no link information for interface index {ifindex}"
+        )));
+    }
+    let len = (u32::from_ne_bytes(answer[0..4].try_into().unwrap()) as usize).min(answer.len());
+    let Some(xdp) = attribute(&answer[32..len], IFLA_XDP) else {
+        return Ok(false);
+    };
+    Ok(
+        match attribute(xdp, IFLA_XDP_ATTACHED).and_then(|v| v.first()) {
+            Some(&XDP_ATTACHED_SKB) => true,
+            Some(&XDP_ATTACHED_MULTI) => attribute(xdp, IFLA_XDP_SKB_PROG_ID).is_some(),
+            _ => false,
+        },
+    )
+}
+
+/// The value of the first netlink attribute of type `kind` in `attributes`.
+fn attribute(mut attributes: &[u8], kind: u16) -> Option<&[u8]> {
+    while attributes.len() >= 4 {
+        let len = u16::from_ne_bytes([attributes[0], attributes[1]]) as usize;
+        // NLA_F_NESTED and NLA_F_NET_BYTEORDER are the top bits of the type.
+        let this = u16::from_ne_bytes([attributes[2], attributes[3]]) & 0x3fff;
+        if len < 4 || len > attributes.len() {
+            return None;
+        }
+        if this == kind {
+            return Some(&attributes[4..len]);
+        }
+        attributes = &attributes[((len + 3) & !3).min(attributes.len())..];
+    }
+    None
+}

@@ -444,7 +444,21 @@ impl Service {
                     if !generic.is_empty() {
                         return Err((
                             ErrorKind::BadRequest,
-                            generic_xdp_and_tc_ingress(&interface, &generic),
+                            generic_xdp_and_tc_ingress(
+                                &interface,
+                                &format!("XDP session {generic} is"),
+                            ),
+                        ));
+                    }
+                    if let Some(index) = crate::attach::ifindex(&interface)
+                        && crate::attach::xdp_generic(index).unwrap_or(false)
+                    {
+                        return Err((
+                            ErrorKind::BadRequest,
+                            generic_xdp_and_tc_ingress(
+                                &interface,
+                                "an XDP program capstats did not attach is",
+                            ),
                         ));
                     }
                 }
@@ -478,7 +492,10 @@ impl Service {
                         self.pins.remove(&name);
                         return Err((
                             ErrorKind::BadRequest,
-                            generic_xdp_and_tc_ingress(&interface, &tc_ingress),
+                            generic_xdp_and_tc_ingress(
+                                &interface,
+                                &format!("tc ingress session {tc_ingress} is"),
+                            ),
                         ));
                     }
                 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::ensure;
 use capstats_common::protocol::Session;
 use capstats_tests::daemon::rig::{self, Setup};
+use capstats_tests::daemon::xdp::{Attachment, ForeignXdp, XdpMode};
 use capstats_tests::frame::{Ethernet, Ipv4, VlanTag, ethertype};
 use capstats_tests::link::Tun;
 use capstats_tests::require_root;
@@ -493,5 +494,47 @@ fn generic_xdp_and_tc_ingress_are_not_combined() -> anyhow::Result<()> {
     setup.rig.sender_a()?.send_n(&frame, 10)?;
     ensure!(counts(&client.settle("xdp", 10, ARRIVAL, QUIET)?) == (10, 10 * len));
     ensure!(counts(&client.settle("sock", 20, ARRIVAL, QUIET)?) == (20, 20 * len));
+
+    // A generic XDP program capstats did not attach breaks tc ingress the same way.
+    client.ok(&["stop", "xdp"])?;
+    let br0 = capstats_tests::link::Link::find(ns, "br0", rig::MAC_B)?;
+    let foreign_pins = capstats_tests::daemon::DaemonSpec::new(
+        setup.scratch.join("none"),
+        setup.scratch.join("foreign"),
+    )
+    .pin_guard();
+    let foreign = ForeignXdp::attach(
+        ns,
+        &br0,
+        Attachment::Link(XdpMode::Generic),
+        foreign_pins.path(),
+    )?;
+    let refused = client.fails(&[
+        "new",
+        "tc",
+        "interface",
+        "br0",
+        "hook",
+        "tc",
+        "direction",
+        "in",
+        "udp",
+    ])?;
+    ensure!(
+        refused.stderr.contains("capstats did not attach"),
+        "tc ingress beside a foreign generic XDP program: {refused:?}"
+    );
+    drop(foreign);
+    client.ok(&[
+        "new",
+        "tc",
+        "interface",
+        "br0",
+        "hook",
+        "tc",
+        "direction",
+        "in",
+        "udp",
+    ])?;
     Ok(())
 }
