@@ -438,27 +438,23 @@ impl Service {
                     ));
                 }
                 if hook == HookName::Tc && direction != Direction::Out {
-                    let generic = self.names(&interface, HookName::Xdp, |s| {
+                    let ours = self.names(&interface, HookName::Xdp, |s| {
                         s.xdp_mode() == Some("generic")
                     });
-                    if !generic.is_empty() {
-                        return Err((
-                            ErrorKind::BadRequest,
-                            generic_xdp_and_tc_ingress(
-                                &interface,
-                                &format!("XDP session {generic} is"),
-                            ),
-                        ));
-                    }
-                    if let Some(index) = crate::attach::ifindex(&interface)
-                        && crate::attach::xdp_generic(index).unwrap_or(false)
+                    let generic = if !ours.is_empty() {
+                        Some(format!("XDP session {ours} is"))
+                    } else {
+                        crate::attach::ifindex(&interface)
+                            .filter(|&index| crate::attach::xdp_generic(index).unwrap_or(false))
+                            .map(|_| "an XDP program capstats did not attach is".to_owned())
+                    };
+                    // Asked last: it opens a capture handle.
+                    if let Some(generic) = generic
+                        && has_link_header(&interface)
                     {
                         return Err((
                             ErrorKind::BadRequest,
-                            generic_xdp_and_tc_ingress(
-                                &interface,
-                                "an XDP program capstats did not attach is",
-                            ),
+                            generic_xdp_and_tc_ingress(&interface, &generic),
                         ));
                     }
                 }
@@ -480,7 +476,7 @@ impl Service {
                 }
                 if self.sessions[&name].xdp_mode() == Some("generic") {
                     let tc_ingress = self.names(&interface, HookName::Tc, Session::at_tc_ingress);
-                    if !tc_ingress.is_empty() {
+                    if !tc_ingress.is_empty() && has_link_header(&interface) {
                         // Taken out again: the tc sessions were there first.
                         self.sessions.remove(&name);
                         if let Err(e) = self.sync(&interface, hook) {
@@ -590,6 +586,16 @@ impl Service {
     fn get_mut(&mut self, name: &str) -> Result<&mut Session, (ErrorKind, String)> {
         self.sessions.get_mut(name).ok_or_else(|| unknown(name))
     }
+}
+
+/// Whether packets on `interface` have a link-layer header (not a raw-IP link such as
+/// tun, where generic XDP has none to lose): what generic XDP breaks for tc ingress.
+fn has_link_header(interface: &str) -> bool {
+    // DLT_RAW, as libpcap numbers it on Linux, and LINKTYPE_RAW.
+    !matches!(
+        capstats_ebpf::filter::link_type(interface),
+        Ok(pcap::Linktype(12 | 101))
+    )
 }
 
 /// Why an XDP session in generic mode and tc ingress sessions cannot share an
