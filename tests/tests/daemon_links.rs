@@ -538,3 +538,62 @@ fn generic_xdp_and_tc_ingress_are_not_combined() -> anyhow::Result<()> {
     ])?;
     Ok(())
 }
+
+/// Loopback: an Ethernet link (a zeroed header) where XDP runs generically; every hook
+/// counts each datagram once, as `tcpdump -i lo` records it. tc ingress and generic
+/// XDP do not go together there (loopback has a link-layer header): tc first, then
+/// XDP in its place.
+#[test]
+fn every_hook_counts_what_tcpdump_sees_on_loopback() -> anyhow::Result<()> {
+    require_root(TEST);
+    let setup = Setup::start("links-lo")?;
+    let ns = &setup.rig.ns_b;
+    ns.ip(&["link", "set", "lo", "up"])?;
+    let dir = tempfile_dir()?;
+    let expression = "udp port 5301";
+    let new = |name: &str, words: &[&str]| {
+        let mut args = vec!["new", name, "interface", "lo"];
+        args.extend_from_slice(words);
+        args.extend(["filter", expression]);
+        setup.client.ok(&args).map(drop)
+    };
+    new("sock", &["hook", "socket"])?;
+    new("tc", &["hook", "tc", "direction", "in"])?;
+    let mut failures = Vec::new();
+    let mut before = (0, 0);
+    for (round, hook) in [(1, "tc"), (2, "xdp")] {
+        if hook == "xdp" {
+            setup.client.ok(&["stop", "tc"])?;
+            new("xdp", &["hook", "xdp"])?;
+            ensure!(
+                setup.client.show("xdp")?.mode.as_deref() == Some("generic"),
+                "XDP on loopback runs generically"
+            );
+        }
+        let dump = Tcpdump::start(ns, "lo", expression, &dir.join(&format!("lo{round}.pcap")))?;
+        ns.run(|| {
+            let listener = std::net::UdpSocket::bind("127.0.0.1:5301")?;
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+            for size in [10, 200, 1000, 3000] {
+                socket.send_to(&vec![1; size], "127.0.0.1:5301")?;
+            }
+            drop(listener);
+            Ok(())
+        })?;
+        std::thread::sleep(Duration::from_millis(300));
+        let want = recorded(&dump.stop()?);
+        ensure!(want.0 == 4, "tcpdump -i lo: {want:?}");
+        let got = counts(&setup.client.settle(hook, 4, ARRIVAL, QUIET)?);
+        let sock = counts(&setup.client.settle("sock", before.0 + 4, ARRIVAL, QUIET)?);
+        let sock_round = (sock.0 - before.0, sock.1 - before.1);
+        before = sock;
+        println!("{hook:>4}: {got:?}, socket {sock_round:?}, tcpdump -i lo {want:?}");
+        if got != want || sock_round != want {
+            failures.push(format!(
+                "{hook}: {got:?}, socket {sock_round:?}, tcpdump {want:?}"
+            ));
+        }
+    }
+    ensure!(failures.is_empty(), "on loopback: {failures:?}");
+    Ok(())
+}
