@@ -70,8 +70,13 @@ fn hook(session: &Session) -> String {
     }
 }
 
-fn state(session: &Session) -> &'static str {
-    if session.up { "up" } else { "down" }
+/// `up` or `down` (the session), and the interface's own state when it is not up.
+fn state(session: &Session) -> String {
+    let counting = if session.up { "up" } else { "down" };
+    match session.link.as_deref() {
+        Some("up") | None => counting.into(),
+        Some(link) => format!("{counting} (link {link})"),
+    }
 }
 
 pub fn json_line(value: &impl serde::Serialize) {
@@ -124,7 +129,7 @@ pub fn list(sessions: &[Session]) {
                 s.name.clone(),
                 s.interface.clone(),
                 hook(s),
-                state(s).into(),
+                state(s),
                 s.created.clone(),
                 printable(&s.filter).into_owned(),
             ]
@@ -149,7 +154,7 @@ pub fn poll(sessions: &[Session]) {
                 s.name.clone(),
                 s.interface.clone(),
                 hook(s),
-                state(s).into(),
+                state(s),
                 grouped(s.packets.unwrap_or(0)),
                 grouped(s.bytes.unwrap_or(0)),
                 printable(&s.filter).into_owned(),

@@ -146,6 +146,7 @@ mod tests {
             modified: "2026-01-01T00:00:00Z".into(),
             counting_since: None,
             survives_daemon: None,
+            link: None,
             read_at: Some("2026-01-01T00:00:04.000000000Z".into()),
         };
         let sample = since_created(&session);

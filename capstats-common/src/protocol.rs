@@ -354,6 +354,12 @@ pub struct Session {
     pub bytes: Option<u64>,
     /// Whether the interface is there and the session counts on it.
     pub up: bool,
+    /// The state of the interface itself (`ip link` shows it): `up`; `down`
+    /// (administratively); `no-carrier` (up, but its lower layer is not: no carrier, a
+    /// veth whose peer is down), where a session counts nothing for want of packets.
+    /// Absent when no interface has the name, and for `any`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
     /// The hook counting: `socket`, `tc` or `xdp`.
     pub hook: String,
     /// `in`, `out` or `both`.

@@ -9,8 +9,12 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 /// `ETH_P_ALL` in network byte order: every protocol, like tcpdump.
 const ETH_P_ALL_BE: u16 = (libc::ETH_P_ALL as u16).to_be();
 
-/// The interface index of `name` in this network namespace, if it exists.
+/// The interface index of `name` in this network namespace, if it exists; 0 for
+/// `any`, every interface (an unbound packet socket), which always exists.
 pub fn ifindex(name: &str) -> Option<u32> {
+    if name == capstats_ebpf::filter::ANY {
+        return Some(0);
+    }
     let name = CString::new(name).ok()?;
     match unsafe { libc::if_nametoindex(name.as_ptr()) } {
         0 => None,
@@ -21,9 +25,32 @@ pub fn ifindex(name: &str) -> Option<u32> {
 /// Whether `name` is a loopback interface (`IFF_LOOPBACK`), asked of the kernel in
 /// this network namespace.
 pub fn is_loopback(name: &str) -> bool {
-    let Ok(socket) = std::net::UdpSocket::bind("0.0.0.0:0") else {
-        return name == "lo";
-    };
+    match flags(name) {
+        Some(flags) => flags & libc::IFF_LOOPBACK != 0,
+        None => name == "lo",
+    }
+}
+
+/// The state of interface `name` as `ip link` shows it: `up`, `down`
+/// (administratively), `no-carrier` (up, its lower layer not: `IFF_RUNNING` clear);
+/// `None` when there is no such interface, and for `any`.
+pub fn state(name: &str) -> Option<&'static str> {
+    if name == capstats_ebpf::filter::ANY {
+        return None;
+    }
+    let flags = flags(name)?;
+    Some(if flags & libc::IFF_UP == 0 {
+        "down"
+    } else if flags & libc::IFF_RUNNING == 0 {
+        "no-carrier"
+    } else {
+        "up"
+    })
+}
+
+/// The interface's flags (`SIOCGIFFLAGS`) in this network namespace.
+fn flags(name: &str) -> Option<i32> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
     let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in request
         .ifr_name
@@ -33,7 +60,7 @@ pub fn is_loopback(name: &str) -> bool {
         *dst = src as libc::c_char;
     }
     let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) };
-    rc == 0 && unsafe { request.ifr_ifru.ifru_flags } as i32 & libc::IFF_LOOPBACK != 0
+    (rc == 0).then(|| i32::from(unsafe { request.ifr_ifru.ifru_flags }))
 }
 
 /// Interface indexes looked up at most once each while one request is answered: a
@@ -44,6 +71,11 @@ pub struct Interfaces {
 }
 
 impl Interfaces {
+    /// [`state`], asked at each call (it changes without the index changing).
+    pub fn state(&self, name: &str) -> Option<&'static str> {
+        state(name)
+    }
+
     pub fn ifindex(&self, name: &str) -> Option<u32> {
         *self
             .seen
@@ -78,9 +110,16 @@ pub struct CountingSocket {
 }
 
 impl CountingSocket {
-    /// A raw packet socket that receives nothing until [`CountingSocket::bind`].
-    pub fn new() -> io::Result<Self> {
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    /// A packet socket that receives nothing until [`CountingSocket::bind`]: raw (the
+    /// packet from its link-layer header), or, for `any`, `SOCK_DGRAM` (from its
+    /// network header, as libpcap's cooked socket there).
+    pub fn new(cooked: bool) -> io::Result<Self> {
+        let kind = if cooked {
+            libc::SOCK_DGRAM
+        } else {
+            libc::SOCK_RAW
+        };
+        let fd = unsafe { libc::socket(libc::AF_PACKET, kind | libc::SOCK_CLOEXEC, 0) };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -101,7 +140,8 @@ impl CountingSocket {
         Ok(socket)
     }
 
-    /// Starts receiving every protocol on `ifindex`, both directions. Attach the filter
+    /// Starts receiving every protocol on `ifindex` (0: on every interface of the
+    /// namespace, those that appear later too), both directions. Attach the filter
     /// first, so that no packet passes unfiltered.
     pub fn bind(&self, ifindex: u32) -> io::Result<()> {
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
@@ -126,4 +166,77 @@ impl AsFd for CountingSocket {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
+}
+
+/// Whether an XDP program runs in generic mode on interface `ifindex` (whoever
+/// attached it), as `ip link` reports it: `RTM_GETLINK`, `IFLA_XDP`.
+pub fn xdp_generic(ifindex: u32) -> io::Result<bool> {
+    const RTM_GETLINK: u16 = 18;
+    const NLM_F_REQUEST: u16 = 1;
+    const NLMSG_ERROR: u16 = 2;
+    const IFLA_XDP: u16 = 43;
+    const IFLA_XDP_ATTACHED: u16 = 2;
+    const IFLA_XDP_SKB_PROG_ID: u16 = 6;
+    const XDP_ATTACHED_SKB: u8 = 2;
+    const XDP_ATTACHED_MULTI: u8 = 4;
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new fd that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // struct nlmsghdr, then struct ifinfomsg with the index.
+    let mut request = [0u8; 32];
+    request[0..4].copy_from_slice(&32u32.to_ne_bytes());
+    request[4..6].copy_from_slice(&RTM_GETLINK.to_ne_bytes());
+    request[6..8].copy_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    request[20..24].copy_from_slice(&ifindex.to_ne_bytes());
+    if unsafe { libc::send(fd.as_raw_fd(), request.as_ptr().cast(), request.len(), 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut answer = vec![0u8; 64 * 1024];
+    let n = unsafe { libc::recv(fd.as_raw_fd(), answer.as_mut_ptr().cast(), answer.len(), 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let answer = &answer[..n as usize];
+    if answer.len() < 32 || u16::from_ne_bytes([answer[4], answer[5]]) == NLMSG_ERROR {
+        return Err(io::Error::other(format!(
+            "no link information for interface index {ifindex}"
+        )));
+    }
+    let len = (u32::from_ne_bytes(answer[0..4].try_into().unwrap()) as usize).min(answer.len());
+    let Some(xdp) = attribute(&answer[32..len], IFLA_XDP) else {
+        return Ok(false);
+    };
+    Ok(
+        match attribute(xdp, IFLA_XDP_ATTACHED).and_then(|v| v.first()) {
+            Some(&XDP_ATTACHED_SKB) => true,
+            Some(&XDP_ATTACHED_MULTI) => attribute(xdp, IFLA_XDP_SKB_PROG_ID).is_some(),
+            _ => false,
+        },
+    )
+}
+
+/// The value of the first netlink attribute of type `kind` in `attributes`.
+fn attribute(mut attributes: &[u8], kind: u16) -> Option<&[u8]> {
+    while attributes.len() >= 4 {
+        let len = u16::from_ne_bytes([attributes[0], attributes[1]]) as usize;
+        // NLA_F_NESTED and NLA_F_NET_BYTEORDER are the top bits of the type.
+        let this = u16::from_ne_bytes([attributes[2], attributes[3]]) & 0x3fff;
+        if len < 4 || len > attributes.len() {
+            return None;
+        }
+        if this == kind {
+            return Some(&attributes[4..len]);
+        }
+        attributes = &attributes[((len + 3) & !3).min(attributes.len())..];
+    }
+    None
 }

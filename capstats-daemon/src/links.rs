@@ -1,6 +1,8 @@
 //! Watches the kernel's announcements of network interfaces (rtnetlink, the
-//! `RTNLGRP_LINK` group), so that sessions whose interface was deleted resume counting
-//! as soon as an interface of that name appears again, without a client asking.
+//! `RTNLGRP_LINK` group), so that sessions follow their interface (by index) when it
+//! is renamed, stop counting when it is deleted or moved to another namespace, and
+//! resume as soon as an interface of their name appears again, without a client
+//! asking.
 //!
 //! The daemon does nothing per packet; this thread wakes only when an interface is
 //! added, changed or removed.
@@ -26,12 +28,13 @@ pub struct LinkEvents {
     fd: OwnedFd,
 }
 
-/// What an announcement says.
+/// What an announcement says: the interface's name and index.
 #[derive(Debug, PartialEq, Eq)]
 pub enum LinkEvent {
-    /// Added or changed.
-    New(String),
-    Deleted(String),
+    /// Added or changed (renamed, set up or down, moved in from another namespace).
+    New(String, u32),
+    /// Deleted, or moved to another namespace.
+    Deleted(String, u32),
 }
 
 impl LinkEvents {
@@ -111,16 +114,14 @@ impl LinkEvents {
                     let mut service = service.lock().unwrap_or_else(|p| p.into_inner());
                     for event in events {
                         match event {
-                            LinkEvent::New(name) if service.has_interface(&name) => {
-                                service.resume(&name)
+                            LinkEvent::New(name, index) => {
+                                // A rename first: its sessions then wait for nothing.
+                                service.follow_rename(&name, index);
+                                if service.has_interface(&name) {
+                                    service.resume(&name)
+                                }
                             }
-                            LinkEvent::Deleted(name) if service.has_interface(&name) => {
-                                event!(
-                                    "{name} was deleted: its sessions keep their counters and \
-                                     resume when an interface of that name returns"
-                                )
-                            }
-                            _ => {}
+                            LinkEvent::Deleted(name, index) => service.gone(&name, index),
                         }
                     }
                 }
@@ -142,10 +143,12 @@ pub fn parse(mut datagram: &[u8]) -> Vec<LinkEvent> {
         if matches!(kind, RTM_NEWLINK | RTM_DELLINK)
             && let Some(name) = interface_name(message)
         {
+            // struct ifinfomsg: family, pad, type (u16), index (i32), flags, change.
+            let index = u32::from_ne_bytes(message[4..8].try_into().unwrap());
             events.push(if kind == RTM_NEWLINK {
-                LinkEvent::New(name)
+                LinkEvent::New(name, index)
             } else {
-                LinkEvent::Deleted(name)
+                LinkEvent::Deleted(name, index)
             });
         }
         datagram = &datagram[align4(len).min(datagram.len())..];
@@ -195,7 +198,9 @@ mod tests {
         out.extend((len as u32).to_ne_bytes());
         out.extend(kind.to_ne_bytes());
         out.extend([0u8; 10]);
-        out.extend([0u8; IFINFOMSG_LEN]);
+        let mut info = [0u8; IFINFOMSG_LEN];
+        info[4..8].copy_from_slice(&(name.len() as u32).to_ne_bytes());
+        out.extend(info);
         out.extend(attribute);
         out
     }
@@ -208,8 +213,8 @@ mod tests {
         assert_eq!(
             parse(&datagram),
             [
-                LinkEvent::New("veth0".into()),
-                LinkEvent::Deleted("eth1".into())
+                LinkEvent::New("veth0".into(), 5),
+                LinkEvent::Deleted("eth1".into(), 4)
             ]
         );
     }

@@ -32,6 +32,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 
 use aya::programs::links::{FdLink, PinnedLink};
@@ -39,13 +40,15 @@ use aya::programs::tc::{SchedClassifierLink, TcAttachType};
 use aya::programs::xdp::XdpLink;
 use aya::programs::{ProgramError, XdpMode};
 use aya::sys::SyscallError;
+use capstats_ebpf::cbpf::Cooked;
 use capstats_ebpf::cbpf::Program;
 use capstats_ebpf::chain::{CHAIN_ITEMS, CHAIN_PROGRAMS, ProgArray, build_chunk};
 use capstats_ebpf::counters::CounterMap;
+use capstats_ebpf::filter::ANY;
 use capstats_ebpf::program::LoadedProgram;
 use capstats_ebpf::shared::plan::Planner;
 use capstats_ebpf::shared::{InPlace, SharedProgram};
-use capstats_ebpf::translate::Hook;
+use capstats_ebpf::translate::{Hook, Placement};
 
 use crate::attach::{CountingSocket, ifindex};
 use crate::log::event;
@@ -280,8 +283,20 @@ impl InterfacePrograms {
         if slot == Slot::Socket {
             return self.sync_sockets(interface, counted).map(|()| None);
         }
-        let index =
-            ifindex(interface).ok_or_else(|| SessionError::UnknownInterface(interface.into()))?;
+        let Some(index) = ifindex(interface) else {
+            // Links pinned for an interface of this name count on whatever it became
+            // (renamed or moved while no daemon ran): a session shown down must not
+            // count.
+            if self.has_pins(interface, slot) {
+                event!(
+                    "removing the pinned {} programs of {interface}: no interface has that \
+                     name now (they counted on one renamed, moved or deleted meanwhile)",
+                    slot.describe()
+                );
+            }
+            self.detach(interface, slot);
+            return Err(SessionError::UnknownInterface(interface.into()));
+        };
         let key = (interface.to_owned(), slot);
         let installed = match self.installed.remove(&key) {
             Some(old) if old.ifindex == index => {
@@ -547,7 +562,7 @@ impl InterfacePrograms {
                 }
                 let old = groups.get(i).map(|g| &g.counting);
                 plan_work(old, members, &wanted, |members, entries| {
-                    generate_socket_program(&wanted, members, entries)
+                    generate_socket_program(interface, &wanted, members, entries)
                 })
                 .map(Some)
             })
@@ -792,7 +807,11 @@ impl InterfacePrograms {
             return;
         };
         for (name, _) in slot.link_pins() {
-            let _ = fs::remove_file(dir.join(name));
+            let path = dir.join(name);
+            if path.exists() {
+                detach_now(&path);
+            }
+            let _ = fs::remove_file(path);
         }
         let (pending, pin) = self.chain_pins(interface, slot);
         let _ = fs::remove_file(pending);
@@ -801,6 +820,49 @@ impl InterfacePrograms {
         let _ = fs::remove_dir(&dir);
         if let Some(parent) = dir.parent() {
             let _ = fs::remove_dir(parent);
+        }
+    }
+
+    /// Whether links or a chain are pinned for `slot` of `interface`.
+    fn has_pins(&self, interface: &str, slot: Slot) -> bool {
+        let Some(dir) = self.link_dir(interface, slot) else {
+            return false;
+        };
+        let (pending, pin) = self.chain_pins(interface, slot);
+        slot.link_pins().iter().any(|(n, _)| dir.join(n).exists())
+            || pending.exists()
+            || pin.exists()
+    }
+
+    /// The interface `old` is now called `new` (same index): its programs, sockets and
+    /// pins are filed under the new name. Whatever was filed under `new` (of an
+    /// interface gone meanwhile) is dropped first.
+    pub fn rename(&mut self, old: &str, new: &str) {
+        for slot in [Slot::Socket, Slot::TcIngress, Slot::TcEgress, Slot::Xdp] {
+            self.detach(new, slot);
+        }
+        if let Some(groups) = self.sockets.remove(old) {
+            self.sockets.insert(new.to_owned(), groups);
+        }
+        for slot in [Slot::TcIngress, Slot::TcEgress, Slot::Xdp] {
+            if let Some(installed) = self.installed.remove(&(old.to_owned(), slot)) {
+                self.installed.insert((new.to_owned(), slot), installed);
+            }
+        }
+        for top in [TC_DIR, XDP_DIR] {
+            let (from, to) = (
+                self.pin_dir.join(top).join(old),
+                self.pin_dir.join(top).join(new),
+            );
+            if from.exists()
+                && let Err(e) = fs::rename(&from, &to)
+            {
+                event!(
+                    "cannot move the pins of {old} to {}: {e}; a daemon started later does \
+                     not find them",
+                    to.display()
+                );
+            }
         }
     }
 
@@ -870,24 +932,22 @@ impl InterfacePrograms {
 }
 
 /// The program counting the sessions `members` (named in `wanted`) into their maps at
-/// table entries `entries`, for a socket (at most [`SESSIONS_PER_SOCKET`] groups and
-/// filters alone).
+/// table entries `entries`, for a socket on `interface` (at most
+/// [`SESSIONS_PER_SOCKET`] groups and filters alone; on `any`, behind a cooked header).
 fn generate_socket_program(
+    interface: &str,
     wanted: &HashMap<&str, Counted<'_>>,
     members: Vec<String>,
     entries: Vec<u32>,
 ) -> Result<Counting, SessionError> {
     let slot = Slot::Socket;
     let filters = counted_filters(wanted, &members);
-    let shared = SharedProgram::build_at(
-        slot.maps_name(),
-        &filters,
-        &entries,
-        slot.hook(),
-        false,
-        None,
-    )
-    .map_err(|e| SessionError::Refused(format!("socket: {e}")))?;
+    let placement = Placement {
+        cooked: (interface == ANY).then(|| Cooked::Sll2.header_len()),
+        ..Placement::on(slot.hook())
+    };
+    let shared = SharedProgram::build_at(slot.maps_name(), &filters, &entries, placement)
+        .map_err(|e| SessionError::Refused(format!("socket: {e}")))?;
     let program = LoadedProgram::load(slot.hook(), slot.program_name(), &shared.insns)?;
     Ok(Counting {
         filters: filters_of(wanted, &members),
@@ -1178,11 +1238,56 @@ fn open_socket(
             source,
         }
     };
-    let socket = CountingSocket::new().map_err(socket_error("open"))?;
+    let socket = CountingSocket::new(interface == ANY).map_err(socket_error("open"))?;
     // The filter first, so that no packet passes unfiltered.
     attach_filter(program, &socket, interface, members)?;
     socket.bind(index).map_err(socket_error("bind"))?;
     Ok(socket)
+}
+
+/// Detaches the link pinned at `path` at once (`BPF_LINK_DETACH`), whoever still
+/// holds it. A link whose pin is removed goes only when its pin's inode is freed, a
+/// moment later (RCU and a work queue): packets passing meanwhile would still be
+/// counted by a session already shown down. Best effort: the pin's removal follows.
+fn detach_now(path: &Path) {
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    let Ok(name) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return;
+    };
+    // union bpf_attr, zeroed past the fields each command reads.
+    let mut attr = [0u64; 16];
+    attr[0] = name.as_ptr() as u64; // pathname
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            attr.as_mut_ptr(),
+            size_of_val(&attr),
+        )
+    };
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: a new fd that nothing else owns.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    let mut attr = [0u64; 16];
+    attr[0] = fd.as_raw_fd() as u64; // link_detach.link_fd
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            attr.as_mut_ptr(),
+            size_of_val(&attr),
+        )
+    };
+    if rc < 0 {
+        event!(
+            "cannot detach the link pinned at {} at once ({}); it goes with its pin",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 /// The kernel's reason, in words.

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use capstats_common::names::check_name;
 use capstats_common::protocol::{Command, Direction, ErrorKind, HookName, Reply, Response};
 use capstats_ebpf::counters::Counter;
+use capstats_ebpf::filter::ANY;
 
 use crate::attach::{Interfaces, default_interface};
 use crate::log::event;
@@ -244,6 +245,77 @@ impl Service {
         }
     }
 
+    /// Interface `index` is now called `name`: sessions counting on it under another
+    /// name follow it (their interface is renamed, their programs, sockets and pins
+    /// filed under the new name), and say so. A session counts on an interface, not a
+    /// name: the kernel's attachments follow the index.
+    pub fn follow_rename(&mut self, name: &str, index: u32) {
+        let renamed: BTreeSet<String> = self
+            .sessions
+            .values()
+            .filter(|s| {
+                s.counting_ifindex() == Some(index) && s.interface != name && s.interface != ANY
+            })
+            .map(|s| s.interface.clone())
+            .collect();
+        for old in renamed {
+            self.programs.rename(&old, name);
+            let mut names = Vec::new();
+            for session in self.sessions.values_mut() {
+                if session.interface == old {
+                    session.interface = name.to_owned();
+                    names.push(format!("{:?}", session.name));
+                }
+            }
+            event!(
+                "{old} was renamed {name} (index {index}): {} follow it and count there",
+                names.join(", ")
+            );
+            // Logged if it fails; the kernel has the change already.
+            let _ = self.save();
+        }
+    }
+
+    /// Interface `index`, called `name`, left this namespace (deleted, or moved to
+    /// another): the sessions that counted on it stop (their programs detached, their
+    /// pins removed, so that none counts in another namespace), keep their counters,
+    /// and resume when an interface of that name appears here.
+    pub fn gone(&mut self, name: &str, index: u32) {
+        if !self.has_interface(name) {
+            return;
+        }
+        let hooks: BTreeSet<HookName> = self
+            .sessions
+            .values()
+            .filter(|s| s.interface == name)
+            .map(|s| s.hook)
+            .collect();
+        for &hook in &hooks {
+            for &slot in crate::session::slots(hook, Direction::Both) {
+                if self.programs.attached_ifindex(name, slot) == Some(index) {
+                    self.programs.detach(name, slot);
+                }
+            }
+        }
+        let mut stopped = Vec::new();
+        for session in self.sessions.values_mut() {
+            if session.interface == name && session.counting_ifindex() == Some(index) {
+                session.set_counting(None);
+                stopped.push(format!("{:?}", session.name));
+            }
+        }
+        event!(
+            "{name} (index {index}) was deleted or moved to another namespace: {} stopped \
+             counting there and keep their counters; they resume when an interface named \
+             {name} appears here",
+            if stopped.is_empty() {
+                "its sessions".to_owned()
+            } else {
+                stopped.join(", ")
+            }
+        );
+    }
+
     /// Whether any session counts on (or waits for) `interface`.
     pub fn has_interface(&self, interface: &str) -> bool {
         self.sessions.values().any(|s| s.interface == interface)
@@ -387,6 +459,27 @@ impl Service {
                         format!("no interface named {interface:?}"),
                     ));
                 }
+                if hook == HookName::Tc && direction != Direction::Out {
+                    let ours = self.names(&interface, HookName::Xdp, |s| {
+                        s.xdp_mode() == Some("generic")
+                    });
+                    let generic = if !ours.is_empty() {
+                        Some(format!("XDP session {ours} is"))
+                    } else {
+                        crate::attach::ifindex(&interface)
+                            .filter(|&index| crate::attach::xdp_generic(index).unwrap_or(false))
+                            .map(|_| "an XDP program capstats did not attach is".to_owned())
+                    };
+                    // Asked last: it opens a capture handle.
+                    if let Some(generic) = generic
+                        && has_link_header(&interface)
+                    {
+                        return Err((
+                            ErrorKind::BadRequest,
+                            generic_xdp_and_tc_ingress(&interface, &generic),
+                        ));
+                    }
+                }
                 // The filter must compile there before anything is made.
                 let program = crate::session::compile(&interface, hook, &filter)
                     .map_err(|e| (e.kind(), e.to_string()))?;
@@ -402,6 +495,27 @@ impl Service {
                     self.sessions.remove(&name);
                     self.pins.remove(&name);
                     return Err((e.kind(), e.to_string()));
+                }
+                if self.sessions[&name].xdp_mode() == Some("generic") {
+                    let tc_ingress = self.names(&interface, HookName::Tc, Session::at_tc_ingress);
+                    if !tc_ingress.is_empty() && has_link_header(&interface) {
+                        // Taken out again: the tc sessions were there first.
+                        self.sessions.remove(&name);
+                        if let Err(e) = self.sync(&interface, hook) {
+                            event!(
+                                "cannot regenerate the XDP program of {interface} without \
+                                 {name:?}: {e}"
+                            );
+                        }
+                        self.pins.remove(&name);
+                        return Err((
+                            ErrorKind::BadRequest,
+                            generic_xdp_and_tc_ingress(
+                                &interface,
+                                &format!("tc ingress session {tc_ingress} is"),
+                            ),
+                        ));
+                    }
                 }
                 let session = self.sessions.get_mut(&name).expect("inserted above");
                 session.counting_from_creation();
@@ -494,6 +608,29 @@ impl Service {
     fn get_mut(&mut self, name: &str) -> Result<&mut Session, (ErrorKind, String)> {
         self.sessions.get_mut(name).ok_or_else(|| unknown(name))
     }
+}
+
+/// Whether packets on `interface` have a link-layer header (not a raw-IP link such as
+/// tun, where generic XDP has none to lose): what generic XDP breaks for tc ingress.
+fn has_link_header(interface: &str) -> bool {
+    // DLT_RAW, as libpcap numbers it on Linux, and LINKTYPE_RAW.
+    !matches!(
+        capstats_ebpf::filter::link_type(interface),
+        Ok(pcap::Linktype(12 | 101))
+    )
+}
+
+/// Why an XDP session in generic mode and tc ingress sessions cannot share an
+/// interface (`others`: the sessions already there).
+fn generic_xdp_and_tc_ingress(interface: &str, others: &str) -> String {
+    format!(
+        "XDP runs in generic mode on {interface}, and there it breaks tc ingress: to run a \
+         generic XDP program the kernel copies each packet that lacks headroom, and the copy \
+         loses its link-layer header length (skb->mac_len), so tc ingress programs then see \
+         packets without their link-layer header (filters miss, lengths are 14 bytes short). \
+         capstats does not count tc ingress and generic XDP on one interface ({others} \
+         there already): count with hook socket, or on another interface"
+    )
 }
 
 /// A filter for the log: the empty one matches everything.

@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use capstats_common::protocol::{self, Direction, ErrorKind, HookName};
-use capstats_ebpf::cbpf::Program;
+use capstats_ebpf::cbpf::{Cooked, CookedError, Program};
 use capstats_ebpf::counters::{Counter, CounterError, CounterMap};
-use capstats_ebpf::filter::{Filter, FilterError};
+use capstats_ebpf::filter::{ANY, Filter, FilterError};
 use capstats_ebpf::program::LoadError;
 
 use crate::attach::{Interfaces, is_loopback};
@@ -45,6 +45,8 @@ pub enum SessionError {
     },
     #[error("cannot attach the program: {0}")]
     Attach(#[from] aya::programs::ProgramError),
+    #[error("cannot count this filter on interface any: {0}")]
+    Cooked(#[from] CookedError),
 }
 
 impl SessionError {
@@ -52,7 +54,8 @@ impl SessionError {
         match self {
             SessionError::UnknownInterface(_) => ErrorKind::UnknownInterface,
             SessionError::Filter(FilterError::Open { .. }) => ErrorKind::UnknownInterface,
-            SessionError::Filter(_) => ErrorKind::InvalidFilter,
+            SessionError::Filter(FilterError::LinkType { .. }) => ErrorKind::BadRequest,
+            SessionError::Filter(_) | SessionError::Cooked(_) => ErrorKind::InvalidFilter,
             SessionError::Unsupported(_) => ErrorKind::BadRequest,
             _ => ErrorKind::Kernel,
         }
@@ -103,6 +106,15 @@ pub struct Spec<'a> {
 impl Spec<'_> {
     /// Refuses what the hook cannot do, before anything is loaded.
     pub fn check(&self) -> Result<(), SessionError> {
+        if self.interface == ANY && self.hook != HookName::Socket {
+            return Err(SessionError::Unsupported(format!(
+                "interface any (every interface of the namespace, as `tcpdump -i any`) is \
+                 counted by the socket hook only: `hook {}` attaches to one interface; use \
+                 `hook socket`, or a {} session per interface",
+                self.hook.as_str(),
+                self.hook.as_str()
+            )));
+        }
         match (self.hook, self.direction) {
             (HookName::Socket, Direction::Both)
             | (HookName::Tc, _)
@@ -150,7 +162,10 @@ pub fn precompiled(
 ) -> Precompiled {
     let key = (interface.to_owned(), hook, expression.to_owned());
     let mut ahead = PRECOMPILED.lock().unwrap_or_else(|p| p.into_inner());
-    ahead.push((key.clone(), counting_program(interface, hook, program)));
+    // One that cannot count is compiled again by `compile`, which says why.
+    if let Ok(counting) = counting_program(interface, hook, program) {
+        ahead.push((key.clone(), counting));
+    }
     Precompiled(key)
 }
 
@@ -181,6 +196,7 @@ pub fn libpcap_filter(
     expression: &str,
 ) -> Result<Filter, FilterError> {
     match hook {
+        HookName::Socket if interface == ANY => Filter::for_any(expression),
         HookName::Xdp => Filter::for_xdp(interface, expression),
         HookName::Tc | HookName::Socket => Filter::for_interface(interface, expression),
     }
@@ -188,12 +204,25 @@ pub fn libpcap_filter(
 
 /// What a session counts with, from libpcap's program: on a loopback interface the
 /// socket filter skips the leaving copy of each packet, which tcpdump does not show
-/// either.
-fn counting_program(interface: &str, hook: HookName, program: &Program) -> Program {
-    match hook {
+/// either. On `any`, the program as libpcap gives it to the kernel (offsets past the
+/// cooked header; see [`Program::for_cooked_socket`]), skipping the leaving copy of
+/// loopback's packets as libpcap does there.
+fn counting_program(
+    interface: &str,
+    hook: HookName,
+    program: &Program,
+) -> Result<Program, SessionError> {
+    Ok(match hook {
+        HookName::Socket if interface == ANY => {
+            // The loopback interface of a namespace always has index 1.
+            let lo = crate::attach::ifindex("lo").unwrap_or(1);
+            program
+                .for_cooked_socket(Cooked::Sll2)?
+                .rejecting_outgoing_on(lo)
+        }
         HookName::Socket if is_loopback(interface) => program.rejecting_outgoing(),
         _ => program.clone(),
-    }
+    })
 }
 
 /// The program a session with `expression` on `interface` at `hook` counts with.
@@ -202,7 +231,7 @@ pub fn compile(interface: &str, hook: HookName, expression: &str) -> Result<Prog
         return Ok(program);
     }
     let filter = libpcap_filter(interface, hook, expression)?;
-    Ok(counting_program(interface, hook, filter.program()))
+    counting_program(interface, hook, filter.program())
 }
 
 impl Session {
@@ -295,6 +324,16 @@ impl Session {
         self.counting.map(|c| c.ifindex)
     }
 
+    /// XDP sessions that count: `native` or `generic`.
+    pub fn xdp_mode(&self) -> Option<&'static str> {
+        self.counting.and_then(|c| c.mode)
+    }
+
+    /// Whether it counts at tc ingress.
+    pub fn at_tc_ingress(&self) -> bool {
+        self.slots().contains(&Slot::TcIngress)
+    }
+
     /// The session's counter map.
     pub fn counters(&self) -> &CounterMap {
         &self.counters
@@ -317,6 +356,7 @@ impl Session {
             packets: Some(counter.packets),
             bytes: Some(counter.bytes),
             up: self.up(interfaces),
+            link: interfaces.state(&self.interface).map(Into::into),
             hook: self.hook.as_str().into(),
             direction: self.direction.as_str().into(),
             mode: self.counting.and_then(|c| c.mode).map(Into::into),

@@ -308,6 +308,46 @@ impl ClassicInsn {
     }
 }
 
+/// The Linux cooked headers libpcap compiles for on `any`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cooked {
+    /// `LINKTYPE_LINUX_SLL`: 16 bytes, packet type at 0, protocol at 14.
+    Sll,
+    /// `LINKTYPE_LINUX_SLL2`: 20 bytes, protocol at 0, interface index at 4, packet
+    /// type at 10.
+    Sll2,
+}
+
+impl Cooked {
+    /// The header's length.
+    pub const fn header_len(self) -> u32 {
+        match self {
+            Cooked::Sll => 16,
+            Cooked::Sll2 => 20,
+        }
+    }
+
+    const fn name(self) -> &'static str {
+        match self {
+            Cooked::Sll => "LINUX_SLL",
+            Cooked::Sll2 => "LINUX_SLL2",
+        }
+    }
+}
+
+/// A program that reads a part of the cooked header the kernel does not have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "instruction {pc} reads byte {offset} of the {} cooked header (a link-layer address or \
+     type), which no packet socket filter sees: libpcap runs such a filter in user space",
+    header.name()
+)]
+pub struct CookedError {
+    pub pc: usize,
+    pub offset: u32,
+    pub header: Cooked,
+}
+
 /// Why a classic program was refused. Every variant names the instruction.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClassicError {
@@ -408,6 +448,102 @@ impl Program {
                 .chain(self.insns.iter().copied())
                 .collect(),
         }
+    }
+
+    /// The same program behind a guard that rejects the leaving copy of packets on
+    /// interface `ifindex` (`PACKET_OUTGOING` there): libpcap does so for the loopback
+    /// interface on `any`, where each of its packets passes twice.
+    pub fn rejecting_outgoing_on(&self, ifindex: u32) -> Program {
+        const PACKET_OUTGOING: u32 = 4;
+        let guard = [
+            // A = skb->pkt_type
+            ClassicInsn::LoadA(LoadA::Ancillary {
+                size: LoadSize::Half,
+                field: Ancillary::PktType,
+            }),
+            ClassicInsn::Jump {
+                cond: Cond::Eq,
+                src: Src::K(PACKET_OUTGOING),
+                jt: 0,
+                jf: 3,
+            },
+            // A = skb->dev->ifindex
+            ClassicInsn::LoadA(LoadA::Ancillary {
+                size: LoadSize::Word,
+                field: Ancillary::Ifindex,
+            }),
+            ClassicInsn::Jump {
+                cond: Cond::Eq,
+                src: Src::K(ifindex),
+                jt: 0,
+                jf: 1,
+            },
+            ClassicInsn::RetK(0),
+            // A = 0 again: the program starts as a classic program does.
+            ClassicInsn::LoadA(LoadA::Imm(0)),
+        ];
+        Program {
+            insns: guard
+                .into_iter()
+                .chain(self.insns.iter().copied())
+                .collect(),
+        }
+    }
+
+    /// The program as libpcap hands it to the kernel for a cooked socket
+    /// (`fix_program` in pcap-linux.c): libpcap compiles for a Linux cooked header
+    /// before the packet (`header`), but an unbound `SOCK_DGRAM` packet socket's filter
+    /// sees the packet from its network header. Loads past the header move back by its
+    /// length; loads of its protocol, interface index and packet type fields become
+    /// ancillary loads; an indexed load or `msh` of them reads nothing the kernel has
+    /// (rejects, as in the kernel). A load of another part of the header (a link-layer
+    /// address: `ether host` on `any`) is one libpcap runs in user space only: refused,
+    /// with the instruction.
+    pub fn for_cooked_socket(&self, header: Cooked) -> Result<Program, CookedError> {
+        let field = |k: u32| -> Option<Ancillary> {
+            match (header, k) {
+                (Cooked::Sll2, 0) | (Cooked::Sll, 14) => Some(Ancillary::Protocol),
+                (Cooked::Sll2, 4) => Some(Ancillary::Ifindex),
+                (Cooked::Sll2, 10) | (Cooked::Sll, 0) => Some(Ancillary::PktType),
+                _ => None,
+            }
+        };
+        let len = header.header_len();
+        // Beyond any packet: the translation rejects such an offset.
+        const UNREADABLE: u32 = u32::MAX;
+        let mut insns = Vec::with_capacity(self.insns.len());
+        for (pc, insn) in self.insns.iter().enumerate() {
+            let moved = |offset: u32| -> Result<u32, CookedError> {
+                if offset >= len {
+                    Ok(offset - len)
+                } else if field(offset).is_some() {
+                    Ok(UNREADABLE)
+                } else {
+                    Err(CookedError { pc, offset, header })
+                }
+            };
+            insns.push(match *insn {
+                ClassicInsn::LoadA(LoadA::Abs { size, offset }) if offset < len => {
+                    match field(offset) {
+                        Some(field) => ClassicInsn::LoadA(LoadA::Ancillary { size, field }),
+                        None => return Err(CookedError { pc, offset, header }),
+                    }
+                }
+                ClassicInsn::LoadA(LoadA::Abs { size, offset }) => ClassicInsn::LoadA(LoadA::Abs {
+                    size,
+                    offset: offset - len,
+                }),
+                ClassicInsn::LoadA(LoadA::Ind { size, offset }) => ClassicInsn::LoadA(LoadA::Ind {
+                    size,
+                    offset: moved(offset)?,
+                }),
+                ClassicInsn::LoadX(LoadX::Msh(offset)) => {
+                    ClassicInsn::LoadX(LoadX::Msh(moved(offset)?))
+                }
+                other => other,
+            });
+        }
+        Ok(Program { insns })
     }
 
     /// Whether some `ja` jumps backwards (a loop: libpcap's `protochain`).
@@ -627,6 +763,80 @@ mod tests {
             .map(|&(code, jt, jf, k)| RawInsn::new(code, jt, jf, k))
             .collect();
         Program::new(&raw)
+    }
+
+    #[test]
+    fn a_cooked_program_reads_what_the_kernel_has_as_libpcap_fixes_it() {
+        // tcpdump -i any -d 'ip and udp[2:2] = 53 and inbound': ldh [0]; ldb [29];
+        // ldxb 4*([20]&0xf); ldh [x + 22]; ldb [10]; ld [4].
+        let cooked = program(&[
+            (0x28, 0, 0, 0),
+            (0x30, 0, 0, 29),
+            (0xb1, 0, 0, 20),
+            (0x48, 0, 0, 22),
+            (0x48, 0, 0, 4),
+            (0x30, 0, 0, 10),
+            (0x20, 0, 0, 4),
+            (0x06, 0, 0, 1),
+        ])
+        .unwrap()
+        .for_cooked_socket(Cooked::Sll2)
+        .unwrap();
+        let ancillary = |size, field| ClassicInsn::LoadA(LoadA::Ancillary { size, field });
+        assert_eq!(
+            cooked.insns(),
+            [
+                ancillary(LoadSize::Half, Ancillary::Protocol),
+                ClassicInsn::LoadA(LoadA::Abs {
+                    size: LoadSize::Byte,
+                    offset: 9
+                }),
+                ClassicInsn::LoadX(LoadX::Msh(0)),
+                ClassicInsn::LoadA(LoadA::Ind {
+                    size: LoadSize::Half,
+                    offset: 2
+                }),
+                // An indexed load of a field: nothing the kernel can read.
+                ClassicInsn::LoadA(LoadA::Ind {
+                    size: LoadSize::Half,
+                    offset: u32::MAX
+                }),
+                ancillary(LoadSize::Byte, Ancillary::PktType),
+                ancillary(LoadSize::Word, Ancillary::Ifindex),
+                ClassicInsn::RetK(1),
+            ]
+        );
+        // The link-layer address: libpcap filters in user space; refused.
+        let address = program(&[(0x28, 0, 0, 12), (0x06, 0, 0, 1)]).unwrap();
+        assert_eq!(
+            address.for_cooked_socket(Cooked::Sll2),
+            Err(CookedError {
+                pc: 0,
+                offset: 12,
+                header: Cooked::Sll2
+            })
+        );
+        // LINUX_SLL: packet type at 0, protocol at 14, payload from 16.
+        let sll = program(&[
+            (0x28, 0, 0, 14),
+            (0x30, 0, 0, 0),
+            (0x30, 0, 0, 25),
+            (0x06, 0, 0, 1),
+        ])
+        .unwrap()
+        .for_cooked_socket(Cooked::Sll)
+        .unwrap();
+        assert_eq!(
+            &sll.insns()[..3],
+            [
+                ancillary(LoadSize::Half, Ancillary::Protocol),
+                ancillary(LoadSize::Byte, Ancillary::PktType),
+                ClassicInsn::LoadA(LoadA::Abs {
+                    size: LoadSize::Byte,
+                    offset: 9
+                }),
+            ]
+        );
     }
 
     /// `tcpdump -d 'ip'` on an Ethernet savefile.

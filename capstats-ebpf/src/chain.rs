@@ -29,7 +29,7 @@ use crate::counters::CounterMap;
 use crate::insn::Insn;
 use crate::program::{KERNEL_MAX_MAPS, LoadedProgram, bpf, obj_pin};
 use crate::shared::{SharedError, SharedProgram};
-use crate::translate::{Hook, TailCall, TranslateError, translate_chained};
+use crate::translate::{Hook, Placement, TailCall, TranslateError, translate_chained};
 
 /// Filters per program of a chain: each refers to its counter map, and to the prog
 /// array, within the kernel's [`KERNEL_MAX_MAPS`] maps per program.
@@ -187,7 +187,13 @@ pub fn build_chunk(
         prog_array_fd: chain.raw_fd(),
         index: (index + 1) as u32,
     });
-    SharedProgram::build_at(name, counted, entries, hook, tc_egress, next)
+    let placement = Placement {
+        hook,
+        tc_egress,
+        cooked: None,
+        next,
+    };
+    SharedProgram::build_at(name, counted, entries, placement)
 }
 
 /// Program `index` of a chain for `hook`: each filter of `counted` counting into slot

@@ -77,6 +77,18 @@ pub enum FilterError {
          capture file does not record and the xdp hook does not see (use hook socket or tc)"
     )]
     NeedsInterface { expression: String },
+    /// libpcap reads this interface's packets through a Linux cooked header (its own
+    /// link-layer header is one libpcap does not know): no hook sees that header.
+    #[error(
+        "{interface} has link type {linktype}: libpcap reads its packets through a Linux \
+         cooked header that the {hook} hook does not see, so capstats cannot count there as \
+         tcpdump would"
+    )]
+    LinkType {
+        interface: String,
+        linktype: String,
+        hook: &'static str,
+    },
     /// libpcap produced a program the kernel's classic rules refuse.
     #[error("libpcap compiled {expression:?} to a program capstats cannot run: {source}")]
     Classic {
@@ -168,26 +180,54 @@ impl Filter {
         compile(dead.as_ptr().cast(), expression, netmask, Semantics::Live)
     }
 
-    /// Compiles `expression` for the XDP hook of an Ethernet `interface`: XDP sees
-    /// frames before the kernel takes VLAN tags out of them, so the program tests tags
-    /// in the frame (savefile semantics), with the interface's netmask for
-    /// `ip broadcast`. Expressions that need socket metadata are refused.
+    /// Compiles `expression` for the XDP hook of `interface`, for the link type a live
+    /// handle on it has (`tcpdump -i interface` shows it): XDP's data starts where a
+    /// packet socket's does (the driver's frame natively; generically the skb from its
+    /// link-layer header, `skb_mac_header`, as `packet_rcv` pushes it back), so an
+    /// Ethernet link's program reads Ethernet offsets and a raw-IP link's (tun,
+    /// WireGuard, IP-in-IP tunnels: `DLT_RAW`) reads the IP header at 0. XDP sees frames
+    /// before the kernel takes VLAN tags out of them, so the program tests tags in the
+    /// frame (savefile semantics), with the interface's netmask for `ip broadcast`.
+    /// Expressions that need socket metadata are refused, and so are links where
+    /// libpcap itself sees a Linux cooked header that no frame carries.
     pub fn for_xdp(interface: &str, expression: &str) -> Result<Self, FilterError> {
-        Self::for_linktype(
-            pcap::Linktype::ETHERNET,
-            expression,
-            interface_netmask(interface),
-        )
+        let linktype = link_type(interface)?;
+        refuse_cooked(interface, linktype, "xdp")?;
+        Self::for_linktype(linktype, expression, interface_netmask(interface))
     }
 
     /// Compiles `expression` as `tcpdump -i interface` would: on an activated live
     /// handle, with the interface's netmask. Needs `CAP_NET_RAW`.
+    /// Refused on links where libpcap reads packets through a Linux cooked header
+    /// (`tcpdump -i` says `LINUX_SLL`): the socket and tc hooks see the link's own
+    /// header there. `any` is [`Filter::for_any`].
     pub fn for_interface(interface: &str, expression: &str) -> Result<Self, FilterError> {
         let handle = open_live(interface)?;
+        refuse_cooked(interface, handle.get_datalink(), "socket or tc")?;
         compile(
             handle.as_ptr().cast(),
             expression,
             interface_netmask(interface),
+            Semantics::Live,
+        )
+    }
+
+    /// Compiles `expression` as `tcpdump -i any` does: on a live handle on `any` with
+    /// tcpdump's link type there, `LINUX_SLL2` (the `pcap` crate's handle would be
+    /// `LINUX_SLL`), so that the program reads the header tcpdump records. Counting
+    /// needs it as the kernel runs it ([`Program::for_cooked_socket`]).
+    pub fn for_any(expression: &str) -> Result<Self, FilterError> {
+        let mut handle = open_live(ANY)?;
+        handle
+            .set_datalink(LINKTYPE_LINUX_SLL2)
+            .map_err(|source| FilterError::Open {
+                what: "interface \"any\" with link type LINUX_SLL2".into(),
+                source,
+            })?;
+        compile(
+            handle.as_ptr().cast(),
+            expression,
+            interface_netmask(ANY),
             Semantics::Live,
         )
     }
@@ -254,6 +294,41 @@ fn open_live(interface: &str) -> Result<Capture<Active>, FilterError> {
         what: format!("interface {interface:?}"),
         source,
     })
+}
+
+/// libpcap's pseudo-interface for every interface (`tcpdump -i any`).
+pub const ANY: &str = "any";
+
+/// `DLT_LINUX_SLL` and `DLT_LINUX_SLL2`: the headers libpcap makes up for `any` and for
+/// links whose own header it does not read (cooked mode).
+pub const LINKTYPE_LINUX_SLL: pcap::Linktype = pcap::Linktype(113);
+pub const LINKTYPE_LINUX_SLL2: pcap::Linktype = pcap::Linktype(276);
+
+/// The link type of a live handle on `interface`, as `tcpdump -i interface` reports it.
+pub fn link_type(interface: &str) -> Result<pcap::Linktype, FilterError> {
+    Ok(open_live(interface)?.get_datalink())
+}
+
+/// A link type's name for people (`EN10MB`, `RAW`, ...), or its number.
+pub fn link_type_name(linktype: pcap::Linktype) -> String {
+    linktype
+        .get_name()
+        .unwrap_or_else(|_| format!("DLT {}", linktype.0))
+}
+
+fn refuse_cooked(
+    interface: &str,
+    linktype: pcap::Linktype,
+    hook: &'static str,
+) -> Result<(), FilterError> {
+    if linktype == LINKTYPE_LINUX_SLL || linktype == LINKTYPE_LINUX_SLL2 {
+        return Err(FilterError::LinkType {
+            interface: interface.to_owned(),
+            linktype: link_type_name(linktype),
+            hook,
+        });
+    }
+    Ok(())
 }
 
 /// The netmask tcpdump would use: the interface's IPv4 one, or 0 when it has none.

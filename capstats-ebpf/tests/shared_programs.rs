@@ -20,7 +20,7 @@ use capstats_ebpf::filter::Filter;
 use capstats_ebpf::program::LoadedProgram;
 use capstats_ebpf::shared::SharedProgram;
 use capstats_ebpf::testrun::harness_max_frame;
-use capstats_ebpf::translate::Hook;
+use capstats_ebpf::translate::{Hook, Placement};
 
 /// Filters per program for the corpus (as `combined_programs`).
 const PER_PROGRAM: usize = 64;
@@ -506,8 +506,8 @@ fn in_place(hook: Hook) {
         if changed_in_place {
             in_place += 1;
         } else {
-            let p =
-                SharedProgram::build_at("inplace", &counted, &entries, hook, false, None).unwrap();
+            let p = SharedProgram::build_at("inplace", &counted, &entries, Placement::on(hook))
+                .unwrap();
             let l = LoadedProgram::load(loaded_as, "inplace", &p.insns).unwrap();
             runner = Some(common::Runner::new(&l));
             (program, loaded) = (Some(p), Some(l));

@@ -109,3 +109,65 @@ pub fn redirect_to_egress(ns: &NetNs, from: &Link, to: &Link) -> anyhow::Result<
         from.name, to.name
     ))
 }
+
+/// A tun device (raw IP: no link-layer header) in a namespace, with its queue open:
+/// IP packets written to it arrive on the interface, as from a VPN's wire. The
+/// device goes with its namespace; the queue closes on drop.
+#[derive(Debug)]
+pub struct Tun {
+    pub name: String,
+    file: std::fs::File,
+}
+
+impl Tun {
+    /// `ip tuntap add NAME mode tun` in `ns`, its queue opened from inside `ns`
+    /// (`TUNSETIFF`, no packet information header), and the interface set up.
+    ///
+    /// # Errors
+    /// When `ip` fails or `/dev/net/tun` cannot be opened or attached.
+    pub fn create(ns: &NetNs, name: &str) -> anyhow::Result<Self> {
+        use std::os::fd::AsRawFd;
+        ns.ip(&["tuntap", "add", name, "mode", "tun"])?;
+        let file = ns.run(|| {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/net/tun")
+                .map_err(|e| anyhow::anyhow!("cannot open /dev/net/tun: {e}"))?;
+            // struct ifreq: the name, then ifr_flags.
+            let mut request = [0u8; 40];
+            request[..name.len()].copy_from_slice(name.as_bytes());
+            let flags = (libc::IFF_TUN | libc::IFF_NO_PI) as u16;
+            request[16..18].copy_from_slice(&flags.to_ne_bytes());
+            const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+            // SAFETY: an ifreq-sized buffer for the ioctl to read and write.
+            let rc = unsafe { libc::ioctl(file.as_raw_fd(), TUNSETIFF, request.as_mut_ptr()) };
+            anyhow::ensure!(
+                rc == 0,
+                "TUNSETIFF {name}: {}",
+                std::io::Error::last_os_error()
+            );
+            Ok(file)
+        })?;
+        ns.ip(&["link", "set", name, "up"])?;
+        Ok(Self {
+            name: name.to_owned(),
+            file,
+        })
+    }
+
+    /// Writes one IP packet: it arrives on the interface.
+    ///
+    /// # Errors
+    /// When the write fails or is short.
+    pub fn send(&self, packet: &[u8]) -> anyhow::Result<()> {
+        use std::io::Write;
+        let written = (&self.file).write(packet)?;
+        anyhow::ensure!(
+            written == packet.len(),
+            "wrote {written} of {} bytes",
+            packet.len()
+        );
+        Ok(())
+    }
+}

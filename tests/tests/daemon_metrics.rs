@@ -128,6 +128,7 @@ fn session(name: &str, filter: &str) -> Session {
         modified: "2026-01-01T00:00:00Z".into(),
         counting_since: None,
         survives_daemon: None,
+        link: None,
         read_at: None,
     }
 }

@@ -30,7 +30,7 @@ use crate::cbpf::Program;
 use crate::counters::CounterMap;
 use crate::insn::Insn;
 use crate::program::bpf;
-use crate::translate::{Hook, SharedMaps, TailCall, TranslateError, translate_shared};
+use crate::translate::{Hook, Placement, SharedMaps, TailCall, TranslateError, translate_shared};
 
 use maps::{CounterTable, DispatchKey, DispatchMap, MapsError, dispatch_entries};
 use plan::Plan;
@@ -59,9 +59,7 @@ pub struct SharedProgram {
     pub plan: Plan,
     pub insns: Vec<Insn>,
     pub maps: Option<(DispatchMap, CounterTable)>,
-    hook: Hook,
-    tc_egress: bool,
-    next: Option<TailCall>,
+    placement: Placement,
     /// The dispatch map's entries.
     dispatch: HashMap<DispatchKey, u32>,
     /// The counter table's entries: the kernel id of the counter map in each.
@@ -80,22 +78,25 @@ impl SharedProgram {
         next: Option<TailCall>,
     ) -> Result<Self, SharedError> {
         let entries: Vec<u32> = (0..counted.len() as u32).collect();
-        Self::build_at(name, counted, &entries, hook, tc_egress, next)
+        let placement = Placement {
+            hook,
+            tc_egress,
+            cooked: None,
+            next,
+        };
+        Self::build_at(name, counted, &entries, placement)
     }
 
     /// [`SharedProgram::build`] with filter `i` at counter table entry `entries[i]`
-    /// (distinct). `name` names the maps (`NAME_d`, `NAME_t`; keep it short: the kernel
-    /// keeps 15 characters); `tc_egress` and `next` as for
-    /// [`crate::translate::translate_chained`]. The maps get room to grow (twice what
+    /// (distinct), for `placement`. `name` names the maps (`NAME_d`, `NAME_t`; keep it
+    /// short: the kernel keeps 15 characters). The maps get room to grow (twice what
     /// is needed now), for [`SharedProgram::update_in_place`]. With nothing to count
     /// the program only goes on to `next` (or returns).
     pub fn build_at(
         name: &str,
         counted: &[(&Program, &CounterMap)],
         entries: &[u32],
-        hook: Hook,
-        tc_egress: bool,
-        next: Option<TailCall>,
+        placement: Placement,
     ) -> Result<Self, SharedError> {
         let filters: Vec<&Program> = counted.iter().map(|&(program, _)| program).collect();
         let plan = Plan::new(&filters);
@@ -103,9 +104,7 @@ impl SharedProgram {
             plan,
             insns: Vec::new(),
             maps: None,
-            hook,
-            tc_egress,
-            next,
+            placement,
             dispatch: HashMap::new(),
             table: HashMap::new(),
         };
@@ -163,15 +162,7 @@ impl SharedProgram {
         if keys.len() > dispatch.capacity() as usize {
             return Ok(None);
         }
-        let insns = translate_shared(
-            &filters,
-            entries,
-            &plan,
-            self.hook,
-            self.tc_egress,
-            self.fds(),
-            self.next,
-        )?;
+        let insns = translate_shared(&filters, entries, &plan, self.placement, self.fds())?;
         Ok((insns == self.insns).then_some(InPlace { plan, keys }))
     }
 
@@ -244,10 +235,8 @@ impl SharedProgram {
             filters,
             entries,
             &self.plan,
-            self.hook,
-            self.tc_egress,
+            self.placement,
             self.fds(),
-            self.next,
         )?)
     }
 }

@@ -139,6 +139,13 @@ impl Translator {
     /// the frame into metadata (tcpdump puts it back).
     fn skb_wire_len(&mut self) {
         let (r1, r2) = (Reg::R1, Reg::R2);
+        if let Some(header) = self.cooked {
+            // A cooked header instead of the link's, no tag put back.
+            self.emit(load(Size::W, r1, CTX, skb::LEN)); // r1 = skb->len
+            self.emit(alu64(AluOp::Add, r1, imm(header))); // r1 += the cooked header
+            self.emit(store(Size::DW, FP, frame::WIRE_LEN, Operand::Reg(r1))); // wire_len = r1
+            return;
+        }
         self.emit(load(Size::W, r1, CTX, skb::LEN)); // r1 = skb->len
         self.emit(load(Size::W, r2, CTX, skb::VLAN_PRESENT)); // r2 = tag in metadata
         self.emit(alu64(AluOp::Lsh, r2, Operand::Imm(2)));

@@ -100,6 +100,31 @@ pub struct TailCall {
     pub index: u32,
 }
 
+/// Where a shared program runs and what follows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    pub hook: Hook,
+    /// TC egress (see [`translate_tc_egress`]).
+    pub tc_egress: bool,
+    /// A socket filter on `interface any`: the cooked header's length (see
+    /// [`translate_all_cooked`]).
+    pub cooked: Option<u32>,
+    /// The next program of a chain (see [`translate_chained`]).
+    pub next: Option<TailCall>,
+}
+
+impl Placement {
+    /// `hook`, with nothing after it.
+    pub const fn on(hook: Hook) -> Self {
+        Self {
+            hook,
+            tc_egress: false,
+            cooked: None,
+            next: None,
+        }
+    }
+}
+
 /// The maps a shared program reads ([`crate::shared::maps`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SharedMaps {
@@ -165,6 +190,17 @@ pub fn translate_chained(
     Ok(assemble(filters, hook, tc_egress && hook == Hook::Tc, next)?.finish()?)
 }
 
+/// [`translate_all`] for a socket filter on an unbound `SOCK_DGRAM` packet socket
+/// (`interface any`): the packet starts at its network header, and the frame tcpdump
+/// records is a Linux cooked header of `header_len` bytes before it, with no VLAN tag
+/// put back (`LINKTYPE_LINUX_SLL2`). Counts `skb->len + header_len` bytes per packet.
+pub fn translate_all_cooked(
+    filters: &[(&Program, CounterSlot)],
+    header_len: u32,
+) -> Result<Vec<Insn>, TranslateError> {
+    Ok(assemble_with(filters, Hook::SocketFilter, false, None, Some(header_len))?.finish()?)
+}
+
 /// [`translate_all`] for the TC egress hook (see [`translate_tc_egress`]).
 pub fn translate_all_tc_egress(
     filters: &[(&Program, CounterSlot)],
@@ -184,27 +220,15 @@ pub fn translate_listing(
 /// Translates `filters` as `plan` groups them ([`crate::shared`]): each group's code
 /// once, each single filter alone, every filter counting into its counter map through
 /// the table, filter `i` at entry `entries[i]` (a single's entry is in its code; a
-/// group member's in the dispatch map). `tc_egress` and `next` as for
-/// [`translate_chained`].
+/// group member's in the dispatch map), for `placement`.
 pub fn translate_shared(
     filters: &[&Program],
     entries: &[u32],
     plan: &Plan,
-    hook: Hook,
-    tc_egress: bool,
+    placement: Placement,
     maps: SharedMaps,
-    next: Option<TailCall>,
 ) -> Result<Vec<Insn>, TranslateError> {
-    Ok(assemble_shared(
-        filters,
-        entries,
-        plan,
-        hook,
-        tc_egress && hook == Hook::Tc,
-        maps,
-        next,
-    )?
-    .finish()?)
+    Ok(assemble_shared(filters, entries, plan, placement, maps)?.finish()?)
 }
 
 /// [`translate_shared`] as assembly text with its labels.
@@ -212,25 +236,31 @@ pub fn translate_shared_listing(
     filters: &[&Program],
     entries: &[u32],
     plan: &Plan,
-    hook: Hook,
+    placement: Placement,
     maps: SharedMaps,
 ) -> Result<String, TranslateError> {
-    Ok(assemble_shared(filters, entries, plan, hook, false, maps, None)?.listing()?)
+    Ok(assemble_shared(filters, entries, plan, placement, maps)?.listing()?)
 }
 
 fn assemble_shared(
     filters: &[&Program],
     entries: &[u32],
     plan: &Plan,
-    hook: Hook,
-    outgoing: bool,
+    placement: Placement,
     maps: SharedMaps,
-    next: Option<TailCall>,
 ) -> Result<Assembler, TranslateError> {
+    let Placement {
+        hook,
+        tc_egress,
+        cooked,
+        next,
+    } = placement;
+    let outgoing = tc_egress && hook == Hook::Tc;
     for program in filters {
         access::check(program, hook)?;
     }
     let mut t = Translator::new(hook, outgoing, maps.table_fd, plan.items.len());
+    t.cooked = cooked;
     t.prologue();
     let mut group_number = 0u16;
     for (item_number, item) in plan.items.iter().enumerate() {
@@ -263,10 +293,21 @@ fn assemble(
     outgoing: bool,
     next: Option<TailCall>,
 ) -> Result<Assembler, TranslateError> {
+    assemble_with(filters, hook, outgoing, next, None)
+}
+
+fn assemble_with(
+    filters: &[(&Program, CounterSlot)],
+    hook: Hook,
+    outgoing: bool,
+    next: Option<TailCall>,
+    cooked: Option<u32>,
+) -> Result<Assembler, TranslateError> {
     for (program, _) in filters {
         access::check(program, hook)?;
     }
     let mut t = Translator::new(hook, outgoing, -1, filters.len());
+    t.cooked = cooked;
     t.prologue();
     for (filter, (program, counter)) in filters.iter().enumerate() {
         t.filter = filter;
@@ -285,6 +326,9 @@ struct Translator {
     hook: Hook,
     /// TC egress: every packet is `PACKET_OUTGOING` (see [`translate_tc_egress`]).
     outgoing: bool,
+    /// Socket filters on `any`: the cooked header's length (see
+    /// [`translate_all_cooked`]).
+    cooked: Option<u32>,
     /// The filter being translated: its labels are its own.
     filter: usize,
     /// Whether that filter loops (a backward `ja`).
@@ -315,6 +359,7 @@ impl Translator {
             asm: Assembler::new(),
             hook,
             outgoing,
+            cooked: None,
             filter: 0,
             loops: false,
             next_local: 0,
