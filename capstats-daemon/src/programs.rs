@@ -1,24 +1,28 @@
 //! The counting programs of interfaces: the sessions of an interface and hook share
 //! them.
 //!
-//! Every session has its own counter map (pinned by the caller). A program evaluates
-//! the filters of several sessions in turn, each counting into its session's map, so a
-//! session costs a few nanoseconds, not a program of its own (tcx takes 63 programs
-//! per hook; an interface has one XDP slot). Sessions are laid out in groups, a session
-//! staying in its group for its life (new sessions fill the first group with room):
-//! when a session is added, changed or stopped, only its group's program is generated
-//! again and swapped in atomically, so every packet meets each session's filter exactly
-//! once, also while sessions come and go:
+//! Every session has its own counter map (pinned by the caller). A program counts the
+//! sessions laid out in it, as a shared program (`capstats_ebpf::shared`): sessions of
+//! one shape, differing only in their constants, are one group evaluated once per
+//! packet; the others are evaluated in turn; each counts into its session's map through
+//! the program's counter table, at an entry the session keeps for life. So a session
+//! costs at most a few nanoseconds, not a program of its own (tcx takes 63 programs per
+//! hook; an interface has one XDP slot). Sessions are laid out in programs, a session
+//! staying in its program for life (new sessions go into the first program they fit):
+//! when a session is added, changed or stopped, only its program changes, in its maps
+//! alone where its code stays the same, else by generating it again and swapping it in
+//! atomically, so every packet meets each session's filter exactly once, also while
+//! sessions come and go:
 //!
 //! - socket: AF_PACKET sockets bound to the interface, both directions, each counting
-//!   a group of up to 32 sessions (a socket holds a filter of limited size;
+//!   up to 32 groups or filters alone (a socket holds a filter of limited size;
 //!   `SO_ATTACH_BPF` replaces a filter). The sockets live in the daemon.
-//! - tc (each direction) and xdp: a chain of programs of up to 63 sessions (63 counter
-//!   maps and the prog array: the kernel's 64 maps per program), chunk 0's program on
-//!   the link (`BPF_LINK_UPDATE`), chunk `k`'s in entry `k` of a prog array, each
-//!   ending with a tail call to the next (`capstats_ebpf::chain`). A chunk emptied in
-//!   the middle keeps a program that only passes packets on; one emptied at the end
-//!   goes. At most 34 chunks (the kernel's 33 tail calls): 2,142 sessions.
+//! - tc (each direction) and xdp: a chain of programs of up to 63 groups or filters
+//!   alone, chunk 0's program on the link (`BPF_LINK_UPDATE`), chunk `k`'s in entry `k`
+//!   of a prog array, each ending with a tail call to the next
+//!   (`capstats_ebpf::chain`). A chunk emptied in the middle keeps a program that only
+//!   passes packets on; one emptied at the end goes. At most 34 chunks (the kernel's 33
+//!   tail calls).
 //!   The link is pinned at `<pin-dir>/%tc/<interface>/<in|out>-link` or
 //!   `%xdp/<interface>/<mode>-link` (XDP in native mode where the driver has it,
 //!   generic otherwise), the prog array beside it as `in-chain`, `out-chain` or
@@ -166,10 +170,11 @@ struct Linked {
     mode: Option<Mode>,
 }
 
-/// Socket sessions per socket. A socket filter is charged to the socket's option memory
-/// (`net.core.optmem_max`, 128 KiB by default), twice while a new filter replaces the
-/// old, so one socket cannot hold the program of hundreds of sessions. A session stays
-/// in its socket's group for its life, so that every packet meets each session's filter
+/// Groups and filters alone per socket. A socket filter is charged to the socket's
+/// option memory (`net.core.optmem_max`, 128 KiB by default), twice while a new filter
+/// replaces the old, so one socket cannot hold the program of hundreds of filters
+/// evaluated in turn (a group's members cost its program nothing). A session stays in
+/// its socket's program for its life, so that every packet meets each session's filter
 /// exactly once, also while sessions come and go.
 const SESSIONS_PER_SOCKET: usize = 32;
 

@@ -1562,3 +1562,49 @@ fn seventy_xdp_sessions_count_exactly_through_a_chain() -> anyhow::Result<()> {
     ensure!(chain.exists(), "the chain is no longer pinned");
     Ok(())
 }
+
+/// What `ethtool -k` says of `feature` on `interface` in `ns` (`on`, `off [fixed]`, ...).
+fn feature(
+    ns: &capstats_tests::netns::NetNs,
+    interface: &str,
+    feature: &str,
+) -> anyhow::Result<String> {
+    let out = capstats_tests::cmd::run(ns.command("ethtool").args(["-k", interface]))?;
+    out.lines()
+        .find_map(|line| line.trim().strip_prefix(&format!("{feature}: ")))
+        .map(str::to_owned)
+        .with_context(|| format!("ethtool -k {interface} has no {feature}:\n{out}"))
+}
+
+/// The README's word on what XDP changes on a veth: while an xdp session is attached
+/// to B's end, A's end (its peer) has TCP segmentation offload off, fixed; once the
+/// last xdp session stops, it has it back.
+#[test]
+fn xdp_on_a_veth_turns_tso_off_on_its_peer_while_attached() -> anyhow::Result<()> {
+    require_root(TEST);
+    let Setup {
+        client,
+        daemon: _daemon,
+        spec: _spec,
+        pins: _pins,
+        rig,
+        scratch: _scratch,
+    } = setup("xdp-tso")?;
+    let tso = "tx-tcp-segmentation";
+    let peer = rig.veth.a.name.as_str();
+    let before = feature(&rig.ns_a, peer, tso)?;
+    ensure!(before == "on", "{peer} starts with {tso}: {before}");
+    new_xdp(&client, "x", rig.interface(), "tcp")?;
+    let attached = feature(&rig.ns_a, peer, tso)?;
+    ensure!(
+        attached == "off [fixed]",
+        "with an xdp session on its peer, {peer} has {tso}: {attached}"
+    );
+    client.ok(&["stop", "x"])?;
+    let after = feature(&rig.ns_a, peer, tso)?;
+    ensure!(
+        after == "on",
+        "after the xdp session stopped, {peer} has {tso}: {after}"
+    );
+    Ok(())
+}

@@ -10,7 +10,9 @@
 //! (socket code run as SCHED_CLS, as in the hooks table); the figure is the median ns
 //! per run above the hook's empty program. "build ms" is planning, map creation and
 //! filling and translation; "load ms" the verifier; their sum is what a change costs
-//! when the whole program is regenerated. Every session's map must have counted
+//! when the whole program is regenerated. "chg ms" is what a change made in the maps
+//! alone costs (one more session of the shape added, then stopped; the median of six),
+//! as the daemon makes a change that keeps a program's code. Every session's map must have counted
 //! nothing (the frame matches none), and the program must return the hook's neutral
 //! value.
 
@@ -115,6 +117,9 @@ struct Row {
     verified: u64,
     build: Duration,
     load: Duration,
+    /// Shared: the median time of a change made in the maps alone (a session of the
+    /// shape added, then stopped).
+    change: Option<Duration>,
     above_ns: i64,
 }
 
@@ -173,7 +178,7 @@ pub fn measure(options: &Options) -> anyhow::Result<Figures> {
                     if !shared && n > MOST_BEFORE {
                         continue;
                     }
-                    let setup = Setup::build(shape, hook, shared, &filters[..n], &frame, h)
+                    let setup = Setup::build(shape, hook, shared, &filters[..=n], &frame, h)
                         .with_context(|| format!("{} on {hook} with {n} sessions", shape.name()))?;
                     setups.push(setup);
                 }
@@ -204,6 +209,7 @@ pub fn measure(options: &Options) -> anyhow::Result<Figures> {
 }
 
 impl Setup {
+    /// The row of the sessions `filters` but the last, which a measured change adds.
     fn build(
         shape: Shape,
         hook: Hook,
@@ -212,6 +218,7 @@ impl Setup {
         frame: &[u8],
         empty: usize,
     ) -> anyhow::Result<Self> {
+        let (filters, extra) = filters.split_at(filters.len() - 1);
         let counters = (0..filters.len())
             .map(|i| CounterMap::create(&format!("xtask_sh{i}"), 1))
             .collect::<Result<Vec<_>, _>>()?;
@@ -223,16 +230,20 @@ impl Setup {
         let (mut runs, mut others, mut chain, mut shared_program) =
             (Vec::new(), Vec::new(), None, None);
         let (mut build, mut load) = (Duration::ZERO, Duration::ZERO);
-        let (mut ebpf_insns, mut groups) = (0, 0);
+        let (mut ebpf_insns, mut groups, mut change) = (0, 0, None);
         if shared {
             let start = Instant::now();
-            let program = SharedProgram::build("xtask_shared", &counted, hook, false, None)?;
+            let mut program = SharedProgram::build("xtask_shared", &counted, hook, false, None)?;
             build += start.elapsed();
             ebpf_insns = program.insns.len();
             groups = program.plan.groups().count();
             let start = Instant::now();
             runs.push(Loaded::load(hook, "xtask_shared", &program.insns)?);
             load += start.elapsed();
+            // One session alone is no group: a second one changes the code.
+            if counted.len() > 1 {
+                change = Some(changes_in_place(&mut program, &counted, &extra[0])?);
+            }
             shared_program = Some(program);
         } else if hook == Hook::SocketFilter {
             for group in counted.chunks(SESSIONS_PER_SOCKET) {
@@ -277,6 +288,7 @@ impl Setup {
                 verified,
                 build,
                 load,
+                change,
                 above_ns: 0,
             },
             runs,
@@ -317,6 +329,37 @@ impl Setup {
     }
 }
 
+/// Changes made in the maps alone: `extra` added as one more session of the shape,
+/// then stopped, three times; the median time of the six. Each must be made in place
+/// (the code stays the same).
+fn changes_in_place(
+    program: &mut SharedProgram,
+    counted: &[(&capstats_ebpf::cbpf::Program, &CounterMap)],
+    extra: &Filter,
+) -> anyhow::Result<Duration> {
+    let map = CounterMap::create("xtask_sh_new", 1)?;
+    let mut with: Vec<_> = counted.to_vec();
+    with.push((extra.program(), &map));
+    let entries: Vec<u32> = (0..with.len() as u32).collect();
+    let mut times = Vec::new();
+    for _ in 0..3 {
+        for (set, entries) in [
+            (&with[..], &entries[..]),
+            (counted, &entries[..counted.len()]),
+        ] {
+            let start = Instant::now();
+            let in_place = program.update_in_place(set, entries)?;
+            times.push(start.elapsed());
+            ensure!(
+                in_place,
+                "a session of the shape could not be added in place"
+            );
+        }
+    }
+    times.sort_unstable();
+    Ok(times[times.len() / 2])
+}
+
 pub fn report(figures: &Figures) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -328,7 +371,7 @@ pub fn report(figures: &Figures) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<20} {:<6} {:>8} {:<7} {:>8} {:>6} {:>6} {:>9} {:>8} {:>7} {:>8} {:>9}",
+        "{:<20} {:<6} {:>8} {:<7} {:>8} {:>6} {:>6} {:>9} {:>8} {:>7} {:>7} {:>8} {:>9}",
         "sessions of",
         "hook",
         "sessions",
@@ -339,13 +382,14 @@ pub fn report(figures: &Figures) -> String {
         "verified",
         "build ms",
         "load ms",
+        "chg ms",
         "ns above",
         "/session"
     );
     for r in &figures.rows {
         let _ = writeln!(
             out,
-            "{:<20} {:<6} {:>8} {:<7} {:>8} {:>6} {:>6} {:>9} {:>8.1} {:>7.1} {:>8} {:>9.2}",
+            "{:<20} {:<6} {:>8} {:<7} {:>8} {:>6} {:>6} {:>9} {:>8.1} {:>7.1} {:>7} {:>8} {:>9.2}",
             r.shape.name(),
             r.hook.to_string(),
             r.sessions,
@@ -356,6 +400,8 @@ pub fn report(figures: &Figures) -> String {
             r.verified,
             r.build.as_secs_f64() * 1e3,
             r.load.as_secs_f64() * 1e3,
+            r.change
+                .map_or("-".to_owned(), |c| format!("{:.1}", c.as_secs_f64() * 1e3)),
             r.above_ns,
             r.above_ns as f64 / r.sessions as f64
         );
@@ -378,6 +424,7 @@ pub fn to_json(figures: &Figures) -> serde_json::Value {
             "verified_insns": r.verified,
             "build_ms": r.build.as_secs_f64() * 1e3,
             "load_ms": r.load.as_secs_f64() * 1e3,
+            "change_in_place_ms": r.change.map(|c| c.as_secs_f64() * 1e3),
             "ns_above_empty": r.above_ns,
         })).collect::<Vec<_>>(),
     })
