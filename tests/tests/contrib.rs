@@ -6,7 +6,10 @@
 //!   `# TYPE` lines, labels by the samples of the metrics an expression names), apart
 //!   from the target labels Prometheus adds (`instance`, `job`); each expression
 //!   parses in `promtool` (Debian's `prometheus`, which `cargo xtask test` installs).
-//!   The same check refuses a dashboard with a misspelt metric or label.
+//!   The same check refuses a dashboard with a misspelt metric or label. And a real
+//!   Prometheus scraping a daemon that counts frames evaluates every expression, with
+//!   the variables set as Grafana sets them: each returns series with its legend's
+//!   labels, and bits/s is 8 × the frame's bytes × packets/s.
 //! - `contrib/node_exporter/`: the textfile script passes `sh -n` and `shellcheck`,
 //!   writes what `capstats poll --prometheus` prints into a scratch directory as
 //!   `capstats.prom` (0644, no temporary file left), and on failure leaves the last
@@ -18,18 +21,21 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use capstats_common::metrics::{DaemonInfo, render};
 use capstats_common::protocol::Session;
-use capstats_tests::daemon::metrics::{MetricsDaemon, free_loopback_addrs, get};
-use capstats_tests::daemon::rig::{Rig, Setup};
+use capstats_tests::daemon::metrics::{MetricsDaemon, free_loopback_addrs, get, http_get};
+use capstats_tests::daemon::rig::{self, Rig, Setup};
 use capstats_tests::daemon::{DaemonSpec, PinDir, binary};
+use capstats_tests::prometheus::{
+    HTTP_TIMEOUT, PROMTOOL, Prometheus, percent_encode, require_prometheus,
+};
 use capstats_tests::require_root;
 use capstats_tests::scratch::ScratchDir;
 
 const TEST: &str = "contrib";
-const PROMTOOL: &str = "/usr/bin/promtool";
 const SHELLCHECK: &str = "/usr/bin/shellcheck";
 
 /// Labels Prometheus gives every series of a target when it scrapes it; they are in no
@@ -354,6 +360,8 @@ struct Query {
     expr: String,
     uses: Uses,
     legend: BTreeSet<String>,
+    /// A variable's: the label whose values it offers.
+    variable_label: Option<String>,
 }
 
 /// Every panel, those in collapsed rows included.
@@ -434,6 +442,7 @@ fn dashboard_queries(dashboard: &serde_json::Value) -> anyhow::Result<Vec<Query>
                     expr: selector.trim().to_owned(),
                     uses,
                     legend: BTreeSet::new(),
+                    variable_label: Some(label.to_owned()),
                 });
             }
             other => bail!("{place}: type {other:?} (the check knows datasource and query)"),
@@ -471,6 +480,7 @@ fn dashboard_queries(dashboard: &serde_json::Value) -> anyhow::Result<Vec<Query>
                 legend: legend_labels(legend).context(place.clone())?,
                 place,
                 expr: expr.to_owned(),
+                variable_label: None,
             });
         }
     }
@@ -546,9 +556,17 @@ fn load_dashboard() -> anyhow::Result<serde_json::Value> {
     serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))
 }
 
-/// The expression with Grafana's variables replaced as Prometheus would see them:
+/// The expression with Grafana's variables replaced for `promtool`:
 /// `$__rate_interval` and the like by a duration, others (in regex matchers) by `.*`.
 fn without_variables(expr: &str) -> String {
+    substitute(expr, |name| {
+        if name.starts_with("__") { "1m" } else { ".*" }.to_owned()
+    })
+}
+
+/// The expression with each Grafana variable (`$name`, `${name}`) replaced by
+/// `value(name)`.
+fn substitute(expr: &str, value: impl Fn(&str) -> String) -> String {
     let mut out = String::new();
     let mut rest = expr;
     while let Some(start) = rest.find('$') {
@@ -563,7 +581,7 @@ fn without_variables(expr: &str) -> String {
                 .unwrap_or(after.len());
             (&after[..end], &after[end..])
         };
-        out.push_str(if name.starts_with("__") { "1m" } else { ".*" });
+        out.push_str(&value(name));
         rest = tail;
     }
     out.push_str(rest);
@@ -774,6 +792,157 @@ fn dashboard_queries_only_what_the_daemon_serves() -> anyhow::Result<()> {
     for metric in exposition.labels.keys() {
         ensure!(shown.contains(metric), "no panel shows {metric}");
     }
+    drop(daemon);
+    Ok(())
+}
+
+/// A real Prometheus scrapes a daemon counting frames on two sessions; with the
+/// variables set as Grafana would, each variable offers the instance, the interface and
+/// the sessions, each panel's expression returns series carrying its legend's labels
+/// (an expression ending in `== 0`, which selects what is wrong, returns none, and
+/// without the comparison some), and bits/s is 8 × bytes per packet × packets/s.
+#[test]
+fn dashboard_panels_show_the_traffic_in_prometheus() -> anyhow::Result<()> {
+    require_root(TEST);
+    require_prometheus()?;
+    const FRAMES: u64 = 40;
+    let queries = dashboard_queries(&load_dashboard()?)?;
+    let rig = Rig::new("contrib-graf")?;
+    let scratch = ScratchDir::new("contrib-graf")?;
+    let spec = DaemonSpec::new(scratch.join("capstats.sock"), scratch.join("state"));
+    let _pins: PinDir = spec.pin_guard();
+    let ns = &rig.ns_b;
+    ns.ip(&["link", "set", "lo", "up"])?;
+    let [metrics, api] = free_loopback_addrs(ns, 2)?[..] else {
+        bail!("no two free ports");
+    };
+    let daemon = MetricsDaemon::start(ns, &spec, metrics, &scratch.join("daemon.log"))?;
+    let client = capstats_tests::daemon::Client::new(&spec.socket)?;
+    let interface = rig.interface().to_owned();
+    client.ok(&[
+        "new",
+        "web",
+        "interface",
+        &interface,
+        "hook",
+        "tc",
+        "filter",
+        "udp",
+    ])?;
+    client.ok(&["new", "dns", "interface", &interface, "udp port 53"])?;
+    let dir = scratch.join("prometheus");
+    std::fs::create_dir(&dir)?;
+    let prometheus = Prometheus::start(ns, &dir, metrics, api)?;
+    // Scraped with both sessions at 0, then the frames.
+    prometheus.wait_for(ns, "capstats_sessions", "2 sessions", |v| Ok(v == "2"))?;
+    let frame = rig::udp_a_to_b(53, 100);
+    rig.sender_a()?.send_n(&frame, FRAMES)?;
+    for name in ["web", "dns"] {
+        client.settle(
+            name,
+            FRAMES,
+            Duration::from_secs(10),
+            Duration::from_millis(100),
+        )?;
+    }
+    prometheus.wait_for(
+        ns,
+        &format!("capstats_session_packets_total{{session=\"web\"}} == {FRAMES}"),
+        "the frames",
+        |_| Ok(true),
+    )?;
+    // Grafana's values: the instance and interface chosen, both sessions.
+    let instance = metrics.to_string();
+    let value = |name: &str| match name {
+        "instance" => instance.replace('.', "\\\\."),
+        "interface" => interface.clone(),
+        "session" => "(web|dns)".to_owned(),
+        "__rate_interval" => "30s".to_owned(),
+        other => panic!("no value for ${other}"),
+    };
+    let mut rates = BTreeMap::new();
+    for query in &queries {
+        let place = &query.place;
+        let expr = substitute(&query.expr, value);
+        if let Some(label) = &query.variable_label {
+            let path = format!(
+                "/api/v1/label/{label}/values?match[]={}",
+                percent_encode(if expr.is_empty() {
+                    "{__name__=~\"capstats_.+\"}"
+                } else {
+                    &expr
+                })
+            );
+            let response = ns.run(|| http_get(prometheus.addr, &path, HTTP_TIMEOUT))?;
+            ensure!(
+                response.status == 200,
+                "{place}: GET {path}: {}",
+                response.body
+            );
+            let json: serde_json::Value = serde_json::from_str(&response.body)?;
+            let offered: BTreeSet<&str> = json["data"]
+                .as_array()
+                .context(response.body.clone())?
+                .iter()
+                .filter_map(serde_json::Value::as_str)
+                .collect();
+            let wanted: &[&str] = match label.as_str() {
+                "instance" => &[instance.as_str()],
+                "interface" => &[interface.as_str()],
+                "session" => &["web", "dns"],
+                other => bail!("{place}: a variable of {other}, which this test does not know"),
+            };
+            for want in wanted {
+                ensure!(
+                    offered.contains(want),
+                    "{place}: {expr} offers {offered:?}, not {want}"
+                );
+            }
+            continue;
+        }
+        let series = prometheus.query(ns, &expr)?;
+        if let Some(unfiltered) = expr.strip_suffix("== 0") {
+            ensure!(series.is_empty(), "{place}: {expr} returned {series:?}");
+            let series = prometheus.query(ns, unfiltered)?;
+            ensure!(
+                series.len() == 2,
+                "{place}: {unfiltered} returned {series:?}"
+            );
+            continue;
+        }
+        ensure!(!series.is_empty(), "{place}: {expr} returned nothing");
+        for one in &series {
+            for label in &query.legend {
+                ensure!(
+                    one.labels.get(label).is_some_and(|v| !v.is_empty()),
+                    "{place}: legend label {label} is not on {one:?}"
+                );
+            }
+        }
+        if expr.contains("rate(capstats_session_") {
+            for one in &series {
+                let value: f64 = one.value.parse()?;
+                ensure!(value > 0.0, "{place}: {expr} gave {one:?}");
+                let session = one.labels.get("session").context("session")?;
+                rates.insert((expr.contains("_bytes_"), session.clone()), value);
+            }
+        }
+    }
+    for session in ["web", "dns"] {
+        let packets = rates
+            .get(&(false, session.to_owned()))
+            .context("no packets/s")?;
+        let bits = rates
+            .get(&(true, session.to_owned()))
+            .context("no bits/s")?;
+        let per_packet = bits / packets;
+        ensure!(
+            (per_packet - 8.0 * frame.len() as f64).abs() < 0.01 * per_packet,
+            "{session}: {bits} bit/s over {packets} packets/s is not 8 × {} bytes",
+            frame.len()
+        );
+    }
+    drop(prometheus);
     drop(daemon);
     Ok(())
 }
