@@ -25,6 +25,7 @@ pub mod frame;
 pub mod link;
 pub mod netns;
 pub mod packet;
+pub mod prometheus;
 pub mod scratch;
 pub mod tcpdump;
 pub mod tcx;

@@ -59,6 +59,10 @@ pub const PACKAGES: &[(&str, &str)] = &[
         "systemd",
         "the package test checks the unit with systemd-analyze verify",
     ),
+    (
+        "shellcheck",
+        "the contrib test checks the node_exporter textfile script",
+    ),
 ];
 
 /// Debian packages only `cargo xtask bench` needs, and why: the peers it compares
