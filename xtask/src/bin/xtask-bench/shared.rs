@@ -10,9 +10,10 @@
 //! (socket code run as SCHED_CLS, as in the hooks table); the figure is the median ns
 //! per run above the hook's empty program. "build ms" is planning, map creation and
 //! filling and translation; "load ms" the verifier; their sum is what a change costs
-//! when the whole program is regenerated. "chg ms" is what a change made in the maps
-//! alone costs (one more session of the shape added, then stopped; the median of six),
-//! as the daemon makes a change that keeps a program's code. Every session's map must have counted
+//! when the whole program is regenerated. "new ms" and "stop ms" are what a change
+//! made in the maps alone costs, as the daemon makes one that keeps a program's code:
+//! one more session of the shape added with a counter map of its own, then stopped
+//! (medians of three). Every session's map must have counted
 //! nothing (the frame matches none), and the program must return the hook's neutral
 //! value.
 
@@ -117,9 +118,9 @@ struct Row {
     verified: u64,
     build: Duration,
     load: Duration,
-    /// Shared: the median time of a change made in the maps alone (a session of the
-    /// shape added, then stopped).
-    change: Option<Duration>,
+    /// Shared: the median times of a `new` and a `stop` of a session of the shape, made
+    /// in the maps alone.
+    change: Option<(Duration, Duration)>,
     above_ns: i64,
 }
 
@@ -161,7 +162,8 @@ pub fn measure(options: &Options) -> anyhow::Result<Figures> {
             "shared evaluation: compiling {most} filters of {}",
             shape.name()
         );
-        let filters = (0..most)
+        // One more than the most sessions: the one a measured change adds.
+        let filters = (0..=most)
             .map(|i| Filter::for_linktype(pcap::Linktype::ETHERNET, &shape.filter(i), 0))
             .collect::<Result<Vec<_>, _>>()?;
         let frame = shape.frame();
@@ -329,35 +331,32 @@ impl Setup {
     }
 }
 
-/// Changes made in the maps alone: `extra` added as one more session of the shape,
-/// then stopped, three times; the median time of the six. Each must be made in place
-/// (the code stays the same).
+/// Changes made in the maps alone, as the daemon makes `new` and `stop` of a session
+/// of the shape: `extra` added with a counter map of its own (a new session's: its
+/// table entry is written, which waits for an RCU grace period), then stopped (its
+/// dispatch keys removed), three times. The medians of each; every change must be made
+/// in place (the code stays the same).
 fn changes_in_place(
     program: &mut SharedProgram,
     counted: &[(&capstats_ebpf::cbpf::Program, &CounterMap)],
     extra: &Filter,
-) -> anyhow::Result<Duration> {
-    let map = CounterMap::create("xtask_sh_new", 1)?;
-    let mut with: Vec<_> = counted.to_vec();
-    with.push((extra.program(), &map));
-    let entries: Vec<u32> = (0..with.len() as u32).collect();
-    let mut times = Vec::new();
-    for _ in 0..3 {
-        for (set, entries) in [
-            (&with[..], &entries[..]),
-            (counted, &entries[..counted.len()]),
-        ] {
+) -> anyhow::Result<(Duration, Duration)> {
+    let entries: Vec<u32> = (0..=counted.len() as u32).collect();
+    let (mut added, mut stopped) = (Vec::new(), Vec::new());
+    for round in 0..3 {
+        let map = CounterMap::create(&format!("xtask_sh_new{round}"), 1)?;
+        let mut with: Vec<_> = counted.to_vec();
+        with.push((extra.program(), &map));
+        for (set, times) in [(&with[..], &mut added), (counted, &mut stopped)] {
             let start = Instant::now();
-            let in_place = program.update_in_place(set, entries)?;
+            let in_place = program.update_in_place(set, &entries[..set.len()])?;
             times.push(start.elapsed());
-            ensure!(
-                in_place,
-                "a session of the shape could not be added in place"
-            );
+            ensure!(in_place, "a session of the shape could not be added in place");
         }
     }
-    times.sort_unstable();
-    Ok(times[times.len() / 2])
+    added.sort_unstable();
+    stopped.sort_unstable();
+    Ok((added[1], stopped[1]))
 }
 
 pub fn report(figures: &Figures) -> String {
@@ -371,7 +370,7 @@ pub fn report(figures: &Figures) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<20} {:<6} {:>8} {:<7} {:>8} {:>6} {:>6} {:>9} {:>8} {:>7} {:>7} {:>8} {:>9}",
+        "{:<20} {:<6} {:>8} {:<7} {:>8} {:>6} {:>6} {:>9} {:>8} {:>7} {:>7} {:>7} {:>8} {:>9}",
         "sessions of",
         "hook",
         "sessions",
@@ -382,14 +381,15 @@ pub fn report(figures: &Figures) -> String {
         "verified",
         "build ms",
         "load ms",
-        "chg ms",
+        "new ms",
+        "stop ms",
         "ns above",
         "/session"
     );
     for r in &figures.rows {
         let _ = writeln!(
             out,
-            "{:<20} {:<6} {:>8} {:<7} {:>8} {:>6} {:>6} {:>9} {:>8.1} {:>7.1} {:>7} {:>8} {:>9.2}",
+            "{:<20} {:<6} {:>8} {:<7} {:>8} {:>6} {:>6} {:>9} {:>8.1} {:>7.1} {:>7} {:>7} {:>8} {:>9.2}",
             r.shape.name(),
             r.hook.to_string(),
             r.sessions,
@@ -401,7 +401,9 @@ pub fn report(figures: &Figures) -> String {
             r.build.as_secs_f64() * 1e3,
             r.load.as_secs_f64() * 1e3,
             r.change
-                .map_or("-".to_owned(), |c| format!("{:.1}", c.as_secs_f64() * 1e3)),
+                .map_or("-".to_owned(), |c| format!("{:.1}", c.0.as_secs_f64() * 1e3)),
+            r.change
+                .map_or("-".to_owned(), |c| format!("{:.1}", c.1.as_secs_f64() * 1e3)),
             r.above_ns,
             r.above_ns as f64 / r.sessions as f64
         );
@@ -424,7 +426,8 @@ pub fn to_json(figures: &Figures) -> serde_json::Value {
             "verified_insns": r.verified,
             "build_ms": r.build.as_secs_f64() * 1e3,
             "load_ms": r.load.as_secs_f64() * 1e3,
-            "change_in_place_ms": r.change.map(|c| c.as_secs_f64() * 1e3),
+            "new_in_place_ms": r.change.map(|c| c.0.as_secs_f64() * 1e3),
+            "stop_in_place_ms": r.change.map(|c| c.1.as_secs_f64() * 1e3),
             "ns_above_empty": r.above_ns,
         })).collect::<Vec<_>>(),
     })
