@@ -97,6 +97,16 @@ pub struct CounterMap {
     map: PerCpuArray<MapData, Counter>,
     /// Our own reference to the map, for programs' `ld_imm64`.
     fd: OwnedFd,
+    /// This value's number in the process, never given twice (see
+    /// [`CounterMap::serial`]).
+    serial: u64,
+}
+
+/// The next [`CounterMap::serial`].
+static NEXT_SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn next_serial() -> u64 {
+    NEXT_SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl CounterMap {
@@ -129,6 +139,7 @@ impl CounterMap {
             name: name.to_owned(),
             map,
             fd,
+            serial: next_serial(),
         })
     }
 
@@ -171,12 +182,20 @@ impl CounterMap {
             name: path.display().to_string(),
             map,
             fd,
+            serial: next_serial(),
         })
     }
 
     /// The fd to put into a program's map reference.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// A number no other `CounterMap` of this process has had or will have: what
+    /// tells two of them apart where fd numbers are reused (a stopped session's map
+    /// closed, a new one's opened), without asking the kernel.
+    pub fn serial(&self) -> u64 {
+        self.serial
     }
 
     pub fn raw_fd(&self) -> i32 {

@@ -21,15 +21,10 @@ pub mod plan;
 pub mod shape;
 
 use std::collections::{HashMap, HashSet};
-use std::io;
-use std::os::fd::{AsFd, AsRawFd};
-
-use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_map_info};
 
 use crate::cbpf::Program;
 use crate::counters::CounterMap;
 use crate::insn::Insn;
-use crate::program::bpf;
 use crate::translate::{Hook, Placement, SharedMaps, TailCall, TranslateError, translate_shared};
 
 use maps::{CounterTable, DispatchKey, DispatchMap, MapsError, dispatch_entries};
@@ -42,12 +37,6 @@ pub enum SharedError {
     Maps(#[from] MapsError),
     #[error(transparent)]
     Translate(#[from] TranslateError),
-    #[error("cannot read the id of counter map {name}: {source}")]
-    MapId {
-        name: String,
-        #[source]
-        source: io::Error,
-    },
     #[error("filter {filter} has counter table entry {entry}, which another filter has too")]
     SharedEntry { filter: usize, entry: u32 },
 }
@@ -62,8 +51,9 @@ pub struct SharedProgram {
     placement: Placement,
     /// The dispatch map's entries.
     dispatch: HashMap<DispatchKey, u32>,
-    /// The counter table's entries: the kernel id of the counter map in each.
-    table: HashMap<u32, u32>,
+    /// The counter table's entries: the serial of the counter map in each
+    /// ([`CounterMap::serial`]).
+    table: HashMap<u32, u64>,
 }
 
 impl SharedProgram {
@@ -197,7 +187,7 @@ impl SharedProgram {
             if !seen.insert(entry) {
                 return Err(SharedError::SharedEntry { filter, entry });
             }
-            let id = map_id(map)?;
+            let id = map.serial();
             if self.table.get(&entry) != Some(&id) {
                 changed.push((entry, map));
                 ids.push((entry, id));
@@ -252,18 +242,4 @@ pub struct InPlace {
 /// Room for `needed` entries and as many again, at least `least`, a power of two.
 fn room(needed: usize, least: usize) -> u32 {
     (needed * 2).max(least).next_power_of_two() as u32
-}
-
-/// The kernel's id of `map`: what tells two maps apart, where fd numbers are reused.
-fn map_id(map: &CounterMap) -> Result<u32, SharedError> {
-    let mut info: bpf_map_info = unsafe { std::mem::zeroed() };
-    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-    attr.info.bpf_fd = map.as_fd().as_raw_fd() as u32;
-    attr.info.info_len = size_of::<bpf_map_info>() as u32;
-    attr.info.info = &mut info as *mut bpf_map_info as u64;
-    bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr).map_err(|source| SharedError::MapId {
-        name: map.name().to_owned(),
-        source,
-    })?;
-    Ok(info.id)
 }

@@ -180,18 +180,18 @@ fn try_join(group: &mut Forming, filters: &[&Program], filter: usize) -> bool {
     if new_keys.is_empty() || new_keys.iter().any(clash) {
         return false;
     }
-    let template = match varying == group.varying {
-        true => group.template.clone(),
-        false => Template::analyse(filters[group.members[0]], &varying).ok(),
-    };
-    let Some(template) = template else {
-        return false;
-    };
+    if varying != group.varying {
+        // The code changes: analysed again (a member joining where the others already
+        // differ keeps the analysis it has).
+        let Ok(template) = Template::analyse(filters[group.members[0]], &varying) else {
+            return false;
+        };
+        group.template = Some(template);
+        group.varying = varying;
+    }
     group.taken.extend(first_keys);
     group.taken.extend(new_keys);
-    group.varying = varying;
     group.members.push(filter);
-    group.template = Some(template);
     true
 }
 

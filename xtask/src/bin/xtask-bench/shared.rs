@@ -351,7 +351,10 @@ fn changes_in_place(
             let start = Instant::now();
             let in_place = program.update_in_place(set, &entries[..set.len()])?;
             times.push(start.elapsed());
-            ensure!(in_place, "a session of the shape could not be added in place");
+            ensure!(
+                in_place,
+                "a session of the shape could not be added in place"
+            );
         }
     }
     added.sort_unstable();
@@ -400,10 +403,14 @@ pub fn report(figures: &Figures) -> String {
             r.verified,
             r.build.as_secs_f64() * 1e3,
             r.load.as_secs_f64() * 1e3,
-            r.change
-                .map_or("-".to_owned(), |c| format!("{:.1}", c.0.as_secs_f64() * 1e3)),
-            r.change
-                .map_or("-".to_owned(), |c| format!("{:.1}", c.1.as_secs_f64() * 1e3)),
+            r.change.map_or("-".to_owned(), |c| format!(
+                "{:.1}",
+                c.0.as_secs_f64() * 1e3
+            )),
+            r.change.map_or("-".to_owned(), |c| format!(
+                "{:.1}",
+                c.1.as_secs_f64() * 1e3
+            )),
             r.above_ns,
             r.above_ns as f64 / r.sessions as f64
         );
