@@ -8,8 +8,9 @@
 //! sessions: the same build function the daemon calls (`SharedProgram::build` for a
 //! socket, `capstats_ebpf::chain::build_chunk` for chunk 0 of a tc or xdp chain, which
 //! is `SharedProgram::build` with the chain's tail call), over filters compiled as the
-//! daemon compiles them (socket and tc: `Filter::for_interface` on the receiving veth,
-//! so `vlan` reads the skb's tag metadata; xdp: `Filter::for_xdp`). Up to 63 groups
+//! daemon compiles them (socket and tc: on a live libpcap handle on the receiving veth,
+//! so `vlan` reads the skb's tag metadata, one handle for all of them, checked against
+//! `Filter::for_interface` ([`compile_live`]); xdp: `Filter::for_xdp`). Up to 63 groups
 //! (tc, xdp) or 32 (socket) fit one program, so 4,096 sessions of these shapes are one
 //! program, as in the daemon. The bench loads it and attaches it itself in the
 //! receiving namespace (tcx ingress; XDP native where the veth allows it, generic
@@ -25,7 +26,9 @@
 //! receiving veth's own MAC, from an address in no session's net; for `vlan V` the same
 //! frame tagged 802.1Q VLAN 4095, which no session names: the veth moves the tag into
 //! the skb's metadata before the socket and tc hooks, where the live filter reads it,
-//! and XDP sees it in the frame). libpcap checks, before anything runs, that no filter
+//! and XDP sees it in the frame; it does so in place, in a page the live-frames run
+//! recycles, so the generator writes the tag back into every frame,
+//! [`Generator::load_rewriting`]). libpcap checks, before anything runs, that no filter
 //! matches (live `vlan` filters read metadata libpcap's interpreter does not have: the
 //! savefile `vlan` filters are checked on the tagged frame instead); after every run
 //! every session's counter must still be exactly 0. Sanity rows then offer a matching
@@ -1017,7 +1020,7 @@ fn targets(figures: &Figures) -> Vec<String> {
             };
             lines.push(format!(
                 "{:<20} {:<6} 256 sessions above nothing <= {:.0}% of nothing's {:.0} ns: \
-                 +{:.0} ns = {:.1}%: {}",
+                 {:+.0} ns = {:.1}%: {}",
                 shape.name(),
                 hook.as_str(),
                 target * 100.0,
@@ -1039,8 +1042,8 @@ fn targets(figures: &Figures) -> Vec<String> {
             let noise = at4096.noise().max(at256.noise());
             let bound = LOG_GROWTH * at256.above().max(0.0) + noise;
             lines.push(format!(
-                "{:<20} {:<6} growth 256 -> 4,096: +{:.0} -> +{:.0} ns, bound {LOG_GROWTH} x \
-                 +{:.0} + noise {:.0} = {:.0}: {}",
+                "{:<20} {:<6} growth 256 -> 4,096: {:+.0} -> {:+.0} ns, bound {LOG_GROWTH} x \
+                 {:.0} + noise {:.0} = {:.0}: {}",
                 shape.name(),
                 hook.as_str(),
                 at256.above(),
