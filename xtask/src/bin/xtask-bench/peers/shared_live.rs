@@ -448,6 +448,17 @@ impl Attached {
                     bail!("socket(AF_PACKET): {}", std::io::Error::last_os_error());
                 }
                 let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+                // As the daemon's: the filter queues nothing, the buffer is minimal.
+                let size: libc::c_int = 0;
+                unsafe {
+                    libc::setsockopt(
+                        std::os::fd::AsRawFd::as_raw_fd(&socket),
+                        libc::SOL_SOCKET,
+                        libc::SO_RCVBUF,
+                        (&size as *const libc::c_int).cast(),
+                        size_of::<libc::c_int>() as u32,
+                    )
+                };
                 // The filter first, so that no packet passes unfiltered; then bind.
                 program
                     .socket_filter()?
