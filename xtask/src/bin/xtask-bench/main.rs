@@ -120,7 +120,7 @@ struct Args {
     #[arg(long)]
     live_shared_only: bool,
     /// Live shared-evaluation table: frames offered per run.
-    #[arg(long, default_value_t = 500_000)]
+    #[arg(long, default_value_t = 300_000)]
     live_shared_frames: u64,
     /// Live shared-evaluation table: rounds (medians are reported; the method
     /// wants at least 3).

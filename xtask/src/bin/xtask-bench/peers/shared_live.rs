@@ -53,7 +53,7 @@ use std::io::Write as _;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use aya::programs::tc::{SchedClassifierLinkId, TcAttachType};
@@ -291,6 +291,8 @@ struct Bench<'a> {
     pair: &'a Pair,
     generator: &'a Generator,
     frames: u64,
+    /// When the table started, for the progress lines.
+    start: Instant,
 }
 
 /// One run's figures.
@@ -309,12 +311,21 @@ impl<'a> Bench<'a> {
             pair: self.pair,
             generator: self.generator,
             frames: self.frames,
+            start: self.start,
         };
         if flow.frame[12..14] == [0x81, 0x00] {
             // Destination and source MAC, the tag: the bytes the untagging moves.
             bench.generator = own.insert(Generator::load_rewriting(&flow.frame[..16])?);
         }
         Ok(bench)
+    }
+
+    /// A progress line, with the seconds since the table started.
+    fn say(&self, what: std::fmt::Arguments) {
+        eprintln!(
+            "live shared [{:>4} s]: {what}",
+            self.start.elapsed().as_secs()
+        );
     }
 
     fn run(&self, flow: &Flow) -> anyhow::Result<Ran> {
@@ -356,6 +367,7 @@ pub fn measure(options: &Options) -> anyhow::Result<Figures> {
         pair: &pair,
         generator: &generator,
         frames: options.frames,
+        start: Instant::now(),
     };
     let mut figures = Figures {
         frames: options.frames,
@@ -607,10 +619,10 @@ fn measure_shape(
     figures
         .streams
         .push((shape.name(), flow.description.clone()));
-    eprintln!(
-        "live shared: compiling {most} filters of {} (live and xdp)",
+    bench.say(format_args!(
+        "compiling {most} filters of {} (live and xdp)",
         shape.name()
-    );
+    ));
     let expressions: Vec<String> = (0..most).map(|i| shape.filter(i)).collect();
     let frame = flow.frame.clone();
     let (live, xdp) = bench.pair.receiver.run(|| {
@@ -633,6 +645,11 @@ fn measure_shape(
     let maps = (0..most)
         .map(|i| CounterMap::create(&format!("xls{i}"), 1))
         .collect::<Result<Vec<_>, _>>()?;
+    bench.say(format_args!(
+        "building and loading {} programs of {}",
+        HOOKS.len() * COUNTS.len(),
+        shape.name()
+    ));
     let mut built = Vec::new();
     for hook in HOOKS {
         let filters = if hook == HookName::Xdp {
@@ -671,11 +688,11 @@ fn measure_shape(
     };
     for round in 1..=rounds {
         for hook in HOOKS {
-            eprintln!(
-                "live shared: {}, {}, round {round}/{rounds}",
+            bench.say(format_args!(
+                "{}, {}, round {round}/{rounds}",
                 shape.name(),
                 hook.as_str()
-            );
+            ));
             let base = bench.run(&flow)?;
             nothing.ns.push(base.ns_per_frame);
             nothing.lost = nothing.lost.max(base.lost);
@@ -907,7 +924,7 @@ fn measure_nft(bench: &Bench, rounds: usize, figures: &mut Figures) -> anyhow::R
         mode: None,
     };
     for round in 1..=rounds {
-        eprintln!("live shared: nftables, round {round}/{rounds}");
+        bench.say(format_args!("nftables, round {round}/{rounds}"));
         let base = bench.run(&flow)?;
         nothing.ns.push(base.ns_per_frame);
         nothing.lost = nothing.lost.max(base.lost);
@@ -971,13 +988,16 @@ fn measure_daemon(
         flows: std::slice::from_ref(&flow),
         per_flow: bench.frames,
     };
-    eprintln!("live shared: through the daemon, {DAEMON_COUNTS:?} sessions per hook");
+    bench.say(format_args!(
+        "through the daemon, {DAEMON_COUNTS:?} sessions per hook"
+    ));
     let measured = scaling::measure_sessions(&daemon, &stream, rounds, &DAEMON_COUNTS, &|i| {
         shape.filter(i)
     })
     .with_context(|| format!("capstats -d logged:\n{}", daemon.log()))?;
     daemon.stop()?;
     drop(scratch);
+    bench.say(format_args!("done"));
     let (base, measured) = measured.split_first().context("no baseline row")?;
     let base_ns = median_f64(&base.ns_per_frame);
     figures.rows.push(Row {
