@@ -172,8 +172,22 @@ pub fn thread_cpu_ns() -> anyhow::Result<u64> {
 
 impl Generator {
     pub fn load() -> anyhow::Result<Self> {
+        Self::load_rewriting(&[])
+    }
+
+    /// A generator that writes `prefix` over the start of every frame before sending
+    /// it (a multiple of 4 bytes). A live-frames run initialises a page's frame once
+    /// and then recycles the page: whatever the receiver changes in it stays for later
+    /// frames. A veth receiving an 802.1Q-tagged frame moves the MAC addresses over the
+    /// tag in place (`skb_vlan_untag`), so without this every frame after the first
+    /// batch would arrive untagged, its EtherType a piece of the source MAC.
+    pub fn load_rewriting(prefix: &[u8]) -> anyhow::Result<Self> {
+        ensure!(
+            prefix.len().is_multiple_of(4) && prefix.len() <= 64,
+            "the rewritten prefix must be whole 32-bit words, at most 64 bytes"
+        );
         let counter = CounterMap::create("xtask_loadgen", 1)?;
-        let insns = program(counter.raw_fd())?;
+        let insns = program(counter.raw_fd(), prefix)?;
         let loaded = LoadedProgram::load(Hook::Xdp, "xtask_loadgen", &insns)
             .context("loading the load generator's XDP program")?;
         let program = loaded.xdp()?;
@@ -256,15 +270,33 @@ impl Generator {
     }
 }
 
-/// The generator's program: count the run into slot 0 of `map_fd` (packets += 1,
-/// bytes += data_end - data), return `XDP_TX`.
-fn program(map_fd: i32) -> anyhow::Result<Vec<Insn>> {
+/// The generator's program: write `prefix` over the frame's first bytes (if any),
+/// count the run into slot 0 of `map_fd` (packets += 1, bytes += data_end - data),
+/// return `XDP_TX`.
+fn program(map_fd: i32, prefix: &[u8]) -> anyhow::Result<Vec<Insn>> {
     use Operand::{Imm, Reg as R};
     use Reg::*;
     let done = Label::Local(0);
+    let written = Label::Local(1);
     let mut asm = Assembler::new();
+    asm.push(mov64(R6, R(R1))); // r6 = ctx
+    if !prefix.is_empty() {
+        for insn in [
+            load(Size::W, R2, R6, 0), // r2 = ctx->data
+            load(Size::W, R3, R6, 4), // r3 = ctx->data_end
+            mov64(R4, R(R2)),
+            alu64(AluOp::Add, R4, Imm(prefix.len() as i32)),
+            branch64(JmpOp::Gt, R4, R(R3), written), // a shorter frame: leave it
+        ] {
+            asm.push(insn);
+        }
+        for (i, word) in prefix.chunks_exact(4).enumerate() {
+            let value = i32::from_ne_bytes([word[0], word[1], word[2], word[3]]);
+            asm.push(store(Size::W, R2, (i * 4) as i16, Imm(value)));
+        }
+        asm.label(written);
+    }
     for insn in [
-        mov64(R6, R(R1)), // r6 = ctx
         store(Size::W, R10, -4, Imm(0)),
         mov64(R2, R(R10)),
         alu64(AluOp::Add, R2, Imm(-4)), // r2 = &key (0)
@@ -314,12 +346,19 @@ mod tests {
     /// comes with the first `Generator::load`.
     #[test]
     fn program_assembles() {
-        let insns = program(3).expect("assembles");
+        let insns = program(3, &[]).expect("assembles");
         assert_eq!(insns.last(), Some(&Insn::Exit));
         assert!(insns.contains(&Insn::LoadMapFd {
             dst: Reg::R1,
             fd: 3
         }));
+        let rewriting = program(3, &[1, 2, 3, 4, 5, 6, 7, 8]).expect("assembles");
+        assert!(rewriting.contains(&store(
+            Size::W,
+            Reg::R2,
+            4,
+            Operand::Imm(i32::from_ne_bytes([5, 6, 7, 8]))
+        )));
     }
 
     #[test]

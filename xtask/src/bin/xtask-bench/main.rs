@@ -26,6 +26,10 @@
 //! The fourth ([`peers`]): capstats on each hook against tcpdump, Zeek's capstats and
 //! iptables `-m bpf`, counting one expression on the same stream from our XDP
 //! live-frames load generator ([`loadgen`]); `--only-peers` runs it alone.
+//!
+//! The last ([`peers::shared_live`]): shared evaluation on that live stream, 1 to 4,096
+//! sessions of one shape per hook against nothing attached and nftables;
+//! `--live-shared-only` runs it alone.
 
 mod daemon;
 mod frame;
@@ -110,6 +114,18 @@ struct Args {
     /// Only the peer comparison; its figures replace the `peers` object of --out.
     #[arg(long)]
     only_peers: bool,
+    /// Measure only the live shared-evaluation table (1 to 4,096 sessions of one shape
+    /// per hook on the live stream, the daemon rows and nftables) and print it; with
+    /// --out, replace the file's `live_shared` object.
+    #[arg(long)]
+    live_shared_only: bool,
+    /// Live shared-evaluation table: frames offered per run.
+    #[arg(long, default_value_t = 300_000)]
+    live_shared_frames: u64,
+    /// Live shared-evaluation table: rounds (medians are reported; the issue's method
+    /// wants at least 3).
+    #[arg(long, default_value_t = 3)]
+    live_shared_rounds: usize,
 }
 
 /// One benchmarked filter and a frame it matches.
@@ -276,6 +292,24 @@ fn run(args: &Args) -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    let live_shared_options = peers::shared_live::Options {
+        capstats: args.capstats.clone(),
+        frames: args.live_shared_frames,
+        rounds: args.live_shared_rounds,
+    };
+    if args.live_shared_only {
+        let live = peers::shared_live::measure(&live_shared_options)
+            .context("the live shared-evaluation table")?;
+        print!("{}", peers::shared_live::report(&live));
+        ensure!(
+            peers::shared_live::exact(&live),
+            "a matching stream was not counted exactly (above); results not written"
+        );
+        if let Some(out) = &args.out {
+            replace_in_results(out, "live_shared", peers::shared_live::to_json(&live))?;
+        }
+        return Ok(());
+    }
     let peer_options = peers::Options {
         capstats: args.capstats.clone(),
         expression: args.peers_filter.clone(),
@@ -331,6 +365,15 @@ fn run(args: &Args) -> anyhow::Result<()> {
     eprintln!("comparing with the peers");
     let peers = peers::measure(&peer_options).context("the peer comparison")?;
     print!("\n{}", peers::report(&machine, &peers));
+    eprintln!("measuring shared evaluation live");
+    let live_shared = peers::shared_live::measure(&live_shared_options)
+        .context("the live shared-evaluation table")?;
+    print!("\n{}", peers::shared_live::report(&live_shared));
+    ensure!(
+        peers::shared_live::exact(&live_shared),
+        "a matching stream was not counted exactly by the live shared table (above); results \
+         not written"
+    );
     ensure!(
         daemon::counted_exactly(&daemon),
         "the daemon's sessions did not count exactly the frames sent (above); results not written"
@@ -342,6 +385,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
         json["hooks"] = hooks::to_json(&hooks);
         json["shared"] = shared::to_json(&shared);
         json["peers"] = peers::to_json(&peers);
+        json["live_shared"] = peers::shared_live::to_json(&live_shared);
         let text = serde_json::to_string_pretty(&json)?;
         std::fs::write(out, text + "\n").with_context(|| format!("writing {}", out.display()))?;
         println!("\nwritten to {}", out.display());

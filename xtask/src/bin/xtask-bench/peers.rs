@@ -23,6 +23,7 @@
 //! (the tool's CPU includes its shutdown); read everything again.
 
 mod scaling;
+pub mod shared_live;
 mod tools;
 
 use std::fmt::Write as _;

@@ -52,7 +52,7 @@ pub enum Shape {
 }
 
 impl Shape {
-    const ALL: [Shape; 5] = [
+    pub const ALL: [Shape; 5] = [
         Shape::UdpDstPort,
         Shape::Host,
         Shape::Net24,
@@ -60,7 +60,7 @@ impl Shape {
         Shape::Mixed,
     ];
 
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Shape::UdpDstPort => "udp and dst port P",
             Shape::Host => "host A",
@@ -71,7 +71,7 @@ impl Shape {
     }
 
     /// Session `i`'s filter: distinct for every `i` (vlan ids repeat after 4,094).
-    fn filter(self, i: usize) -> String {
+    pub fn filter(self, i: usize) -> String {
         let (hi, lo) = (i >> 8, i & 0xff);
         match self {
             Shape::UdpDstPort => format!("udp and dst port {}", 10_000 + i),

@@ -18,6 +18,8 @@ use serde_json::json;
 
 use super::{offer, softirqd_ns, tools};
 use crate::daemon::client::Connection;
+use crate::daemon::netns::Pair;
+use crate::daemon::process::Daemon;
 use crate::hooks::session_filter;
 use crate::loadgen::{Flow, Generator};
 use crate::stats::median;
@@ -63,12 +65,45 @@ pub fn measure(
     per_flow: u64,
     rounds: usize,
 ) -> anyhow::Result<Vec<Row>> {
-    let most = COUNTS.iter().copied().max().unwrap_or(0);
+    let stream = Stream {
+        pair: context.pair,
+        generator,
+        flows,
+        per_flow,
+    };
+    measure_sessions(context.daemon, &stream, rounds, &COUNTS, &session_filter)
+}
+
+/// What is offered in each run.
+pub struct Stream<'a> {
+    pub pair: &'a Pair,
+    pub generator: &'a Generator,
+    pub flows: &'a [Flow],
+    pub per_flow: u64,
+}
+
+/// [`measure`] with any session filters: rows of `counts` sessions of `daemon` at each
+/// hook, session `i` counting `filter(i)` (untagged flows only: their expected counts
+/// come from libpcap's savefile semantics). The daemon is left with no session of its own.
+pub fn measure_sessions(
+    daemon: &Daemon,
+    stream: &Stream,
+    rounds: usize,
+    counts: &[usize],
+    filter: &dyn Fn(usize) -> String,
+) -> anyhow::Result<Vec<Row>> {
+    let Stream {
+        pair,
+        generator,
+        flows,
+        per_flow,
+    } = *stream;
+    let most = counts.iter().copied().max().unwrap_or(0);
     // Frames of one run that session i's filter matches (the flows are untagged, so
     // live and savefile semantics agree).
     let expected: Vec<u64> = (0..most)
         .map(|i| {
-            let filter = Filter::for_linktype(pcap::Linktype::ETHERNET, &session_filter(i), 0)?;
+            let filter = Filter::for_linktype(pcap::Linktype::ETHERNET, &filter(i), 0)?;
             Ok(flows
                 .iter()
                 .filter(|f| filter.libpcap_matches(&f.frame))
@@ -76,10 +111,10 @@ pub fn measure(
                 * per_flow)
         })
         .collect::<anyhow::Result<_>>()?;
-    let mut connection = Connection::open(context.daemon.socket())?;
+    let mut connection = Connection::open(daemon.socket())?;
     let run = || -> anyhow::Result<(f64, f64)> {
         let softirqd = softirqd_ns();
-        let offered = offer(context.pair, generator, flows, per_flow)?;
+        let offered = offer(pair, generator, flows, per_flow)?;
         let ns = offered.thread_cpu_ns + softirqd_ns().saturating_sub(softirqd);
         Ok((ns as f64 / offered.frames as f64, offered.per_cpu_second()))
     };
@@ -100,7 +135,7 @@ pub fn measure(
         }
         // Runs each session has seen: it must have counted that many times its share.
         let mut runs_seen: Vec<u64> = Vec::new();
-        for &n in &COUNTS {
+        for &n in counts {
             eprintln!(
                 "peers: live cost, {n} sessions at the {} hook",
                 hook.as_str()
@@ -110,11 +145,11 @@ pub fn measure(
                     .call(Command::New {
                         name: name(i),
                         interface: Some(crate::daemon::netns::RECV_IF.to_owned()),
-                        filter: session_filter(i),
+                        filter: filter(i),
                         hook: Some(hook),
                         direction: None,
                     })
-                    .with_context(|| format!("new {} ({})", name(i), session_filter(i)))?;
+                    .with_context(|| format!("new {} ({})", name(i), filter(i)))?;
                 runs_seen.push(0);
             }
             let mut row = Row {
