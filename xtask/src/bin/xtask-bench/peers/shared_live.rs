@@ -424,7 +424,8 @@ fn build(hook: HookName, filters: &[Program], maps: &[CounterMap]) -> anyhow::Re
                 Hook::Xdp
             };
             let chain = ProgArray::create("xls_chain")?;
-            let shared = build_chunk("xls", &counted, ebpf_hook, false, &chain, 0)?;
+            let entries: Vec<u32> = (0..counted.len() as u32).collect();
+            let shared = build_chunk("xls", &counted, &entries, ebpf_hook, false, &chain, 0)?;
             (shared, Some(chain), ebpf_hook)
         }
     };
