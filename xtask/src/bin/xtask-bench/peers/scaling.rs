@@ -113,6 +113,7 @@ pub fn measure(
                         filter: session_filter(i),
                         hook: Some(hook),
                         direction: None,
+                        packets: None,
                     })
                     .with_context(|| format!("new {} ({})", name(i), session_filter(i)))?;
                 runs_seen.push(0);
