@@ -3,9 +3,7 @@
 use std::path::Path;
 
 use anyhow::bail;
-use capstats_common::protocol::{
-    Command, Direction, ErrorKind, HookName, Packets, Reply, Session,
-};
+use capstats_common::protocol::{Command, Direction, ErrorKind, HookName, Packets, Reply, Session};
 
 use crate::client::{Failure, request, usage};
 use crate::output;

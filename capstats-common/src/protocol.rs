@@ -454,9 +454,14 @@ mod tests {
         assert_eq!((old.packets_counted, old.packets()), (None, Packets::Stack));
         let old: Session = serde_json::from_str(&json("xdp", "")).unwrap();
         assert_eq!(old.packets(), Packets::Wire);
-        let new: Session = serde_json::from_str(&json("tc", r#","packets_counted":"wire""#)).unwrap();
+        let new: Session =
+            serde_json::from_str(&json("tc", r#","packets_counted":"wire""#)).unwrap();
         assert_eq!(new.packets(), Packets::Wire);
-        assert!(serde_json::to_string(&new).unwrap().contains(r#""packets_counted":"wire""#));
+        assert!(
+            serde_json::to_string(&new)
+                .unwrap()
+                .contains(r#""packets_counted":"wire""#)
+        );
         assert!(serde_json::from_str::<Packets>(r#""frames""#).is_err());
     }
 
