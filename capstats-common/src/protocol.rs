@@ -371,9 +371,10 @@ pub struct Session {
     pub name: String,
     pub interface: String,
     pub filter: String,
-    /// Packets and bytes counted since the session was created (bytes: each frame's
-    /// length on the wire, link-layer header and VLAN tags included, as tcpdump
-    /// records it). Absent only where a reply carries no counters.
+    /// Packets and bytes counted since the session was created (bytes: each packet's
+    /// length, link-layer header and VLAN tags included, as tcpdump records it; with
+    /// `packets_counted` `wire`, each GSO/GRO segment as its frame on the wire).
+    /// Absent only where a reply carries no counters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub packets: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

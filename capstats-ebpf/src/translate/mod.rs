@@ -19,9 +19,10 @@
 //! program, and a program holds many filters.
 //!
 //! Every accepting return jumps to the filter's counting code, which adds one packet and
-//! its length on the wire (for skb hooks `skb->len`, plus 4 for a VLAN tag the kernel
-//! took out of the frame, as tcpdump shows it; computed once per packet) to its slot of
-//! a per-CPU array map;
+//! its length (for skb hooks `skb->len`, plus 4 for a VLAN tag the kernel took out of
+//! the frame, as tcpdump shows it; computed once per packet) to its slot of a per-CPU
+//! array map, or, for a filter counting [`Count::Wire`], the frames a GRO/GSO packet
+//! was on the wire and their bytes (computed once per packet too);
 //! every rejecting return jumps past it. A program can hold several filters, one after
 //! another, each counting into its own slot; it ends in the hook's neutral return
 //! value, so it never changes what happens to the packet.
