@@ -8,7 +8,7 @@
 //! - a tc session in `packets wire` counts what the xdp session counts, packets and
 //!   bytes, exactly, and what the sender's TCP stack says it sent (`tcpi_segs_out`);
 //! - tc `packets stack` and socket sessions count what tcpdump records, packets and
-//!   bytes, exactly;
+//!   bytes, exactly; a socket session in `packets wire` counts what xdp counts;
 //! - stack counts fewer packets than wire (GRO merged: if it did not, the test says so
 //!   rather than passing for want of a difference).
 //!
@@ -160,12 +160,14 @@ fn tc_wire_counts_the_frames_on_the_wire_and_stack_what_tcpdump_sees() -> anyhow
     new(client, "stack", &interface, "tc", Some("stack"))?;
     new(client, "tcstack", &interface, "tc", None)?;
     new(client, "sock", &interface, "socket", None)?;
+    new(client, "sockwire", &interface, "socket", Some("wire"))?;
     for (name, want) in [
         ("xdp", Packets::Wire),
         ("wire", Packets::Wire),
         ("stack", Packets::Stack),
         ("tcstack", Packets::Stack),
         ("sock", Packets::Stack),
+        ("sockwire", Packets::Wire),
     ] {
         let got = client.show(name)?.packets_counted;
         ensure!(got == Some(want), "{name}: packets {got:?}, want {want:?}");
@@ -198,12 +200,13 @@ fn tc_wire_counts_the_frames_on_the_wire_and_stack_what_tcpdump_sees() -> anyhow
             .map(counts)
             .with_context(|| format!("no session {name}"))
     };
-    let (xdp, wire, stack, tcstack, sock) = (
+    let (xdp, wire, stack, tcstack, sock, sockwire) = (
         counts(&xdp),
         get("wire")?,
         get("stack")?,
         get("tcstack")?,
         get("sock")?,
+        get("sockwire")?,
     );
     let tcpdump = (
         recorded.lengths.len() as u64,
@@ -212,7 +215,7 @@ fn tc_wire_counts_the_frames_on_the_wire_and_stack_what_tcpdump_sees() -> anyhow
     eprintln!(
         "GRO at the receiver, {BULK} bytes: sender {sent:?}; (packets, bytes): \
          xdp {xdp:?}, tc wire {wire:?}, tc stack {stack:?}, tc default {tcstack:?}, \
-         socket {sock:?}, tcpdump {tcpdump:?}"
+         socket {sock:?}, socket wire {sockwire:?}, tcpdump {tcpdump:?}"
     );
     // XDP sees the frames before GRO: fewer packets at tc means GRO merged.
     if stack.0 >= xdp.0 {
@@ -238,6 +241,7 @@ fn tc_wire_counts_the_frames_on_the_wire_and_stack_what_tcpdump_sees() -> anyhow
         "tc default {tcstack:?} != tc stack {stack:?}"
     );
     ensure!(sock == tcpdump, "socket {sock:?} != tcpdump {tcpdump:?}");
+    ensure!(sockwire == xdp, "socket wire {sockwire:?} != xdp {xdp:?}");
     ensure!(
         stack.1 < wire.1,
         "stack bytes {} !< wire bytes {}",

@@ -246,6 +246,29 @@ mod tests {
             .collect()
     }
 
+    #[test]
+    fn wire_and_stack_filters_are_never_one_group() {
+        let filters = compile(&["udp port 1", "udp port 2", "udp port 3", "udp port 4"]);
+        let programs: Vec<&Program> = filters.iter().map(Filter::program).collect();
+        let counts = [Count::Stack, Count::Wire, Count::Stack, Count::Wire];
+        let plan = Plan::new_counted(&programs, &counts);
+        let items: Vec<Vec<usize>> = plan
+            .items
+            .iter()
+            .map(|item| match item {
+                Item::Single(f) => vec![*f],
+                Item::Group(g) => g.members.clone(),
+            })
+            .collect();
+        assert_eq!(items, vec![vec![0, 2], vec![1, 3]]);
+        assert_eq!((0..4).map(|f| plan.count(f)).collect::<Vec<_>>(), counts);
+        // Stack alone: the plan of before, filter for filter.
+        assert_eq!(
+            Plan::new_counted(&programs, &[Count::Stack; 4]).items,
+            Plan::new(&programs).items
+        );
+    }
+
     /// The plan of `expressions` as lists of expressions: a group's members, or one.
     fn plan(expressions: &[&str]) -> Vec<Vec<String>> {
         let filters = compile(expressions);
