@@ -298,3 +298,35 @@ fn tc_wire_counts_the_frames_on_the_wire_and_stack_what_tcpdump_sees() -> anyhow
     );
     Ok(())
 }
+
+/// A restarted daemon (`kill -9`: it regenerates the programs from its table) keeps
+/// each session's `packets`: the tc `wire` session still counts the sender's segments,
+/// the `stack` one the merged packets.
+#[test]
+fn packets_wire_survives_a_restart() -> anyhow::Result<()> {
+    require_root(TEST);
+    let setup = Setup::start("gro-restart")?;
+    gro_on(&setup)?;
+    let interface = setup.rig.interface().to_owned();
+    new(&setup.client, "wire", &interface, "tc", Some("wire"))?;
+    new(&setup.client, "stack", &interface, "tc", None)?;
+    let setup = setup.restart("daemon2.log", |_| Ok(()))?;
+    let client = &setup.client;
+    ensure!(client.show("wire")?.packets_counted == Some(Packets::Wire));
+    ensure!(client.show("stack")?.packets_counted == Some(Packets::Stack));
+    let sent = bulk_transfer(&setup, 5203)?;
+    let wire = counts(&client.settle("wire", sent.segments, ARRIVAL, QUIET)?);
+    let stack = counts(&client.show("stack")?);
+    eprintln!("after a restart: sender {sent:?}; tc wire {wire:?}, tc stack {stack:?}");
+    ensure!(
+        wire == (sent.segments, sent.wire_bytes()),
+        "after a restart, tc wire counted {wire:?}, the sender sent {sent:?}: {} bytes",
+        sent.wire_bytes()
+    );
+    ensure!(
+        stack.0 < wire.0,
+        "after a restart, tc stack {stack:?} is not below tc wire {wire:?}: GRO did not \
+         merge, or the stack session counts wire"
+    );
+    Ok(())
+}
