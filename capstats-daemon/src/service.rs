@@ -348,7 +348,10 @@ impl Service {
                     filter: s.filter.clone(),
                     hook: s.hook,
                     direction: s.direction,
-                    packets_counted: Some(s.packets),
+                    // Written only where it is not the hook's default: a table of
+                    // sessions that never asked stays one an older daemon reads.
+                    packets_counted: (s.packets != crate::session::default_packets(s.hook))
+                        .then_some(s.packets),
                     created: format_time(s.created),
                     modified: format_time(s.modified),
                     packets: counter.packets,

@@ -30,8 +30,9 @@ pub struct SavedSession {
     pub hook: HookName,
     #[serde(default = "both")]
     pub direction: Direction,
-    /// `packets wire|stack`. Absent in tables written before the option existed:
-    /// the hook's default ([`crate::session::default_packets`]).
+    /// `packets wire|stack`. Absent where it is the hook's default
+    /// ([`crate::session::default_packets`]), as in tables written before the option
+    /// existed, which older daemons (refusing unknown fields) then still read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub packets_counted: Option<Packets>,
     pub created: String,
