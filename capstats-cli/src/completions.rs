@@ -4,7 +4,7 @@
 //! clap_complete knows the options and commands. Two things it cannot know are added by
 //! hand to each script: session names, which only the daemon has (the scripts run
 //! `capstats __complete-sessions [SOCKET]`), and the words of `new` (`interface IF`,
-//! `-i IF`, `hook socket|tc|xdp`, `direction in|out|both`, before the expression) and
+//! `-i IF`, `hook socket|tc|xdp`, `direction in|out|both`, `packets stack|wire`, before the expression) and
 //! `watch` (`frequency SECONDS`), which `capstats` parses itself.
 
 use std::path::PathBuf;
@@ -86,16 +86,17 @@ _capstats_words() {
                 interface|-i) COMPREPLY=($(compgen -W "$(ls /sys/class/net 2>/dev/null)" -- "$cur")); return ;;
                 hook) COMPREPLY=($(compgen -W "socket tc xdp" -- "$cur")); return ;;
                 direction) COMPREPLY=($(compgen -W "in out both" -- "$cur")); return ;;
+                packets) COMPREPLY=($(compgen -W "stack wire" -- "$cur")); return ;;
             esac
             # The keywords come before the expression: offered while every word after
             # the name is a keyword with its value.
             for ((i = 1; i < ${#after[@]}; i += 2)); do
                 case "${after[i]}" in
-                    interface|-i|hook|direction) ;;
+                    interface|-i|hook|direction|packets) ;;
                     *) compopt +o default +o bashdefault 2>/dev/null; return ;; # the expression
                 esac
             done
-            COMPREPLY=($(compgen -W "interface -i hook direction filter" -- "$cur"))
+            COMPREPLY=($(compgen -W "interface -i hook direction packets filter" -- "$cur"))
             return
         fi
     fi
@@ -140,7 +141,7 @@ function __fish_capstats_new_keyword_next
     set -l rest $w[3..-1]
     test (math (count $rest) % 2) -eq 0; or return 1
     for i in (seq 1 2 (count $rest))
-        contains -- $rest[$i] interface -i hook direction; or return 1
+        contains -- $rest[$i] interface -i hook direction packets; or return 1
     end
 end
 
@@ -153,9 +154,10 @@ complete -c capstats -n "__fish_capstats_using_subcommand new modify show stop w
 complete -c capstats -n "__fish_capstats_using_subcommand show stop modify watch; and __fish_capstats_after 0" -f -a "(__fish_capstats_sessions)"
 complete -c capstats -n "__fish_capstats_using_subcommand poll" -f -a "(__fish_capstats_sessions)"
 complete -c capstats -n "__fish_capstats_using_subcommand watch; and __fish_capstats_after 1" -f -a frequency
-complete -c capstats -n "__fish_capstats_using_subcommand new; and __fish_capstats_new_keyword_next" -f -a "interface -i hook direction filter"
+complete -c capstats -n "__fish_capstats_using_subcommand new; and __fish_capstats_new_keyword_next" -f -a "interface -i hook direction packets filter"
 complete -c capstats -n "__fish_capstats_using_subcommand new; and __fish_capstats_prev hook" -f -a "socket tc xdp"
 complete -c capstats -n "__fish_capstats_using_subcommand new; and __fish_capstats_prev direction" -f -a "in out both"
+complete -c capstats -n "__fish_capstats_using_subcommand new; and __fish_capstats_prev packets" -f -a "stack wire"
 complete -c capstats -n "__fish_capstats_using_subcommand new; and __fish_capstats_prev interface" -f -a "(__fish_print_interfaces)"
 complete -c capstats -n "__fish_capstats_using_subcommand new; and __fish_capstats_prev -i" -f -a "(__fish_print_interfaces)"
 "#;
@@ -176,12 +178,13 @@ _capstats_new_words() {
         interface|-i) _net_interfaces; return ;;
         hook) compadd socket tc xdp; return ;;
         direction) compadd in out both; return ;;
+        packets) compadd stack wire; return ;;
     esac
     local i
     for (( i = 1; i < CURRENT; i += 2 )); do
-        [[ ${words[i]} == (interface|-i|hook|direction) ]] || { _message 'filter expression'; return; }
+        [[ ${words[i]} == (interface|-i|hook|direction|packets) ]] || { _message 'filter expression'; return; }
     done
-    compadd interface -i hook direction filter
+    compadd interface -i hook direction packets filter
 }
 
 "#;

@@ -111,7 +111,7 @@ enum Command {
     },
 
     /// Start counting: new NAME [interface IF | -i IF] [hook socket|tc|xdp] [direction in|out|both]
-    /// [filter] EXPR...
+    /// [packets wire|stack] [filter] EXPR...
     #[command(
         after_help = "The expression is compiled for the interface as `tcpdump -i IF EXPR` does;\n\
                             without `interface`, tcpdump's default (the first up, non-loopback device).\n\

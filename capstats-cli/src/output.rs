@@ -1,7 +1,7 @@
 //! Output for people (aligned, units named) and for programs (one JSON object per
 //! line, the protocol's field names).
 
-use capstats_common::protocol::Session;
+use capstats_common::protocol::{Packets, Session};
 // A filter may hold a newline or a tab (libpcap reads them as spaces) and comes from
 // whoever created the session: shown escaped, one session stays one line, and no
 // escape sequence reaches the reader's terminal.
@@ -67,6 +67,15 @@ fn hook(session: &Session) -> String {
         ("socket", _) => "socket".into(),
         (hook, Some(mode)) => format!("{hook} {} ({mode})", session.direction),
         (hook, None) => format!("{hook} {}", session.direction),
+    }
+}
+
+/// What a packet is for the session (`packets wire|stack`); an older daemon does not
+/// say: its sessions count as the hook's default did.
+pub fn packets_counted(session: &Session) -> &'static str {
+    match session.packets() {
+        Packets::Wire => "wire (each GSO/GRO segment as the frame it was on the wire)",
+        Packets::Stack => "stack (as the stack holds them, as tcpdump shows them)",
     }
 }
 
@@ -181,6 +190,7 @@ pub fn show(s: &Session) {
         ("name", s.name.clone()),
         ("interface", format!("{} ({})", s.interface, state(s))),
         ("hook", hook(s)),
+        ("counts", packets_counted(s).to_owned()),
         ("filter", printable(&s.filter).into_owned()),
         ("packets", grouped(s.packets.unwrap_or(0))),
         ("bytes", grouped(s.bytes.unwrap_or(0))),

@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::bail;
-use capstats_common::protocol::{Command, Direction, ErrorKind, HookName, Reply, Session};
+use capstats_common::protocol::{Command, Direction, ErrorKind, HookName, Packets, Reply, Session};
 
 use crate::client::{Failure, request, usage};
 use crate::output;
@@ -15,19 +15,22 @@ pub struct NewArgs {
     pub interface: Option<String>,
     pub hook: Option<HookName>,
     pub direction: Option<Direction>,
+    pub packets: Option<Packets>,
     pub filter: String,
 }
 
 /// The keywords of `new` before the expression; `-i` is tcpdump's `interface`.
-const KEYWORDS: [&str; 4] = ["interface", "-i", "hook", "direction"];
+const KEYWORDS: [&str; 5] = ["interface", "-i", "hook", "direction", "packets"];
 
-/// `[interface IF | -i IF] [hook socket|tc|xdp] [direction in|out|both] [filter] EXPR...`:
+/// `[interface IF | -i IF] [hook socket|tc|xdp] [direction in|out|both]
+/// [packets wire|stack] [filter] EXPR...`:
 /// the keywords in any order, each once, before the expression.
 pub fn parse_new_words(words: &[String]) -> anyhow::Result<NewArgs> {
     let mut args = NewArgs {
         interface: None,
         hook: None,
         direction: None,
+        packets: None,
         filter: String::new(),
     };
     let mut rest = words;
@@ -38,7 +41,7 @@ pub fn parse_new_words(words: &[String]) -> anyhow::Result<NewArgs> {
             }
             [keyword] if KEYWORDS.contains(&keyword.as_str()) => {
                 return Err(usage(format!(
-                    "`{keyword}` needs a value: new NAME [interface IF] [hook socket|tc|xdp] [direction in|out|both] [filter] EXPR..."
+                    "`{keyword}` needs a value: new NAME [interface IF] [hook socket|tc|xdp] [direction in|out|both] [packets wire|stack] [filter] EXPR..."
                 )));
             }
             _ => break,
@@ -50,8 +53,8 @@ pub fn parse_new_words(words: &[String]) -> anyhow::Result<NewArgs> {
                 keyword
             };
             usage(format!(
-                "`{name}` is given twice: `interface` (or -i), `hook` and `direction` are given \
-                 once each"
+                "`{name}` is given twice: `interface` (or -i), `hook`, `direction` and `packets` \
+                 are given once each"
             ))
         };
         match keyword {
@@ -70,6 +73,21 @@ pub fn parse_new_words(words: &[String]) -> anyhow::Result<NewArgs> {
                     }
                 };
                 if args.hook.replace(hook).is_some() {
+                    return Err(twice());
+                }
+            }
+            "packets" => {
+                let packets = match value {
+                    "wire" => Packets::Wire,
+                    "stack" => Packets::Stack,
+                    other => {
+                        return Err(usage(format!(
+                            "unknown packets {other:?}: wire (each GSO/GRO segment as the \
+                             frame it was on the wire) or stack (as tcpdump shows them)"
+                        )));
+                    }
+                };
+                if args.packets.replace(packets).is_some() {
                     return Err(twice());
                 }
             }
@@ -108,6 +126,7 @@ pub fn misplaced_keywords(filter: &str) -> Option<(Vec<(String, String)>, String
             "interface" | "-i" => true,
             "hook" => ["socket", "tc", "xdp"].contains(&value),
             "direction" => ["in", "out", "both"].contains(&value),
+            "packets" => ["wire", "stack"].contains(&value),
             _ => false,
         };
         match (words[i], words.get(i + 1)) {
@@ -190,6 +209,7 @@ pub fn new(socket: &Path, name: String, words: &[String], json: bool) -> anyhow:
         filter: args.filter,
         hook: args.hook,
         direction: args.direction,
+        packets: args.packets,
     };
     let s = one(request(socket, command).map_err(|e| hint_misplaced(e, "new", &name, &filter))?)?;
     if json {
@@ -201,8 +221,12 @@ pub fn new(socket: &Path, name: String, words: &[String], json: bool) -> anyhow:
             capstats_common::text::printable(&s.filter)
         };
         println!(
-            "session {:?} counts on {} ({} hook, {}): {filter}",
-            s.name, s.interface, s.hook, s.direction
+            "session {:?} counts on {} ({} hook, {}, packets {}): {filter}",
+            s.name,
+            s.interface,
+            s.hook,
+            s.direction,
+            s.packets().as_str()
         );
     }
     Ok(())
@@ -394,8 +418,21 @@ mod tests {
                 interface: Some("v0".into()),
                 hook: Some(HookName::Tc),
                 direction: Some(Direction::Out),
+                packets: None,
                 filter: "udp".into()
             }
+        );
+        let args = parse_new_words(&words("packets wire hook tc tcp")).unwrap();
+        assert_eq!(args.packets, Some(Packets::Wire));
+        assert_eq!(args.filter, "tcp");
+        let args = parse_new_words(&words("packets stack")).unwrap();
+        assert_eq!(args.packets, Some(Packets::Stack));
+        assert!(parse_new_words(&words("packets frames tcp")).is_err());
+        assert!(parse_new_words(&words("packets wire packets stack tcp")).is_err());
+        let (found, rest) = misplaced_keywords("tcp packets wire").unwrap();
+        assert_eq!(
+            (found, rest.as_str()),
+            (vec![("packets".to_owned(), "wire".to_owned())], "tcp")
         );
         for bad in [
             "hook ebpf udp",

@@ -142,6 +142,7 @@ mod tests {
             hook: "socket".into(),
             direction: "both".into(),
             mode: None,
+            packets_counted: None,
             created: "2026-01-01T00:00:00Z".into(),
             modified: "2026-01-01T00:00:00Z".into(),
             counting_since: None,

@@ -105,16 +105,17 @@ fn sorted(words: &[&str]) -> Vec<String> {
 #[test]
 fn bash_completes_sessions_and_words() {
     let scratch = Scratch::new("bash");
-    let cases: [(&str, &[&str]); 8] = [
+    let cases: [(&str, &[&str]); 9] = [
         ("capstats show ''", &["dns", "web"]),
         ("capstats stop w", &["web"]),
         ("capstats -s /x poll web ''", &["dns-/x", "web"]),
         ("capstats watch web ''", &["frequency"]),
         ("capstats new x hook ''", &["socket", "tc", "xdp"]),
         ("capstats new x direction ''", &["both", "in", "out"]),
+        ("capstats new x packets ''", &["stack", "wire"]),
         (
             "capstats new x -i lo ''",
-            &["-i", "direction", "filter", "hook", "interface"],
+            &["-i", "direction", "filter", "hook", "interface", "packets"],
         ),
         // In the expression nothing is offered.
         ("capstats new x tcp ''", &[]),
@@ -130,14 +131,15 @@ fn bash_completes_sessions_and_words() {
 #[test]
 fn fish_completes_sessions_and_words() {
     let scratch = Scratch::new("fish");
-    let cases: [(&str, &[&str]); 6] = [
+    let cases: [(&str, &[&str]); 7] = [
         ("capstats show ", &["dns", "web"]),
         ("capstats -s /x poll web ", &["dns-/x", "web"]),
         ("capstats watch web ", &["frequency"]),
         ("capstats new x hook ", &["socket", "tc", "xdp"]),
+        ("capstats new x packets ", &["stack", "wire"]),
         (
             "capstats new x interface lo ",
-            &["-i", "direction", "filter", "hook", "interface"],
+            &["-i", "direction", "filter", "hook", "interface", "packets"],
         ),
         ("capstats new x tcp ", &[]),
     ];

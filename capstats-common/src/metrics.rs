@@ -2,7 +2,8 @@
 //! `/metrics` endpoint serves them and as `capstats poll --prometheus` prints them for
 //! node_exporter's textfile collector.
 //!
-//! Per session, labelled `session`, `interface`, `hook` and `direction`:
+//! Per session, labelled `session`, `interface`, `hook`, `direction` and `packets`
+//! (`stack` or `wire`: what a packet and its bytes are, see the README):
 //! `capstats_session_packets_total` and `capstats_session_bytes_total` (counters),
 //! `capstats_session_up` (0 or 1) and `capstats_session_info` (always 1, with the
 //! filter as a label too). Then `capstats_sessions` and `capstats_build_info`, and the
@@ -77,6 +78,7 @@ pub fn render(sessions: &[Session], daemon: &DaemonInfo) -> String {
                 ("interface", &s.interface),
                 ("hook", &s.hook),
                 ("direction", &s.direction),
+                ("packets", s.packets().as_str()),
             ])
         })
         .collect();
@@ -90,7 +92,8 @@ pub fn render(sessions: &[Session], daemon: &DaemonInfo) -> String {
         (
             "capstats_session_bytes_total",
             "counter",
-            "Bytes on the wire (link-layer header included) of the packets the session matched.",
+            "Bytes (link-layer header included) of the packets the session matched: as the \
+             stack holds them (label packets stack) or as the frames on the wire (packets wire).",
             |s| s.bytes,
         ),
         (
@@ -138,6 +141,7 @@ pub fn render(sessions: &[Session], daemon: &DaemonInfo) -> String {
                 ("interface", &s.interface),
                 ("hook", &s.hook),
                 ("direction", &s.direction),
+                ("packets", s.packets().as_str()),
                 ("filter", &s.filter),
             ])
         );
@@ -196,6 +200,7 @@ mod tests {
             hook: "tc".into(),
             direction: "in".into(),
             mode: None,
+            packets_counted: None,
             created: "2026-01-01T00:00:00Z".into(),
             modified: "2026-01-01T00:00:00Z".into(),
             counting_since: None,
@@ -222,8 +227,10 @@ mod tests {
         down.up = false;
         down.hook = "socket".into();
         down.direction = "both".into();
+        let mut web = session("web", "ether proto \\ip and\n\"x\"", 12, 840);
+        web.packets_counted = Some(crate::protocol::Packets::Wire);
         let text = render(
-            &[session("web", "ether proto \\ip and\n\"x\"", 12, 840), down],
+            &[web, down],
             &DaemonInfo {
                 version: "0.3.0".into(),
                 request_errors: Some(2),
@@ -232,20 +239,20 @@ mod tests {
         );
         let expected = r#"# HELP capstats_session_packets_total Packets the session's filter matched since the session was created.
 # TYPE capstats_session_packets_total counter
-capstats_session_packets_total{session="web",interface="veth-b",hook="tc",direction="in"} 12
-capstats_session_packets_total{session="dns",interface="veth-b",hook="socket",direction="both"} 3
-# HELP capstats_session_bytes_total Bytes on the wire (link-layer header included) of the packets the session matched.
+capstats_session_packets_total{session="web",interface="veth-b",hook="tc",direction="in",packets="wire"} 12
+capstats_session_packets_total{session="dns",interface="veth-b",hook="socket",direction="both",packets="stack"} 3
+# HELP capstats_session_bytes_total Bytes (link-layer header included) of the packets the session matched: as the stack holds them (label packets stack) or as the frames on the wire (packets wire).
 # TYPE capstats_session_bytes_total counter
-capstats_session_bytes_total{session="web",interface="veth-b",hook="tc",direction="in"} 840
-capstats_session_bytes_total{session="dns",interface="veth-b",hook="socket",direction="both"} 180
+capstats_session_bytes_total{session="web",interface="veth-b",hook="tc",direction="in",packets="wire"} 840
+capstats_session_bytes_total{session="dns",interface="veth-b",hook="socket",direction="both",packets="stack"} 180
 # HELP capstats_session_up 1 if the session's interface is there and the session counts, else 0.
 # TYPE capstats_session_up gauge
-capstats_session_up{session="web",interface="veth-b",hook="tc",direction="in"} 1
-capstats_session_up{session="dns",interface="veth-b",hook="socket",direction="both"} 0
+capstats_session_up{session="web",interface="veth-b",hook="tc",direction="in",packets="wire"} 1
+capstats_session_up{session="dns",interface="veth-b",hook="socket",direction="both",packets="stack"} 0
 # HELP capstats_session_info Always 1; the session's filter expression (empty: every packet) as a label.
 # TYPE capstats_session_info gauge
-capstats_session_info{session="web",interface="veth-b",hook="tc",direction="in",filter="ether proto \\ip and\n\"x\""} 1
-capstats_session_info{session="dns",interface="veth-b",hook="socket",direction="both",filter="udp port 53"} 1
+capstats_session_info{session="web",interface="veth-b",hook="tc",direction="in",packets="wire",filter="ether proto \\ip and\n\"x\""} 1
+capstats_session_info{session="dns",interface="veth-b",hook="socket",direction="both",packets="stack",filter="udp port 53"} 1
 # HELP capstats_sessions Sessions reported here.
 # TYPE capstats_sessions gauge
 capstats_sessions 2

@@ -131,6 +131,10 @@ pub enum Command {
         /// Which packets: `both` if absent (the socket hook counts both, XDP only `in`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         direction: Option<Direction>,
+        /// What a packet is: `stack` if absent on the socket and tc hooks, `wire` on
+        /// XDP (the only one it has).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        packets: Option<Packets>,
     },
     /// Replace a session's filter, keeping its counters.
     Modify { name: String, filter: String },
@@ -274,6 +278,28 @@ impl HookName {
     }
 }
 
+/// What a session counts as a packet and its bytes (`packets wire|stack`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Packets {
+    /// The packet as the stack holds it, as tcpdump shows it: a GRO-merged packet (or
+    /// one not yet split by GSO/TSO) is one packet of one set of headers.
+    #[default]
+    Stack,
+    /// Each frame it was (or will be) on the wire: its GSO segments, each with its own
+    /// headers. What XDP always counts.
+    Wire,
+}
+
+impl Packets {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Packets::Stack => "stack",
+            Packets::Wire => "wire",
+        }
+    }
+}
+
 /// Which packets a session counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -345,9 +371,10 @@ pub struct Session {
     pub name: String,
     pub interface: String,
     pub filter: String,
-    /// Packets and bytes counted since the session was created (bytes: each frame's
-    /// length on the wire, link-layer header and VLAN tags included, as tcpdump
-    /// records it). Absent only where a reply carries no counters.
+    /// Packets and bytes counted since the session was created (bytes: each packet's
+    /// length, link-layer header and VLAN tags included, as tcpdump records it; with
+    /// `packets_counted` `wire`, each GSO/GRO segment as its frame on the wire).
+    /// Absent only where a reply carries no counters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub packets: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -367,6 +394,11 @@ pub struct Session {
     /// XDP sessions: `native` (in the driver) or `generic`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
+    /// What a packet is: `stack` (as tcpdump shows it) or `wire` (each GSO/GRO
+    /// segment as the frame it was on the wire). Absent from an older daemon: `stack`
+    /// on socket and tc, `wire` on xdp.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packets_counted: Option<Packets>,
     pub created: String,
     pub modified: String,
     /// Socket sessions: since when this daemon's socket counts. A socket session does
@@ -387,6 +419,18 @@ pub struct Session {
     pub survives_daemon: Option<bool>,
 }
 
+impl Session {
+    /// What a packet is for the session: what it says, else (an older daemon) the
+    /// hook's default, which is what such a daemon counted.
+    pub fn packets(&self) -> Packets {
+        self.packets_counted.unwrap_or(if self.hook == "xdp" {
+            Packets::Wire
+        } else {
+            Packets::Stack
+        })
+    }
+}
+
 impl Response {
     pub fn error(kind: ErrorKind, message: impl Into<String>) -> Self {
         Response::Error(ErrorReply {
@@ -401,6 +445,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn packets_counted_defaults_by_hook_for_older_daemons() {
+        let json = |hook: &str, extra: &str| {
+            format!(
+                r#"{{"name":"a","interface":"eth0","filter":"","up":true,"hook":"{hook}","direction":"in","created":"x","modified":"x"{extra}}}"#
+            )
+        };
+        let old: Session = serde_json::from_str(&json("tc", "")).unwrap();
+        assert_eq!((old.packets_counted, old.packets()), (None, Packets::Stack));
+        let old: Session = serde_json::from_str(&json("xdp", "")).unwrap();
+        assert_eq!(old.packets(), Packets::Wire);
+        let new: Session =
+            serde_json::from_str(&json("tc", r#","packets_counted":"wire""#)).unwrap();
+        assert_eq!(new.packets(), Packets::Wire);
+        assert!(
+            serde_json::to_string(&new)
+                .unwrap()
+                .contains(r#""packets_counted":"wire""#)
+        );
+        assert!(serde_json::from_str::<Packets>(r#""frames""#).is_err());
+    }
+
+    #[test]
     fn requests_have_a_stable_json_form() {
         let cases = [
             (
@@ -410,8 +476,20 @@ mod tests {
                     filter: "tcp port 80".into(),
                     hook: None,
                     direction: None,
+                    packets: None,
                 },
                 r#"{"version":1,"command":"new","name":"web","interface":"eth0","filter":"tcp port 80"}"#,
+            ),
+            (
+                Command::New {
+                    name: "bulk".into(),
+                    interface: Some("eth0".into()),
+                    filter: "tcp".into(),
+                    hook: Some(HookName::Tc),
+                    direction: None,
+                    packets: Some(Packets::Wire),
+                },
+                r#"{"version":1,"command":"new","name":"bulk","interface":"eth0","filter":"tcp","hook":"tc","packets":"wire"}"#,
             ),
             (
                 Command::Poll { names: vec![] },
@@ -522,6 +600,7 @@ mod tests {
             filter: filter.into(),
             hook: None,
             direction: None,
+            packets: None,
         };
         assert_eq!(new("web", Some("eth0"), "tcp port 80").check(), Ok(()));
         assert_eq!(new("web", Some(&"e".repeat(15)), "").check(), Ok(()));

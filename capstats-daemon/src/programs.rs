@@ -1129,19 +1129,20 @@ fn plan_groups(old: &[&[String]], counted: &[Counted<'_>], most_items: usize) ->
                 .collect();
             let mut planner = Planner::new();
             for member in &kept {
-                planner.add(wanted[member.as_str()].1);
+                let (_, program, map) = wanted[member.as_str()];
+                planner.add_counted_within(program, map.count(), usize::MAX);
             }
             (kept, planner)
         })
         .collect();
     let placed: HashSet<String> = plan.iter().flat_map(|(m, _)| m.iter().cloned()).collect();
-    for &(name, program, _) in counted {
+    for &(name, program, map) in counted {
         if placed.contains(name) {
             continue;
         }
         let mut fits = None;
         for (members, planner) in plan.iter_mut() {
-            if planner.add_within(program, most_items) {
+            if planner.add_counted_within(program, map.count(), most_items) {
                 fits = Some(members);
                 break;
             }
@@ -1150,7 +1151,7 @@ fn plan_groups(old: &[&[String]], counted: &[Counted<'_>], most_items: usize) ->
             Some(members) => members.push(name.to_owned()),
             None => {
                 let mut planner = Planner::new();
-                planner.add(program);
+                planner.add_counted_within(program, map.count(), usize::MAX);
                 plan.push((vec![name.to_owned()], planner));
             }
         }

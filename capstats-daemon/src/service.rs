@@ -79,6 +79,9 @@ impl Service {
                 filter: &saved.filter,
                 hook: saved.hook,
                 direction: saved.direction,
+                packets: saved
+                    .packets_counted
+                    .unwrap_or(crate::session::default_packets(saved.hook)),
             };
             let mut session = Session::new(&spec, base, counters);
             session.created = parse_time(&saved.created);
@@ -345,6 +348,10 @@ impl Service {
                     filter: s.filter.clone(),
                     hook: s.hook,
                     direction: s.direction,
+                    // Written only where it is not the hook's default: a table of
+                    // sessions that never asked stays one an older daemon reads.
+                    packets_counted: (s.packets != crate::session::default_packets(s.hook))
+                        .then_some(s.packets),
                     created: format_time(s.created),
                     modified: format_time(s.modified),
                     packets: counter.packets,
@@ -428,6 +435,7 @@ impl Service {
                 filter,
                 hook,
                 direction,
+                packets,
             } => {
                 check_name(&name).map_err(|m| (ErrorKind::InvalidName, m))?;
                 if self.sessions.contains_key(&name) {
@@ -451,6 +459,7 @@ impl Service {
                     filter: &filter,
                     hook,
                     direction,
+                    packets: packets.unwrap_or(crate::session::default_packets(hook)),
                 };
                 spec.check().map_err(|e| (e.kind(), e.to_string()))?;
                 if crate::attach::ifindex(&interface).is_none() {
@@ -522,9 +531,10 @@ impl Service {
                 let session = &self.sessions[&name];
                 let report = session.report(&interfaces).map_err(internal)?;
                 event!(
-                    "new session {name:?} on {interface} ({} {}): {}",
+                    "new session {name:?} on {interface} ({} {}, packets {}): {}",
                     hook.as_str(),
                     direction.as_str(),
+                    spec.packets.as_str(),
                     shown(&filter)
                 );
                 self.save_change()?;

@@ -10,11 +10,12 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use capstats_common::protocol::{self, Direction, ErrorKind, HookName};
+use capstats_common::protocol::{self, Direction, ErrorKind, HookName, Packets};
 use capstats_ebpf::cbpf::{Cooked, CookedError, Program};
 use capstats_ebpf::counters::{Counter, CounterError, CounterMap};
 use capstats_ebpf::filter::{ANY, Filter, FilterError};
 use capstats_ebpf::program::LoadError;
+use capstats_ebpf::translate::Count;
 
 use crate::attach::{Interfaces, is_loopback};
 use crate::programs::Slot;
@@ -78,6 +79,8 @@ pub struct Session {
     pub filter: String,
     pub hook: HookName,
     pub direction: Direction,
+    /// What a packet is (`packets wire|stack`); kept by `modify`.
+    pub packets: Packets,
     pub created: SystemTime,
     pub modified: SystemTime,
     /// Counted before `counters` existed (a lost pin, a reboot): added to what it has.
@@ -101,6 +104,16 @@ pub struct Spec<'a> {
     pub filter: &'a str,
     pub hook: HookName,
     pub direction: Direction,
+    pub packets: Packets,
+}
+
+/// What a packet is on `hook` when a session does not say: what tcpdump shows on
+/// socket and tc; the wire frame on XDP, which sees nothing else.
+pub fn default_packets(hook: HookName) -> Packets {
+    match hook {
+        HookName::Xdp => Packets::Wire,
+        HookName::Socket | HookName::Tc => Packets::Stack,
+    }
 }
 
 impl Spec<'_> {
@@ -114,6 +127,14 @@ impl Spec<'_> {
                 self.hook.as_str(),
                 self.hook.as_str()
             )));
+        }
+        if self.hook == HookName::Xdp && self.packets == Packets::Stack {
+            return Err(SessionError::Unsupported(
+                "XDP sees each frame as it came off the wire, before GRO merges any: it \
+                 counts `packets wire` only; for packets as the stack (and tcpdump) sees \
+                 them use `hook tc` or `hook socket`"
+                    .into(),
+            ));
         }
         match (self.hook, self.direction) {
             (HookName::Socket, Direction::Both)
@@ -236,14 +257,19 @@ pub fn compile(interface: &str, hook: HookName, expression: &str) -> Result<Prog
 
 impl Session {
     /// A session that does not count (yet): listed, with its counters.
-    pub fn new(spec: &Spec<'_>, base: Counter, counters: CounterMap) -> Self {
+    pub fn new(spec: &Spec<'_>, base: Counter, mut counters: CounterMap) -> Self {
         let now = SystemTime::now();
+        counters.set_count(match spec.packets {
+            Packets::Stack => Count::Stack,
+            Packets::Wire => Count::Wire,
+        });
         Session {
             name: spec.name.to_owned(),
             interface: spec.interface.to_owned(),
             filter: spec.filter.to_owned(),
             hook: spec.hook,
             direction: spec.direction,
+            packets: spec.packets,
             created: now,
             modified: now,
             base,
@@ -360,6 +386,7 @@ impl Session {
             hook: self.hook.as_str().into(),
             direction: self.direction.as_str().into(),
             mode: self.counting.and_then(|c| c.mode).map(Into::into),
+            packets_counted: Some(self.packets),
             created: time(self.created),
             modified: time(self.modified),
             read_at: Some(humantime::format_rfc3339_nanos(read_at).to_string()),

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use capstats_common::names::check_name;
-use capstats_common::protocol::{Direction, HookName, check_interface_name};
+use capstats_common::protocol::{Direction, HookName, Packets, check_interface_name};
 use capstats_ebpf::counters::MAX_COUNT;
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +30,11 @@ pub struct SavedSession {
     pub hook: HookName,
     #[serde(default = "both")]
     pub direction: Direction,
+    /// `packets wire|stack`. Absent where it is the hook's default
+    /// ([`crate::session::default_packets`]), as in tables written before the option
+    /// existed, which older daemons (refusing unknown fields) then still read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packets_counted: Option<Packets>,
     pub created: String,
     pub modified: String,
     /// Everything counted, as last read.
@@ -249,6 +254,9 @@ impl StateFile {
                 filter: &s.filter,
                 hook: s.hook,
                 direction: s.direction,
+                packets: s
+                    .packets_counted
+                    .unwrap_or(crate::session::default_packets(s.hook)),
             };
             spec.check()
                 .map_err(|e| corrupt(format!("session {:?}: {e}", s.name)))?;
@@ -397,6 +405,7 @@ mod tests {
             filter: "tcp port 80".into(),
             hook: HookName::Tc,
             direction: Direction::In,
+            packets_counted: Some(Packets::Wire),
             created: "2026-11-26T03:00:00Z".into(),
             modified: "2026-11-26T03:00:00Z".into(),
             packets: 5,
@@ -446,6 +455,9 @@ mod tests {
             r#"{"version":1,"sessions":[{"name":"a","interface":"vb:junk","filter":"","created":"2026-11-26T03:00:00Z","modified":"2026-11-26T03:00:00Z","packets":0,"bytes":0}]}"#,
             r#"{"version":1,"sessions":[{"name":"a","interface":"eth0","filter":"","hook":"socket","direction":"in","created":"2026-11-26T03:00:00Z","modified":"2026-11-26T03:00:00Z","packets":0,"bytes":0}]}"#,
             r#"{"version":1,"sessions":[{"name":"a","interface":"eth0","filter":"","created":"2026-11-26T03:00:00Z","modified":"2026-11-26T03:00:00Z","packets":9223372036854775808,"bytes":0}]}"#,
+            // XDP sees no merged packets: `stack` is what no request could ask for.
+            r#"{"version":1,"sessions":[{"name":"a","interface":"eth0","filter":"","hook":"xdp","direction":"in","packets_counted":"stack","created":"2026-11-26T03:00:00Z","modified":"2026-11-26T03:00:00Z","packets":0,"bytes":0}]}"#,
+            r#"{"version":1,"sessions":[{"name":"a","interface":"eth0","filter":"","hook":"tc","direction":"in","packets_counted":"frames","created":"2026-11-26T03:00:00Z","modified":"2026-11-26T03:00:00Z","packets":0,"bytes":0}]}"#,
         ] {
             fs::write(state.path(), bad).unwrap();
             // Whatever the umask: a file others may write is refused for that alone.
@@ -463,6 +475,8 @@ mod tests {
             (HookName::Socket, Direction::Both)
         );
         assert_eq!((loaded[0].base_packets, loaded[0].packets), (None, 7));
+        // ... and from before `packets wire|stack`: none said, the hook's default.
+        assert_eq!(loaded[0].packets_counted, None);
         // The highest count the daemon keeps is one it reads back.
         let mut top = saved("top");
         (top.packets, top.bytes) = (MAX_COUNT, MAX_COUNT);

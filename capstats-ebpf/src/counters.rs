@@ -100,6 +100,9 @@ pub struct CounterMap {
     /// This value's number in the process, never given twice (see
     /// [`CounterMap::serial`]).
     serial: u64,
+    /// What a shared program counts into it per packet matched
+    /// ([`CounterMap::set_count`]).
+    count: crate::translate::Count,
 }
 
 /// The next [`CounterMap::serial`].
@@ -140,6 +143,7 @@ impl CounterMap {
             map,
             fd,
             serial: next_serial(),
+            count: crate::translate::Count::Stack,
         })
     }
 
@@ -183,6 +187,7 @@ impl CounterMap {
             map,
             fd,
             serial: next_serial(),
+            count: crate::translate::Count::Stack,
         })
     }
 
@@ -196,6 +201,17 @@ impl CounterMap {
     /// closed, a new one's opened), without asking the kernel.
     pub fn serial(&self) -> u64 {
         self.serial
+    }
+
+    /// What the filter counting into this map counts per packet it matches (a
+    /// session's `packets` option): [`crate::translate::Count::Stack`] unless set.
+    /// Shared programs ([`crate::shared`]) read it here.
+    pub fn set_count(&mut self, count: crate::translate::Count) {
+        self.count = count;
+    }
+
+    pub fn count(&self) -> crate::translate::Count {
+        self.count
     }
 
     pub fn raw_fd(&self) -> i32 {

@@ -8,7 +8,7 @@
 //! cases the same across versions of any random-number crate.
 
 use capstats_common::MAX_REQUEST_BYTES;
-use capstats_common::protocol::{Command, Direction, HookName, MAX_NESTING, Request};
+use capstats_common::protocol::{Command, Direction, HookName, MAX_NESTING, Packets, Request};
 use serde_json::{Map, Value, json};
 
 /// splitmix64 (Steele, Lea, Flood 2014): fast, and every seed gives a good stream.
@@ -137,6 +137,9 @@ pub fn command(rng: &mut Rng) -> Command {
             direction: rng
                 .one_in(2)
                 .then(|| *rng.pick(&[Direction::In, Direction::Out, Direction::Both])),
+            packets: rng
+                .one_in(2)
+                .then(|| *rng.pick(&[Packets::Stack, Packets::Wire])),
         },
         1 => Command::Modify {
             name: text(rng),

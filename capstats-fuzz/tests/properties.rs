@@ -19,6 +19,7 @@ fn commands() -> Vec<Command> {
             filter: "tcp port 80".into(),
             hook: Some(HookName::Tc),
             direction: Some(Direction::In),
+            packets: None,
         },
         Command::Modify {
             name: "web".into(),
@@ -336,6 +337,7 @@ fn shell_metacharacters_and_long_text_reach_the_table_unchanged() {
                 filter: format!("host 10.0.0.1 and {text}\n; {text}"),
                 hook: None,
                 direction: None,
+                packets: None,
             },
             Command::Show { name: text.into() },
         ] {

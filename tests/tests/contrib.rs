@@ -631,6 +631,7 @@ fn a_session(name: &str) -> Session {
         hook: "tc".into(),
         direction: "in".into(),
         mode: None,
+        packets_counted: None,
         created: "2026-01-01T00:00:00Z".into(),
         modified: "2026-01-01T00:00:00Z".into(),
         counting_since: None,

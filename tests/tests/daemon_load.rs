@@ -171,6 +171,7 @@ fn new(name: &str, interface: &str, filter: &str) -> Command {
         filter: filter.to_owned(),
         hook: None,
         direction: None,
+        packets: None,
     }
 }
 

@@ -124,6 +124,7 @@ fn session(name: &str, filter: &str) -> Session {
         hook: "socket".into(),
         direction: "both".into(),
         mode: None,
+        packets_counted: None,
         created: "2026-01-01T00:00:00Z".into(),
         modified: "2026-01-01T00:00:00Z".into(),
         counting_since: None,

@@ -1467,6 +1467,7 @@ fn xdp_on_an_unknown_interface_is_an_unknown_interface() -> anyhow::Result<()> {
             filter: "udp".into(),
             hook,
             direction: None,
+            packets: None,
         };
         match ask(setup.daemon.socket(), new)? {
             Response::Error(e) => answers.push((hook, e)),

@@ -89,7 +89,7 @@ impl SharedProgram {
         placement: Placement,
     ) -> Result<Self, SharedError> {
         let filters: Vec<&Program> = counted.iter().map(|&(program, _)| program).collect();
-        let plan = Plan::new(&filters);
+        let plan = Plan::new_counted(&filters, &counts_of(counted));
         let mut shared = Self {
             plan,
             insns: Vec::new(),
@@ -147,7 +147,7 @@ impl SharedProgram {
             return Ok(None);
         }
         let filters: Vec<&Program> = counted.iter().map(|&(program, _)| program).collect();
-        let plan = Plan::new(&filters);
+        let plan = Plan::new_counted(&filters, &counts_of(counted));
         let keys = dispatch_entries(&plan, &filters, |f| entries[f]);
         if keys.len() > dispatch.capacity() as usize {
             return Ok(None);
@@ -237,6 +237,11 @@ impl SharedProgram {
 pub struct InPlace {
     plan: Plan,
     keys: Vec<(DispatchKey, u32)>,
+}
+
+/// What each filter counts: its counter map says ([`CounterMap::count`]).
+fn counts_of(counted: &[(&Program, &CounterMap)]) -> Vec<crate::translate::Count> {
+    counted.iter().map(|&(_, map)| map.count()).collect()
 }
 
 /// Room for `needed` entries and as many again, at least `least`, a power of two.

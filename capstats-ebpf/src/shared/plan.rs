@@ -9,6 +9,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::cbpf::Program;
+use crate::translate::Count;
 
 use super::shape::{Shape, Template, comparisons};
 
@@ -33,6 +34,9 @@ pub enum Item {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Plan {
     pub items: Vec<Item>,
+    /// What each filter counts (none given: [`Count::Stack`]). Filters of different
+    /// counts are never one group.
+    pub counts: Vec<Count>,
 }
 
 /// A group being formed.
@@ -50,14 +54,16 @@ struct Forming {
 /// filter still fits a program of at most so many items (the daemon's chains).
 pub struct Planner<'a> {
     filters: Vec<&'a Program>,
+    counts: Vec<Count>,
     forming: Vec<Forming>,
-    by_shape: HashMap<Shape, Vec<usize>>,
+    by_shape: HashMap<(Shape, Count), Vec<usize>>,
 }
 
 impl<'a> Planner<'a> {
     pub fn new() -> Self {
         Self {
             filters: Vec::new(),
+            counts: Vec::new(),
             forming: Vec::new(),
             by_shape: HashMap::new(),
         }
@@ -76,9 +82,24 @@ impl<'a> Planner<'a> {
     /// Adds `program` as the next filter if it joins a group or the items stay at most
     /// `most_items`; otherwise changes nothing and says so.
     pub fn add_within(&mut self, program: &'a Program, most_items: usize) -> bool {
+        self.add_counted_within(program, Count::Stack, most_items)
+    }
+
+    /// [`Planner::add_within`] for a filter counting `count`: it joins only groups of
+    /// filters counting the same.
+    pub fn add_counted_within(
+        &mut self,
+        program: &'a Program,
+        count: Count,
+        most_items: usize,
+    ) -> bool {
         let filter = self.filters.len();
         self.filters.push(program);
-        let candidates = self.by_shape.entry(Shape::of(program)).or_default();
+        self.counts.push(count);
+        let candidates = self
+            .by_shape
+            .entry((Shape::of(program), count))
+            .or_default();
         let joined = candidates
             .iter()
             .any(|&g| try_join(&mut self.forming[g], &self.filters, filter));
@@ -87,6 +108,7 @@ impl<'a> Planner<'a> {
         }
         if self.forming.len() >= most_items {
             self.filters.pop();
+            self.counts.pop();
             return false;
         }
         candidates.push(self.forming.len());
@@ -113,7 +135,10 @@ impl<'a> Planner<'a> {
                 _ => Item::Single(group.members[0]),
             })
             .collect();
-        Plan { items }
+        Plan {
+            items,
+            counts: self.counts,
+        }
     }
 }
 
@@ -131,6 +156,20 @@ impl Plan {
             planner.add(program);
         }
         planner.finish()
+    }
+
+    /// [`Plan::new`] for filters counting `counts` (one each).
+    pub fn new_counted(filters: &[&Program], counts: &[Count]) -> Plan {
+        let mut planner = Planner::new();
+        for (program, &count) in filters.iter().zip(counts) {
+            planner.add_counted_within(program, count, usize::MAX);
+        }
+        planner.finish()
+    }
+
+    /// What filter `filter` counts.
+    pub fn count(&self, filter: usize) -> Count {
+        self.counts.get(filter).copied().unwrap_or_default()
     }
 
     /// How many filters share their evaluation with others.
@@ -205,6 +244,29 @@ mod tests {
             .iter()
             .map(|e| Filter::for_linktype(pcap::Linktype::ETHERNET, e, 0).unwrap())
             .collect()
+    }
+
+    #[test]
+    fn wire_and_stack_filters_are_never_one_group() {
+        let filters = compile(&["udp port 1", "udp port 2", "udp port 3", "udp port 4"]);
+        let programs: Vec<&Program> = filters.iter().map(Filter::program).collect();
+        let counts = [Count::Stack, Count::Wire, Count::Stack, Count::Wire];
+        let plan = Plan::new_counted(&programs, &counts);
+        let items: Vec<Vec<usize>> = plan
+            .items
+            .iter()
+            .map(|item| match item {
+                Item::Single(f) => vec![*f],
+                Item::Group(g) => g.members.clone(),
+            })
+            .collect();
+        assert_eq!(items, vec![vec![0, 2], vec![1, 3]]);
+        assert_eq!((0..4).map(|f| plan.count(f)).collect::<Vec<_>>(), counts);
+        // Stack alone: the plan of before, filter for filter.
+        assert_eq!(
+            Plan::new_counted(&programs, &[Count::Stack; 4]).items,
+            Plan::new(&programs).items
+        );
     }
 
     /// The plan of `expressions` as lists of expressions: a group's members, or one.

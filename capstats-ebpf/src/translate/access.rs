@@ -49,6 +49,7 @@ mod skb {
     pub const HASH: i16 = 68;
     pub const DATA: i16 = 76;
     pub const DATA_END: i16 = 80;
+    pub const GSO_SEGS: i16 = 164;
 }
 
 /// Field offsets in `struct xdp_md`.
@@ -108,10 +109,12 @@ impl Translator {
             }
             Hook::Tc => {
                 self.skb_wire_len();
+                self.wire_frames();
                 self.emit(load(Size::W, DATA_END, CTX, skb::DATA_END)); // data_end = skb->data_end
             }
             Hook::SocketFilter => {
                 self.skb_wire_len();
+                self.wire_frames();
                 self.cache_prologue();
             }
         }
@@ -151,6 +154,110 @@ impl Translator {
         self.emit(alu64(AluOp::Lsh, r2, Operand::Imm(2)));
         self.emit(alu64(AluOp::Add, r1, Operand::Reg(r2))); // r1 += 4 * r2
         self.emit(store(Size::DW, FP, frame::WIRE_LEN, Operand::Reg(r1))); // wire_len = r1
+    }
+
+    /// Filters counting [`super::Count::Wire`] (none: nothing emitted): the frames the
+    /// packet was on the wire, `wire_segs = max(gso_segs, 1)`, and their bytes,
+    /// `wire_bytes = wire_len + (wire_segs - 1) * headers`: each segment after the
+    /// first carries its own link, IPv4/IPv6 and TCP/UDP headers (and VLAN tag or
+    /// cooked header, as `wire_len` counts them). The headers are read only for a
+    /// packet of several segments, with `bpf_skb_load_bytes`; a packet whose headers
+    /// are not IPv4/IPv6 then TCP/UDP, or cannot be read, counts its segments with
+    /// `wire_len` bytes. Uses r7 and r8 (X is set at each filter's start).
+    fn wire_frames(&mut self) {
+        if !self.wire_any {
+            return;
+        }
+        let (r0, r1, segs, hdr) = (Reg::R0, Reg::R1, Reg::R7, Reg::R8);
+        let (gso, l4, udp, tcp_done, unknown, sum, done) = (
+            self.local(),
+            self.local(),
+            self.local(),
+            self.local(),
+            self.local(),
+            self.local(),
+            self.local(),
+        );
+        let (v4, v6) = (self.local(), self.local());
+        self.emit(load(Size::W, segs, CTX, skb::GSO_SEGS)); // segs = skb->gso_segs
+        self.emit(branch64(JmpOp::Gt, segs, Operand::Imm(1), gso));
+        // One frame (gso_segs is 0 for a packet the stack never merged or split).
+        self.emit(store(Size::DW, FP, frame::WIRE_SEGS, Operand::Imm(1))); // wire_segs = 1
+        self.emit(load(Size::DW, r1, FP, frame::WIRE_LEN));
+        self.emit(store(Size::DW, FP, frame::WIRE_BYTES, Operand::Reg(r1))); // wire_bytes = wire_len
+        self.emit(goto(done));
+        self.asm.label(gso);
+        self.emit(store(Size::DW, FP, frame::WIRE_SEGS, Operand::Reg(segs))); // wire_segs = segs
+        // hdr = the network header's offset: 0 behind a cooked header, else Ethernet's 14
+        // (a tag the kernel took out is counted below).
+        let l3 = if self.cooked.is_some() { 0 } else { 14 };
+        self.emit(mov64(hdr, Operand::Imm(l3)));
+        self.emit(load(Size::W, r1, CTX, skb::PROTOCOL)); // r1 = skb->protocol
+        self.emit(Insn::Endian {
+            to: Endian::Be,
+            bits: 16,
+            dst: r1,
+        });
+        self.emit(branch64(JmpOp::Eq, r1, Operand::Imm(0x0800), v4));
+        self.emit(branch64(JmpOp::Eq, r1, Operand::Imm(0x86dd), v6));
+        self.emit(goto(unknown));
+        self.asm.label(v4);
+        self.skb_byte(hdr, 9, unknown); // r0 = the IPv4 protocol
+        self.emit(store(Size::DW, FP, frame::SPILL, Operand::Reg(r0)));
+        self.skb_byte(hdr, 0, unknown); // r0 = version and IHL
+        self.emit(alu64(AluOp::And, r0, Operand::Imm(0xf)));
+        self.emit(alu64(AluOp::Lsh, r0, Operand::Imm(2)));
+        self.emit(alu64(AluOp::Add, hdr, Operand::Reg(r0))); // hdr = the L4 header's offset
+        self.emit(load(Size::DW, r0, FP, frame::SPILL)); // r0 = the protocol
+        self.emit(goto(l4));
+        self.asm.label(v6);
+        self.skb_byte(hdr, 6, unknown); // r0 = the IPv6 next header
+        self.emit(alu64(AluOp::Add, hdr, Operand::Imm(40))); // hdr = the L4 header's offset
+        self.asm.label(l4);
+        self.emit(branch64(JmpOp::Eq, r0, Operand::Imm(17), udp));
+        self.emit(branch64(JmpOp::Ne, r0, Operand::Imm(6), unknown));
+        self.skb_byte(hdr, 12, unknown); // r0 = TCP data offset
+        self.emit(alu64(AluOp::Rsh, r0, Operand::Imm(4)));
+        self.emit(alu64(AluOp::Lsh, r0, Operand::Imm(2)));
+        self.emit(alu64(AluOp::Add, hdr, Operand::Reg(r0))); // hdr = the payload's offset
+        self.emit(goto(tcp_done));
+        self.asm.label(udp);
+        self.emit(alu64(AluOp::Add, hdr, Operand::Imm(8))); // hdr = the payload's offset
+        self.asm.label(tcp_done);
+        // What wire_len adds to skb->len per frame: the cooked header, or a VLAN tag.
+        match self.cooked {
+            Some(header) => self.emit(alu64(AluOp::Add, hdr, imm(header))),
+            None => {
+                self.emit(load(Size::W, r1, CTX, skb::VLAN_PRESENT)); // r1 = tag in metadata
+                self.emit(alu64(AluOp::Lsh, r1, Operand::Imm(2)));
+                self.emit(alu64(AluOp::Add, hdr, Operand::Reg(r1))); // hdr += 4 * r1
+            }
+        }
+        self.emit(goto(sum));
+        self.asm.label(unknown);
+        self.emit(mov64(hdr, Operand::Imm(0))); // headers unknown: none added
+        self.asm.label(sum);
+        self.emit(alu64(AluOp::Sub, segs, Operand::Imm(1)));
+        self.emit(alu64(AluOp::Mul, segs, Operand::Reg(hdr))); // segs = (segs - 1) * hdr
+        self.emit(load(Size::DW, r1, FP, frame::WIRE_LEN));
+        self.emit(alu64(AluOp::Add, r1, Operand::Reg(segs)));
+        self.emit(store(Size::DW, FP, frame::WIRE_BYTES, Operand::Reg(r1))); // wire_bytes
+        self.asm.label(done);
+    }
+
+    /// `r0 = P[offset + k:1]` with `bpf_skb_load_bytes`; to `fail` if it cannot be
+    /// read. Clobbers r1-r5.
+    fn skb_byte(&mut self, offset: Reg, k: i32, fail: crate::insn::Label) {
+        let (r0, r1, r2, r3, r4) = (Reg::R0, Reg::R1, Reg::R2, Reg::R3, Reg::R4);
+        self.emit(mov64(r1, Operand::Reg(CTX))); // r1 = skb
+        self.emit(mov64(r2, Operand::Reg(offset)));
+        self.emit(alu64(AluOp::Add, r2, Operand::Imm(k))); // r2 = offset + k
+        self.emit(mov64(r3, Operand::Reg(FP)));
+        self.emit(alu64(AluOp::Add, r3, Operand::Imm(frame::BUFFER.into()))); // r3 = buffer
+        self.emit(mov64(r4, Operand::Imm(1))); // r4 = 1 byte
+        self.emit(Insn::Call(Helper::SkbLoadBytes));
+        self.emit(branch64(JmpOp::Ne, r0, Operand::Imm(0), fail));
+        self.emit(load(Size::B, r0, FP, frame::BUFFER)); // r0 = the byte
     }
 
     /// XDP and TC: `dst = data`, the packet's first byte, read from the context at
@@ -436,6 +543,18 @@ impl Translator {
                     dst: A,
                 }); // A = ntohs(A)
             }
+        }
+    }
+
+    /// [`super::Count::Wire`] filters on skb hooks: `packets += wire_segs`, `bytes +=
+    /// wire_bytes` in the counter at `value` (from the prologue). Clobbers r1 and r2.
+    pub(super) fn add_wire_frames(&mut self, value: Reg) {
+        let (r1, r2) = (Reg::R1, Reg::R2);
+        for (slot, offset) in [(frame::WIRE_SEGS, 0), (frame::WIRE_BYTES, 8)] {
+            self.emit(load(Size::DW, r1, FP, slot));
+            self.emit(load(Size::DW, r2, value, offset));
+            self.emit(alu64(AluOp::Add, r2, Operand::Reg(r1)));
+            self.emit(store(Size::DW, value, offset, Operand::Reg(r2)));
         }
     }
 

@@ -57,4 +57,11 @@ pub(super) fn remembered(i: usize) -> i16 {
     ENTRY - 8 * (1 + i as i16)
 }
 
-const _: () = assert!(ENTRY - 8 * crate::shared::shape::MOST_REMEMBERED as i16 >= -512);
+/// `packets wire` filters (skb hooks): how many frames the packet was on the wire,
+/// `max(gso_segs, 1)` (u64), computed in the prologue. Below the remembered points, so
+/// that no slot of a program without such filters moves.
+pub(super) const WIRE_SEGS: i16 = ENTRY - 8 * (1 + crate::shared::shape::MOST_REMEMBERED as i16);
+/// `packets wire` filters: the bytes of those frames, each with its own headers (u64).
+pub(super) const WIRE_BYTES: i16 = WIRE_SEGS - 8;
+
+const _: () = assert!(WIRE_BYTES >= -512);

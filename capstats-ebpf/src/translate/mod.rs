@@ -19,9 +19,10 @@
 //! program, and a program holds many filters.
 //!
 //! Every accepting return jumps to the filter's counting code, which adds one packet and
-//! its length on the wire (for skb hooks `skb->len`, plus 4 for a VLAN tag the kernel
-//! took out of the frame, as tcpdump shows it; computed once per packet) to its slot of
-//! a per-CPU array map;
+//! its length (for skb hooks `skb->len`, plus 4 for a VLAN tag the kernel took out of
+//! the frame, as tcpdump shows it; computed once per packet) to its slot of a per-CPU
+//! array map, or, for a filter counting [`Count::Wire`], the frames a GRO/GSO packet
+//! was on the wire and their bytes (computed once per packet too);
 //! every rejecting return jumps past it. A program can hold several filters, one after
 //! another, each counting into its own slot; it ends in the hook's neutral return
 //! value, so it never changes what happens to the packet.
@@ -79,6 +80,31 @@ impl std::fmt::Display for Hook {
             Hook::Tc => "tc",
             Hook::Xdp => "xdp",
         })
+    }
+}
+
+/// What a filter counts per packet it matches: a session's `packets` option.
+///
+/// An skb the kernel has merged (GRO, on receive) or not yet split (GSO/TSO, on
+/// transmit) stands for several frames on the wire, carrying one set of headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Count {
+    /// The packet as the stack holds it, as tcpdump shows it: one packet, `skb->len`
+    /// bytes (plus a VLAN tag put back). Today's counting, instruction for instruction.
+    #[default]
+    Stack,
+    /// The frames it was (or will be) on the wire: `max(gso_segs, 1)` packets, and
+    /// `skb->len` plus one more set of headers (link, IPv4/IPv6 and TCP/UDP, parsed from
+    /// the packet) per segment after the first. XDP counts wire frames either way.
+    Wire,
+}
+
+impl Count {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Count::Stack => "stack",
+            Count::Wire => "wire",
+        }
     }
 }
 
@@ -261,6 +287,7 @@ fn assemble_shared(
     }
     let mut t = Translator::new(hook, outgoing, maps.table_fd, plan.items.len());
     t.cooked = cooked;
+    t.wire_any = plan.counts.contains(&Count::Wire);
     t.prologue();
     let mut group_number = 0u16;
     for (item_number, item) in plan.items.iter().enumerate() {
@@ -268,6 +295,7 @@ fn assemble_shared(
         match item {
             Item::Single(filter) => {
                 let program = filters[*filter];
+                t.wire = plan.count(*filter) == Count::Wire;
                 t.loops = program.has_loops();
                 t.filter_block(program);
                 t.asm.label(Label::Accept(item_number));
@@ -275,6 +303,8 @@ fn assemble_shared(
                 t.count_entry(Label::Reject(item_number));
             }
             Item::Group(group) => {
+                // One count for all: the planner groups filters of one count only.
+                t.wire = plan.count(group.members[0]) == Count::Wire;
                 t.loops = false;
                 let program = filters[group.members[0]];
                 t.group_block(group_number, program, &group.template, maps);
@@ -339,6 +369,10 @@ struct Translator {
     /// The counter table of a shared program (-1 in others, which count through map
     /// references).
     table_fd: i32,
+    /// Some filter counts [`Count::Wire`]: the prologue computes the wire frames.
+    wire_any: bool,
+    /// The filter (or group) being counted counts [`Count::Wire`].
+    wire: bool,
 }
 
 fn size(size: LoadSize) -> Size {
@@ -365,6 +399,8 @@ impl Translator {
             next_local: 0,
             next_branch: items,
             table_fd,
+            wire_any: false,
+            wire: false,
         }
     }
 
@@ -555,6 +591,10 @@ impl Translator {
     /// One packet and its bytes added to the counter at `counter`.
     fn add_one(&mut self, counter: Reg) {
         let (r0, r1) = (counter, Reg::R1);
+        if self.wire && self.hook != Hook::Xdp {
+            self.add_wire_frames(r0);
+            return;
+        }
         // Per-CPU values, and a CPU runs one hook invocation at a time: plain adds.
         self.emit(load(Size::DW, r1, r0, 0)); // packets += 1
         self.emit(alu64(AluOp::Add, r1, Operand::Imm(1)));

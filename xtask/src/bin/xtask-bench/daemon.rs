@@ -198,6 +198,7 @@ fn with_daemon(
         filter: filter.to_owned(),
         hook: None,
         direction: None,
+        packets: None,
     };
     let (first, first_filter) = COUNTING[0];
     connection.call(new(first, RECV_IF, first_filter))?;

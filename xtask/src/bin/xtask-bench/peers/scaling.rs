@@ -148,6 +148,7 @@ pub fn measure_sessions(
                         filter: filter(i),
                         hook: Some(hook),
                         direction: None,
+                        packets: None,
                     })
                     .with_context(|| format!("new {} ({})", name(i), filter(i)))?;
                 runs_seen.push(0);

@@ -157,6 +157,7 @@ impl Running {
                     filter: context.expression.to_owned(),
                     hook: Some(hook),
                     direction: None,
+                    packets: None,
                 })?;
                 Ok(Running::Capstats {
                     connection,
