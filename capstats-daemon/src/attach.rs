@@ -179,18 +179,7 @@ pub fn xdp_generic(ifindex: u32) -> io::Result<bool> {
     const IFLA_XDP_SKB_PROG_ID: u16 = 6;
     const XDP_ATTACHED_SKB: u8 = 2;
     const XDP_ATTACHED_MULTI: u8 = 4;
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a new fd that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = crate::links::route_socket()?;
     // struct nlmsghdr, then struct ifinfomsg with the index.
     let mut request = [0u8; 32];
     request[0..4].copy_from_slice(&32u32.to_ne_bytes());
