@@ -26,6 +26,7 @@ const QUIET: Duration = Duration::from_millis(100);
 /// Sessions `udp dst port P` per hook.
 const PORTS: u16 = 100;
 const BASE: u16 = 9000;
+/// Frames the stream writes at the least (it goes on until the changes are made).
 const STREAM: u64 = 4_000;
 
 type Count = (u64, u64);
@@ -221,10 +222,17 @@ fn sessions_of_one_shape_share_one_program_on_every_hook() -> anyhow::Result<()>
                     client.ok(&args)?;
                 }
             }
-            ensure!(
-                progress.load(Ordering::SeqCst) < STREAM,
-                "the stream ended before the changes did"
-            );
+            // The stream runs until told (below): the changes were all made under it,
+            // however long they took; it goes on a little after them.
+            let after = progress.load(Ordering::SeqCst);
+            let deadline = std::time::Instant::now() + ARRIVAL;
+            while progress.load(Ordering::SeqCst) < after + 300 {
+                ensure!(
+                    std::time::Instant::now() < deadline,
+                    "the stream stopped while the changes were made"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
             Ok(())
         })();
         done.store(true, Ordering::SeqCst);
