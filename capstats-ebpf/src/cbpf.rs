@@ -379,6 +379,15 @@ pub enum ClassicError {
     NegativeOffset { pc: usize, offset: i32 },
 }
 
+/// `skb->pkt_type` of a packet leaving the host.
+const PACKET_OUTGOING: u32 = 4;
+
+/// `A = skb->pkt_type`.
+const LOAD_PKT_TYPE: ClassicInsn = ClassicInsn::LoadA(LoadA::Ancillary {
+    size: LoadSize::Half,
+    field: Ancillary::PktType,
+});
+
 /// A classic program that passed validation.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Program {
@@ -424,13 +433,9 @@ impl Program {
     /// twice, leaving and arriving; libpcap drops the leaving copy in user space, so
     /// `tcpdump -i lo` shows each once, and a session on loopback must too.
     pub fn rejecting_outgoing(&self) -> Program {
-        const PACKET_OUTGOING: u32 = 4;
-        let guard = [
+        self.behind(&[
             // A = skb->pkt_type
-            ClassicInsn::LoadA(LoadA::Ancillary {
-                size: LoadSize::Half,
-                field: Ancillary::PktType,
-            }),
+            LOAD_PKT_TYPE,
             ClassicInsn::Jump {
                 cond: Cond::Eq,
                 src: Src::K(PACKET_OUTGOING),
@@ -438,29 +443,16 @@ impl Program {
                 jf: 1,
             },
             ClassicInsn::RetK(0),
-            // A = 0 again: the program starts as a classic program does.
-            ClassicInsn::LoadA(LoadA::Imm(0)),
-        ];
-        // Classic jumps are relative: the program's own stay right behind the guard.
-        Program {
-            insns: guard
-                .into_iter()
-                .chain(self.insns.iter().copied())
-                .collect(),
-        }
+        ])
     }
 
     /// The same program behind a guard that rejects the leaving copy of packets on
     /// interface `ifindex` (`PACKET_OUTGOING` there): libpcap does so for the loopback
     /// interface on `any`, where each of its packets passes twice.
     pub fn rejecting_outgoing_on(&self, ifindex: u32) -> Program {
-        const PACKET_OUTGOING: u32 = 4;
-        let guard = [
+        self.behind(&[
             // A = skb->pkt_type
-            ClassicInsn::LoadA(LoadA::Ancillary {
-                size: LoadSize::Half,
-                field: Ancillary::PktType,
-            }),
+            LOAD_PKT_TYPE,
             ClassicInsn::Jump {
                 cond: Cond::Eq,
                 src: Src::K(PACKET_OUTGOING),
@@ -479,12 +471,18 @@ impl Program {
                 jf: 1,
             },
             ClassicInsn::RetK(0),
-            // A = 0 again: the program starts as a classic program does.
-            ClassicInsn::LoadA(LoadA::Imm(0)),
-        ];
+        ])
+    }
+
+    /// The program behind `guard`, which falls through (to `A = 0`, as a classic
+    /// program starts) for the packets it lets on. Classic jumps are relative: the
+    /// program's own stay right behind the guard.
+    fn behind(&self, guard: &[ClassicInsn]) -> Program {
         Program {
             insns: guard
-                .into_iter()
+                .iter()
+                .copied()
+                .chain([ClassicInsn::LoadA(LoadA::Imm(0))]) // A = 0 again
                 .chain(self.insns.iter().copied())
                 .collect(),
         }
