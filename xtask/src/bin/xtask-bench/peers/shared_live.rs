@@ -164,6 +164,21 @@ pub struct Row {
 }
 
 impl Row {
+    /// A row with nothing measured yet.
+    fn new(shape: &'static str, tool: Tool, sessions: usize, groups: Option<usize>) -> Self {
+        Row {
+            shape,
+            tool,
+            sessions,
+            groups,
+            ns: Vec::new(),
+            base: Vec::new(),
+            above: Vec::new(),
+            lost: 0,
+            mode: None,
+        }
+    }
+
     fn above(&self) -> f64 {
         median_f64(&self.above)
     }
@@ -664,29 +679,16 @@ fn measure_shape(
     }
     let mut rows: Vec<Row> = built
         .iter()
-        .map(|b| Row {
-            shape: shape.name(),
-            tool: Tool::Direct(b.hook),
-            sessions: b.sessions,
-            groups: Some(b.groups),
-            ns: Vec::new(),
-            base: Vec::new(),
-            above: Vec::new(),
-            lost: 0,
-            mode: None,
+        .map(|b| {
+            Row::new(
+                shape.name(),
+                Tool::Direct(b.hook),
+                b.sessions,
+                Some(b.groups),
+            )
         })
         .collect();
-    let mut nothing = Row {
-        shape: shape.name(),
-        tool: Tool::Nothing,
-        sessions: 0,
-        groups: None,
-        ns: Vec::new(),
-        base: Vec::new(),
-        above: Vec::new(),
-        lost: 0,
-        mode: None,
-    };
+    let mut nothing = Row::new(shape.name(), Tool::Nothing, 0, None);
     for round in 1..=rounds {
         for hook in HOOKS {
             bench.say(format_args!(
@@ -901,29 +903,9 @@ fn measure_nft(bench: &Bench, rounds: usize, figures: &mut Figures) -> anyhow::R
         .collect();
     let mut rows: Vec<Row> = configs
         .iter()
-        .map(|&(tool, n)| Row {
-            shape: shape.name(),
-            tool,
-            sessions: n,
-            groups: None,
-            ns: Vec::new(),
-            base: Vec::new(),
-            above: Vec::new(),
-            lost: 0,
-            mode: None,
-        })
+        .map(|&(tool, n)| Row::new(shape.name(), tool, n, None))
         .collect();
-    let mut nothing = Row {
-        shape: "nft block",
-        tool: Tool::Nothing,
-        sessions: 0,
-        groups: None,
-        ns: Vec::new(),
-        base: Vec::new(),
-        above: Vec::new(),
-        lost: 0,
-        mode: None,
-    };
+    let mut nothing = Row::new("nft block", Tool::Nothing, 0, None);
     for round in 1..=rounds {
         bench.say(format_args!("nftables, round {round}/{rounds}"));
         let base = bench.run(&flow)?;
@@ -1002,28 +984,16 @@ fn measure_daemon(
     let (base, measured) = measured.split_first().context("no baseline row")?;
     let base_ns = median_f64(&base.ns_per_frame);
     figures.rows.push(Row {
-        shape: "daemon block",
-        tool: Tool::Nothing,
-        sessions: 0,
-        groups: None,
         ns: base.ns_per_frame.clone(),
-        base: Vec::new(),
-        above: Vec::new(),
-        lost: 0,
-        mode: None,
+        ..Row::new("daemon block", Tool::Nothing, 0, None)
     });
     for r in measured {
         let hook = r.hook.context("a daemon row without a hook")?;
         figures.rows.push(Row {
-            shape: shape.name(),
-            tool: Tool::Daemon(hook),
-            sessions: r.sessions,
-            groups: None,
             ns: r.ns_per_frame.clone(),
             base: base.ns_per_frame.clone(),
             above: r.ns_per_frame.iter().map(|ns| ns - base_ns).collect(),
-            lost: 0,
-            mode: None,
+            ..Row::new(shape.name(), Tool::Daemon(hook), r.sessions, None)
         });
     }
     Ok(())
