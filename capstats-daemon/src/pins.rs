@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use capstats_ebpf::counters::{CounterError, CounterMap};
 
 use crate::log::event;
+use crate::sys;
 
 const BPFFS: &str = "/sys/fs/bpf";
 const COUNTERS: &str = "counters";
@@ -69,7 +70,7 @@ pub struct Pins {
     /// Whether the pins outlive the daemon (see [`Pins::prepare`]).
     durable: bool,
     /// The directory, open and `flock`ed: a second daemon on it is refused.
-    _lock: File,
+    _lock: sys::lock::Locked,
     /// For a directory reached through a descriptor: its parent, held open, and its
     /// name there, so that `--detach-on-exit` can remove it (`rmdir` of
     /// `/proc/self/fd/N` would not).
@@ -379,22 +380,22 @@ impl Pins {
                 path: shown.clone(),
                 source,
             })?;
-        // SAFETY: flock on a descriptor this function owns.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let source = io::Error::last_os_error();
-            return Err(if source.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                PinError::InUse {
-                    holder: lock.metadata().map(|m| lock_holder(&m)).unwrap_or_default(),
+        let lock = match sys::lock::exclusive(lock) {
+            Ok(locked) => locked,
+            Err(sys::lock::LockError::Held(file)) => {
+                return Err(PinError::InUse {
+                    holder: file.metadata().map(|m| lock_holder(&m)).unwrap_or_default(),
                     dir: shown,
-                }
-            } else {
-                PinError::Io {
+                });
+            }
+            Err(sys::lock::LockError::Failed(source)) => {
+                return Err(PinError::Io {
                     what: "lock the pin directory",
                     path: shown,
                     source,
-                }
-            });
-        }
+                });
+            }
+        };
         fs::set_permissions(&path, fs::Permissions::from_mode(0o700)).map_err(|source| {
             PinError::Io {
                 what: "set the mode of the pin directory",

@@ -36,7 +36,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
-use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 
 use aya::programs::links::{FdLink, PinnedLink};
@@ -1256,42 +1255,14 @@ fn open_socket(
 /// moment later (RCU and a work queue): packets passing meanwhile would still be
 /// counted by a session already shown down. Best effort: the pin's removal follows.
 fn detach_now(path: &Path) {
-    const BPF_OBJ_GET: libc::c_long = 7;
-    const BPF_LINK_DETACH: libc::c_long = 34;
-    let Ok(name) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+    // A pin that cannot be opened has nothing to detach.
+    let Ok(link) = crate::sys::bpf::obj_get(path) else {
         return;
     };
-    // union bpf_attr, zeroed past the fields each command reads.
-    let mut attr = [0u64; 16];
-    attr[0] = name.as_ptr() as u64; // pathname
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            attr.as_mut_ptr(),
-            size_of_val(&attr),
-        )
-    };
-    if fd < 0 {
-        return;
-    }
-    // SAFETY: a new fd that nothing else owns.
-    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
-    let mut attr = [0u64; 16];
-    attr[0] = fd.as_raw_fd() as u64; // link_detach.link_fd
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_DETACH,
-            attr.as_mut_ptr(),
-            size_of_val(&attr),
-        )
-    };
-    if rc < 0 {
+    if let Err(e) = crate::sys::bpf::link_detach(&link) {
         event!(
-            "cannot detach the link pinned at {} at once ({}); it goes with its pin",
+            "cannot detach the link pinned at {} at once ({e}); it goes with its pin",
             path.display(),
-            std::io::Error::last_os_error()
         );
     }
 }
