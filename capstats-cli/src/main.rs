@@ -6,6 +6,7 @@ mod completions;
 mod man;
 mod output;
 mod session_cmds;
+mod sys;
 mod test_cmd;
 mod version;
 mod watch;
@@ -315,7 +316,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     // A client writes to a pipe that may close (`capstats poll | head`): end quietly
     // on SIGPIPE, as other command-line tools do. (The daemon keeps Rust's default of
     // ignoring it, and sees EPIPE on a vanished client instead.)
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    sys::default_sigpipe();
     let Some(command) = cli.command else {
         return Err(client::usage(
             "say what to do: capstats -d to run the daemon, or a command (capstats --help)",
