@@ -47,6 +47,7 @@ use capstats_ebpf::cbpf::Cooked;
 use capstats_ebpf::cbpf::Program;
 use capstats_ebpf::chain::{CHAIN_ITEMS, CHAIN_PROGRAMS, ProgArray, build_chunk};
 use capstats_ebpf::counters::CounterMap;
+use capstats_ebpf::errors::with_causes;
 use capstats_ebpf::filter::ANY;
 use capstats_ebpf::program::LoadedProgram;
 use capstats_ebpf::shared::plan::Planner;
@@ -657,20 +658,29 @@ impl InterfacePrograms {
         let link = match slot {
             Slot::Xdp => {
                 let link = XdpLink::try_from(link).map_err(|e| {
-                    failed(interface, slot, format!("the link is not an XDP link: {e}"))
+                    failed(
+                        interface,
+                        slot,
+                        format!("the link is not an XDP link: {}", with_causes(&e)),
+                    )
                 })?;
                 let mut xdp = program.xdp()?;
                 let id = xdp.attach_to_link(link)?;
-                FdLink::try_from(xdp.take_link(id)?).map_err(|e| failed(interface, slot, e))?
+                FdLink::try_from(xdp.take_link(id)?)
+                    .map_err(|e| failed(interface, slot, with_causes(&e)))?
             }
             _ => {
                 let link = SchedClassifierLink::try_from(link).map_err(|e| {
-                    failed(interface, slot, format!("the link is not a tcx link: {e}"))
+                    failed(
+                        interface,
+                        slot,
+                        format!("the link is not a tcx link: {}", with_causes(&e)),
+                    )
                 })?;
                 let mut classifier = program.sched_classifier()?;
                 let id = classifier.attach_to_link(link)?;
                 FdLink::try_from(classifier.take_link(id)?)
-                    .map_err(|e| failed(interface, slot, e))?
+                    .map_err(|e| failed(interface, slot, with_causes(&e)))?
             }
         };
         Ok(Linked { link, mode })
@@ -694,8 +704,9 @@ impl InterfacePrograms {
                         interface,
                         slot,
                         format!(
-                            "cannot open the pinned link {}: {e}; it is left in place",
-                            path.display()
+                            "cannot open the pinned link {}: {}; it is left in place",
+                            path.display(),
+                            with_causes(&e)
                         ),
                     )),
                 };
@@ -724,7 +735,7 @@ impl InterfacePrograms {
                     .attach(interface, attach_type)
                     .map_err(|e| attach_error(e, interface, slot))?;
                 let link = FdLink::try_from(classifier.take_link(id)?)
-                    .map_err(|e| failed(interface, slot, e))?;
+                    .map_err(|e| failed(interface, slot, with_causes(&e)))?;
                 let link = self.pin(interface, slot, link, pin)?;
                 Ok(Linked { link, mode: None })
             }
@@ -745,7 +756,7 @@ impl InterfacePrograms {
             match xdp.attach(interface, flags) {
                 Ok(id) => {
                     let link = FdLink::try_from(xdp.take_link(id)?)
-                        .map_err(|e| failed(interface, slot, e))?;
+                        .map_err(|e| failed(interface, slot, with_causes(&e)))?;
                     let link = self.pin(interface, slot, link, mode.pin_name())?;
                     return Ok(Linked {
                         link,
@@ -763,10 +774,7 @@ impl InterfacePrograms {
                     ));
                 }
                 Err(e) => {
-                    let cause = std::error::Error::source(&e)
-                        .map(|s| format!(": {s}"))
-                        .unwrap_or_default();
-                    tried.push(format!("{}: {e}{cause}", mode.as_str()));
+                    tried.push(format!("{}: {}", mode.as_str(), with_causes(&e)));
                 }
             }
         }
@@ -790,9 +798,13 @@ impl InterfacePrograms {
             .expect("only links are pinned");
         fs::create_dir_all(&dir)
             .map_err(|e| failed(interface, slot, format!("{}: {e}", dir.display())))?;
-        let pinned = link
-            .pin(dir.join(name))
-            .map_err(|e| failed(interface, slot, format!("cannot pin the link: {e}")))?;
+        let pinned = link.pin(dir.join(name)).map_err(|e| {
+            failed(
+                interface,
+                slot,
+                format!("cannot pin the link: {}", with_causes(&e)),
+            )
+        })?;
         Ok(FdLink::from(pinned))
     }
 
@@ -1279,8 +1291,9 @@ fn attach_error(error: ProgramError, interface: &str, slot: Slot) -> SessionErro
              needs one: detach another program there",
         );
     }
-    let cause = std::error::Error::source(&error)
-        .map(|c| format!(": {c}"))
-        .unwrap_or_default();
-    failed(interface, slot, format!("cannot attach: {error}{cause}"))
+    failed(
+        interface,
+        slot,
+        format!("cannot attach: {}", with_causes(&error)),
+    )
 }

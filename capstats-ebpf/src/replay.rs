@@ -22,20 +22,18 @@ const MTU: &str = "300000";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
-    #[error("cannot set up the private replay namespace: {step}: {source}")]
+    #[error("cannot set up the private replay namespace: {step}: {cause}")]
     Setup {
         step: &'static str,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
-    #[error("cannot attach the program to TC egress of the replay device: {0}")]
-    Attach(#[source] aya::programs::ProgramError),
-    #[error("sending a {len}-byte frame through the replay device: {source}")]
-    Send {
-        len: usize,
-        #[source]
-        source: io::Error,
-    },
+    #[error(
+        "cannot attach the program to TC egress of the replay device: {}",
+        crate::errors::with_causes(.0)
+    )]
+    Attach(aya::programs::ProgramError),
+    #[error("sending a {len}-byte frame through the replay device: {cause}")]
+    Send { len: usize, cause: io::Error },
 }
 
 /// An AF_PACKET socket on a private `ifb` device whose egress runs the program.
@@ -46,7 +44,7 @@ pub struct EgressReplay {
 }
 
 fn setup(step: &'static str) -> impl FnOnce(io::Error) -> ReplayError {
-    move |source| ReplayError::Setup { step, source }
+    move |cause| ReplayError::Setup { step, cause }
 }
 
 fn ip(args: &[&str]) -> io::Result<()> {
@@ -135,7 +133,7 @@ impl EgressReplay {
         if sent < 0 || sent as usize != frame.len() {
             return Err(ReplayError::Send {
                 len: frame.len(),
-                source: io::Error::last_os_error(),
+                cause: io::Error::last_os_error(),
             });
         }
         Ok(())
