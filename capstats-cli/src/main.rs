@@ -371,8 +371,11 @@ fn idle_timeout(text: &str) -> Result<std::time::Duration, String> {
     }
 }
 
-/// The error and its causes, each said once: our errors often quote their source
-/// already, and a chain printer would repeat it.
+/// The error and its causes, each said once, as anyhow's `{:#}` prints them. The
+/// CLI's own errors chain (anyhow contexts); the daemon's and capstats-ebpf's quote
+/// their cause and do not chain it (capstats_ebpf::errors). A few of theirs still do
+/// both; the check below keeps their cause from being said twice until they follow the
+/// rule, after which this is `format!("{error:#}")`.
 fn describe(error: &anyhow::Error) -> String {
     let mut text = error.to_string();
     for cause in error.chain().skip(1) {
@@ -383,4 +386,36 @@ fn describe(error: &anyhow::Error) -> String {
         }
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context;
+
+    const ENOENT: i32 = nix::errno::Errno::ENOENT as i32;
+
+    /// The CLI prints an error with its causes (`describe`, as anyhow's `{:#}`): for
+    /// errors that follow the rule (a text that quotes its cause does not chain it),
+    /// each cause appears once, and the dedup in `describe` has nothing to remove.
+    #[test]
+    fn an_error_chain_names_each_cause_once() {
+        let missing = std::path::Path::new("/nonexistent/capstats-test.pcap");
+        // As `capstats test FILE` meets it: a FilterError through `?`.
+        let opened: anyhow::Result<()> = capstats_ebpf::filter::open_capture(missing)
+            .map(drop)
+            .map_err(Into::into);
+        // As the client meets an io::Error: with a context of ours.
+        let read: anyhow::Result<()> = Err(std::io::Error::from_raw_os_error(ENOENT))
+            .context("cannot read the credentials of the listener at /run/capstats.sock");
+        for error in [opened.unwrap_err(), read.unwrap_err()] {
+            let printed = describe(&error);
+            assert_eq!(printed, format!("{error:#}"));
+            assert_eq!(
+                printed.matches("No such file or directory").count(),
+                1,
+                "{printed}"
+            );
+        }
+    }
 }
