@@ -90,8 +90,7 @@ pub fn request(socket: &Path, command: Command) -> anyhow::Result<Reply> {
             socket.display()
         )
     })?;
-    // SAFETY: no arguments, cannot fail.
-    let me = unsafe { libc::geteuid() };
+    let me = crate::sys::euid();
     if !trusted_listener(listener.uid, me) {
         return Err(Failure::Connection(format!(
             "refusing to talk to {}: the process listening there (pid {}) runs as uid {}, \

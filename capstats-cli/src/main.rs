@@ -6,6 +6,7 @@ mod completions;
 mod man;
 mod output;
 mod session_cmds;
+mod sys;
 mod test_cmd;
 mod version;
 mod watch;
@@ -315,7 +316,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     // A client writes to a pipe that may close (`capstats poll | head`): end quietly
     // on SIGPIPE, as other command-line tools do. (The daemon keeps Rust's default of
     // ignoring it, and sees EPIPE on a vanished client instead.)
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    sys::default_sigpipe();
     let Some(command) = cli.command else {
         return Err(client::usage(
             "say what to do: capstats -d to run the daemon, or a command (capstats --help)",
@@ -370,8 +371,11 @@ fn idle_timeout(text: &str) -> Result<std::time::Duration, String> {
     }
 }
 
-/// The error and its causes, each said once: our errors often quote their source
-/// already, and a chain printer would repeat it.
+/// The error and its causes, each said once, as anyhow's `{:#}` prints them. The
+/// CLI's own errors chain (anyhow contexts); the daemon's and capstats-ebpf's quote
+/// their cause and do not chain it (capstats_ebpf::errors). A few of theirs still do
+/// both; the check below keeps their cause from being said twice until they follow the
+/// rule, after which this is `format!("{error:#}")`.
 fn describe(error: &anyhow::Error) -> String {
     let mut text = error.to_string();
     for cause in error.chain().skip(1) {
@@ -382,4 +386,36 @@ fn describe(error: &anyhow::Error) -> String {
         }
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context;
+
+    const ENOENT: i32 = nix::errno::Errno::ENOENT as i32;
+
+    /// The CLI prints an error with its causes (`describe`, as anyhow's `{:#}`): for
+    /// errors that follow the rule (a text that quotes its cause does not chain it),
+    /// each cause appears once, and the dedup in `describe` has nothing to remove.
+    #[test]
+    fn an_error_chain_names_each_cause_once() {
+        let missing = std::path::Path::new("/nonexistent/capstats-test.pcap");
+        // As `capstats test FILE` meets it: a FilterError through `?`.
+        let opened: anyhow::Result<()> = capstats_ebpf::filter::open_capture(missing)
+            .map(drop)
+            .map_err(Into::into);
+        // As the client meets an io::Error: with a context of ours.
+        let read: anyhow::Result<()> = Err(std::io::Error::from_raw_os_error(ENOENT))
+            .context("cannot read the credentials of the listener at /run/capstats.sock");
+        for error in [opened.unwrap_err(), read.unwrap_err()] {
+            let printed = describe(&error);
+            assert_eq!(printed, format!("{error:#}"));
+            assert_eq!(
+                printed.matches("No such file or directory").count(),
+                1,
+                "{printed}"
+            );
+        }
+    }
 }

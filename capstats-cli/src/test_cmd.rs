@@ -69,7 +69,7 @@ pub fn run(args: &TestArgs, json: bool) -> anyhow::Result<()> {
     let capture = open_capture(&args.file)?;
     let filter = Filter::for_capture(&capture, &expression, netmask)?;
     drop(capture);
-    if unsafe { libc::geteuid() } != 0 {
+    if !crate::sys::is_root() {
         bail!("capstats test loads an eBPF program into the kernel and needs root (try sudo)");
     }
     if args.dump {

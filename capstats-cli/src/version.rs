@@ -3,11 +3,6 @@
 
 use std::path::Path;
 
-unsafe extern "C" {
-    /// libpcap's own version string ("libpcap version 1.10.5 (with TPACKET_V3)").
-    fn pcap_lib_version() -> *const libc::c_char;
-}
-
 /// What was found; field order is the JSON key order.
 #[derive(Debug, serde::Serialize)]
 pub struct Version {
@@ -28,9 +23,7 @@ pub struct Version {
 }
 
 fn libpcap() -> String {
-    // SAFETY: libpcap returns a static NUL-terminated string.
-    let text = unsafe { std::ffi::CStr::from_ptr(pcap_lib_version()) };
-    text.to_string_lossy().into_owned()
+    crate::sys::libpcap_version()
 }
 
 fn kernel_release() -> String {

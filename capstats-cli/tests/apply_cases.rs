@@ -60,7 +60,7 @@ fn cases(corpus: &Path) -> Vec<Case> {
 #[test]
 fn every_libpcap_oracle_case_passes_through_capstats_test() {
     assert_eq!(
-        unsafe { libc::geteuid() },
+        nix::unistd::geteuid().as_raw(),
         0,
         "capstats test loads eBPF programs: run as root"
     );

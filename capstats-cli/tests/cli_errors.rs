@@ -103,7 +103,7 @@ fn a_capture_file_has_no_direction() {
 #[test]
 fn without_root_it_says_root_is_needed() {
     assert_eq!(
-        unsafe { libc::geteuid() },
+        nix::unistd::geteuid().as_raw(),
         0,
         "this test drops to nobody and must start as root"
     );
@@ -128,7 +128,7 @@ fn without_root_it_says_root_is_needed() {
 #[test]
 fn a_good_run_prints_packets_and_bytes() {
     assert_eq!(
-        unsafe { libc::geteuid() },
+        nix::unistd::geteuid().as_raw(),
         0,
         "capstats test loads eBPF programs: run as root"
     );

@@ -143,7 +143,7 @@ fn version_names_libpcap_and_the_kernel_features() {
 #[test]
 fn test_json_keys_follow_the_session_order() {
     assert_eq!(
-        unsafe { libc::geteuid() },
+        nix::unistd::geteuid().as_raw(),
         0,
         "capstats test loads a program: run this test as root"
     );

@@ -2,12 +2,10 @@
 //! directions, with the session's program as its socket filter. The program returns 0,
 //! so the socket never queues a packet: it exists only to run the filter.
 
-use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-/// `ETH_P_ALL` in network byte order: every protocol, like tcpdump.
-const ETH_P_ALL_BE: u16 = (libc::ETH_P_ALL as u16).to_be();
+use crate::sys;
 
 /// The interface index of `name` in this network namespace, if it exists; 0 for
 /// `any`, every interface (an unbound packet socket), which always exists.
@@ -15,11 +13,8 @@ pub fn ifindex(name: &str) -> Option<u32> {
     if name == capstats_ebpf::filter::ANY {
         return Some(0);
     }
-    let name = CString::new(name).ok()?;
-    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
-        0 => None,
-        index => Some(index),
-    }
+    // A failed lookup (not a missing interface) counts as missing, as before.
+    sys::iface::index(name).ok().flatten()
 }
 
 /// Whether `name` is a loopback interface (`IFF_LOOPBACK`), asked of the kernel in
@@ -50,17 +45,7 @@ pub fn state(name: &str) -> Option<&'static str> {
 
 /// The interface's flags (`SIOCGIFFLAGS`) in this network namespace.
 fn flags(name: &str) -> Option<i32> {
-    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
-    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in request
-        .ifr_name
-        .iter_mut()
-        .zip(name.bytes().take(libc::IFNAMSIZ - 1))
-    {
-        *dst = src as libc::c_char;
-    }
-    let rc = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) };
-    (rc == 0).then(|| i32::from(unsafe { request.ifr_ifru.ifru_flags }))
+    sys::iface::flags(name).ok()
 }
 
 /// Interface indexes looked up at most once each while one request is answered: a
@@ -114,51 +99,16 @@ impl CountingSocket {
     /// packet from its link-layer header), or, for `any`, `SOCK_DGRAM` (from its
     /// network header, as libpcap's cooked socket there).
     pub fn new(cooked: bool) -> io::Result<Self> {
-        let kind = if cooked {
-            libc::SOCK_DGRAM
-        } else {
-            libc::SOCK_RAW
-        };
-        let fd = unsafe { libc::socket(libc::AF_PACKET, kind | libc::SOCK_CLOEXEC, 0) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let socket = Self {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        };
-        // The filter queues nothing; keep the receive buffer minimal all the same.
-        let size: libc::c_int = 0;
-        unsafe {
-            libc::setsockopt(
-                socket.fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVBUF,
-                (&size as *const libc::c_int).cast(),
-                size_of::<libc::c_int>() as u32,
-            )
-        };
-        Ok(socket)
+        Ok(Self {
+            fd: sys::packet::socket_unbound(cooked)?,
+        })
     }
 
     /// Starts receiving every protocol on `ifindex` (0: on every interface of the
     /// namespace, those that appear later too), both directions. Attach the filter
     /// first, so that no packet passes unfiltered.
     pub fn bind(&self, ifindex: u32) -> io::Result<()> {
-        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as u16;
-        addr.sll_protocol = ETH_P_ALL_BE;
-        addr.sll_ifindex = ifindex as i32;
-        let rc = unsafe {
-            libc::bind(
-                self.fd.as_raw_fd(),
-                (&addr as *const libc::sockaddr_ll).cast(),
-                size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        sys::packet::bind_all(&self.fd, ifindex)
     }
 }
 
@@ -179,22 +129,17 @@ pub fn xdp_generic(ifindex: u32) -> io::Result<bool> {
     const IFLA_XDP_SKB_PROG_ID: u16 = 6;
     const XDP_ATTACHED_SKB: u8 = 2;
     const XDP_ATTACHED_MULTI: u8 = 4;
-    let fd = crate::links::route_socket()?;
+    let fd = sys::netlink::route_socket()?;
     // struct nlmsghdr, then struct ifinfomsg with the index.
     let mut request = [0u8; 32];
     request[0..4].copy_from_slice(&32u32.to_ne_bytes());
     request[4..6].copy_from_slice(&RTM_GETLINK.to_ne_bytes());
     request[6..8].copy_from_slice(&NLM_F_REQUEST.to_ne_bytes());
     request[20..24].copy_from_slice(&ifindex.to_ne_bytes());
-    if unsafe { libc::send(fd.as_raw_fd(), request.as_ptr().cast(), request.len(), 0) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    sys::netlink::send_to_kernel(&fd, &request)?;
     let mut answer = vec![0u8; 64 * 1024];
-    let n = unsafe { libc::recv(fd.as_raw_fd(), answer.as_mut_ptr().cast(), answer.len(), 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let answer = &answer[..n as usize];
+    let n = sys::netlink::receive(&fd, &mut answer)?;
+    let answer = &answer[..n];
     if answer.len() < 32 || u16::from_ne_bytes([answer[4], answer[5]]) == NLMSG_ERROR {
         return Err(io::Error::other(format!(
             "no link information for interface index {ifindex}"

@@ -3,7 +3,6 @@
 //! from anything the client says.
 
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 
 /// The credentials the kernel recorded for the peer when it connected.
@@ -19,55 +18,13 @@ pub struct Peer {
 impl Peer {
     /// Reads the peer's credentials from a connected stream.
     pub fn of(stream: &UnixStream) -> io::Result<Self> {
-        let fd = stream.as_raw_fd();
-        let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
-        let mut len = size_of::<libc::ucred>() as libc::socklen_t;
-        let rc = unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_PEERCRED,
-                (&mut cred as *mut libc::ucred).cast(),
-                &mut len,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let (pid, uid, gid) = crate::sys::creds::peer_cred(stream)?;
         Ok(Self {
-            pid: cred.pid,
-            uid: cred.uid,
-            gid: cred.gid,
-            groups: peer_groups(fd)?,
+            pid,
+            uid,
+            gid,
+            groups: crate::sys::creds::peer_groups(stream)?,
         })
-    }
-}
-
-/// `SO_PEERGROUPS` (Linux 4.13): the supplementary groups at connect time.
-fn peer_groups(fd: i32) -> io::Result<Vec<u32>> {
-    let mut groups = vec![0u32; 64];
-    loop {
-        let mut len = (groups.len() * size_of::<u32>()) as libc::socklen_t;
-        let rc = unsafe {
-            libc::getsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_PEERGROUPS,
-                groups.as_mut_ptr().cast(),
-                &mut len,
-            )
-        };
-        let needed = len as usize / size_of::<u32>();
-        if rc == 0 {
-            groups.truncate(needed);
-            return Ok(groups);
-        }
-        let error = io::Error::last_os_error();
-        if error.raw_os_error() == Some(libc::ERANGE) && needed > groups.len() {
-            groups.resize(needed, 0);
-            continue;
-        }
-        return Err(error);
     }
 }
 
@@ -153,8 +110,8 @@ mod tests {
     fn reads_our_own_credentials() {
         let (a, _b) = UnixStream::pair().unwrap();
         let me = Peer::of(&a).unwrap();
-        assert_eq!(me.uid, unsafe { libc::getuid() });
-        assert_eq!(me.gid, unsafe { libc::getgid() });
+        assert_eq!(me.uid, nix::unistd::getuid().as_raw());
+        assert_eq!(me.gid, nix::unistd::getgid().as_raw());
         assert_eq!(me.pid, std::process::id() as i32);
     }
 }

@@ -19,6 +19,7 @@ mod server;
 mod service;
 mod session;
 mod state;
+pub mod sys;
 mod webconfig;
 
 use std::os::fd::AsRawFd;

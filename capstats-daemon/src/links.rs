@@ -8,11 +8,12 @@
 //! added, changed or removed.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 
 use crate::log::event;
 use crate::service::Service;
+use crate::sys;
 
 const RTMGRP_LINK: u32 = 1;
 const RTM_NEWLINK: u16 = 16;
@@ -41,44 +42,18 @@ impl LinkEvents {
     /// Subscribes. Open it before looking at the interfaces, so that none that
     /// appears in between goes unnoticed.
     pub fn subscribe() -> io::Result<Self> {
-        let fd = route_socket()?;
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as u16;
-        addr.nl_groups = RTMGRP_LINK;
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&addr as *const libc::sockaddr_nl).cast(),
-                size_of::<libc::sockaddr_nl>() as u32,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        let fd = sys::netlink::route_socket()?;
+        sys::netlink::subscribe(&fd, RTMGRP_LINK)?;
         Ok(Self { fd })
     }
 
     /// Waits for the next datagram and returns what it announces.
     fn next(&self, buffer: &mut [u8]) -> io::Result<Vec<LinkEvent>> {
-        loop {
-            let n = unsafe {
-                libc::recv(
-                    self.fd.as_raw_fd(),
-                    buffer.as_mut_ptr().cast(),
-                    buffer.len(),
-                    0,
-                )
-            };
-            if n >= 0 {
-                return Ok(parse(&buffer[..n as usize]));
-            }
-            let error = io::Error::last_os_error();
-            match error.raw_os_error() {
-                Some(libc::EINTR) => continue,
-                // Announcements were dropped: the caller looks at every interface.
-                Some(libc::ENOBUFS) => return Ok(Vec::new()),
-                _ => return Err(error),
-            }
+        match sys::netlink::receive(&self.fd, buffer) {
+            Ok(n) => Ok(parse(&buffer[..n])),
+            // Announcements were dropped: the caller looks at every interface.
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => Ok(Vec::new()),
+            Err(e) => Err(e),
         }
     }
 
@@ -117,23 +92,6 @@ impl LinkEvents {
             })?;
         Ok(())
     }
-}
-
-/// A new `NETLINK_ROUTE` socket (rtnetlink), closed on exec.
-pub fn route_socket() -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2); the result is checked.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a new fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// The interface announcements in one netlink datagram.

@@ -60,22 +60,8 @@ pub fn bind(addr: SocketAddr, web: WebConfig) -> Result<Endpoint, MetricsError> 
     // Answers are written in one piece, but a TLS record and the TCP ACKs of a
     // kept-alive connection still meet Nagle's algorithm: off. Accepted sockets
     // inherit TCP_NODELAY from the listener on Linux.
-    let on: libc::c_int = 1;
-    let rc = unsafe {
-        libc::setsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&listener),
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            (&on as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(error(format!(
-            "TCP_NODELAY: {}",
-            std::io::Error::last_os_error()
-        )));
-    }
+    nix::sys::socket::setsockopt(&listener, nix::sys::socket::sockopt::TcpNoDelay, &true)
+        .map_err(|e| error(format!("TCP_NODELAY: {}", std::io::Error::from(e))))?;
     Ok(Endpoint {
         addr,
         listener,

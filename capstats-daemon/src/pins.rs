@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use capstats_ebpf::counters::{CounterError, CounterMap};
 
 use crate::log::event;
+use crate::sys;
 
 const BPFFS: &str = "/sys/fs/bpf";
 const COUNTERS: &str = "counters";
@@ -24,10 +25,10 @@ const COUNTERS: &str = "counters";
 #[derive(Debug, thiserror::Error)]
 pub enum PinError {
     #[error(
-        "cannot mount bpffs at {BPFFS} (needed for {dir}): {source}; mount it \
+        "cannot mount bpffs at {BPFFS} (needed for {dir}): {cause}; mount it \
          (`mount -t bpf bpf {BPFFS}`) or choose a --pin-dir on a mounted bpffs"
     )]
-    Mount { dir: String, source: nix::Error },
+    Mount { dir: String, cause: nix::Error },
     #[error(
         "pin directory {dir} is not on a bpffs; mount one there or choose another with --pin-dir"
     )]
@@ -40,19 +41,19 @@ pub enum PinError {
     )]
     InUse { dir: String, holder: String },
     #[error(
-        "session {name:?}: cannot reopen its pinned counters ({source}); they are left in \
+        "session {name:?}: cannot reopen its pinned counters ({cause}); they are left in \
          place, untouched (the next start that can open them continues from the kernel's \
          counts)"
     )]
     Reopen {
         name: String,
-        source: Box<CounterError>,
+        cause: Box<CounterError>,
     },
-    #[error("cannot {what} {path}: {source}")]
+    #[error("cannot {what} {path}: {cause}")]
     Io {
         what: &'static str,
         path: String,
-        source: io::Error,
+        cause: io::Error,
     },
     #[error(transparent)]
     Counters(#[from] CounterError),
@@ -69,7 +70,7 @@ pub struct Pins {
     /// Whether the pins outlive the daemon (see [`Pins::prepare`]).
     durable: bool,
     /// The directory, open and `flock`ed: a second daemon on it is refused.
-    _lock: File,
+    _lock: sys::lock::Locked,
     /// For a directory reached through a descriptor: its parent, held open, and its
     /// name there, so that `--detach-on-exit` can remove it (`rmdir` of
     /// `/proc/self/fd/N` would not).
@@ -334,9 +335,9 @@ impl Pins {
                 nix::mount::MsFlags::empty(),
                 Some("mode=0700"),
             )
-            .map_err(|source| PinError::Mount {
+            .map_err(|cause| PinError::Mount {
                 dir: shown.clone(),
-                source,
+                cause,
             })?;
             event!("mounted bpffs at {BPFFS}");
         }
@@ -362,10 +363,10 @@ impl Pins {
             .recursive(true)
             .mode(0o700)
             .create(&path)
-            .map_err(|source| PinError::Io {
+            .map_err(|cause| PinError::Io {
                 what: "create the pin directory",
                 path: shown.clone(),
-                source,
+                cause,
             })?;
         if !is_bpffs(&path) {
             return Err(PinError::NotBpffs { dir: shown });
@@ -374,32 +375,32 @@ impl Pins {
             .read(true)
             .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&path)
-            .map_err(|source| PinError::Io {
+            .map_err(|cause| PinError::Io {
                 what: "open the pin directory",
                 path: shown.clone(),
-                source,
+                cause,
             })?;
-        // SAFETY: flock on a descriptor this function owns.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let source = io::Error::last_os_error();
-            return Err(if source.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                PinError::InUse {
-                    holder: lock.metadata().map(|m| lock_holder(&m)).unwrap_or_default(),
+        let lock = match sys::lock::exclusive(lock) {
+            Ok(locked) => locked,
+            Err(sys::lock::LockError::Held(file)) => {
+                return Err(PinError::InUse {
+                    holder: file.metadata().map(|m| lock_holder(&m)).unwrap_or_default(),
                     dir: shown,
-                }
-            } else {
-                PinError::Io {
+                });
+            }
+            Err(sys::lock::LockError::Failed(cause)) => {
+                return Err(PinError::Io {
                     what: "lock the pin directory",
                     path: shown,
-                    source,
-                }
-            });
-        }
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o700)).map_err(|source| {
+                    cause,
+                });
+            }
+        };
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o700)).map_err(|cause| {
             PinError::Io {
                 what: "set the mode of the pin directory",
                 path: shown.clone(),
-                source,
+                cause,
             }
         })?;
         // A directory of another mount namespace is reached through the descriptor held
@@ -462,10 +463,10 @@ impl Pins {
         fs::DirBuilder::new()
             .mode(0o700)
             .create(&dir)
-            .map_err(|source| PinError::Io {
+            .map_err(|cause| PinError::Io {
                 what: "create",
                 path: dir.display().to_string(),
-                source,
+                cause,
             })?;
         let map = CounterMap::create("capstats", 1)?;
         map.pin(&dir.join(COUNTERS))?;
@@ -480,20 +481,20 @@ impl Pins {
         let path = self.session_dir(name).join(COUNTERS);
         match fs::symlink_metadata(&path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
+            Err(cause) => {
                 return Err(PinError::Io {
                     what: "inspect",
                     path: path.display().to_string(),
-                    source,
+                    cause,
                 });
             }
             Ok(_) => {}
         }
         CounterMap::open_pinned(&path)
             .map(Some)
-            .map_err(|source| PinError::Reopen {
+            .map_err(|cause| PinError::Reopen {
                 name: name.to_owned(),
-                source: Box::new(source),
+                cause: Box::new(cause),
             })
     }
 
@@ -582,5 +583,41 @@ mod tests {
         assert_eq!(encode("a/b"), "a%2Fb");
         assert_eq!(decode("%zz"), None);
         assert!(encode(&"é".repeat(32)).len() < 255);
+    }
+
+    /// The daemon sends an error as its text (`to_string`); a chain printer
+    /// (`with_causes`, as anyhow's `{:#}` in the CLI that prints the daemon's start-up
+    /// errors) also walks `source()`: either way each cause appears once.
+    #[test]
+    fn pin_errors_say_their_cause_once_however_printed() {
+        use capstats_ebpf::errors::with_causes;
+        let errno = || io::Error::from_raw_os_error(libc::EACCES);
+        let cases = [
+            PinError::Io {
+                what: "open the pin directory",
+                path: "/sys/fs/bpf/capstats".into(),
+                cause: errno(),
+            },
+            PinError::Mount {
+                dir: "/sys/fs/bpf/capstats".into(),
+                cause: nix::errno::Errno::EACCES,
+            },
+            PinError::Reopen {
+                name: "web".into(),
+                cause: Box::new(CounterError::Dup {
+                    name: "web".into(),
+                    source: errno(),
+                }),
+            },
+        ];
+        for error in cases {
+            let sent = error.to_string();
+            let chained = with_causes(&error);
+            for shown in [&sent, &chained] {
+                // nix says EACCES as "EACCES: Permission denied", io as
+                // "Permission denied (os error 13)": the words are in both.
+                assert_eq!(shown.matches("Permission denied").count(), 1, "{shown}");
+            }
+        }
     }
 }

@@ -36,7 +36,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
-use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 
 use aya::programs::links::{FdLink, PinnedLink};
@@ -48,6 +47,7 @@ use capstats_ebpf::cbpf::Cooked;
 use capstats_ebpf::cbpf::Program;
 use capstats_ebpf::chain::{CHAIN_ITEMS, CHAIN_PROGRAMS, ProgArray, build_chunk};
 use capstats_ebpf::counters::CounterMap;
+use capstats_ebpf::errors::with_causes;
 use capstats_ebpf::filter::ANY;
 use capstats_ebpf::program::LoadedProgram;
 use capstats_ebpf::shared::plan::Planner;
@@ -658,20 +658,29 @@ impl InterfacePrograms {
         let link = match slot {
             Slot::Xdp => {
                 let link = XdpLink::try_from(link).map_err(|e| {
-                    failed(interface, slot, format!("the link is not an XDP link: {e}"))
+                    failed(
+                        interface,
+                        slot,
+                        format!("the link is not an XDP link: {}", with_causes(&e)),
+                    )
                 })?;
                 let mut xdp = program.xdp()?;
                 let id = xdp.attach_to_link(link)?;
-                FdLink::try_from(xdp.take_link(id)?).map_err(|e| failed(interface, slot, e))?
+                FdLink::try_from(xdp.take_link(id)?)
+                    .map_err(|e| failed(interface, slot, with_causes(&e)))?
             }
             _ => {
                 let link = SchedClassifierLink::try_from(link).map_err(|e| {
-                    failed(interface, slot, format!("the link is not a tcx link: {e}"))
+                    failed(
+                        interface,
+                        slot,
+                        format!("the link is not a tcx link: {}", with_causes(&e)),
+                    )
                 })?;
                 let mut classifier = program.sched_classifier()?;
                 let id = classifier.attach_to_link(link)?;
                 FdLink::try_from(classifier.take_link(id)?)
-                    .map_err(|e| failed(interface, slot, e))?
+                    .map_err(|e| failed(interface, slot, with_causes(&e)))?
             }
         };
         Ok(Linked { link, mode })
@@ -695,8 +704,9 @@ impl InterfacePrograms {
                         interface,
                         slot,
                         format!(
-                            "cannot open the pinned link {}: {e}; it is left in place",
-                            path.display()
+                            "cannot open the pinned link {}: {}; it is left in place",
+                            path.display(),
+                            with_causes(&e)
                         ),
                     )),
                 };
@@ -725,7 +735,7 @@ impl InterfacePrograms {
                     .attach(interface, attach_type)
                     .map_err(|e| attach_error(e, interface, slot))?;
                 let link = FdLink::try_from(classifier.take_link(id)?)
-                    .map_err(|e| failed(interface, slot, e))?;
+                    .map_err(|e| failed(interface, slot, with_causes(&e)))?;
                 let link = self.pin(interface, slot, link, pin)?;
                 Ok(Linked { link, mode: None })
             }
@@ -746,7 +756,7 @@ impl InterfacePrograms {
             match xdp.attach(interface, flags) {
                 Ok(id) => {
                     let link = FdLink::try_from(xdp.take_link(id)?)
-                        .map_err(|e| failed(interface, slot, e))?;
+                        .map_err(|e| failed(interface, slot, with_causes(&e)))?;
                     let link = self.pin(interface, slot, link, mode.pin_name())?;
                     return Ok(Linked {
                         link,
@@ -764,10 +774,7 @@ impl InterfacePrograms {
                     ));
                 }
                 Err(e) => {
-                    let cause = std::error::Error::source(&e)
-                        .map(|s| format!(": {s}"))
-                        .unwrap_or_default();
-                    tried.push(format!("{}: {e}{cause}", mode.as_str()));
+                    tried.push(format!("{}: {}", mode.as_str(), with_causes(&e)));
                 }
             }
         }
@@ -791,9 +798,13 @@ impl InterfacePrograms {
             .expect("only links are pinned");
         fs::create_dir_all(&dir)
             .map_err(|e| failed(interface, slot, format!("{}: {e}", dir.display())))?;
-        let pinned = link
-            .pin(dir.join(name))
-            .map_err(|e| failed(interface, slot, format!("cannot pin the link: {e}")))?;
+        let pinned = link.pin(dir.join(name)).map_err(|e| {
+            failed(
+                interface,
+                slot,
+                format!("cannot pin the link: {}", with_causes(&e)),
+            )
+        })?;
         Ok(FdLink::from(pinned))
     }
 
@@ -1256,42 +1267,14 @@ fn open_socket(
 /// moment later (RCU and a work queue): packets passing meanwhile would still be
 /// counted by a session already shown down. Best effort: the pin's removal follows.
 fn detach_now(path: &Path) {
-    const BPF_OBJ_GET: libc::c_long = 7;
-    const BPF_LINK_DETACH: libc::c_long = 34;
-    let Ok(name) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+    // A pin that cannot be opened has nothing to detach.
+    let Ok(link) = crate::sys::bpf::obj_get(path) else {
         return;
     };
-    // union bpf_attr, zeroed past the fields each command reads.
-    let mut attr = [0u64; 16];
-    attr[0] = name.as_ptr() as u64; // pathname
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_GET,
-            attr.as_mut_ptr(),
-            size_of_val(&attr),
-        )
-    };
-    if fd < 0 {
-        return;
-    }
-    // SAFETY: a new fd that nothing else owns.
-    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
-    let mut attr = [0u64; 16];
-    attr[0] = fd.as_raw_fd() as u64; // link_detach.link_fd
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_LINK_DETACH,
-            attr.as_mut_ptr(),
-            size_of_val(&attr),
-        )
-    };
-    if rc < 0 {
+    if let Err(e) = crate::sys::bpf::link_detach(&link) {
         event!(
-            "cannot detach the link pinned at {} at once ({}); it goes with its pin",
+            "cannot detach the link pinned at {} at once ({e}); it goes with its pin",
             path.display(),
-            std::io::Error::last_os_error()
         );
     }
 }
@@ -1308,8 +1291,9 @@ fn attach_error(error: ProgramError, interface: &str, slot: Slot) -> SessionErro
              needs one: detach another program there",
         );
     }
-    let cause = std::error::Error::source(&error)
-        .map(|c| format!(": {c}"))
-        .unwrap_or_default();
-    failed(interface, slot, format!("cannot attach: {error}{cause}"))
+    failed(
+        interface,
+        slot,
+        format!("cannot attach: {}", with_causes(&error)),
+    )
 }

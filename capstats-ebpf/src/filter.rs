@@ -61,12 +61,8 @@ pub enum FilterError {
     /// libpcap's compiler refused the expression; `message` is libpcap's own.
     #[error("invalid filter expression {expression:?}: {message}")]
     Compile { expression: String, message: String },
-    #[error("cannot open {what}: {source}")]
-    Open {
-        what: String,
-        #[source]
-        source: pcap::Error,
-    },
+    #[error("cannot open {what}: {cause}")]
+    Open { what: String, cause: pcap::Error },
     #[error("filter expression contains a NUL byte")]
     Nul,
     /// libpcap 1.10 compiles `inbound`, `outbound` and `ifindex` for capture files into
@@ -90,11 +86,10 @@ pub enum FilterError {
         hook: &'static str,
     },
     /// libpcap produced a program the kernel's classic rules refuse.
-    #[error("libpcap compiled {expression:?} to a program capstats cannot run: {source}")]
+    #[error("libpcap compiled {expression:?} to a program capstats cannot run: {cause}")]
     Classic {
         expression: String,
-        #[source]
-        source: ClassicError,
+        cause: ClassicError,
     },
 }
 
@@ -220,9 +215,9 @@ impl Filter {
         let mut handle = open_live(ANY)?;
         handle
             .set_datalink(LINKTYPE_LINUX_SLL2)
-            .map_err(|source| FilterError::Open {
+            .map_err(|cause| FilterError::Open {
                 what: "interface \"any\" with link type LINUX_SLL2".into(),
-                source,
+                cause,
             })?;
         compile(
             handle.as_ptr().cast(),
@@ -275,9 +270,9 @@ pub fn libpcap_run(program: &[RawInsn], packet: &[u8]) -> u32 {
 
 /// A handle for a link type with no file or interface behind it (`pcap_open_dead`).
 fn open_dead(linktype: pcap::Linktype) -> Result<Capture<pcap::Dead>, FilterError> {
-    Capture::dead(linktype).map_err(|source| FilterError::Open {
+    Capture::dead(linktype).map_err(|cause| FilterError::Open {
         what: format!("a handle for link type {}", linktype.0),
-        source,
+        cause,
     })
 }
 
@@ -290,9 +285,9 @@ fn open_live(interface: &str) -> Result<Capture<Active>, FilterError> {
             .timeout(1)
             .open()
     };
-    open().map_err(|source| FilterError::Open {
+    open().map_err(|cause| FilterError::Open {
         what: format!("interface {interface:?}"),
-        source,
+        cause,
     })
 }
 
@@ -371,9 +366,9 @@ fn compile(
             message,
         });
     }
-    let program = Program::new(code.insns()).map_err(|source| FilterError::Classic {
+    let program = Program::new(code.insns()).map_err(|cause| FilterError::Classic {
         expression: expression.to_owned(),
-        source,
+        cause,
     })?;
     if semantics == Semantics::Savefile && program.uses_ancillary() {
         return Err(FilterError::NeedsInterface {
@@ -389,8 +384,8 @@ fn compile(
 
 /// Opens a capture file (pcap or pcapng) with libpcap.
 pub fn open_capture(path: &Path) -> Result<Capture<Offline>, FilterError> {
-    Capture::from_file(path).map_err(|source| FilterError::Open {
+    Capture::from_file(path).map_err(|cause| FilterError::Open {
         what: format!("capture file {}", path.display()),
-        source,
+        cause,
     })
 }

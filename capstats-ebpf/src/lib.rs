@@ -10,6 +10,7 @@ pub mod asm;
 pub mod cbpf;
 pub mod chain;
 pub mod counters;
+pub mod errors;
 pub mod filter;
 pub mod insn;
 pub mod program;

@@ -10,7 +10,7 @@
 //! Nothing leaves the namespace, and the namespace lives exactly as long as the socket.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::Command;
 
 use aya::programs::{SchedClassifier, tc::TcAttachType};
@@ -22,20 +22,18 @@ const MTU: &str = "300000";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
-    #[error("cannot set up the private replay namespace: {step}: {source}")]
+    #[error("cannot set up the private replay namespace: {step}: {cause}")]
     Setup {
         step: &'static str,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
-    #[error("cannot attach the program to TC egress of the replay device: {0}")]
-    Attach(#[source] aya::programs::ProgramError),
-    #[error("sending a {len}-byte frame through the replay device: {source}")]
-    Send {
-        len: usize,
-        #[source]
-        source: io::Error,
-    },
+    #[error(
+        "cannot attach the program to TC egress of the replay device: {}",
+        crate::errors::with_causes(.0)
+    )]
+    Attach(aya::programs::ProgramError),
+    #[error("sending a {len}-byte frame through the replay device: {cause}")]
+    Send { len: usize, cause: io::Error },
 }
 
 /// An AF_PACKET socket on a private `ifb` device whose egress runs the program.
@@ -46,7 +44,7 @@ pub struct EgressReplay {
 }
 
 fn setup(step: &'static str) -> impl FnOnce(io::Error) -> ReplayError {
-    move |source| ReplayError::Setup { step, source }
+    move |cause| ReplayError::Setup { step, cause }
 }
 
 fn ip(args: &[&str]) -> io::Result<()> {
@@ -76,9 +74,8 @@ impl EgressReplay {
     }
 
     fn setup_in_new_namespace(program: &mut SchedClassifier) -> Result<Self, ReplayError> {
-        if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-            return Err(setup("unshare(CLONE_NEWNET)")(io::Error::last_os_error()));
-        }
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| setup("unshare(CLONE_NEWNET)")(e.into()))?;
         // No IPv6 on devices made from here on: no router solicitations on our egress.
         // (/proc/sys/net shows the namespace of the thread that opens it.)
         std::fs::write("/proc/sys/net/ipv6/conf/default/disable_ipv6", "1")
@@ -96,25 +93,25 @@ impl EgressReplay {
             .attach(DEVICE, TcAttachType::Egress)
             .map_err(ReplayError::Attach)?;
 
-        let name = std::ffi::CString::new(DEVICE).expect("no NUL");
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) } as i32;
-        if ifindex == 0 {
-            return Err(setup("find the device")(io::Error::last_os_error()));
-        }
+        let ifindex = nix::net::if_::if_nametoindex(DEVICE)
+            .map_err(|e| setup("find the device")(e.into()))?;
+        let ifindex = i32::try_from(ifindex)
+            .map_err(|_| setup("find the device")(io::Error::other("index out of range")))?;
         // Protocol 0: the socket only sends, it never receives.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-        if fd < 0 {
-            return Err(setup("AF_PACKET socket")(io::Error::last_os_error()));
-        }
-        Ok(Self {
-            socket: unsafe { OwnedFd::from_raw_fd(fd) },
-            ifindex,
-        })
+        let socket = nix::sys::socket::socket(
+            nix::sys::socket::AddressFamily::Packet,
+            nix::sys::socket::SockType::Raw,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(|e| setup("AF_PACKET socket")(e.into()))?;
+        Ok(Self { socket, ifindex })
     }
 
     /// Writes one Ethernet frame (at least 14 bytes) to the device; the egress program
     /// has run when this returns.
     pub fn send(&self, frame: &[u8]) -> Result<(), ReplayError> {
+        // SAFETY: sockaddr_ll is plain old data; all zeroes is a valid value.
         let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
         addr.sll_family = libc::AF_PACKET as u16;
         // skb->protocol as a receiving device would set it: the frame's EtherType.
@@ -122,6 +119,9 @@ impl EgressReplay {
         addr.sll_ifindex = self.ifindex;
         addr.sll_halen = 6;
         addr.sll_addr[..6].copy_from_slice(&frame[..6]);
+        // SAFETY: the buffer and the address are valid for the lengths passed and alive
+        // across the call, which only reads them; the fd is ours and open. (nix's
+        // sendto takes no sockaddr_ll it can build safely.)
         let sent = unsafe {
             libc::sendto(
                 self.socket.as_raw_fd(),
@@ -135,7 +135,7 @@ impl EgressReplay {
         if sent < 0 || sent as usize != frame.len() {
             return Err(ReplayError::Send {
                 len: frame.len(),
-                source: io::Error::last_os_error(),
+                cause: io::Error::last_os_error(),
             });
         }
         Ok(())
