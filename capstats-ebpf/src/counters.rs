@@ -218,14 +218,6 @@ impl CounterMap {
         self.fd.as_raw_fd()
     }
 
-    /// Slot `slot` of this map, for a program's counting code.
-    pub fn slot(&self, slot: u32) -> crate::translate::CounterSlot {
-        crate::translate::CounterSlot {
-            map_fd: self.raw_fd(),
-            slot,
-        }
-    }
-
     pub fn slots(&self) -> u32 {
         self.map.len()
     }
