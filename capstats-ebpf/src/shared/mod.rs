@@ -214,6 +214,7 @@ impl SharedProgram {
         Ok(())
     }
 
+    /// The references its code reads its maps by ([`SharedProgram::binding`] binds them).
     fn fds(&self) -> SharedMaps {
         SharedMaps::default()
     }
@@ -222,7 +223,7 @@ impl SharedProgram {
     /// a chain (with a tail call) needs the chain's prog array bound too
     /// ([`crate::insn::MapRef::ProgArray`]).
     pub fn binding(&self) -> MapBinding<'_> {
-        let refs = SharedMaps::default();
+        let refs = self.fds();
         match &self.maps {
             Some((dispatch, table)) => MapBinding::new()
                 .bind(refs.dispatch, dispatch)
