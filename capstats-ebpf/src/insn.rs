@@ -418,7 +418,7 @@ pub enum EncodeError {
     #[error("instruction `{insn}` still jumps to label {label}: resolve labels before encoding")]
     UnresolvedJump { insn: Insn, label: Label },
     /// It refers to a map the loader bound to none.
-    #[error("instruction `{insn}` refers to map {map}, which is bound to no map")]
+    #[error("`{insn}` refers to map {map}, which is bound to no map")]
     UnboundMap { insn: Insn, map: MapRef },
 }
 

@@ -555,8 +555,8 @@ mod tests {
         );
         assert!(
             err.to_string().starts_with(&format!(
-                "program unbound, instruction {index}: instruction `r1 = map[counters]` \
-                 refers to map counters, which is bound to no map"
+                "program unbound, instruction {index}: `r1 = map[counters]` refers to \
+                 map counters, which is bound to no map"
             )),
             "{err}"
         );
