@@ -191,7 +191,6 @@ impl CounterMap {
         })
     }
 
-    /// The fd to put into a program's map reference.
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -214,6 +213,9 @@ impl CounterMap {
         self.count
     }
 
+    /// The fd, as the kernel takes it inside a map's value (a counter table's entry,
+    /// the template of a map of maps). Programs refer to the map by
+    /// [`crate::insn::MapRef`] and are bound to it through [`AsFd`].
     pub fn raw_fd(&self) -> i32 {
         self.fd.as_raw_fd()
     }
