@@ -74,14 +74,13 @@ pub fn run(args: &TestArgs, json: bool) -> anyhow::Result<()> {
     }
     if args.dump {
         // The listing comes first, so that a program the verifier refuses is shown too.
-        let kernel = KernelFilter::load_for(filter.program(), hook);
-        let map_fd = kernel.as_ref().map_or(0, KernelFilter::counter_map_fd);
-        let slot = CounterSlot { map_fd, slot: 0 };
+        // It names the counter map by reference (`map[counters]`): no map is needed.
+        let slot = CounterSlot { map: 0, slot: 0 };
         println!("; libpcap, {} classic instructions", filter.program().len());
         print!("{}", filter.program());
         println!("; eBPF for the {hook} hook (cN: from classic instruction N)");
         print!("{}", translate_listing(filter.program(), hook, slot)?);
-        kernel?;
+        KernelFilter::load_for(filter.program(), hook)?;
     }
     let mut record = 0u64;
     let per_record = args.per_record;

@@ -49,6 +49,7 @@ use capstats_ebpf::chain::{CHAIN_ITEMS, CHAIN_PROGRAMS, ProgArray, build_chunk};
 use capstats_ebpf::counters::CounterMap;
 use capstats_ebpf::errors::with_causes;
 use capstats_ebpf::filter::ANY;
+use capstats_ebpf::insn::MapRef;
 use capstats_ebpf::program::LoadedProgram;
 use capstats_ebpf::shared::plan::Planner;
 use capstats_ebpf::shared::{InPlace, SharedProgram};
@@ -964,7 +965,8 @@ fn generate_socket_program(
     };
     let shared = SharedProgram::build_at(slot.maps_name(), &filters, &entries, placement)
         .map_err(|e| SessionError::Refused(format!("socket: {e}")))?;
-    let program = LoadedProgram::load(slot.hook(), slot.program_name(), &shared.insns)?;
+    let maps = shared.binding();
+    let program = LoadedProgram::load_with(slot.hook(), slot.program_name(), &shared.insns, &maps)?;
     Ok(Counting {
         filters: filters_of(wanted, &members),
         members,
@@ -992,12 +994,12 @@ fn generate_chunk(
         &entries,
         slot.hook(),
         slot == Slot::TcEgress,
-        chain,
         k,
     )
     .map_err(|e| failed(interface, slot, e))?;
-    let program =
-        LoadedProgram::load(slot.hook(), slot.program_name(), &shared.insns).map_err(|e| {
+    let maps = shared.binding().bind(MapRef::ProgArray, chain);
+    let program = LoadedProgram::load_with(slot.hook(), slot.program_name(), &shared.insns, &maps)
+        .map_err(|e| {
             if k == 0 {
                 e.into()
             } else {

@@ -19,17 +19,17 @@
 //! Tail calls from XDP programs with `BPF_F_XDP_HAS_FRAGS`: 5.18.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
 use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_map_type};
 
 use crate::cbpf::Program;
 use crate::counters::CounterMap;
-use crate::insn::Insn;
-use crate::program::{KERNEL_MAX_MAPS, LoadedProgram, bpf, obj_pin};
+use crate::insn::{Insn, MapRef};
+use crate::program::{KERNEL_MAX_MAPS, LoadedProgram, MapBinding, bpf, obj_pin};
 use crate::shared::{SharedError, SharedProgram};
-use crate::translate::{Hook, Placement, TailCall, TranslateError, translate_chained};
+use crate::translate::{CounterSlot, Hook, Placement, TailCall, TranslateError, translate_chained};
 
 /// Filters per program of a chain: each refers to its counter map, and to the prog
 /// array, within the kernel's [`KERNEL_MAX_MAPS`] maps per program.
@@ -156,13 +156,15 @@ impl ProgArray {
         })
     }
 
-    /// The fd to put into a program's map reference.
-    pub fn raw_fd(&self) -> i32 {
-        self.fd.as_raw_fd()
-    }
-
     pub fn name(&self) -> &str {
         &self.name
+    }
+}
+
+/// What [`MapRef::ProgArray`] is bound to ([`MapBinding::bind`]).
+impl AsFd for ProgArray {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 }
 
@@ -171,20 +173,20 @@ impl ProgArray {
 pub const CHAIN_ITEMS: usize = 63;
 
 /// Program `index` of a chain for `hook`, as [`SharedProgram::build_at`] makes it
-/// (`name` names its maps, filter `i` counts at table entry `entries[i]`), ending with a tail call to entry `index + 1` of `chain` (none
-/// from the last possible program). `counted` may be empty: such a program only
-/// passes the packet on.
+/// (`name` names its maps, filter `i` counts at table entry `entries[i]`), ending with
+/// a tail call to entry `index + 1` of the chain's prog array (none from the last
+/// possible program). `counted` may be empty: such a program only passes the packet
+/// on. Load it with [`SharedProgram::binding`], the prog array bound to
+/// [`MapRef::ProgArray`].
 pub fn build_chunk(
     name: &str,
     counted: &[(&Program, &CounterMap)],
     entries: &[u32],
     hook: Hook,
     tc_egress: bool,
-    chain: &ProgArray,
     index: usize,
 ) -> Result<SharedProgram, SharedError> {
     let next = (index + 1 < CHAIN_PROGRAMS).then(|| TailCall {
-        prog_array_fd: chain.raw_fd(),
         index: (index + 1) as u32,
     });
     let placement = Placement {
@@ -196,26 +198,34 @@ pub fn build_chunk(
     SharedProgram::build_at(name, counted, entries, placement)
 }
 
-/// Program `index` of a chain for `hook`: each filter of `counted` counting into slot
-/// 0 of its own counter map (at most [`CHAIN_SESSIONS`], so no table is needed), then
-/// a tail call to entry `index + 1` of `chain` (none from the last possible program).
-/// `counted` may be empty: such a program only passes the packet on. `tc_egress` as
-/// for [`crate::translate::translate_all_tc_egress`]. With more than
-/// [`CHAIN_SESSIONS`] filters the kernel refuses the program (too many maps).
+/// Program `index` of a chain for `hook`: filter `i` of `filters` counting into slot
+/// 0 of counter map `i` (at most [`CHAIN_SESSIONS`], so no table is needed), then
+/// a tail call to entry `index + 1` of the chain's prog array (none from the last
+/// possible program). `filters` may be empty: such a program only passes the packet
+/// on. `tc_egress` as for [`crate::translate::translate_all_tc_egress`]. Load it with
+/// [`chunk_binding`]. With more than [`CHAIN_SESSIONS`] filters the kernel refuses
+/// the program (too many maps).
 pub fn translate_chunk(
-    counted: &[(&Program, &CounterMap)],
+    filters: &[&Program],
     hook: Hook,
     tc_egress: bool,
-    chain: &ProgArray,
     index: usize,
 ) -> Result<Vec<Insn>, TranslateError> {
-    let slots: Vec<_> = counted
-        .iter()
-        .map(|&(program, map)| (program, map.slot(0)))
+    let slots: Vec<_> = (0u32..)
+        .zip(filters)
+        .map(|(map, &program)| (program, CounterSlot { map, slot: 0 }))
         .collect();
     let next = (index + 1 < CHAIN_PROGRAMS).then(|| TailCall {
-        prog_array_fd: chain.raw_fd(),
         index: (index + 1) as u32,
     });
     translate_chained(&slots, hook, tc_egress, next)
+}
+
+/// The binding a [`translate_chunk`] program loads with: counter map `i` is
+/// `counters[i]`, and the prog array is `chain`.
+pub fn chunk_binding<'a>(
+    counters: impl IntoIterator<Item = &'a CounterMap>,
+    chain: &'a ProgArray,
+) -> MapBinding<'a> {
+    MapBinding::counters(counters).bind(MapRef::ProgArray, chain)
 }

@@ -191,7 +191,6 @@ impl CounterMap {
         })
     }
 
-    /// The fd to put into a program's map reference.
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -214,16 +213,11 @@ impl CounterMap {
         self.count
     }
 
+    /// The fd, as the kernel takes it inside a map's value (a counter table's entry,
+    /// the template of a map of maps). Programs refer to the map by
+    /// [`crate::insn::MapRef`] and are bound to it through [`AsFd`].
     pub fn raw_fd(&self) -> i32 {
         self.fd.as_raw_fd()
-    }
-
-    /// Slot `slot` of this map, for a program's counting code.
-    pub fn slot(&self, slot: u32) -> crate::translate::CounterSlot {
-        crate::translate::CounterSlot {
-            map_fd: self.raw_fd(),
-            slot,
-        }
     }
 
     pub fn slots(&self) -> u32 {

@@ -4,7 +4,10 @@
 //! verifier and `bpftool prog dump xlated`); only [`Insn::encode`] turns it into the
 //! kernel's 8-byte `struct bpf_insn` slots. A 64-bit immediate load is one value that
 //! encodes to two slots. Jumps name a [`Target`]: a [`Label`] while a program is being
-//! built, a slot offset once [`crate::asm::Assembler`] has resolved it.
+//! built, a slot offset once [`crate::asm::Assembler`] has resolved it. A map is named
+//! by a [`MapRef`] (`r1 = map[counters]`): translation needs no live kernel object,
+//! and a program can be printed and compared as data; the loader says which map each
+//! reference stands for ([`crate::program::MapBinding`]), and encoding puts in its fd.
 
 use std::fmt;
 
@@ -281,6 +284,35 @@ impl fmt::Display for Label {
     }
 }
 
+/// A map a program refers to, by what it is to the program rather than by a file
+/// descriptor: resolved to a live map only when the program is encoded for loading
+/// (`BPF_PSEUDO_MAP_FD`), from the binding its loader gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum MapRef {
+    /// Counter map `n` of the program (a per-CPU array of counters): a program of
+    /// filters alone has one per filter, or one for all, as its translation was told.
+    Counters(u32),
+    /// A shared program's dispatch map (see [`crate::shared::maps`]).
+    Dispatch,
+    /// A shared program's counter table: entry → counter map.
+    CounterTable,
+    /// The prog array of the chain the program belongs to (see [`crate::chain`]).
+    ProgArray,
+}
+
+impl fmt::Display for MapRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Counter map 0 unadorned, as labels of filter 0 are: one filter reads plainly.
+        match *self {
+            MapRef::Counters(0) => f.write_str("counters"),
+            MapRef::Counters(n) => write!(f, "counters{n}"),
+            MapRef::Dispatch => f.write_str("dispatch"),
+            MapRef::CounterTable => f.write_str("table"),
+            MapRef::ProgArray => f.write_str("chain"),
+        }
+    }
+}
+
 /// Where a jump goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Target {
@@ -314,8 +346,9 @@ pub enum Insn {
     Endian { to: Endian, bits: u8, dst: Reg },
     /// `dst = imm64` (`BPF_LD | BPF_DW | BPF_IMM`), two slots.
     LoadImm64 { dst: Reg, imm: i64 },
-    /// `dst = map[fd]` (`BPF_LD | BPF_DW | BPF_IMM`, `BPF_PSEUDO_MAP_FD`), two slots.
-    LoadMapFd { dst: Reg, fd: i32 },
+    /// `dst = map[map]` (`BPF_LD | BPF_DW | BPF_IMM`, `BPF_PSEUDO_MAP_FD`), two slots:
+    /// the address of the map the reference is bound to when the program is loaded.
+    LoadMap { dst: Reg, map: MapRef },
     /// `r0 = ntoh(*(size *)skb[offset])` (`BPF_LD | BPF_ABS`). Needs the context in `r6`;
     /// clobbers `r1`-`r5`; an out-of-bounds offset ends the program returning 0.
     LoadAbs { size: Size, offset: i32 },
@@ -377,19 +410,23 @@ const OP_CALL: u8 = 0x80;
 const OP_EXIT: u8 = 0x90;
 const PSEUDO_MAP_FD: u8 = 1;
 
-/// An instruction whose jump still names a label: only resolved programs encode.
+/// Why an instruction could not be encoded: it still names something only its
+/// builder or its loader can resolve.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("instruction `{insn}` still jumps to label {label}: resolve labels before encoding")]
-pub struct UnresolvedJump {
-    pub insn: Insn,
-    pub label: Label,
+pub enum EncodeError {
+    /// Its jump names a label: only programs the assembler resolved encode.
+    #[error("instruction `{insn}` still jumps to label {label}: resolve labels before encoding")]
+    UnresolvedJump { insn: Insn, label: Label },
+    /// It refers to a map the loader bound to none.
+    #[error("`{insn}` refers to map {map}, which is bound to no map")]
+    UnboundMap { insn: Insn, map: MapRef },
 }
 
 impl Insn {
     /// How many 8-byte slots the instruction takes in the kernel's encoding.
     pub const fn slots(&self) -> usize {
         match self {
-            Insn::LoadImm64 { .. } | Insn::LoadMapFd { .. } => 2,
+            Insn::LoadImm64 { .. } | Insn::LoadMap { .. } => 2,
             _ => 1,
         }
     }
@@ -414,8 +451,21 @@ impl Insn {
         self
     }
 
-    /// Appends the kernel's encoding (`struct bpf_insn`, little endian) to `out`.
-    pub fn encode(&self, out: &mut Vec<[u8; 8]>) -> Result<(), UnresolvedJump> {
+    /// The map the instruction refers to, if it does.
+    pub const fn map(&self) -> Option<MapRef> {
+        match self {
+            Insn::LoadMap { map, .. } => Some(*map),
+            _ => None,
+        }
+    }
+
+    /// Appends the kernel's encoding (`struct bpf_insn`, little endian) to `out`, each
+    /// map reference as the fd `fd_of` gives it.
+    pub fn encode(
+        &self,
+        fd_of: impl Fn(MapRef) -> Option<i32>,
+        out: &mut Vec<[u8; 8]>,
+    ) -> Result<(), EncodeError> {
         let slot = |code: u8, dst: Reg, src: u8, off: i16, imm: i32| {
             let mut b = [0u8; 8];
             b[0] = code;
@@ -430,7 +480,7 @@ impl Insn {
         };
         let offset = |target: Target| match target {
             Target::Offset(off) => Ok(off),
-            Target::Label(label) => Err(UnresolvedJump { insn: *self, label }),
+            Target::Label(label) => Err(EncodeError::UnresolvedJump { insn: *self, label }),
         };
         match *self {
             Insn::Alu {
@@ -470,7 +520,8 @@ impl Insn {
                 out.push(slot(code, dst, 0, 0, imm as i32));
                 out.push(slot(0, Reg::R0, 0, 0, (imm >> 32) as i32));
             }
-            Insn::LoadMapFd { dst, fd } => {
+            Insn::LoadMap { dst, map } => {
+                let fd = fd_of(map).ok_or(EncodeError::UnboundMap { insn: *self, map })?;
                 let code = CLASS_LD | Size::DW.bits() | MODE_IMM;
                 out.push(slot(code, dst, PSEUDO_MAP_FD, 0, fd));
                 out.push(slot(0, Reg::R0, 0, 0, 0));
@@ -602,7 +653,7 @@ impl fmt::Display for Insn {
                 write!(f, "r{} = {order}{bits} r{}", dst.number(), dst.number())
             }
             Insn::LoadImm64 { dst, imm } => write!(f, "r{} = {imm:#x} ll", dst.number()),
-            Insn::LoadMapFd { dst, fd } => write!(f, "r{} = map[fd:{fd}]", dst.number()),
+            Insn::LoadMap { dst, map } => write!(f, "r{} = map[{map}]", dst.number()),
             Insn::LoadAbs { size, offset } => {
                 write!(f, "r0 = *({} *)skb[{offset}]", size.c_type())
             }
@@ -742,9 +793,12 @@ mod tests {
     use Operand::{Imm, Reg as R};
     use Reg::*;
 
+    /// The fd the encoding tests bind every map reference to.
+    const FD: i32 = 5;
+
     fn hex(insn: Insn) -> Vec<String> {
         let mut out = Vec::new();
-        insn.encode(&mut out).unwrap();
+        insn.encode(|_| Some(FD), &mut out).unwrap();
         out.iter()
             .map(|slot| slot.iter().map(|b| format!("{b:02x}")).collect())
             .collect()
@@ -890,10 +944,13 @@ mod tests {
                 "may_goto +5",
                 &["e500050000000000"],
             ),
-            // BPF_LD_MAP_FD(BPF_REG_1, 5)
+            // BPF_LD_MAP_FD(BPF_REG_1, 5), the reference bound to fd 5
             (
-                Insn::LoadMapFd { dst: R1, fd: 5 },
-                "r1 = map[fd:5]",
+                Insn::LoadMap {
+                    dst: R1,
+                    map: MapRef::Counters(0),
+                },
+                "r1 = map[counters]",
                 &["1811000005000000", "0000000000000000"],
             ),
             // BPF_LD_IMM64(BPF_REG_2, 0x1_0000_0002)
@@ -915,9 +972,46 @@ mod tests {
 
     #[test]
     fn a_jump_to_a_label_does_not_encode() {
-        let err = goto(Label::Accept(0)).encode(&mut Vec::new()).unwrap_err();
-        assert_eq!(err.label, Label::Accept(0));
+        let err = goto(Label::Accept(0))
+            .encode(|_| Some(FD), &mut Vec::new())
+            .unwrap_err();
+        assert_eq!(
+            err,
+            EncodeError::UnresolvedJump {
+                insn: goto(Label::Accept(0)),
+                label: Label::Accept(0)
+            }
+        );
         assert!(err.to_string().contains("goto accept"), "{err}");
+    }
+
+    #[test]
+    fn map_references_print_by_name_and_encode_only_when_bound() {
+        let table = [
+            (MapRef::Counters(0), "r2 = map[counters]"),
+            (MapRef::Counters(7), "r2 = map[counters7]"),
+            (MapRef::Dispatch, "r2 = map[dispatch]"),
+            (MapRef::CounterTable, "r2 = map[table]"),
+            (MapRef::ProgArray, "r2 = map[chain]"),
+        ];
+        for (map, text) in table {
+            let insn = Insn::LoadMap { dst: R2, map };
+            assert_eq!(insn.to_string(), text);
+            assert_eq!(insn.map(), Some(map));
+            // Bound: the fd of the map it is bound to, and nothing of the others'.
+            let mut out = Vec::new();
+            insn.encode(|m| (m == map).then_some(9), &mut out).unwrap();
+            assert_eq!(out[0][1], 0x12, "r2, BPF_PSEUDO_MAP_FD: `{text}`");
+            assert_eq!(out[0][4..8], 9i32.to_le_bytes(), "`{text}`");
+            // Unbound: nothing appended, and the error names the reference.
+            let mut out = Vec::new();
+            let err = insn
+                .encode(|m| (m != map).then_some(9), &mut out)
+                .unwrap_err();
+            assert_eq!(err, EncodeError::UnboundMap { insn, map });
+            assert!(err.to_string().contains(&format!("map {map}")), "{err}");
+            assert!(out.is_empty(), "`{text}`: {out:?}");
+        }
     }
 
     #[test]

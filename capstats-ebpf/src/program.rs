@@ -2,7 +2,9 @@
 //!
 //! aya 0.14 loads programs only from object files, so `BPF_PROG_LOAD` is issued here;
 //! the loaded program is then handed to aya ([`LoadedProgram::sched_classifier`],
-//! [`LoadedProgram::socket_filter`]) for test runs, attachment and pins.
+//! [`LoadedProgram::socket_filter`]) for test runs, attachment and pins. The program's
+//! map references ([`MapRef`]) are resolved here, from the [`MapBinding`] its loader
+//! gives, as it is encoded.
 
 use std::ffi::{CString, c_char};
 use std::io;
@@ -14,7 +16,8 @@ use aya::programs::{ProgramError, SchedClassifier, SocketFilter, Xdp, loaded_pro
 use aya_obj::generated::{bpf_attach_type, bpf_attr, bpf_cmd, bpf_prog_info, bpf_prog_type};
 use aya_obj::programs::XdpAttachType;
 
-use crate::insn::{Insn, UnresolvedJump};
+use crate::counters::CounterMap;
+use crate::insn::{EncodeError, Insn, MapRef};
 use crate::translate::Hook;
 
 /// Size of the verifier log buffer on a failed load; grown on `ENOSPC`.
@@ -29,11 +32,13 @@ const LOAD_ATTEMPTS: u32 = 8;
 /// Why a program could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("program {name}: {source}")]
+    /// An instruction still names a label, or a map its loader did not bind.
+    #[error("program {name}, instruction {index}: {source}")]
     Encode {
         name: String,
+        index: usize,
         #[source]
-        source: UnresolvedJump,
+        source: EncodeError,
     },
     /// The verifier refused the program; `log` is its log, last lines first relevant.
     #[error("the kernel's verifier rejected program {name} ({source}){limit}:\n{log}", limit = verifier_limit(.log))]
@@ -184,6 +189,67 @@ fn prog_type(hook: Hook) -> bpf_prog_type {
 /// exceeds a page, and test runs may hand it such frames.
 const BPF_F_XDP_HAS_FRAGS: u32 = 1 << 5;
 
+/// Which live map each map reference of a program stands for: what loading resolves
+/// [`MapRef`]s with. Borrows the maps, so they outlive the load; the loaded program
+/// holds its own references to them after that.
+#[derive(Debug, Clone, Default)]
+pub struct MapBinding<'a> {
+    maps: Vec<(MapRef, BorrowedFd<'a>)>,
+}
+
+impl<'a> MapBinding<'a> {
+    /// No reference bound: for programs that refer to no map.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Counter map `i` ([`MapRef::Counters`]) is `maps[i]`.
+    pub fn counters(maps: impl IntoIterator<Item = &'a CounterMap>) -> Self {
+        let mut binding = Self::new();
+        for (i, map) in maps.into_iter().enumerate() {
+            binding = binding.bind(MapRef::Counters(i as u32), map);
+        }
+        binding
+    }
+
+    /// `map` stands for the map behind `fd` (in place of what it stood for before).
+    pub fn bind(mut self, map: MapRef, fd: &'a impl AsFd) -> Self {
+        let fd = fd.as_fd();
+        match self.maps.iter_mut().find(|(bound, _)| *bound == map) {
+            Some(entry) => entry.1 = fd,
+            None => self.maps.push((map, fd)),
+        }
+        self
+    }
+
+    /// The map `map` stands for, if bound.
+    pub fn get(&self, map: MapRef) -> Option<BorrowedFd<'a>> {
+        self.maps
+            .iter()
+            .find(|(bound, _)| *bound == map)
+            .map(|&(_, fd)| fd)
+    }
+}
+
+/// `insns` in the kernel's encoding, each map reference as the fd `maps` binds it to.
+///
+/// # Errors
+/// [`LoadError::Encode`] naming the instruction, for a jump to a label or a map
+/// reference `maps` does not bind.
+pub fn encode(name: &str, insns: &[Insn], maps: &MapBinding) -> Result<Vec<[u8; 8]>, LoadError> {
+    let fd_of = |map| maps.get(map).map(|fd| fd.as_raw_fd());
+    let mut encoded = Vec::with_capacity(insns.len());
+    for (index, insn) in insns.iter().enumerate() {
+        insn.encode(fd_of, &mut encoded)
+            .map_err(|source| LoadError::Encode {
+                name: name.to_owned(),
+                index,
+                source,
+            })?;
+    }
+    Ok(encoded)
+}
+
 /// A program in the kernel, owned through its file descriptor.
 #[derive(Debug)]
 pub struct LoadedProgram {
@@ -197,21 +263,27 @@ pub struct LoadedProgram {
 }
 
 impl LoadedProgram {
-    /// Loads `insns` as a program for `hook`. `name` is truncated to the kernel's 15
-    /// characters.
+    /// Loads `insns`, a program that refers to no map, for `hook`: see
+    /// [`LoadedProgram::load_with`]. A map reference is refused, named.
+    pub fn load(hook: Hook, name: &str, insns: &[Insn]) -> Result<Self, LoadError> {
+        Self::load_with(hook, name, insns, &MapBinding::new())
+    }
+
+    /// Loads `insns` as a program for `hook`, each map reference standing for the map
+    /// `maps` binds it to. `name` is truncated to the kernel's 15 characters.
     ///
     /// # Errors
+    /// [`LoadError::Encode`] naming the instruction and the reference when `maps`
+    /// binds one of them to nothing (nothing is loaded);
     /// [`LoadError::Verifier`] with the verifier's log when the kernel refuses the
     /// program; [`LoadError::Syscall`] for other failures (`EPERM` when not root).
-    pub fn load(hook: Hook, name: &str, insns: &[Insn]) -> Result<Self, LoadError> {
-        let mut encoded = Vec::with_capacity(insns.len());
-        for insn in insns {
-            insn.encode(&mut encoded)
-                .map_err(|source| LoadError::Encode {
-                    name: name.to_owned(),
-                    source,
-                })?;
-        }
+    pub fn load_with(
+        hook: Hook,
+        name: &str,
+        insns: &[Insn],
+        maps: &MapBinding,
+    ) -> Result<Self, LoadError> {
+        let encoded = encode(name, insns, maps)?;
         let (fd, verifier_runs) = match prog_load(hook, name, &encoded, None) {
             Ok(loaded) => loaded,
             // No log would say more about these. E2BIG is also the verifier's word
@@ -442,4 +514,91 @@ fn prog_info(fd: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
     attr.info.info = &mut info as *mut bpf_prog_info as u64;
     bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
     Ok((info.id, info.verified_insns))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cbpf::{Program, RawInsn};
+    use crate::translate::{CounterSlot, TailCall, translate_chained};
+
+    /// `ret #1` counting into counter map 0, then a tail call along the chain.
+    fn chained() -> Vec<Insn> {
+        let program = Program::new(&[RawInsn::new(0x06, 0, 0, 1)]).unwrap();
+        let counter = CounterSlot { map: 0, slot: 0 };
+        let next = Some(TailCall { index: 1 });
+        translate_chained(&[(&program, counter)], Hook::Tc, false, next).unwrap()
+    }
+
+    /// An unbound reference is refused before anything reaches the kernel (so this
+    /// runs without privileges), with the instruction and the reference named.
+    #[test]
+    fn an_unbound_map_reference_is_refused_at_load_by_name() {
+        let insns = chained();
+        let err = LoadedProgram::load(Hook::Tc, "unbound", &insns).unwrap_err();
+        let LoadError::Encode {
+            name,
+            index,
+            source,
+        } = &err
+        else {
+            panic!("not an encoding error: {err}");
+        };
+        assert_eq!(name, "unbound");
+        assert_eq!(insns[*index].map(), Some(MapRef::Counters(0)));
+        assert_eq!(
+            *source,
+            EncodeError::UnboundMap {
+                insn: insns[*index],
+                map: MapRef::Counters(0)
+            }
+        );
+        assert!(
+            err.to_string().starts_with(&format!(
+                "program unbound, instruction {index}: `r1 = map[counters]` refers to \
+                 map counters, which is bound to no map"
+            )),
+            "{err}"
+        );
+
+        // The counters bound (to any fd: nothing is loaded), the chain is still missing.
+        let stand_in = std::fs::File::open("/dev/null").unwrap();
+        let maps = MapBinding::new().bind(MapRef::Counters(0), &stand_in);
+        let err = LoadedProgram::load_with(Hook::Tc, "unbound", &insns, &maps).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LoadError::Encode {
+                    source: EncodeError::UnboundMap {
+                        map: MapRef::ProgArray,
+                        ..
+                    },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("map chain"), "{err}");
+    }
+
+    #[test]
+    fn encoding_puts_in_the_bound_fds_and_a_later_binding_replaces_an_earlier() {
+        let insns = chained();
+        let (a, b) = (
+            std::fs::File::open("/dev/null").unwrap(),
+            std::fs::File::open("/dev/null").unwrap(),
+        );
+        let maps = MapBinding::new()
+            .bind(MapRef::Counters(0), &b)
+            .bind(MapRef::ProgArray, &b)
+            .bind(MapRef::Counters(0), &a);
+        let encoded = encode("bound", &insns, &maps).unwrap();
+        // The first slot of each 64-bit map load carries the fd (src_reg 1: BPF_PSEUDO_MAP_FD).
+        let fds: Vec<i32> = encoded
+            .iter()
+            .filter(|slot| slot[0] == 0x18 && slot[1] >> 4 == 1)
+            .map(|slot| i32::from_le_bytes(slot[4..8].try_into().unwrap()))
+            .collect();
+        assert_eq!(fds, [a.as_raw_fd(), b.as_raw_fd()]);
+    }
 }

@@ -20,7 +20,7 @@ use crate::counters::{Counter, CounterError, CounterMap};
 use crate::filter::{Filter, FilterError, open_capture};
 use crate::insn::build::mov64;
 use crate::insn::{Insn, Operand, Reg};
-use crate::program::{LoadError, LoadedProgram};
+use crate::program::{LoadError, LoadedProgram, MapBinding};
 use crate::replay::EgressReplay;
 use crate::translate::{CounterSlot, Hook, translate};
 
@@ -127,19 +127,13 @@ impl KernelFilter {
     /// the Ethernet header; the code uses nothing `SCHED_CLS` lacks.
     pub fn load_for(classic: &Program, hook: Hook) -> Result<Self, TestRunError> {
         let counters = CounterMap::create("capstats_test", 1)?;
-        let insns = translate(
-            classic,
-            hook,
-            CounterSlot {
-                map_fd: counters.raw_fd(),
-                slot: 0,
-            },
-        )?;
+        let insns = translate(classic, hook, CounterSlot { map: 0, slot: 0 })?;
         let loaded_as = match hook {
             Hook::SocketFilter => Hook::Tc,
             other => other,
         };
-        let program = LoadedProgram::load(loaded_as, "capstats_test", &insns)?;
+        let maps = MapBinding::counters([&counters]);
+        let program = LoadedProgram::load_with(loaded_as, "capstats_test", &insns, &maps)?;
         let runner = Runner::of(&program, hook)?;
         let mut this = Self {
             insns,
@@ -155,14 +149,11 @@ impl KernelFilter {
         Ok(this)
     }
 
-    /// The eBPF program, resolved.
+    /// The eBPF program, its labels resolved, counting into [`MapRef::Counters`]`(0)`.
+    ///
+    /// [`MapRef::Counters`]: crate::insn::MapRef::Counters
     pub fn insns(&self) -> &[Insn] {
         &self.insns
-    }
-
-    /// The fd of the counter map the program counts into.
-    pub fn counter_map_fd(&self) -> i32 {
-        self.counters.raw_fd()
     }
 
     pub fn program(&self) -> &LoadedProgram {

@@ -9,13 +9,13 @@
 mod common;
 
 use capstats_ebpf::chain::{
-    CHAIN_MOST_SESSIONS, CHAIN_PROGRAMS, CHAIN_SESSIONS, ProgArray, translate_chunk,
+    CHAIN_MOST_SESSIONS, CHAIN_PROGRAMS, CHAIN_SESSIONS, ProgArray, chunk_binding, translate_chunk,
 };
 use capstats_ebpf::counters::CounterMap;
 use capstats_ebpf::filter::Filter;
-use capstats_ebpf::program::{LoadError, LoadedProgram};
+use capstats_ebpf::program::{LoadError, LoadedProgram, MapBinding};
 use capstats_ebpf::testrun::harness_max_frame;
-use capstats_ebpf::translate::{Hook, translate_all};
+use capstats_ebpf::translate::{CounterSlot, Hook, translate_all};
 
 /// Filters in the chain of the corpus test: four programs, the last one part full.
 const CORPUS_FILTERS: usize = 200;
@@ -41,9 +41,10 @@ fn load_chain(hook: Hook, filters: &[&Filter], maps: &[CounterMap]) -> Chain {
     let pairs: Vec<_> = filters.iter().zip(maps).collect();
     let mut programs = Vec::new();
     for (k, chunk) in pairs.chunks(CHAIN_SESSIONS).enumerate() {
-        let counted: Vec<_> = chunk.iter().map(|(f, m)| (f.program(), *m)).collect();
-        let insns = translate_chunk(&counted, hook, false, &array, k).unwrap();
-        let program = LoadedProgram::load(hook, "test_chain", &insns)
+        let programs_k: Vec<_> = chunk.iter().map(|(f, _)| f.program()).collect();
+        let insns = translate_chunk(&programs_k, hook, false, k).unwrap();
+        let maps = chunk_binding(chunk.iter().map(|(_, m)| *m), &array);
+        let program = LoadedProgram::load_with(hook, "test_chain", &insns, &maps)
             .unwrap_or_else(|e| panic!("{hook}: load program {k} of the chain: {e}"));
         if k > 0 {
             array.set(k as u32, &program).unwrap();
@@ -205,9 +206,15 @@ fn one_program_of_two_thousand_filters_is_refused() {
     let filters = port_filters(2000);
     // One map for all: the verifier refuses the branches, not the maps.
     let map = CounterMap::create("single", 1).unwrap();
-    let counted: Vec<_> = filters.iter().map(|f| (f.program(), map.slot(0))).collect();
+    let slot = CounterSlot { map: 0, slot: 0 };
+    let counted: Vec<_> = filters.iter().map(|f| (f.program(), slot)).collect();
     let insns = translate_all(&counted, Hook::Tc).unwrap();
-    match LoadedProgram::load(Hook::Tc, "test_single", &insns) {
+    match LoadedProgram::load_with(
+        Hook::Tc,
+        "test_single",
+        &insns,
+        &MapBinding::counters([&map]),
+    ) {
         Err(LoadError::Verifier { .. }) => {}
         Err(e) => panic!("refused, but not by the verifier: {e}"),
         Ok(_) => panic!("one program of 2,000 filters loaded: a chain is not needed"),

@@ -13,9 +13,9 @@ mod common;
 
 use capstats_ebpf::counters::CounterMap;
 use capstats_ebpf::filter::Filter;
-use capstats_ebpf::program::LoadedProgram;
+use capstats_ebpf::program::{LoadedProgram, MapBinding};
 use capstats_ebpf::testrun::harness_max_frame;
-use capstats_ebpf::translate::{Hook, translate_all};
+use capstats_ebpf::translate::{CounterSlot, Hook, translate_all};
 
 /// Filters per program.
 const PER_PROGRAM: usize = 64;
@@ -53,10 +53,9 @@ fn combined(hook: Hook) {
         let maps: Vec<CounterMap> = (0..chunk.len())
             .map(|i| CounterMap::create(&format!("combined{i}"), 1).unwrap())
             .collect();
-        let slots: Vec<_> = chunk
-            .iter()
-            .zip(&maps)
-            .map(|(f, map)| (f.program(), map.slot(0)))
+        let slots: Vec<_> = (0u32..)
+            .zip(chunk)
+            .map(|(map, f)| (f.program(), CounterSlot { map, slot: 0 }))
             .collect();
         let insns = translate_all(&slots, hook).unwrap();
         // Socket filters' test runs start at L3: their code runs as SCHED_CLS.
@@ -65,8 +64,9 @@ fn combined(hook: Hook) {
         } else {
             Hook::Tc
         };
-        let program = LoadedProgram::load(loaded_as, "combined", &insns)
-            .unwrap_or_else(|e| panic!("{hook}: load {} filters: {e}", chunk.len()));
+        let program =
+            LoadedProgram::load_with(loaded_as, "combined", &insns, &MapBinding::counters(&maps))
+                .unwrap_or_else(|e| panic!("{hook}: load {} filters: {e}", chunk.len()));
         let runner = common::Runner::new(&program);
         programs += 1;
         let mut want = vec![(0u64, 0u64); chunk.len()];

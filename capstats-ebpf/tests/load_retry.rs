@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use capstats_ebpf::counters::CounterMap;
 use capstats_ebpf::filter::Filter;
-use capstats_ebpf::program::LoadedProgram;
+use capstats_ebpf::program::{LoadedProgram, MapBinding};
 use capstats_ebpf::translate::{CounterSlot, Hook, translate_all};
 
 /// A filter the verifier takes a while over (many branches, variable offsets).
@@ -32,17 +32,15 @@ fn a_signal_during_verification_does_not_fail_the_load() {
 
     let filter = Filter::for_linktype(pcap::Linktype::ETHERNET, EXPRESSION, 0).unwrap();
     let map = CounterMap::create("retry", 1).unwrap();
-    let slot = CounterSlot {
-        map_fd: map.raw_fd(),
-        slot: 0,
-    };
+    let slot = CounterSlot { map: 0, slot: 0 };
+    let maps = MapBinding::counters([&map]);
     // Enough filters that verification outlasts the delay below by far.
     let mut filters = 16;
     let (insns, verify_time) = loop {
         let slots = vec![(filter.program(), slot); filters];
         let insns = translate_all(&slots, Hook::Tc).unwrap();
         let start = Instant::now();
-        let quiet = LoadedProgram::load(Hook::Tc, "retry", &insns).unwrap();
+        let quiet = LoadedProgram::load_with(Hook::Tc, "retry", &insns, &maps).unwrap();
         let took = start.elapsed();
         assert_eq!(quiet.verifier_runs(), 1, "no signal, one verification");
         if took >= Duration::from_millis(40) || filters >= 512 {
@@ -65,7 +63,7 @@ fn a_signal_during_verification_does_not_fail_the_load() {
         let result = std::thread::scope(|scope| {
             let loader = scope.spawn(|| {
                 loader_tid.store(unsafe { libc::gettid() }, Ordering::SeqCst);
-                LoadedProgram::load(Hook::Tc, "retry", &insns)
+                LoadedProgram::load_with(Hook::Tc, "retry", &insns, &maps)
             });
             while loader_tid.load(Ordering::SeqCst) == 0 {
                 std::thread::yield_now();

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use capstats_ebpf::counters::{CounterError, CounterMap};
 use capstats_ebpf::filter::Filter;
-use capstats_ebpf::program::LoadedProgram;
+use capstats_ebpf::program::{LoadedProgram, MapBinding};
 use capstats_ebpf::translate::{CounterSlot, Hook, translate};
 
 fn bpffs() -> &'static Path {
@@ -32,12 +32,15 @@ fn a_pinned_counter_map_keeps_its_counts_after_its_creator_drops_it() {
     {
         let map = CounterMap::create("capstats_pin", 1).unwrap();
         let filter = Filter::for_linktype(pcap::Linktype::ETHERNET, "", 0).unwrap();
-        let slot = CounterSlot {
-            map_fd: map.raw_fd(),
-            slot: 0,
-        };
+        let slot = CounterSlot { map: 0, slot: 0 };
         let insns = translate(filter.program(), Hook::Tc, slot).unwrap();
-        let program = LoadedProgram::load(Hook::Tc, "capstats_pin", &insns).unwrap();
+        let program = LoadedProgram::load_with(
+            Hook::Tc,
+            "capstats_pin",
+            &insns,
+            &MapBinding::counters([&map]),
+        )
+        .unwrap();
         let runner = program.sched_classifier().unwrap();
         for _ in 0..3 {
             aya::programs::TestRun::test_run(

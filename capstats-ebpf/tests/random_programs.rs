@@ -1274,7 +1274,8 @@ fn shared_case(hook: Hook, seed: u64, case: usize, tally: &mut SharedTally) -> O
     } else {
         Hook::Tc
     };
-    let loaded = match LoadedProgram::load(loaded_as, "rnd", &shared.insns) {
+    let loaded = match LoadedProgram::load_with(loaded_as, "rnd", &shared.insns, &shared.binding())
+    {
         Ok(loaded) => loaded,
         Err(e) => {
             let all: Vec<String> = (0..raws.len())

@@ -67,7 +67,7 @@ fn run_shared(
     } else {
         Hook::Tc
     };
-    let program = LoadedProgram::load(loaded_as, "shared", &shared.insns)
+    let program = LoadedProgram::load_with(loaded_as, "shared", &shared.insns, &shared.binding())
         .unwrap_or_else(|e| panic!("{hook}: load {} filters: {e}", filters.len()));
     let runner = common::Runner::new(&program);
     let max_frame = harness_max_frame(hook).expect("probe the test harness");
@@ -505,7 +505,7 @@ fn in_place(hook: Hook) {
         } else {
             let p = SharedProgram::build_at("inplace", &counted, &entries, Placement::on(hook))
                 .unwrap();
-            let l = LoadedProgram::load(loaded_as, "inplace", &p.insns).unwrap();
+            let l = LoadedProgram::load_with(loaded_as, "inplace", &p.insns, &p.binding()).unwrap();
             runner = Some(common::Runner::new(&l));
             (program, loaded) = (Some(p), Some(l));
             rebuilt += 1;

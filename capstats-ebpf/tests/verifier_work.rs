@@ -10,7 +10,7 @@ mod common;
 
 use capstats_ebpf::counters::CounterMap;
 use capstats_ebpf::filter::{Filter, FilterError};
-use capstats_ebpf::program::LoadedProgram;
+use capstats_ebpf::program::{LoadedProgram, MapBinding};
 use capstats_ebpf::translate::{CounterSlot, Hook, translate_all};
 
 /// Copies of each filter in the larger program.
@@ -38,10 +38,8 @@ fn linear(hook: Hook) {
     common::require_root();
     let corpus = common::corpus_dir();
     let map = CounterMap::create("work", 1).unwrap();
-    let slot = CounterSlot {
-        map_fd: map.raw_fd(),
-        slot: 0,
-    };
+    let slot = CounterSlot { map: 0, slot: 0 };
+    let maps = MapBinding::counters([&map]);
     // Socket filters' code loads as SCHED_CLS in tests; it is verified the same.
     let loaded_as = if hook == Hook::Xdp {
         Hook::Xdp
@@ -50,7 +48,7 @@ fn linear(hook: Hook) {
     };
     let verified = |filter: &Filter, copies: usize| -> u64 {
         let insns = translate_all(&vec![(filter.program(), slot); copies], hook).unwrap();
-        let program = LoadedProgram::load(loaded_as, "work", &insns)
+        let program = LoadedProgram::load_with(loaded_as, "work", &insns, &maps)
             .unwrap_or_else(|e| panic!("{hook}: load {copies} filters: {e}"));
         u64::from(program.verified_insns())
     };
@@ -111,12 +109,10 @@ fn too_many_filters_in_one_program_are_refused_naming_the_limit() {
     common::require_root();
     let filter = Filter::for_linktype(pcap::Linktype::ETHERNET, "tcp port 80", 0).unwrap();
     let map = CounterMap::create("work", 1).unwrap();
-    let slot = CounterSlot {
-        map_fd: map.raw_fd(),
-        slot: 0,
-    };
+    let slot = CounterSlot { map: 0, slot: 0 };
+    let maps = MapBinding::counters([&map]);
     let insns = translate_all(&vec![(filter.program(), slot); 2048], Hook::Tc).unwrap();
-    let error = LoadedProgram::load(Hook::Tc, "work", &insns)
+    let error = LoadedProgram::load_with(Hook::Tc, "work", &insns, &maps)
         .expect_err("2,048 filters in one program exceed the verifier's pending branches");
     let message = error.to_string();
     let first_line = message.lines().next().unwrap_or_default();

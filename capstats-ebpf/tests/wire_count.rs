@@ -131,7 +131,7 @@ fn counts(hook: Hook, cases: &[(Vec<u8>, u32)]) -> Vec<((u64, u64), (u64, u64))>
             2,
             "a stack and a wire filter are never one group"
         );
-        let program = LoadedProgram::load(hook, "wire", &shared.insns)
+        let program = LoadedProgram::load_with(hook, "wire", &shared.insns, &shared.binding())
             .unwrap_or_else(|e| panic!("{hook}: {e}"));
         run(&program, data, &skb_ctx(*segs, 1000));
         let s = stack.read(0).unwrap();
@@ -187,7 +187,7 @@ fn socket_filters_with_wire_load() {
         };
         let shared =
             SharedProgram::build_at("wire", &[(filter.program(), &wire)], &[0], placement).unwrap();
-        LoadedProgram::load(Hook::SocketFilter, "wire", &shared.insns)
+        LoadedProgram::load_with(Hook::SocketFilter, "wire", &shared.insns, &shared.binding())
             .unwrap_or_else(|e| panic!("socket (cooked {cooked:?}): {e}"));
     }
 }

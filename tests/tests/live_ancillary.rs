@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use capstats_ebpf::counters::{Counter, CounterMap};
 use capstats_ebpf::filter::Filter;
-use capstats_ebpf::program::LoadedProgram;
+use capstats_ebpf::program::{LoadedProgram, MapBinding};
 use capstats_ebpf::translate::{CounterSlot, Hook, translate};
 use capstats_tests::frame::{
     self, Ethernet, Ipv4, Ipv6, MacAddr, Tcp, VlanTag, ethertype, tcpflags, without_outer_tag,
@@ -523,12 +523,11 @@ fn probes(rig: &Rig, cases: &[Case], counters: &CounterMap) -> anyhow::Result<Ve
             let insns = translate(
                 filter.program(),
                 Hook::SocketFilter,
-                CounterSlot {
-                    map_fd: counters.raw_fd(),
-                    slot,
-                },
+                CounterSlot { map: 0, slot },
             )?;
-            let program = LoadedProgram::load(Hook::SocketFilter, "live_ancillary", &insns)?;
+            let maps = MapBinding::counters([counters]);
+            let program =
+                LoadedProgram::load_with(Hook::SocketFilter, "live_ancillary", &insns, &maps)?;
             let ebpf = PacketSocket::new()?;
             program
                 .socket_filter()?

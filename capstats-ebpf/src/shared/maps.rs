@@ -274,3 +274,17 @@ impl CounterTable {
         &self.name
     }
 }
+
+/// What [`crate::insn::MapRef::Dispatch`] is bound to when a program loads.
+impl std::os::fd::AsFd for DispatchMap {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// What [`crate::insn::MapRef::CounterTable`] is bound to when a program loads.
+impl std::os::fd::AsFd for CounterTable {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}

@@ -25,6 +25,7 @@ use std::collections::{HashMap, HashSet};
 use crate::cbpf::Program;
 use crate::counters::CounterMap;
 use crate::insn::Insn;
+use crate::program::MapBinding;
 use crate::translate::{Hook, Placement, SharedMaps, TailCall, TranslateError, translate_shared};
 
 use maps::{CounterTable, DispatchKey, DispatchMap, MapsError, dispatch_entries};
@@ -213,10 +214,21 @@ impl SharedProgram {
         Ok(())
     }
 
+    /// The references its code reads its maps by ([`SharedProgram::binding`] binds them).
     fn fds(&self) -> SharedMaps {
-        SharedMaps {
-            dispatch_fd: self.maps.as_ref().map_or(-1, |(d, _)| d.raw_fd()),
-            table_fd: self.maps.as_ref().map_or(-1, |(_, t)| t.raw_fd()),
+        SharedMaps::default()
+    }
+
+    /// The program's map references bound to its maps, to load it with; a program of
+    /// a chain (with a tail call) needs the chain's prog array bound too
+    /// ([`crate::insn::MapRef::ProgArray`]).
+    pub fn binding(&self) -> MapBinding<'_> {
+        let refs = self.fds();
+        match &self.maps {
+            Some((dispatch, table)) => MapBinding::new()
+                .bind(refs.dispatch, dispatch)
+                .bind(refs.table, table),
+            None => MapBinding::new(),
         }
     }
 

@@ -27,6 +27,10 @@
 //! another, each counting into its own slot; it ends in the hook's neutral return
 //! value, so it never changes what happens to the packet.
 //!
+//! Translation touches no kernel object: the program names the maps it reads by
+//! [`MapRef`] (`r1 = map[counters]`), and its loader binds them to live maps
+//! ([`crate::program::MapBinding`]).
+//!
 //! Where the kernel's eBPF and libpcap's interpreter would disagree on a classic
 //! program, the generated code follows libpcap (`bpf_filter.c`): an indexed load whose
 //! offset overflows or exceeds 2^31 rejects, division or modulo by X = 0 rejects, a
@@ -41,7 +45,7 @@ mod tests;
 use crate::asm::{AsmError, Assembler};
 use crate::cbpf::{AluOp as ClassicAlu, ClassicInsn, Cond, LoadA, LoadSize, LoadX, Program, Src};
 use crate::insn::build::*;
-use crate::insn::{AluOp, Insn, JmpOp, Label, Operand, Reg, Size, Target, Width};
+use crate::insn::{AluOp, Insn, JmpOp, Label, MapRef, Operand, Reg, Size, Target, Width};
 use crate::shared::plan::{Item, Plan};
 
 const A: Reg = Reg::R0;
@@ -108,21 +112,29 @@ impl Count {
     }
 }
 
-/// Where matches are counted: slot `slot` of the per-CPU array map `map_fd`, whose
-/// values are [`crate::counters::Counter`]s.
+/// Where matches are counted: slot `slot` of the program's counter map `map` (the
+/// reference [`MapRef::Counters`]`(map)`, a per-CPU array map whose values are
+/// [`crate::counters::Counter`]s once bound).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CounterSlot {
-    pub map_fd: i32,
+    pub map: u32,
     pub slot: u32,
 }
 
+impl CounterSlot {
+    /// The reference the counting code loads.
+    pub const fn map_ref(self) -> MapRef {
+        MapRef::Counters(self.map)
+    }
+}
+
 /// The program a chained program hands the packet to after its own filters
-/// (`bpf_tail_call`): entry `index` of the `BPF_MAP_TYPE_PROG_ARRAY` `prog_array_fd`
-/// (see [`crate::chain`]). An empty entry, or the kernel's limit of tail calls,
-/// makes the call fall through to the hook's neutral return.
+/// (`bpf_tail_call`): entry `index` of the chain's `BPF_MAP_TYPE_PROG_ARRAY`, the
+/// reference [`MapRef::ProgArray`] (see [`crate::chain`]). An empty entry, or the
+/// kernel's limit of tail calls, makes the call fall through to the hook's neutral
+/// return.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TailCall {
-    pub prog_array_fd: i32,
     pub index: u32,
 }
 
@@ -151,13 +163,23 @@ impl Placement {
     }
 }
 
-/// The maps a shared program reads ([`crate::shared::maps`]).
+/// The references by which a shared program reads its maps ([`crate::shared::maps`]);
+/// [`SharedMaps::default`] is [`MapRef::Dispatch`] and [`MapRef::CounterTable`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SharedMaps {
     /// The dispatch map (`BPF_MAP_TYPE_HASH`, [`crate::shared::maps::DispatchKey`] → table entry).
-    pub dispatch_fd: i32,
+    pub dispatch: MapRef,
     /// The counter table (`BPF_MAP_TYPE_ARRAY_OF_MAPS`, entry → counter map).
-    pub table_fd: i32,
+    pub table: MapRef,
+}
+
+impl Default for SharedMaps {
+    fn default() -> Self {
+        Self {
+            dispatch: MapRef::Dispatch,
+            table: MapRef::CounterTable,
+        }
+    }
 }
 
 /// Why filters could not be translated for a hook.
@@ -285,7 +307,7 @@ fn assemble_shared(
     for program in filters {
         access::check(program, hook)?;
     }
-    let mut t = Translator::new(hook, outgoing, maps.table_fd, plan.items.len());
+    let mut t = Translator::new(hook, outgoing, maps.table, plan.items.len());
     t.cooked = cooked;
     t.wire_any = plan.counts.contains(&Count::Wire);
     t.prologue();
@@ -336,7 +358,7 @@ fn assemble_with(
     for (program, _) in filters {
         access::check(program, hook)?;
     }
-    let mut t = Translator::new(hook, outgoing, -1, filters.len());
+    let mut t = Translator::new(hook, outgoing, MapRef::CounterTable, filters.len());
     t.cooked = cooked;
     t.prologue();
     for (filter, (program, counter)) in filters.iter().enumerate() {
@@ -366,9 +388,9 @@ struct Translator {
     next_local: usize,
     /// The label number of the next copy of a group's branch (after every item's).
     next_branch: usize,
-    /// The counter table of a shared program (-1 in others, which count through map
-    /// references).
-    table_fd: i32,
+    /// The counter table of a shared program (unused in others, which count into
+    /// counter maps directly).
+    table: MapRef,
     /// Some filter counts [`Count::Wire`]: the prologue computes the wire frames.
     wire_any: bool,
     /// The filter (or group) being counted counts [`Count::Wire`].
@@ -388,7 +410,7 @@ fn imm(k: u32) -> Operand {
 }
 
 impl Translator {
-    fn new(hook: Hook, outgoing: bool, table_fd: i32, items: usize) -> Self {
+    fn new(hook: Hook, outgoing: bool, table: MapRef, items: usize) -> Self {
         Translator {
             asm: Assembler::new(),
             hook,
@@ -398,7 +420,7 @@ impl Translator {
             loops: false,
             next_local: 0,
             next_branch: items,
-            table_fd,
+            table,
             wire_any: false,
             wire: false,
         }
@@ -580,9 +602,9 @@ impl Translator {
     /// through to the filter's reject label (the next filter, or the return).
     fn count(&mut self, counter: CounterSlot) {
         let (r0, r1) = (Reg::R0, Reg::R1);
-        self.emit(Insn::LoadMapFd {
+        self.emit(Insn::LoadMap {
             dst: r1,
-            fd: counter.map_fd,
+            map: counter.map_ref(),
         }); // r1 = counters
         self.lookup(counter.slot); // r0 = &counters[slot] on this CPU
         self.add_one(r0);
@@ -606,9 +628,9 @@ impl Translator {
     /// program; falls through otherwise.
     fn tail_call(&mut self, next: TailCall) {
         self.emit(mov64(Reg::R1, Operand::Reg(CTX))); // r1 = the context
-        self.emit(Insn::LoadMapFd {
+        self.emit(Insn::LoadMap {
             dst: Reg::R2,
-            fd: next.prog_array_fd,
+            map: MapRef::ProgArray,
         }); // r2 = the chain
         self.emit(mov32(Reg::R3, imm(next.index))); // r3 = the next program's entry
         self.emit(Insn::Call(crate::insn::Helper::TailCall)); // on to it, if it is there

@@ -75,9 +75,9 @@ impl Translator {
         self.emit(alu64(AluOp::Lsh, r1, Operand::Imm(32)));
         self.emit(alu64(AluOp::Or, r1, Operand::Reg(r2))); // r1 = (group, pc, A)
         self.emit(store(Size::DW, FP, frame::DISPATCH_KEY, Operand::Reg(r1))); // key = r1
-        self.emit(Insn::LoadMapFd {
+        self.emit(Insn::LoadMap {
             dst: r1,
-            fd: maps.dispatch_fd,
+            map: maps.dispatch,
         }); // r1 = dispatch map
         self.emit(mov64(r2, Operand::Reg(FP))); // r2 = &key
         self.emit(alu64(
@@ -125,9 +125,9 @@ impl Translator {
     /// frame's `ENTRY` slot; on to `done` (also when the entry is empty).
     pub(super) fn count_entry(&mut self, done: Label) {
         let (r0, r1, r2) = (Reg::R0, Reg::R1, Reg::R2);
-        self.emit(Insn::LoadMapFd {
+        self.emit(Insn::LoadMap {
             dst: r1,
-            fd: self.table_fd,
+            map: self.table,
         }); // r1 = counter table
         self.emit(mov64(r2, Operand::Reg(FP))); // r2 = &entry
         self.emit(alu64(AluOp::Add, r2, Operand::Imm(frame::ENTRY.into())));

@@ -1,7 +1,8 @@
 use super::*;
 use crate::cbpf::{RawInsn, SKF_AD_OFF};
 
-const COUNTER: CounterSlot = CounterSlot { map_fd: 7, slot: 3 };
+/// Slot 3 of the program's counter map 0: `map[counters]`, no fd.
+const COUNTER: CounterSlot = CounterSlot { map: 0, slot: 3 };
 
 /// `(code, jt, jf, k)`, as `tcpdump -dd` prints it.
 type Raw = (u16, u8, u8, u32);
@@ -92,7 +93,7 @@ fn a_whole_program_with_prologue_and_counting_epilogue() {
             "if w0 != 0x800 goto +1",
             "goto +1",
             "goto +14",
-            "r1 = map[fd:7]",
+            "r1 = map[counters]",
             "*(u64 *)(r10 - 136) = 3",
             "r2 = r10",
             "r2 += -136",
@@ -425,13 +426,22 @@ fn several_filters_share_one_program_on_every_hook() {
     };
     let a = raw(&[(0x06, 0, 0, 1)]);
     let b = raw(&[(0x06, 0, 0, 7)]);
-    let slot = |slot| CounterSlot { map_fd: 9, slot };
+    let (first, second) = (
+        CounterSlot { map: 0, slot: 0 },
+        CounterSlot { map: 1, slot: 5 },
+    );
     for hook in [Hook::SocketFilter, Hook::Tc, Hook::Xdp] {
-        let insns = translate_all(&[(&a, slot(0)), (&b, slot(5))], hook).unwrap();
+        let insns = translate_all(&[(&a, first), (&b, second)], hook).unwrap();
         let text: Vec<String> = insns.iter().map(Insn::to_string).collect();
-        for key in ["*(u64 *)(r10 - 136) = 0", "*(u64 *)(r10 - 136) = 5"] {
-            assert!(text.contains(&key.to_owned()), "{hook}: {text:?}");
+        // Each filter's counting: its map, then its slot as the key.
+        for key in [
+            ["r1 = map[counters]", "*(u64 *)(r10 - 136) = 0"],
+            ["r1 = map[counters1]", "*(u64 *)(r10 - 136) = 5"],
+        ] {
+            assert!(text.windows(2).any(|w| w == key), "{hook}: {text:?}");
         }
+        let maps: Vec<MapRef> = insns.iter().filter_map(Insn::map).collect();
+        assert_eq!(maps, [MapRef::Counters(0), MapRef::Counters(1)], "{hook}");
     }
 }
 
@@ -465,10 +475,7 @@ fn a_chained_program_tail_calls_the_next_before_returning() {
     let raw: Vec<RawInsn> = vec![RawInsn::new(0x06, 0, 0, 1)];
     let program = Program::new(&raw).unwrap();
     let text = |insns: Vec<Insn>| insns.iter().map(Insn::to_string).collect::<Vec<_>>();
-    let next = TailCall {
-        prog_array_fd: 12,
-        index: 3,
-    };
+    let next = TailCall { index: 3 };
     for (hook, neutral) in [(Hook::Tc, "r0 = -1"), (Hook::Xdp, "r0 = 2")] {
         let alone = text(translate_all(&[(&program, COUNTER)], hook).unwrap());
         let chained =
@@ -479,7 +486,7 @@ fn a_chained_program_tail_calls_the_next_before_returning() {
             chained[end..],
             [
                 "r1 = r6",
-                "r2 = map[fd:12]",
+                "r2 = map[chain]",
                 "w3 = 3",
                 "call bpf_tail_call#12",
                 neutral,
@@ -496,10 +503,61 @@ fn a_chained_program_tail_calls_the_next_before_returning() {
         empty[empty.len() - 6..empty.len() - 2],
         [
             "r1 = r6",
-            "r2 = map[fd:12]",
+            "r2 = map[chain]",
             "w3 = 3",
             "call bpf_tail_call#12"
         ]
     );
-    assert!(!empty.iter().any(|l| l.contains("map[fd:7]")), "{empty:?}");
+    assert!(
+        !empty.iter().any(|l| l.contains("map[counters")),
+        "{empty:?}"
+    );
+}
+
+/// Programs are data: translating the same filters twice gives equal instruction
+/// lists, whatever maps they will count into, and the listing names each map by its
+/// role. A shared program reads its dispatch map and counter table by reference too.
+#[test]
+fn programs_compare_and_print_as_data_before_any_map_exists() {
+    use crate::filter::Filter;
+    use crate::shared::plan::Plan;
+
+    let compile = |e: &str| Filter::for_linktype(pcap::Linktype::ETHERNET, e, 0).unwrap();
+    let filters = [compile("udp dst port 53"), compile("udp dst port 54")];
+    let programs: Vec<&Program> = filters.iter().map(Filter::program).collect();
+    for hook in [Hook::SocketFilter, Hook::Tc, Hook::Xdp] {
+        let plan = Plan::new(&programs);
+        assert_eq!(plan.grouped(), 2, "one shape, one group");
+        let placement = Placement {
+            next: Some(TailCall { index: 1 }),
+            ..Placement::on(hook)
+        };
+        let shared =
+            || translate_shared(&programs, &[4, 9], &plan, placement, SharedMaps::default());
+        assert_eq!(shared().unwrap(), shared().unwrap(), "{hook}");
+        let maps: std::collections::BTreeSet<MapRef> =
+            shared().unwrap().iter().filter_map(Insn::map).collect();
+        assert_eq!(
+            maps.into_iter().collect::<Vec<_>>(),
+            [MapRef::Dispatch, MapRef::CounterTable, MapRef::ProgArray],
+            "{hook}"
+        );
+        let listing =
+            translate_shared_listing(&programs, &[4, 9], &plan, placement, SharedMaps::default())
+                .unwrap();
+        for line in ["r1 = map[dispatch]", "r1 = map[table]", "r2 = map[chain]"] {
+            assert!(listing.contains(line), "{hook}: no `{line}` in\n{listing}");
+        }
+    }
+    // Filters alone: counter map i for filter i, in order.
+    let alone = translate_all(
+        &[
+            (programs[0], CounterSlot { map: 0, slot: 0 }),
+            (programs[1], CounterSlot { map: 1, slot: 0 }),
+        ],
+        Hook::Tc,
+    )
+    .unwrap();
+    let maps: Vec<MapRef> = alone.iter().filter_map(Insn::map).collect();
+    assert_eq!(maps, [MapRef::Counters(0), MapRef::Counters(1)]);
 }

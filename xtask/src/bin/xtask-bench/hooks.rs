@@ -31,12 +31,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
-use capstats_ebpf::chain::{CHAIN_SESSIONS, ProgArray, translate_chunk};
+use capstats_ebpf::chain::{CHAIN_SESSIONS, ProgArray, chunk_binding, translate_chunk};
 use capstats_ebpf::counters::CounterMap;
 use capstats_ebpf::filter::Filter;
 use capstats_ebpf::insn::build::mov64;
 use capstats_ebpf::insn::{Insn, Operand, Reg};
-use capstats_ebpf::program::LoadedProgram;
+use capstats_ebpf::program::{LoadedProgram, MapBinding};
 use capstats_ebpf::translate::{CounterSlot, Hook, translate, translate_all};
 use serde_json::json;
 
@@ -215,8 +215,13 @@ fn measured_as_name(hook: Hook) -> &'static str {
 }
 
 impl Loaded {
-    pub(crate) fn load(hook: Hook, name: &str, insns: &[Insn]) -> anyhow::Result<Self> {
-        let program = LoadedProgram::load(measured_as(hook), name, insns)?;
+    pub(crate) fn load(
+        hook: Hook,
+        name: &str,
+        insns: &[Insn],
+        maps: &MapBinding,
+    ) -> anyhow::Result<Self> {
+        let program = LoadedProgram::load_with(measured_as(hook), name, insns, maps)?;
         let runner = match measured_as(hook) {
             Hook::Xdp => Runner::Xdp(program.xdp()?),
             _ => Runner::SchedCls(program.sched_classifier()?),
@@ -237,6 +242,7 @@ impl Loaded {
                 mov64(Reg::R0, Operand::Imm(hook.neutral_return())),
                 Insn::Exit,
             ],
+            &MapBinding::new(),
         )
         .with_context(|| format!("loading the empty program for the {hook} hook"))
     }
@@ -399,14 +405,15 @@ impl<'a> Setup<'a> {
             Layout::Combined if hook == Hook::SocketFilter => {
                 let mut programs = Vec::new();
                 for group in pairs.chunks(SESSIONS_PER_SOCKET) {
-                    let counted: Vec<_> = group
-                        .iter()
-                        .map(|(f, map)| (f.program(), map.slot(0)))
+                    let counted: Vec<_> = (0u32..)
+                        .zip(group)
+                        .map(|(map, (f, _))| (f.program(), CounterSlot { map, slot: 0 }))
                         .collect();
                     let insns = translate_all(&counted, hook)?;
                     ebpf_insns += insns.len();
+                    let maps = MapBinding::counters(group.iter().map(|&(_, map)| map));
                     let start = Instant::now();
-                    programs.push(Loaded::load(hook, "xtask_combined", &insns)?);
+                    programs.push(Loaded::load(hook, "xtask_combined", &insns, &maps)?);
                     load_times.push(start.elapsed());
                 }
                 programs
@@ -417,12 +424,12 @@ impl<'a> Setup<'a> {
                 let array = ProgArray::create("xtask_chain")?;
                 let mut programs = Vec::new();
                 for (k, group) in pairs.chunks(CHAIN_SESSIONS).enumerate() {
-                    let counted: Vec<_> =
-                        group.iter().map(|(f, map)| (f.program(), *map)).collect();
-                    let insns = translate_chunk(&counted, hook, false, &array, k)?;
+                    let programs_k: Vec<_> = group.iter().map(|(f, _)| f.program()).collect();
+                    let insns = translate_chunk(&programs_k, hook, false, k)?;
                     ebpf_insns += insns.len();
+                    let maps = chunk_binding(group.iter().map(|&(_, map)| map), &array);
                     let start = Instant::now();
-                    let loaded = Loaded::load(hook, "xtask_chain", &insns)?;
+                    let loaded = Loaded::load(hook, "xtask_chain", &insns, &maps)?;
                     load_times.push(start.elapsed());
                     if k > 0 {
                         array.set(k as u32, &loaded.program)?;
@@ -435,15 +442,13 @@ impl<'a> Setup<'a> {
             Layout::Separate => {
                 let mut programs = Vec::new();
                 for (f, map) in filters.iter().zip(&counters) {
-                    let slot = CounterSlot {
-                        map_fd: map.raw_fd(),
-                        slot: 0,
-                    };
+                    let slot = CounterSlot { map: 0, slot: 0 };
                     let insns = translate(f.program(), hook, slot)?;
                     ebpf_insns += insns.len();
+                    let maps = MapBinding::counters([map]);
                     let start = Instant::now();
                     programs.push(
-                        Loaded::load(hook, "xtask_hook", &insns)
+                        Loaded::load(hook, "xtask_hook", &insns, &maps)
                             .with_context(|| format!("loading {:?}", f.expression()))?,
                     );
                     load_times.push(start.elapsed());

@@ -34,8 +34,8 @@ use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp};
 use capstats_ebpf::asm::Assembler;
 use capstats_ebpf::counters::CounterMap;
 use capstats_ebpf::insn::build::{alu64, branch64, load, mov64, store};
-use capstats_ebpf::insn::{AluOp, Helper, Insn, JmpOp, Label, Operand, Reg, Size};
-use capstats_ebpf::program::LoadedProgram;
+use capstats_ebpf::insn::{AluOp, Helper, Insn, JmpOp, Label, MapRef, Operand, Reg, Size};
+use capstats_ebpf::program::{LoadedProgram, MapBinding};
 use capstats_ebpf::translate::Hook;
 
 use crate::frame;
@@ -187,8 +187,9 @@ impl Generator {
             "the rewritten prefix must be whole 32-bit words, at most 64 bytes"
         );
         let counter = CounterMap::create("xtask_loadgen", 1)?;
-        let insns = program(counter.raw_fd(), prefix)?;
-        let loaded = LoadedProgram::load(Hook::Xdp, "xtask_loadgen", &insns)
+        let insns = program(prefix)?;
+        let maps = MapBinding::counters([&counter]);
+        let loaded = LoadedProgram::load_with(Hook::Xdp, "xtask_loadgen", &insns, &maps)
             .context("loading the load generator's XDP program")?;
         let program = loaded.xdp()?;
         Ok(Self {
@@ -271,9 +272,9 @@ impl Generator {
 }
 
 /// The generator's program: write `prefix` over the frame's first bytes (if any),
-/// count the run into slot 0 of `map_fd` (packets += 1, bytes += data_end - data),
+/// count the run into slot 0 of counter map 0 (packets += 1, bytes += data_end - data),
 /// return `XDP_TX`.
-fn program(map_fd: i32, prefix: &[u8]) -> anyhow::Result<Vec<Insn>> {
+fn program(prefix: &[u8]) -> anyhow::Result<Vec<Insn>> {
     use Operand::{Imm, Reg as R};
     use Reg::*;
     let done = Label::Local(0);
@@ -300,9 +301,9 @@ fn program(map_fd: i32, prefix: &[u8]) -> anyhow::Result<Vec<Insn>> {
         store(Size::W, R10, -4, Imm(0)),
         mov64(R2, R(R10)),
         alu64(AluOp::Add, R2, Imm(-4)), // r2 = &key (0)
-        Insn::LoadMapFd {
+        Insn::LoadMap {
             dst: R1,
-            fd: map_fd,
+            map: MapRef::Counters(0),
         },
         Insn::Call(Helper::MapLookupElem), // r0 = &counters[0] of this CPU
         branch64(JmpOp::Eq, R0, Imm(0), done),
@@ -346,13 +347,13 @@ mod tests {
     /// comes with the first `Generator::load`.
     #[test]
     fn program_assembles() {
-        let insns = program(3, &[]).expect("assembles");
+        let insns = program(&[]).expect("assembles");
         assert_eq!(insns.last(), Some(&Insn::Exit));
-        assert!(insns.contains(&Insn::LoadMapFd {
+        assert!(insns.contains(&Insn::LoadMap {
             dst: Reg::R1,
-            fd: 3
+            map: MapRef::Counters(0)
         }));
-        let rewriting = program(3, &[1, 2, 3, 4, 5, 6, 7, 8]).expect("assembles");
+        let rewriting = program(&[1, 2, 3, 4, 5, 6, 7, 8]).expect("assembles");
         assert!(rewriting.contains(&store(
             Size::W,
             Reg::R2,

@@ -48,7 +48,7 @@ use capstats_ebpf::counters::CounterMap;
 use capstats_ebpf::filter::Filter;
 use capstats_ebpf::insn::build::mov64;
 use capstats_ebpf::insn::{Insn, Operand, Reg};
-use capstats_ebpf::program::LoadedProgram;
+use capstats_ebpf::program::{LoadedProgram, MapBinding};
 use capstats_ebpf::translate::{CounterSlot, Hook, translate};
 use clap::Parser;
 use serde_json::json;
@@ -400,15 +400,9 @@ fn measure(case: &Case, empty: &SchedClassifier, args: &Args) -> anyhow::Result<
         "libpcap says the frame does not match; the benchmark would time the rejecting path"
     );
     let counters = CounterMap::create("xtask_bench", 1)?;
-    let insns = translate(
-        filter.program(),
-        Hook::Tc,
-        CounterSlot {
-            map_fd: counters.raw_fd(),
-            slot: 0,
-        },
-    )?;
-    let loaded = LoadedProgram::load(Hook::Tc, "xtask_bench", &insns)?;
+    let insns = translate(filter.program(), Hook::Tc, CounterSlot { map: 0, slot: 0 })?;
+    let maps = MapBinding::counters([&counters]);
+    let loaded = LoadedProgram::load_with(Hook::Tc, "xtask_bench", &insns, &maps)?;
     let program = loaded.sched_classifier()?;
 
     // Warm caches and branch predictors; not counted.

@@ -21,11 +21,12 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use capstats_ebpf::chain::{CHAIN_SESSIONS, ProgArray, translate_chunk};
+use capstats_ebpf::chain::{CHAIN_SESSIONS, ProgArray, chunk_binding, translate_chunk};
 use capstats_ebpf::counters::CounterMap;
 use capstats_ebpf::filter::Filter;
+use capstats_ebpf::program::MapBinding;
 use capstats_ebpf::shared::SharedProgram;
-use capstats_ebpf::translate::{Hook, translate_all};
+use capstats_ebpf::translate::{CounterSlot, Hook, translate_all};
 use serde_json::json;
 
 use crate::frame;
@@ -240,7 +241,8 @@ impl Setup {
             ebpf_insns = program.insns.len();
             groups = program.plan.groups().count();
             let start = Instant::now();
-            runs.push(Loaded::load(hook, "xtask_shared", &program.insns)?);
+            let maps = program.binding();
+            runs.push(Loaded::load(hook, "xtask_shared", &program.insns, &maps)?);
             load += start.elapsed();
             // One session alone is no group: a second one changes the code.
             if counted.len() > 1 {
@@ -250,23 +252,29 @@ impl Setup {
         } else if hook == Hook::SocketFilter {
             for group in counted.chunks(SESSIONS_PER_SOCKET) {
                 let start = Instant::now();
-                let slots: Vec<_> = group.iter().map(|(p, m)| (*p, m.slot(0))).collect();
+                let slots: Vec<_> = (0u32..)
+                    .zip(group)
+                    .map(|(map, (p, _))| (*p, CounterSlot { map, slot: 0 }))
+                    .collect();
                 let insns = translate_all(&slots, hook)?;
                 build += start.elapsed();
                 ebpf_insns += insns.len();
+                let maps = MapBinding::counters(group.iter().map(|&(_, m)| m));
                 let start = Instant::now();
-                runs.push(Loaded::load(hook, "xtask_before", &insns)?);
+                runs.push(Loaded::load(hook, "xtask_before", &insns, &maps)?);
                 load += start.elapsed();
             }
         } else {
             let array = ProgArray::create("xtask_chain")?;
             for (k, group) in counted.chunks(CHAIN_SESSIONS).enumerate() {
                 let start = Instant::now();
-                let insns = translate_chunk(group, hook, false, &array, k)?;
+                let programs: Vec<_> = group.iter().map(|&(p, _)| p).collect();
+                let insns = translate_chunk(&programs, hook, false, k)?;
                 build += start.elapsed();
                 ebpf_insns += insns.len();
+                let maps = chunk_binding(group.iter().map(|&(_, m)| m), &array);
                 let start = Instant::now();
-                let loaded = Loaded::load(hook, "xtask_chain", &insns)?;
+                let loaded = Loaded::load(hook, "xtask_chain", &insns, &maps)?;
                 load += start.elapsed();
                 if k == 0 {
                     runs.push(loaded);

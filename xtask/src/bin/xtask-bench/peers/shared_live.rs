@@ -64,6 +64,7 @@ use capstats_ebpf::cbpf::{Program, RawInsn};
 use capstats_ebpf::chain::{ProgArray, build_chunk};
 use capstats_ebpf::counters::CounterMap;
 use capstats_ebpf::filter::{Filter, libpcap_run};
+use capstats_ebpf::insn::MapRef;
 use capstats_ebpf::program::LoadedProgram;
 use capstats_ebpf::shared::SharedProgram;
 use capstats_ebpf::translate::Hook;
@@ -440,11 +441,15 @@ fn build(hook: HookName, filters: &[Program], maps: &[CounterMap]) -> anyhow::Re
             };
             let chain = ProgArray::create("xls_chain")?;
             let entries: Vec<u32> = (0..counted.len() as u32).collect();
-            let shared = build_chunk("xls", &counted, &entries, ebpf_hook, false, &chain, 0)?;
+            let shared = build_chunk("xls", &counted, &entries, ebpf_hook, false, 0)?;
             (shared, Some(chain), ebpf_hook)
         }
     };
-    let program = LoadedProgram::load(ebpf_hook, "xtask_live", &shared.insns)
+    let mut maps = shared.binding();
+    if let Some(chain) = &chain {
+        maps = maps.bind(MapRef::ProgArray, chain);
+    }
+    let program = LoadedProgram::load_with(ebpf_hook, "xtask_live", &shared.insns, &maps)
         .with_context(|| format!("loading {} sessions for {}", filters.len(), hook.as_str()))?;
     Ok(Built {
         hook,
