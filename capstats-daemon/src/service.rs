@@ -238,7 +238,13 @@ impl Service {
                 }
                 Ok(_) => session.to_compile(),
                 Err(e) => {
-                    session.compiled_as(Err(e.message.clone()), job.ifindex);
+                    // A filter that does not compile, or not in time, is not tried
+                    // again for the same interface; one that failed for the interface's
+                    // sake (not up yet, say) is, at its next announcement.
+                    let tried = (e.kind == ErrorKind::InvalidFilter)
+                        .then_some(job.ifindex)
+                        .flatten();
+                    session.compiled_as(Err(e.message.clone()), tried);
                     failed.push((job.name, e));
                 }
             }
