@@ -44,7 +44,10 @@ struct Job {
 enum Answer {
     /// `code`, `jt`, `jf`, `k` of each classic instruction.
     Program(Vec<(u16, u8, u8, u32)>),
-    Refused { kind: ErrorKind, message: String },
+    Refused {
+        kind: ErrorKind,
+        message: String,
+    },
 }
 
 /// Why a filter was not compiled, with the protocol's error kind: libpcap's reason as

@@ -14,8 +14,8 @@ use capstats_ebpf::filter::ANY;
 use crate::attach::{Interfaces, default_interface};
 use crate::log::event;
 use crate::pins::{PinError, Pins};
-use crate::programs::{InterfacePrograms, Slot};
 use crate::preflight::CompileError;
+use crate::programs::{InterfacePrograms, Slot};
 use crate::session::{Compiled, Session, SessionError, Spec, remove_old_tc_links};
 use crate::state::{SavedSession, StateFile, format_time, parse_time};
 
@@ -31,6 +31,9 @@ pub struct Service {
     /// are generated only from all of them (one left out would stop counting), and
     /// changes there wait until then.
     inherited: BTreeSet<(String, HookName)>,
+    /// Interfaces and hooks whose restored sessions are still compiling: logged as
+    /// restored once none is.
+    restoring: BTreeSet<(String, HookName)>,
     /// Wakes the compiler ([`Service::start_compiler`]) when sessions wait for their
     /// filters to be compiled.
     compiler: Option<std::sync::mpsc::Sender<()>>,
@@ -108,6 +111,12 @@ impl Service {
                 session.to_compile();
             } else {
                 session.wait_for_interface();
+                event!(
+                    "session {:?} restored down: no interface named {:?} (it resumes when \
+                     one appears)",
+                    session.name,
+                    session.interface
+                );
             }
         }
         let mut service = Self {
@@ -116,6 +125,7 @@ impl Service {
             programs: InterfacePrograms::new(pins.dir()),
             pins,
             inherited: BTreeSet::new(),
+            restoring: BTreeSet::new(),
             compiler: None,
         };
         let claimed: HashSet<(String, Slot)> = service
@@ -132,8 +142,9 @@ impl Service {
         for (interface, hook) in groups {
             if service.compiling_in(&interface, hook) {
                 if hook != HookName::Socket {
-                    service.inherited.insert((interface, hook));
+                    service.inherited.insert((interface.clone(), hook));
                 }
+                service.restoring.insert((interface, hook));
                 continue;
             }
             // No interface of that name: links pinned for it are taken off.
@@ -249,10 +260,14 @@ impl Service {
                 }
             }
         }
-        for (name, e) in &failed {
-            event!("session {name:?} is down, its counters kept: {e}");
-        }
         let key = (interface.to_owned(), hook);
+        for (name, e) in &failed {
+            if self.restoring.contains(&key) {
+                event!("session {name:?} restored down: {e}");
+            } else {
+                event!("session {name:?} is down, its counters kept: {e}");
+            }
+        }
         if self.inherited.contains(&key) {
             if self.compiling_in(interface, hook) {
                 return;
@@ -264,7 +279,22 @@ impl Service {
         }
         match self.sync(interface, hook) {
             Ok(()) => {
-                if !came_up.is_empty() {
+                if !self.compiling_in(interface, hook) && self.restoring.remove(&key) {
+                    let counting = self.names(interface, hook, |s| s.counting_ifindex().is_some());
+                    event!(
+                        "restored the {} of {interface}: {}",
+                        match hook {
+                            HookName::Socket => "socket program",
+                            HookName::Tc => "tc programs",
+                            HookName::Xdp => "XDP program",
+                        },
+                        if counting.is_empty() {
+                            "no session counts".into()
+                        } else {
+                            counting
+                        }
+                    );
+                } else if !came_up.is_empty() {
                     event!(
                         "{} with its filter compiled, counting on {interface} ({}): {}",
                         crate::sessions(came_up.len()),
@@ -872,7 +902,9 @@ struct Job {
 
 /// The service, locked; a thread that panicked holding it left it usable.
 pub fn lock(service: &Mutex<Service>) -> MutexGuard<'_, Service> {
-    service.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    service
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Answers one client request: reads under the lock; a change's filter compiled first,
@@ -951,9 +983,7 @@ fn bring_up(service: &Mutex<Service>) {
             let mut jobs = jobs.into_iter();
             let mut batch = COMPILERS;
             loop {
-                let inherited = lock(service)
-                    .inherited
-                    .contains(&(interface.clone(), hook));
+                let inherited = lock(service).inherited.contains(&(interface.clone(), hook));
                 let take = if inherited { usize::MAX } else { batch };
                 let now: Vec<Job> = jobs.by_ref().take(take).collect();
                 if now.is_empty() {

@@ -109,7 +109,10 @@ enum FilterState {
     Compiling { taken: bool },
     /// It did not compile there (or not within the time limit): why, and on which
     /// interface (by index) it was tried.
-    Failed { reason: String, ifindex: Option<u32> },
+    Failed {
+        reason: String,
+        ifindex: Option<u32>,
+    },
     /// Not compiled: its interface is not there.
     Waiting,
 }

@@ -48,14 +48,7 @@ const SESSIONS: [(&str, &[&str]); 6] = [
 /// the one that is; `salt` makes filters of one test differ.
 fn slow_filter(hosts: usize, salt: usize) -> String {
     let others: Vec<String> = (0..hosts)
-        .map(|i| {
-            format!(
-                "host 10.{}.{}.{}",
-                100 + salt,
-                (i / 250) % 250,
-                1 + i % 250
-            )
-        })
+        .map(|i| format!("host 10.{}.{}.{}", 100 + salt, (i / 250) % 250, 1 + i % 250))
         .collect();
     format!("udp and ({} or host {})", others.join(" or "), rig::IP_A)
 }
@@ -187,8 +180,7 @@ fn counters_kept(
 }
 
 #[test]
-fn a_restart_answers_at_once_and_sessions_come_up_as_their_filters_compile() -> anyhow::Result<()>
-{
+fn a_restart_answers_at_once_and_sessions_come_up_as_their_filters_compile() -> anyhow::Result<()> {
     require_root(TEST);
     let setup = Setup::start("slowrestart")?;
     let frame = rig::udp_a_to_b(53, 60);
@@ -213,7 +205,10 @@ fn a_restart_answers_at_once_and_sessions_come_up_as_their_filters_compile() -> 
         setup.daemon.log()
     );
     ensure!(
-        watched.sessions.iter().all(|s| !s.compiling && s.reason.is_none()),
+        watched
+            .sessions
+            .iter()
+            .all(|s| !s.compiling && s.reason.is_none()),
         "up, yet compiling or with a reason: {:?}",
         watched.sessions
     );
@@ -234,7 +229,9 @@ fn an_interface_coming_back_does_not_block_list() -> anyhow::Result<()> {
     start_sessions(&setup, &frame, 10)?;
 
     setup.rig.recreate_veth()?;
-    let watched = until_up(&setup, |sessions| counters_kept(sessions, 10, &frame, false))?;
+    let watched = until_up(&setup, |sessions| {
+        counters_kept(sessions, 10, &frame, false)
+    })?;
     ensure!(
         watched.slowest < ANSWER,
         "a list or poll took {:?} while the filters compiled for the new interface \
@@ -266,7 +263,15 @@ fn a_filter_over_the_time_limit_at_restore_leaves_its_session_down_with_the_reas
     let interface = setup.rig.interface().to_owned();
     for name in ["quick", "slow"] {
         setup.client.ok(&[
-            "new", name, "interface", &interface, "hook", "tc", "direction", "in", "filter",
+            "new",
+            name,
+            "interface",
+            &interface,
+            "hook",
+            "tc",
+            "direction",
+            "in",
+            "filter",
             "udp",
         ])?;
     }
