@@ -317,7 +317,7 @@ fn handled(service: &mut Service, command: Command, compiled: Option<&Compiled>)
         && let Some(message) = short_of_descriptors(name)
     {
         event!("{message}");
-        return Handled::Done(Response::error(ErrorKind::Kernel, message));
+        return Handled::Done(Box::new(Response::error(ErrorKind::Kernel, message)));
     }
     service.handle(command, compiled)
 }

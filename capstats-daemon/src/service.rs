@@ -108,7 +108,7 @@ impl Service {
         // (`start_compiler`): the daemon answers meanwhile, showing them `compiling`.
         for session in sessions.values_mut() {
             if crate::attach::ifindex(&session.interface).is_some() {
-                session.to_compile();
+                session.compile_again();
             } else {
                 session.wait_for_interface();
                 event!(
@@ -231,13 +231,13 @@ impl Service {
             }
             let now = crate::attach::ifindex(&session.interface);
             if session.interface != interface || session.filter != job.filter {
-                session.to_compile();
+                session.compile_again();
                 continue;
             }
             if now != job.ifindex {
                 // Replaced (or gone) meanwhile: compiled for the one there now.
                 match now {
-                    Some(_) => session.to_compile(),
+                    Some(_) => session.compile_again(),
                     None => session.wait_for_interface(),
                 }
                 continue;
@@ -247,7 +247,7 @@ impl Service {
                     session.compiled_as(Ok(compiled.program), job.ifindex);
                     came_up.push(format!("{:?}", job.name));
                 }
-                Ok(_) => session.to_compile(),
+                Ok(_) => session.compile_again(),
                 Err(e) => {
                     // A filter that does not compile, or not in time, is not tried
                     // again for the same interface; one that failed for the interface's
@@ -388,7 +388,7 @@ impl Service {
                 && !session.compiling()
                 && !session.failed_on(index)
             {
-                session.to_compile();
+                session.compile_again();
                 waiting += 1;
             }
         }
@@ -538,8 +538,10 @@ impl Service {
     /// count (`compiled`), else the answer says what to compile, outside the lock.
     pub fn handle(&mut self, command: Command, compiled: Option<&Compiled>) -> Handled {
         match self.dispatch(command, compiled) {
-            Ok(reply) => Handled::Done(Response::Ok(self.mark(reply))),
-            Err(Halt::Refused(kind, message)) => Handled::Done(Response::error(kind, message)),
+            Ok(reply) => Handled::Done(Box::new(Response::Ok(self.mark(reply)))),
+            Err(Halt::Refused(kind, message)) => {
+                Handled::Done(Box::new(Response::error(kind, message)))
+            }
             Err(Halt::Compile(target)) => Handled::Compile(target),
             Err(Halt::Wait(why)) => Handled::Wait(why),
         }
@@ -870,7 +872,7 @@ pub struct Target {
 #[derive(Debug)]
 pub enum Handled {
     /// Answered.
-    Done(Response),
+    Done(Box<Response>),
     /// Needs this filter compiled first (outside the lock), then asked again.
     Compile(Target),
     /// Touches sessions being restored: asked again shortly (why, for a refusal when
@@ -925,7 +927,7 @@ pub fn answer(
     loop {
         let handled = change(&mut lock(service), command.clone(), compiled.as_ref());
         match handled {
-            Handled::Done(response) => return response,
+            Handled::Done(response) => return *response,
             Handled::Compile(target) => {
                 // A target that changed since (a rename, say) is compiled again.
                 if compiled

@@ -316,7 +316,7 @@ impl Session {
 
     /// Its filter is to be compiled again, for the interface it is on now (a new one,
     /// or the daemon just started): it has no program until then.
-    pub fn to_compile(&mut self) {
+    pub fn compile_again(&mut self) {
         self.compiled = None;
         self.filter_state = FilterState::Compiling { taken: false };
     }
