@@ -226,7 +226,9 @@ impl Service {
             let Some(session) = self.sessions.get_mut(&job.name) else {
                 continue;
             };
-            if !session.compiling() {
+            // Not waiting for this any more, or to be compiled again (its interface
+            // was announced again meanwhile: it may not have been up).
+            if !session.compiling_taken() {
                 continue;
             }
             let now = crate::attach::ifindex(&session.interface);
@@ -385,7 +387,6 @@ impl Service {
         for session in self.sessions.values_mut() {
             if session.interface == interface
                 && session.counting_ifindex() != Some(index)
-                && !session.compiling()
                 && !session.failed_on(index)
             {
                 session.compile_again();

@@ -333,6 +333,12 @@ impl Session {
         matches!(self.filter_state, FilterState::Compiling { .. })
     }
 
+    /// Whether a compiler works on its filter now (and was not asked to compile it
+    /// again since it took it).
+    pub fn compiling_taken(&self) -> bool {
+        matches!(self.filter_state, FilterState::Compiling { taken: true })
+    }
+
     /// Takes its filter for compiling, if it is to be compiled and no compiler has
     /// it yet.
     pub fn take_to_compile(&mut self) -> bool {
