@@ -81,7 +81,11 @@ pub fn packets_counted(session: &Session) -> &'static str {
 
 /// `up` or `down` (the session), and the interface's own state when it is not up.
 fn state(session: &Session) -> String {
-    let counting = if session.up { "up" } else { "down" };
+    let counting = match (session.up, session.compiling) {
+        (true, _) => "up",
+        (false, true) => "compiling",
+        (false, false) => "down",
+    };
     match session.link.as_deref() {
         Some("up") | None => counting.into(),
         Some(link) => format!("{counting} (link {link})"),
@@ -209,8 +213,10 @@ pub fn show(s: &Session) {
          to the counts last saved"
             .to_owned()
     });
+    let reason = s.reason.as_deref().map(|r| printable(r).into_owned());
     for (key, value) in fields
         .into_iter()
+        .chain(reason.map(|r| ("down", r)))
         .chain(gap.map(|g| ("counting", g)))
         .chain(mortal.map(|m| ("survives", m)))
     {

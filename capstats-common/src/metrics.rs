@@ -205,6 +205,8 @@ mod tests {
             modified: "2026-01-01T00:00:00Z".into(),
             counting_since: None,
             survives_daemon: None,
+            compiling: false,
+            reason: None,
             link: None,
             read_at: Some("2026-01-01T00:00:10.000000000Z".into()),
         }

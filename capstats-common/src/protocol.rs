@@ -417,6 +417,18 @@ pub struct Session {
     /// counting while no daemon runs. Absent where the daemon did not say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub survives_daemon: Option<bool>,
+    /// Whether the session waits for its filter to be compiled: while the daemon
+    /// restores it at start, or its interface has come back. It is down meanwhile,
+    /// with its counters; it comes up as soon as its filter is compiled. Absent when
+    /// false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub compiling: bool,
+    /// Why the session is down, when the reason is its own (its filter did not compile
+    /// for the interface, or not within the time limit); it keeps its counters and is
+    /// tried again when its interface comes back, at the next start, or by `modify`.
+    /// Absent when it counts, and when it only waits for its interface.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl Session {

@@ -183,6 +183,11 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     // Before the sessions look at their interfaces: none that appears meanwhile is missed.
     let link_events = links::LinkEvents::subscribe();
     let service = Arc::new(Mutex::new(service::Service::restore(table, state, pins)?));
+    // Filters are compiled on a thread of their own, outside the lock: the daemon
+    // answers from here on, and sessions come up as their filters compile.
+    if let Err(e) = service::Service::start_compiler(&service) {
+        event!("cannot start the thread that compiles filters (sessions stay down): {e}");
+    }
     match link_events.and_then(|events| events.watch(Arc::clone(&service))) {
         Ok(()) => {}
         Err(e) => event!(

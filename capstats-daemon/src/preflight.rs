@@ -1,28 +1,28 @@
-//! Each new filter is compiled by a helper process, against a time limit, before the
-//! daemon takes its lock.
+//! Every filter is compiled by a helper process, against a time limit, outside the
+//! service's lock.
 //!
 //! libpcap's compiler grows faster than the square of an expression's terms and its
 //! optimizer about with their cube: 200 `or`ed hosts compile in 0.3 s, 600 in 9 s,
 //! 2,000 (37 KB, well within a request line) in 8 minutes; 400 `or`ed port ranges take
 //! 6 s. Names in an expression are resolved (DNS) while it compiles. A compile in the
-//! daemon cannot be stopped, so each new expression is compiled by a helper process
-//! (this binary again, see [`helper`]) that is killed when it takes longer than
+//! daemon cannot be stopped, so each expression is compiled by a helper process (this
+//! binary again, see [`helper`]) that is killed when it takes longer than
 //! [`COMPILE_LIMIT`]. The helper compiles for the session's interface and hook, as the
-//! session will count, and hands libpcap's program back; the daemon validates it and
-//! keeps it for the change (`session::precompiled`), so the expression is compiled
-//! once. Where the helper could not compile it (no such interface, a syntax error),
-//! the session table compiles it again to say why, which is quick for such filters.
+//! session will count, and answers libpcap's program or libpcap's reason for refusing
+//! it; the daemon validates the program and hands it, as a [`Compiled`], to the
+//! request, restore or resume that uses it. Nothing is compiled twice, and nothing is
+//! compiled while the session table is locked.
 
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use capstats_common::protocol::{self, ErrorKind, HookName};
+use capstats_common::protocol::{ErrorKind, HookName};
 use capstats_ebpf::cbpf::{Program, RawInsn};
 use serde::{Deserialize, Serialize};
 
-use crate::session::{self, Precompiled};
+use crate::session::{self, Compiled, SessionError};
 
 /// How long libpcap may take to compile an expression.
 pub const COMPILE_LIMIT: Duration = Duration::from_secs(5);
@@ -30,46 +30,59 @@ pub const COMPILE_LIMIT: Duration = Duration::from_secs(5);
 /// The helper's first argument: `capstats __compile-filter`, a [`Job`] on stdin.
 pub const HELPER_ARG: &str = "__compile-filter";
 
-/// What the helper compiles: for the session's interface and hook when they are known
-/// (a `new` names them; a `modify` finds them in the table), else for Ethernet, which
-/// bounds the time alone.
+/// What the helper compiles: an expression for an interface and hook.
 #[derive(Debug, Serialize, Deserialize)]
 struct Job {
-    target: Option<(String, HookName)>,
+    interface: String,
+    hook: HookName,
     expression: String,
 }
 
-/// The size of one classic instruction as the helper writes it: `code` (u16), `jt`,
-/// `jf` (u8), `k` (u32), little-endian.
-const INSN_BYTES: usize = 8;
+/// What the helper answers: libpcap's program, or why libpcap did not compile the
+/// expression there, with the protocol's error kind.
+#[derive(Debug, Serialize, Deserialize)]
+enum Answer {
+    /// `code`, `jt`, `jf`, `k` of each classic instruction.
+    Program(Vec<(u16, u8, u8, u32)>),
+    Refused {
+        kind: ErrorKind,
+        message: String,
+    },
+}
 
-/// Refuses `new` and `modify` requests whose expression libpcap does not compile
-/// within `limit`, and returns the filter compiled for `target` (the session's
-/// interface and hook) when the helper could compile it there. Whether it compiles at
-/// all is the session table's to say; this bounds the time and saves a second compile.
-pub fn compile_in_time(
-    command: &protocol::Command,
-    target: Option<(String, HookName)>,
-    limit: Duration,
-) -> Result<Option<Precompiled>, (ErrorKind, String)> {
-    let (name, filter) = match command {
-        protocol::Command::New { name, filter, .. }
-        | protocol::Command::Modify { name, filter } => (name, filter),
-        _ => return Ok(None),
-    };
-    if filter.trim().is_empty() {
-        return Ok(None);
+/// Why a filter was not compiled, with the protocol's error kind: libpcap's reason as
+/// the helper gave it, the time limit, or a helper that could not run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompileError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl std::fmt::Display for CompileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
     }
+}
+
+/// Compiles `expression` for `interface` at `hook` in a helper process stopped after
+/// `limit`, and returns the program a session there counts with. `whose` names the
+/// filter in errors (`session "web"`).
+pub fn compile(
+    interface: &str,
+    hook: HookName,
+    expression: &str,
+    whose: &str,
+    limit: Duration,
+) -> Result<Compiled, CompileError> {
     let start = Instant::now();
-    let failed = |what: &str, e: std::io::Error| {
-        (
-            ErrorKind::Internal,
-            format!("cannot {what} the helper that compiles the filter of session {name:?}: {e}"),
-        )
+    let failed = |what: &str, e: std::io::Error| CompileError {
+        kind: ErrorKind::Internal,
+        message: format!("cannot {what} the helper that compiles the filter of {whose}: {e}"),
     };
     let job = Job {
-        target,
-        expression: filter.clone(),
+        interface: interface.to_owned(),
+        hook,
+        expression: expression.to_owned(),
     };
     let job_bytes = serde_json::to_vec(&job).map_err(|e| failed("encode a job for", e.into()))?;
     let mut command = Command::new("/proc/self/exe");
@@ -111,16 +124,16 @@ pub fn compile_in_time(
         if start.elapsed() >= limit {
             let _ = child.kill();
             let _ = child.wait();
-            return Err((
-                ErrorKind::InvalidFilter,
-                format!(
-                    "the filter expression of session {name:?} ({} bytes) takes libpcap longer \
-                     than {} s to compile (the limit; its compile time grows with the cube of \
-                     the terms): use fewer terms, or split it into several sessions",
-                    filter.len(),
+            return Err(CompileError {
+                kind: ErrorKind::InvalidFilter,
+                message: format!(
+                    "the filter expression of {whose} ({} bytes) takes libpcap longer than \
+                     {} s to compile (the limit; its compile time grows with the cube of the \
+                     terms): use fewer terms, or split it into several sessions",
+                    expression.len(),
                     limit.as_secs_f64()
                 ),
-            ));
+            });
         }
         std::thread::sleep(Duration::from_millis(5));
     };
@@ -128,57 +141,44 @@ pub fn compile_in_time(
         .and_then(|reader| reader.join().ok())
         .and_then(Result::ok)
         .unwrap_or_default();
-    let Some((interface, hook)) = job.target else {
-        return Ok(None);
-    };
-    if !status.success() {
-        // Not compiled there: the session table compiles it again and says why.
-        return Ok(None);
-    }
-    let program = decode(&output).map_err(|e| {
-        (
-            ErrorKind::Internal,
-            format!("the helper that compiles the filter of session {name:?} answered {e}"),
-        )
+    let answer = decode(&output).map_err(|e| CompileError {
+        kind: ErrorKind::Internal,
+        message: format!(
+            "the helper that compiles the filter of {whose} ended ({status}) and answered {e}"
+        ),
     })?;
-    Ok(Some(session::precompiled(
-        &interface, hook, filter, &program,
-    )))
+    let program = answer?;
+    Compiled::new(interface, hook, expression, &program).map_err(|e| CompileError {
+        kind: e.kind(),
+        message: e.to_string(),
+    })
 }
 
 /// libpcap's program as the helper writes it.
-fn encode(raw: &[RawInsn]) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(raw.len() * INSN_BYTES);
-    for insn in raw {
-        bytes.extend_from_slice(&insn.code.to_le_bytes());
-        bytes.extend_from_slice(&[insn.jt, insn.jf]);
-        bytes.extend_from_slice(&insn.k.to_le_bytes());
-    }
-    bytes
+fn encode(raw: &[RawInsn]) -> Answer {
+    Answer::Program(raw.iter().map(|i| (i.code, i.jt, i.jf, i.k)).collect())
 }
 
-/// The helper's answer: libpcap's program, validated as any classic program is.
-fn decode(bytes: &[u8]) -> Result<Program, String> {
-    if bytes.is_empty() || !bytes.len().is_multiple_of(INSN_BYTES) {
-        return Err(format!("{} bytes, not a program", bytes.len()));
-    }
-    let raw: Vec<RawInsn> = bytes
-        .chunks_exact(INSN_BYTES)
-        .map(|b| {
-            RawInsn::new(
-                u16::from_le_bytes([b[0], b[1]]),
-                b[2],
-                b[3],
-                u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
-            )
-        })
+/// The helper's answer: libpcap's program, validated as any classic program is, or
+/// libpcap's reason for refusing the expression.
+fn decode(bytes: &[u8]) -> Result<Result<Program, CompileError>, String> {
+    let answer: Answer = serde_json::from_slice(bytes)
+        .map_err(|e| format!("{} bytes, not an answer ({e})", bytes.len()))?;
+    let raw = match answer {
+        Answer::Refused { kind, message } => return Ok(Err(CompileError { kind, message })),
+        Answer::Program(raw) => raw,
+    };
+    let raw: Vec<RawInsn> = raw
+        .into_iter()
+        .map(|(code, jt, jf, k)| RawInsn::new(code, jt, jf, k))
         .collect();
-    Program::new(&raw).map_err(|e| format!("a program the daemon refuses: {e}"))
+    Program::new(&raw)
+        .map(Ok)
+        .map_err(|e| format!("a program the daemon refuses: {e}"))
 }
 
-/// `capstats __compile-filter`: compiles the [`Job`] on stdin and writes libpcap's
-/// program to stdout (exit 0), or exits 1 when it does not compile there. Without a
-/// target it compiles for Ethernet and writes nothing: only the time matters then.
+/// `capstats __compile-filter`: compiles the [`Job`] on stdin and writes an
+/// [`Answer`] to stdout: libpcap's program, or why libpcap did not compile it there.
 pub fn helper() -> std::process::ExitCode {
     let mut input = Vec::new();
     if std::io::stdin().read_to_end(&mut input).is_err() {
@@ -187,18 +187,20 @@ pub fn helper() -> std::process::ExitCode {
     let Ok(job) = serde_json::from_slice::<Job>(&input) else {
         return std::process::ExitCode::FAILURE;
     };
-    let Some((interface, hook)) = job.target else {
-        let _ = capstats_ebpf::filter::Filter::for_linktype(
-            pcap::Linktype::ETHERNET,
-            &job.expression,
-            0,
-        );
-        return std::process::ExitCode::SUCCESS;
+    let answer = match session::libpcap_filter(&job.interface, job.hook, &job.expression) {
+        Ok(filter) => encode(filter.raw()),
+        Err(e) => {
+            let e = SessionError::from(e);
+            Answer::Refused {
+                kind: e.kind(),
+                message: e.to_string(),
+            }
+        }
     };
-    let Ok(filter) = session::libpcap_filter(&interface, hook, &job.expression) else {
+    let Ok(bytes) = serde_json::to_vec(&answer) else {
         return std::process::ExitCode::FAILURE;
     };
-    match std::io::stdout().write_all(&encode(filter.raw())) {
+    match std::io::stdout().write_all(&bytes) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(_) => std::process::ExitCode::FAILURE,
     }
@@ -217,13 +219,27 @@ mod tests {
             RawInsn::new(0x06, 0, 0, 0x40000),
             RawInsn::new(0x06, 0, 0, 0),
         ];
-        let bytes = encode(&raw);
-        assert_eq!(decode(&bytes), Ok(Program::new(&raw).unwrap()));
+        let bytes = serde_json::to_vec(&encode(&raw)).unwrap();
+        assert_eq!(decode(&bytes), Ok(Ok(Program::new(&raw).unwrap())));
         assert!(decode(&bytes[..7]).is_err(), "a cut answer is refused");
         assert!(decode(&[]).is_err(), "an empty answer is refused");
         // A jump past the end: validated, not trusted.
-        let mut bad = bytes.clone();
-        bad[10] = 9;
-        assert!(decode(&bad).unwrap_err().contains("refuses"));
+        let mut bad = raw;
+        bad[1] = RawInsn::new(0x15, 9, 1, 0x800);
+        let bytes = serde_json::to_vec(&encode(&bad)).unwrap();
+        assert!(decode(&bytes).unwrap_err().contains("refuses"));
+        // libpcap's reason, carried as it was given.
+        let refused = Answer::Refused {
+            kind: ErrorKind::InvalidFilter,
+            message: "syntax error".into(),
+        };
+        let bytes = serde_json::to_vec(&refused).unwrap();
+        assert_eq!(
+            decode(&bytes),
+            Ok(Err(CompileError {
+                kind: ErrorKind::InvalidFilter,
+                message: "syntax error".into()
+            }))
+        );
     }
 }

@@ -24,13 +24,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use capstats_common::MAX_REQUEST_BYTES;
-use capstats_common::protocol::{Command, ErrorKind, HookName, Request, Response};
+use capstats_common::protocol::{Command, ErrorKind, Request, Response};
 use capstats_common::text::bounded;
 
 use crate::auth::{Access, Peer};
 use crate::log::event;
 use crate::refusals::{self, RefusalLog};
-use crate::service::Service;
+use crate::service::{Handled, Service};
+use crate::session::Compiled;
 
 /// How long a connection may take, after connecting or after its last answer, to send
 /// its next whole request.
@@ -215,45 +216,9 @@ fn connection(stream: UnixStream, peer: Peer, service: &Mutex<Service>, idle: Du
         deadline,
         idle,
     };
-    let mut handle = |command| {
-        // Where a change's filter will count, from the table (a read, answered here if
-        // the command is one).
-        let target = {
-            let reading = service
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if let Some(answer) = reading.query(&command) {
-                return answer;
-            }
-            match &command {
-                Command::New {
-                    interface: Some(interface),
-                    hook,
-                    ..
-                } => Some((interface.clone(), hook.unwrap_or(HookName::Socket))),
-                Command::Modify { name, .. } => reading.target(name),
-                _ => None,
-            }
-        };
-        // Compiled outside the lock, by a helper that is stopped after a time limit: a
-        // filter that takes libpcap minutes is refused without making anyone wait, and
-        // a capture handle's opening and closing is no one else's wait either.
-        let _ahead = match crate::preflight::compile_in_time(
-            &command,
-            target,
-            crate::preflight::COMPILE_LIMIT,
-        ) {
-            Ok(ahead) => ahead,
-            Err((kind, message)) => {
-                event!("client {who}: {message}");
-                return Response::error(kind, message);
-            }
-        };
-        let mut service = service
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        handled(&mut service, command)
-    };
+    // Reads under the lock; a change's filter compiled outside it, by a helper that
+    // is stopped after a time limit, and handed to the change.
+    let mut handle = |command| crate::service::answer(service, command, &who, handled);
     match converse(&mut reader, &mut writer, &mut handle) {
         Ok(()) => {}
         Err(e) if e.get_ref().is_some_and(|inner| inner.is::<Idle>()) => {
@@ -347,14 +312,14 @@ fn turn_away(stream: UnixStream) {
 
 /// [`Service::handle`], but a session is not started when the daemon is about to run
 /// out of file descriptors.
-fn handled(service: &mut Service, command: Command) -> Response {
+fn handled(service: &mut Service, command: Command, compiled: Option<&Compiled>) -> Handled {
     if let Command::New { name, .. } = &command
         && let Some(message) = short_of_descriptors(name)
     {
         event!("{message}");
-        return Response::error(ErrorKind::Kernel, message);
+        return Handled::Done(Box::new(Response::error(ErrorKind::Kernel, message)));
     }
-    service.handle(command)
+    service.handle(command, compiled)
 }
 
 /// Why a new session would leave the daemon too few file descriptors, if it would.

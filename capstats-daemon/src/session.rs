@@ -94,6 +94,27 @@ pub struct Session {
     /// The filter as compiled for the interface it counts on: compiling opens a
     /// capture handle, and every change on the interface generates the program again.
     compiled: Option<Program>,
+    /// Where its filter stands, when it has no program.
+    filter_state: FilterState,
+}
+
+/// Where a session's filter stands. Filters are compiled outside the service's lock
+/// (`preflight`), so a session can wait for its program while the table answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum FilterState {
+    /// Compiled for the interface it is on.
+    Compiled,
+    /// To be compiled for its interface (restored at start, or its interface back);
+    /// `taken` once a compiler works on it.
+    Compiling { taken: bool },
+    /// It did not compile there (or not within the time limit): why, and on which
+    /// interface (by index) it was tried.
+    Failed {
+        reason: String,
+        ifindex: Option<u32>,
+    },
+    /// Not compiled: its interface is not there.
+    Waiting,
 }
 
 /// What a session is, before it counts.
@@ -163,49 +184,42 @@ pub fn slots(hook: HookName, direction: Direction) -> &'static [Slot] {
     }
 }
 
-/// Filters compiled before the service's lock is taken (`preflight`): compiling for a
-/// live interface opens and closes a capture handle (~15 ms here), and a large
-/// expression takes libpcap seconds, which the other clients need not wait for.
-type Key = (String, HookName, String);
-static PRECOMPILED: std::sync::Mutex<Vec<(Key, Program)>> = std::sync::Mutex::new(Vec::new());
-
-/// A filter compiled ahead, for the next [`compile`] of the same interface, hook and
-/// expression; forgotten when dropped if nobody took it.
-pub struct Precompiled(Key);
-
-/// Keeps `program`, libpcap's program for `expression` on `interface` at `hook`
-/// compiled elsewhere ([`libpcap_filter`]), for the next [`compile`] of the same.
-pub fn precompiled(
-    interface: &str,
-    hook: HookName,
-    expression: &str,
-    program: &Program,
-) -> Precompiled {
-    let key = (interface.to_owned(), hook, expression.to_owned());
-    let mut ahead = PRECOMPILED.lock().unwrap_or_else(|p| p.into_inner());
-    // One that cannot count is compiled again by `compile`, which says why.
-    if let Ok(counting) = counting_program(interface, hook, program) {
-        ahead.push((key.clone(), counting));
-    }
-    Precompiled(key)
+/// A filter compiled for one interface and hook: what a session there counts with.
+/// Made outside the service's lock by the time-limited helper
+/// ([`crate::preflight::compile`]) and handed to the change, restore or resume that
+/// uses it: compiling for a live interface opens and closes a capture handle (~15 ms
+/// here), and a large expression takes libpcap seconds, which no one else need wait
+/// for.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    pub interface: String,
+    pub hook: HookName,
+    pub expression: String,
+    /// The program the session counts with ([`counting_program`] of libpcap's).
+    pub program: Program,
 }
 
-impl Drop for Precompiled {
-    fn drop(&mut self) {
-        let mut ahead = PRECOMPILED.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(at) = ahead.iter().position(|(key, _)| *key == self.0) {
-            ahead.swap_remove(at);
-        }
+impl Compiled {
+    /// libpcap's `program` for `expression` on `interface` at `hook`, made the
+    /// program a session there counts with.
+    pub fn new(
+        interface: &str,
+        hook: HookName,
+        expression: &str,
+        program: &Program,
+    ) -> Result<Self, SessionError> {
+        Ok(Compiled {
+            interface: interface.to_owned(),
+            hook,
+            expression: expression.to_owned(),
+            program: counting_program(interface, hook, program)?,
+        })
     }
-}
 
-/// A filter compiled ahead for this interface, hook and expression, taken.
-fn take_precompiled(interface: &str, hook: HookName, expression: &str) -> Option<Program> {
-    let mut ahead = PRECOMPILED.lock().unwrap_or_else(|p| p.into_inner());
-    let at = ahead
-        .iter()
-        .position(|((i, h, e), _)| i == interface && *h == hook && e == expression)?;
-    Some(ahead.swap_remove(at).1)
+    /// Whether it is the filter `expression` compiled for `interface` at `hook`.
+    pub fn is_for(&self, interface: &str, hook: HookName, expression: &str) -> bool {
+        self.interface == interface && self.hook == hook && self.expression == expression
+    }
 }
 
 /// `expression` compiled by libpcap for `hook` on `interface`, as tcpdump would there:
@@ -246,15 +260,6 @@ fn counting_program(
     })
 }
 
-/// The program a session with `expression` on `interface` at `hook` counts with.
-pub fn compile(interface: &str, hook: HookName, expression: &str) -> Result<Program, SessionError> {
-    if let Some(program) = take_precompiled(interface, hook, expression) {
-        return Ok(program);
-    }
-    let filter = libpcap_filter(interface, hook, expression)?;
-    counting_program(interface, hook, filter.program())
-}
-
 impl Session {
     /// A session that does not count (yet): listed, with its counters.
     pub fn new(spec: &Spec<'_>, base: Counter, mut counters: CounterMap) -> Self {
@@ -277,6 +282,7 @@ impl Session {
             socket_since: None,
             counting: None,
             compiled: None,
+            filter_state: FilterState::Waiting,
         }
     }
 
@@ -285,35 +291,93 @@ impl Session {
         slots(self.hook, self.direction)
     }
 
-    /// The session's filter, compiled for its hook and interface (once, until
-    /// [`Session::set_filter`] or [`Session::recompile`]).
-    pub fn compiled(&mut self) -> Result<&Program, SessionError> {
-        if self.compiled.is_none() {
-            self.compiled = Some(compile(&self.interface, self.hook, &self.filter)?);
-        }
-        Ok(self.compiled.as_ref().expect("compiled above"))
-    }
-
-    /// The filter as [`Session::compiled`] last compiled it.
+    /// The filter as compiled for the session's interface and hook, when it is.
     pub fn program(&self) -> Option<&Program> {
         self.compiled.as_ref()
     }
 
-    /// Replaces the filter; `program` is the new one compiled for the session's hook
-    /// and interface ([`compile`]), or `None` to compile it when needed. Returns the
-    /// old filter and its program.
-    pub fn set_filter(
-        &mut self,
-        filter: String,
-        program: Option<Program>,
-    ) -> (String, Option<Program>) {
+    /// Replaces the filter and its program (compiled for the session's hook and
+    /// interface). Returns the old filter and its program.
+    pub fn set_filter(&mut self, filter: String, program: Program) -> (String, Option<Program>) {
         let old = std::mem::replace(&mut self.filter, filter);
-        (old, std::mem::replace(&mut self.compiled, program))
+        self.filter_state = FilterState::Compiled;
+        (old, self.compiled.replace(program))
     }
 
-    /// Compiles again at the next [`Session::compiled`]: the interface is a new one.
-    pub fn recompile(&mut self) {
+    /// Puts back a filter and program [`Session::set_filter`] replaced.
+    pub fn restore_filter(&mut self, filter: String, program: Option<Program>) {
+        self.filter = filter;
+        self.filter_state = match program {
+            Some(_) => FilterState::Compiled,
+            None => FilterState::Waiting,
+        };
+        self.compiled = program;
+    }
+
+    /// Its filter is to be compiled again, for the interface it is on now (a new one,
+    /// or the daemon just started): it has no program until then.
+    pub fn compile_again(&mut self) {
         self.compiled = None;
+        self.filter_state = FilterState::Compiling { taken: false };
+    }
+
+    /// Its filter waits for its interface, and is compiled when one of its name
+    /// appears.
+    pub fn wait_for_interface(&mut self) {
+        self.compiled = None;
+        self.filter_state = FilterState::Waiting;
+    }
+
+    /// Whether its filter is still to be compiled (by a compiler or not yet).
+    pub fn compiling(&self) -> bool {
+        matches!(self.filter_state, FilterState::Compiling { .. })
+    }
+
+    /// Whether a compiler works on its filter now (and was not asked to compile it
+    /// again since it took it).
+    pub fn compiling_taken(&self) -> bool {
+        matches!(self.filter_state, FilterState::Compiling { taken: true })
+    }
+
+    /// Takes its filter for compiling, if it is to be compiled and no compiler has
+    /// it yet.
+    pub fn take_to_compile(&mut self) -> bool {
+        match &mut self.filter_state {
+            FilterState::Compiling { taken } if !*taken => {
+                *taken = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// What compiling its filter for interface `ifindex` gave: the program it counts
+    /// with, or why it cannot count (it stays down with that reason and its counters).
+    pub fn compiled_as(&mut self, program: Result<Program, String>, ifindex: Option<u32>) {
+        match program {
+            Ok(program) => {
+                self.compiled = Some(program);
+                self.filter_state = FilterState::Compiled;
+            }
+            Err(reason) => {
+                self.compiled = None;
+                self.filter_state = FilterState::Failed { reason, ifindex };
+            }
+        }
+    }
+
+    /// Why its filter cannot count, if it could not be compiled.
+    pub fn failed(&self) -> Option<&str> {
+        match &self.filter_state {
+            FilterState::Failed { reason, .. } => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// Whether its filter failed to compile for interface `ifindex` (tried there
+    /// already: an announcement of the same interface does not try again).
+    pub fn failed_on(&self, ifindex: u32) -> bool {
+        matches!(self.filter_state, FilterState::Failed { ifindex: Some(i), .. } if i == ifindex)
     }
 
     /// Records that its interface's program counts the session (interface index and
@@ -392,6 +456,8 @@ impl Session {
             read_at: Some(humantime::format_rfc3339_nanos(read_at).to_string()),
             counting_since: self.socket_since.map(time),
             survives_daemon: None,
+            compiling: self.compiling(),
+            reason: self.failed().map(Into::into),
         })
     }
 }

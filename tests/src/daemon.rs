@@ -270,12 +270,31 @@ pub struct Daemon {
 
 impl Daemon {
     /// Starts the daemon in `ns` with its stdout and stderr going to `log`, and returns
-    /// once it answers a `list` on its socket.
+    /// once it answers a `list` on its socket with no session `compiling` (every
+    /// restored session's filter compiled).
     ///
     /// # Errors
-    /// When it cannot be started, exits, or does not answer within [`START_TIMEOUT`];
-    /// the error carries its log.
+    /// When it cannot be started, exits, or does not answer so within
+    /// [`START_TIMEOUT`]; the error carries its log.
     pub fn start(ns: &NetNs, spec: &DaemonSpec, log: &Path) -> anyhow::Result<Self> {
+        Self::start_until(ns, spec, log, |list| !list.contains("\"compiling\":true"))
+    }
+
+    /// Starts the daemon as [`Daemon::start`] does, and returns as soon as it answers
+    /// a `list`, restored sessions compiling or not.
+    ///
+    /// # Errors
+    /// As [`Daemon::start`].
+    pub fn start_answering(ns: &NetNs, spec: &DaemonSpec, log: &Path) -> anyhow::Result<Self> {
+        Self::start_until(ns, spec, log, |_| true)
+    }
+
+    fn start_until(
+        ns: &NetNs,
+        spec: &DaemonSpec,
+        log: &Path,
+        ready: impl Fn(&str) -> bool,
+    ) -> anyhow::Result<Self> {
         let mut daemon = Self::spawn(ns, spec, log)?;
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -288,7 +307,7 @@ impl Daemon {
                     daemon.log()
                 );
             }
-            if answers(&spec.socket) {
+            if answers(&spec.socket).is_some_and(|list| ready(&list)) {
                 return Ok(daemon);
             }
             if Instant::now() > deadline {
@@ -480,19 +499,15 @@ impl Drop for Daemon {
 }
 
 /// Whether a daemon answers a `list` request on `socket`.
-fn answers(socket: &Path) -> bool {
-    let Ok(mut stream) = UnixStream::connect(socket) else {
-        return false;
-    };
+fn answers(socket: &Path) -> Option<String> {
+    let mut stream = UnixStream::connect(socket).ok()?;
     let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    if stream
+    stream
         .write_all(b"{\"version\":1,\"command\":\"list\"}\n")
-        .is_err()
-    {
-        return false;
-    }
+        .ok()?;
     let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line).is_ok() && line.starts_with('{')
+    BufReader::new(stream).read_line(&mut line).ok()?;
+    line.starts_with('{').then_some(line)
 }
 
 /// An account to run the client as: `setpriv --reuid=USER --regid=GROUP --init-groups`.

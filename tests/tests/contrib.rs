@@ -636,6 +636,8 @@ fn a_session(name: &str) -> Session {
         modified: "2026-01-01T00:00:00Z".into(),
         counting_since: None,
         survives_daemon: Some(true),
+        compiling: false,
+        reason: None,
         link: None,
         read_at: None,
     }

@@ -129,6 +129,8 @@ fn session(name: &str, filter: &str) -> Session {
         modified: "2026-01-01T00:00:00Z".into(),
         counting_since: None,
         survives_daemon: None,
+        compiling: false,
+        reason: None,
         link: None,
         read_at: None,
     }
