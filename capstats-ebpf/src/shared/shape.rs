@@ -127,9 +127,11 @@ impl Template {
         let index = |pc: usize| varying.binary_search(&pc).expect("a varying point");
 
         // The default path: one forward sweep (no loops), a varying point going on to
-        // its false branch only. `seen[pc]`: the varying points that may come before.
+        // its false branch only. `seen[pc]`: the varying points that may come before,
+        // as sets of bits, so that a filter of thousands of comparisons (`host A or
+        // host B or ...`) is analysed in time linear in its size, not cubic.
         let mut reached = vec![false; insns.len()];
-        let mut seen: Vec<Vec<usize>> = vec![Vec::new(); insns.len()];
+        let mut seen = vec![PointSet::new(varying.len()); insns.len()];
         reached[0] = true;
         for (pc, insn) in insns.iter().enumerate() {
             if !reached[pc] {
@@ -143,55 +145,65 @@ impl Template {
                 _ => {}
             }
             let successors = insn.successors(pc);
-            let (next, out): (&[usize], Vec<usize>) = if is_varying(pc) {
-                let mut out = seen[pc].clone();
-                out.push(index(pc));
-                (&successors[1..], out)
+            let mut out = seen[pc].clone();
+            let next = if is_varying(pc) {
+                out.insert(index(pc));
+                &successors[1..]
             } else {
-                (&successors[..], seen[pc].clone())
+                &successors[..]
             };
             for &to in next {
                 reached[to] = true;
-                for v in &out {
-                    if !seen[to].contains(v) {
-                        seen[to].push(*v);
-                    }
-                }
+                seen[to].union_with(&out);
             }
         }
 
-        let mut branches = Vec::with_capacity(varying.len());
-        for &pc in varying {
+        // What each true branch reaches, for every point at once (control only goes
+        // forward): the first varying point, and whether any store.
+        let mut first_varying: Vec<Option<usize>> = vec![None; insns.len()];
+        let mut stores = vec![false; insns.len()];
+        for pc in (0..insns.len()).rev() {
+            let mut first = is_varying(pc).then_some(pc);
+            let mut store = matches!(insns[pc], ClassicInsn::StoreA(_) | ClassicInsn::StoreX(_));
+            for to in insns[pc].successors(pc) {
+                first = match (first, first_varying[to]) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                store |= stores[to];
+            }
+            first_varying[pc] = first;
+            stores[pc] = store;
+        }
+        let branch_start = |pc: usize| {
             let ClassicInsn::Jump { jt, .. } = insns[pc] else {
                 unreachable!("varying points are comparisons");
             };
-            let branch = reachable_from(program, pc + 1 + usize::from(jt));
-            if let Some(&other) = branch.iter().find(|&&b| is_varying(b)) {
+            pc + 1 + usize::from(jt)
+        };
+        for &pc in varying {
+            let start = branch_start(pc);
+            if let Some(other) = first_varying[start] {
                 return Err(NotShared::NestedVarying { pc, other });
             }
-            if branch
-                .iter()
-                .any(|&b| matches!(insns[b], ClassicInsn::StoreA(_) | ClassicInsn::StoreX(_)))
-            {
+            if stores[start] {
                 return Err(NotShared::BranchStores { pc });
             }
-            branches.push(branch);
         }
 
-        let before: Vec<Vec<usize>> = varying
-            .iter()
-            .map(|&pc| {
-                let mut b = seen[pc].clone();
-                b.sort_unstable();
-                b
-            })
-            .collect();
-        let mut remembered: Vec<usize> = before.iter().flatten().copied().collect();
-        remembered.sort_unstable();
-        remembered.dedup();
+        let mut any_before = PointSet::new(varying.len());
+        for &pc in varying {
+            any_before.union_with(&seen[pc]);
+        }
+        let remembered = any_before.points();
         if remembered.len() > MOST_REMEMBERED {
             return Err(NotShared::TooManyRemembered);
         }
+        let before: Vec<Vec<usize>> = varying.iter().map(|&pc| seen[pc].points()).collect();
+        let branches = varying
+            .iter()
+            .map(|&pc| reachable_from(program, branch_start(pc)))
+            .collect();
         Ok(Template {
             varying: varying.to_vec(),
             branches,
@@ -204,6 +216,39 @@ impl Template {
     /// is remembered.
     pub fn remembered_at(&self, i: usize) -> Option<usize> {
         self.remembered.binary_search(&i).ok()
+    }
+}
+
+/// A set of varying points, by index into [`Template::varying`].
+#[derive(Debug, Clone)]
+struct PointSet(Vec<u64>);
+
+impl PointSet {
+    fn new(points: usize) -> Self {
+        Self(vec![0; points.div_ceil(64)])
+    }
+
+    fn insert(&mut self, i: usize) {
+        self.0[i / 64] |= 1 << (i % 64);
+    }
+
+    fn union_with(&mut self, other: &PointSet) {
+        for (word, add) in self.0.iter_mut().zip(&other.0) {
+            *word |= add;
+        }
+    }
+
+    /// The points, ascending.
+    fn points(&self) -> Vec<usize> {
+        let mut points = Vec::new();
+        for (at, &word) in self.0.iter().enumerate() {
+            let mut rest = word;
+            while rest != 0 {
+                points.push(at * 64 + rest.trailing_zeros() as usize);
+                rest &= rest - 1;
+            }
+        }
+        points
     }
 }
 
