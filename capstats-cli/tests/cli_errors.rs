@@ -101,6 +101,10 @@ fn a_capture_file_has_no_direction() {
 
 /// Without root it says so, after checking what it can check for anybody.
 #[test]
+#[cfg_attr(
+    not(feature = "kernel-tests"),
+    ignore = "runs `capstats test` as root: `cargo xtask test` runs it"
+)]
 fn without_root_it_says_root_is_needed() {
     assert_eq!(
         unsafe { libc::geteuid() },
@@ -126,6 +130,10 @@ fn without_root_it_says_root_is_needed() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "kernel-tests"),
+    ignore = "runs `capstats test` as root: `cargo xtask test` runs it"
+)]
 fn a_good_run_prints_packets_and_bytes() {
     assert_eq!(
         unsafe { libc::geteuid() },

@@ -141,6 +141,10 @@ fn version_names_libpcap_and_the_kernel_features() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "kernel-tests"),
+    ignore = "runs `capstats test` as root: `cargo xtask test` runs it"
+)]
 fn test_json_keys_follow_the_session_order() {
     assert_eq!(
         unsafe { libc::geteuid() },

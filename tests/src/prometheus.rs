@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -83,15 +82,8 @@ impl Prometheus {
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file);
-        // SAFETY: prctl is async-signal-safe; Prometheus stops if the test dies.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        // Prometheus stops if the test dies.
+        capstats_launch::dies_with_spawner(&mut command, libc::SIGTERM);
         let mut prometheus = Self {
             child: Some(command.spawn().context("cannot start prometheus")?),
             log,

@@ -7,23 +7,20 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 
-use super::{DaemonSpec, START_TIMEOUT, STOP_TIMEOUT, binary};
+use super::{Daemon, DaemonSpec};
 use crate::netns::NetNs;
 
-/// `capstats -d ... --metrics ADDR` in a namespace; stopped (SIGTERM, then SIGKILL
-/// after [`STOP_TIMEOUT`]) on drop, which prints its log (shown if the test fails).
+/// `capstats -d ... --metrics ADDR` in a namespace: a [`Daemon`] started through the
+/// same launcher, stopped (SIGTERM, then SIGKILL after [`super::STOP_TIMEOUT`]) on
+/// drop, which prints its log (shown if the test fails).
 #[derive(Debug)]
-pub struct MetricsDaemon {
-    child: Option<Child>,
-    log: PathBuf,
-}
+pub struct MetricsDaemon(Daemon);
 
 impl MetricsDaemon {
     /// Starts it without waiting for it to answer.
@@ -50,46 +47,15 @@ impl MetricsDaemon {
         web_config: Option<&Path>,
         log: &Path,
     ) -> anyhow::Result<Self> {
-        let file = std::fs::File::create(log)?;
-        let mut command = ns.command_keeping_mounts(binary()?.to_str().context("path")?);
-        command
-            .arg("-d")
-            .arg("-s")
-            .arg(&spec.socket)
-            .arg("--state-dir")
-            .arg(&spec.state_dir)
-            .arg("--pin-dir")
-            .arg(&spec.pin_dir)
-            .arg("--detach-on-exit")
-            .arg("--metrics")
-            .arg(metrics.to_string())
-            .args(
-                web_config
-                    .iter()
-                    .flat_map(|file| [Path::new("--web-config"), file]),
-            )
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file);
-        // SAFETY: prctl is async-signal-safe; the daemon stops if the test dies.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        Ok(Self {
-            child: Some(command.spawn()?),
-            log: log.to_owned(),
-        })
+        let spec = spec.clone().serving_metrics(metrics, web_config);
+        Ok(Self(Daemon::spawn(ns, &spec, log)?))
     }
 
     /// Starts it and waits until its socket answers.
     ///
     /// # Errors
-    /// When it exits or does not answer within [`START_TIMEOUT`]; the error has its log.
+    /// When it exits or does not answer within [`super::START_TIMEOUT`]; the error has
+    /// its log.
     pub fn start(
         ns: &NetNs,
         spec: &DaemonSpec,
@@ -110,24 +76,8 @@ impl MetricsDaemon {
         web_config: Option<&Path>,
         log: &Path,
     ) -> anyhow::Result<Self> {
-        let mut daemon = Self::spawn_with(ns, spec, metrics, web_config, log)?;
-        let client = spec.client()?;
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(status) = daemon.child.as_mut().context("child")?.try_wait()? {
-                daemon.child = None;
-                bail!("capstats -d exited ({status}); its log:\n{}", daemon.log());
-            }
-            if client.run(&["list"])?.code == Some(0) {
-                return Ok(daemon);
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "capstats -d did not answer; its log:\n{}",
-                daemon.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let spec = spec.clone().serving_metrics(metrics, web_config);
+        Ok(Self(Daemon::start(ns, &spec, log)?))
     }
 
     /// Waits up to `timeout` for the daemon to exit by itself: its status, or `None`
@@ -136,38 +86,17 @@ impl MetricsDaemon {
     /// # Errors
     /// When it was stopped already or cannot be waited for.
     pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<Option<ExitStatus>> {
-        let child = self.child.as_mut().context("the daemon was stopped")?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                self.child = None;
-                return Ok(Some(status));
-            }
-            if Instant::now() > deadline {
-                return Ok(None);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.0.wait_exit(timeout)
     }
 
     /// Whether the process still runs.
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
+        self.0.is_running()
     }
 
     /// What it has logged so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for MetricsDaemon {
-    fn drop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let _ = crate::cmd::terminate(&mut child, STOP_TIMEOUT);
-        eprintln!("log of capstats -d --metrics:\n{}", self.log());
+        self.0.log()
     }
 }
 
