@@ -308,7 +308,7 @@ fn thirty_two_tc_sessions_count_exactly_and_are_not_disturbed() -> anyhow::Resul
 }
 
 /// 64 `tc in` sessions on one interface (as the socket hook takes 64, see
-/// `daemon_counting`): tcx runs at most 63 programs on a hook, and the daemon attaches
+/// `daemon_socket`): tcx runs at most 63 programs on a hook, and the daemon attaches
 /// one for all of them (the 64th session in a second program it tail-calls), so every
 /// session is made and counts exactly.
 #[test]
