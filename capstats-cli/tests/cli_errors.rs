@@ -1,19 +1,10 @@
 //! `capstats test` on bad input: a clear message on stderr, exit code 1, nothing else.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
 fn sample() -> PathBuf {
-    let corpus = std::env::var_os("CAPSTATS_CORPUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus"));
-    let file = corpus.join("pcap/libpcap-filter/dhcp-rfc3004.pcap");
-    assert!(
-        file.is_file(),
-        "corpus missing at {} (set CAPSTATS_CORPUS)",
-        corpus.display()
-    );
-    file
+    capstats_testkit::corpus::file("pcap/libpcap-filter/dhcp-rfc3004.pcap").unwrap()
 }
 
 fn capstats(args: &[&str]) -> Output {

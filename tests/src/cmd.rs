@@ -27,4 +27,4 @@ pub fn run(command: &mut Command) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&stdout).into_owned())
 }
 
-pub use capstats_launch::{command_line, terminate};
+pub use capstats_testkit::launch::{command_line, terminate};

@@ -3,7 +3,7 @@
 //! [`Daemon`] runs `capstats -d -s SOCKET --state-dir DIR` inside a test's network
 //! namespace (so that whatever it opens, and the interface it would pick by default,
 //! are the namespace's), through the launcher the bench uses too
-//! ([`capstats_launch::start_daemon`]): it waits until the socket answers, keeps the
+//! ([`capstats_testkit::launch::start_daemon`]): it waits until the socket answers, keeps the
 //! daemon's log in a file, and stops it on drop: SIGTERM, then SIGKILL if it has not
 //! gone within [`STOP_TIMEOUT`]. Dropping it prints the log to stderr, which the test harness
 //! shows when the test fails (an error or a panic).
@@ -29,12 +29,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use capstats_common::protocol::Session;
-use capstats_launch::{DaemonArgs, Process};
+use capstats_testkit::launch::{DaemonArgs, Process};
 
 use crate::cmd::command_line;
 use crate::netns::NetNs;
 
-pub use capstats_launch::{START_TIMEOUT, STOP_TIMEOUT};
+pub use capstats_testkit::launch::{START_TIMEOUT, STOP_TIMEOUT};
 
 /// How long one client command may take.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -274,8 +274,9 @@ impl Daemon {
     /// When it cannot be started, exits, or does not answer within [`START_TIMEOUT`];
     /// the error carries its log.
     pub fn start(ns: &NetNs, spec: &DaemonSpec, log: &Path) -> anyhow::Result<Self> {
-        let process = capstats_launch::start_daemon(Self::command(ns, spec)?, &spec.args(), log)
-            .with_context(|| format!("capstats -d in {}", ns.name()))?;
+        let process =
+            capstats_testkit::launch::start_daemon(Self::command(ns, spec)?, &spec.args(), log)
+                .with_context(|| format!("capstats -d in {}", ns.name()))?;
         Ok(Self::of(process, ns, spec))
     }
 
@@ -284,7 +285,8 @@ impl Daemon {
     /// # Errors
     /// When the binary is missing or cannot be started.
     pub fn spawn(ns: &NetNs, spec: &DaemonSpec, log: &Path) -> anyhow::Result<Self> {
-        let process = capstats_launch::spawn_daemon(Self::command(ns, spec)?, &spec.args(), log)?;
+        let process =
+            capstats_testkit::launch::spawn_daemon(Self::command(ns, spec)?, &spec.args(), log)?;
         Ok(Self::of(process, ns, spec))
     }
 

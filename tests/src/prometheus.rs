@@ -83,7 +83,7 @@ impl Prometheus {
             .stdout(file.try_clone()?)
             .stderr(file);
         // Prometheus stops if the test dies.
-        capstats_launch::dies_with_spawner(&mut command, libc::SIGTERM);
+        capstats_testkit::launch::dies_with_spawner(&mut command, libc::SIGTERM);
         let mut prometheus = Self {
             child: Some(command.spawn().context("cannot start prometheus")?),
             log,

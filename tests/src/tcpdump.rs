@@ -78,7 +78,7 @@ impl Tcpdump {
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         // If the test dies without dropping us, tcpdump dies too.
-        capstats_launch::dies_with_spawner(&mut command, libc::SIGKILL);
+        capstats_testkit::launch::dies_with_spawner(&mut command, libc::SIGKILL);
         let line = crate::cmd::command_line(&command);
         let mut child = command
             .spawn()

@@ -4,9 +4,9 @@
 //! The daemon runs inside the receiving namespace (`ip netns exec` execs it, so the
 //! child's pid is the daemon's), with its socket, state and log in the bench's scratch
 //! directory, started by the launcher the end-to-end tests use
-//! ([`capstats_launch::start_daemon`]). It is stopped on drop, also while a panic
+//! ([`capstats_testkit::launch::start_daemon`]). It is stopped on drop, also while a panic
 //! unwinds: SIGTERM, then SIGKILL if it has not gone within
-//! [`capstats_launch::STOP_TIMEOUT`]. Should the bench itself die without unwinding, the
+//! [`capstats_testkit::launch::STOP_TIMEOUT`]. Should the bench itself die without unwinding, the
 //! kernel sends the daemon SIGTERM (`PR_SET_PDEATHSIG`; the signal comes when the thread
 //! that started it ends: the bench's main thread).
 
@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
-use capstats_launch::{DaemonArgs, Process};
+use capstats_testkit::launch::{DaemonArgs, Process};
 
 use super::netns::Namespace;
 
@@ -45,8 +45,11 @@ impl Daemon {
             metrics: Some(metrics),
             ..DaemonArgs::default()
         };
-        let process =
-            capstats_launch::start_daemon(ns.command(capstats), &args, &dir.join("daemon.log"))?;
+        let process = capstats_testkit::launch::start_daemon(
+            ns.command(capstats),
+            &args,
+            &dir.join("daemon.log"),
+        )?;
         Ok(Self { process, args })
     }
 

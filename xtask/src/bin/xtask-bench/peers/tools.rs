@@ -313,7 +313,7 @@ impl ToolProcess {
         }
         // The death signal comes when the spawning thread (the bench's main thread)
         // ends, also when the bench is killed before its guards run.
-        capstats_launch::dies_with_spawner(&mut command, libc::SIGKILL);
+        capstats_testkit::launch::dies_with_spawner(&mut command, libc::SIGKILL);
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
