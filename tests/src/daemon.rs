@@ -129,8 +129,8 @@ impl DaemonSpec {
     }
 
     /// The same daemon run through `wrapper` (see [`DaemonSpec::wrapper`]).
-    pub fn wrapped(mut self, wrapper: &[&str]) -> Self {
-        self.wrapper = wrapper.iter().map(|s| (*s).to_owned()).collect();
+    pub fn wrapped(mut self, wrapper: &[impl AsRef<str>]) -> Self {
+        self.wrapper = wrapper.iter().map(|s| s.as_ref().to_owned()).collect();
         self
     }
 
@@ -185,6 +185,54 @@ impl DaemonSpec {
     pub fn client(&self) -> anyhow::Result<Client> {
         Client::new(&self.socket)
     }
+}
+
+// Wrappers ([`DaemonSpec::wrapped`]) that take the daemon out of the test's mounts.
+
+/// `unshare -m` with private propagation, then `script` in sh, then the daemon
+/// (`exec "$0" "$@"`: the same process all along, as [`DaemonSpec::wrapper`] needs).
+pub fn in_private_mounts(script: &str) -> Vec<String> {
+    [
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-ec",
+        &format!("{script}\nexec \"$0\" \"$@\""),
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
+}
+
+/// Unmounts every bpffs stacked at /sys/fs/bpf.
+pub const UNMOUNT_BPFFS: &str = "while mountpoint -q /sys/fs/bpf; do umount /sys/fs/bpf; done";
+
+/// [`in_private_mounts`], and a pid namespace too, with the daemon in a mount
+/// namespace of its own as its pid 1: no bpffs outside its namespace is reachable from
+/// it (not pid 1's, which is itself, nor an ancestor's), so it has to mount one. The
+/// outer `unshare --fork` waits for it, ignoring SIGTERM: stop it with SIGKILL
+/// ([`Daemon::kill`]), which takes the daemon along.
+pub fn alone_in_private_mounts(script: &str) -> Vec<String> {
+    [
+        "unshare",
+        "-m",
+        "-p",
+        "--fork",
+        "--mount-proc",
+        "--kill-child",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-ec",
+        &format!("{script}\nexec unshare -m --propagation private -- \"$0\" \"$@\""),
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
 }
 
 /// A daemon's pin directory on bpffs, removed with everything in it when dropped (a
