@@ -1,104 +1,20 @@
-//! A daemon serving `/metrics` (`capstats -d ... --metrics ADDR:PORT`) in a namespace,
-//! and plain HTTP GETs to reach it (or any other server on a namespace's loopback).
+//! Reaching a daemon's `/metrics` (a [`super::Daemon`] started with
+//! [`super::DaemonSpec::serving_metrics`]) in a namespace: free loopback ports, plain
+//! HTTP GETs (to it or any other server on a namespace's loopback), and a self-signed
+//! certificate for `--web-config`.
 //!
 //! The daemon runs in the namespace's network stack but the test's mount namespace
-//! (`nsenter --net`, as [`super::Daemon`]), so that its 127.0.0.1 is the namespace's
-//! loopback (which the test brings up) and its pins are on the host's bpffs.
+//! (`nsenter --net`), so that its 127.0.0.1 is the namespace's loopback (which the test
+//! brings up) and its pins are on the host's bpffs.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 
-use super::{Daemon, DaemonSpec};
 use crate::netns::NetNs;
-
-/// `capstats -d ... --metrics ADDR` in a namespace: a [`Daemon`] started through the
-/// same launcher, stopped (SIGTERM, then SIGKILL after [`super::STOP_TIMEOUT`]) on
-/// drop, which prints its log (shown if the test fails).
-#[derive(Debug)]
-pub struct MetricsDaemon(Daemon);
-
-impl MetricsDaemon {
-    /// Starts it without waiting for it to answer.
-    ///
-    /// # Errors
-    /// When the binary is missing or cannot be started.
-    pub fn spawn(
-        ns: &NetNs,
-        spec: &DaemonSpec,
-        metrics: SocketAddr,
-        log: &Path,
-    ) -> anyhow::Result<Self> {
-        Self::spawn_with(ns, spec, metrics, None, log)
-    }
-
-    /// [`MetricsDaemon::spawn`], with `--web-config web_config` when given.
-    ///
-    /// # Errors
-    /// As [`MetricsDaemon::spawn`].
-    pub fn spawn_with(
-        ns: &NetNs,
-        spec: &DaemonSpec,
-        metrics: SocketAddr,
-        web_config: Option<&Path>,
-        log: &Path,
-    ) -> anyhow::Result<Self> {
-        let spec = spec.clone().serving_metrics(metrics, web_config);
-        Ok(Self(Daemon::spawn(ns, &spec, log)?))
-    }
-
-    /// Starts it and waits until its socket answers.
-    ///
-    /// # Errors
-    /// When it exits or does not answer within [`super::START_TIMEOUT`]; the error has
-    /// its log.
-    pub fn start(
-        ns: &NetNs,
-        spec: &DaemonSpec,
-        metrics: SocketAddr,
-        log: &Path,
-    ) -> anyhow::Result<Self> {
-        Self::start_with(ns, spec, metrics, None, log)
-    }
-
-    /// [`MetricsDaemon::start`], with `--web-config web_config` when given.
-    ///
-    /// # Errors
-    /// As [`MetricsDaemon::start`].
-    pub fn start_with(
-        ns: &NetNs,
-        spec: &DaemonSpec,
-        metrics: SocketAddr,
-        web_config: Option<&Path>,
-        log: &Path,
-    ) -> anyhow::Result<Self> {
-        let spec = spec.clone().serving_metrics(metrics, web_config);
-        Ok(Self(Daemon::start(ns, &spec, log)?))
-    }
-
-    /// Waits up to `timeout` for the daemon to exit by itself: its status, or `None`
-    /// if it still runs (it is then stopped on drop).
-    ///
-    /// # Errors
-    /// When it was stopped already or cannot be waited for.
-    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<Option<ExitStatus>> {
-        self.0.wait_exit(timeout)
-    }
-
-    /// Whether the process still runs.
-    pub fn is_running(&mut self) -> bool {
-        self.0.is_running()
-    }
-
-    /// What it has logged so far.
-    pub fn log(&self) -> String {
-        self.0.log()
-    }
-}
 
 /// `count` distinct ports free on 127.0.0.1 in `ns` now (all bound at once, then
 /// released), as addresses.
