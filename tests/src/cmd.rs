@@ -4,6 +4,9 @@ use std::process::{Command, Output};
 
 use anyhow::{Context, bail};
 
+/// Shared with the daemon launcher (`capstats_testkit::launch`).
+pub use capstats_testkit::launch::{command_line, terminate};
+
 /// Runs `command` to completion and returns its standard output.
 ///
 /// # Errors
@@ -26,5 +29,3 @@ pub fn run(command: &mut Command) -> anyhow::Result<String> {
     }
     Ok(String::from_utf8_lossy(&stdout).into_owned())
 }
-
-pub use capstats_testkit::launch::{command_line, terminate};
