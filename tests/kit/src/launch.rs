@@ -322,6 +322,25 @@ impl Drop for Process {
 mod tests {
     use super::*;
 
+    /// A directory of its own under the temporary directory, removed on drop (a
+    /// failing test included).
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(tag: &str) -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("capstats-launch-{tag}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
     #[test]
     fn flags_are_the_daemons() {
         let args = DaemonArgs {
@@ -360,8 +379,8 @@ mod tests {
 
     #[test]
     fn a_daemon_that_exits_at_once_fails_the_start_with_its_log() {
-        let dir = std::env::temp_dir().join(format!("capstats-launch-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = Scratch::new("start");
+        let dir = &scratch.0;
         let mut command = Command::new("sh");
         command.args(["-c", "echo refused >&2; exit 3", "sh"]);
         let args = DaemonArgs {
@@ -369,7 +388,6 @@ mod tests {
             ..DaemonArgs::default()
         };
         let error = start_daemon(command, &args, &dir.join("log")).unwrap_err();
-        std::fs::remove_dir_all(&dir).unwrap();
         let message = format!("{error:#}");
         assert!(message.contains("exited (exit status: 3)"), "{message}");
         assert!(message.contains("refused"), "{message}");
@@ -377,8 +395,8 @@ mod tests {
 
     #[test]
     fn a_process_that_ignores_sigterm_is_killed_and_said_so() {
-        let dir = std::env::temp_dir().join(format!("capstats-launch-t-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = Scratch::new("t");
+        let dir = &scratch.0;
         let mut command = Command::new("sh");
         // The daemon's flags land in "$@", which the script ignores.
         command.args([
@@ -396,7 +414,6 @@ mod tests {
         assert!(process.is_running());
         let started = Instant::now();
         let error = process.terminate().unwrap_err();
-        std::fs::remove_dir_all(&dir).unwrap();
         assert!(started.elapsed() >= STOP_TIMEOUT);
         assert!(format!("{error:#}").contains("was killed"), "{error:#}");
         assert!(process.is_stopped());
@@ -404,8 +421,8 @@ mod tests {
 
     #[test]
     fn a_daemon_gets_sigterm_when_the_thread_that_started_it_ends() {
-        let dir = std::env::temp_dir().join(format!("capstats-launch-d-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let scratch = Scratch::new("d");
+        let dir = &scratch.0;
         let log = dir.join("log");
         let mut process = std::thread::spawn(move || {
             let mut command = Command::new("sh");
@@ -423,7 +440,6 @@ mod tests {
         .join()
         .unwrap();
         let status = process.wait_exit(START_TIMEOUT).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(status.and_then(|s| s.code()), Some(7));
     }
 }
