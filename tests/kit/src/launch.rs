@@ -127,6 +127,16 @@ pub fn spawn_daemon(
     log: &Path,
 ) -> anyhow::Result<Process> {
     command.args(args.to_args());
+    spawn_logged(command, log)
+}
+
+/// Starts `command` as [`spawn_daemon`] starts the daemon: no stdin, stdout and stderr
+/// to `log`, SIGTERM when the spawning thread ends; for the servers a test runs beside
+/// the daemon (Prometheus).
+///
+/// # Errors
+/// When the log cannot be created or the command cannot be run.
+pub fn spawn_logged(mut command: Command, log: &Path) -> anyhow::Result<Process> {
     let file = File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
     command
         .stdin(Stdio::null())
@@ -248,7 +258,7 @@ impl Process {
         let child = self
             .child
             .as_mut()
-            .context("the daemon was stopped already")?;
+            .with_context(|| format!("`{}` was stopped already", self.line))?;
         let status = child.try_wait()?;
         if status.is_some() {
             self.child = None;
@@ -280,7 +290,7 @@ impl Process {
     /// When it was stopped already, or had to be killed (the error has its log).
     pub fn terminate(&mut self) -> anyhow::Result<ExitStatus> {
         let Some(mut child) = self.child.take() else {
-            bail!("the daemon was stopped already");
+            bail!("`{}` was stopped already", self.line);
         };
         match terminate(&mut child, STOP_TIMEOUT)? {
             Some(status) => Ok(status),
@@ -300,7 +310,7 @@ impl Process {
     /// When it was stopped already.
     pub fn kill(&mut self) -> anyhow::Result<()> {
         let Some(mut child) = self.child.take() else {
-            bail!("the daemon was stopped already");
+            bail!("`{}` was stopped already", self.line);
         };
         child.kill()?;
         child.wait()?;
