@@ -13,15 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn corpus() -> PathBuf {
-    let dir = std::env::var_os("CAPSTATS_CORPUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus"));
-    assert!(
-        dir.join("apply_cases.tsv").is_file(),
-        "corpus missing at {} (set CAPSTATS_CORPUS)",
-        dir.display()
-    );
-    dir
+    capstats_testkit::corpus::file("apply_cases.tsv").unwrap();
+    capstats_testkit::corpus::dir().unwrap()
 }
 
 struct Case {

@@ -1,19 +1,10 @@
 //! `capstats test` on bad input: a clear message on stderr, exit code 1, nothing else.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
 fn sample() -> PathBuf {
-    let corpus = std::env::var_os("CAPSTATS_CORPUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus"));
-    let file = corpus.join("pcap/libpcap-filter/dhcp-rfc3004.pcap");
-    assert!(
-        file.is_file(),
-        "corpus missing at {} (set CAPSTATS_CORPUS)",
-        corpus.display()
-    );
-    file
+    capstats_testkit::corpus::file("pcap/libpcap-filter/dhcp-rfc3004.pcap").unwrap()
 }
 
 fn capstats(args: &[&str]) -> Output {
@@ -101,6 +92,10 @@ fn a_capture_file_has_no_direction() {
 
 /// Without root it says so, after checking what it can check for anybody.
 #[test]
+#[cfg_attr(
+    not(feature = "kernel-tests"),
+    ignore = "runs `capstats test` as root: `cargo xtask test` runs it"
+)]
 fn without_root_it_says_root_is_needed() {
     assert_eq!(
         nix::unistd::geteuid().as_raw(),
@@ -126,6 +121,10 @@ fn without_root_it_says_root_is_needed() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "kernel-tests"),
+    ignore = "runs `capstats test` as root: `cargo xtask test` runs it"
+)]
 fn a_good_run_prints_packets_and_bytes() {
     assert_eq!(
         nix::unistd::geteuid().as_raw(),

@@ -141,18 +141,17 @@ fn version_names_libpcap_and_the_kernel_features() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "kernel-tests"),
+    ignore = "runs `capstats test` as root: `cargo xtask test` runs it"
+)]
 fn test_json_keys_follow_the_session_order() {
     assert_eq!(
         nix::unistd::geteuid().as_raw(),
         0,
         "capstats test loads a program: run this test as root"
     );
-    let corpus = std::env::var_os("CAPSTATS_CORPUS")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus")
-        });
-    let file = corpus.join("pcap/libpcap-filter/dhcp-rfc3004.pcap");
+    let file = capstats_testkit::corpus::file("pcap/libpcap-filter/dhcp-rfc3004.pcap").unwrap();
     let out = capstats(&["--json", "test", file.to_str().unwrap(), "udp"]);
     assert!(out.status.success(), "{out:?}");
     let line = String::from_utf8(out.stdout).unwrap();

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, bail};
 
 use crate::daemon::output_within;
 use crate::netns::NetNs;
@@ -18,16 +18,7 @@ use crate::netns::NetNs;
 /// # Errors
 /// When it is not there.
 pub fn dir() -> anyhow::Result<PathBuf> {
-    let dir = std::env::var_os("CAPSTATS_CORPUS").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus"),
-        PathBuf::from,
-    );
-    ensure!(
-        dir.join("pcap").is_dir(),
-        "the capture corpus is not at {} (set CAPSTATS_CORPUS to the directory with pcap/)",
-        dir.display()
-    );
-    Ok(dir)
+    capstats_testkit::corpus::dir()
 }
 
 /// Records and their total captured length, as libpcap reads a file.

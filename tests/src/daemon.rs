@@ -2,9 +2,10 @@
 //!
 //! [`Daemon`] runs `capstats -d -s SOCKET --state-dir DIR` inside a test's network
 //! namespace (so that whatever it opens, and the interface it would pick by default,
-//! are the namespace's), waits until the socket answers, keeps the daemon's log in a
-//! file, and stops it on drop: SIGTERM, then SIGKILL if it has not gone within
-//! [`STOP_TIMEOUT`]. Dropping it prints the log to stderr, which the test harness
+//! are the namespace's), through the launcher the bench uses too
+//! ([`capstats_testkit::launch::start_daemon`]): it waits until the socket answers, keeps the
+//! daemon's log in a file, and stops it on drop: SIGTERM, then SIGKILL if it has not
+//! gone within [`STOP_TIMEOUT`]. Dropping it prints the log to stderr, which the test harness
 //! shows when the test fails (an error or a panic).
 //!
 //! [`Client`] runs `capstats -s SOCKET [--json] ARGS...`, as root or as another account
@@ -20,24 +21,21 @@ pub mod metrics;
 pub mod rig;
 pub mod xdp;
 
-use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
+use std::io::Read;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use capstats_common::protocol::Session;
+use capstats_testkit::launch::{DaemonArgs, Process};
 
 use crate::cmd::command_line;
 use crate::netns::NetNs;
 
-/// How long a daemon may take to answer after it is started.
-pub const START_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long a daemon may take to exit after SIGTERM before it gets SIGKILL.
-pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+pub use capstats_testkit::launch::{START_TIMEOUT, STOP_TIMEOUT};
+
 /// How long one client command may take.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -90,6 +88,10 @@ pub struct DaemonSpec {
     /// gives it a mount namespace of its own with a fresh `/sys` (so no bpffs there),
     /// rather than `nsenter --net` (the default), which keeps the test's mounts.
     pub ip_netns_exec: bool,
+    /// `--metrics ADDR`: serve `/metrics` at this address in the daemon's namespace.
+    pub metrics: Option<SocketAddr>,
+    /// `--web-config FILE`, with `metrics`.
+    pub web_config: Option<PathBuf>,
 }
 
 impl DaemonSpec {
@@ -115,6 +117,8 @@ impl DaemonSpec {
             wrapper: Vec::new(),
             idle_timeout: None,
             ip_netns_exec: false,
+            metrics: None,
+            web_config: None,
         }
     }
 
@@ -125,8 +129,8 @@ impl DaemonSpec {
     }
 
     /// The same daemon run through `wrapper` (see [`DaemonSpec::wrapper`]).
-    pub fn wrapped(mut self, wrapper: &[&str]) -> Self {
-        self.wrapper = wrapper.iter().map(|s| (*s).to_owned()).collect();
+    pub fn wrapped(mut self, wrapper: &[impl AsRef<str>]) -> Self {
+        self.wrapper = wrapper.iter().map(|s| s.as_ref().to_owned()).collect();
         self
     }
 
@@ -148,35 +152,30 @@ impl DaemonSpec {
         self
     }
 
+    /// The same daemon serving `/metrics` at `addr`, with `--web-config` when given.
+    pub fn serving_metrics(mut self, addr: SocketAddr, web_config: Option<&Path>) -> Self {
+        self.metrics = Some(addr);
+        self.web_config = web_config.map(Path::to_owned);
+        self
+    }
+
     /// A guard that removes this daemon's pin directory when dropped (see [`PinDir`]).
     pub fn pin_guard(&self) -> PinDir {
         PinDir::new(&self.pin_dir)
     }
 
-    /// `-d [-g GROUP] -s SOCKET --state-dir DIR --pin-dir DIR [--detach-on-exit]`.
-    fn args(&self) -> Vec<std::ffi::OsString> {
-        let mut args: Vec<std::ffi::OsString> = vec!["-d".into()];
-        if let Some(group) = &self.group {
-            args.extend(["-g".into(), group.into()]);
+    /// The daemon's flags.
+    fn args(&self) -> DaemonArgs {
+        DaemonArgs {
+            socket: self.socket.clone(),
+            state_dir: self.state_dir.clone(),
+            pin_dir: self.pin_dir.clone(),
+            group: self.group.clone(),
+            detach_on_exit: !self.keep_pins,
+            idle_timeout: self.idle_timeout,
+            metrics: self.metrics,
+            web_config: self.web_config.clone(),
         }
-        args.extend([
-            "-s".into(),
-            self.socket.clone().into(),
-            "--state-dir".into(),
-            self.state_dir.clone().into(),
-            "--pin-dir".into(),
-            self.pin_dir.clone().into(),
-        ]);
-        if !self.keep_pins {
-            args.push("--detach-on-exit".into());
-        }
-        if let Some(idle) = self.idle_timeout {
-            args.extend([
-                "--idle-timeout".into(),
-                idle.as_secs_f64().to_string().into(),
-            ]);
-        }
-        args
     }
 
     /// A client of this daemon, as root.
@@ -186,6 +185,54 @@ impl DaemonSpec {
     pub fn client(&self) -> anyhow::Result<Client> {
         Client::new(&self.socket)
     }
+}
+
+// Wrappers ([`DaemonSpec::wrapped`]) that take the daemon out of the test's mounts.
+
+/// `unshare -m` with private propagation, then `script` in sh, then the daemon
+/// (`exec "$0" "$@"`: the same process all along, as [`DaemonSpec::wrapper`] needs).
+pub fn in_private_mounts(script: &str) -> Vec<String> {
+    [
+        "unshare",
+        "-m",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-ec",
+        &format!("{script}\nexec \"$0\" \"$@\""),
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
+}
+
+/// Unmounts every bpffs stacked at /sys/fs/bpf.
+pub const UNMOUNT_BPFFS: &str = "while mountpoint -q /sys/fs/bpf; do umount /sys/fs/bpf; done";
+
+/// [`in_private_mounts`], and a pid namespace too, with the daemon in a mount
+/// namespace of its own as its pid 1: no bpffs outside its namespace is reachable from
+/// it (not pid 1's, which is itself, nor an ancestor's), so it has to mount one. The
+/// outer `unshare --fork` waits for it, ignoring SIGTERM: stop it with SIGKILL
+/// ([`Daemon::kill`]), which takes the daemon along.
+pub fn alone_in_private_mounts(script: &str) -> Vec<String> {
+    [
+        "unshare",
+        "-m",
+        "-p",
+        "--fork",
+        "--mount-proc",
+        "--kill-child",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-ec",
+        &format!("{script}\nexec unshare -m --propagation private -- \"$0\" \"$@\""),
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
 }
 
 /// A daemon's pin directory on bpffs, removed with everything in it when dropped (a
@@ -262,9 +309,8 @@ fn sweep_stale_pins() {
 /// A running `capstats -d`, stopped when dropped.
 #[derive(Debug)]
 pub struct Daemon {
-    child: Option<Child>,
+    process: Process,
     spec: DaemonSpec,
-    log: PathBuf,
     namespace: String,
 }
 
@@ -277,7 +323,10 @@ impl Daemon {
     /// When it cannot be started, exits, or does not answer so within
     /// [`START_TIMEOUT`]; the error carries its log.
     pub fn start(ns: &NetNs, spec: &DaemonSpec, log: &Path) -> anyhow::Result<Self> {
-        Self::start_until(ns, spec, log, |list| !list.contains("\"compiling\":true"))
+        let process =
+            capstats_testkit::launch::start_daemon(Self::command(ns, spec)?, &spec.args(), log)
+                .with_context(|| format!("capstats -d in {}", ns.name()))?;
+        Ok(Self::of(process, ns, spec))
     }
 
     /// Starts the daemon as [`Daemon::start`] does, and returns as soon as it answers
@@ -286,40 +335,23 @@ impl Daemon {
     /// # Errors
     /// As [`Daemon::start`].
     pub fn start_answering(ns: &NetNs, spec: &DaemonSpec, log: &Path) -> anyhow::Result<Self> {
-        Self::start_until(ns, spec, log, |_| true)
+        let process = capstats_testkit::launch::start_daemon_answering(
+            Self::command(ns, spec)?,
+            &spec.args(),
+            log,
+        )
+        .with_context(|| format!("capstats -d in {}", ns.name()))?;
+        Ok(Self::of(process, ns, spec))
     }
 
-    fn start_until(
-        ns: &NetNs,
-        spec: &DaemonSpec,
-        log: &Path,
-        ready: impl Fn(&str) -> bool,
-    ) -> anyhow::Result<Self> {
-        let mut daemon = Self::spawn(ns, spec, log)?;
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(status) = daemon.child_mut().try_wait()? {
-                daemon.child = None;
-                bail!(
-                    "capstats -d in {} exited ({status}) before answering on {}; its log:\n{}",
-                    daemon.namespace,
-                    spec.socket.display(),
-                    daemon.log()
-                );
-            }
-            if answers(&spec.socket).is_some_and(|list| ready(&list)) {
-                return Ok(daemon);
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "capstats -d in {} did not answer on {} within {START_TIMEOUT:?}; its log:\n{}",
-                    daemon.namespace,
-                    spec.socket.display(),
-                    daemon.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+    /// Starts the daemon without waiting for it to answer.
+    ///
+    /// # Errors
+    /// When the binary is missing or cannot be started.
+    pub fn spawn(ns: &NetNs, spec: &DaemonSpec, log: &Path) -> anyhow::Result<Self> {
+        let process =
+            capstats_testkit::launch::spawn_daemon(Self::command(ns, spec)?, &spec.args(), log)?;
+        Ok(Self::of(process, ns, spec))
     }
 
     /// Starts a daemon that is expected to refuse to run, and returns how it ended.
@@ -329,33 +361,26 @@ impl Daemon {
     /// then stopped, and its log is in the error).
     pub fn expect_exit(ns: &NetNs, spec: &DaemonSpec, log: &Path) -> anyhow::Result<Outcome> {
         let mut daemon = Self::spawn(ns, spec, log)?;
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(status) = daemon.child_mut().try_wait()? {
-                daemon.child = None;
-                return Ok(Outcome {
-                    code: status.code(),
-                    stdout: String::new(),
-                    stderr: daemon.log(),
-                });
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "capstats -d in {} was expected to refuse to start, but still runs after \
-                     {START_TIMEOUT:?}; its log:\n{}",
-                    daemon.namespace,
-                    daemon.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        match daemon.wait_exit(START_TIMEOUT)? {
+            Some(status) => Ok(Outcome {
+                code: status.code(),
+                stdout: String::new(),
+                stderr: daemon.log(),
+            }),
+            None => bail!(
+                "capstats -d in {} was expected to refuse to start, but still runs after \
+                 {START_TIMEOUT:?}; its log:\n{}",
+                daemon.namespace,
+                daemon.log()
+            ),
         }
     }
 
-    fn spawn(ns: &NetNs, spec: &DaemonSpec, log: &Path) -> anyhow::Result<Self> {
+    /// The command that execs the binary in `ns`: `nsenter --net` unless the test asks
+    /// for `ip netns exec`, whose private /sys hides the host's bpffs (the daemon must
+    /// find one that outlives it), behind the spec's wrapper if any.
+    fn command(ns: &NetNs, spec: &DaemonSpec) -> anyhow::Result<Command> {
         let binary = binary()?;
-        let file = File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
-        // `nsenter --net` unless the test asks for `ip netns exec`, whose private /sys
-        // hides the host's bpffs (the daemon must find one that outlives it).
         let binary = binary.to_str().context("the binary's path is not UTF-8")?;
         let enter = |program: &str| {
             if spec.ip_netns_exec {
@@ -364,46 +389,22 @@ impl Daemon {
                 ns.command_keeping_mounts(program)
             }
         };
-        let mut command = match spec.wrapper.split_first() {
+        Ok(match spec.wrapper.split_first() {
             Some((program, args)) => {
                 let mut command = enter(program);
                 command.args(args).arg(binary);
                 command
             }
             None => enter(binary),
-        };
-        command
-            .args(spec.args())
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file);
-        // SAFETY: prctl is async-signal-safe. If the test process dies without dropping
-        // the guard, the daemon is told to stop all the same (`nsenter` execs it in the
-        // same process, and the setting survives exec). The guard is dropped before
-        // the thread that started the daemon ends.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let line = command_line(&command);
-        // `nsenter` and `ip netns exec` exec the program: the child is the daemon itself.
-        let child = command
-            .spawn()
-            .with_context(|| format!("cannot run `{line}`"))?;
-        Ok(Self {
-            child: Some(child),
-            spec: spec.clone(),
-            log: log.to_owned(),
-            namespace: ns.name().to_owned(),
         })
     }
 
-    fn child_mut(&mut self) -> &mut Child {
-        self.child.as_mut().expect("a running daemon")
+    fn of(process: Process, ns: &NetNs, spec: &DaemonSpec) -> Self {
+        Self {
+            process,
+            spec: spec.clone(),
+            namespace: ns.name().to_owned(),
+        }
     }
 
     pub fn socket(&self) -> &Path {
@@ -412,18 +413,26 @@ impl Daemon {
 
     /// The daemon's process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.process.pid()
     }
 
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
-        matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
+        self.process.is_running()
     }
 
     /// What the daemon has logged so far (stdout and stderr).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_else(|e| format!("(cannot read {}: {e})", self.log.display()))
+        self.process.log()
+    }
+
+    /// Waits up to `timeout` for the daemon to exit by itself: its status, or `None`
+    /// if it still runs (it is then stopped on drop).
+    ///
+    /// # Errors
+    /// When it was stopped already or cannot be waited for.
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<Option<ExitStatus>> {
+        self.process.wait_exit(timeout)
     }
 
     /// A client of this daemon, as root.
@@ -440,7 +449,7 @@ impl Daemon {
     /// When it does not exit within [`STOP_TIMEOUT`] (it is then killed) or exits
     /// unsuccessfully.
     pub fn stop(mut self) -> anyhow::Result<String> {
-        let status = self.terminate()?;
+        let status = self.process.terminate()?;
         let log = self.log();
         ensure!(
             status.success(),
@@ -455,37 +464,17 @@ impl Daemon {
     /// # Errors
     /// When it was stopped already.
     pub fn kill(mut self) -> anyhow::Result<String> {
-        let Some(mut child) = self.child.take() else {
-            bail!("the daemon was already stopped");
-        };
-        child.kill()?;
-        child.wait()?;
+        self.process.kill()?;
         Ok(self.log())
-    }
-
-    /// SIGTERM, then SIGKILL after [`STOP_TIMEOUT`].
-    fn terminate(&mut self) -> anyhow::Result<ExitStatus> {
-        let Some(mut child) = self.child.take() else {
-            bail!("the daemon was already stopped");
-        };
-        match crate::cmd::terminate(&mut child, STOP_TIMEOUT)? {
-            Some(status) => Ok(status),
-            None => bail!(
-                "capstats -d (pid {}) did not exit within {STOP_TIMEOUT:?} of SIGTERM and \
-                 was killed; its log:\n{}",
-                child.id(),
-                self.log()
-            ),
-        }
     }
 }
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if self.child.is_none() {
+        if self.process.is_stopped() {
             return;
         }
-        if let Err(e) = self.terminate() {
+        if let Err(e) = self.process.terminate() {
             eprintln!("warning: {e:#}");
         }
         // Captured by the harness: shown only if the test fails.
@@ -496,18 +485,6 @@ impl Drop for Daemon {
             self.log()
         );
     }
-}
-
-/// Whether a daemon answers a `list` request on `socket`.
-fn answers(socket: &Path) -> Option<String> {
-    let mut stream = UnixStream::connect(socket).ok()?;
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    stream
-        .write_all(b"{\"version\":1,\"command\":\"list\"}\n")
-        .ok()?;
-    let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line).ok()?;
-    line.starts_with('{').then_some(line)
 }
 
 /// An account to run the client as: `setpriv --reuid=USER --regid=GROUP --init-groups`.

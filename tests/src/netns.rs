@@ -128,6 +128,26 @@ impl NetNs {
         cmd::run(Command::new("ip").arg("-n").arg(self.name()).args(args))
     }
 
+    /// Renames the interface `from` to `to` as an administrator would: down, renamed
+    /// (an interface that is up cannot be), up again.
+    ///
+    /// # Errors
+    /// When `ip` fails.
+    pub fn rename_link(&self, from: &str, to: &str) -> anyhow::Result<()> {
+        self.ip(&["link", "set", from, "down"])?;
+        self.ip(&["link", "set", from, "name", to])?;
+        self.ip(&["link", "set", to, "up"]).map(drop)
+    }
+
+    /// Moves the interface `name` into namespace `to` and brings it up there.
+    ///
+    /// # Errors
+    /// When `ip` fails.
+    pub fn move_link(&self, name: &str, to: &NetNs) -> anyhow::Result<()> {
+        self.ip(&["link", "set", name, "netns", to.name()])?;
+        to.ip(&["link", "set", name, "up"]).map(drop)
+    }
+
     /// A command that runs `program` inside the namespace (`ip netns exec`, which also
     /// mounts the namespace's own `/sys`).
     pub fn command(&self, program: &str) -> Command {

@@ -3,14 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
+use capstats_testkit::launch::{Process, spawn_logged};
 
-use crate::daemon::STOP_TIMEOUT;
 use crate::daemon::metrics::http_get;
 use crate::netns::NetNs;
 
@@ -36,8 +34,7 @@ pub fn require_prometheus() -> anyhow::Result<()> {
 /// A Prometheus server in a namespace, scraping one target every second; stopped
 /// (SIGTERM, then SIGKILL) on drop, which prints its log (shown if the test fails).
 pub struct Prometheus {
-    child: Option<Child>,
-    log: PathBuf,
+    process: Process,
     /// Where its HTTP API listens (in the namespace).
     pub addr: SocketAddr,
 }
@@ -73,34 +70,19 @@ impl Prometheus {
             ),
         )?;
         let storage = dir.join("tsdb");
-        let log = dir.join("prometheus.log");
-        let file = std::fs::File::create(&log)?;
         let mut command = ns.command_keeping_mounts(PROMETHEUS);
         command
             .arg(format!("--config.file={}", config.display()))
             .arg(format!("--storage.tsdb.path={}", storage.display()))
-            .arg(format!("--web.listen-address={listen}"))
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file);
-        // SAFETY: prctl is async-signal-safe; Prometheus stops if the test dies.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+            .arg(format!("--web.listen-address={listen}"));
+        // Started as the daemon is: its log in a file, stopped if the test dies.
         let mut prometheus = Self {
-            child: Some(command.spawn().context("cannot start prometheus")?),
-            log,
+            process: spawn_logged(command, &dir.join("prometheus.log"))?,
             addr: listen,
         };
         let deadline = Instant::now() + PROMETHEUS_WAIT;
         loop {
-            if let Some(status) = prometheus.child.as_mut().context("child")?.try_wait()? {
-                prometheus.child = None;
+            if let Some(status) = prometheus.process.try_wait()? {
                 bail!(
                     "prometheus exited ({status}); its log:\n{}",
                     prometheus.log()
@@ -121,7 +103,7 @@ impl Prometheus {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.log()
     }
 
     /// An instant query through the HTTP API (from inside `ns`): each series of the
@@ -195,10 +177,12 @@ impl Prometheus {
 
 impl Drop for Prometheus {
     fn drop(&mut self) {
-        let Some(mut child) = self.child.take() else {
+        if self.process.is_stopped() {
             return;
-        };
-        let _ = crate::cmd::terminate(&mut child, STOP_TIMEOUT);
+        }
+        if let Err(e) = self.process.terminate() {
+            eprintln!("warning: {e:#}");
+        }
         eprintln!("log of prometheus:\n{}", self.log());
     }
 }

@@ -6,7 +6,6 @@
 //! length the socket and TC hooks see for such a frame.
 
 use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -78,16 +77,8 @@ impl Tcpdump {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        // SAFETY: prctl is async-signal-safe. If the test dies without dropping us,
-        // tcpdump dies too (`ip netns exec` execs it in the same process).
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        // If the test dies without dropping us, tcpdump dies too.
+        capstats_testkit::launch::dies_with_spawner(&mut command, libc::SIGKILL);
         let line = crate::cmd::command_line(&command);
         let mut child = command
             .spawn()

@@ -26,9 +26,9 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 use capstats_common::metrics::{DaemonInfo, render};
 use capstats_common::protocol::Session;
-use capstats_tests::daemon::metrics::{MetricsDaemon, free_loopback_addrs, get, http_get};
+use capstats_tests::daemon::metrics::{free_loopback_addrs, get, http_get};
 use capstats_tests::daemon::rig::{self, Rig, Setup};
-use capstats_tests::daemon::{DaemonSpec, PinDir, binary};
+use capstats_tests::daemon::{Daemon, DaemonSpec, PinDir, binary};
 use capstats_tests::prometheus::{
     HTTP_TIMEOUT, PROMTOOL, Prometheus, percent_encode, require_prometheus,
 };
@@ -757,7 +757,11 @@ fn dashboard_queries_only_what_the_daemon_serves() -> anyhow::Result<()> {
     let [addr] = free_loopback_addrs(&rig.ns_b, 1)?[..] else {
         bail!("no free port");
     };
-    let daemon = MetricsDaemon::start(&rig.ns_b, &spec, addr, &scratch.join("daemon.log"))?;
+    let daemon = Daemon::start(
+        &rig.ns_b,
+        &spec.clone().serving_metrics(addr, None),
+        &scratch.join("daemon.log"),
+    )?;
     let client = capstats_tests::daemon::Client::new(&spec.socket)?;
     let interface = rig.interface().to_owned();
     client.ok(&[
@@ -819,7 +823,11 @@ fn dashboard_panels_show_the_traffic_in_prometheus() -> anyhow::Result<()> {
     let [metrics, api] = free_loopback_addrs(ns, 2)?[..] else {
         bail!("no two free ports");
     };
-    let daemon = MetricsDaemon::start(ns, &spec, metrics, &scratch.join("daemon.log"))?;
+    let daemon = Daemon::start(
+        ns,
+        &spec.clone().serving_metrics(metrics, None),
+        &scratch.join("daemon.log"),
+    )?;
     let client = capstats_tests::daemon::Client::new(&spec.socket)?;
     let interface = rig.interface().to_owned();
     client.ok(&[

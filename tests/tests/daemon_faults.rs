@@ -29,7 +29,9 @@ use anyhow::{Context, ensure};
 use capstats_common::protocol::Session;
 use capstats_tests::cmd;
 use capstats_tests::daemon::rig::{self, Rig};
-use capstats_tests::daemon::{Client, Daemon, DaemonSpec};
+use capstats_tests::daemon::{
+    Client, Daemon, DaemonSpec, UNMOUNT_BPFFS, alone_in_private_mounts, in_private_mounts,
+};
 use capstats_tests::require_root;
 use capstats_tests::scratch::ScratchDir;
 
@@ -37,31 +39,10 @@ const TEST: &str = "daemon_faults";
 const ARRIVAL: Duration = Duration::from_secs(10);
 const QUIET: Duration = Duration::from_millis(100);
 
-/// `unshare -m` with private propagation, then `script` in sh, then the daemon
-/// (`exec "$0" "$@"`: the same process all along, as [`DaemonSpec::wrapper`] needs).
-fn in_private_mounts(script: &str) -> Vec<String> {
-    [
-        "unshare",
-        "-m",
-        "--propagation",
-        "private",
-        "--",
-        "sh",
-        "-ec",
-        &format!("{script}\nexec \"$0\" \"$@\""),
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect()
-}
-
 fn wrapped(spec: DaemonSpec, wrapper: Vec<String>) -> DaemonSpec {
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
     spec.wrapped(&wrapper)
 }
-
-/// Unmounts every bpffs stacked at /sys/fs/bpf.
-const UNMOUNT_BPFFS: &str = "while mountpoint -q /sys/fs/bpf; do umount /sys/fs/bpf; done";
 
 fn counts(session: &Session) -> (u64, u64) {
     (session.packets.unwrap_or(0), session.bytes.unwrap_or(0))
@@ -69,31 +50,6 @@ fn counts(session: &Session) -> (u64, u64) {
 
 fn names(sessions: &[Session]) -> Vec<String> {
     sessions.iter().map(|s| s.name.clone()).collect()
-}
-
-/// [`in_private_mounts`], and a pid namespace too, with the daemon in a mount
-/// namespace of its own as its pid 1: no bpffs outside its namespace is reachable from
-/// it (not pid 1's, which is itself, nor an ancestor's), so it has to mount one. The
-/// outer `unshare --fork` waits for it, ignoring SIGTERM: stop it with SIGKILL
-/// (`Daemon::kill`), which takes the daemon along.
-fn alone_in_private_mounts(script: &str) -> Vec<String> {
-    [
-        "unshare",
-        "-m",
-        "-p",
-        "--fork",
-        "--mount-proc",
-        "--kill-child",
-        "--propagation",
-        "private",
-        "--",
-        "sh",
-        "-ec",
-        &format!("{script}\nexec unshare -m --propagation private -- \"$0\" \"$@\""),
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect()
 }
 
 #[test]

@@ -315,9 +315,7 @@ fn sessions_follow_a_renamed_interface() -> anyhow::Result<()> {
     start_hook_sessions(&setup)?;
     send_and_settle(&setup, 10, 10)?;
     let ns = &setup.rig.ns_b;
-    ns.ip(&["link", "set", "veth-b", "down"])?;
-    ns.ip(&["link", "set", "veth-b", "name", "lan0"])?;
-    ns.ip(&["link", "set", "lan0", "up"])?;
+    ns.rename_link("veth-b", "lan0")?;
     let sessions = wait_all(&setup, "on lan0, up", |s| s.interface == "lan0" && s.up)?;
     ensure!(
         sessions.iter().all(|s| counts(s).0 == 10),
@@ -355,17 +353,11 @@ fn a_rename_while_no_daemon_runs_leaves_nothing_counting_down() -> anyhow::Resul
     let setup = Setup::start("links-rename-restart")?;
     start_hook_sessions(&setup)?;
     send_and_settle(&setup, 10, 10)?;
-    let setup = setup.restart("daemon2.log", |rig| {
-        rig.ns_b.ip(&["link", "set", "veth-b", "down"])?;
-        rig.ns_b.ip(&["link", "set", "veth-b", "name", "lan0"])?;
-        rig.ns_b.ip(&["link", "set", "lan0", "up"]).map(drop)
-    })?;
+    let setup = setup.restart("daemon2.log", |rig| rig.ns_b.rename_link("veth-b", "lan0"))?;
     wait_all(&setup, "down", |s| !s.up && s.link.is_none())?;
     send_uncounted(&setup, 5, 10)?;
     let ns = &setup.rig.ns_b;
-    ns.ip(&["link", "set", "lan0", "down"])?;
-    ns.ip(&["link", "set", "lan0", "name", "veth-b"])?;
-    ns.ip(&["link", "set", "veth-b", "up"])?;
+    ns.rename_link("lan0", "veth-b")?;
     wait_all(&setup, "up again", |s| s.up)?;
     send_and_settle(&setup, 15, 25)?;
     Ok(())
@@ -382,8 +374,7 @@ fn an_interface_moved_away_stops_its_sessions_until_it_returns() -> anyhow::Resu
     start_hook_sessions(&setup)?;
     send_and_settle(&setup, 10, 10)?;
     let ns = &setup.rig.ns_b;
-    ns.ip(&["link", "set", "veth-b", "netns", elsewhere.name()])?;
-    elsewhere.ip(&["link", "set", "veth-b", "up"])?;
+    ns.move_link("veth-b", &elsewhere)?;
     wait_all(&setup, "down", |s| !s.up)?;
     // Frames still reach veth-b, in the other namespace: nobody here counts them.
     send_uncounted(&setup, 10, 10)?;
@@ -394,8 +385,7 @@ fn an_interface_moved_away_stops_its_sessions_until_it_returns() -> anyhow::Resu
         ),
         "the log does not say the interface left:\n{log}"
     );
-    elsewhere.ip(&["link", "set", "veth-b", "netns", ns.name()])?;
-    ns.ip(&["link", "set", "veth-b", "up"])?;
+    elsewhere.move_link("veth-b", ns)?;
     wait_all(&setup, "up again", |s| s.up)?;
     send_and_settle(&setup, 5, 15)?;
     Ok(())

@@ -19,9 +19,9 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 use capstats_common::metrics::{DaemonInfo, render};
 use capstats_common::protocol::Session;
-use capstats_tests::daemon::metrics::{MetricsDaemon, free_loopback_addrs, get, self_signed};
+use capstats_tests::daemon::metrics::{free_loopback_addrs, get, self_signed};
 use capstats_tests::daemon::rig::{self, Rig};
-use capstats_tests::daemon::{Client, DaemonSpec, PinDir, START_TIMEOUT};
+use capstats_tests::daemon::{Client, Daemon, DaemonSpec, PinDir, START_TIMEOUT};
 use capstats_tests::require_root;
 use capstats_tests::scratch::ScratchDir;
 
@@ -225,7 +225,11 @@ fn metrics_endpoint_reports_what_was_sent() -> anyhow::Result<()> {
     let [addr] = free_loopback_addrs(&rig.ns_b, 1)?[..] else {
         bail!("no free port");
     };
-    let daemon = MetricsDaemon::start(&rig.ns_b, &spec, addr, &scratch.join("daemon.log"))?;
+    let daemon = Daemon::start(
+        &rig.ns_b,
+        &spec.clone().serving_metrics(addr, None),
+        &scratch.join("daemon.log"),
+    )?;
     let client = Client::new(&spec.socket)?;
     let interface = rig.interface().to_owned();
     // A backslash-escaped keyword and a line feed: a valid expression that needs
@@ -364,7 +368,11 @@ fn a_taken_metrics_port_stops_the_daemon() -> anyhow::Result<()> {
         .ns_b
         .run(|| Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?))?;
     let addr = listener.local_addr()?;
-    let mut daemon = MetricsDaemon::spawn(&rig.ns_b, &spec, addr, &scratch.join("daemon.log"))?;
+    let mut daemon = Daemon::spawn(
+        &rig.ns_b,
+        &spec.clone().serving_metrics(addr, None),
+        &scratch.join("daemon.log"),
+    )?;
     let Some(status) = daemon.wait_exit(START_TIMEOUT)? else {
         bail!(
             "capstats -d started on a taken port; its log:\n{}",
@@ -452,11 +460,9 @@ fn web_config_serves_tls_and_basic_auth() -> anyhow::Result<()> {
 
     let spec = DaemonSpec::new(scratch.join("tls.sock"), scratch.join("tls-state"));
     let _pins = spec.pin_guard();
-    let daemon = MetricsDaemon::start_with(
+    let daemon = Daemon::start(
         &rig.ns_b,
-        &spec,
-        tls_addr,
-        Some(&tls_config),
+        &spec.clone().serving_metrics(tls_addr, Some(&tls_config)),
         &scratch.join("tls.log"),
     )?;
     Client::new(&spec.socket)?.ok(&[
@@ -556,11 +562,9 @@ fn web_config_serves_tls_and_basic_auth() -> anyhow::Result<()> {
     // Users without TLS: the same over plain HTTP.
     let spec = DaemonSpec::new(scratch.join("auth.sock"), scratch.join("auth-state"));
     let _pins = spec.pin_guard();
-    let daemon = MetricsDaemon::start_with(
+    let daemon = Daemon::start(
         &rig.ns_b,
-        &spec,
-        plain_addr,
-        Some(&auth_config),
+        &spec.clone().serving_metrics(plain_addr, Some(&auth_config)),
         &scratch.join("auth.log"),
     )?;
     let url = format!("http://{plain_addr}/metrics");
@@ -587,11 +591,9 @@ fn web_config_serves_tls_and_basic_auth() -> anyhow::Result<()> {
         std::fs::write(&file, text)?;
         let spec = DaemonSpec::new(scratch.join("bad.sock"), scratch.join("bad-state"));
         let _pins = spec.pin_guard();
-        let mut daemon = MetricsDaemon::spawn_with(
+        let mut daemon = Daemon::spawn(
             &rig.ns_b,
-            &spec,
-            bad_addr,
-            Some(&file),
+            &spec.clone().serving_metrics(bad_addr, Some(&file)),
             &scratch.join("bad.log"),
         )?;
         let Some(status) = daemon.wait_exit(START_TIMEOUT)? else {

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use capstats_common::protocol::Session;
 use capstats_tests::daemon::rig::{self, Rig};
-use capstats_tests::daemon::{Client, Daemon, DaemonSpec};
+use capstats_tests::daemon::{Client, Daemon, DaemonSpec, UNMOUNT_BPFFS, alone_in_private_mounts};
 use capstats_tests::require_root;
 use capstats_tests::scratch::ScratchDir;
 
@@ -178,34 +178,13 @@ fn under_ip_netns_exec_kill_9_mid_stream_loses_nothing() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A mount namespace (private) in which bpffs is unmounted, and a pid namespace, so
-/// that pid 1 is there too; then the daemon in a mount namespace of its own, as pid 1
-/// (every `exec`: the same process). No bpffs that outlives the daemon is reachable
-/// from it: not its own namespace's, not pid 1's, and it has no ancestor to look at.
-/// The outer `unshare` waits (ignoring SIGTERM); SIGKILL to it kills the daemon too.
-const NO_DURABLE_BPFFS: [&str; 12] = [
-    "unshare",
-    "-m",
-    "-p",
-    "--fork",
-    "--mount-proc",
-    "--kill-child",
-    "--propagation",
-    "private",
-    "--",
-    "sh",
-    "-ec",
-    "while mountpoint -q /sys/fs/bpf; do umount /sys/fs/bpf; done\n\
-     exec unshare -m --propagation private -- \"$0\" \"$@\"",
-];
-
 #[test]
 fn a_daemon_whose_pins_die_with_it_says_so() -> anyhow::Result<()> {
     require_root(TEST);
     let rig = Rig::new("mortal")?;
     let scratch = ScratchDir::new("mortal")?;
     let spec = DaemonSpec::new(scratch.join("capstats.sock"), scratch.join("state"))
-        .wrapped(&NO_DURABLE_BPFFS);
+        .wrapped(&alone_in_private_mounts(UNMOUNT_BPFFS));
     let _pins = spec.pin_guard();
     let daemon = Daemon::start(&rig.ns_b, &spec, &scratch.join("daemon.log"))?;
     let client = daemon.client()?;

@@ -20,9 +20,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use capstats_tests::daemon::metrics::{MetricsDaemon, free_loopback_addrs, http_get, self_signed};
+use capstats_tests::daemon::metrics::{free_loopback_addrs, http_get, self_signed};
 use capstats_tests::daemon::rig::{self, Rig};
-use capstats_tests::daemon::{Client, DaemonSpec};
+use capstats_tests::daemon::{Client, Daemon, DaemonSpec};
 use capstats_tests::prometheus::{HTTP_TIMEOUT, PROMTOOL, Prometheus, job, require_prometheus};
 use capstats_tests::require_root;
 use capstats_tests::scratch::ScratchDir;
@@ -46,7 +46,7 @@ fn promql_string(s: &str) -> String {
 /// The rig with the daemon in B serving `/metrics` on B's loopback; fields drop in
 /// order: the daemon, its pins, the scratch directory, then the namespaces.
 struct Setup {
-    daemon: MetricsDaemon,
+    daemon: Daemon,
     client: Client,
     metrics: SocketAddr,
     /// Another free port on B's loopback (for Prometheus's API).
@@ -76,11 +76,9 @@ impl Setup {
         let [metrics, spare] = free_loopback_addrs(&rig.ns_b, 2)?[..] else {
             bail!("no two free ports on B's loopback");
         };
-        let daemon = MetricsDaemon::start_with(
+        let daemon = Daemon::start(
             &rig.ns_b,
-            &spec,
-            metrics,
-            web_config.as_deref(),
+            &spec.clone().serving_metrics(metrics, web_config.as_deref()),
             &scratch.join("daemon.log"),
         )?;
         Ok(Self {

@@ -2,6 +2,11 @@
 //!
 //! The order puts the cheap checks first (format, lints) so that a mistake costs seconds,
 //! not a full test run. The tests get the corpus path in `CAPSTATS_CORPUS`.
+//!
+//! Everything is built with `--all-features`: the `kernel-tests` features of
+//! capstats-ebpf and capstats-cli add the tests that load programs into the kernel (they
+//! need root), which a plain `cargo test` leaves out so that it passes as any user.
+//! `--workspace` adds the end-to-end tests (`tests/`), which need root too.
 
 use std::path::Path;
 
@@ -40,13 +45,14 @@ pub fn test(profile: Profile) -> anyhow::Result<()> {
         );
     }
 
-    let clippy = "cargo clippy --workspace --all-targets -- -D warnings";
+    let clippy = "cargo clippy --workspace --all-targets --all-features -- -D warnings";
     if deps::cargo_tool("clippy") {
         steps.run(clippy, || {
             cmd::run(cmd::cargo().args([
                 "clippy",
                 "--workspace",
                 "--all-targets",
+                "--all-features",
                 "--",
                 "-D",
                 "warnings",
@@ -59,12 +65,13 @@ pub fn test(profile: Profile) -> anyhow::Result<()> {
         );
     }
 
-    steps.run("cargo build --workspace --all-targets", || {
-        cmd::run(cmd::cargo().args(["build", "--workspace", "--all-targets"]))
-    })?;
+    steps.run(
+        "cargo build --workspace --all-targets --all-features",
+        || cmd::run(cmd::cargo().args(["build", "--workspace", "--all-targets", "--all-features"])),
+    )?;
 
     let mut cargo_test = cmd::cargo();
-    cargo_test.args(["test", "--workspace"]);
+    cargo_test.args(["test", "--workspace", "--all-features"]);
     if profile == Profile::Release {
         cargo_test.arg("--release");
     }

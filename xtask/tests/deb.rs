@@ -36,16 +36,7 @@ fn text(out: Output) -> String {
 }
 
 fn corpus_file() -> PathBuf {
-    let corpus = std::env::var_os("CAPSTATS_CORPUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus"));
-    let file = corpus.join("pcap/libpcap-filter/dhcp-rfc3004.pcap");
-    assert!(
-        file.is_file(),
-        "no corpus at {} (set CAPSTATS_CORPUS)",
-        corpus.display()
-    );
-    file
+    capstats_testkit::corpus::file("pcap/libpcap-filter/dhcp-rfc3004.pcap").unwrap()
 }
 
 #[test]

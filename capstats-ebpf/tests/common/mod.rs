@@ -6,9 +6,7 @@ use std::path::{Path, PathBuf};
 
 /// The corpus: `$CAPSTATS_CORPUS`, or `../shared/corpus` beside the workspace.
 pub fn corpus_dir() -> PathBuf {
-    let dir = std::env::var_os("CAPSTATS_CORPUS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus"));
+    let dir = capstats_testkit::corpus::dir().unwrap();
     assert!(
         dir.join("filters_ethernet_valid.txt").is_file(),
         "the test corpus is missing at {} (set CAPSTATS_CORPUS)",

@@ -1,175 +1,20 @@
-//! A daemon serving `/metrics` (`capstats -d ... --metrics ADDR:PORT`) in a namespace,
-//! and plain HTTP GETs to reach it (or any other server on a namespace's loopback).
+//! Reaching a daemon's `/metrics` (a [`super::Daemon`] started with
+//! [`super::DaemonSpec::serving_metrics`]) in a namespace: free loopback ports, plain
+//! HTTP GETs (to it or any other server on a namespace's loopback), and a self-signed
+//! certificate for `--web-config`.
 //!
 //! The daemon runs in the namespace's network stack but the test's mount namespace
-//! (`nsenter --net`, as [`super::Daemon`]), so that its 127.0.0.1 is the namespace's
-//! loopback (which the test brings up) and its pins are on the host's bpffs.
+//! (`nsenter --net`), so that its 127.0.0.1 is the namespace's loopback (which the test
+//! brings up) and its pins are on the host's bpffs.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 
-use super::{DaemonSpec, START_TIMEOUT, STOP_TIMEOUT, binary};
 use crate::netns::NetNs;
-
-/// `capstats -d ... --metrics ADDR` in a namespace; stopped (SIGTERM, then SIGKILL
-/// after [`STOP_TIMEOUT`]) on drop, which prints its log (shown if the test fails).
-#[derive(Debug)]
-pub struct MetricsDaemon {
-    child: Option<Child>,
-    log: PathBuf,
-}
-
-impl MetricsDaemon {
-    /// Starts it without waiting for it to answer.
-    ///
-    /// # Errors
-    /// When the binary is missing or cannot be started.
-    pub fn spawn(
-        ns: &NetNs,
-        spec: &DaemonSpec,
-        metrics: SocketAddr,
-        log: &Path,
-    ) -> anyhow::Result<Self> {
-        Self::spawn_with(ns, spec, metrics, None, log)
-    }
-
-    /// [`MetricsDaemon::spawn`], with `--web-config web_config` when given.
-    ///
-    /// # Errors
-    /// As [`MetricsDaemon::spawn`].
-    pub fn spawn_with(
-        ns: &NetNs,
-        spec: &DaemonSpec,
-        metrics: SocketAddr,
-        web_config: Option<&Path>,
-        log: &Path,
-    ) -> anyhow::Result<Self> {
-        let file = std::fs::File::create(log)?;
-        let mut command = ns.command_keeping_mounts(binary()?.to_str().context("path")?);
-        command
-            .arg("-d")
-            .arg("-s")
-            .arg(&spec.socket)
-            .arg("--state-dir")
-            .arg(&spec.state_dir)
-            .arg("--pin-dir")
-            .arg(&spec.pin_dir)
-            .arg("--detach-on-exit")
-            .arg("--metrics")
-            .arg(metrics.to_string())
-            .args(
-                web_config
-                    .iter()
-                    .flat_map(|file| [Path::new("--web-config"), file]),
-            )
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file);
-        // SAFETY: prctl is async-signal-safe; the daemon stops if the test dies.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        Ok(Self {
-            child: Some(command.spawn()?),
-            log: log.to_owned(),
-        })
-    }
-
-    /// Starts it and waits until its socket answers.
-    ///
-    /// # Errors
-    /// When it exits or does not answer within [`START_TIMEOUT`]; the error has its log.
-    pub fn start(
-        ns: &NetNs,
-        spec: &DaemonSpec,
-        metrics: SocketAddr,
-        log: &Path,
-    ) -> anyhow::Result<Self> {
-        Self::start_with(ns, spec, metrics, None, log)
-    }
-
-    /// [`MetricsDaemon::start`], with `--web-config web_config` when given.
-    ///
-    /// # Errors
-    /// As [`MetricsDaemon::start`].
-    pub fn start_with(
-        ns: &NetNs,
-        spec: &DaemonSpec,
-        metrics: SocketAddr,
-        web_config: Option<&Path>,
-        log: &Path,
-    ) -> anyhow::Result<Self> {
-        let mut daemon = Self::spawn_with(ns, spec, metrics, web_config, log)?;
-        let client = spec.client()?;
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(status) = daemon.child.as_mut().context("child")?.try_wait()? {
-                daemon.child = None;
-                bail!("capstats -d exited ({status}); its log:\n{}", daemon.log());
-            }
-            if client.run(&["list"])?.code == Some(0) {
-                return Ok(daemon);
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "capstats -d did not answer; its log:\n{}",
-                daemon.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Waits up to `timeout` for the daemon to exit by itself: its status, or `None`
-    /// if it still runs (it is then stopped on drop).
-    ///
-    /// # Errors
-    /// When it was stopped already or cannot be waited for.
-    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<Option<ExitStatus>> {
-        let child = self.child.as_mut().context("the daemon was stopped")?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                self.child = None;
-                return Ok(Some(status));
-            }
-            if Instant::now() > deadline {
-                return Ok(None);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Whether the process still runs.
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
-    }
-
-    /// What it has logged so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for MetricsDaemon {
-    fn drop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let _ = crate::cmd::terminate(&mut child, STOP_TIMEOUT);
-        eprintln!("log of capstats -d --metrics:\n{}", self.log());
-    }
-}
 
 /// `count` distinct ports free on 127.0.0.1 in `ns` now (all bound at once, then
 /// released), as addresses.

@@ -3,158 +3,78 @@
 //!
 //! The daemon runs inside the receiving namespace (`ip netns exec` execs it, so the
 //! child's pid is the daemon's), with its socket, state and log in the bench's scratch
-//! directory. It is stopped on drop, also while a panic unwinds: SIGTERM, then SIGKILL
-//! if it has not gone within [`STOP_TIMEOUT`]. Should the bench itself die without
-//! unwinding, the kernel sends the daemon SIGTERM (`PR_SET_PDEATHSIG`).
+//! directory, started by the launcher the end-to-end tests use
+//! ([`capstats_testkit::launch::start_daemon`]). It is stopped on drop, also while a panic
+//! unwinds: SIGTERM, then SIGKILL if it has not gone within
+//! [`capstats_testkit::launch::STOP_TIMEOUT`]. Should the bench itself die without unwinding, the
+//! kernel sends the daemon SIGTERM (`PR_SET_PDEATHSIG`; the signal comes when the thread
+//! that started it ends: the bench's main thread).
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
+use capstats_testkit::launch::{DaemonArgs, Process};
 
 use super::netns::Namespace;
-
-/// How long the daemon may take to answer after it is started.
-const START_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long it may take to exit after SIGTERM before it gets SIGKILL.
-const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A running `capstats -d`, stopped when dropped.
 #[derive(Debug)]
 pub struct Daemon {
-    child: Option<Child>,
-    socket: PathBuf,
-    log: PathBuf,
+    process: Process,
+    args: DaemonArgs,
 }
 
 impl Daemon {
     /// Starts `capstats -d` in `ns` with its socket, state and log in `dir`, serving
-    /// `/metrics` at `metrics` (in `ns`), and returns once the socket accepts
-    /// connections (the daemon binds the metrics address before its socket).
+    /// `/metrics` at `metrics` (in `ns`), and returns once the socket answers (the
+    /// daemon binds the metrics address before its socket).
     pub fn start(
         capstats: &Path,
         ns: &Namespace,
         dir: &Path,
         metrics: std::net::SocketAddr,
     ) -> anyhow::Result<Self> {
-        let socket = dir.join("capstats.sock");
-        let log = dir.join("daemon.log");
-        let file = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let mut command = ns.command(capstats);
-        command
-            .arg("-d")
-            .arg("-s")
-            .arg(&socket)
-            .arg("--state-dir")
-            .arg(dir.join("state"))
+        let args = DaemonArgs {
+            socket: dir.join("capstats.sock"),
+            state_dir: dir.join("state"),
             // Its own pins, removed when it stops: the bench leaves nothing pinned.
-            .arg("--pin-dir")
-            .arg(format!("/sys/fs/bpf/capstats-bench-{}", std::process::id()))
-            .arg("--detach-on-exit")
-            .arg("--metrics")
-            .arg(metrics.to_string())
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file);
-        // SAFETY: prctl is async-signal-safe and touches only the child. The signal
-        // comes when the thread that spawned the child ends: this one, the main thread.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = command
-            .spawn()
-            .with_context(|| format!("starting {} -d", capstats.display()))?;
-        let mut daemon = Self {
-            child: Some(child),
-            socket,
-            log,
+            pin_dir: format!("/sys/fs/bpf/capstats-bench-{}", std::process::id()).into(),
+            detach_on_exit: true,
+            metrics: Some(metrics),
+            ..DaemonArgs::default()
         };
-        let deadline = Instant::now() + START_TIMEOUT;
-        while std::os::unix::net::UnixStream::connect(&daemon.socket).is_err() {
-            if let Some(status) = daemon.child.as_mut().and_then(|c| c.try_wait().ok()?) {
-                daemon.child = None;
-                bail!(
-                    "capstats -d exited ({status}) before answering; its log:\n{}",
-                    daemon.log()
-                );
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "capstats -d did not answer on {} within {START_TIMEOUT:?}; its log:\n{}",
-                daemon.socket.display(),
-                daemon.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Ok(daemon)
+        let process = capstats_testkit::launch::start_daemon(
+            ns.command(capstats),
+            &args,
+            &dir.join("daemon.log"),
+        )?;
+        Ok(Self { process, args })
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().map_or(0, Child::id)
+        self.process.pid().unwrap_or(0)
     }
 
     pub fn socket(&self) -> &Path {
-        &self.socket
+        &self.args.socket
     }
 
     /// What the daemon has logged (stdout and stderr).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_else(|e| format!("(cannot read {}: {e})", self.log.display()))
+        self.process.log()
     }
 
     /// Stops the daemon as an administrator would (SIGTERM); fails unless it exits 0.
     pub fn stop(mut self) -> anyhow::Result<()> {
-        let status = self.terminate()?;
+        let status = self.process.terminate()?;
         ensure!(
             status.success(),
             "capstats -d exited with {status} after SIGTERM; its log:\n{}",
             self.log()
         );
         Ok(())
-    }
-
-    /// SIGTERM, then SIGKILL after [`STOP_TIMEOUT`].
-    fn terminate(&mut self) -> anyhow::Result<std::process::ExitStatus> {
-        let Some(mut child) = self.child.take() else {
-            bail!("the daemon was stopped already");
-        };
-        // SAFETY: signals our own child, not yet waited for (so its pid is not reused).
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            if let Some(status) = child.try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!(
-                    "capstats -d did not exit within {STOP_TIMEOUT:?} of SIGTERM and was killed; its log:\n{}",
-                    self.log()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.child.is_some()
-            && let Err(e) = self.terminate()
-        {
-            eprintln!("warning: {e:#}");
-        }
     }
 }
 

@@ -302,20 +302,18 @@ impl ToolProcess {
     /// containing `ready`.
     fn start(mut command: std::process::Command, ready: &str) -> anyhow::Result<Self> {
         let name = shown(&command);
-        // SAFETY: setpriority and prctl are async-signal-safe and change only the
-        // child. The death signal comes when the spawning thread (the bench's main
-        // thread) ends, also when the bench is killed before its guards run; it
-        // survives the exec (the tools are not set-uid).
+        // SAFETY: setpriority is async-signal-safe and changes only the child.
         unsafe {
             command.pre_exec(|| {
-                if libc::setpriority(libc::PRIO_PROCESS, 0, super::NICE) != 0
-                    || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
-                {
+                if libc::setpriority(libc::PRIO_PROCESS, 0, super::NICE) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
             });
         }
+        // The death signal comes when the spawning thread (the bench's main thread)
+        // ends, also when the bench is killed before its guards run.
+        capstats_testkit::launch::dies_with_spawner(&mut command, libc::SIGKILL);
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())

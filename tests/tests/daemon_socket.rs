@@ -1,5 +1,6 @@
-//! The daemon counting live traffic, exactly: `modify` under a steady stream, 64
-//! sessions at once on one interface, and an interface that disappears.
+//! The socket hook (the default) end to end, counting live traffic exactly: `modify`
+//! under a steady stream, 64 sessions at once on one interface, an interface that
+//! disappears, and loopback.
 //!
 //! Each test has its own rig (namespaces A and B joined by a quiet veth pair, see
 //! `capstats_tests::daemon::rig`), runs `capstats -d` in B and counts on B's end, and
@@ -15,7 +16,7 @@ use capstats_tests::frame::MacAddr;
 use capstats_tests::link::VethPair;
 use capstats_tests::require_root;
 
-const TEST: &str = "daemon_counting";
+const TEST: &str = "daemon_socket";
 /// How long frames may take to be counted after they were written.
 const ARRIVAL: Duration = Duration::from_secs(10);
 /// How long a count must stand still to be final.
