@@ -632,21 +632,39 @@ fn a_group_keeps_its_code_while_its_members_come_and_go() {
     let runner = common::Runner::new(&loaded);
     let offer = |ports: &[u16]| {
         for &p in ports {
-            runner.run(&udp_frame(p)).expect("the harness runs the frame");
+            runner
+                .run(&udp_frame(p))
+                .expect("the harness runs the frame");
         }
     };
     offer(&[1000, 1001, 1002]);
     // b leaves: a alone in the group.
-    assert!(program.update_in_place(&[a], &[0]).unwrap(), "b leaves in place");
+    assert!(
+        program.update_in_place(&[a], &[0]).unwrap(),
+        "b leaves in place"
+    );
     offer(&[1000, 1001, 1002]);
     // c comes, a leaves: the group holds none of those it was built with.
-    assert!(program.update_in_place(&[a, c], &[0, 2]).unwrap(), "c comes in place");
-    assert!(program.update_in_place(&[c], &[2]).unwrap(), "a leaves in place");
+    assert!(
+        program.update_in_place(&[a, c], &[0, 2]).unwrap(),
+        "c comes in place"
+    );
+    assert!(
+        program.update_in_place(&[c], &[2]).unwrap(),
+        "a leaves in place"
+    );
     offer(&[1000, 1001, 1002, 1002]);
     // b comes back at the entry a had, with its own map.
-    assert!(program.update_in_place(&[b, c], &[0, 2]).unwrap(), "b at a's entry");
+    assert!(
+        program.update_in_place(&[b, c], &[0, 2]).unwrap(),
+        "b at a's entry"
+    );
     offer(&[1000, 1001]);
     let got: Vec<u64> = maps.iter().map(|m| m.read(0).unwrap().packets).collect();
     assert_eq!(got, vec![2, 2, 2], "a, b, c counted");
-    assert_eq!(program.insns.len(), loaded_insns, "the code it was built with");
+    assert_eq!(
+        program.insns.len(),
+        loaded_insns,
+        "the code it was built with"
+    );
 }

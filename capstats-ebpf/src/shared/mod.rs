@@ -383,8 +383,7 @@ impl SharedProgram {
             .map(|a| (a.entry, a.fd))
             .collect();
         table.set_fds(&fds)?;
-        self.table
-            .extend(added.iter().map(|a| (a.entry, a.serial)));
+        self.table.extend(added.iter().map(|a| (a.entry, a.serial)));
         let update: Vec<(DispatchKey, u32)> = new_keys
             .iter()
             .filter(|&(key, entry)| self.dispatch.get(key) != Some(entry))
@@ -401,8 +400,7 @@ impl SharedProgram {
                 continue;
             };
             if let Some(Member {
-                group: Some(group),
-                ..
+                group: Some(group), ..
             }) = self.members[slot].take()
             {
                 let item = self.groups[group as usize].item;
