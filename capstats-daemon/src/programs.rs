@@ -1170,17 +1170,23 @@ impl<'o, 'a> Place<'o, 'a> {
         let mut in_place = true;
         let mut members = Vec::with_capacity(old.members.len());
         let mut filters = Vec::with_capacity(old.members.len());
+        let mut modified = Vec::new();
         for (member, &entry) in old.members.iter().zip(&old.entries) {
             let Some(&(_, program, map)) = wanted.get(member.as_str()) else {
                 in_place = in_place && joins.stop(entry);
                 continue;
             };
-            if in_place && old.shared.filter_at(entry) != Some(program) {
-                // Modified: it leaves its group and joins one with its new filter.
-                in_place = joins.stop(entry) && joins.join(program, map.count()).is_some();
+            if old.shared.filter_at(entry) != Some(program) {
+                // Modified: it leaves its group and joins one with its new filter,
+                // once every leaver's keys are free (as the change is made).
+                in_place = in_place && joins.stop(entry);
+                modified.push((program, map.count()));
             }
             members.push(member.clone());
             filters.push((program, map.count()));
+        }
+        for (program, count) in modified {
+            in_place = in_place && joins.join(program, count).is_some();
         }
         let mut place = Self {
             members,
