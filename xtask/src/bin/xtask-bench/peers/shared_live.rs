@@ -1144,11 +1144,12 @@ pub fn report(figures: &Figures) -> String {
          every round before each hook's rows;\nns/frame = CPU ns of the generator thread and \
          ksoftirqd per frame offered; above = ns/frame - that round's nothing attached \
          (median over rounds);\n% = above / nothing attached's ns/frame; every session \
-         counted 0 after every run (the stream matches none)\n",
+         counted 0 after every run (the stream matches none but `vlan 0`, session 4,096 of \
+         `vlan V`, which counted it)\n",
         thousands(figures.frames),
         figures.rounds
     );
-    let _ = writeln!(out, "streams (matching no session):");
+    let _ = writeln!(out, "streams (matching no session but `vlan 0`):");
     for (shape, stream) in &figures.streams {
         let _ = writeln!(out, "  {shape:<20} {stream}");
     }
@@ -1249,7 +1250,8 @@ pub fn report(figures: &Figures) -> String {
 /// The table for bench/results.json (its `live_shared` object).
 pub fn to_json(figures: &Figures) -> serde_json::Value {
     json!({
-        "method": "XDP live frames into a veth pair, one flow matching no session; N sessions \
+        "method": "XDP live frames into a veth pair, one flow matching no session (but `vlan 0`, \
+                   session 4,096 of vlan V); N sessions \
                    of one shape, the daemon's program for them (SharedProgram::build / \
                    chain::build_chunk) attached by the bench (socket: AF_PACKET; tc: tcx \
                    ingress; xdp: native or generic), or made through the daemon (tool \
