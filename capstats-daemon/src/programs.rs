@@ -52,8 +52,8 @@ use capstats_ebpf::filter::ANY;
 use capstats_ebpf::insn::MapRef;
 use capstats_ebpf::program::LoadedProgram;
 use capstats_ebpf::shared::plan::Planner;
-use capstats_ebpf::shared::{InPlace, SharedProgram};
-use capstats_ebpf::translate::{Hook, Placement};
+use capstats_ebpf::shared::{InPlace, Joins, SharedProgram};
+use capstats_ebpf::translate::{Count, Hook, Placement};
 
 use crate::attach::{CountingSocket, ifindex};
 use crate::log::event;
@@ -183,11 +183,10 @@ const SESSIONS_PER_SOCKET: usize = 32;
 /// and the shared program it was built as (whose maps a change may alter alone).
 #[derive(Debug)]
 struct Counting {
-    /// The sessions, in the order of the program.
+    /// The sessions, in the order of the program. Their filters as the program has
+    /// them are its shared program's ([`SharedProgram::filter_at`]): a program whose
+    /// sessions and filters are unchanged is kept as it is.
     members: Vec<String>,
-    /// Their filters as the program has them: a program whose sessions and filters
-    /// are unchanged is kept as it is.
-    filters: Vec<Program>,
     /// Their entries in the program's counter table, stable for a session's life.
     entries: Vec<u32>,
     shared: SharedProgram,
@@ -437,11 +436,7 @@ impl InterfacePrograms {
         mut installed: Installed,
         counted: &[Counted<'_>],
     ) -> (Option<Installed>, Result<(), SessionError>) {
-        let old: Vec<&[String]> = installed
-            .chunks
-            .iter()
-            .map(|c| c.counting.members.as_slice())
-            .collect();
+        let old: Vec<&Counting> = installed.chunks.iter().map(|c| &c.counting).collect();
         let plan = match chain_plan(interface, slot, &old, counted) {
             Ok(plan) => plan,
             Err(e) => return (Some(installed), Err(e)),
@@ -476,7 +471,7 @@ impl InterfacePrograms {
                     change,
                 } => {
                     let counting = &mut installed.chunks[k].counting;
-                    if let Err(e) = apply(counting, &wanted, members, entries, change) {
+                    if let Err(e) = apply(counting, members, entries, change) {
                         first_error.get_or_insert(failed(interface, slot, e));
                         break;
                     }
@@ -554,10 +549,7 @@ impl InterfacePrograms {
             groups.clear();
         }
         let wanted = by_name(counted);
-        let old: Vec<&[String]> = groups
-            .iter()
-            .map(|g| g.counting.members.as_slice())
-            .collect();
+        let old: Vec<&Counting> = groups.iter().map(|g| &g.counting).collect();
         let plan = plan_groups(&old, counted, SESSIONS_PER_SOCKET);
         let works = plan
             .iter()
@@ -600,7 +592,7 @@ impl InterfacePrograms {
                     }),
                     Some(mut group),
                 ) => {
-                    if let Err(e) = apply(&mut group.counting, &wanted, members, entries, change) {
+                    if let Err(e) = apply(&mut group.counting, members, entries, change) {
                         first_error.get_or_insert(SessionError::Refused(format!(
                             "socket on {interface}: {e}"
                         )));
@@ -968,7 +960,6 @@ fn generate_socket_program(
     let maps = shared.binding();
     let program = LoadedProgram::load_with(slot.hook(), slot.program_name(), &shared.insns, &maps)?;
     Ok(Counting {
-        filters: filters_of(wanted, &members),
         members,
         entries,
         shared,
@@ -1011,7 +1002,6 @@ fn generate_chunk(
             }
         })?;
     Ok(Counting {
-        filters: filters_of(wanted, &members),
         members,
         entries,
         shared,
@@ -1073,7 +1063,14 @@ fn plan_work(
     wanted: &HashMap<&str, Counted<'_>>,
     generate: impl FnOnce(Vec<String>, Vec<u32>) -> Result<Counting, SessionError>,
 ) -> Result<Work, SessionError> {
-    if old.is_some_and(|c| c.members == members && c.filters == filters_of(wanted, members)) {
+    let unchanged = |c: &Counting| {
+        c.members == members
+            && members
+                .iter()
+                .zip(&c.entries)
+                .all(|(m, &e)| c.shared.filter_at(e) == Some(wanted[m.as_str()].1))
+    };
+    if old.is_some_and(unchanged) {
         return Ok(Work::Keep);
     }
     let entries = entries_for(old, members);
@@ -1094,17 +1091,15 @@ fn plan_work(
     generate(members.to_vec(), entries).map(|counting| Work::Load(Box::new(counting)))
 }
 
-/// Makes a change prepared by [`plan_work`] in `counting`'s maps.
+/// Makes a change prepared by [`plan_work`] in `counting`'s maps (the counter maps of
+/// its sessions still open).
 fn apply(
     counting: &mut Counting,
-    wanted: &HashMap<&str, Counted<'_>>,
     members: Vec<String>,
     entries: Vec<u32>,
     change: InPlace,
 ) -> Result<(), capstats_ebpf::shared::SharedError> {
-    let filters = counted_filters(wanted, &members);
-    counting.shared.apply(change, &filters, &entries)?;
-    counting.filters = filters_of(wanted, &members);
+    counting.shared.apply(change)?;
     counting.members = members;
     counting.entries = entries;
     Ok(())
@@ -1115,14 +1110,6 @@ fn by_name<'a>(counted: &[Counted<'a>]) -> HashMap<&'a str, Counted<'a>> {
     counted.iter().map(|&c| (c.0, c)).collect()
 }
 
-/// The filters of `members`, in order.
-fn filters_of(wanted: &HashMap<&str, Counted<'_>>, members: &[String]) -> Vec<Program> {
-    members
-        .iter()
-        .map(|m| wanted[m.as_str()].1.clone())
-        .collect()
-}
-
 /// Who goes where, given the programs `old` had: every session of `counted` that is
 /// in one stays there, in its place (a program may be left with none); a new session
 /// goes into the first program where it joins a group of filters evaluated together
@@ -1130,46 +1117,129 @@ fn filters_of(wanted: &HashMap<&str, Counted<'_>>, members: &[String]) -> Vec<Pr
 /// `capstats_ebpf::shared`), else into a new program at the end. A session staying in
 /// its program for life is what makes every packet meet each session's filter
 /// exactly once while programs are replaced one by one.
-fn plan_groups(old: &[&[String]], counted: &[Counted<'_>], most_items: usize) -> Vec<Vec<String>> {
+fn plan_groups(old: &[&Counting], counted: &[Counted<'_>], most_items: usize) -> Vec<Vec<String>> {
     let wanted = by_name(counted);
-    let mut plan: Vec<(Vec<String>, Planner<'_>)> = old
+    let mut plan: Vec<Place<'_, '_>> = old.iter().map(|c| Place::of(c, &wanted)).collect();
+    let placed: HashSet<&str> = old
         .iter()
-        .map(|members| {
-            let kept: Vec<String> = members
-                .iter()
-                .filter(|m| wanted.contains_key(m.as_str()))
-                .cloned()
-                .collect();
-            let mut planner = Planner::new();
-            for member in &kept {
-                let (_, program, map) = wanted[member.as_str()];
-                planner.add_counted_within(program, map.count(), usize::MAX);
-            }
-            (kept, planner)
-        })
+        .flat_map(|c| c.members.iter().map(String::as_str))
+        .filter(|m| wanted.contains_key(m))
         .collect();
-    let placed: HashSet<String> = plan.iter().flat_map(|(m, _)| m.iter().cloned()).collect();
+    // Programs made in this change: planned from their sessions.
+    let mut fresh: Vec<(Vec<String>, Planner<'_>)> = Vec::new();
     for &(name, program, map) in counted {
         if placed.contains(name) {
             continue;
         }
-        let mut fits = None;
-        for (members, planner) in plan.iter_mut() {
-            if planner.add_counted_within(program, map.count(), most_items) {
-                fits = Some(members);
-                break;
-            }
+        let count = map.count();
+        if let Some(i) = plan
+            .iter_mut()
+            .position(|place| place.add(program, count, most_items))
+        {
+            plan[i].members.push(name.to_owned());
+            continue;
         }
-        match fits {
-            Some(members) => members.push(name.to_owned()),
+        match fresh
+            .iter_mut()
+            .position(|(_, planner)| planner.add_counted_within(program, count, most_items))
+        {
+            Some(i) => fresh[i].0.push(name.to_owned()),
             None => {
                 let mut planner = Planner::new();
-                planner.add_counted_within(program, map.count(), usize::MAX);
-                plan.push((vec![name.to_owned()], planner));
+                planner.add_counted_within(program, count, usize::MAX);
+                fresh.push((vec![name.to_owned()], planner));
             }
         }
     }
-    plan.into_iter().map(|(members, _)| members).collect()
+    plan.into_iter()
+        .map(|p| p.members)
+        .chain(fresh.into_iter().map(|(members, _)| members))
+        .collect()
+}
+
+/// One program of [`plan_groups`]: the sessions it keeps and gains, and whether a
+/// newcomer fits.
+struct Place<'o, 'a> {
+    members: Vec<String>,
+    /// Their filters and counts, in order.
+    filters: Vec<(&'a Program, Count)>,
+    fit: Fit<'o, 'a>,
+}
+
+/// How [`Place`] decides whether a newcomer fits.
+enum Fit<'o, 'a> {
+    /// The program's groups as they are: a session leaving or joining one changes its
+    /// maps alone, and deciding costs what the change touches, not what the program
+    /// counts.
+    InPlace(Joins<'o>),
+    /// Its code changes anyway: planned afresh from its sessions, as a new program is.
+    Planned(Planner<'a>),
+}
+
+impl<'o, 'a> Place<'o, 'a> {
+    /// `old`'s sessions that are still wanted, in their order.
+    fn of(old: &'o Counting, wanted: &HashMap<&str, Counted<'a>>) -> Self {
+        let mut joins = old.shared.joins();
+        let mut in_place = true;
+        let mut members = Vec::with_capacity(old.members.len());
+        let mut filters = Vec::with_capacity(old.members.len());
+        let mut modified = Vec::new();
+        for (member, &entry) in old.members.iter().zip(&old.entries) {
+            let Some(&(_, program, map)) = wanted.get(member.as_str()) else {
+                in_place = in_place && joins.stop(entry);
+                continue;
+            };
+            if old.shared.filter_at(entry) != Some(program) {
+                // Modified: it leaves its group and joins one with its new filter,
+                // once every leaver's keys are free (as the change is made).
+                in_place = in_place && joins.stop(entry);
+                modified.push((program, map.count()));
+            }
+            members.push(member.clone());
+            filters.push((program, map.count()));
+        }
+        for (program, count) in modified {
+            in_place = in_place && joins.join(program, count).is_some();
+        }
+        let mut place = Self {
+            members,
+            filters,
+            fit: Fit::InPlace(joins),
+        };
+        if !in_place {
+            place.plan();
+        }
+        place
+    }
+
+    /// Plans the program afresh from its sessions.
+    fn plan(&mut self) {
+        let mut planner = Planner::new();
+        for &(program, count) in &self.filters {
+            planner.add_counted_within(program, count, usize::MAX);
+        }
+        self.fit = Fit::Planned(planner);
+    }
+
+    /// Whether `program`, counting `count`, fits (joins a group, or there is room for it
+    /// alone among at most `most_items` groups and filters alone); if so it is taken.
+    fn add(&mut self, program: &'a Program, count: Count, most_items: usize) -> bool {
+        if let Fit::InPlace(joins) = &mut self.fit {
+            if joins.join(program, count).is_some() {
+                self.filters.push((program, count));
+                return true;
+            }
+            self.plan();
+        }
+        let Fit::Planned(planner) = &mut self.fit else {
+            unreachable!("planned above");
+        };
+        let fits = planner.add_counted_within(program, count, most_items);
+        if fits {
+            self.filters.push((program, count));
+        }
+        fits
+    }
 }
 
 /// [`plan_groups`] for a chain: chunks of at most [`CHAIN_ITEMS`] groups and filters
@@ -1178,7 +1248,7 @@ fn plan_groups(old: &[&[String]], counted: &[Counted<'_>], most_items: usize) ->
 fn chain_plan(
     interface: &str,
     slot: Slot,
-    old: &[&[String]],
+    old: &[&Counting],
     counted: &[Counted<'_>],
 ) -> Result<Vec<Vec<String>>, SessionError> {
     let mut plan = plan_groups(old, counted, CHAIN_ITEMS);

@@ -592,3 +592,79 @@ fn changes_in_the_maps_alone_count_what_libpcap_matches_tc() {
 fn changes_in_the_maps_alone_count_what_libpcap_matches_xdp() {
     in_place(Hook::Xdp);
 }
+
+/// An Ethernet/IPv4/UDP frame to `port`.
+fn udp_frame(port: u16) -> Vec<u8> {
+    let mut f = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00];
+    f.extend([0x45, 0, 0, 46, 0, 1, 0, 0, 64, 17, 0, 0]);
+    f.extend([192, 0, 2, 10, 198, 51, 100, 1]);
+    f.extend(53000u16.to_be_bytes());
+    f.extend(port.to_be_bytes());
+    f.extend([0, 26, 0, 0]);
+    f.extend([0; 18]);
+    f
+}
+
+/// A group keeps its code while its members come and go, down to one member and to
+/// none of those it was built with: every such change is made in the maps alone
+/// (before, a group left with one member was a filter alone, new code), and each
+/// member counts what it matches while it is there.
+#[test]
+fn a_group_keeps_its_code_while_its_members_come_and_go() {
+    common::require_root();
+    let expressions: Vec<String> = (1000..1003)
+        .map(|p| format!("udp and dst port {p}"))
+        .collect();
+    let filters = compile(&expressions);
+    let maps: Vec<CounterMap> = (0..3)
+        .map(|i| CounterMap::create(&format!("keep{i}"), 1).unwrap())
+        .collect();
+    let (a, b, c) = (
+        (filters[0].program(), &maps[0]),
+        (filters[1].program(), &maps[1]),
+        (filters[2].program(), &maps[2]),
+    );
+    let mut program =
+        SharedProgram::build_at("keep", &[a, b], &[0, 1], Placement::on(Hook::Tc)).unwrap();
+    assert_eq!(program.plan.groups().count(), 1, "one group of two");
+    let loaded = LoadedProgram::load(Hook::Tc, "keep", &program.insns).unwrap();
+    let loaded_insns = program.insns.len();
+    let runner = common::Runner::new(&loaded);
+    let offer = |ports: &[u16]| {
+        for &p in ports {
+            runner
+                .run(&udp_frame(p))
+                .expect("the harness runs the frame");
+        }
+    };
+    offer(&[1000, 1001, 1002]);
+    // b leaves: a alone in the group.
+    assert!(
+        program.update_in_place(&[a], &[0]).unwrap(),
+        "b leaves in place"
+    );
+    offer(&[1000, 1001, 1002]);
+    // c comes, a leaves: the group holds none of those it was built with.
+    assert!(
+        program.update_in_place(&[a, c], &[0, 2]).unwrap(),
+        "c comes in place"
+    );
+    assert!(
+        program.update_in_place(&[c], &[2]).unwrap(),
+        "a leaves in place"
+    );
+    offer(&[1000, 1001, 1002, 1002]);
+    // b comes back at the entry a had, with its own map.
+    assert!(
+        program.update_in_place(&[b, c], &[0, 2]).unwrap(),
+        "b at a's entry"
+    );
+    offer(&[1000, 1001]);
+    let got: Vec<u64> = maps.iter().map(|m| m.read(0).unwrap().packets).collect();
+    assert_eq!(got, vec![2, 2, 2], "a, b, c counted");
+    assert_eq!(
+        program.insns.len(),
+        loaded_insns,
+        "the code it was built with"
+    );
+}

@@ -256,8 +256,14 @@ impl CounterTable {
     /// update of a map of maps (about 10 ms here), so once per call rather than per
     /// entry. When it returns, every program sees the new maps.
     pub fn set(&self, entries: &[(u32, &CounterMap)]) -> Result<(), MapsError> {
+        let fds: Vec<(u32, i32)> = entries.iter().map(|&(e, m)| (e, m.raw_fd())).collect();
+        self.set_fds(&fds)
+    }
+
+    /// [`CounterTable::set`] with the counter maps' descriptors, which must be open.
+    pub fn set_fds(&self, entries: &[(u32, i32)]) -> Result<(), MapsError> {
         let keys: Vec<u32> = entries.iter().map(|&(e, _)| e).collect();
-        let values: Vec<u32> = entries.iter().map(|(_, m)| m.raw_fd() as u32).collect();
+        let values: Vec<u32> = entries.iter().map(|&(_, fd)| fd as u32).collect();
         update_batch("counter table", &self.name, &self.fd, &keys, &values)
     }
 

@@ -26,10 +26,13 @@ use crate::cbpf::Program;
 use crate::counters::CounterMap;
 use crate::insn::Insn;
 use crate::program::MapBinding;
-use crate::translate::{Hook, Placement, SharedMaps, TailCall, TranslateError, translate_shared};
+use crate::translate::{
+    Count, Hook, Placement, SharedMaps, TailCall, TranslateError, translate_shared,
+};
 
 use maps::{CounterTable, DispatchKey, DispatchMap, MapsError, dispatch_entries};
-use plan::Plan;
+use plan::{Item, Plan};
+use shape::{Shape, comparisons};
 
 /// Why a shared program could not be generated or changed.
 #[derive(Debug, thiserror::Error)]
@@ -44,8 +47,19 @@ pub enum SharedError {
 
 /// A shared program's code with the maps it reads (none when it counts nothing), and
 /// what the maps hold, so that a later change can be made in them alone.
+///
+/// A change is made in the maps alone when every filter that leaves was a group's
+/// member and every filter that comes joins a group as it is (same shape and count,
+/// its constants equal the group's where the group's do not vary, none of its keys
+/// taken). Deciding that costs what the change touches: the program keeps its members
+/// by entry and its groups by shape, and never plans its members again. A group whose
+/// members all left stays in the code (its look-ups find nothing) until the program is
+/// built again.
 #[derive(Debug)]
 pub struct SharedProgram {
+    /// The plan the code was generated from. Its filter numbers are the program's
+    /// member slots: after changes in place, slots of members that left are reused
+    /// and a group's members are the slots now in it.
     pub plan: Plan,
     pub insns: Vec<Insn>,
     pub maps: Option<(DispatchMap, CounterTable)>,
@@ -55,6 +69,36 @@ pub struct SharedProgram {
     /// The counter table's entries: the serial of the counter map in each
     /// ([`CounterMap::serial`]).
     table: HashMap<u32, u64>,
+    /// The members, by slot (none: a slot free since its member left).
+    members: Vec<Option<Member>>,
+    free_slots: Vec<usize>,
+    /// Member slots by counter table entry.
+    by_entry: HashMap<u32, usize>,
+    /// The groups, by number (the dispatch keys' group).
+    groups: Vec<GroupCode>,
+    /// Group numbers by the shape and count of their members.
+    by_shape: HashMap<(Shape, Count), Vec<u16>>,
+}
+
+/// A filter counted by a shared program.
+#[derive(Debug)]
+struct Member {
+    program: Program,
+    /// The group it is a member of, if any.
+    group: Option<u16>,
+}
+
+/// What a group's code stands for.
+#[derive(Debug)]
+struct GroupCode {
+    /// Its item in the plan.
+    item: usize,
+    /// The constants of the code at every comparison point.
+    constants: Vec<(usize, u32)>,
+    /// The varying points, ascending.
+    varying: Vec<usize>,
+    /// What its members count.
+    count: Count,
 }
 
 impl SharedProgram {
@@ -98,7 +142,13 @@ impl SharedProgram {
             placement,
             dispatch: HashMap::new(),
             table: HashMap::new(),
+            members: Vec::new(),
+            free_slots: Vec::new(),
+            by_entry: HashMap::new(),
+            groups: Vec::new(),
+            by_shape: HashMap::new(),
         };
+        shared.index(&filters, entries)?;
         if let Some(&(_, template)) = counted.first() {
             let most_entry = entries.iter().copied().max().unwrap_or(0);
             let table = CounterTable::create(
@@ -115,6 +165,65 @@ impl SharedProgram {
         Ok(shared)
     }
 
+    /// Records the members and groups of a new program's plan.
+    fn index(&mut self, filters: &[&Program], entries: &[u32]) -> Result<(), SharedError> {
+        for (filter, (&program, &entry)) in filters.iter().zip(entries).enumerate() {
+            if self.by_entry.insert(entry, filter).is_some() {
+                return Err(SharedError::SharedEntry { filter, entry });
+            }
+            self.members.push(Some(Member {
+                program: program.clone(),
+                group: None,
+            }));
+        }
+        let mut number = 0u16;
+        for (item, group) in self.plan.items.iter().enumerate() {
+            let Item::Group(group) = group else {
+                continue;
+            };
+            let code = filters[group.members[0]];
+            let count = self.plan.count(group.members[0]);
+            for &m in &group.members {
+                if let Some(member) = self.members[m].as_mut() {
+                    member.group = Some(number);
+                }
+            }
+            self.by_shape
+                .entry((Shape::of(code), count))
+                .or_default()
+                .push(number);
+            self.groups.push(GroupCode {
+                item,
+                constants: comparisons(code).collect(),
+                varying: group.template.varying.clone(),
+                count,
+            });
+            number += 1;
+        }
+        Ok(())
+    }
+
+    /// The filter counted at table entry `entry`, if any.
+    pub fn filter_at(&self, entry: u32) -> Option<&Program> {
+        let slot = *self.by_entry.get(&entry)?;
+        self.members[slot].as_ref().map(|m| &m.program)
+    }
+
+    /// How many filters the program counts.
+    pub fn filters(&self) -> usize {
+        self.by_entry.len()
+    }
+
+    /// A trial of joining filters to this program's groups as they are (see
+    /// [`Joins`]).
+    pub fn joins(&self) -> Joins<'_> {
+        Joins {
+            shared: self,
+            freed: HashSet::new(),
+            taken: HashSet::new(),
+        }
+    }
+
     /// Brings the program to `counted` at `entries` by changing its maps alone, if the
     /// code for them is the code it has and they fit the maps' room: a member joining
     /// or leaving a group, or changing its constants. Returns whether it did; if not,
@@ -127,7 +236,7 @@ impl SharedProgram {
         entries: &[u32],
     ) -> Result<bool, SharedError> {
         match self.prepare_in_place(counted, entries)? {
-            Some(change) => self.apply(change, counted, entries).map(|()| true),
+            Some(change) => self.apply(change).map(|()| true),
             None => Ok(false),
         }
     }
@@ -135,43 +244,201 @@ impl SharedProgram {
     /// The first half of [`SharedProgram::update_in_place`], changing nothing: the
     /// change to make in the maps, or none if the code or the maps' room would not do.
     /// A caller that must know every part of a change can be made before making any
-    /// (the daemon's chains) applies it later with [`SharedProgram::apply`].
+    /// (the daemon's chains) applies it later with [`SharedProgram::apply`], while the
+    /// counter maps of `counted` are still open. Compares each filter with the one its
+    /// entry has (no planning); what changed is made as [`SharedProgram::prepare_change`].
     pub fn prepare_in_place(
         &self,
         counted: &[(&Program, &CounterMap)],
         entries: &[u32],
     ) -> Result<Option<InPlace>, SharedError> {
+        let mut present = HashSet::with_capacity(entries.len());
+        let mut stops = Vec::new();
+        let mut adds = Vec::new();
+        for (filter, (&(program, map), &entry)) in counted.iter().zip(entries).enumerate() {
+            if !present.insert(entry) {
+                return Err(SharedError::SharedEntry { filter, entry });
+            }
+            let same = self.by_entry.get(&entry).and_then(|&slot| {
+                let member = self.members[slot].as_ref()?;
+                Some(member.program == *program && self.table.get(&entry) == Some(&map.serial()))
+            });
+            match same {
+                Some(true) => {}
+                Some(false) => {
+                    stops.push(entry);
+                    adds.push((entry, program, map));
+                }
+                None => adds.push((entry, program, map)),
+            }
+        }
+        stops.extend(self.by_entry.keys().filter(|e| !present.contains(e)));
+        self.prepare_change(&stops, &adds)
+    }
+
+    /// A change in the maps alone: the filters at entries `stops` leave and each
+    /// `(entry, filter, map)` of `adds` comes, or none if the code would change (a
+    /// filter alone leaves, or one comes that joins no group as it is) or the maps have
+    /// no room. Costs what it touches, not what the program counts. Changes nothing.
+    pub fn prepare_change(
+        &self,
+        stops: &[u32],
+        adds: &[(u32, &Program, &CounterMap)],
+    ) -> Result<Option<InPlace>, SharedError> {
         let Some((dispatch, table)) = &self.maps else {
             return Ok(None);
         };
-        if counted.is_empty() || entries.iter().any(|&e| e >= table.capacity()) {
+        let leaving = stops
+            .iter()
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .filter(|e| self.by_entry.contains_key(e))
+            .count();
+        if self.by_entry.len() - leaving + adds.len() == 0 {
+            // Nothing left to count: a new program only goes on.
             return Ok(None);
         }
-        let filters: Vec<&Program> = counted.iter().map(|&(program, _)| program).collect();
-        let plan = Plan::new_counted(&filters, &counts_of(counted));
-        let keys = dispatch_entries(&plan, &filters, |f| entries[f]);
-        if keys.len() > dispatch.capacity() as usize {
+        let mut joins = self.joins();
+        let mut stopped = HashSet::new();
+        for &entry in stops {
+            if !joins.stop(entry) {
+                return Ok(None);
+            }
+            stopped.insert(entry);
+        }
+        let mut added = Vec::with_capacity(adds.len());
+        let mut coming = HashSet::new();
+        for (filter, &(entry, program, map)) in adds.iter().enumerate() {
+            let taken = self.by_entry.contains_key(&entry) && !stopped.contains(&entry);
+            if taken || !coming.insert(entry) {
+                return Err(SharedError::SharedEntry { filter, entry });
+            }
+            if entry >= table.capacity() {
+                return Ok(None);
+            }
+            let Some((group, keys)) = joins.join(program, map.count()) else {
+                return Ok(None);
+            };
+            added.push(Added {
+                entry,
+                program: program.clone(),
+                fd: map.raw_fd(),
+                serial: map.serial(),
+                group,
+                keys,
+            });
+        }
+        // New keys go in before stale ones go: the map holds both meanwhile.
+        let fresh = joins
+            .taken
+            .iter()
+            .filter(|key| !self.dispatch.contains_key(key))
+            .count();
+        if self.dispatch.len() + fresh > dispatch.capacity() as usize {
             return Ok(None);
         }
-        let insns = translate_shared(&filters, entries, &plan, self.placement, self.fds())?;
-        Ok((insns == self.insns).then_some(InPlace { plan, keys }))
+        Ok(Some(InPlace {
+            stops: stops.to_vec(),
+            freed: joins.freed,
+            added,
+        }))
     }
 
-    /// Makes `change` (from [`SharedProgram::prepare_in_place`] with the same
-    /// `counted` and `entries`) in the maps.
-    pub fn apply(
-        &mut self,
-        change: InPlace,
-        counted: &[(&Program, &CounterMap)],
-        entries: &[u32],
-    ) -> Result<(), SharedError> {
-        self.fill(counted, entries, change.keys)?;
-        self.plan = change.plan;
+    /// Makes `change` (from [`SharedProgram::prepare_in_place`] or
+    /// [`SharedProgram::prepare_change`]) in the maps: keys that lead to an entry about
+    /// to hold another map go first, then the table's new entries (one RCU grace
+    /// period), the new keys, and the stale keys last.
+    pub fn apply(&mut self, change: InPlace) -> Result<(), SharedError> {
+        let Some((dispatch, table)) = &self.maps else {
+            return Ok(());
+        };
+        let InPlace {
+            stops,
+            freed,
+            added,
+        } = change;
+        let new_keys: HashMap<DispatchKey, u32> = added
+            .iter()
+            .flat_map(|a| a.keys.iter().map(|&key| (key, a.entry)))
+            .collect();
+        let repointed: HashSet<u32> = added
+            .iter()
+            .filter(|a| self.table.get(&a.entry) != Some(&a.serial))
+            .map(|a| a.entry)
+            .collect();
+        let (early, late): (Vec<DispatchKey>, Vec<DispatchKey>) = freed
+            .into_iter()
+            .filter(|key| !new_keys.contains_key(key))
+            .partition(|key| {
+                self.dispatch
+                    .get(key)
+                    .is_some_and(|entry| repointed.contains(entry))
+            });
+        dispatch.delete(&early)?;
+        for key in &early {
+            self.dispatch.remove(key);
+        }
+        let fds: Vec<(u32, i32)> = added
+            .iter()
+            .filter(|a| repointed.contains(&a.entry))
+            .map(|a| (a.entry, a.fd))
+            .collect();
+        table.set_fds(&fds)?;
+        self.table.extend(added.iter().map(|a| (a.entry, a.serial)));
+        let update: Vec<(DispatchKey, u32)> = new_keys
+            .iter()
+            .filter(|&(key, entry)| self.dispatch.get(key) != Some(entry))
+            .map(|(&key, &entry)| (key, entry))
+            .collect();
+        dispatch.update(&update)?;
+        self.dispatch.extend(update);
+        dispatch.delete(&late)?;
+        for key in &late {
+            self.dispatch.remove(key);
+        }
+        for entry in stops {
+            let Some(slot) = self.by_entry.remove(&entry) else {
+                continue;
+            };
+            if let Some(Member {
+                group: Some(group), ..
+            }) = self.members[slot].take()
+            {
+                let item = self.groups[group as usize].item;
+                if let Item::Group(g) = &mut self.plan.items[item] {
+                    g.members.retain(|&m| m != slot);
+                }
+            }
+            self.free_slots.push(slot);
+        }
+        for a in added {
+            let count = self.groups[a.group as usize].count;
+            let slot = match self.free_slots.pop() {
+                Some(slot) => slot,
+                None => {
+                    self.members.push(None);
+                    self.plan.counts.push(count);
+                    self.members.len() - 1
+                }
+            };
+            if let Some(c) = self.plan.counts.get_mut(slot) {
+                *c = count;
+            }
+            let item = self.groups[a.group as usize].item;
+            if let Item::Group(g) = &mut self.plan.items[item] {
+                g.members.push(slot);
+            }
+            self.members[slot] = Some(Member {
+                program: a.program,
+                group: Some(a.group),
+            });
+            self.by_entry.insert(a.entry, slot);
+        }
         Ok(())
     }
 
     /// Puts `counted`'s maps at `entries` of the table and `keys` into the dispatch
-    /// map, in that order, then removes the keys no longer wanted.
+    /// map, in that order (a new program's).
     fn fill(
         &mut self,
         counted: &[(&Program, &CounterMap)],
@@ -181,36 +448,16 @@ impl SharedProgram {
         let Some((dispatch, table)) = &self.maps else {
             return Ok(());
         };
-        let mut seen = HashSet::new();
-        let mut changed = Vec::new();
-        let mut ids = Vec::new();
-        for (filter, (&(_, map), &entry)) in counted.iter().zip(entries).enumerate() {
-            if !seen.insert(entry) {
-                return Err(SharedError::SharedEntry { filter, entry });
-            }
-            let id = map.serial();
-            if self.table.get(&entry) != Some(&id) {
-                changed.push((entry, map));
-                ids.push((entry, id));
-            }
-        }
-        table.set(&changed)?;
-        self.table.extend(ids);
-        let wanted: HashMap<DispatchKey, u32> = keys.into_iter().collect();
-        let new: Vec<(DispatchKey, u32)> = wanted
+        let changed: Vec<(u32, &CounterMap)> = counted
             .iter()
-            .filter(|&(key, entry)| self.dispatch.get(key) != Some(entry))
-            .map(|(&key, &entry)| (key, entry))
+            .zip(entries)
+            .map(|(&(_, map), &entry)| (entry, map))
             .collect();
-        dispatch.update(&new)?;
-        let stale: Vec<DispatchKey> = self
-            .dispatch
-            .keys()
-            .filter(|key| !wanted.contains_key(key))
-            .copied()
-            .collect();
-        dispatch.delete(&stale)?;
-        self.dispatch = wanted;
+        table.set(&changed)?;
+        self.table
+            .extend(changed.iter().map(|&(entry, map)| (entry, map.serial())));
+        dispatch.update(&keys)?;
+        self.dispatch = keys.into_iter().collect();
         Ok(())
     }
 
@@ -243,16 +490,110 @@ impl SharedProgram {
     }
 }
 
+/// Filters joining a shared program's groups as they are, and members leaving them,
+/// tried without changing the program: what a change in its maps alone needs. Each
+/// step costs what it touches.
+pub struct Joins<'a> {
+    shared: &'a SharedProgram,
+    /// Keys of members that left.
+    freed: HashSet<DispatchKey>,
+    /// Keys of filters that joined.
+    taken: HashSet<DispatchKey>,
+}
+
+impl Joins<'_> {
+    /// The member at `entry` leaves; false if that changes the code (it is a filter
+    /// alone). An entry no member has leaves nothing.
+    pub fn stop(&mut self, entry: u32) -> bool {
+        let Some(&slot) = self.shared.by_entry.get(&entry) else {
+            return true;
+        };
+        let Some(member) = self.shared.members[slot].as_ref() else {
+            return true;
+        };
+        let Some(group) = member.group else {
+            return false;
+        };
+        let keys = self.keys(group, &member.program);
+        for key in keys.into_iter().flatten() {
+            self.taken.remove(&key);
+            self.freed.insert(key);
+        }
+        true
+    }
+
+    /// `program`, counting `count`, joins the first group it fits as the group is:
+    /// its number and the filter's dispatch keys; none if it fits no group.
+    pub fn join(&mut self, program: &Program, count: Count) -> Option<(u16, Vec<DispatchKey>)> {
+        let candidates = self.shared.by_shape.get(&(Shape::of(program), count))?;
+        for &group in candidates {
+            let Some(keys) = self.keys(group, program) else {
+                continue;
+            };
+            let free = |key: &DispatchKey| {
+                !self.taken.contains(key)
+                    && (!self.shared.dispatch.contains_key(key) || self.freed.contains(key))
+            };
+            if keys.is_empty() || !keys.iter().all(free) {
+                continue;
+            }
+            for key in &keys {
+                self.freed.remove(key);
+                self.taken.insert(*key);
+            }
+            return Some((group, keys));
+        }
+        None
+    }
+
+    /// `program`'s dispatch keys in group `group`, if it is of the group's code: equal
+    /// to it wherever the group's members do not vary.
+    fn keys(&self, group: u16, program: &Program) -> Option<Vec<DispatchKey>> {
+        let code = &self.shared.groups[group as usize];
+        let mut keys = Vec::with_capacity(code.varying.len());
+        let mut constants = comparisons(program);
+        for &(pc, k) in &code.constants {
+            let (at, value) = constants.next()?;
+            if at != pc {
+                return None;
+            }
+            if code.varying.binary_search(&pc).is_ok() {
+                keys.push(DispatchKey {
+                    group,
+                    pc: pc as u16,
+                    value,
+                });
+            } else if value != k {
+                return None;
+            }
+        }
+        constants.next().is_none().then_some(keys)
+    }
+}
+
 /// A change of a shared program's maps that keeps its code
-/// ([`SharedProgram::prepare_in_place`]).
+/// ([`SharedProgram::prepare_in_place`], [`SharedProgram::prepare_change`]). Holds the
+/// counter maps' descriptors: apply it while they are open.
 #[derive(Debug)]
 pub struct InPlace {
-    plan: Plan,
-    keys: Vec<(DispatchKey, u32)>,
+    stops: Vec<u32>,
+    freed: HashSet<DispatchKey>,
+    added: Vec<Added>,
+}
+
+/// A filter joining a group in place.
+#[derive(Debug)]
+struct Added {
+    entry: u32,
+    program: Program,
+    fd: i32,
+    serial: u64,
+    group: u16,
+    keys: Vec<DispatchKey>,
 }
 
 /// What each filter counts: its counter map says ([`CounterMap::count`]).
-fn counts_of(counted: &[(&Program, &CounterMap)]) -> Vec<crate::translate::Count> {
+fn counts_of(counted: &[(&Program, &CounterMap)]) -> Vec<Count> {
     counted.iter().map(|&(_, map)| map.count()).collect()
 }
 

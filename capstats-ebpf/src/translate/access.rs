@@ -288,7 +288,7 @@ impl Translator {
         self.emit(mov64(r1, Operand::Reg(CTX))); // r1 = skb
         self.emit(mov32(r2, Operand::Imm(0))); // r2 = offset 0
         self.emit(mov64(r3, Operand::Reg(FP))); // r3 = the copy
-        self.emit(alu64(AluOp::Add, r3, Operand::Imm(frame::CACHE.into())));
+        self.emit(alu64(AluOp::Add, r3, Operand::Imm(frame::COPY.into())));
         // r4 = cached, through a mask that changes nothing (1 <= cached <= 128) but
         // unlinks r4 from `cached`: the verifier tracks a helper's size exactly, and
         // would then track `cached` exactly in every filter after, each narrowing it
@@ -319,8 +319,8 @@ impl Translator {
                 // The copy holds min(len, CACHE_BYTES) bytes: fewer than `end` means
                 // the packet ends before.
                 self.emit(branch64(JmpOp::Lt, CACHED, imm(end), self.reject())); // past the packet
-                let at = frame::CACHE + offset as i16;
-                if !offset.is_multiple_of(bytes(size)) {
+                let at = frame::COPY + offset as i16;
+                if at.rem_euclid(bytes(size) as i16) != 0 {
                     self.load_from_copy_bytewise(size, FP, at); // A = P[k]
                     return;
                 }
@@ -394,7 +394,7 @@ impl Translator {
             self.emit(alu64(AluOp::And, r1, imm(CACHE_BYTES - 1)));
             self.emit(mov64(r2, Operand::Reg(FP))); // r2 = the copy + X + k
             self.emit(alu64(AluOp::Add, r2, Operand::Reg(r1)));
-            self.load_from_copy_bytewise(size, r2, frame::CACHE); // A = P[X + k]
+            self.load_from_copy_bytewise(size, r2, frame::COPY); // A = P[X + k]
             self.emit(goto(done));
             self.asm.label(slow);
             self.emit(mov64(r2, Operand::Reg(r1))); // r2 = X + k

@@ -35,6 +35,13 @@ pub(super) const CACHE_SLACK: i16 = WIRE_LEN - 8;
 pub(super) const CACHE_BYTES: u32 = 128;
 /// Socket filters: the copy of the packet's first bytes.
 pub(super) const CACHE: i16 = CACHE_SLACK - CACHE_BYTES as i16;
+/// Socket filters: where the copy's first byte (the packet's byte 0) lives: 2 bytes into
+/// [`CACHE`], so that the 4-byte words of an IP header behind Ethernet's 14 bytes (the
+/// addresses at 26 and 30, 22 and 38 for IPv6) sit at 4-byte aligned stack addresses,
+/// which a socket filter reads with one load (the verifier refuses unaligned stack
+/// reads; such a word is read a byte at a time). The copy then ends 2 bytes into
+/// [`CACHE_SLACK`], which still leaves an indexed load the 3 bytes it may reach past.
+pub(super) const COPY: i16 = CACHE + 2;
 /// Socket filters: how many bytes the copy holds, as the prologue found it (u64).
 pub(super) const CACHED: i16 = CACHE - 8;
 

@@ -74,7 +74,7 @@ fn a_whole_program_with_prologue_and_counting_epilogue() {
             "r1 = r6",
             "w2 = 0",
             "r3 = r10",
-            "r3 += -296",
+            "r3 += -294",
             "r4 = r9",
             "r4 -= 1",
             "r4 &= 127",
@@ -88,7 +88,7 @@ fn a_whole_program_with_prologue_and_counting_epilogue() {
             "w0 = 0",
             "w7 = 0",
             "if r9 < 14 goto +19",
-            "r0 = *(u16 *)(r10 - 284)",
+            "r0 = *(u16 *)(r10 - 282)",
             "r0 = be16 r0",
             "if w0 != 0x800 goto +1",
             "goto +1",
@@ -119,23 +119,34 @@ fn a_whole_program_with_prologue_and_counting_epilogue() {
 fn each_classic_instruction_becomes_these_ebpf_instructions() {
     let ad = |n: u32| SKF_AD_OFF + n;
     let table: &[(&str, &[Raw], &[&str])] = &[
-        // The socket filter reads its stack copy of the first 128 bytes (at r10 - 296),
-        // after checking the packet is long enough (r9 = bytes copied); an unaligned
-        // offset byte by byte (the verifier wants aligned stack reads).
+        // The socket filter reads its stack copy of the first 128 bytes (byte 0 at
+        // r10 - 294, 2 bytes into its area, so that the IPv4 addresses behind Ethernet,
+        // at 26 and 30, are aligned), after checking the packet is long enough (r9 =
+        // bytes copied); an unaligned offset byte by byte (the verifier wants aligned
+        // stack reads).
         (
-            "ld [k], unaligned",
+            "ld [k], an IPv4 source address",
             &[(0x20, 0, 0, 26)],
             &[
                 "if r9 < 30 goto reject",
-                "r0 = *(u8 *)(r10 - 270)",
+                "r0 = *(u32 *)(r10 - 268)",
+                "r0 = be32 r0",
+            ],
+        ),
+        (
+            "ld [k], unaligned",
+            &[(0x20, 0, 0, 28)],
+            &[
+                "if r9 < 32 goto reject",
+                "r0 = *(u8 *)(r10 - 266)",
                 "w0 <<= 8",
-                "r3 = *(u8 *)(r10 - 269)",
+                "r3 = *(u8 *)(r10 - 265)",
                 "w0 |= w3",
                 "w0 <<= 8",
-                "r3 = *(u8 *)(r10 - 268)",
+                "r3 = *(u8 *)(r10 - 264)",
                 "w0 |= w3",
                 "w0 <<= 8",
-                "r3 = *(u8 *)(r10 - 267)",
+                "r3 = *(u8 *)(r10 - 263)",
                 "w0 |= w3",
             ],
         ),
@@ -144,14 +155,14 @@ fn each_classic_instruction_becomes_these_ebpf_instructions() {
             &[(0x28, 0, 0, 12)],
             &[
                 "if r9 < 14 goto reject",
-                "r0 = *(u16 *)(r10 - 284)",
+                "r0 = *(u16 *)(r10 - 282)",
                 "r0 = be16 r0",
             ],
         ),
         (
             "ldb [k]",
             &[(0x30, 0, 0, 23)],
-            &["if r9 < 24 goto reject", "r0 = *(u8 *)(r10 - 273)"],
+            &["if r9 < 24 goto reject", "r0 = *(u8 *)(r10 - 271)"],
         ),
         // Beyond any packet: straight to the return; what follows is dropped unreachable.
         (
@@ -167,7 +178,7 @@ fn each_classic_instruction_becomes_these_ebpf_instructions() {
             &[
                 "*(u64 *)(r10 - 144) = r0",
                 "if r9 < 15 goto reject",
-                "r0 = *(u8 *)(r10 - 282)",
+                "r0 = *(u8 *)(r10 - 280)",
                 "w0 &= 0xf",
                 "w0 <<= 2",
                 "r7 = r0",
@@ -180,9 +191,9 @@ fn each_classic_instruction_becomes_these_ebpf_instructions() {
                 "r1 &= 127",
                 "r2 = r10",
                 "r2 += r1",
-                "r0 = *(u8 *)(r2 - 296)",
+                "r0 = *(u8 *)(r2 - 294)",
                 "w0 <<= 8",
-                "r3 = *(u8 *)(r2 - 295)",
+                "r3 = *(u8 *)(r2 - 293)",
                 "w0 |= w3",
                 "goto l3",
                 "l2:",
@@ -213,7 +224,7 @@ fn each_classic_instruction_becomes_these_ebpf_instructions() {
                 "r1 &= 127",
                 "r2 = r10",
                 "r2 += r1",
-                "r0 = *(u8 *)(r2 - 296)",
+                "r0 = *(u8 *)(r2 - 294)",
                 "goto l3",
                 "l2:",
                 "r2 = r1",
