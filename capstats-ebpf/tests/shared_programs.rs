@@ -627,7 +627,8 @@ fn a_group_keeps_its_code_while_its_members_come_and_go() {
     let mut program =
         SharedProgram::build_at("keep", &[a, b], &[0, 1], Placement::on(Hook::Tc)).unwrap();
     assert_eq!(program.plan.groups().count(), 1, "one group of two");
-    let loaded = LoadedProgram::load(Hook::Tc, "keep", &program.insns).unwrap();
+    let loaded =
+        LoadedProgram::load_with(Hook::Tc, "keep", &program.insns, &program.binding()).unwrap();
     let loaded_insns = program.insns.len();
     let runner = common::Runner::new(&loaded);
     let offer = |ports: &[u16]| {
