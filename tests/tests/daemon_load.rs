@@ -103,8 +103,8 @@ fn settled(pid: u32, base: Usage) -> anyhow::Result<Usage> {
     }
 }
 
-/// The daemon's own threads: main, signals, the interface watcher.
-const OWN_THREADS: u64 = 3;
+/// The daemon's own threads: main, signals, the interface watcher, the filter compiler.
+const OWN_THREADS: u64 = 4;
 
 /// The daemon's usage once only its own threads and `connections` client threads run:
 /// the clients that came before (readiness checks, the CLI) have left, but their
