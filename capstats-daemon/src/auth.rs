@@ -4,7 +4,6 @@
 
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixStream;
 
 /// The credentials the kernel recorded for the peer when it connected.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,7 +17,7 @@ pub struct Peer {
 
 impl Peer {
     /// Reads the peer's credentials from a connected stream.
-    pub fn of(stream: &UnixStream) -> io::Result<Self> {
+    pub fn of(stream: &impl AsRawFd) -> io::Result<Self> {
         let fd = stream.as_raw_fd();
         let mut cred: libc::ucred = unsafe { std::mem::zeroed() };
         let mut len = size_of::<libc::ucred>() as libc::socklen_t;
@@ -114,6 +113,7 @@ impl Access {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::net::UnixStream;
 
     fn peer(uid: u32, gid: u32, groups: &[u32]) -> Peer {
         Peer {
