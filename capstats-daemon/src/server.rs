@@ -58,11 +58,12 @@ const FD_RESERVE: u64 = 32;
 const READ_BUFFER: usize = 1024;
 
 /// How many connections are served at once, given the daemon's limit of open files
-/// (`None`: unknown): half of it, so that clients can never take the descriptors
-/// sessions need, and at most [`MAX_CLIENTS`]. The usual limit of 1024 gives 512.
+/// (`None`: unknown): three quarters of it, so that clients can never take the
+/// descriptors sessions need (a quarter: 256 under the usual limit of 1024, which
+/// serves 768 clients), and at most [`MAX_CLIENTS`].
 pub fn client_limit(open_files: Option<u64>) -> usize {
     open_files
-        .map_or(512, |n| usize::try_from(n / 2).unwrap_or(usize::MAX))
+        .map_or(768, |n| usize::try_from(n / 4 * 3).unwrap_or(usize::MAX))
         .clamp(1, MAX_CLIENTS)
 }
 
@@ -600,12 +601,13 @@ mod tests {
     }
 
     #[test]
-    fn half_the_open_files_and_no_more_than_the_most() {
-        assert_eq!(client_limit(Some(1024)), 512);
-        assert_eq!(client_limit(Some(96)), 48);
+    fn three_quarters_of_the_open_files_and_no_more_than_the_most() {
+        assert_eq!(client_limit(Some(1024)), 768);
+        assert_eq!(client_limit(Some(96)), 72);
+        assert_eq!(client_limit(Some(20_000)), 15_000);
         assert_eq!(client_limit(Some(524_288)), MAX_CLIENTS);
         assert_eq!(client_limit(Some(1)), 1);
-        assert_eq!(client_limit(None), 512);
+        assert_eq!(client_limit(None), 768);
     }
 
     /// A conversation on one end of a socket pair, every request answered with an
