@@ -3,7 +3,7 @@
 //! from anything the client says.
 
 use std::io;
-use std::os::unix::net::UnixStream;
+use std::os::fd::AsFd;
 
 /// The credentials the kernel recorded for the peer when it connected.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,7 +17,7 @@ pub struct Peer {
 
 impl Peer {
     /// Reads the peer's credentials from a connected stream.
-    pub fn of(stream: &UnixStream) -> io::Result<Self> {
+    pub fn of(stream: &impl AsFd) -> io::Result<Self> {
         let (pid, uid, gid) = crate::sys::creds::peer_cred(stream)?;
         Ok(Self {
             pid,
@@ -71,6 +71,7 @@ impl Access {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::net::UnixStream;
 
     fn peer(uid: u32, gid: u32, groups: &[u32]) -> Peer {
         Peer {

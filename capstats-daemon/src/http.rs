@@ -5,13 +5,16 @@
 //! `Content-Length` and is written in one piece. HTTP/1.1 connections are kept alive
 //! (as Prometheus keeps them) unless the client says `Connection: close`; HTTP/1.0
 //! ones are closed after the answer. A client has [`IDLE`] after connecting or after
-//! its last answer to send its next whole request, however it trickles it.
+//! its last answer to send its next whole request, however it trickles it, and
+//! [`WRITE_TIMEOUT`] to read an answer. It runs on the daemon's runtime.
 
-use std::cell::Cell;
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::future::Future;
+use std::io;
+use std::time::Duration;
+
+use tokio::io::{
+    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
+};
 
 /// The longest request head taken.
 pub const MAX_HEAD: usize = 8 * 1024;
@@ -20,7 +23,7 @@ pub const MAX_HEAD: usize = 8 * 1024;
 /// a kept-alive connection is not closed under a scraper between two scrapes.
 pub const IDLE: Duration = Duration::from_secs(120);
 /// How long an answer may wait for a client that does not read it.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A request, as much of it as the endpoint looks at.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,51 +69,6 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-/// A TCP stream whose reads end at a deadline shared with [`converse`], which moves it
-/// on after each answer: the socket's own timeout restarts with every byte.
-pub struct Timed {
-    stream: TcpStream,
-    deadline: Rc<Cell<Instant>>,
-}
-
-impl Timed {
-    pub fn new(stream: TcpStream) -> (Self, Rc<Cell<Instant>>) {
-        let deadline = Rc::new(Cell::new(Instant::now() + IDLE));
-        let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-        (
-            Self {
-                stream,
-                deadline: Rc::clone(&deadline),
-            },
-            deadline,
-        )
-    }
-}
-
-impl Read for Timed {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self
-            .deadline
-            .get()
-            .saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::ErrorKind::TimedOut.into());
-        }
-        self.stream.set_read_timeout(Some(left))?;
-        self.stream.read(buf)
-    }
-}
-
-impl Write for Timed {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.stream.write(buf)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.stream.flush()
-    }
-}
-
 /// What reading a request came to.
 enum Head {
     Request {
@@ -124,25 +82,32 @@ enum Head {
 }
 
 /// Serves requests on `stream` with `handle` until the client closes, a request is
-/// refused, the connection is not kept alive or the deadline passes; `deadline` is
-/// moved on after each answer.
+/// refused, the connection is not kept alive or a deadline passes ([`IDLE`] for a
+/// whole request, [`WRITE_TIMEOUT`] for an answer).
 ///
 /// # Errors
-/// When reading or writing fails: the connection is over.
-pub fn converse(
-    stream: impl Read + Write,
-    deadline: &Cell<Instant>,
-    handle: &mut dyn FnMut(&Request) -> Answer,
-) -> io::Result<()> {
+/// When reading or writing fails or a deadline passes: the connection is over.
+pub async fn converse<S, F, Fut>(stream: S, mut handle: F) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: FnMut(Request) -> Fut,
+    Fut: Future<Output = Answer>,
+{
     let mut stream = BufReader::new(stream);
     loop {
-        let (answer, keep_alive, head_only) = match read_head(&mut stream)? {
+        let head = tokio::time::timeout(IDLE, read_head(&mut stream))
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+        let (answer, keep_alive, head_only) = match head {
             Head::End => return Ok(()),
             Head::Refused(answer) => (answer, false, false),
             Head::Request {
                 request,
                 keep_alive,
-            } => (handle(&request), keep_alive, request.method == "HEAD"),
+            } => {
+                let head_only = request.method == "HEAD";
+                (handle(request).await, keep_alive, head_only)
+            }
         };
         let mut out = format!(
             "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
@@ -163,17 +128,21 @@ pub fn converse(
             out.push_str(&answer.body);
         }
         let writer = stream.get_mut();
-        writer.write_all(out.as_bytes())?;
-        writer.flush()?;
+        let written = async {
+            writer.write_all(out.as_bytes()).await?;
+            writer.flush().await
+        };
+        tokio::time::timeout(WRITE_TIMEOUT, written)
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
         if !keep_alive {
             return Ok(());
         }
-        deadline.set(Instant::now() + IDLE);
     }
 }
 
 /// Reads one request head (request line and headers, up to the empty line).
-fn read_head(stream: &mut impl BufRead) -> io::Result<Head> {
+async fn read_head(stream: &mut (impl AsyncBufRead + Unpin)) -> io::Result<Head> {
     let mut head = Vec::new();
     let mut lines = Vec::new();
     loop {
@@ -185,7 +154,10 @@ fn read_head(stream: &mut impl BufRead) -> io::Result<Head> {
             )));
         }
         let start = head.len();
-        let read = stream.by_ref().take(room).read_until(b'\n', &mut head)?;
+        let read = (&mut *stream)
+            .take(room)
+            .read_until(b'\n', &mut head)
+            .await?;
         if read == 0 {
             if head.is_empty() {
                 return Ok(Head::End);
@@ -252,38 +224,24 @@ mod tests {
     use super::*;
 
     /// The answers to `input`, as the client reads them.
-    fn answers(input: &[u8]) -> String {
-        struct Pipe<'a>(&'a [u8], Vec<u8>);
-        impl Read for Pipe<'_> {
-            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-                self.0.read(buf)
-            }
-        }
-        impl Write for Pipe<'_> {
-            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-                self.1.write(buf)
-            }
-            fn flush(&mut self) -> io::Result<()> {
-                Ok(())
-            }
-        }
-        let mut pipe = Pipe(input, Vec::new());
-        let deadline = Cell::new(Instant::now() + IDLE);
-        let mut handle = |r: &Request| {
+    async fn answers(input: &[u8]) -> String {
+        let mut pipe = tokio::io::join(input, Vec::new());
+        let handle = |r: Request| async move {
             Answer::text(
                 200,
                 format!("{} {} {:?}\n", r.method, r.path, r.authorization),
             )
         };
-        let _ = converse(&mut pipe, &deadline, &mut handle);
-        String::from_utf8(pipe.1).unwrap()
+        let _ = converse(&mut pipe, handle).await;
+        String::from_utf8(pipe.into_inner().1).unwrap()
     }
 
-    #[test]
-    fn keeps_alive_for_http_1_1_and_closes_for_1_0() {
+    #[tokio::test]
+    async fn keeps_alive_for_http_1_1_and_closes_for_1_0() {
         let out = answers(
             b"GET /metrics?x=1 HTTP/1.1\r\nAuthorization: Basic YTpi\r\n\r\nHEAD /m HTTP/1.1\r\n\r\nGET /last HTTP/1.0\r\n\r\nGET /never HTTP/1.1\r\n\r\n",
-        );
+        )
+        .await;
         assert_eq!(
             out,
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 32\r\n\r\n\
@@ -294,8 +252,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn refuses_bodies_long_heads_and_garbage() {
+    #[tokio::test]
+    async fn refuses_bodies_long_heads_and_garbage() {
         for input in [
             &b"POST /metrics HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"[..],
             b"GET /metrics HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -303,7 +261,7 @@ mod tests {
             b"GET /metrics HTTP/2.0\r\n\r\n",
             b"GET /metrics HTTP/1.1\r\nno colon\r\n\r\n",
         ] {
-            let out = answers(input);
+            let out = answers(input).await;
             assert!(
                 out.starts_with("HTTP/1.1 400 Bad Request\r\n")
                     && out.contains("Connection: close"),
@@ -313,7 +271,7 @@ mod tests {
         }
         let mut long = b"GET /metrics HTTP/1.1\r\nX: ".to_vec();
         long.extend(vec![b'a'; MAX_HEAD]);
-        assert!(answers(&long).starts_with("HTTP/1.1 400"));
-        assert_eq!(answers(b""), "");
+        assert!(answers(&long).await.starts_with("HTTP/1.1 400"));
+        assert_eq!(answers(b"").await, "");
     }
 }

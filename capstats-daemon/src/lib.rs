@@ -3,6 +3,11 @@
 //!
 //! [`run`] is `capstats -d`: it checks it may run, restores the session table, serves
 //! requests until SIGTERM or SIGINT, then saves the table and removes its socket.
+//!
+//! One tokio runtime does the daemon's waiting, on one thread: the socket's
+//! connections ([`server`]), their deadlines and the signals. What blocks (the
+//! table's lock, the kernel, libpcap) runs on the runtime's blocking threads, at most
+//! [`server::BLOCKING_THREADS`].
 
 mod attach;
 mod auth;
@@ -22,12 +27,10 @@ mod state;
 pub mod sys;
 mod webconfig;
 
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use nix::sys::signal::{SigSet, Signal};
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::log::event;
 
@@ -80,7 +83,9 @@ pub enum DaemonError {
         source: std::io::Error,
     },
     #[error("cannot set up signal handling: {0}")]
-    Signals(nix::Error),
+    Signals(std::io::Error),
+    #[error("cannot start the daemon's runtime: {0}")]
+    Runtime(std::io::Error),
     #[error(
         "stopped, but the session table could not be saved ({0}); the table saved before is left as it was"
     )]
@@ -89,27 +94,17 @@ pub enum DaemonError {
 
 /// Raises the soft limit on open files to the hard one, as systemd advises daemons to:
 /// each session holds a few descriptors (socket, program, map), so the usual soft
-/// limit of 1024 would stop a daemon at a few hundred sessions. Returns the limit.
+/// limit of 1024 would stop a daemon at a few hundred sessions. Returns the limit:
+/// `u64::MAX` stands for no limit; `None`: the limit cannot be read.
 fn raise_file_limit() -> Option<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: a pointer to a writable rlimit.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return None;
-    }
-    if limit.rlim_cur < limit.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: limit.rlim_max,
-            ..limit
-        };
-        // SAFETY: a pointer to a valid rlimit; lowering nothing.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            limit = raised;
+    match sys::rlimit::raise_nofile() {
+        Ok(limit) => Some(limit.unwrap_or(u64::MAX)),
+        Err(e) => {
+            event!("cannot raise the limit on open files to its hard limit ({e}): kept as it is");
+            let limit = sys::rlimit::nofile().ok()?;
+            Some(limit.soft.unwrap_or(u64::MAX))
         }
     }
-    Some(limit.rlim_cur)
 }
 
 /// `-g`'s group, by name or number; known to the system either way, so that logs and
@@ -144,8 +139,10 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     }
     let group = config.group.as_deref().map(resolve_group).transpose()?;
     // Before any session is restored: a large table needs the room.
-    if let Some(limit) = raise_file_limit() {
-        event!("open files: up to {limit} (RLIMIT_NOFILE)");
+    let open_files = raise_file_limit();
+    let clients = server::client_limit(open_files);
+    if let Some(limit) = open_files {
+        event!("open files: up to {limit} (RLIMIT_NOFILE), clients: up to {clients} at once");
     }
     state::ensure_dir(&config.state_dir).map_err(|source| DaemonError::StateDir {
         path: config.state_dir.display().to_string(),
@@ -155,9 +152,19 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     // Check the table before taking the socket, and the socket before touching sessions.
     let _lock = state.lock()?;
     let table = state.load()?;
-    // Signals are taken by one thread only: block them before any thread starts.
-    let signals: SigSet = [Signal::SIGTERM, Signal::SIGINT].into_iter().collect();
-    signals.thread_block().map_err(DaemonError::Signals)?;
+    // The runtime runs on this thread; its blocking threads start as work comes.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(server::BLOCKING_THREADS)
+        .thread_keep_alive(server::BLOCKING_KEEP_ALIVE)
+        .thread_name("capstats-work")
+        .build()
+        .map_err(DaemonError::Runtime)?;
+    let entered = runtime.enter();
+    // Caught from here on: a signal while the sessions are restored stops the daemon
+    // as soon as they are, with the table saved.
+    let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
     let web = config
         .web_config
         .as_deref()
@@ -170,6 +177,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         .transpose()?;
     // Removed when `run` returns, an error after this point included.
     let (listener, _socket_file) = listener::bind(&config.socket, group.as_ref().map(|g| g.gid))?;
+    let listener = listener::on_runtime(listener, &config.socket)?;
     let pins = pins::Pins::prepare(&config.pin_dir)?;
     let pinned = format!(
         "pins in {} ({})",
@@ -210,31 +218,23 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         endpoint.serve(Arc::clone(&service))?;
     }
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let listener_fd = listener.as_raw_fd();
-    {
-        let stop = Arc::clone(&stop);
-        std::thread::Builder::new()
-            .name("capstats-signals".into())
-            .spawn(move || {
-                if let Ok(signal) = signals.wait() {
-                    event!("{signal}: shutting down");
-                }
-                stop.store(true, Ordering::SeqCst);
-                // Wakes the accept loop.
-                unsafe { libc::shutdown(listener_fd, libc::SHUT_RDWR) };
-            })
-            .map_err(|e| {
-                DaemonError::Signals(nix::Error::from_raw(e.raw_os_error().unwrap_or(0)))
-            })?;
-    }
-    server::serve(
-        &listener,
-        &Access { group },
-        &service,
-        &stop,
-        config.idle_timeout,
-    );
+    let stop = async move {
+        let signal = tokio::select! {
+            _ = terminate.recv() => "SIGTERM",
+            _ = interrupt.recv() => "SIGINT",
+        };
+        event!("{signal}: shutting down");
+    };
+    runtime.block_on(server::serve(
+        listener,
+        server::Serving {
+            access: Access { group },
+            service: Arc::clone(&service),
+            idle: config.idle_timeout,
+            limit: clients,
+        },
+        stop,
+    ));
 
     let mut service = service.lock().unwrap_or_else(|p| p.into_inner());
     let not_saved = service.save().err().map(|e| e.to_string());
@@ -245,12 +245,15 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
             config.pin_dir.display()
         );
     }
+    let count = service.session_count();
+    drop(service);
+    // Connections still open are dropped with their tasks; a request's blocking work
+    // still running has had the table's lock before the save, or finds it saved.
+    drop(entered);
+    runtime.shutdown_background();
     if let Some(reason) = not_saved {
         return Err(DaemonError::NotSaved(reason));
     }
-    event!(
-        "stopped; session table saved ({})",
-        sessions(service.session_count())
-    );
+    event!("stopped; session table saved ({})", sessions(count));
     Ok(())
 }

@@ -4,12 +4,16 @@
 //! resume as soon as an interface of their name appears again, without a client
 //! asking.
 //!
-//! The daemon does nothing per packet; this thread wakes only when an interface is
-//! added, changed or removed.
+//! The daemon does nothing per packet; this task, on the daemon's runtime, wakes only
+//! when an interface is added, changed or removed, and hands what it says to the
+//! service on a blocking thread (the table's lock, the kernel).
 
 use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
+
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 
 use crate::log::event;
 use crate::service::Service;
@@ -47,9 +51,10 @@ impl LinkEvents {
         Ok(Self { fd })
     }
 
-    /// Waits for the next datagram and returns what it announces.
-    fn next(&self, buffer: &mut [u8]) -> io::Result<Vec<LinkEvent>> {
-        match sys::netlink::receive(&self.fd, buffer) {
+    /// Reads the next datagram, if one is there (the socket does not block), and
+    /// returns what it announces.
+    fn next(fd: &OwnedFd, buffer: &mut [u8]) -> io::Result<Vec<LinkEvent>> {
+        match sys::netlink::receive_now(fd, buffer) {
             Ok(n) => Ok(parse(&buffer[..n])),
             // Announcements were dropped: the caller looks at every interface.
             Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => Ok(Vec::new()),
@@ -57,24 +62,41 @@ impl LinkEvents {
         }
     }
 
-    /// Runs for the daemon's life on a thread of its own: each interface that appears
-    /// is offered to the service, which resumes the sessions waiting for it.
+    /// Runs for the daemon's life as a task on its runtime (which must be entered):
+    /// each interface that appears is offered to the service, which resumes the
+    /// sessions waiting for it.
     pub fn watch(self, service: Arc<Mutex<Service>>) -> io::Result<()> {
-        std::thread::Builder::new()
-            .name("capstats-links".into())
-            .spawn(move || {
-                let mut buffer = vec![0u8; 64 * 1024];
-                loop {
-                    let events = match self.next(&mut buffer) {
-                        Ok(events) => events,
-                        Err(e) => {
-                            event!(
-                                "no longer watching interfaces (sessions of a deleted \
-                                 interface resume only at the next restart): {e}"
-                            );
-                            return;
-                        }
-                    };
+        // SAFETY: the socket is ours alone, valid, and neither closed nor replaced while
+        // the AsyncFd owns it (it owns the OwnedFd).
+        let fd = unsafe { AsyncFd::register_with_interest(self.fd, Interest::READABLE) }
+            .map_err(io::Error::from)?;
+        tokio::spawn(async move {
+            let mut buffer = vec![0u8; 64 * 1024];
+            loop {
+                let read = match fd.readable().await {
+                    Ok(mut ready) => match ready.try_io(|fd| Self::next(fd.get_ref(), &mut buffer))
+                    {
+                        Ok(read) => read,
+                        // Nothing there after all: wait again.
+                        Err(_would_block) => continue,
+                    },
+                    Err(e) => Err(e),
+                };
+                let events = match read {
+                    Ok(events) => events,
+                    Err(e) => {
+                        event!(
+                            "no longer watching interfaces (sessions of a deleted \
+                             interface resume only at the next restart): {e}"
+                        );
+                        return;
+                    }
+                };
+                if events.is_empty() {
+                    continue;
+                }
+                let service = Arc::clone(&service);
+                let applied = tokio::task::spawn_blocking(move || {
                     let mut service = service.lock().unwrap_or_else(|p| p.into_inner());
                     for event in events {
                         match event {
@@ -88,8 +110,13 @@ impl LinkEvents {
                             LinkEvent::Deleted(name, index) => service.gone(&name, index),
                         }
                     }
+                });
+                // In order: the next announcement waits for this one's changes.
+                if let Err(e) = applied.await {
+                    event!("following an interface announcement failed: {e}");
                 }
-            })?;
+            }
+        });
         Ok(())
     }
 }

@@ -159,3 +159,17 @@ pub fn bind(path: &Path, group: Option<u32>) -> Result<(UnixListener, SocketFile
     }
     Ok((listener, file))
 }
+
+/// The bound socket handed to the runtime (which must be entered), non-blocking.
+pub fn on_runtime(
+    listener: UnixListener,
+    path: &Path,
+) -> Result<tokio::net::UnixListener, ListenError> {
+    let io = |source| ListenError::Io {
+        what: "listen on",
+        path: path.display().to_string(),
+        source,
+    };
+    listener.set_nonblocking(true).map_err(io)?;
+    tokio::net::UnixListener::from_std(listener).map_err(io)
+}

@@ -1,17 +1,19 @@
-//! `--metrics ADDR:PORT`: `/metrics` for Prometheus, on threads of its own, over HTTP,
-//! or with `--web-config` over TLS and/or behind basic authentication
-//! ([`crate::webconfig`]).
+//! `--metrics ADDR:PORT`: `/metrics` for Prometheus, on the daemon's runtime, over
+//! HTTP, or with `--web-config` over TLS (tokio-rustls) and/or behind basic
+//! authentication ([`crate::webconfig`]).
+//!
 //!
 //! Each scrape reads every session's counters from the kernel then and there (the
 //! service is locked for the read, as for a client's `poll`) and answers with the text
 //! exposition of [`capstats_common::metrics`]. With users configured, a request
 //! without one of their passwords gets 401, whatever its path; otherwise any path but
 //! `/metrics` is 404, and any method other than GET or HEAD 405. HTTP is
-//! [`crate::http`]'s; each connection has a thread, at most [`MAX_SCRAPERS`] at once
-//! (more are closed at once).
+//! [`crate::http`]'s; each connection is a task, at most [`MAX_SCRAPERS`] at once
+//! (more are closed at once). The answer's work (a bcrypt check, the table's lock and
+//! the kernel's counters) runs on a blocking thread.
 
 use std::collections::HashSet;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,6 +21,8 @@ use std::time::Duration;
 use base64::Engine;
 use capstats_common::metrics::{CONTENT_TYPE, DaemonInfo, render};
 use capstats_common::protocol::{Command, Reply, Response};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 use crate::http::{self, Answer, Request};
 use crate::log::event;
@@ -96,7 +100,7 @@ struct Shared {
 }
 
 impl Endpoint {
-    /// Serves `/metrics` on threads of its own until the process ends.
+    /// Serves `/metrics` on the runtime (which must be entered) until it ends.
     pub fn serve(self, service: Arc<Mutex<Service>>) -> Result<(), MetricsError> {
         let Endpoint {
             addr,
@@ -117,14 +121,13 @@ impl Endpoint {
             service,
             verified: Mutex::new(HashSet::new()),
         });
-        let accepting = Arc::clone(&shared);
-        std::thread::Builder::new()
-            .name("capstats-metrics".into())
-            .spawn(move || accept(&listener, &accepting))
-            .map_err(|e| MetricsError {
-                addr,
-                message: e.to_string(),
-            })?;
+        let error = |e: std::io::Error| MetricsError {
+            addr,
+            message: e.to_string(),
+        };
+        listener.set_nonblocking(true).map_err(error)?;
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(error)?;
+        tokio::spawn(accept(listener, Arc::clone(&shared)));
         event!("serving metrics on {shown}");
         if !shared.web.users.is_empty() && shared.web.tls.is_none() && !addr.ip().is_loopback() {
             event!(
@@ -136,48 +139,54 @@ impl Endpoint {
     }
 }
 
-fn accept(listener: &TcpListener, shared: &Arc<Shared>) {
-    for stream in listener.incoming() {
-        let stream = match stream {
-            Ok(stream) => stream,
+async fn accept(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
             Err(_) => {
                 // Out of file descriptors and the like: do not spin.
-                std::thread::sleep(Duration::from_millis(50));
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
         let Some(scraper) = Scraper::take() else {
             continue;
         };
-        let shared = Arc::clone(shared);
-        let _ = std::thread::Builder::new()
-            .name("capstats-scrape".into())
-            .spawn(move || {
-                let _scraper = scraper;
-                connection(stream, &shared);
-            });
+        tokio::spawn(connection(stream, Arc::clone(&shared), scraper));
     }
 }
 
 /// One scraper's connection: TLS first when configured, then HTTP.
-fn connection(stream: TcpStream, shared: &Shared) {
-    let (timed, deadline) = http::Timed::new(stream);
-    let mut handle = |request: &Request| answer(request, shared);
+async fn connection(stream: TcpStream, shared: Arc<Shared>, _scraper: Scraper) {
+    let answering = Arc::clone(&shared);
+    let handle = move |request: Request| {
+        let shared = Arc::clone(&answering);
+        async move {
+            tokio::task::spawn_blocking(move || answer(&request, &shared))
+                .await
+                .unwrap_or_else(|e| {
+                    event!("metrics: a scrape failed in the daemon: {e}");
+                    Answer::text(500, "the scrape failed in the daemon\n")
+                })
+        }
+    };
     match &shared.web.tls {
         None => {
-            let _ = http::converse(timed, &deadline, &mut handle);
+            let _ = http::converse(stream, handle).await;
         }
         Some(config) => {
-            let Ok(tls) = rustls::ServerConnection::new(Arc::clone(config)) else {
-                return;
-            };
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(config));
             // A failed handshake (a plain HTTP client, an unknown certificate) ends
             // the connection; it is not logged: anyone who can connect could fill the
-            // log with them.
-            let mut stream = rustls::StreamOwned::new(tls, timed);
-            if http::converse(&mut stream, &deadline, &mut handle).is_ok() {
-                stream.conn.send_close_notify();
-                let _ = stream.conn.complete_io(&mut stream.sock);
+            // log with them. It has the time of a request.
+            let Ok(Ok(mut stream)) =
+                tokio::time::timeout(http::IDLE, acceptor.accept(stream)).await
+            else {
+                return;
+            };
+            if http::converse(&mut stream, handle).await.is_ok() {
+                // close_notify.
+                let _ = tokio::time::timeout(http::WRITE_TIMEOUT, stream.shutdown()).await;
             }
         }
     }

@@ -1,24 +1,26 @@
-//! Serving the socket: each connection checked against the access rule as it is
-//! accepted (a stranger is answered and closed there and then, without a thread or a
-//! slot), then one thread per connection reading request lines and writing response
-//! lines until the client goes.
+//! Serving the socket, on the daemon's tokio runtime: each connection checked against
+//! the access rule as it is accepted (a stranger is answered and closed there and
+//! then, without a task or a slot), then one task per connection reading request
+//! lines and writing response lines until the client goes. The work a request asks
+//! for (the table's lock, the kernel, libpcap's helper) runs on the runtime's blocking
+//! threads ([`BLOCKING_THREADS`] at most), never on the thread that serves the
+//! connections; an idle connection costs a descriptor and a few KiB, not a thread.
 //!
 //! A client cannot hurt another: lines are bounded ([`MAX_REQUEST_BYTES`]), a client
 //! that does not send a whole request within the idle timeout ([`IDLE_TIMEOUT`] unless
 //! the daemon was told otherwise) after its last answer is dropped, whether it is
-//! silent, stalls in the middle of a line or trickles a byte now and then, and a bad
-//! request only earns an error response on its own connection. Requests are read and
-//! checked without the service's lock: only a well-formed request waits for it, and
-//! only with a filter that libpcap compiles in time (`preflight`).
+//! silent, stalls in the middle of a line or trickles a byte now and then, one that
+//! does not read its answer within [`WRITE_TIMEOUT`] is dropped too, and a bad request
+//! only earns an error response on its own connection. Requests are read and checked
+//! without the service's lock: only a well-formed request waits for it, and only with
+//! a filter that libpcap compiles in time (`preflight`).
 //!
-//! [`converse`] is a connection's conversation without the socket: the fuzz targets
+//! [`converse`] is a connection's conversation without the socket, read and written
+//! in the same way (the same line framing, the same answers): the fuzz targets
 //! (`fuzz/`, `capstats-fuzz`) drive it with arbitrary bytes.
 
-use std::cell::Cell;
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::net::{UnixListener, UnixStream};
-use std::rc::Rc;
+use std::future::Future;
+use std::io::{self, BufRead, Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,6 +28,8 @@ use std::time::{Duration, Instant};
 use capstats_common::MAX_REQUEST_BYTES;
 use capstats_common::protocol::{Command, ErrorKind, Request, Response};
 use capstats_common::text::bounded;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
 
 use crate::auth::{Access, Peer};
 use crate::log::event;
@@ -37,72 +41,119 @@ use crate::session::Compiled;
 /// its next whole request.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a response may wait for a client that does not read.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections served at once (a thread and two descriptors each); more are told so
-/// and closed, so that a client opening connections in a loop cannot exhaust the
-/// daemon's threads or memory.
-pub const MAX_CLIENTS: usize = 512;
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most connections served at once, whatever the file-descriptor limit allows
+/// ([`client_limit`]): an idle one costs a descriptor and a few KiB, so that this
+/// bounds the daemon's memory for clients to tens of MiB.
+pub const MAX_CLIENTS: usize = 16_384;
+/// Threads that run requests' blocking work (the table's lock, the kernel, libpcap's
+/// helper); more requests at once wait for one of them. Started as needed, ended
+/// after [`BLOCKING_KEEP_ALIVE`] without work.
+pub const BLOCKING_THREADS: usize = 64;
+/// How long a blocking thread waits for more work before it ends.
+pub const BLOCKING_KEEP_ALIVE: Duration = Duration::from_secs(2);
 /// File descriptors kept free when a session is created: its own (socket, program,
 /// map: about 4, more while libpcap compiles) and room for clients and saves.
 const FD_RESERVE: u64 = 32;
+/// The most sessions a read answered on the runtime's thread may read
+/// ([`read_at_once`]): some 2 µs each, so that no other connection waits more than
+/// about 50 µs for one.
+const AT_ONCE_SESSIONS: usize = 24;
+/// A connection's read buffer: a request line longer than this is read in pieces.
+const READ_BUFFER: usize = 1024;
 
-/// Connections being served now.
-static CLIENTS: AtomicUsize = AtomicUsize::new(0);
-/// Whether a client was turned away since one last left: logged once per spell, so
-/// that a client connecting in a loop cannot flood the log.
-static FULL: AtomicBool = AtomicBool::new(false);
+/// How many connections are served at once, given the daemon's limit of open files
+/// (`None`: unknown): three quarters of it, so that clients can never take the
+/// descriptors sessions need (a quarter: 256 under the usual limit of 1024, which
+/// serves 768 clients), and at most [`MAX_CLIENTS`].
+pub fn client_limit(open_files: Option<u64>) -> usize {
+    open_files
+        .map_or(768, |n| usize::try_from(n / 4 * 3).unwrap_or(usize::MAX))
+        .clamp(1, MAX_CLIENTS)
+}
+
+/// The connections served now, against the limit.
+#[derive(Debug)]
+struct Clients {
+    limit: usize,
+    now: AtomicUsize,
+    /// Whether a client was turned away since one last left: logged once per spell,
+    /// so that a client connecting in a loop cannot flood the log.
+    full: AtomicBool,
+}
 
 /// Counts a connection while it is served.
-struct Served;
+struct Served(Arc<Clients>);
 
 impl Served {
-    /// `None` when [`MAX_CLIENTS`] are served already.
-    fn take() -> Option<Self> {
-        let before = CLIENTS.fetch_add(1, Ordering::SeqCst);
-        if before >= MAX_CLIENTS {
-            CLIENTS.fetch_sub(1, Ordering::SeqCst);
+    /// `None` when the limit is reached.
+    fn take(clients: &Arc<Clients>) -> Option<Self> {
+        let before = clients.now.fetch_add(1, Ordering::SeqCst);
+        if before >= clients.limit {
+            clients.now.fetch_sub(1, Ordering::SeqCst);
             return None;
         }
-        Some(Served)
+        Some(Served(Arc::clone(clients)))
     }
 }
 
 impl Drop for Served {
     fn drop(&mut self) {
-        CLIENTS.fetch_sub(1, Ordering::SeqCst);
-        FULL.store(false, Ordering::SeqCst);
+        self.0.now.fetch_sub(1, Ordering::SeqCst);
+        self.0.full.store(false, Ordering::SeqCst);
     }
 }
 
-/// Accepts connections until `stop` is set (and the listener shut down to wake us).
-/// `idle` is the idle timeout ([`IDLE_TIMEOUT`] but in tests).
+/// What the accept loop needs besides the listener.
+pub struct Serving {
+    pub access: Access,
+    pub service: Arc<Mutex<Service>>,
+    /// The idle timeout ([`IDLE_TIMEOUT`] but in tests).
+    pub idle: Duration,
+    /// Connections served at once ([`client_limit`]).
+    pub limit: usize,
+}
+
+/// Accepts connections until `stop` completes, serving each on a task of its own.
 ///
-/// The access rule is applied here, before a connection is given a thread or counted
-/// among the [`MAX_CLIENTS`]: the kernel recorded the peer's credentials when it
-/// connected, so a stranger is refused at once ([`refuse`]) and can hold no slot that
-/// root or a member would need.
-pub fn serve(
-    listener: &UnixListener,
-    access: &Access,
-    service: &Arc<Mutex<Service>>,
-    stop: &AtomicBool,
-    idle: Duration,
-) {
+/// The access rule is applied here, before a connection is given a task or counted
+/// among the served: the kernel recorded the peer's credentials when it connected,
+/// so a stranger is refused at once ([`refuse`]) and can hold no slot that root or a
+/// member would need.
+pub async fn serve(listener: UnixListener, serving: Serving, stop: impl Future<Output = ()>) {
+    let Serving {
+        access,
+        service,
+        idle,
+        limit,
+    } = serving;
+    let clients = Arc::new(Clients {
+        limit,
+        now: AtomicUsize::new(0),
+        full: AtomicBool::new(false),
+    });
     let mut refusals = RefusalLog::default();
+    tokio::pin!(stop);
     loop {
         // Wakes for the summary of suppressed refusals when it is due, not only at the
         // next connection.
         let summary_due = refusals.next_due();
-        if !readable(listener, summary_due) {
-            for line in refusals.due(Instant::now()) {
-                event!("{line}");
+        let summary = async {
+            match summary_due {
+                Some(due) => tokio::time::sleep_until(due.into()).await,
+                None => std::future::pending().await,
             }
-            continue;
-        }
-        let accepted = listener.accept();
-        if stop.load(Ordering::SeqCst) {
-            break;
-        }
+        };
+        let accepted = tokio::select! {
+            () = &mut stop => break,
+            () = summary => {
+                for line in refusals.due(Instant::now()) {
+                    event!("{line}");
+                }
+                continue;
+            }
+            accepted = listener.accept() => accepted,
+        };
         let stream = match accepted {
             Ok((stream, _)) => stream,
             Err(e) => {
@@ -111,7 +162,7 @@ pub fn serve(
                     capstats_ebpf::program::limit_hint(&e, None)
                 );
                 // Out of file descriptors and the like: do not spin.
-                std::thread::sleep(Duration::from_millis(50));
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
@@ -133,58 +184,25 @@ pub fn serve(
             refuse(stream, reason);
             continue;
         }
-        let Some(served) = Served::take() else {
-            turn_away(stream);
+        let Some(served) = Served::take(&clients) else {
+            turn_away(stream, &clients);
             continue;
         };
-        let service = Arc::clone(service);
-        let spawned = std::thread::Builder::new()
-            .name("capstats-client".into())
-            .spawn(move || {
-                let _served = served;
-                connection(stream, peer, service.as_ref(), idle)
-            });
-        if let Err(e) = spawned {
-            event!("cannot start a thread for a client: {e}");
-        }
+        tokio::spawn(connection(stream, peer, Arc::clone(&service), idle, served));
     }
     for line in refusals.due(Instant::now() + refusals::INTERVAL) {
         event!("{line}");
     }
 }
 
-/// Waits until a connection is there to accept (or the listener is shut down: then
-/// `accept` says so) or `until` has passed; `false` on the latter.
-fn readable(listener: &UnixListener, until: Option<Instant>) -> bool {
-    let timeout = until.map_or(-1, |until| {
-        let left = until.saturating_duration_since(Instant::now());
-        // Rounded up: woken before it is due, the summary would wait another turn.
-        i32::try_from(left.as_millis() + 1).unwrap_or(i32::MAX)
-    });
-    let mut fd = libc::pollfd {
-        fd: listener.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd.
-    match unsafe { libc::poll(&mut fd, 1, timeout) } {
-        0 => false,
-        // Readable, hung up, or an error (EINTR among them): `accept` tells which.
-        _ => true,
-    }
-}
-
-/// A stranger's connection: told why, without waiting for it, and closed. The answer
-/// is written without blocking (the connection is new: its buffer is empty), then
-/// whatever request the client already sent is taken without waiting, so that closing
-/// does not reset a connection whose client is about to read its answer (a client
-/// that writes later finds the connection closed, and still reads the answer: ours
-/// does). No thread, no timeout, nothing the stranger can hold.
+/// A connection refused at accept: told why and closed, without waiting for it. What
+/// it already sent is read and dropped first (up to a request's worth), so that the
+/// close does not reset the connection before the client reads the reason.
 fn refuse(stream: UnixStream, reason: String) {
-    if stream.set_nonblocking(true).is_err() {
+    // Still non-blocking: nothing here waits for the client.
+    let Ok(mut stream) = stream.into_std() else {
         return;
-    }
-    let mut stream = stream;
+    };
     let _ = respond(
         &mut stream,
         &Response::error(ErrorKind::PermissionDenied, reason),
@@ -196,118 +214,140 @@ fn refuse(stream: UnixStream, reason: String) {
     );
 }
 
-fn connection(stream: UnixStream, peer: Peer, service: &Mutex<Service>, idle: Duration) {
-    let who = format!("pid {} uid {}", peer.pid, peer.uid);
-    let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-    let writer = match stream.try_clone() {
-        Ok(writer) => writer,
-        Err(e) => {
-            event!("client {who}: {e}");
-            return;
-        }
+/// One connection too many: told why, briefly (a write that does not wait: the
+/// socket's buffer is empty), and closed.
+fn turn_away(stream: UnixStream, clients: &Clients) {
+    let limit = clients.limit;
+    if !clients.full.swap(true, Ordering::SeqCst) {
+        event!("refused a client: {limit} clients are connected already");
+    }
+    let Ok(mut stream) = stream.into_std() else {
+        return;
     };
-    let deadline = Rc::new(Cell::new(Instant::now() + idle));
-    let mut reader = BufReader::new(Patient {
-        stream: &stream,
-        deadline: Rc::clone(&deadline),
-    });
-    let mut writer = Restarting {
-        stream: writer,
-        deadline,
-        idle,
-    };
-    // Reads under the lock; a change's filter compiled outside it, by a helper that
-    // is stopped after a time limit, and handed to the change.
-    let mut handle = |command| crate::service::answer(service, command, &who, handled);
-    match converse(&mut reader, &mut writer, &mut handle) {
-        Ok(()) => {}
-        Err(e) if e.get_ref().is_some_and(|inner| inner.is::<Idle>()) => {
-            event!(
-                "client {who} sent no whole request within {}, disconnected",
-                shown(idle)
-            );
-        }
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) =>
-        {
-            event!(
-                "client {who} did not read its answer within {}, disconnected",
-                shown(WRITE_TIMEOUT)
-            );
-        }
-        // The client went away: nothing to tell it.
-        Err(_) => {}
-    }
-}
-
-/// The error [`Patient`]'s reads end with when the client's time is up: told apart
-/// from a write timeout (a client that does not read its answers).
-#[derive(Debug)]
-struct Idle;
-
-impl std::fmt::Display for Idle {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("no whole request within the idle timeout")
-    }
-}
-
-impl std::error::Error for Idle {}
-
-/// `60 s`, `1.5 s`.
-fn shown(duration: Duration) -> String {
-    format!("{} s", duration.as_secs_f64())
-}
-
-/// Reads the client's socket against a deadline for the whole request rather than for
-/// each read: the socket's own timeout restarts with every byte, and a client that
-/// trickles one now and then would hold its thread forever.
-struct Patient<'a> {
-    stream: &'a UnixStream,
-    deadline: Rc<Cell<Instant>>,
-}
-
-impl Read for Patient<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let left = self
-            .deadline
-            .get()
-            .saturating_duration_since(Instant::now());
-        let idle = || io::Error::new(io::ErrorKind::TimedOut, Idle);
-        if left.is_zero() {
-            return Err(idle());
-        }
-        self.stream.set_read_timeout(Some(left))?;
-        match self.stream.read(buf) {
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                Err(idle())
-            }
-            read => read,
-        }
-    }
-}
-
-/// One connection too many: told why, briefly, and closed.
-fn turn_away(stream: UnixStream) {
-    if !FULL.swap(true, Ordering::SeqCst) {
-        event!("refused a client: {MAX_CLIENTS} clients are connected already");
-    }
-    let _ = stream.set_write_timeout(Some(Duration::from_millis(100)));
-    let mut stream = stream;
     let _ = respond(
         &mut stream,
         &Response::error(
             ErrorKind::Internal,
-            format!("the daemon serves {MAX_CLIENTS} clients at once already; try again later"),
+            format!("the daemon serves {limit} clients at once already; try again later"),
         ),
     );
+}
+
+/// One client's connection, until it goes, is too slow, or the daemon stops.
+async fn connection(
+    mut stream: UnixStream,
+    peer: Peer,
+    service: Arc<Mutex<Service>>,
+    idle: Duration,
+    _served: Served,
+) {
+    let who = format!("pid {} uid {}", peer.pid, peer.uid);
+    let ask = |command| {
+        let service = Arc::clone(&service);
+        let who = who.clone();
+        async move {
+            if let Some(answer) = read_at_once(&service, &command) {
+                return answer;
+            }
+            let asked = tokio::task::spawn_blocking({
+                let who = who.clone();
+                move || handle(&service, command, &who)
+            });
+            asked.await.unwrap_or_else(|e| {
+                event!("client {who}: a request failed: {e}");
+                Response::error(ErrorKind::Internal, "the request failed in the daemon")
+            })
+        }
+    };
+    // The stream is closed after the log line is written: a client that sees its
+    // connection end finds the reason in the log.
+    match conversation(&mut stream, idle, WRITE_TIMEOUT, ask).await {
+        Ending::Closed => {}
+        Ending::Idle => event!(
+            "client {who} sent no whole request within {}, disconnected",
+            shown(idle)
+        ),
+        Ending::Unread => event!(
+            "client {who} did not read its answer within {}, disconnected",
+            shown(WRITE_TIMEOUT)
+        ),
+    }
+}
+
+/// How a conversation ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ending {
+    /// The client closed the connection, or its socket failed.
+    Closed,
+    /// No whole request within the idle timeout.
+    Idle,
+    /// An answer not read within [`WRITE_TIMEOUT`].
+    Unread,
+}
+
+/// A connection's requests and answers, in order, each well-formed request answered
+/// by `ask` ([`turn`] for the others). The deadline is for the whole request, however
+/// the client trickles it, and starts after the last answer was written; an answer
+/// may wait `unread` for the client to read it.
+async fn conversation<F, Fut>(
+    stream: &mut UnixStream,
+    idle: Duration,
+    unread: Duration,
+    mut ask: F,
+) -> Ending
+where
+    F: FnMut(Command) -> Fut,
+    Fut: Future<Output = Response>,
+{
+    let (reader, mut writer) = stream.split();
+    let mut reader = BufReader::with_capacity(READ_BUFFER, reader);
+    loop {
+        let Ok(line) = tokio::time::timeout(idle, read_line_async(&mut reader)).await else {
+            return Ending::Idle;
+        };
+        let response = match turn(line) {
+            Err(_) | Ok(Turn::End) => return Ending::Closed,
+            Ok(Turn::Answer(response)) => *response,
+            Ok(Turn::Ask(command)) => bounded_answer(ask(command).await),
+        };
+        let line = response_line(&response);
+        match tokio::time::timeout(unread, writer.write_all(&line)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Ending::Closed,
+            Err(_) => return Ending::Unread,
+        }
+    }
+}
+
+/// A read of a small table (`list`, `show`, `poll`), answered on the runtime's thread
+/// when the table's lock is free: what it does in the kernel is a counter map's
+/// look-up per session (a few µs, a system call that does not sleep), and handing it
+/// to a blocking thread and back would cost more than that. A larger table, a lock
+/// held by a change, and every change go to a blocking thread ([`handle`]).
+fn read_at_once(service: &Mutex<Service>, command: &Command) -> Option<Response> {
+    if !matches!(
+        command,
+        Command::List {} | Command::Show { .. } | Command::Poll { .. }
+    ) {
+        return None;
+    }
+    let reading = service.try_lock().ok()?;
+    if reading.session_count() > AT_ONCE_SESSIONS {
+        return None;
+    }
+    reading.query(command)
+}
+
+/// A well-formed request's answer, on a blocking thread: reads from the table, or a
+/// change once its filter is compiled outside the lock, by a helper that is stopped
+/// after a time limit, and handed to the change ([`crate::service::answer`]).
+fn handle(service: &Mutex<Service>, command: Command, who: &str) -> Response {
+    crate::service::answer(service, command, who, handled)
+}
+
+/// `60 s`, `1.5 s`.
+fn shown(duration: Duration) -> String {
+    format!("{} s", duration.as_secs_f64())
 }
 
 /// [`Service::handle`], but a session is not started when the daemon is about to run
@@ -324,52 +364,67 @@ fn handled(service: &mut Service, command: Command, compiled: Option<&Compiled>)
 
 /// Why a new session would leave the daemon too few file descriptors, if it would.
 fn short_of_descriptors(name: &str) -> Option<String> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: a pointer to a writable rlimit.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0
-        || limit.rlim_cur == libc::RLIM_INFINITY
-    {
-        return None;
-    }
+    let limit = crate::sys::rlimit::nofile_soft()?;
     let open = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
-    (open + FD_RESERVE > limit.rlim_cur).then(|| {
+    (open + FD_RESERVE > limit).then(|| {
         format!(
             "cannot create session {name:?}: the daemon has {open} file descriptors open and \
-             may have {} (RLIMIT_NOFILE); a session needs several, with {FD_RESERVE} kept \
+             may have {limit} (RLIMIT_NOFILE); a session needs several, with {FD_RESERVE} kept \
              free: stop sessions or raise the daemon's limit (LimitNOFILE= in its systemd \
-             unit, ulimit -n)",
-            limit.rlim_cur
+             unit, ulimit -n)"
         )
     })
 }
 
-/// Writes answers to the client; each one written gives it the idle timeout anew for
-/// its next request.
-struct Restarting {
-    stream: UnixStream,
-    deadline: Rc<Cell<Instant>>,
-    idle: Duration,
+/// What to do with what a read brought.
+enum Turn {
+    /// The client ended the connection.
+    End,
+    /// An answer without asking the service (a bad request).
+    Answer(Box<Response>),
+    /// A well-formed request for the service.
+    Ask(Command),
 }
 
-impl Write for Restarting {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let written = self.stream.write(buf)?;
-        self.deadline.set(Instant::now() + self.idle);
-        Ok(written)
-    }
+/// What a line read (or a failed read) calls for. A line that is too long, not UTF-8,
+/// not a request or refused by [`Command::check`] gets an error response and never
+/// reaches the service.
+fn turn(line: io::Result<Line>) -> io::Result<Turn> {
+    let refused = |kind, message: String| Turn::Answer(Box::new(Response::error(kind, message)));
+    Ok(match line {
+        Ok(Line::End) => Turn::End,
+        Ok(Line::TooLong) => refused(
+            ErrorKind::BadRequest,
+            format!("request longer than {MAX_REQUEST_BYTES} bytes (the limit of a request line)"),
+        ),
+        Ok(Line::Text(text)) => match Request::parse(&text) {
+            Ok(request) => match request.command.check() {
+                Ok(()) => Turn::Ask(request.command),
+                Err((kind, message)) => refused(kind, message),
+            },
+            Err(message) => refused(ErrorKind::BadRequest, message),
+        },
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => refused(
+            ErrorKind::BadRequest,
+            "the request is not UTF-8 text".into(),
+        ),
+        Err(e) => return Err(e),
+    })
+}
 
-    fn flush(&mut self) -> io::Result<()> {
-        self.stream.flush()
+/// The table's refusals quote requests too (a 60 KiB expression libpcap refused):
+/// bounded as the decoder's are.
+fn bounded_answer(response: Response) -> Response {
+    match response {
+        Response::Error(e) => Response::error(e.kind, bounded(&e.message)),
+        answer => answer,
     }
 }
 
 /// One connection's conversation: reads request lines from `reader` until it ends and
-/// writes one response line to `writer` for each, in order. A line that is too long,
-/// not UTF-8, not a request or refused by [`Command::check`] gets an error response
-/// and never reaches `handle`; the others get what `handle` answers.
+/// writes one response line to `writer` for each, in order, as a connection to the
+/// socket does ([`turn`]); the requests that reach the service get what `handle`
+/// answers.
 ///
 /// # Errors
 /// When reading or writing fails (a timeout among them): the conversation is over.
@@ -379,42 +434,27 @@ pub fn converse(
     handle: &mut dyn FnMut(Command) -> Response,
 ) -> io::Result<()> {
     loop {
-        let response = match read_line(reader) {
-            Ok(Line::End) => return Ok(()),
-            Ok(Line::TooLong) => Response::error(
-                ErrorKind::BadRequest,
-                format!(
-                    "request longer than {MAX_REQUEST_BYTES} bytes (the limit of a request line)"
-                ),
-            ),
-            Ok(Line::Text(text)) => match Request::parse(&text) {
-                Ok(request) => match request.command.check() {
-                    // The table's refusals quote requests too (a 60 KiB expression
-                    // libpcap refused): bounded as the decoder's are.
-                    Ok(()) => match handle(request.command) {
-                        Response::Error(e) => Response::error(e.kind, bounded(&e.message)),
-                        answer => answer,
-                    },
-                    Err((kind, message)) => Response::error(kind, message),
-                },
-                Err(message) => Response::error(ErrorKind::BadRequest, message),
-            },
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                Response::error(ErrorKind::BadRequest, "the request is not UTF-8 text")
-            }
-            Err(e) => return Err(e),
+        let response = match turn(read_line(reader))? {
+            Turn::End => return Ok(()),
+            Turn::Answer(response) => *response,
+            Turn::Ask(command) => bounded_answer(handle(command)),
         };
         respond(writer, &response)?;
     }
 }
 
-fn respond(writer: &mut impl Write, response: &Response) -> io::Result<()> {
+/// A response as the line written for it; errors are counted for the metrics.
+fn response_line(response: &Response) -> Vec<u8> {
     if matches!(response, Response::Error(_)) {
         crate::metrics::REQUEST_ERRORS.fetch_add(1, Ordering::Relaxed);
     }
     let mut line = serde_json::to_vec(response).expect("plain data serializes");
     line.push(b'\n');
-    writer.write_all(&line)
+    line
+}
+
+fn respond(writer: &mut impl Write, response: &Response) -> io::Result<()> {
+    writer.write_all(&response_line(response))
 }
 
 enum Line {
@@ -423,11 +463,56 @@ enum Line {
     End,
 }
 
-/// One line of at most [`MAX_REQUEST_BYTES`]; the rest of a longer one is read and
-/// thrown away, so the next request starts clean.
+/// A line being read: at most [`MAX_REQUEST_BYTES`] kept; the rest of a longer one is
+/// read and thrown away, so the next request starts clean.
+#[derive(Default)]
+struct Framing {
+    line: Vec<u8>,
+    too_long: bool,
+}
+
+impl Framing {
+    /// Takes what `available` holds of the line; returns how many bytes it used and
+    /// the line if it ended there.
+    fn take(&mut self, available: &[u8]) -> (usize, Option<io::Result<Line>>) {
+        let (chunk, found_newline) = match available.iter().position(|&b| b == b'\n') {
+            Some(at) => (&available[..at], true),
+            None => (available, false),
+        };
+        if !self.too_long {
+            if self.line.len() + chunk.len() > MAX_REQUEST_BYTES {
+                self.too_long = true;
+                self.line = Vec::new();
+            } else {
+                self.line.extend_from_slice(chunk);
+            }
+        }
+        let used = chunk.len() + usize::from(found_newline);
+        (used, found_newline.then(|| self.ended()))
+    }
+
+    /// The line at its newline.
+    fn ended(&mut self) -> io::Result<Line> {
+        if self.too_long {
+            Ok(Line::TooLong)
+        } else {
+            text(std::mem::take(&mut self.line))
+        }
+    }
+
+    /// At the end of the stream: a last unterminated line still counts.
+    fn at_end(&mut self) -> io::Result<Line> {
+        if !self.too_long && self.line.is_empty() {
+            Ok(Line::End)
+        } else {
+            self.ended()
+        }
+    }
+}
+
+/// One line of at most [`MAX_REQUEST_BYTES`] ([`Framing`]).
 fn read_line(reader: &mut impl BufRead) -> io::Result<Line> {
-    let mut line = Vec::new();
-    let mut too_long = false;
+    let mut framing = Framing::default();
     loop {
         let available = match reader.fill_buf() {
             Ok(available) => available,
@@ -436,35 +521,32 @@ fn read_line(reader: &mut impl BufRead) -> io::Result<Line> {
             Err(e) => return Err(e),
         };
         if available.is_empty() {
-            // End of stream: a last unterminated line still counts.
-            return Ok(if too_long {
-                Line::TooLong
-            } else if line.is_empty() {
-                Line::End
-            } else {
-                text(line)?
-            });
+            return framing.at_end();
         }
-        let (chunk, found_newline) = match available.iter().position(|&b| b == b'\n') {
-            Some(at) => (&available[..at], true),
-            None => (available, false),
-        };
-        if !too_long {
-            if line.len() + chunk.len() > MAX_REQUEST_BYTES {
-                too_long = true;
-                line = Vec::new();
-            } else {
-                line.extend_from_slice(chunk);
-            }
-        }
-        let used = chunk.len() + usize::from(found_newline);
+        let (used, line) = framing.take(available);
         reader.consume(used);
-        if found_newline {
-            return if too_long {
-                Ok(Line::TooLong)
-            } else {
-                text(line)
-            };
+        if let Some(line) = line {
+            return line;
+        }
+    }
+}
+
+/// [`read_line`] on the runtime.
+async fn read_line_async(reader: &mut (impl AsyncBufRead + Unpin)) -> io::Result<Line> {
+    let mut framing = Framing::default();
+    loop {
+        let available = match reader.fill_buf().await {
+            Ok(available) => available,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if available.is_empty() {
+            return framing.at_end();
+        }
+        let (used, line) = framing.take(available);
+        reader.consume(used);
+        if let Some(line) = line {
+            return line;
         }
     }
 }
@@ -478,9 +560,10 @@ fn text(line: Vec<u8>) -> io::Result<Line> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncWriteExt;
 
     fn lines(input: &[u8]) -> Vec<String> {
-        let mut reader = BufReader::with_capacity(7, input);
+        let mut reader = std::io::BufReader::with_capacity(7, input);
         let mut out = Vec::new();
         loop {
             match read_line(&mut reader) {
@@ -501,70 +584,96 @@ mod tests {
         assert_eq!(lines(b"\xff\xfe\nok\n"), ["<invalid data>", "ok"]);
     }
 
-    /// A conversation on one end of a socket pair with the connection's deadline, as
-    /// `connection` has it; returns how it ended and when.
-    fn patiently(ours: UnixStream, idle: Duration) -> (io::Result<()>, Duration) {
+    #[test]
+    fn three_quarters_of_the_open_files_and_no_more_than_the_most() {
+        assert_eq!(client_limit(Some(1024)), 768);
+        assert_eq!(client_limit(Some(96)), 72);
+        assert_eq!(client_limit(Some(20_000)), 15_000);
+        assert_eq!(client_limit(Some(524_288)), MAX_CLIENTS);
+        assert_eq!(client_limit(Some(1)), 1);
+        assert_eq!(client_limit(None), 768);
+    }
+
+    /// A conversation on one end of a socket pair, every request answered with an
+    /// empty table; returns how it ended and when.
+    async fn patiently(ours: UnixStream, idle: Duration) -> (Ending, Duration) {
         let start = Instant::now();
-        let deadline = Rc::new(Cell::new(start + idle));
-        let mut reader = BufReader::new(Patient {
-            stream: &ours,
-            deadline: Rc::clone(&deadline),
-        });
-        let mut writer = Restarting {
-            stream: ours.try_clone().unwrap(),
-            deadline,
-            idle,
-        };
-        let mut table = |_| Response::Ok(capstats_common::protocol::Reply::Sessions(Vec::new()));
-        let ended = converse(&mut reader, &mut writer, &mut table);
+        let table =
+            |_| async { Response::Ok(capstats_common::protocol::Reply::Sessions(Vec::new())) };
+        let mut ours = ours;
+        let ended = conversation(&mut ours, idle, WRITE_TIMEOUT, table).await;
         (ended, start.elapsed())
     }
 
-    #[test]
-    fn a_trickling_client_is_cut_off_at_the_deadline() {
+    #[tokio::test]
+    async fn a_trickling_client_is_cut_off_at_the_deadline() {
         let idle = Duration::from_millis(300);
         let (ours, mut theirs) = UnixStream::pair().unwrap();
-        let trickle = std::thread::spawn(move || {
+        let trickle = tokio::spawn(async move {
             // A byte every 50 ms: each read succeeds, the request never ends.
-            while theirs.write_all(b"x").is_ok() {
-                std::thread::sleep(Duration::from_millis(50));
+            while theirs.write_all(b"x").await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         });
-        let (ended, after) = patiently(ours, idle);
-        let e = ended.unwrap_err();
-        assert!(e.get_ref().is_some_and(|inner| inner.is::<Idle>()), "{e:?}");
+        let (ended, after) = patiently(ours, idle).await;
+        assert_eq!(ended, Ending::Idle);
         assert!(after >= idle && after < idle * 3, "cut off after {after:?}");
-        trickle.join().unwrap();
+        trickle.await.unwrap();
     }
 
-    #[test]
-    fn each_answer_gives_the_client_the_idle_timeout_anew() {
+    #[tokio::test]
+    async fn each_answer_gives_the_client_the_idle_timeout_anew() {
         let idle = Duration::from_millis(300);
         let (ours, theirs) = UnixStream::pair().unwrap();
-        let client = std::thread::spawn(move || {
-            let mut answers = BufReader::new(theirs.try_clone().unwrap());
-            let mut theirs = theirs;
+        let client = tokio::spawn(async move {
+            let (reader, mut writer) = theirs.into_split();
+            let mut answers = BufReader::new(reader);
             // Four requests 200 ms apart: 800 ms in all, each within 300 ms of the
             // last answer.
             for _ in 0..4 {
-                std::thread::sleep(Duration::from_millis(200));
-                theirs
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                writer
                     .write_all(b"{\"version\":1,\"command\":\"list\"}\n")
+                    .await
                     .unwrap();
                 let mut line = String::new();
-                answers.read_line(&mut line).unwrap();
+                answers.read_line(&mut line).await.unwrap();
                 assert!(line.starts_with("{\"ok\""), "{line}");
             }
             // Then silence, until the daemon's side is gone.
             let mut rest = Vec::new();
-            let _ = answers.read_to_end(&mut rest);
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut answers, &mut rest).await;
         });
-        let (ended, after) = patiently(ours, idle);
-        assert!(ended.is_err(), "{ended:?}");
+        let (ended, after) = patiently(ours, idle).await;
+        assert_eq!(ended, Ending::Idle);
         assert!(
             after >= Duration::from_millis(800) + idle,
             "ended after {after:?}, before the last answer's timeout"
         );
-        client.join().unwrap();
+        client.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_client_that_does_not_read_is_dropped() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        // Requests enough that their answers fill the socket's buffers, never read.
+        let request = b"{\"version\":1,\"command\":\"list\"}\n".repeat(100_000);
+        let (_reader, mut writer) = theirs.into_split();
+        let sender = tokio::spawn(async move {
+            let _ = writer.write_all(&request).await;
+            writer
+        });
+        let unread = Duration::from_millis(300);
+        let start = Instant::now();
+        let mut ours = ours;
+        let ended = conversation(&mut ours, IDLE_TIMEOUT, unread, |_| async {
+            Response::Ok(capstats_common::protocol::Reply::Sessions(Vec::new()))
+        })
+        .await;
+        assert_eq!(ended, Ending::Unread);
+        assert!(start.elapsed() < IDLE_TIMEOUT, "{:?}", start.elapsed());
+        // Closed: the sender's write fails and it ends.
+        drop(ours);
+        drop(sender.await);
     }
 }

@@ -44,3 +44,14 @@ pub fn receive(fd: impl AsFd, buffer: &mut [u8]) -> io::Result<usize> {
         }
     }
 }
+
+/// [`receive`] without waiting: `WouldBlock` when no datagram is there (for a socket
+/// the runtime polls).
+pub fn receive_now(fd: impl AsFd, buffer: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match recv(fd.as_fd().as_raw_fd(), buffer, MsgFlags::MSG_DONTWAIT) {
+            Err(Errno::EINTR) => continue,
+            other => return other.map_err(super::io),
+        }
+    }
+}

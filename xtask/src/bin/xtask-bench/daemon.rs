@@ -26,6 +26,7 @@
 
 // client, netns, process and traffic are shared with the peer comparison (crate::peers).
 pub mod client;
+pub mod connections;
 mod latency;
 pub mod netns;
 pub mod process;

@@ -119,6 +119,20 @@ struct Args {
     /// --out, replace the file's `live_shared` object.
     #[arg(long)]
     live_shared_only: bool,
+    /// Measure only the daemon with many clients at once (idle connections and watch
+    /// streams beside a polling one: its threads, RSS and poll latency) and print it;
+    /// with --out, replace the file's `connections` object.
+    #[arg(long)]
+    connections_only: bool,
+    /// Many clients: connections opened and left silent.
+    #[arg(long, default_value_t = 10_000)]
+    idle_connections: usize,
+    /// Many clients: `watch` streams (a `show` each per --watch-period).
+    #[arg(long, default_value_t = 1_000)]
+    watch_streams: usize,
+    /// Many clients: seconds between a watch stream's requests.
+    #[arg(long, default_value_t = 1.0)]
+    watch_period: f64,
     /// Live shared-evaluation table: frames offered per run.
     #[arg(long, default_value_t = 300_000)]
     live_shared_frames: u64,
@@ -276,6 +290,25 @@ fn run(args: &Args) -> anyhow::Result<()> {
          at least 1"
     );
     let machine = Machine::this()?;
+    if args.connections_only {
+        ensure!(
+            args.watch_period > 0.0 && args.watch_period.is_finite(),
+            "--watch-period must be a positive number of seconds"
+        );
+        let figures = daemon::connections::measure(&daemon::connections::Options {
+            capstats: args.capstats.clone(),
+            idle: args.idle_connections,
+            watch: args.watch_streams,
+            period: std::time::Duration::from_secs_f64(args.watch_period),
+            polls: args.polls,
+        })
+        .context("the connections bench")?;
+        print!("{}", daemon::connections::report(&figures));
+        if let Some(out) = &args.out {
+            replace_in_results(out, "connections", daemon::connections::to_json(&figures))?;
+        }
+        return Ok(());
+    }
     if args.hooks_only {
         let hooks = hooks::measure(&hooks_options(args)?).context("the hooks table")?;
         print!("{}", hooks::report(&hooks));
