@@ -67,11 +67,11 @@ struct SavedState {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("cannot {what} {path}: {source}")]
+    #[error("cannot {what} {path}: {cause}")]
     Io {
         what: &'static str,
         path: PathBuf,
-        source: io::Error,
+        cause: io::Error,
     },
     #[error("another capstats daemon{pid} uses the state directory {dir}", pid = pid_of(*.pid))]
     InUse { dir: String, pid: Option<u32> },
@@ -107,7 +107,7 @@ impl StateFile {
 
     fn io(&self, what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StateError {
         let path = path.to_owned();
-        move |source| StateError::Io { what, path, source }
+        move |cause| StateError::Io { what, path, cause }
     }
 
     /// Takes the directory for this daemon: a second daemon on another socket must not
