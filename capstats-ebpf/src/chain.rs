@@ -45,33 +45,26 @@ pub const CHAIN_MOST_SESSIONS: usize = CHAIN_SESSIONS * CHAIN_PROGRAMS;
 /// Why a prog array could not be made, changed or pinned. Names the array.
 #[derive(Debug, thiserror::Error)]
 pub enum ChainError {
-    #[error("cannot create prog array {name}: {source}")]
-    Create {
-        name: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot put program {program} into entry {index} of prog array {name}: {source}")]
+    #[error("cannot create prog array {name}: {cause}")]
+    Create { name: String, cause: io::Error },
+    #[error("cannot put program {program} into entry {index} of prog array {name}: {cause}")]
     Set {
         name: String,
         index: u32,
         program: String,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
-    #[error("cannot empty entry {index} of prog array {name}: {source}")]
+    #[error("cannot empty entry {index} of prog array {name}: {cause}")]
     Clear {
         name: String,
         index: u32,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
-    #[error("cannot pin prog array {name} at {path}: {source}")]
+    #[error("cannot pin prog array {name} at {path}: {cause}")]
     Pin {
         name: String,
         path: String,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
 }
 
@@ -98,7 +91,7 @@ impl ProgArray {
         }
         let fd = bpf(bpf_cmd::BPF_MAP_CREATE, &mut attr).map_err(|source| ChainError::Create {
             name: name.to_owned(),
-            source,
+            cause: source,
         })?;
         Ok(Self {
             name: name.to_owned(),
@@ -122,7 +115,7 @@ impl ProgArray {
             name: self.name.clone(),
             index,
             program: program.name().to_owned(),
-            source,
+            cause: source,
         })?;
         Ok(())
     }
@@ -141,7 +134,7 @@ impl ProgArray {
             Err(source) => Err(ChainError::Clear {
                 name: self.name.clone(),
                 index,
-                source,
+                cause: source,
             }),
         }
     }
@@ -152,7 +145,7 @@ impl ProgArray {
         obj_pin(self.fd.as_fd(), path).map_err(|source| ChainError::Pin {
             name: self.name.clone(),
             path: path.display().to_string(),
-            source,
+            cause: source,
         })
     }
 

@@ -33,34 +33,34 @@ const LOAD_ATTEMPTS: u32 = 8;
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// An instruction still names a label, or a map its loader did not bind.
-    #[error("program {name}, instruction {index}: {source}")]
+    #[error("program {name}, instruction {index}: {cause}")]
     Encode {
         name: String,
         index: usize,
-        #[source]
-        source: EncodeError,
+        cause: EncodeError,
     },
     /// The verifier refused the program; `log` is its log, last lines first relevant.
-    #[error("the kernel's verifier rejected program {name} ({source}){limit}:\n{log}", limit = verifier_limit(.log))]
+    #[error("the kernel's verifier rejected program {name} ({cause}){limit}:\n{log}", limit = verifier_limit(.log))]
     Verifier {
         name: String,
-        source: io::Error,
+        cause: io::Error,
         log: String,
     },
-    #[error("bpf(BPF_PROG_LOAD) of program {name} failed: {source}{hint}", hint = limit_hint(.source, Some(*.slots)))]
+    #[error("bpf(BPF_PROG_LOAD) of program {name} failed: {cause}{hint}", hint = limit_hint(.cause, Some(*.slots)))]
     Syscall {
         name: String,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
         /// Instruction slots it had, for the message about the kernel's size limit.
         slots: usize,
     },
-    #[error("program {name} was loaded but cannot be found by id {id}: {source}")]
+    #[error(
+        "program {name} was loaded but cannot be found by id {id}: {}",
+        crate::errors::with_causes(.cause)
+    )]
     Lookup {
         name: String,
         id: u32,
-        #[source]
-        source: ProgramError,
+        cause: ProgramError,
     },
 }
 
@@ -244,7 +244,7 @@ pub fn encode(name: &str, insns: &[Insn], maps: &MapBinding) -> Result<Vec<[u8; 
             .map_err(|source| LoadError::Encode {
                 name: name.to_owned(),
                 index,
-                source,
+                cause: source,
             })?;
     }
     Ok(encoded)
@@ -298,7 +298,7 @@ impl LoadedProgram {
             {
                 return Err(LoadError::Syscall {
                     name: name.to_owned(),
-                    source: first,
+                    cause: first,
                     slots: encoded.len(),
                 });
             }
@@ -308,7 +308,7 @@ impl LoadedProgram {
         };
         let (id, verified_insns) = prog_info(fd.as_fd()).map_err(|source| LoadError::Syscall {
             name: name.to_owned(),
-            source,
+            cause: source,
             slots: encoded.len(),
         })?;
         Ok(Self {
@@ -389,7 +389,7 @@ impl LoadedProgram {
         LoadError::Lookup {
             name: self.name.clone(),
             id: self.id,
-            source,
+            cause: source,
         }
     }
 }
@@ -413,7 +413,7 @@ fn load_with_log(hook: Hook, name: &str, encoded: &[[u8; 8]]) -> Result<(OwnedFd
             Err(source) if source.raw_os_error() == Some(libc::EAGAIN) => {
                 return Err(LoadError::Syscall {
                     name: name.to_owned(),
-                    source,
+                    cause: source,
                     slots: encoded.len(),
                 });
             }
@@ -423,13 +423,13 @@ fn load_with_log(hook: Hook, name: &str, encoded: &[[u8; 8]]) -> Result<(OwnedFd
                 if log.is_empty() {
                     return Err(LoadError::Syscall {
                         name: name.to_owned(),
-                        source,
+                        cause: source,
                         slots: encoded.len(),
                     });
                 }
                 return Err(LoadError::Verifier {
                     name: name.to_owned(),
-                    source,
+                    cause: source,
                     log,
                 });
             }
@@ -539,7 +539,7 @@ mod tests {
         let LoadError::Encode {
             name,
             index,
-            source,
+            cause: source,
         } = &err
         else {
             panic!("not an encoding error: {err}");
@@ -569,7 +569,7 @@ mod tests {
             matches!(
                 err,
                 LoadError::Encode {
-                    source: EncodeError::UnboundMap {
+                    cause: EncodeError::UnboundMap {
                         map: MapRef::ProgArray,
                         ..
                     },

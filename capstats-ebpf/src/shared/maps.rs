@@ -23,21 +23,19 @@ use super::shape::comparisons;
 /// Why a shared program's map could not be made or filled. Names the map.
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
-    #[error("cannot create {what} {name} ({entries} entries): {source}")]
+    #[error("cannot create {what} {name} ({entries} entries): {cause}")]
     Create {
         what: &'static str,
         name: String,
         entries: u32,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
-    #[error("cannot write {entries} entries into {what} {name}: {source}")]
+    #[error("cannot write {entries} entries into {what} {name}: {cause}")]
     Fill {
         what: &'static str,
         name: String,
         entries: usize,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
 }
 
@@ -118,7 +116,7 @@ fn create(
         what,
         name: name.to_owned(),
         entries,
-        source,
+        cause: source,
     })?;
     // SAFETY: BPF_MAP_CREATE returned a new fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
@@ -146,7 +144,7 @@ fn update_batch<K>(
         what,
         name: name.to_owned(),
         entries: keys.len(),
-        source,
+        cause: source,
     })?;
     Ok(())
 }
@@ -201,7 +199,7 @@ impl DispatchMap {
                         what: "dispatch map",
                         name: self.name.clone(),
                         entries: keys.len(),
-                        source,
+                        cause: source,
                     });
                 }
             }
