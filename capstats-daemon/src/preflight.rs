@@ -14,7 +14,6 @@
 //! compiled while the session table is locked.
 
 use std::io::{Read, Write};
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -91,15 +90,8 @@ pub fn compile(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
-    // SAFETY: prctl is async-signal-safe. A daemon that dies takes its helper along.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    // A daemon that dies takes its helper along.
+    crate::sys::process::die_with_parent(&mut command);
     let mut child = command.spawn().map_err(|e| failed("start", e))?;
     let written = child
         .stdin

@@ -15,6 +15,7 @@ use std::path::Path;
 use aya::programs::{ProgramError, SchedClassifier, SocketFilter, Xdp, loaded_programs};
 use aya_obj::generated::{bpf_attach_type, bpf_attr, bpf_cmd, bpf_prog_info, bpf_prog_type};
 use aya_obj::programs::XdpAttachType;
+use nix::sys::resource::{RLIM_INFINITY, Resource, getrlimit};
 
 use crate::counters::CounterMap;
 use crate::insn::{EncodeError, Insn, MapRef};
@@ -106,7 +107,7 @@ pub fn limit_hint(error: &io::Error, slots: Option<usize>) -> String {
         ),
         Some(libc::EMFILE) | Some(libc::ENFILE) => format!(
             " (out of file descriptors: the process may have {} open (RLIMIT_NOFILE))",
-            rlimit(libc::RLIMIT_NOFILE).map_or_else(|| "no more".into(), |n| n.to_string())
+            rlimit(Resource::RLIMIT_NOFILE).map_or_else(|| "no more".into(), |n| n.to_string())
         ),
         _ => String::new(),
     }
@@ -137,18 +138,13 @@ fn verifier_limit(log: &str) -> String {
 }
 
 /// The soft limit of `resource`, `None` when unlimited or unknown.
-fn rlimit(resource: libc::__rlimit_resource_t) -> Option<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: a valid resource and a pointer to a writable rlimit.
-    let rc = unsafe { libc::getrlimit(resource, &mut limit) };
-    (rc == 0 && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
+fn rlimit(resource: Resource) -> Option<u64> {
+    let (soft, _) = getrlimit(resource).ok()?;
+    (soft != RLIM_INFINITY).then_some(soft)
 }
 
 fn memlock() -> String {
-    match rlimit(libc::RLIMIT_MEMLOCK) {
+    match rlimit(Resource::RLIMIT_MEMLOCK) {
         Some(bytes) => format!(" (now {bytes} bytes)"),
         None => " (now unlimited)".into(),
     }
@@ -519,6 +515,29 @@ fn prog_info(fd: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The limits a load error names are this process's, as /proc/self/limits says.
+    #[test]
+    fn limit_hints_name_the_process_limits() {
+        let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+        let soft = |name: &str| {
+            let line = limits.lines().find(|l| l.starts_with(name)).unwrap();
+            let soft = line[name.len()..].split_whitespace().next().unwrap();
+            (soft != "unlimited").then(|| soft.parse::<u64>().unwrap())
+        };
+        let nofile = limit_hint(&io::Error::from_raw_os_error(libc::EMFILE), None);
+        let open = soft("Max open files").map_or("no more".into(), |n| n.to_string());
+        assert!(
+            nofile.contains(&format!("may have {open} open")),
+            "{nofile}"
+        );
+        let memlock = limit_hint(&io::Error::from_raw_os_error(libc::EPERM), None);
+        let locked = match soft("Max locked memory") {
+            Some(bytes) => format!("(now {bytes} bytes)"),
+            None => "(now unlimited)".into(),
+        };
+        assert!(memlock.contains(&locked), "{memlock}");
+    }
     use crate::cbpf::{Program, RawInsn};
     use crate::translate::{CounterSlot, TailCall, translate_chained};
 
