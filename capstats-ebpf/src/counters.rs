@@ -109,10 +109,10 @@ fn next_serial() -> u64 {
 impl CounterMap {
     /// Creates a map of `slots` zeroed counters. `name` is truncated to 15 characters.
     pub fn create(name: &str, slots: u32) -> Result<Self, CounterError> {
-        let create_error = |source| CounterError::Create {
+        let create_error = |cause| CounterError::Create {
             name: name.to_owned(),
             slots,
-            cause: source,
+            cause,
         };
         let obj = aya_obj::Map::new_from_params(
             bpf_map_type::BPF_MAP_TYPE_PERCPU_ARRAY as u32,
@@ -127,9 +127,9 @@ impl CounterMap {
             .fd()
             .as_fd()
             .try_clone_to_owned()
-            .map_err(|source| CounterError::Dup {
+            .map_err(|cause| CounterError::Dup {
                 name: name.to_owned(),
-                cause: source,
+                cause,
             })?;
         let map = PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(create_error)?;
         Ok(Self {
@@ -144,28 +144,28 @@ impl CounterMap {
     /// Pins the map at `path` on a bpffs, so that it outlives this process: the
     /// kernel keeps counting into it while no daemon runs.
     pub fn pin(&self, path: &Path) -> Result<(), CounterError> {
-        crate::program::obj_pin(self.fd.as_fd(), path).map_err(|source| CounterError::Pin {
+        crate::program::obj_pin(self.fd.as_fd(), path).map_err(|cause| CounterError::Pin {
             name: self.name.clone(),
             path: path.display().to_string(),
-            cause: source,
+            cause,
         })
     }
 
     /// Opens a map pinned by [`CounterMap::pin`]: its counters as the kernel has them.
     /// Refuses a pinned object that is not a per-CPU array of counters.
     pub fn open_pinned(path: &Path) -> Result<Self, CounterError> {
-        let error = |source| CounterError::OpenPinned {
+        let error = |cause| CounterError::OpenPinned {
             path: path.display().to_string(),
-            cause: source,
+            cause,
         };
         let data = MapData::from_pin(path).map_err(error)?;
         let fd = data
             .fd()
             .as_fd()
             .try_clone_to_owned()
-            .map_err(|source| CounterError::Dup {
+            .map_err(|cause| CounterError::Dup {
                 name: path.display().to_string(),
-                cause: source,
+                cause,
             })?;
         let map = match Map::from_map_data(data).map_err(error)? {
             // The value size is checked here: a foreign array is refused by name.
@@ -220,14 +220,11 @@ impl CounterMap {
 
     /// The sum over all CPUs of slot `slot`.
     pub fn read(&self, slot: u32) -> Result<Counter, CounterError> {
-        let per_cpu = self
-            .map
-            .get(&slot, 0)
-            .map_err(|source| CounterError::Read {
-                name: self.name.clone(),
-                slot,
-                cause: source,
-            })?;
+        let per_cpu = self.map.get(&slot, 0).map_err(|cause| CounterError::Read {
+            name: self.name.clone(),
+            slot,
+            cause,
+        })?;
         Ok(per_cpu.iter().fold(Counter::default(), |sum, c| sum + *c))
     }
 }

@@ -237,10 +237,10 @@ pub fn encode(name: &str, insns: &[Insn], maps: &MapBinding) -> Result<Vec<[u8; 
     let mut encoded = Vec::with_capacity(insns.len());
     for (index, insn) in insns.iter().enumerate() {
         insn.encode(fd_of, &mut encoded)
-            .map_err(|source| LoadError::Encode {
+            .map_err(|cause| LoadError::Encode {
                 name: name.to_owned(),
                 index,
-                cause: source,
+                cause,
             })?;
     }
     Ok(encoded)
@@ -302,9 +302,9 @@ impl LoadedProgram {
             // failure was transient: memory for a moment) is as good as any.
             Err(_) => load_with_log(hook, name, &encoded)?,
         };
-        let (id, verified_insns) = prog_info(fd.as_fd()).map_err(|source| LoadError::Syscall {
+        let (id, verified_insns) = prog_info(fd.as_fd()).map_err(|cause| LoadError::Syscall {
             name: name.to_owned(),
-            cause: source,
+            cause,
             slots: encoded.len(),
         })?;
         Ok(Self {
@@ -353,21 +353,21 @@ impl LoadedProgram {
     pub fn sched_classifier(&self) -> Result<SchedClassifier, LoadError> {
         let info = self.info()?;
         SchedClassifier::from_program_info(info, self.name.clone().into())
-            .map_err(|source| self.lookup_error(source))
+            .map_err(|cause| self.lookup_error(cause))
     }
 
     /// The program as aya's `Xdp`, for test runs and attachment to interfaces.
     pub fn xdp(&self) -> Result<Xdp, LoadError> {
         let info = self.info()?;
         Xdp::from_program_info(info, self.name.clone().into(), XdpAttachType::Interface)
-            .map_err(|source| self.lookup_error(source))
+            .map_err(|cause| self.lookup_error(cause))
     }
 
     /// The program as aya's `SocketFilter`, for attaching to sockets.
     pub fn socket_filter(&self) -> Result<SocketFilter, LoadError> {
         let info = self.info()?;
         SocketFilter::from_program_info(info, self.name.clone().into())
-            .map_err(|source| self.lookup_error(source))
+            .map_err(|cause| self.lookup_error(cause))
     }
 
     fn info(&self) -> Result<aya::programs::ProgramInfo, LoadError> {
@@ -381,11 +381,11 @@ impl LoadedProgram {
         Err(self.lookup_error(ProgramError::NotLoaded))
     }
 
-    fn lookup_error(&self, source: ProgramError) -> LoadError {
+    fn lookup_error(&self, cause: ProgramError) -> LoadError {
         LoadError::Lookup {
             name: self.name.clone(),
             id: self.id,
-            cause: source,
+            cause,
         }
     }
 }
@@ -406,26 +406,26 @@ fn load_with_log(hook: Hook, name: &str, encoded: &[[u8; 8]]) -> Result<(OwnedFd
                 size *= 4
             }
             // The log of a stopped verifier says nothing about the program.
-            Err(source) if source.raw_os_error() == Some(libc::EAGAIN) => {
+            Err(cause) if cause.raw_os_error() == Some(libc::EAGAIN) => {
                 return Err(LoadError::Syscall {
                     name: name.to_owned(),
-                    cause: source,
+                    cause,
                     slots: encoded.len(),
                 });
             }
-            Err(source) => {
+            Err(cause) => {
                 let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
                 let log = String::from_utf8_lossy(&log[..end]).trim_end().to_owned();
                 if log.is_empty() {
                     return Err(LoadError::Syscall {
                         name: name.to_owned(),
-                        cause: source,
+                        cause,
                         slots: encoded.len(),
                     });
                 }
                 return Err(LoadError::Verifier {
                     name: name.to_owned(),
-                    cause: source,
+                    cause,
                     log,
                 });
             }
@@ -555,18 +555,13 @@ mod tests {
     fn an_unbound_map_reference_is_refused_at_load_by_name() {
         let insns = chained();
         let err = LoadedProgram::load(Hook::Tc, "unbound", &insns).unwrap_err();
-        let LoadError::Encode {
-            name,
-            index,
-            cause: source,
-        } = &err
-        else {
+        let LoadError::Encode { name, index, cause } = &err else {
             panic!("not an encoding error: {err}");
         };
         assert_eq!(name, "unbound");
         assert_eq!(insns[*index].map(), Some(MapRef::Counters(0)));
         assert_eq!(
-            *source,
+            *cause,
             EncodeError::UnboundMap {
                 insn: insns[*index],
                 map: MapRef::Counters(0)

@@ -204,11 +204,11 @@ impl KernelFilter {
                 self.replay.as_ref().expect("set above").send(frame)?;
                 self.replayed += 1;
             }
-            Err(source) => {
+            Err(cause) => {
                 return Err(TestRunError::Run {
                     program: self.program.name().to_owned(),
                     len: frame.len(),
-                    cause: source,
+                    cause,
                 });
             }
         }
@@ -312,11 +312,11 @@ pub fn run_capture(
         let packet = match capture.next_packet() {
             Ok(packet) => packet,
             Err(pcap::Error::NoMorePackets) => break,
-            Err(source) => {
+            Err(cause) => {
                 return Err(TestRunError::Read {
                     path: path.display().to_string(),
                     record: report.records + 1,
-                    cause: source,
+                    cause,
                 });
             }
         };
