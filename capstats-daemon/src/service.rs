@@ -254,10 +254,10 @@ impl Service {
                     // A filter that does not compile, or not in time, is not tried
                     // again for the same interface; one that failed for the interface's
                     // sake (not up yet, say) is, at its next announcement.
-                    let tried = (e.kind == ErrorKind::InvalidFilter)
+                    let tried = (e.kind() == ErrorKind::InvalidFilter)
                         .then_some(job.ifindex)
                         .flatten();
-                    session.compiled_as(Err(e.message.clone()), tried);
+                    session.compiled_as(Err(e.to_string()), tried);
                     failed.push((job.name, e));
                 }
             }
@@ -925,7 +925,7 @@ impl RequestError {
                 ErrorKind::UnknownInterface
             }
             RequestError::Session { cause, .. } => cause.kind(),
-            RequestError::Compile { cause, .. } => cause.kind,
+            RequestError::Compile { cause, .. } => cause.kind(),
             RequestError::Pin { .. } | RequestError::Counters { .. } => ErrorKind::Kernel,
             RequestError::GenericXdpAndTcIngress { .. } => ErrorKind::BadRequest,
             RequestError::NotSaved { .. }
@@ -1036,7 +1036,7 @@ pub fn answer(
                 ) {
                     Ok(c) => compiled = Some(c),
                     Err(cause) => {
-                        if cause.kind != ErrorKind::UnknownInterface {
+                        if cause.kind() != ErrorKind::UnknownInterface {
                             event!("client {who}: {cause}");
                         }
                         return RequestError::Compile {
@@ -1111,9 +1111,8 @@ fn compile_all(
                         return;
                     };
                     let result = match job.ifindex {
-                        None => Err(CompileError {
-                            kind: ErrorKind::UnknownInterface,
-                            message: format!("no interface named {interface:?}"),
+                        None => Err(CompileError::UnknownInterface {
+                            interface: interface.to_owned(),
                         }),
                         Some(_) => crate::preflight::compile(
                             interface,
@@ -1133,12 +1132,7 @@ fn compile_all(
         .map(|r| {
             r.into_inner()
                 .unwrap_or_else(|p| p.into_inner())
-                .unwrap_or_else(|| {
-                    Err(CompileError {
-                        kind: ErrorKind::Internal,
-                        message: "its compiler stopped".into(),
-                    })
-                })
+                .unwrap_or_else(|| Err(CompileError::CompilerStopped))
         })
         .collect()
 }
@@ -1202,13 +1196,57 @@ mod tests {
             (
                 RequestError::Compile {
                     name: "web".into(),
-                    cause: CompileError {
-                        kind: ErrorKind::InvalidFilter,
-                        message: "the filter expression of session \"web\" takes too long".into(),
+                    cause: CompileError::TooSlow {
+                        whose: "session \"web\"".into(),
+                        bytes: 37_000,
+                        limit: crate::preflight::COMPILE_LIMIT,
                     },
                 },
                 ErrorKind::InvalidFilter,
                 "session \"web\"",
+            ),
+            (
+                RequestError::Compile {
+                    name: "web".into(),
+                    cause: CompileError::Refused {
+                        kind: ErrorKind::InvalidFilter,
+                        message: "session \"web\": syntax error".into(),
+                    },
+                },
+                ErrorKind::InvalidFilter,
+                "session \"web\"",
+            ),
+            (
+                RequestError::Compile {
+                    name: "web".into(),
+                    cause: CompileError::Helper {
+                        whose: "session \"web\"".into(),
+                        what: "start",
+                        cause: errno(),
+                    },
+                },
+                ErrorKind::Internal,
+                "session \"web\"",
+            ),
+            (
+                RequestError::Compile {
+                    name: "web".into(),
+                    cause: CompileError::Program(Box::new(SessionError::UnknownInterface(
+                        "eth9".into(),
+                    ))),
+                },
+                ErrorKind::UnknownInterface,
+                "\"eth9\"",
+            ),
+            (
+                RequestError::Compile {
+                    name: "web".into(),
+                    cause: CompileError::UnknownInterface {
+                        interface: "eth9".into(),
+                    },
+                },
+                ErrorKind::UnknownInterface,
+                "\"eth9\"",
             ),
             (
                 RequestError::Pin {
