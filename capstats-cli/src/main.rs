@@ -373,19 +373,10 @@ fn idle_timeout(text: &str) -> Result<std::time::Duration, String> {
 
 /// The error and its causes, each said once, as anyhow's `{:#}` prints them. The
 /// CLI's own errors chain (anyhow contexts); the daemon's and capstats-ebpf's quote
-/// their cause and do not chain it (capstats_ebpf::errors). A few of theirs still do
-/// both; the check below keeps their cause from being said twice until they follow the
-/// rule, after which this is `format!("{error:#}")`.
+/// their cause and do not chain it (capstats_ebpf::errors), so the chain says each
+/// cause once.
 fn describe(error: &anyhow::Error) -> String {
-    let mut text = error.to_string();
-    for cause in error.chain().skip(1) {
-        let cause = cause.to_string();
-        if !text.contains(&cause) {
-            text.push_str(": ");
-            text.push_str(&cause);
-        }
-    }
-    text
+    format!("{error:#}")
 }
 
 #[cfg(test)]
@@ -395,9 +386,9 @@ mod tests {
 
     const ENOENT: i32 = nix::errno::Errno::ENOENT as i32;
 
-    /// The CLI prints an error with its causes (`describe`, as anyhow's `{:#}`): for
-    /// errors that follow the rule (a text that quotes its cause does not chain it),
-    /// each cause appears once, and the dedup in `describe` has nothing to remove.
+    /// The CLI prints an error with its causes (`describe`, anyhow's `{:#}`): its own
+    /// contexts chain their cause, capstats-ebpf's errors quote theirs and do not
+    /// chain it, so each cause appears once.
     #[test]
     fn an_error_chain_names_each_cause_once() {
         let missing = std::path::Path::new("/nonexistent/capstats-test.pcap");
@@ -408,9 +399,17 @@ mod tests {
         // As the client meets an io::Error: with a context of ours.
         let read: anyhow::Result<()> = Err(std::io::Error::from_raw_os_error(ENOENT))
             .context("cannot read the credentials of the listener at /run/capstats.sock");
-        for error in [opened.unwrap_err(), read.unwrap_err()] {
+        // As `capstats test` meets a program the kernel refuses: wrapped twice.
+        let loaded: anyhow::Error = capstats_ebpf::testrun::TestRunError::Load(
+            capstats_ebpf::program::LoadError::Syscall {
+                name: "capstats_test".into(),
+                cause: std::io::Error::from_raw_os_error(ENOENT),
+                slots: 4,
+            },
+        )
+        .into();
+        for error in [opened.unwrap_err(), read.unwrap_err(), loaded] {
             let printed = describe(&error);
-            assert_eq!(printed, format!("{error:#}"));
             assert_eq!(
                 printed.matches("No such file or directory").count(),
                 1,

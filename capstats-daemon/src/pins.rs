@@ -606,7 +606,7 @@ mod tests {
                 name: "web".into(),
                 cause: Box::new(CounterError::Dup {
                     name: "web".into(),
-                    source: errno(),
+                    cause: errno(),
                 }),
             },
         ];

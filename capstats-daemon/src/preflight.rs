@@ -14,7 +14,6 @@
 //! compiled while the session table is locked.
 
 use std::io::{Read, Write};
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -50,17 +49,62 @@ enum Answer {
     },
 }
 
-/// Why a filter was not compiled, with the protocol's error kind: libpcap's reason as
-/// the helper gave it, the time limit, or a helper that could not run.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CompileError {
-    pub kind: ErrorKind,
-    pub message: String,
+/// Why a filter was not compiled: libpcap's reason as the helper gave it, the time
+/// limit, a helper that could not run or answered nonsense, or a program the session
+/// cannot count with. `whose` names the filter (`session "web"`).
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    /// libpcap refused the expression there; the helper's words and kind, as given.
+    #[error("{message}")]
+    Refused { kind: ErrorKind, message: String },
+    #[error(
+        "the filter expression of {whose} ({bytes} bytes) takes libpcap longer than {} s to \
+         compile (the limit; its compile time grows with the cube of the terms): use fewer \
+         terms, or split it into several sessions",
+        limit.as_secs_f64()
+    )]
+    TooSlow {
+        whose: String,
+        bytes: usize,
+        limit: Duration,
+    },
+    #[error("cannot {what} the helper that compiles the filter of {whose}: {cause}")]
+    Helper {
+        whose: String,
+        what: &'static str,
+        cause: std::io::Error,
+    },
+    #[error(
+        "the helper that compiles the filter of {whose} ended ({status}) and answered {reason}"
+    )]
+    Answer {
+        whose: String,
+        status: std::process::ExitStatus,
+        reason: String,
+    },
+    /// libpcap's program, which the session cannot count with there.
+    #[error(transparent)]
+    Program(Box<SessionError>),
+    /// Not compiled: no interface of the name is there.
+    #[error("no interface named {interface:?}")]
+    UnknownInterface { interface: String },
+    /// The compiler thread ended without an answer.
+    #[error("its compiler stopped")]
+    CompilerStopped,
 }
 
-impl std::fmt::Display for CompileError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
+impl CompileError {
+    /// The protocol's kind of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            CompileError::Refused { kind, .. } => *kind,
+            CompileError::TooSlow { .. } => ErrorKind::InvalidFilter,
+            CompileError::Helper { .. }
+            | CompileError::Answer { .. }
+            | CompileError::CompilerStopped => ErrorKind::Internal,
+            CompileError::Program(cause) => cause.kind(),
+            CompileError::UnknownInterface { .. } => ErrorKind::UnknownInterface,
+        }
     }
 }
 
@@ -75,9 +119,10 @@ pub fn compile(
     limit: Duration,
 ) -> Result<Compiled, CompileError> {
     let start = Instant::now();
-    let failed = |what: &str, e: std::io::Error| CompileError {
-        kind: ErrorKind::Internal,
-        message: format!("cannot {what} the helper that compiles the filter of {whose}: {e}"),
+    let failed = |what: &'static str, cause: std::io::Error| CompileError::Helper {
+        whose: whose.to_owned(),
+        what,
+        cause,
     };
     let job = Job {
         interface: interface.to_owned(),
@@ -91,15 +136,8 @@ pub fn compile(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
-    // SAFETY: prctl is async-signal-safe. A daemon that dies takes its helper along.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    // A daemon that dies takes its helper along.
+    crate::sys::process::die_with_parent(&mut command);
     let mut child = command.spawn().map_err(|e| failed("start", e))?;
     let written = child
         .stdin
@@ -124,15 +162,10 @@ pub fn compile(
         if start.elapsed() >= limit {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(CompileError {
-                kind: ErrorKind::InvalidFilter,
-                message: format!(
-                    "the filter expression of {whose} ({} bytes) takes libpcap longer than \
-                     {} s to compile (the limit; its compile time grows with the cube of the \
-                     terms): use fewer terms, or split it into several sessions",
-                    expression.len(),
-                    limit.as_secs_f64()
-                ),
+            return Err(CompileError::TooSlow {
+                whose: whose.to_owned(),
+                bytes: expression.len(),
+                limit,
             });
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -141,17 +174,14 @@ pub fn compile(
         .and_then(|reader| reader.join().ok())
         .and_then(Result::ok)
         .unwrap_or_default();
-    let answer = decode(&output).map_err(|e| CompileError {
-        kind: ErrorKind::Internal,
-        message: format!(
-            "the helper that compiles the filter of {whose} ended ({status}) and answered {e}"
-        ),
+    let answer = decode(&output).map_err(|reason| CompileError::Answer {
+        whose: whose.to_owned(),
+        status,
+        reason,
     })?;
-    let program = answer?;
-    Compiled::new(interface, hook, expression, &program).map_err(|e| CompileError {
-        kind: e.kind(),
-        message: e.to_string(),
-    })
+    let program = answer.map_err(|(kind, message)| CompileError::Refused { kind, message })?;
+    Compiled::new(interface, hook, expression, &program)
+        .map_err(|cause| CompileError::Program(Box::new(cause)))
 }
 
 /// libpcap's program as the helper writes it.
@@ -160,12 +190,13 @@ fn encode(raw: &[RawInsn]) -> Answer {
 }
 
 /// The helper's answer: libpcap's program, validated as any classic program is, or
-/// libpcap's reason for refusing the expression.
-fn decode(bytes: &[u8]) -> Result<Result<Program, CompileError>, String> {
+/// libpcap's reason for refusing the expression, with its kind.
+#[allow(clippy::type_complexity)]
+fn decode(bytes: &[u8]) -> Result<Result<Program, (ErrorKind, String)>, String> {
     let answer: Answer = serde_json::from_slice(bytes)
         .map_err(|e| format!("{} bytes, not an answer ({e})", bytes.len()))?;
     let raw = match answer {
-        Answer::Refused { kind, message } => return Ok(Err(CompileError { kind, message })),
+        Answer::Refused { kind, message } => return Ok(Err((kind, message))),
         Answer::Program(raw) => raw,
     };
     let raw: Vec<RawInsn> = raw
@@ -210,6 +241,23 @@ pub fn helper() -> std::process::ExitCode {
 mod tests {
     use super::*;
 
+    /// The time limit's refusal, word for word as clients got it before it was typed.
+    #[test]
+    fn a_filter_too_slow_to_compile_is_an_invalid_filter_saying_why() {
+        let error = CompileError::TooSlow {
+            whose: "session \"web\"".into(),
+            bytes: 37_000,
+            limit: COMPILE_LIMIT,
+        };
+        assert_eq!(error.kind(), ErrorKind::InvalidFilter);
+        assert_eq!(
+            error.to_string(),
+            "the filter expression of session \"web\" (37000 bytes) takes libpcap longer \
+             than 5 s to compile (the limit; its compile time grows with the cube of the \
+             terms): use fewer terms, or split it into several sessions"
+        );
+    }
+
     #[test]
     fn the_helpers_answer_decodes_to_the_program_it_encoded() {
         // ldh [12]; jeq #0x800, 0, 1; ret #262144; ret #0
@@ -236,10 +284,7 @@ mod tests {
         let bytes = serde_json::to_vec(&refused).unwrap();
         assert_eq!(
             decode(&bytes),
-            Ok(Err(CompileError {
-                kind: ErrorKind::InvalidFilter,
-                message: "syntax error".into()
-            }))
+            Ok(Err((ErrorKind::InvalidFilter, "syntax error".into())))
         );
     }
 }

@@ -1321,10 +1321,10 @@ fn open_socket(
     members: &[String],
 ) -> Result<CountingSocket, SessionError> {
     let socket_error = |what: &'static str| {
-        move |source| SessionError::Socket {
+        move |cause| SessionError::Socket {
             what,
             interface: interface.to_owned(),
-            source,
+            cause,
         }
     };
     let socket = CountingSocket::new(interface == ANY).map_err(socket_error("open"))?;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use capstats_common::names::check_name;
 use capstats_common::protocol::{Command, Direction, ErrorKind, HookName, Reply, Response};
-use capstats_ebpf::counters::Counter;
+use capstats_ebpf::counters::{Counter, CounterError};
 use capstats_ebpf::filter::ANY;
 
 use crate::attach::{Interfaces, default_interface};
@@ -254,10 +254,10 @@ impl Service {
                     // A filter that does not compile, or not in time, is not tried
                     // again for the same interface; one that failed for the interface's
                     // sake (not up yet, say) is, at its next announcement.
-                    let tried = (e.kind == ErrorKind::InvalidFilter)
+                    let tried = (e.kind() == ErrorKind::InvalidFilter)
                         .then_some(job.ifindex)
                         .flatten();
-                    session.compiled_as(Err(e.message.clone()), tried);
+                    session.compiled_as(Err(e.to_string()), tried);
                     failed.push((job.name, e));
                 }
             }
@@ -522,17 +522,9 @@ impl Service {
 
     /// [`Service::save`] after a change: a failure is the client's error, though the
     /// change itself stands.
-    fn save_change(&self) -> Result<(), (ErrorKind, String)> {
-        self.save().map_err(|reason| {
-            (
-                ErrorKind::Internal,
-                format!(
-                    "the change was made, but the session table could not be saved: {reason}. \
-                     The previous table is left as it was; the daemon tries again at the next \
-                     change and when it stops"
-                ),
-            )
-        })
+    fn save_change(&self) -> Result<(), RequestError> {
+        self.save()
+            .map_err(|cause| RequestError::NotSaved { cause })
     }
 
     /// Answers one request; a change's filter must come compiled for where it will
@@ -540,9 +532,7 @@ impl Service {
     pub fn handle(&mut self, command: Command, compiled: Option<&Compiled>) -> Handled {
         match self.dispatch(command, compiled) {
             Ok(reply) => Handled::Done(Box::new(Response::Ok(self.mark(reply)))),
-            Err(Halt::Refused(kind, message)) => {
-                Handled::Done(Box::new(Response::error(kind, message)))
-            }
+            Err(Halt::Refused(error)) => Handled::Done(Box::new(error.into())),
             Err(Halt::Compile(target)) => Handled::Compile(target),
             Err(Halt::Wait(why)) => Handled::Wait(why),
         }
@@ -576,7 +566,7 @@ impl Service {
                 interface: interface.to_owned(),
                 hook,
                 expression: expression.to_owned(),
-                whose: format!("session {name:?}"),
+                name: name.to_owned(),
             })),
         }
     }
@@ -602,7 +592,7 @@ impl Service {
             Command::List {} | Command::Show { .. } | Command::Poll { .. } => {
                 Some(match self.read(command) {
                     Ok(reply) => Response::Ok(self.mark(reply)),
-                    Err((kind, message)) => Response::error(kind, message),
+                    Err(error) => error.into(),
                 })
             }
             Command::New { .. } | Command::Modify { .. } | Command::Stop { .. } => None,
@@ -611,8 +601,6 @@ impl Service {
 
     fn dispatch(&mut self, command: Command, compiled: Option<&Compiled>) -> Result<Reply, Halt> {
         let interfaces = Interfaces::default();
-        let internal =
-            |e: capstats_ebpf::counters::CounterError| (ErrorKind::Kernel, e.to_string());
         match command {
             Command::New {
                 name,
@@ -622,12 +610,12 @@ impl Service {
                 direction,
                 packets,
             } => {
-                check_name(&name).map_err(|m| (ErrorKind::InvalidName, m))?;
+                check_name(&name).map_err(|reason| RequestError::InvalidName {
+                    name: name.clone(),
+                    reason,
+                })?;
                 if self.sessions.contains_key(&name) {
-                    return Err(Halt::Refused(
-                        ErrorKind::DuplicateName,
-                        format!("a session named {name:?} exists already"),
-                    ));
+                    return Err(RequestError::DuplicateName { name }.into());
                 }
                 let hook = hook.unwrap_or(HookName::Socket);
                 let direction = direction.unwrap_or(match hook {
@@ -636,7 +624,8 @@ impl Service {
                 });
                 let interface = match interface {
                     Some(interface) => interface,
-                    None => default_interface().map_err(|m| (ErrorKind::UnknownInterface, m))?,
+                    None => default_interface()
+                        .map_err(|reason| RequestError::NoDefaultInterface { reason })?,
                 };
                 let spec = Spec {
                     name: &name,
@@ -646,12 +635,12 @@ impl Service {
                     direction,
                     packets: packets.unwrap_or(crate::session::default_packets(hook)),
                 };
-                spec.check().map_err(|e| (e.kind(), e.to_string()))?;
+                spec.check().map_err(|cause| RequestError::Session {
+                    name: name.clone(),
+                    cause: Box::new(cause),
+                })?;
                 if crate::attach::ifindex(&interface).is_none() {
-                    return Err(Halt::Refused(
-                        ErrorKind::UnknownInterface,
-                        format!("no interface named {interface:?}"),
-                    ));
+                    return Err(RequestError::UnknownInterface { interface }.into());
                 }
                 self.not_while_compiling(&interface, hook)?;
                 if hook == HookName::Tc && direction != Direction::Out {
@@ -669,18 +658,19 @@ impl Service {
                     if let Some(generic) = generic
                         && has_link_header(&interface)
                     {
-                        return Err(Halt::Refused(
-                            ErrorKind::BadRequest,
-                            generic_xdp_and_tc_ingress(&interface, &generic),
-                        ));
+                        return Err(RequestError::GenericXdpAndTcIngress {
+                            interface,
+                            others: generic,
+                        }
+                        .into());
                     }
                 }
                 // The filter must compile there before anything is made.
                 let program = Self::compiled_for(compiled, &interface, hook, &filter, &name)?;
-                let counters = self
-                    .pins
-                    .create(&name)
-                    .map_err(|e| (ErrorKind::Kernel, e.to_string()))?;
+                let counters = self.pins.create(&name).map_err(|cause| RequestError::Pin {
+                    name: name.clone(),
+                    cause: Box::new(cause),
+                })?;
                 let mut session = Session::new(&spec, Counter::default(), counters);
                 session.set_filter(filter.clone(), program);
                 self.sessions.insert(name.clone(), session);
@@ -688,7 +678,11 @@ impl Service {
                     // Nothing of a session that did not start stays behind.
                     self.sessions.remove(&name);
                     self.pins.remove(&name);
-                    return Err(Halt::Refused(e.kind(), e.to_string()));
+                    return Err(RequestError::Session {
+                        name,
+                        cause: Box::new(e),
+                    }
+                    .into());
                 }
                 if self.sessions[&name].xdp_mode() == Some("generic") {
                     let tc_ingress = self.names(&interface, HookName::Tc, Session::at_tc_ingress);
@@ -702,19 +696,17 @@ impl Service {
                             );
                         }
                         self.pins.remove(&name);
-                        return Err(Halt::Refused(
-                            ErrorKind::BadRequest,
-                            generic_xdp_and_tc_ingress(
-                                &interface,
-                                &format!("tc ingress session {tc_ingress} is"),
-                            ),
-                        ));
+                        return Err(RequestError::GenericXdpAndTcIngress {
+                            interface,
+                            others: format!("tc ingress session {tc_ingress} is"),
+                        }
+                        .into());
                     }
                 }
                 let session = self.sessions.get_mut(&name).expect("inserted above");
                 session.counting_from_creation();
                 let session = &self.sessions[&name];
-                let report = session.report(&interfaces).map_err(internal)?;
+                let report = session.report(&interfaces).map_err(unreadable(&name))?;
                 event!(
                     "new session {name:?} on {interface} ({} {}, packets {}): {}",
                     hook.as_str(),
@@ -739,11 +731,18 @@ impl Service {
                     if let Ok(session) = self.get_mut(&name) {
                         session.restore_filter(old, old_program);
                     }
-                    return Err(Halt::Refused(e.kind(), e.to_string()));
+                    return Err(RequestError::Session {
+                        name,
+                        cause: Box::new(e),
+                    }
+                    .into());
                 }
                 let session = self.get_mut(&name)?;
                 session.modified = std::time::SystemTime::now();
-                let report = self.get(&name)?.report(&interfaces).map_err(internal)?;
+                let report = self
+                    .get(&name)?
+                    .report(&interfaces)
+                    .map_err(unreadable(&name))?;
                 event!("modified session {name:?}: {}", shown(&filter));
                 self.save_change()?;
                 Ok(Reply::Session(report))
@@ -753,7 +752,10 @@ impl Service {
                     let session = self.get(&name)?;
                     self.not_while_compiling(&session.interface, session.hook)?;
                 }
-                let report = self.get(&name)?.report(&interfaces).map_err(internal)?;
+                let report = self
+                    .get(&name)?
+                    .report(&interfaces)
+                    .map_err(unreadable(&name))?;
                 // The interface's program is generated again without it; then its
                 // counter map goes once its pin is removed.
                 if let Some(session) = self.sessions.remove(&name)
@@ -780,14 +782,14 @@ impl Service {
     }
 
     /// `list`, `show` and `poll`: counters read from the kernel now.
-    fn read(&self, command: &Command) -> Result<Reply, (ErrorKind, String)> {
+    fn read(&self, command: &Command) -> Result<Reply, RequestError> {
         let interfaces = Interfaces::default();
-        let internal =
-            |e: capstats_ebpf::counters::CounterError| (ErrorKind::Kernel, e.to_string());
         let chosen: Vec<&Session> = match command {
             Command::Show { name } => {
                 return Ok(Reply::Session(
-                    self.get(name)?.report(&interfaces).map_err(internal)?,
+                    self.get(name)?
+                        .report(&interfaces)
+                        .map_err(unreadable(name))?,
                 ));
             }
             Command::Poll { names } if !names.is_empty() => names
@@ -798,16 +800,16 @@ impl Service {
         };
         let all = chosen
             .into_iter()
-            .map(|s| s.report(&interfaces))
-            .collect::<Result<_, _>>();
-        Ok(Reply::Sessions(all.map_err(internal)?))
+            .map(|s| s.report(&interfaces).map_err(unreadable(&s.name)))
+            .collect::<Result<_, _>>()?;
+        Ok(Reply::Sessions(all))
     }
 
-    fn get(&self, name: &str) -> Result<&Session, (ErrorKind, String)> {
+    fn get(&self, name: &str) -> Result<&Session, RequestError> {
         self.sessions.get(name).ok_or_else(|| unknown(name))
     }
 
-    fn get_mut(&mut self, name: &str) -> Result<&mut Session, (ErrorKind, String)> {
+    fn get_mut(&mut self, name: &str) -> Result<&mut Session, RequestError> {
         self.sessions.get_mut(name).ok_or_else(|| unknown(name))
     }
 }
@@ -844,11 +846,99 @@ fn shown(filter: &str) -> &str {
     }
 }
 
-fn unknown(name: &str) -> (ErrorKind, String) {
-    (
-        ErrorKind::UnknownSession,
-        format!("no session named {name:?}"),
-    )
+fn unknown(name: &str) -> RequestError {
+    RequestError::UnknownSession {
+        name: name.to_owned(),
+    }
+}
+
+/// Session `name`'s counters could not be read.
+fn unreadable(name: &str) -> impl Fn(CounterError) -> RequestError + '_ {
+    move |cause| RequestError::Counters {
+        name: name.to_owned(),
+        cause: Box::new(cause),
+    }
+}
+
+/// Why a request was refused: one variant per failure, each naming what it is about.
+/// Its text is the reply's message, whole (causes included, none also returned from
+/// `source()`: see [`capstats_ebpf::errors`]); [`RequestError::kind`] is the reply's
+/// error kind. It becomes the protocol's reply in one place, `From<RequestError> for
+/// Response`.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("no session named {name:?}")]
+    UnknownSession { name: String },
+    #[error("a session named {name:?} exists already")]
+    DuplicateName { name: String },
+    /// `reason` (from [`check_name`]) names the session itself where it can be shown.
+    #[error("{reason}")]
+    InvalidName { name: String, reason: String },
+    #[error("no interface named {interface:?}")]
+    UnknownInterface { interface: String },
+    /// No interface was given and none is up to count on.
+    #[error("{reason}")]
+    NoDefaultInterface { reason: String },
+    /// Session `name` cannot start or change as asked: its filter, hook or interface,
+    /// or the kernel refusing its program.
+    #[error("{cause}")]
+    Session {
+        name: String,
+        cause: Box<SessionError>,
+    },
+    /// Session `name`'s filter did not compile (or the helper could not compile it).
+    #[error("{cause}")]
+    Compile { name: String, cause: CompileError },
+    /// Session `name`'s counter map could not be made and pinned.
+    #[error("{cause}")]
+    Pin { name: String, cause: Box<PinError> },
+    /// Session `name`'s counters could not be read.
+    #[error("{cause}")]
+    Counters {
+        name: String,
+        cause: Box<CounterError>,
+    },
+    #[error("{}", generic_xdp_and_tc_ingress(interface, others))]
+    GenericXdpAndTcIngress { interface: String, others: String },
+    #[error(
+        "the change was made, but the session table could not be saved: {cause}. The \
+         previous table is left as it was; the daemon tries again at the next change and \
+         when it stops"
+    )]
+    NotSaved { cause: crate::state::StateError },
+    /// Session `name`'s filter was compiled for a change that then asked for another.
+    #[error("the filter of session {name:?} was compiled but not taken")]
+    CompiledNotTaken { name: String },
+    /// The sessions a change touches were still being restored after `waited`.
+    #[error("{why}, still after {} s: try again later", waited.as_secs())]
+    StillRestoring { why: String, waited: Duration },
+}
+
+impl RequestError {
+    /// The protocol's kind of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            RequestError::UnknownSession { .. } => ErrorKind::UnknownSession,
+            RequestError::DuplicateName { .. } => ErrorKind::DuplicateName,
+            RequestError::InvalidName { .. } => ErrorKind::InvalidName,
+            RequestError::UnknownInterface { .. } | RequestError::NoDefaultInterface { .. } => {
+                ErrorKind::UnknownInterface
+            }
+            RequestError::Session { cause, .. } => cause.kind(),
+            RequestError::Compile { cause, .. } => cause.kind(),
+            RequestError::Pin { .. } | RequestError::Counters { .. } => ErrorKind::Kernel,
+            RequestError::GenericXdpAndTcIngress { .. } => ErrorKind::BadRequest,
+            RequestError::NotSaved { .. }
+            | RequestError::CompiledNotTaken { .. }
+            | RequestError::StillRestoring { .. } => ErrorKind::Internal,
+        }
+    }
+}
+
+impl From<RequestError> for Response {
+    fn from(error: RequestError) -> Self {
+        Response::error(error.kind(), error.to_string())
+    }
 }
 
 /// How many filters are compiled at once when sessions wait for theirs (a helper
@@ -865,8 +955,8 @@ pub struct Target {
     pub interface: String,
     pub hook: HookName,
     pub expression: String,
-    /// Names it in errors: `session "web"`.
-    pub whose: String,
+    /// The session it is for.
+    pub name: String,
 }
 
 /// What [`Service::handle`] did with a request.
@@ -883,14 +973,14 @@ pub enum Handled {
 
 /// Why [`Service::dispatch`] made no change.
 enum Halt {
-    Refused(ErrorKind, String),
+    Refused(RequestError),
     Compile(Target),
     Wait(String),
 }
 
-impl From<(ErrorKind, String)> for Halt {
-    fn from((kind, message): (ErrorKind, String)) -> Self {
-        Halt::Refused(kind, message)
+impl From<RequestError> for Halt {
+    fn from(error: RequestError) -> Self {
+        Halt::Refused(error)
     }
 }
 
@@ -935,36 +1025,35 @@ pub fn answer(
                     .as_ref()
                     .is_some_and(|c| c.is_for(&target.interface, target.hook, &target.expression))
                 {
-                    return Response::error(
-                        ErrorKind::Internal,
-                        format!("the filter of {} was compiled but not taken", target.whose),
-                    );
+                    return RequestError::CompiledNotTaken { name: target.name }.into();
                 }
                 match crate::preflight::compile(
                     &target.interface,
                     target.hook,
                     &target.expression,
-                    &target.whose,
+                    &format!("session {:?}", target.name),
                     crate::preflight::COMPILE_LIMIT,
                 ) {
                     Ok(c) => compiled = Some(c),
-                    Err(e) => {
-                        if e.kind != ErrorKind::UnknownInterface {
-                            event!("client {who}: {e}");
+                    Err(cause) => {
+                        if cause.kind() != ErrorKind::UnknownInterface {
+                            event!("client {who}: {cause}");
                         }
-                        return Response::error(e.kind, e.message);
+                        return RequestError::Compile {
+                            name: target.name,
+                            cause,
+                        }
+                        .into();
                     }
                 }
             }
             Handled::Wait(why) => {
                 if started.elapsed() > RESTORE_WAIT {
-                    return Response::error(
-                        ErrorKind::Internal,
-                        format!(
-                            "{why}, still after {} s: try again later",
-                            RESTORE_WAIT.as_secs()
-                        ),
-                    );
+                    return RequestError::StillRestoring {
+                        why,
+                        waited: RESTORE_WAIT,
+                    }
+                    .into();
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -1022,9 +1111,8 @@ fn compile_all(
                         return;
                     };
                     let result = match job.ifindex {
-                        None => Err(CompileError {
-                            kind: ErrorKind::UnknownInterface,
-                            message: format!("no interface named {interface:?}"),
+                        None => Err(CompileError::UnknownInterface {
+                            interface: interface.to_owned(),
                         }),
                         Some(_) => crate::preflight::compile(
                             interface,
@@ -1044,12 +1132,189 @@ fn compile_all(
         .map(|r| {
             r.into_inner()
                 .unwrap_or_else(|p| p.into_inner())
-                .unwrap_or_else(|| {
-                    Err(CompileError {
-                        kind: ErrorKind::Internal,
-                        message: "its compiler stopped".into(),
-                    })
-                })
+                .unwrap_or_else(|| Err(CompileError::CompilerStopped))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each refusal: its kind, and the object it is about named in its message (the
+    /// message the client gets, unchanged from the tuples these errors replaced).
+    #[test]
+    fn each_request_error_has_its_kind_and_names_its_object() {
+        let errno = || std::io::Error::from_raw_os_error(libc::EACCES);
+        let cases: Vec<(RequestError, ErrorKind, &str)> = vec![
+            (unknown("web"), ErrorKind::UnknownSession, "\"web\""),
+            (
+                RequestError::DuplicateName { name: "web".into() },
+                ErrorKind::DuplicateName,
+                "\"web\"",
+            ),
+            (
+                RequestError::InvalidName {
+                    name: "a b".into(),
+                    reason: check_name("a b").unwrap_err(),
+                },
+                ErrorKind::InvalidName,
+                "\"a b\"",
+            ),
+            (
+                RequestError::UnknownInterface {
+                    interface: "eth9".into(),
+                },
+                ErrorKind::UnknownInterface,
+                "\"eth9\"",
+            ),
+            (
+                RequestError::NoDefaultInterface {
+                    reason: "no interface is up to count on".into(),
+                },
+                ErrorKind::UnknownInterface,
+                "interface",
+            ),
+            (
+                RequestError::Session {
+                    name: "web".into(),
+                    cause: Box::new(SessionError::UnknownInterface("eth9".into())),
+                },
+                ErrorKind::UnknownInterface,
+                "\"eth9\"",
+            ),
+            (
+                RequestError::Session {
+                    name: "web".into(),
+                    cause: Box::new(SessionError::Unsupported(
+                        "interface any is counted by socket".into(),
+                    )),
+                },
+                ErrorKind::BadRequest,
+                "interface any",
+            ),
+            (
+                RequestError::Compile {
+                    name: "web".into(),
+                    cause: CompileError::TooSlow {
+                        whose: "session \"web\"".into(),
+                        bytes: 37_000,
+                        limit: crate::preflight::COMPILE_LIMIT,
+                    },
+                },
+                ErrorKind::InvalidFilter,
+                "session \"web\"",
+            ),
+            (
+                RequestError::Compile {
+                    name: "web".into(),
+                    cause: CompileError::Refused {
+                        kind: ErrorKind::InvalidFilter,
+                        message: "session \"web\": syntax error".into(),
+                    },
+                },
+                ErrorKind::InvalidFilter,
+                "session \"web\"",
+            ),
+            (
+                RequestError::Compile {
+                    name: "web".into(),
+                    cause: CompileError::Helper {
+                        whose: "session \"web\"".into(),
+                        what: "start",
+                        cause: errno(),
+                    },
+                },
+                ErrorKind::Internal,
+                "session \"web\"",
+            ),
+            (
+                RequestError::Compile {
+                    name: "web".into(),
+                    cause: CompileError::Program(Box::new(SessionError::UnknownInterface(
+                        "eth9".into(),
+                    ))),
+                },
+                ErrorKind::UnknownInterface,
+                "\"eth9\"",
+            ),
+            (
+                RequestError::Compile {
+                    name: "web".into(),
+                    cause: CompileError::UnknownInterface {
+                        interface: "eth9".into(),
+                    },
+                },
+                ErrorKind::UnknownInterface,
+                "\"eth9\"",
+            ),
+            (
+                RequestError::Pin {
+                    name: "web".into(),
+                    cause: Box::new(PinError::Io {
+                        what: "create",
+                        path: "/sys/fs/bpf/capstats/sessions/web".into(),
+                        cause: errno(),
+                    }),
+                },
+                ErrorKind::Kernel,
+                "sessions/web",
+            ),
+            (
+                RequestError::Counters {
+                    name: "web".into(),
+                    cause: Box::new(CounterError::NotCounters {
+                        path: "/sys/fs/bpf/capstats/sessions/web/counters".into(),
+                    }),
+                },
+                ErrorKind::Kernel,
+                "sessions/web/",
+            ),
+            (
+                RequestError::GenericXdpAndTcIngress {
+                    interface: "veth0".into(),
+                    others: "XDP session \"x\" is".into(),
+                },
+                ErrorKind::BadRequest,
+                "on veth0",
+            ),
+            (
+                RequestError::NotSaved {
+                    cause: crate::state::StateError::Io {
+                        what: "write",
+                        path: "/var/lib/capstats/sessions.json".into(),
+                        cause: errno(),
+                    },
+                },
+                ErrorKind::Internal,
+                "/var/lib/capstats/sessions.json",
+            ),
+            (
+                RequestError::CompiledNotTaken { name: "web".into() },
+                ErrorKind::Internal,
+                "session \"web\"",
+            ),
+            (
+                RequestError::StillRestoring {
+                    why: "the tc sessions of veth0 are being restored".into(),
+                    waited: RESTORE_WAIT,
+                },
+                ErrorKind::Internal,
+                "veth0",
+            ),
+        ];
+        for (error, kind, object) in cases {
+            let message = error.to_string();
+            assert_eq!(error.kind(), kind, "{message}");
+            assert!(message.contains(object), "{object} not in: {message}");
+            // Its text is whole: no cause is also chained, so it is said once.
+            assert!(std::error::Error::source(&error).is_none(), "{message}");
+            match Response::from(error) {
+                Response::Error(reply) => {
+                    assert_eq!((reply.kind, reply.message), (kind, message));
+                }
+                other => panic!("not an error reply: {other:?}"),
+            }
+        }
+    }
 }

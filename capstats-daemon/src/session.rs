@@ -13,6 +13,7 @@ use std::time::SystemTime;
 use capstats_common::protocol::{self, Direction, ErrorKind, HookName, Packets};
 use capstats_ebpf::cbpf::{Cooked, CookedError, Program};
 use capstats_ebpf::counters::{Counter, CounterError, CounterMap};
+use capstats_ebpf::errors::with_causes;
 use capstats_ebpf::filter::{ANY, Filter, FilterError};
 use capstats_ebpf::program::LoadError;
 use capstats_ebpf::translate::Count;
@@ -32,22 +33,43 @@ pub enum SessionError {
     Refused(String),
     #[error(transparent)]
     Filter(#[from] FilterError),
-    #[error("{0}")]
+    #[error(transparent)]
     Load(#[from] LoadError),
-    #[error("{0}")]
+    #[error(transparent)]
     Counter(#[from] CounterError),
+    // Causes below are said in the message, not also chained (see
+    // `capstats_ebpf::errors`): no `#[from]`, which would chain them.
     #[error("cannot translate the filter: {0}")]
-    Translate(#[from] capstats_ebpf::translate::TranslateError),
-    #[error("cannot {what} the counting socket on {interface}: {source}")]
+    Translate(capstats_ebpf::translate::TranslateError),
+    #[error("cannot {what} the counting socket on {interface}: {cause}")]
     Socket {
         what: &'static str,
         interface: String,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("cannot attach the program: {0}")]
-    Attach(#[from] aya::programs::ProgramError),
+    /// aya keeps the kernel's errno as its error's source: written out.
+    #[error("cannot attach the program: {}", with_causes(.0))]
+    Attach(aya::programs::ProgramError),
     #[error("cannot count this filter on interface any: {0}")]
-    Cooked(#[from] CookedError),
+    Cooked(CookedError),
+}
+
+impl From<capstats_ebpf::translate::TranslateError> for SessionError {
+    fn from(cause: capstats_ebpf::translate::TranslateError) -> Self {
+        SessionError::Translate(cause)
+    }
+}
+
+impl From<aya::programs::ProgramError> for SessionError {
+    fn from(cause: aya::programs::ProgramError) -> Self {
+        SessionError::Attach(cause)
+    }
+}
+
+impl From<CookedError> for SessionError {
+    fn from(cause: CookedError) -> Self {
+        SessionError::Cooked(cause)
+    }
 }
 
 impl SessionError {
@@ -477,4 +499,68 @@ pub fn remove_old_tc_links(session_dir: &Path) -> Vec<PathBuf> {
         }
     }
     removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use capstats_ebpf::errors::with_causes;
+
+    /// Each session error that wraps a cause says it once, whether sent whole
+    /// (`to_string`) or printed as a chain (`with_causes`, anyhow's `{:#}`); aya's
+    /// errno, which aya keeps as its error's source, is in both.
+    #[test]
+    fn session_errors_say_their_cause_once_however_printed() {
+        let errno = std::io::Error::from_raw_os_error(libc::EPERM).to_string();
+        let cases: Vec<(SessionError, String)> = vec![
+            (
+                aya::programs::ProgramError::SyscallError(aya::sys::SyscallError {
+                    call: "bpf_link_create",
+                    io_error: std::io::Error::from_raw_os_error(libc::EPERM),
+                })
+                .into(),
+                errno.clone(),
+            ),
+            (
+                SessionError::Socket {
+                    what: "bind",
+                    interface: "veth0".into(),
+                    cause: std::io::Error::from_raw_os_error(libc::EPERM),
+                },
+                errno.clone(),
+            ),
+            (
+                capstats_ebpf::translate::TranslateError::Unsupported {
+                    pc: 2,
+                    what: "the packet type",
+                    hook: capstats_ebpf::translate::Hook::Xdp,
+                }
+                .into(),
+                "the packet type".into(),
+            ),
+            (
+                CounterError::Dup {
+                    name: "web".into(),
+                    cause: std::io::Error::from_raw_os_error(libc::EPERM),
+                }
+                .into(),
+                errno.clone(),
+            ),
+            (
+                LoadError::Syscall {
+                    name: "p".into(),
+                    cause: std::io::Error::from_raw_os_error(libc::EPERM),
+                    slots: 4,
+                }
+                .into(),
+                errno.clone(),
+            ),
+        ];
+        for (error, cause) in cases {
+            let sent = error.to_string();
+            assert_eq!(sent.matches(cause.as_str()).count(), 1, "{sent}");
+            let chained = with_causes(&error);
+            assert_eq!(chained.matches(cause.as_str()).count(), 1, "{chained}");
+        }
+    }
 }

@@ -67,11 +67,11 @@ struct SavedState {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("cannot {what} {path}: {source}")]
+    #[error("cannot {what} {path}: {cause}")]
     Io {
         what: &'static str,
         path: PathBuf,
-        source: io::Error,
+        cause: io::Error,
     },
     #[error("another capstats daemon{pid} uses the state directory {dir}", pid = pid_of(*.pid))]
     InUse { dir: String, pid: Option<u32> },
@@ -107,13 +107,13 @@ impl StateFile {
 
     fn io(&self, what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StateError {
         let path = path.to_owned();
-        move |source| StateError::Io { what, path, source }
+        move |cause| StateError::Io { what, path, cause }
     }
 
     /// Takes the directory for this daemon: a second daemon on another socket must not
     /// write the same table. Held until the returned file is dropped; it holds the
     /// daemon's pid, so that a second daemon can say which one runs.
-    pub fn lock(&self) -> Result<File, StateError> {
+    pub fn lock(&self) -> Result<crate::sys::lock::Locked, StateError> {
         let path = self.dir.join(".lock");
         // Held open read-only: a file held open for writing would keep the state
         // directory's file system from being remounted read-only (flock works on any
@@ -138,30 +138,25 @@ impl StateFile {
                 reason: "it is not a regular file".into(),
             });
         }
-        if unsafe {
-            libc::flock(
-                std::os::fd::AsRawFd::as_raw_fd(&file),
-                libc::LOCK_EX | libc::LOCK_NB,
-            )
-        } != 0
-        {
-            let error = io::Error::last_os_error();
-            return Err(if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        let locked = match crate::sys::lock::exclusive(file) {
+            Ok(locked) => locked,
+            Err(crate::sys::lock::LockError::Held(file)) => {
                 let mut text = String::new();
                 let _ = file.take(32).read_to_string(&mut text);
-                StateError::InUse {
+                return Err(StateError::InUse {
                     dir: self.dir.display().to_string(),
                     pid: text.trim().parse().ok(),
-                }
-            } else {
-                self.io("lock", &path)(error)
-            });
-        }
+                });
+            }
+            Err(crate::sys::lock::LockError::Failed(cause)) => {
+                return Err(self.io("lock", &path)(cause));
+            }
+        };
         // Ours now: record who holds it (a failure only costs the pid in a message).
         if let Ok(mut pid) = open_no_follow(OpenOptions::new().write(true).truncate(true), &path) {
             let _ = writeln!(pid, "{}", std::process::id());
         }
-        Ok(file)
+        Ok(locked)
     }
 
     /// An open error, with a symbolic link named as such: `O_NOFOLLOW` says only ELOOP.
@@ -199,7 +194,7 @@ impl StateFile {
             ));
         }
         // Only the daemon's own account may have written the table it trusts.
-        let euid = unsafe { libc::geteuid() };
+        let euid = nix::unistd::geteuid().as_raw();
         if meta.uid() != euid {
             return Err(untrusted(format!(
                 "it belongs to uid {}, not to the daemon's uid {euid}",
@@ -381,7 +376,7 @@ pub fn ensure_dir(dir: &Path) -> io::Result<()> {
     if !meta.is_dir() {
         return Err(io::Error::other("it is not a directory"));
     }
-    let euid = unsafe { libc::geteuid() };
+    let euid = nix::unistd::geteuid().as_raw();
     if meta.uid() != euid {
         return Err(io::Error::other(format!(
             "it belongs to uid {}, not to the daemon's uid {euid}",

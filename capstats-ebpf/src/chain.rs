@@ -45,33 +45,26 @@ pub const CHAIN_MOST_SESSIONS: usize = CHAIN_SESSIONS * CHAIN_PROGRAMS;
 /// Why a prog array could not be made, changed or pinned. Names the array.
 #[derive(Debug, thiserror::Error)]
 pub enum ChainError {
-    #[error("cannot create prog array {name}: {source}")]
-    Create {
-        name: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot put program {program} into entry {index} of prog array {name}: {source}")]
+    #[error("cannot create prog array {name}: {cause}")]
+    Create { name: String, cause: io::Error },
+    #[error("cannot put program {program} into entry {index} of prog array {name}: {cause}")]
     Set {
         name: String,
         index: u32,
         program: String,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
-    #[error("cannot empty entry {index} of prog array {name}: {source}")]
+    #[error("cannot empty entry {index} of prog array {name}: {cause}")]
     Clear {
         name: String,
         index: u32,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
-    #[error("cannot pin prog array {name} at {path}: {source}")]
+    #[error("cannot pin prog array {name} at {path}: {cause}")]
     Pin {
         name: String,
         path: String,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
 }
 
@@ -96,9 +89,9 @@ impl ProgArray {
         for (i, byte) in name.bytes().take(15).enumerate() {
             create.map_name[i] = byte as _;
         }
-        let fd = bpf(bpf_cmd::BPF_MAP_CREATE, &mut attr).map_err(|source| ChainError::Create {
+        let fd = bpf(bpf_cmd::BPF_MAP_CREATE, &mut attr).map_err(|cause| ChainError::Create {
             name: name.to_owned(),
-            source,
+            cause,
         })?;
         Ok(Self {
             name: name.to_owned(),
@@ -118,11 +111,11 @@ impl ProgArray {
         elem.map_fd = self.fd.as_raw_fd() as u32;
         elem.key = &key as *const u32 as u64;
         elem.__bindgen_anon_1.value = &value as *const u32 as u64;
-        bpf(bpf_cmd::BPF_MAP_UPDATE_ELEM, &mut attr).map_err(|source| ChainError::Set {
+        bpf(bpf_cmd::BPF_MAP_UPDATE_ELEM, &mut attr).map_err(|cause| ChainError::Set {
             name: self.name.clone(),
             index,
             program: program.name().to_owned(),
-            source,
+            cause,
         })?;
         Ok(())
     }
@@ -138,10 +131,10 @@ impl ProgArray {
         match bpf(bpf_cmd::BPF_MAP_DELETE_ELEM, &mut attr) {
             Ok(_) => Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-            Err(source) => Err(ChainError::Clear {
+            Err(cause) => Err(ChainError::Clear {
                 name: self.name.clone(),
                 index,
-                source,
+                cause,
             }),
         }
     }
@@ -149,10 +142,10 @@ impl ProgArray {
     /// Pins the array at `path` on a bpffs: its entries stay while no process holds
     /// it.
     pub fn pin(&self, path: &Path) -> Result<(), ChainError> {
-        obj_pin(self.fd.as_fd(), path).map_err(|source| ChainError::Pin {
+        obj_pin(self.fd.as_fd(), path).map_err(|cause| ChainError::Pin {
             name: self.name.clone(),
             path: path.display().to_string(),
-            source,
+            cause,
         })
     }
 

@@ -43,50 +43,44 @@ impl std::ops::Add for Counter {
 /// Why the counter map could not be made or read. Names the map.
 #[derive(Debug, thiserror::Error)]
 pub enum CounterError {
-    #[error("cannot create counter map {name} ({slots} slots): {source}{hint}", hint = create_hint(.source))]
+    #[error(
+        "cannot create counter map {name} ({slots} slots): {}{hint}",
+        with_causes(.cause),
+        hint = create_hint(.cause)
+    )]
     Create {
         name: String,
         slots: u32,
-        #[source]
-        source: MapError,
+        cause: MapError,
     },
-    #[error("cannot read slot {slot} of counter map {name}: {source}")]
+    #[error("cannot read slot {slot} of counter map {name}: {}", with_causes(.cause))]
     Read {
         name: String,
         slot: u32,
-        #[source]
-        source: MapError,
+        cause: MapError,
     },
-    #[error("cannot pin counter map {name} at {path}: {source}")]
+    #[error("cannot pin counter map {name} at {path}: {cause}")]
     Pin {
         name: String,
         path: String,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
-    #[error("cannot open the pinned counter map at {path}: {source}")]
-    OpenPinned {
-        path: String,
-        #[source]
-        source: MapError,
-    },
+    #[error("cannot open the pinned counter map at {path}: {}", with_causes(.cause))]
+    OpenPinned { path: String, cause: MapError },
     #[error("the pinned map at {path} is not a per-CPU array of counters")]
     NotCounters { path: String },
-    #[error("cannot duplicate the fd of counter map {name}: {source}")]
-    Dup {
-        name: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot duplicate the fd of counter map {name}: {cause}")]
+    Dup { name: String, cause: std::io::Error },
 }
+
+use crate::errors::with_causes;
 
 /// The limit a failed map creation ran into, named (see [`crate::program::limit_hint`]).
 fn create_hint(error: &MapError) -> String {
     match error {
-        // aya's message leaves the kernel's reason to its source: say it here.
-        MapError::CreateError { io_error, .. } => {
-            format!(": {io_error}{}", crate::program::limit_hint(io_error, None))
-        }
+        // aya's message leaves the kernel's reason to its source, which the message
+        // writes out (`with_causes`): the limit it names is added here.
+        MapError::CreateError { io_error, .. } => crate::program::limit_hint(io_error, None),
         _ => String::new(),
     }
 }
@@ -115,10 +109,10 @@ fn next_serial() -> u64 {
 impl CounterMap {
     /// Creates a map of `slots` zeroed counters. `name` is truncated to 15 characters.
     pub fn create(name: &str, slots: u32) -> Result<Self, CounterError> {
-        let create_error = |source| CounterError::Create {
+        let create_error = |cause| CounterError::Create {
             name: name.to_owned(),
             slots,
-            source,
+            cause,
         };
         let obj = aya_obj::Map::new_from_params(
             bpf_map_type::BPF_MAP_TYPE_PERCPU_ARRAY as u32,
@@ -133,9 +127,9 @@ impl CounterMap {
             .fd()
             .as_fd()
             .try_clone_to_owned()
-            .map_err(|source| CounterError::Dup {
+            .map_err(|cause| CounterError::Dup {
                 name: name.to_owned(),
-                source,
+                cause,
             })?;
         let map = PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(create_error)?;
         Ok(Self {
@@ -150,28 +144,28 @@ impl CounterMap {
     /// Pins the map at `path` on a bpffs, so that it outlives this process: the
     /// kernel keeps counting into it while no daemon runs.
     pub fn pin(&self, path: &Path) -> Result<(), CounterError> {
-        crate::program::obj_pin(self.fd.as_fd(), path).map_err(|source| CounterError::Pin {
+        crate::program::obj_pin(self.fd.as_fd(), path).map_err(|cause| CounterError::Pin {
             name: self.name.clone(),
             path: path.display().to_string(),
-            source,
+            cause,
         })
     }
 
     /// Opens a map pinned by [`CounterMap::pin`]: its counters as the kernel has them.
     /// Refuses a pinned object that is not a per-CPU array of counters.
     pub fn open_pinned(path: &Path) -> Result<Self, CounterError> {
-        let error = |source| CounterError::OpenPinned {
+        let error = |cause| CounterError::OpenPinned {
             path: path.display().to_string(),
-            source,
+            cause,
         };
         let data = MapData::from_pin(path).map_err(error)?;
         let fd = data
             .fd()
             .as_fd()
             .try_clone_to_owned()
-            .map_err(|source| CounterError::Dup {
+            .map_err(|cause| CounterError::Dup {
                 name: path.display().to_string(),
-                source,
+                cause,
             })?;
         let map = match Map::from_map_data(data).map_err(error)? {
             // The value size is checked here: a foreign array is refused by name.
@@ -226,14 +220,11 @@ impl CounterMap {
 
     /// The sum over all CPUs of slot `slot`.
     pub fn read(&self, slot: u32) -> Result<Counter, CounterError> {
-        let per_cpu = self
-            .map
-            .get(&slot, 0)
-            .map_err(|source| CounterError::Read {
-                name: self.name.clone(),
-                slot,
-                source,
-            })?;
+        let per_cpu = self.map.get(&slot, 0).map_err(|cause| CounterError::Read {
+            name: self.name.clone(),
+            slot,
+            cause,
+        })?;
         Ok(per_cpu.iter().fold(Counter::default(), |sum, c| sum + *c))
     }
 }

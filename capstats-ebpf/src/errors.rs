@@ -59,6 +59,7 @@ mod tests {
     #[test]
     fn errors_with_a_cause_say_it_once_however_printed() {
         let errno = std::io::Error::from_raw_os_error(libc::EPERM).to_string();
+        let eperm = || std::io::Error::from_raw_os_error(libc::EPERM);
         let syscall = || aya::sys::SyscallError {
             call: "bpf_link_create",
             io_error: std::io::Error::from_raw_os_error(libc::EPERM),
@@ -91,6 +92,147 @@ mod tests {
                     aya::programs::ProgramError::SyscallError(syscall()),
                 )),
                 &errno,
+            ),
+            (
+                Box::new(crate::counters::CounterError::Create {
+                    name: "web".into(),
+                    slots: 1,
+                    cause: aya::maps::MapError::CreateError {
+                        name: "web".into(),
+                        io_error: eperm(),
+                    },
+                }),
+                &errno,
+            ),
+            (
+                Box::new(crate::counters::CounterError::Read {
+                    name: "web".into(),
+                    slot: 0,
+                    cause: aya::maps::MapError::SyscallError(syscall()),
+                }),
+                &errno,
+            ),
+            (
+                Box::new(crate::counters::CounterError::OpenPinned {
+                    path: "/sys/fs/bpf/x".into(),
+                    cause: aya::maps::MapError::SyscallError(syscall()),
+                }),
+                &errno,
+            ),
+            (
+                Box::new(crate::counters::CounterError::Pin {
+                    name: "web".into(),
+                    path: "/sys/fs/bpf/x".into(),
+                    cause: eperm(),
+                }),
+                &errno,
+            ),
+            (
+                Box::new(crate::counters::CounterError::Dup {
+                    name: "web".into(),
+                    cause: eperm(),
+                }),
+                &errno,
+            ),
+            (
+                Box::new(crate::program::LoadError::Syscall {
+                    name: "p".into(),
+                    cause: eperm(),
+                    slots: 4,
+                }),
+                &errno,
+            ),
+            (
+                Box::new(crate::program::LoadError::Verifier {
+                    name: "p".into(),
+                    cause: eperm(),
+                    log: "0: (b7) r0 = 0".into(),
+                }),
+                &errno,
+            ),
+            (
+                Box::new(crate::program::LoadError::Lookup {
+                    name: "p".into(),
+                    id: 7,
+                    cause: aya::programs::ProgramError::SyscallError(syscall()),
+                }),
+                &errno,
+            ),
+            (
+                Box::new(crate::chain::ChainError::Create {
+                    name: "a".into(),
+                    cause: eperm(),
+                }),
+                &errno,
+            ),
+            (
+                Box::new(crate::chain::ChainError::Set {
+                    name: "a".into(),
+                    index: 1,
+                    program: "p".into(),
+                    cause: eperm(),
+                }),
+                &errno,
+            ),
+            (
+                Box::new(crate::chain::ChainError::Clear {
+                    name: "a".into(),
+                    index: 1,
+                    cause: eperm(),
+                }),
+                &errno,
+            ),
+            (
+                Box::new(crate::chain::ChainError::Pin {
+                    name: "a".into(),
+                    path: "/sys/fs/bpf/x".into(),
+                    cause: eperm(),
+                }),
+                &errno,
+            ),
+            (
+                Box::new(crate::shared::maps::MapsError::Create {
+                    what: "dispatch map",
+                    name: "d".into(),
+                    entries: 3,
+                    cause: eperm(),
+                }),
+                &errno,
+            ),
+            (
+                Box::new(crate::shared::maps::MapsError::Fill {
+                    what: "dispatch map",
+                    name: "d".into(),
+                    entries: 3,
+                    cause: eperm(),
+                }),
+                &errno,
+            ),
+            (
+                Box::new(crate::testrun::TestRunError::Run {
+                    program: "p".into(),
+                    len: 60,
+                    cause: aya::programs::ProgramError::SyscallError(syscall()),
+                }),
+                &errno,
+            ),
+            (
+                Box::new(crate::testrun::TestRunError::Read {
+                    path: "a.pcap".into(),
+                    record: 3,
+                    cause: pcap::Error::PcapError("truncated dump file".into()),
+                }),
+                "truncated dump file",
+            ),
+            (
+                Box::new(crate::testrun::TestRunError::Translate(
+                    crate::translate::TranslateError::Unsupported {
+                        pc: 2,
+                        what: "the packet type",
+                        hook: crate::translate::Hook::Xdp,
+                    },
+                )),
+                "the packet type",
             ),
         ];
         for (error, cause) in cases {

@@ -15,6 +15,7 @@ use std::path::Path;
 use aya::programs::{ProgramError, SchedClassifier, SocketFilter, Xdp, loaded_programs};
 use aya_obj::generated::{bpf_attach_type, bpf_attr, bpf_cmd, bpf_prog_info, bpf_prog_type};
 use aya_obj::programs::XdpAttachType;
+use nix::sys::resource::{RLIM_INFINITY, Resource, getrlimit};
 
 use crate::counters::CounterMap;
 use crate::insn::{EncodeError, Insn, MapRef};
@@ -33,34 +34,34 @@ const LOAD_ATTEMPTS: u32 = 8;
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// An instruction still names a label, or a map its loader did not bind.
-    #[error("program {name}, instruction {index}: {source}")]
+    #[error("program {name}, instruction {index}: {cause}")]
     Encode {
         name: String,
         index: usize,
-        #[source]
-        source: EncodeError,
+        cause: EncodeError,
     },
     /// The verifier refused the program; `log` is its log, last lines first relevant.
-    #[error("the kernel's verifier rejected program {name} ({source}){limit}:\n{log}", limit = verifier_limit(.log))]
+    #[error("the kernel's verifier rejected program {name} ({cause}){limit}:\n{log}", limit = verifier_limit(.log))]
     Verifier {
         name: String,
-        source: io::Error,
+        cause: io::Error,
         log: String,
     },
-    #[error("bpf(BPF_PROG_LOAD) of program {name} failed: {source}{hint}", hint = limit_hint(.source, Some(*.slots)))]
+    #[error("bpf(BPF_PROG_LOAD) of program {name} failed: {cause}{hint}", hint = limit_hint(.cause, Some(*.slots)))]
     Syscall {
         name: String,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
         /// Instruction slots it had, for the message about the kernel's size limit.
         slots: usize,
     },
-    #[error("program {name} was loaded but cannot be found by id {id}: {source}")]
+    #[error(
+        "program {name} was loaded but cannot be found by id {id}: {}",
+        crate::errors::with_causes(.cause)
+    )]
     Lookup {
         name: String,
         id: u32,
-        #[source]
-        source: ProgramError,
+        cause: ProgramError,
     },
 }
 
@@ -106,7 +107,7 @@ pub fn limit_hint(error: &io::Error, slots: Option<usize>) -> String {
         ),
         Some(libc::EMFILE) | Some(libc::ENFILE) => format!(
             " (out of file descriptors: the process may have {} open (RLIMIT_NOFILE))",
-            rlimit(libc::RLIMIT_NOFILE).map_or_else(|| "no more".into(), |n| n.to_string())
+            rlimit(Resource::RLIMIT_NOFILE).map_or_else(|| "no more".into(), |n| n.to_string())
         ),
         _ => String::new(),
     }
@@ -137,18 +138,13 @@ fn verifier_limit(log: &str) -> String {
 }
 
 /// The soft limit of `resource`, `None` when unlimited or unknown.
-fn rlimit(resource: libc::__rlimit_resource_t) -> Option<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: a valid resource and a pointer to a writable rlimit.
-    let rc = unsafe { libc::getrlimit(resource, &mut limit) };
-    (rc == 0 && limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
+fn rlimit(resource: Resource) -> Option<u64> {
+    let (soft, _) = getrlimit(resource).ok()?;
+    (soft != RLIM_INFINITY).then_some(soft)
 }
 
 fn memlock() -> String {
-    match rlimit(libc::RLIMIT_MEMLOCK) {
+    match rlimit(Resource::RLIMIT_MEMLOCK) {
         Some(bytes) => format!(" (now {bytes} bytes)"),
         None => " (now unlimited)".into(),
     }
@@ -241,10 +237,10 @@ pub fn encode(name: &str, insns: &[Insn], maps: &MapBinding) -> Result<Vec<[u8; 
     let mut encoded = Vec::with_capacity(insns.len());
     for (index, insn) in insns.iter().enumerate() {
         insn.encode(fd_of, &mut encoded)
-            .map_err(|source| LoadError::Encode {
+            .map_err(|cause| LoadError::Encode {
                 name: name.to_owned(),
                 index,
-                source,
+                cause,
             })?;
     }
     Ok(encoded)
@@ -298,7 +294,7 @@ impl LoadedProgram {
             {
                 return Err(LoadError::Syscall {
                     name: name.to_owned(),
-                    source: first,
+                    cause: first,
                     slots: encoded.len(),
                 });
             }
@@ -306,9 +302,9 @@ impl LoadedProgram {
             // failure was transient: memory for a moment) is as good as any.
             Err(_) => load_with_log(hook, name, &encoded)?,
         };
-        let (id, verified_insns) = prog_info(fd.as_fd()).map_err(|source| LoadError::Syscall {
+        let (id, verified_insns) = prog_info(fd.as_fd()).map_err(|cause| LoadError::Syscall {
             name: name.to_owned(),
-            source,
+            cause,
             slots: encoded.len(),
         })?;
         Ok(Self {
@@ -357,21 +353,21 @@ impl LoadedProgram {
     pub fn sched_classifier(&self) -> Result<SchedClassifier, LoadError> {
         let info = self.info()?;
         SchedClassifier::from_program_info(info, self.name.clone().into())
-            .map_err(|source| self.lookup_error(source))
+            .map_err(|cause| self.lookup_error(cause))
     }
 
     /// The program as aya's `Xdp`, for test runs and attachment to interfaces.
     pub fn xdp(&self) -> Result<Xdp, LoadError> {
         let info = self.info()?;
         Xdp::from_program_info(info, self.name.clone().into(), XdpAttachType::Interface)
-            .map_err(|source| self.lookup_error(source))
+            .map_err(|cause| self.lookup_error(cause))
     }
 
     /// The program as aya's `SocketFilter`, for attaching to sockets.
     pub fn socket_filter(&self) -> Result<SocketFilter, LoadError> {
         let info = self.info()?;
         SocketFilter::from_program_info(info, self.name.clone().into())
-            .map_err(|source| self.lookup_error(source))
+            .map_err(|cause| self.lookup_error(cause))
     }
 
     fn info(&self) -> Result<aya::programs::ProgramInfo, LoadError> {
@@ -385,11 +381,11 @@ impl LoadedProgram {
         Err(self.lookup_error(ProgramError::NotLoaded))
     }
 
-    fn lookup_error(&self, source: ProgramError) -> LoadError {
+    fn lookup_error(&self, cause: ProgramError) -> LoadError {
         LoadError::Lookup {
             name: self.name.clone(),
             id: self.id,
-            source,
+            cause,
         }
     }
 }
@@ -410,26 +406,26 @@ fn load_with_log(hook: Hook, name: &str, encoded: &[[u8; 8]]) -> Result<(OwnedFd
                 size *= 4
             }
             // The log of a stopped verifier says nothing about the program.
-            Err(source) if source.raw_os_error() == Some(libc::EAGAIN) => {
+            Err(cause) if cause.raw_os_error() == Some(libc::EAGAIN) => {
                 return Err(LoadError::Syscall {
                     name: name.to_owned(),
-                    source,
+                    cause,
                     slots: encoded.len(),
                 });
             }
-            Err(source) => {
+            Err(cause) => {
                 let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
                 let log = String::from_utf8_lossy(&log[..end]).trim_end().to_owned();
                 if log.is_empty() {
                     return Err(LoadError::Syscall {
                         name: name.to_owned(),
-                        source,
+                        cause,
                         slots: encoded.len(),
                     });
                 }
                 return Err(LoadError::Verifier {
                     name: name.to_owned(),
-                    source,
+                    cause,
                     log,
                 });
             }
@@ -519,6 +515,29 @@ fn prog_info(fd: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The limits a load error names are this process's, as /proc/self/limits says.
+    #[test]
+    fn limit_hints_name_the_process_limits() {
+        let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+        let soft = |name: &str| {
+            let line = limits.lines().find(|l| l.starts_with(name)).unwrap();
+            let soft = line[name.len()..].split_whitespace().next().unwrap();
+            (soft != "unlimited").then(|| soft.parse::<u64>().unwrap())
+        };
+        let nofile = limit_hint(&io::Error::from_raw_os_error(libc::EMFILE), None);
+        let open = soft("Max open files").map_or("no more".into(), |n| n.to_string());
+        assert!(
+            nofile.contains(&format!("may have {open} open")),
+            "{nofile}"
+        );
+        let memlock = limit_hint(&io::Error::from_raw_os_error(libc::EPERM), None);
+        let locked = match soft("Max locked memory") {
+            Some(bytes) => format!("(now {bytes} bytes)"),
+            None => "(now unlimited)".into(),
+        };
+        assert!(memlock.contains(&locked), "{memlock}");
+    }
     use crate::cbpf::{Program, RawInsn};
     use crate::translate::{CounterSlot, TailCall, translate_chained};
 
@@ -536,18 +555,13 @@ mod tests {
     fn an_unbound_map_reference_is_refused_at_load_by_name() {
         let insns = chained();
         let err = LoadedProgram::load(Hook::Tc, "unbound", &insns).unwrap_err();
-        let LoadError::Encode {
-            name,
-            index,
-            source,
-        } = &err
-        else {
+        let LoadError::Encode { name, index, cause } = &err else {
             panic!("not an encoding error: {err}");
         };
         assert_eq!(name, "unbound");
         assert_eq!(insns[*index].map(), Some(MapRef::Counters(0)));
         assert_eq!(
-            *source,
+            *cause,
             EncodeError::UnboundMap {
                 insn: insns[*index],
                 map: MapRef::Counters(0)
@@ -569,7 +583,7 @@ mod tests {
             matches!(
                 err,
                 LoadError::Encode {
-                    source: EncodeError::UnboundMap {
+                    cause: EncodeError::UnboundMap {
                         map: MapRef::ProgArray,
                         ..
                     },

@@ -37,24 +37,32 @@ pub enum TestRunError {
     Load(#[from] LoadError),
     #[error(transparent)]
     Counter(#[from] CounterError),
+    /// Said in the message, not also chained (see [`crate::errors`]).
     #[error("cannot translate the filter: {0}")]
-    Translate(#[from] crate::translate::TranslateError),
-    #[error("BPF_PROG_RUN of program {program} on a {len}-byte record failed: {source}")]
+    Translate(crate::translate::TranslateError),
+    #[error(
+        "BPF_PROG_RUN of program {program} on a {len}-byte record failed: {}",
+        crate::errors::with_causes(.cause)
+    )]
     Run {
         program: String,
         len: usize,
-        #[source]
-        source: aya::programs::ProgramError,
+        cause: aya::programs::ProgramError,
     },
     #[error(transparent)]
     Replay(#[from] crate::replay::ReplayError),
-    #[error("reading record {record} of {path}: {source}")]
+    #[error("reading record {record} of {path}: {cause}")]
     Read {
         path: String,
         record: u64,
-        #[source]
-        source: pcap::Error,
+        cause: pcap::Error,
     },
+}
+
+impl From<crate::translate::TranslateError> for TestRunError {
+    fn from(cause: crate::translate::TranslateError) -> Self {
+        TestRunError::Translate(cause)
+    }
 }
 
 /// What the kernel made of one record.
@@ -196,11 +204,11 @@ impl KernelFilter {
                 self.replay.as_ref().expect("set above").send(frame)?;
                 self.replayed += 1;
             }
-            Err(source) => {
+            Err(cause) => {
                 return Err(TestRunError::Run {
                     program: self.program.name().to_owned(),
                     len: frame.len(),
-                    source,
+                    cause,
                 });
             }
         }
@@ -304,11 +312,11 @@ pub fn run_capture(
         let packet = match capture.next_packet() {
             Ok(packet) => packet,
             Err(pcap::Error::NoMorePackets) => break,
-            Err(source) => {
+            Err(cause) => {
                 return Err(TestRunError::Read {
                     path: path.display().to_string(),
                     record: report.records + 1,
-                    source,
+                    cause,
                 });
             }
         };

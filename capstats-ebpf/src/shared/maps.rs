@@ -23,21 +23,19 @@ use super::shape::comparisons;
 /// Why a shared program's map could not be made or filled. Names the map.
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
-    #[error("cannot create {what} {name} ({entries} entries): {source}")]
+    #[error("cannot create {what} {name} ({entries} entries): {cause}")]
     Create {
         what: &'static str,
         name: String,
         entries: u32,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
-    #[error("cannot write {entries} entries into {what} {name}: {source}")]
+    #[error("cannot write {entries} entries into {what} {name}: {cause}")]
     Fill {
         what: &'static str,
         name: String,
         entries: usize,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
 }
 
@@ -114,11 +112,11 @@ fn create(
     for (i, byte) in name.bytes().take(15).enumerate() {
         create.map_name[i] = byte as _;
     }
-    let fd = bpf(bpf_cmd::BPF_MAP_CREATE, &mut attr).map_err(|source| MapsError::Create {
+    let fd = bpf(bpf_cmd::BPF_MAP_CREATE, &mut attr).map_err(|cause| MapsError::Create {
         what,
         name: name.to_owned(),
         entries,
-        source,
+        cause,
     })?;
     // SAFETY: BPF_MAP_CREATE returned a new fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
@@ -142,11 +140,11 @@ fn update_batch<K>(
     batch.keys = keys.as_ptr() as u64;
     batch.values = values.as_ptr() as u64;
     batch.count = keys.len() as u32;
-    bpf(bpf_cmd::BPF_MAP_UPDATE_BATCH, &mut attr).map_err(|source| MapsError::Fill {
+    bpf(bpf_cmd::BPF_MAP_UPDATE_BATCH, &mut attr).map_err(|cause| MapsError::Fill {
         what,
         name: name.to_owned(),
         entries: keys.len(),
-        source,
+        cause,
     })?;
     Ok(())
 }
@@ -196,12 +194,12 @@ impl DispatchMap {
             match bpf(bpf_cmd::BPF_MAP_DELETE_ELEM, &mut attr) {
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-                Err(source) => {
+                Err(cause) => {
                     return Err(MapsError::Fill {
                         what: "dispatch map",
                         name: self.name.clone(),
                         entries: keys.len(),
-                        source,
+                        cause,
                     });
                 }
             }
