@@ -77,11 +77,8 @@ pub enum DaemonError {
     Metrics(#[from] metrics::MetricsError),
     #[error(transparent)]
     WebConfig(#[from] webconfig::WebConfigError),
-    #[error("cannot use state directory {path}: {source}")]
-    StateDir {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("cannot use state directory {path}: {cause}")]
+    StateDir { path: String, cause: std::io::Error },
     #[error("cannot set up signal handling: {0}")]
     Signals(std::io::Error),
     #[error("cannot start the daemon's runtime: {0}")]
@@ -144,9 +141,9 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     if let Some(limit) = open_files {
         event!("open files: up to {limit} (RLIMIT_NOFILE), clients: up to {clients} at once");
     }
-    state::ensure_dir(&config.state_dir).map_err(|source| DaemonError::StateDir {
+    state::ensure_dir(&config.state_dir).map_err(|cause| DaemonError::StateDir {
         path: config.state_dir.display().to_string(),
-        source,
+        cause,
     })?;
     let state = state::StateFile::new(&config.state_dir);
     // Check the table before taking the socket, and the socket before touching sessions.

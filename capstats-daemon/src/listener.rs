@@ -28,11 +28,11 @@ pub enum ListenError {
     Symlink(String),
     #[error("refusing to replace {0}: it exists and is not a socket")]
     NotASocket(String),
-    #[error("cannot {what} {path}: {source}")]
+    #[error("cannot {what} {path}: {cause}")]
     Io {
         what: &'static str,
         path: String,
-        source: io::Error,
+        cause: io::Error,
     },
 }
 
@@ -61,15 +61,15 @@ fn socket_dir(dir: &Path) -> Result<(), ListenError> {
         .recursive(true)
         .mode(0o755)
         .create(dir)
-        .map_err(|source| ListenError::Io {
+        .map_err(|cause| ListenError::Io {
             what: "create the socket directory",
             path: shown.clone(),
-            source,
+            cause,
         })?;
-    let meta = fs::metadata(dir).map_err(|source| ListenError::Io {
+    let meta = fs::metadata(dir).map_err(|cause| ListenError::Io {
         what: "inspect the socket directory",
         path: shown.clone(),
-        source,
+        cause,
     })?;
     let unsafe_dir = |reason: String| ListenError::UnsafeDirectory {
         dir: shown.clone(),
@@ -77,7 +77,7 @@ fn socket_dir(dir: &Path) -> Result<(), ListenError> {
     };
     // Another account's directory is said, not refused: a developer's checkout under
     // sudo is one, and its owner could become root anyway.
-    let euid = unsafe { libc::geteuid() };
+    let euid = nix::unistd::geteuid().as_raw();
     if meta.uid() != euid && meta.uid() != 0 {
         crate::log::event!(
             "warning: the socket's directory {shown} belongs to uid {}, who could replace the socket",
@@ -108,7 +108,7 @@ pub fn bind(path: &Path, group: Option<u32>) -> Result<(UnixListener, SocketFile
     let shown = path.display().to_string();
     let io = |what| {
         let path = shown.clone();
-        move |source| ListenError::Io { what, path, source }
+        move |cause| ListenError::Io { what, path, cause }
     };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         socket_dir(parent)?;
@@ -145,9 +145,9 @@ pub fn bind(path: &Path, group: Option<u32>) -> Result<(UnixListener, SocketFile
     // moment when others could connect, and no chmod, which would follow a link put
     // in the socket's place meanwhile.
     let mask = if group.is_some() { 0o117 } else { 0o177 };
-    let old = unsafe { libc::umask(mask) };
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
     let listener = UnixListener::bind(path);
-    unsafe { libc::umask(old) };
+    nix::sys::stat::umask(old);
     let listener = listener.map_err(io("listen on"))?;
     let meta = fs::symlink_metadata(path).map_err(io("inspect"))?;
     let file = SocketFile {
@@ -165,10 +165,10 @@ pub fn on_runtime(
     listener: UnixListener,
     path: &Path,
 ) -> Result<tokio::net::UnixListener, ListenError> {
-    let io = |source| ListenError::Io {
+    let io = |cause| ListenError::Io {
         what: "listen on",
         path: path.display().to_string(),
-        source,
+        cause,
     };
     listener.set_nonblocking(true).map_err(io)?;
     tokio::net::UnixListener::from_std(listener).map_err(io)
