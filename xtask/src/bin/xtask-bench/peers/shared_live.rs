@@ -228,8 +228,11 @@ pub struct Sanity {
 }
 
 impl Sanity {
+    /// Session [`SANITY_MEMBER`] counted every frame that reached the hooks (the
+    /// frames the receiving link dropped before them, counted by its own counters,
+    /// reach no hook and no rule), and no other session counted anything.
     fn exact(&self) -> bool {
-        self.counted == self.offered && self.others == 0
+        self.counted + self.lost == self.offered && self.others == 0
     }
 }
 
