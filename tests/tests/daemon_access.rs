@@ -527,7 +527,7 @@ fn a_stranger_holds_no_slot() -> anyhow::Result<()> {
         most_held == 0,
         "{most_held} of the stranger's connections were still open 0.5 s on"
     );
-    // The members' own clients have a thread each while they are served.
+    // The members' requests run on the runtime's blocking threads while they are served.
     ensure!(
         most_threads <= threads_before + 2,
         "the daemon ran up to {most_threads} threads (from {threads_before}) for a stranger"
