@@ -85,32 +85,6 @@ fn send_and_settle(setup: &Setup, frame: &[u8], n: u64, total: u64) -> anyhow::R
     Ok(())
 }
 
-/// Kills the daemon and starts another on the same state, returning as soon as it
-/// answers; how long that took.
-fn restart_answering(setup: Setup, log: &str) -> anyhow::Result<(Setup, Duration)> {
-    let Setup {
-        daemon,
-        spec,
-        pins,
-        rig,
-        scratch,
-        ..
-    } = setup;
-    daemon.kill()?;
-    let started = Instant::now();
-    let daemon = Daemon::start_answering(&rig.ns_b, &spec, &scratch.join(log))?;
-    let answered = started.elapsed();
-    let setup = Setup {
-        client: daemon.client()?,
-        daemon,
-        spec,
-        pins,
-        rig,
-        scratch,
-    };
-    Ok((setup, answered))
-}
-
 /// What [`until_up`] saw.
 struct Watched {
     /// The slowest `list` or `poll`.
@@ -186,7 +160,7 @@ fn a_restart_answers_at_once_and_sessions_come_up_as_their_filters_compile() -> 
     let frame = rig::udp_a_to_b(53, 60);
     start_sessions(&setup, &frame, 10)?;
 
-    let (setup, answered) = restart_answering(setup, "daemon-2.log")?;
+    let (setup, answered) = setup.restart_answering("daemon-2.log")?;
     ensure!(
         answered < ANSWER * 2,
         "the restarted daemon answered after {answered:?}; its log:\n{}",

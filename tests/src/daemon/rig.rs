@@ -287,6 +287,36 @@ impl Setup {
         Self::with_daemon(rig, scratch, spec, pins, log)
     }
 
+    /// Kills the daemon as [`Setup::restart`] does and starts another with the same
+    /// spec, returning as soon as it answers (its restored sessions may still be
+    /// compiling), with how long that took.
+    ///
+    /// # Errors
+    /// When the daemon cannot be killed or started.
+    pub fn restart_answering(self, log: &str) -> anyhow::Result<(Self, Duration)> {
+        let Setup {
+            daemon,
+            spec,
+            pins,
+            rig,
+            scratch,
+            ..
+        } = self;
+        daemon.kill()?;
+        let started = Instant::now();
+        let daemon = crate::daemon::Daemon::start_answering(&rig.ns_b, &spec, &scratch.join(log))?;
+        let answered = started.elapsed();
+        let setup = Self {
+            client: daemon.client()?,
+            daemon,
+            spec,
+            pins,
+            rig,
+            scratch,
+        };
+        Ok((setup, answered))
+    }
+
     fn with_daemon(
         rig: Rig,
         scratch: crate::scratch::ScratchDir,
