@@ -17,8 +17,6 @@ use capstats_tests::require_root;
 const TEST: &str = "daemon_resume";
 /// How long frames may take to be counted after they were written.
 const ARRIVAL: Duration = Duration::from_secs(10);
-/// How long a count must stand still to be final.
-const QUIET: Duration = Duration::from_millis(100);
 /// One session per hook, each counting the test's frames.
 const SESSIONS: [(&str, &[&str]); 4] = [
     ("sock", &["hook", "socket"]),
@@ -59,15 +57,7 @@ fn start_sessions(setup: &Setup) -> anyhow::Result<()> {
 
 /// Sends `n` frames A to B and waits until every session has counted `total`.
 fn send_and_settle(setup: &Setup, frame: &[u8], n: u64, total: u64) -> anyhow::Result<()> {
-    setup.rig.sender_a()?.send_n(frame, n)?;
-    for (name, _) in SESSIONS {
-        let session = setup.client.settle(name, total, ARRIVAL, QUIET)?;
-        ensure!(
-            counts(&session) == (total, total * frame.len() as u64),
-            "{name} after {total} frames: {session:?}"
-        );
-    }
-    Ok(())
+    setup.send_and_settle(SESSIONS.iter().map(|(name, _)| *name), frame, n, total)
 }
 
 #[test]

@@ -74,15 +74,7 @@ fn start_sessions(setup: &Setup, frame: &[u8], n: u64) -> anyhow::Result<()> {
 
 /// Sends `n` frames A to B and waits until every session has counted `total`.
 fn send_and_settle(setup: &Setup, frame: &[u8], n: u64, total: u64) -> anyhow::Result<()> {
-    setup.rig.sender_a()?.send_n(frame, n)?;
-    for (name, _) in SESSIONS {
-        let session = setup.client.settle(name, total, ARRIVAL, QUIET)?;
-        ensure!(
-            counts(&session) == (total, total * frame.len() as u64),
-            "{name} after {total} frames: {session:?}"
-        );
-    }
-    Ok(())
+    setup.send_and_settle(SESSIONS.iter().map(|(name, _)| *name), frame, n, total)
 }
 
 /// What [`until_up`] saw.

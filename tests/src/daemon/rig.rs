@@ -317,6 +317,35 @@ impl Setup {
         Ok((setup, answered))
     }
 
+    /// Sends `n` frames A to B and waits until each session of `names` has counted
+    /// `total` of them, packets and bytes (within 10 s of arriving, still for 100 ms).
+    ///
+    /// # Errors
+    /// When a frame cannot be sent, or a session counts otherwise.
+    pub fn send_and_settle<'a>(
+        &self,
+        names: impl IntoIterator<Item = &'a str>,
+        frame: &[u8],
+        n: u64,
+        total: u64,
+    ) -> anyhow::Result<()> {
+        self.rig.sender_a()?.send_n(frame, n)?;
+        for name in names {
+            let session = self.client.settle(
+                name,
+                total,
+                Duration::from_secs(10),
+                Duration::from_millis(100),
+            )?;
+            let counted = (session.packets.unwrap_or(0), session.bytes.unwrap_or(0));
+            anyhow::ensure!(
+                counted == (total, total * frame.len() as u64),
+                "{name} after {total} frames: {session:?}"
+            );
+        }
+        Ok(())
+    }
+
     fn with_daemon(
         rig: Rig,
         scratch: crate::scratch::ScratchDir,
