@@ -306,15 +306,7 @@ impl Setup {
         let started = Instant::now();
         let daemon = crate::daemon::Daemon::start_answering(&rig.ns_b, &spec, &scratch.join(log))?;
         let answered = started.elapsed();
-        let setup = Self {
-            client: daemon.client()?,
-            daemon,
-            spec,
-            pins,
-            rig,
-            scratch,
-        };
-        Ok((setup, answered))
+        Ok((Self::around(daemon, rig, scratch, spec, pins)?, answered))
     }
 
     /// Sends `n` frames A to B and waits until each session of `names` has counted
@@ -354,6 +346,17 @@ impl Setup {
         log: &str,
     ) -> anyhow::Result<Self> {
         let daemon = crate::daemon::Daemon::start(&rig.ns_b, &spec, &scratch.join(log))?;
+        Self::around(daemon, rig, scratch, spec, pins)
+    }
+
+    /// The setup of a started `daemon`, with a client of it.
+    fn around(
+        daemon: crate::daemon::Daemon,
+        rig: Rig,
+        scratch: crate::scratch::ScratchDir,
+        spec: crate::daemon::DaemonSpec,
+        pins: crate::daemon::PinDir,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
             client: daemon.client()?,
             daemon,
