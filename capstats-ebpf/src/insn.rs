@@ -298,6 +298,9 @@ pub enum MapRef {
     CounterTable,
     /// The prog array of the chain the program belongs to (see [`crate::chain`]).
     ProgArray,
+    /// A shared program's presence filter: one bit per hash of the dispatch map's keys,
+    /// read in place ([`Insn::LoadMapValue`]) before each look-up.
+    Presence,
 }
 
 impl fmt::Display for MapRef {
@@ -309,6 +312,7 @@ impl fmt::Display for MapRef {
             MapRef::Dispatch => f.write_str("dispatch"),
             MapRef::CounterTable => f.write_str("table"),
             MapRef::ProgArray => f.write_str("chain"),
+            MapRef::Presence => f.write_str("presence"),
         }
     }
 }
@@ -349,6 +353,11 @@ pub enum Insn {
     /// `dst = map[map]` (`BPF_LD | BPF_DW | BPF_IMM`, `BPF_PSEUDO_MAP_FD`), two slots:
     /// the address of the map the reference is bound to when the program is loaded.
     LoadMap { dst: Reg, map: MapRef },
+    /// `dst = &map[map] + offset` (`BPF_LD | BPF_DW | BPF_IMM`, `BPF_PSEUDO_MAP_VALUE`),
+    /// two slots: the address of byte `offset` of the value of an array map of one
+    /// entry, bound as [`Insn::LoadMap`]'s map is. The verifier knows it is not null,
+    /// and no look-up (no call) is made for it.
+    LoadMapValue { dst: Reg, map: MapRef, offset: u32 },
     /// `r0 = ntoh(*(size *)skb[offset])` (`BPF_LD | BPF_ABS`). Needs the context in `r6`;
     /// clobbers `r1`-`r5`; an out-of-bounds offset ends the program returning 0.
     LoadAbs { size: Size, offset: i32 },
@@ -409,6 +418,8 @@ const OP_JCOND: u8 = 0xe0;
 const OP_CALL: u8 = 0x80;
 const OP_EXIT: u8 = 0x90;
 const PSEUDO_MAP_FD: u8 = 1;
+/// `src_reg` of a 64-bit load of a map value's address (`BPF_PSEUDO_MAP_VALUE`).
+const PSEUDO_MAP_VALUE: u8 = 2;
 
 /// Why an instruction could not be encoded: it still names something only its
 /// builder or its loader can resolve.
@@ -426,7 +437,7 @@ impl Insn {
     /// How many 8-byte slots the instruction takes in the kernel's encoding.
     pub const fn slots(&self) -> usize {
         match self {
-            Insn::LoadImm64 { .. } | Insn::LoadMap { .. } => 2,
+            Insn::LoadImm64 { .. } | Insn::LoadMap { .. } | Insn::LoadMapValue { .. } => 2,
             _ => 1,
         }
     }
@@ -454,7 +465,7 @@ impl Insn {
     /// The map the instruction refers to, if it does.
     pub const fn map(&self) -> Option<MapRef> {
         match self {
-            Insn::LoadMap { map, .. } => Some(*map),
+            Insn::LoadMap { map, .. } | Insn::LoadMapValue { map, .. } => Some(*map),
             _ => None,
         }
     }
@@ -525,6 +536,12 @@ impl Insn {
                 let code = CLASS_LD | Size::DW.bits() | MODE_IMM;
                 out.push(slot(code, dst, PSEUDO_MAP_FD, 0, fd));
                 out.push(slot(0, Reg::R0, 0, 0, 0));
+            }
+            Insn::LoadMapValue { dst, map, offset } => {
+                let fd = fd_of(map).ok_or(EncodeError::UnboundMap { insn: *self, map })?;
+                let code = CLASS_LD | Size::DW.bits() | MODE_IMM;
+                out.push(slot(code, dst, PSEUDO_MAP_VALUE, 0, fd));
+                out.push(slot(0, Reg::R0, 0, 0, offset as i32));
             }
             Insn::LoadAbs { size, offset } => {
                 out.push(slot(
@@ -654,6 +671,9 @@ impl fmt::Display for Insn {
             }
             Insn::LoadImm64 { dst, imm } => write!(f, "r{} = {imm:#x} ll", dst.number()),
             Insn::LoadMap { dst, map } => write!(f, "r{} = map[{map}]", dst.number()),
+            Insn::LoadMapValue { dst, map, offset } => {
+                write!(f, "r{} = &map[{map}].value[{offset}]", dst.number())
+            }
             Insn::LoadAbs { size, offset } => {
                 write!(f, "r0 = *({} *)skb[{offset}]", size.c_type())
             }
@@ -1012,6 +1032,36 @@ mod tests {
             assert!(err.to_string().contains(&format!("map {map}")), "{err}");
             assert!(out.is_empty(), "`{text}`: {out:?}");
         }
+    }
+
+    #[test]
+    fn a_map_values_address_encodes_the_value_form_and_its_offset() {
+        let insn = Insn::LoadMapValue {
+            dst: R5,
+            map: MapRef::Presence,
+            offset: 24,
+        };
+        assert_eq!(insn.to_string(), "r5 = &map[presence].value[24]");
+        assert_eq!((insn.map(), insn.slots()), (Some(MapRef::Presence), 2));
+        let mut out = Vec::new();
+        insn.encode(|_| Some(9), &mut out).unwrap();
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0][0], 0x18, "BPF_LD | BPF_DW | BPF_IMM");
+        assert_eq!(out[0][1], 0x25, "r5, BPF_PSEUDO_MAP_VALUE");
+        assert_eq!(out[0][4..8], 9i32.to_le_bytes(), "the map's fd");
+        assert_eq!(
+            out[1][4..8],
+            24i32.to_le_bytes(),
+            "the offset, in the second slot"
+        );
+        let err = insn.encode(|_| None, &mut Vec::new()).unwrap_err();
+        assert_eq!(
+            err,
+            EncodeError::UnboundMap {
+                insn,
+                map: MapRef::Presence
+            }
+        );
     }
 
     #[test]

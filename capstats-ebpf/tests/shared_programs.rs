@@ -19,7 +19,8 @@ use std::collections::BTreeSet;
 use capstats_ebpf::counters::CounterMap;
 use capstats_ebpf::filter::Filter;
 use capstats_ebpf::program::LoadedProgram;
-use capstats_ebpf::shared::SharedProgram;
+use capstats_ebpf::shared::maps::dispatch_entries;
+use capstats_ebpf::shared::{SharedProgram, presence};
 use capstats_ebpf::testrun::harness_max_frame;
 use capstats_ebpf::translate::{Hook, Placement};
 
@@ -668,4 +669,63 @@ fn a_group_keeps_its_code_while_its_members_come_and_go() {
         loaded_insns,
         "the code it was built with"
     );
+}
+
+/// The presence filter says "maybe" for every key the dispatch map holds, and, once
+/// members leave, "no" for the keys that left (none of which shares a bit with a key
+/// still there): their packets then cost no look-up.
+#[test]
+fn the_presence_filter_follows_the_dispatch_maps_keys() {
+    common::require_root();
+    let expressions: Vec<String> = (2000..2064)
+        .map(|p| format!("udp and dst port {p}"))
+        .collect();
+    let filters = compile(&expressions);
+    let maps: Vec<CounterMap> = (0..expressions.len())
+        .map(|i| CounterMap::create(&format!("pres{i}"), 1).unwrap())
+        .collect();
+    let counted: Vec<_> = filters.iter().map(|f| f.program()).zip(&maps).collect();
+    let entries: Vec<u32> = (0..counted.len() as u32).collect();
+    let mut program =
+        SharedProgram::build_at("pres", &counted, &entries, Placement::on(Hook::Tc)).unwrap();
+    let programs: Vec<_> = filters.iter().map(|f| f.program()).collect();
+    let keys = dispatch_entries(&program.plan, &programs, |f| f as u32);
+    assert!(
+        (0..expressions.len() as u32).all(|e| keys.iter().any(|&(_, entry)| entry == e)),
+        "each member has keys: {keys:?}"
+    );
+    let presence = |program: &SharedProgram, key: u64| {
+        let (dispatch, _) = program.maps.as_ref().expect("a shared program has maps");
+        dispatch.presence().may_hold(key)
+    };
+    for (key, _) in &keys {
+        assert!(
+            presence(&program, key.to_u64()),
+            "{key:?} is in the dispatch map"
+        );
+    }
+    assert!(
+        program
+            .update_in_place(&counted[..1], &entries[..1])
+            .unwrap()
+    );
+    let (staying, leaving): (Vec<_>, Vec<_>) = keys.iter().partition(|&&(_, entry)| entry == 0);
+    let kept: BTreeSet<u32> = staying
+        .iter()
+        .map(|(key, _)| presence::bit(key.to_u64()))
+        .collect();
+    for (key, _) in &staying {
+        assert!(
+            presence(&program, key.to_u64()),
+            "the member left keeps {key:?}"
+        );
+    }
+    for (key, entry) in leaving {
+        let shares = kept.contains(&presence::bit(key.to_u64()));
+        assert_eq!(
+            presence(&program, key.to_u64()),
+            shares,
+            "entry {entry}'s key {key:?} after it left"
+        );
+    }
 }

@@ -6,7 +6,8 @@
 //! table*. The counter table (`BPF_MAP_TYPE_ARRAY_OF_MAPS`) holds each filter's own
 //! counter map, so that a program counts any number of filters through two map
 //! references (the kernel allows a program 64) and every session keeps its own map,
-//! which the daemon pins and reads.
+//! which the daemon pins and reads. The dispatch map keeps its presence filter
+//! ([`super::presence`]) in step with its keys.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -18,6 +19,7 @@ use crate::counters::CounterMap;
 use crate::program::bpf;
 
 use super::plan::Plan;
+use super::presence::Presence;
 use super::shape::comparisons;
 
 /// Why a shared program's map could not be made or filled. Names the map.
@@ -87,11 +89,14 @@ pub const MOST_GROUPS: usize = u16::MAX as usize;
 /// map made with room to grow costs only its buckets until it does.
 const BPF_F_NO_PREALLOC: u32 = 1;
 
-fn create(
+/// A new map of `entries` entries of `value_size` bytes (hash maps grow as they fill:
+/// [`BPF_F_NO_PREALLOC`]).
+pub(super) fn create_map(
     what: &'static str,
     name: &str,
     map_type: bpf_map_type,
     key_size: usize,
+    value_size: usize,
     entries: u32,
     inner: Option<&CounterMap>,
 ) -> Result<OwnedFd, MapsError> {
@@ -104,7 +109,7 @@ fn create(
         create.map_flags = BPF_F_NO_PREALLOC;
     }
     create.key_size = key_size as u32;
-    create.value_size = size_of::<u32>() as u32;
+    create.value_size = value_size as u32;
     create.max_entries = entries;
     if let Some(inner) = inner {
         create.inner_map_fd = inner.raw_fd() as u32;
@@ -120,6 +125,18 @@ fn create(
     })?;
     // SAFETY: BPF_MAP_CREATE returned a new fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `BPF_MAP_UPDATE_ELEM` of u32 key `key` to `value` (its whole value).
+pub(super) fn update_value(fd: &OwnedFd, key: u32, value: &[u8]) -> io::Result<()> {
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    // SAFETY: the element member of the union; the key and value outlive the call,
+    // and the value is the map's value size (the caller's map).
+    let elem = unsafe { &mut attr.__bindgen_anon_2 };
+    elem.map_fd = fd.as_raw_fd() as u32;
+    elem.key = &key as *const u32 as u64;
+    elem.__bindgen_anon_1.value = value.as_ptr() as u64;
+    bpf(bpf_cmd::BPF_MAP_UPDATE_ELEM, &mut attr).map(|_| ())
 }
 
 /// `BPF_MAP_UPDATE_BATCH` of `keys` → `values` (u32 values; keys of any size).
@@ -155,35 +172,53 @@ pub struct DispatchMap {
     name: String,
     capacity: u32,
     fd: OwnedFd,
+    /// Which keys it may hold, kept in step (see [`super::presence`]).
+    presence: Presence,
 }
 
 impl DispatchMap {
     /// An empty map with room for `capacity` entries.
     pub fn create(name: &str, capacity: u32) -> Result<Self, MapsError> {
-        let fd = create(
+        let fd = create_map(
             "dispatch map",
             name,
             bpf_map_type::BPF_MAP_TYPE_HASH,
             size_of::<u64>(),
+            size_of::<u32>(),
             capacity,
             None,
         )?;
+        let presence = Presence::create(&format!("{name}p"))?;
         Ok(Self {
             name: name.to_owned(),
             capacity: capacity.max(1),
             fd,
+            presence,
         })
     }
 
-    /// Adds or replaces `entries`, in one `BPF_MAP_UPDATE_BATCH`.
+    /// Adds or replaces `entries`, in one `BPF_MAP_UPDATE_BATCH`, their bits in the
+    /// presence filter set first.
     pub fn update(&self, entries: &[(DispatchKey, u32)]) -> Result<(), MapsError> {
         let keys: Vec<u64> = entries.iter().map(|(key, _)| key.to_u64()).collect();
         let values: Vec<u32> = entries.iter().map(|&(_, value)| value).collect();
+        self.presence.add(keys.iter().copied())?;
         update_batch("dispatch map", &self.name, &self.fd, &keys, &values)
     }
 
-    /// Removes `keys`, one `BPF_MAP_DELETE_ELEM` each; a key not there is fine.
+    /// Removes `keys`, one `BPF_MAP_DELETE_ELEM` each (a key not there is fine), then
+    /// clears the presence filter's bits no key left stands for.
     pub fn delete(&self, keys: &[DispatchKey]) -> Result<(), MapsError> {
+        self.delete_entries(keys)?;
+        self.presence.remove(keys.iter().map(|key| key.to_u64()))
+    }
+
+    /// The presence filter, which [`crate::insn::MapRef::Presence`] is bound to.
+    pub fn presence(&self) -> &Presence {
+        &self.presence
+    }
+
+    fn delete_entries(&self, keys: &[DispatchKey]) -> Result<(), MapsError> {
         for key in keys {
             let key = key.to_u64();
             let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
@@ -234,10 +269,11 @@ impl CounterTable {
     /// An empty table of `capacity` entries for counter maps shaped like `template` (a
     /// per-CPU array of one counter).
     pub fn create(name: &str, template: &CounterMap, capacity: u32) -> Result<Self, MapsError> {
-        let fd = create(
+        let fd = create_map(
             "counter table",
             name,
             bpf_map_type::BPF_MAP_TYPE_ARRAY_OF_MAPS,
+            size_of::<u32>(),
             size_of::<u32>(),
             capacity,
             Some(template),

@@ -18,6 +18,7 @@
 
 pub mod maps;
 pub mod plan;
+pub mod presence;
 pub mod shape;
 
 use std::collections::{HashMap, HashSet};
@@ -474,6 +475,7 @@ impl SharedProgram {
         match &self.maps {
             Some((dispatch, table)) => MapBinding::new()
                 .bind(refs.dispatch, dispatch)
+                .bind(refs.presence, dispatch.presence())
                 .bind(refs.table, table),
             None => MapBinding::new(),
         }

@@ -164,11 +164,14 @@ impl Placement {
 }
 
 /// The references by which a shared program reads its maps ([`crate::shared::maps`]);
-/// [`SharedMaps::default`] is [`MapRef::Dispatch`] and [`MapRef::CounterTable`].
+/// [`SharedMaps::default`] is [`MapRef::Dispatch`], [`MapRef::Presence`] and
+/// [`MapRef::CounterTable`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SharedMaps {
     /// The dispatch map (`BPF_MAP_TYPE_HASH`, [`crate::shared::maps::DispatchKey`] → table entry).
     pub dispatch: MapRef,
+    /// The dispatch map's presence filter (see [`crate::shared::presence`]).
+    pub presence: MapRef,
     /// The counter table (`BPF_MAP_TYPE_ARRAY_OF_MAPS`, entry → counter map).
     pub table: MapRef,
 }
@@ -177,6 +180,7 @@ impl Default for SharedMaps {
     fn default() -> Self {
         Self {
             dispatch: MapRef::Dispatch,
+            presence: MapRef::Presence,
             table: MapRef::CounterTable,
         }
     }

@@ -4,6 +4,7 @@
 use crate::cbpf::{ClassicInsn, Program};
 use crate::insn::build::*;
 use crate::insn::{AluOp, Helper, Insn, JmpOp, Label, Operand, Reg, Size};
+use crate::shared::presence;
 use crate::shared::shape::Template;
 
 use super::{A, FP, SharedMaps, Translator, X, frame, imm, x_upper_bounds};
@@ -75,6 +76,10 @@ impl Translator {
         self.emit(alu64(AluOp::Lsh, r1, Operand::Imm(32)));
         self.emit(alu64(AluOp::Or, r1, Operand::Reg(r2))); // r1 = (group, pc, A)
         self.emit(store(Size::DW, FP, frame::DISPATCH_KEY, Operand::Reg(r1))); // key = r1
+        // No member has the key if its bit is clear: no look-up then.
+        for insn in presence::emit_check(r1, done, maps.presence) {
+            self.emit(insn);
+        }
         self.emit(Insn::LoadMap {
             dst: r1,
             map: maps.dispatch,

@@ -550,13 +550,23 @@ fn programs_compare_and_print_as_data_before_any_map_exists() {
             shared().unwrap().iter().filter_map(Insn::map).collect();
         assert_eq!(
             maps.into_iter().collect::<Vec<_>>(),
-            [MapRef::Dispatch, MapRef::CounterTable, MapRef::ProgArray],
+            [
+                MapRef::Dispatch,
+                MapRef::CounterTable,
+                MapRef::ProgArray,
+                MapRef::Presence
+            ],
             "{hook}"
         );
         let listing =
             translate_shared_listing(&programs, &[4, 9], &plan, placement, SharedMaps::default())
                 .unwrap();
-        for line in ["r1 = map[dispatch]", "r1 = map[table]", "r2 = map[chain]"] {
+        for line in [
+            "r1 = map[dispatch]",
+            "r5 = &map[presence].value[0]",
+            "r1 = map[table]",
+            "r2 = map[chain]",
+        ] {
             assert!(listing.contains(line), "{hook}: no `{line}` in\n{listing}");
         }
     }
