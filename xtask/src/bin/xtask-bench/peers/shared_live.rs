@@ -69,7 +69,8 @@ use capstats_ebpf::cbpf::{Program, RawInsn};
 use capstats_ebpf::chain::{ProgArray, build_chunk};
 use capstats_ebpf::counters::CounterMap;
 use capstats_ebpf::filter::{Filter, libpcap_run};
-use capstats_ebpf::insn::MapRef;
+use capstats_ebpf::insn::build::mov64;
+use capstats_ebpf::insn::{Insn, MapRef, Operand, Reg};
 use capstats_ebpf::program::LoadedProgram;
 use capstats_ebpf::shared::SharedProgram;
 use capstats_ebpf::translate::Hook;
@@ -135,6 +136,9 @@ pub struct Options {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tool {
     Nothing,
+    /// The hook's empty program (the neutral verdict, no filter, no counter): what the
+    /// hook itself costs a frame, the floor under every row of the hook.
+    Empty(HookName),
     /// The daemon's program for the sessions, attached by the bench.
     Direct(HookName),
     /// Sessions made through the daemon (`new`).
@@ -149,6 +153,7 @@ impl Tool {
     fn label(self) -> String {
         match self {
             Tool::Nothing => "nothing attached".to_owned(),
+            Tool::Empty(hook) => format!("{} empty", hook.as_str()),
             Tool::Direct(hook) => hook.as_str().to_owned(),
             Tool::Daemon(hook) => format!("{} (daemon)", hook.as_str()),
             Tool::NftLinear => "nft rules".to_owned(),
@@ -467,11 +472,7 @@ fn build(hook: HookName, filters: &[Program], maps: &[CounterMap]) -> anyhow::Re
             Hook::SocketFilter,
         ),
         HookName::Tc | HookName::Xdp => {
-            let ebpf_hook = if hook == HookName::Tc {
-                Hook::Tc
-            } else {
-                Hook::Xdp
-            };
+            let ebpf_hook = ebpf_hook(hook);
             let chain = ProgArray::create("xls_chain")?;
             let entries: Vec<u32> = (0..counted.len() as u32).collect();
             let shared = build_chunk("xls", &counted, &entries, ebpf_hook, false, 0)?;
@@ -492,6 +493,15 @@ fn build(hook: HookName, filters: &[Program], maps: &[CounterMap]) -> anyhow::Re
         _shared: shared,
         _chain: chain,
     })
+}
+
+/// The generated code's hook for a hook name.
+fn ebpf_hook(hook: HookName) -> Hook {
+    match hook {
+        HookName::Socket => Hook::SocketFilter,
+        HookName::Tc => Hook::Tc,
+        HookName::Xdp => Hook::Xdp,
+    }
 }
 
 /// A program attached in the receiving namespace; [`Attached::detach`] takes it off.
@@ -731,6 +741,18 @@ fn measure_shape(
         })
         .collect();
     let mut nothing = Row::new(shape.name(), Tool::Nothing, 0, None);
+    let mut empties: Vec<(Row, LoadedProgram)> = HOOKS
+        .iter()
+        .map(|&hook| {
+            let ebpf_hook = ebpf_hook(hook);
+            let code = [
+                mov64(Reg::R0, Operand::Imm(ebpf_hook.neutral_return())),
+                Insn::Exit,
+            ];
+            let program = LoadedProgram::load(ebpf_hook, "xtask_empty", &code)?;
+            Ok((Row::new(shape.name(), Tool::Empty(hook), 0, None), program))
+        })
+        .collect::<anyhow::Result<_>>()?;
     let mut matched_before = vec![0u64; most];
     for round in 1..=rounds {
         for hook in HOOKS {
@@ -742,6 +764,21 @@ fn measure_shape(
             let base = bench.run(&flow)?;
             nothing.ns.push(base.ns_per_frame);
             nothing.lost = nothing.lost.max(base.lost);
+            for (row, empty) in empties
+                .iter_mut()
+                .filter(|(r, _)| r.tool == Tool::Empty(hook))
+            {
+                let attached = Attached::new(&bench.pair.receiver, hook, empty)
+                    .with_context(|| format!("attaching the empty program at {}", hook.as_str()))?;
+                row.mode = attached.mode();
+                let ran = bench.run(&flow);
+                attached.detach()?;
+                let ran = ran?;
+                row.ns.push(ran.ns_per_frame);
+                row.base.push(base.ns_per_frame);
+                row.above.push(ran.ns_per_frame - base.ns_per_frame);
+                row.lost = row.lost.max(ran.lost);
+            }
             for (b, row) in built.iter().zip(&mut rows).filter(|(b, _)| b.hook == hook) {
                 let attached =
                     Attached::new(&bench.pair.receiver, hook, &b.program).with_context(|| {
@@ -843,6 +880,7 @@ fn measure_shape(
         }
     }
     figures.rows.push(nothing);
+    figures.rows.extend(empties.into_iter().map(|(row, _)| row));
     figures.rows.extend(rows);
     Ok(())
 }
@@ -1083,9 +1121,12 @@ fn targets(figures: &Figures) -> Vec<String> {
             let Some(r) = find(figures, shape, Tool::Direct(hook), 256) else {
                 continue;
             };
+            let floor = find(figures, shape, Tool::Empty(hook), 0).map_or(String::new(), |e| {
+                format!(" (the hook's empty program {:+.0})", e.above())
+            });
             lines.push(format!(
                 "{:<20} {:<6} 256 sessions above nothing <= {:.0}% of nothing's {:.0} ns: \
-                 {:+.0} ns = {:.1}%: {}",
+                 {:+.0} ns = {:.1}%{floor}: {}",
                 shape.name(),
                 hook.as_str(),
                 target * 100.0,
