@@ -160,12 +160,7 @@ impl Command {
     /// Names in `modify`, `stop`, `show` and `poll` are not checked here: a name that
     /// is not a session's is answered as an unknown session, whatever its form.
     /// Its messages are [`bounded`], as [`Request::parse`]'s.
-    pub fn check(&self) -> Result<(), (ErrorKind, String)> {
-        self.check_quoting()
-            .map_err(|(kind, message)| (kind, bounded(&message)))
-    }
-
-    fn check_quoting(&self) -> Result<(), (ErrorKind, String)> {
+    pub fn check(&self) -> Result<(), CheckError> {
         match self {
             Command::New {
                 name,
@@ -173,16 +168,16 @@ impl Command {
                 filter,
                 ..
             } => {
-                check_name(name).map_err(|m| (ErrorKind::InvalidName, m))?;
+                check_name(name).map_err(|reason| CheckError::Name { reason })?;
                 if let Some(interface) = interface {
                     check_interface_name(interface)
-                        .map_err(|m| (ErrorKind::UnknownInterface, m))?;
+                        .map_err(|reason| CheckError::Interface { reason })?;
                 }
                 check_filter(name, filter)
             }
             Command::Modify { name, filter } => {
                 if is_blank_filter(filter) {
-                    return Err((ErrorKind::InvalidFilter, modify_needs_a_filter(name)));
+                    return Err(CheckError::NoFilter { name: name.clone() });
                 }
                 check_filter(name, filter)
             }
@@ -193,6 +188,99 @@ impl Command {
         }
     }
 }
+
+/// What [`Command::check`] refuses: one variant per rule. Its text is [`bounded`]
+/// (it may quote a request of 64 KiB).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckError {
+    /// A `new` session's name capstats does not take; `reason` is
+    /// [`check_name`]'s.
+    Name { reason: String },
+    /// An interface name Linux never gives; `reason` is [`check_interface_name`]'s.
+    Interface { reason: String },
+    /// A `modify` of session `name` without an expression ([`modify_needs_a_filter`]).
+    NoFilter { name: String },
+    /// Session `name`'s expression has a NUL byte at byte `at`.
+    Nul { name: String, at: usize },
+}
+
+impl CheckError {
+    /// The protocol's kind of this refusal.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            CheckError::Name { .. } => ErrorKind::InvalidName,
+            CheckError::Interface { .. } => ErrorKind::UnknownInterface,
+            CheckError::NoFilter { .. } | CheckError::Nul { .. } => ErrorKind::InvalidFilter,
+        }
+    }
+}
+
+impl std::fmt::Display for CheckError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = match self {
+            CheckError::Name { reason } | CheckError::Interface { reason } => reason.clone(),
+            CheckError::NoFilter { name } => modify_needs_a_filter(name),
+            CheckError::Nul { name, at } => format!(
+                "the filter expression of session {name:?} contains a NUL byte (at byte {at})"
+            ),
+        };
+        f.write_str(&bounded(&text))
+    }
+}
+
+impl std::error::Error for CheckError {}
+
+/// Why a request line is refused before it is dispatched: what the daemon answers
+/// such a line, the same whichever connection sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LineError {
+    /// Longer than [`MAX_REQUEST_BYTES`](crate::MAX_REQUEST_BYTES).
+    TooLong,
+    /// Not UTF-8.
+    NotUtf8,
+    /// Not a request: [`Request::parse`]'s message (bounded already).
+    Malformed(String),
+    /// A request [`Command::check`] refuses.
+    Refused(CheckError),
+}
+
+impl LineError {
+    /// The protocol's kind of this refusal: `bad_request`, or the check's kind.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            LineError::TooLong | LineError::NotUtf8 | LineError::Malformed(_) => {
+                ErrorKind::BadRequest
+            }
+            LineError::Refused(cause) => cause.kind(),
+        }
+    }
+
+    /// A line of text as the daemon reads it: parsed, then checked.
+    pub fn decode(line: &str) -> Result<Command, LineError> {
+        let request = Request::parse(line).map_err(LineError::Malformed)?;
+        request.command.check().map_err(LineError::Refused)?;
+        Ok(request.command)
+    }
+}
+
+impl std::fmt::Display for LineError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LineError::TooLong => write!(
+                f,
+                "request longer than {} bytes (the limit of a request line)",
+                crate::MAX_REQUEST_BYTES
+            ),
+            LineError::NotUtf8 => f.write_str("the request is not UTF-8 text"),
+            LineError::Malformed(message) => f.write_str(message),
+            LineError::Refused(cause) => cause.fmt(f),
+        }
+    }
+}
+
+/// Its text is its cause's: the cause is not also its source (see
+/// `capstats_ebpf::errors`).
+impl std::error::Error for LineError {}
 
 /// Whether libpcap would read `filter` as no expression at all (every packet): empty or
 /// only the white space its scanner skips.
@@ -245,12 +333,12 @@ pub fn check_interface_name(interface: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn check_filter(name: &str, filter: &str) -> Result<(), (ErrorKind, String)> {
+fn check_filter(name: &str, filter: &str) -> Result<(), CheckError> {
     match filter.find('\0') {
-        Some(at) => Err((
-            ErrorKind::InvalidFilter,
-            format!("the filter expression of session {name:?} contains a NUL byte (at byte {at})"),
-        )),
+        Some(at) => Err(CheckError::Nul {
+            name: name.to_owned(),
+            at,
+        }),
         None => Ok(()),
     }
 }
@@ -683,12 +771,76 @@ mod tests {
             ),
         ];
         for (command, kind, says) in cases {
-            let (got, message) = command.check().unwrap_err();
-            assert_eq!(got, kind, "{command:?}: {message}");
+            let error = command.check().unwrap_err();
+            let message = error.to_string();
+            assert_eq!(error.kind(), kind, "{command:?}: {message}");
             assert!(message.contains(says), "{command:?}: {message}");
+            // A line with that command is refused for that reason, kind and text.
+            let line = LineError::decode(&serde_json::to_string(&Request::new(command)).unwrap());
+            assert_eq!(line, Err(LineError::Refused(error)));
         }
         // Names of sessions that may or may not exist are the daemon's to answer.
         assert_eq!(Command::Stop { name: "".into() }.check(), Ok(()));
+    }
+
+    /// The refusals' kinds and texts on the wire, exactly as clients and tests read
+    /// them; a quoted request of any size is cut to one short line.
+    #[test]
+    fn line_refusals_say_what_the_daemon_has_always_said() {
+        let cases = [
+            (
+                LineError::TooLong,
+                ErrorKind::BadRequest,
+                "request longer than 65536 bytes (the limit of a request line)".to_owned(),
+            ),
+            (
+                LineError::NotUtf8,
+                ErrorKind::BadRequest,
+                "the request is not UTF-8 text".to_owned(),
+            ),
+            (
+                LineError::decode("{").unwrap_err(),
+                ErrorKind::BadRequest,
+                Request::parse("{").unwrap_err(),
+            ),
+            (
+                LineError::Refused(CheckError::Nul {
+                    name: "web".into(),
+                    at: 3,
+                }),
+                ErrorKind::InvalidFilter,
+                "the filter expression of session \"web\" contains a NUL byte (at byte 3)"
+                    .to_owned(),
+            ),
+            (
+                LineError::Refused(CheckError::NoFilter { name: "web".into() }),
+                ErrorKind::InvalidFilter,
+                modify_needs_a_filter("web"),
+            ),
+        ];
+        for (error, kind, text) in cases {
+            assert_eq!(error.kind(), kind, "{error}");
+            assert_eq!(error.to_string(), text);
+        }
+        assert!(matches!(
+            LineError::decode("{").unwrap_err(),
+            LineError::Malformed(_)
+        ));
+
+        let huge = "\u{7}".repeat(60_000);
+        let error = CheckError::Nul {
+            name: huge.clone(),
+            at: 1,
+        };
+        let text = error.to_string();
+        assert!(
+            text.len() <= crate::text::MAX_MESSAGE_BYTES,
+            "{}",
+            text.len()
+        );
+        assert!(!text.contains('\u{7}'), "control characters escaped");
+        let error = CheckError::Name { reason: huge };
+        assert!(error.to_string().len() <= crate::text::MAX_MESSAGE_BYTES);
     }
 
     #[test]

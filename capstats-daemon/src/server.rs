@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use capstats_common::MAX_REQUEST_BYTES;
-use capstats_common::protocol::{Command, ErrorKind, Request, Response};
+use capstats_common::protocol::{Command, ErrorKind, LineError, Response};
 use capstats_common::text::bounded;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -34,7 +34,7 @@ use tokio::net::{UnixListener, UnixStream};
 use crate::auth::{Access, Peer};
 use crate::log::event;
 use crate::refusals::{self, RefusalLog};
-use crate::service::{Handled, Service};
+use crate::service::{Handled, RequestError, Service};
 use crate::session::Compiled;
 
 /// How long a connection may take, after connecting or after its last answer, to send
@@ -354,25 +354,23 @@ fn shown(duration: Duration) -> String {
 /// out of file descriptors.
 fn handled(service: &mut Service, command: Command, compiled: Option<&Compiled>) -> Handled {
     if let Command::New { name, .. } = &command
-        && let Some(message) = short_of_descriptors(name)
+        && let Some(error) = short_of_descriptors(name)
     {
-        event!("{message}");
-        return Handled::Done(Box::new(Response::error(ErrorKind::Kernel, message)));
+        event!("{error}");
+        return Handled::Done(Box::new(error.into()));
     }
     service.handle(command, compiled)
 }
 
 /// Why a new session would leave the daemon too few file descriptors, if it would.
-fn short_of_descriptors(name: &str) -> Option<String> {
+fn short_of_descriptors(name: &str) -> Option<RequestError> {
     let limit = crate::sys::rlimit::nofile_soft()?;
     let open = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
-    (open + FD_RESERVE > limit).then(|| {
-        format!(
-            "cannot create session {name:?}: the daemon has {open} file descriptors open and \
-             may have {limit} (RLIMIT_NOFILE); a session needs several, with {FD_RESERVE} kept \
-             free: stop sessions or raise the daemon's limit (LimitNOFILE= in its systemd \
-             unit, ulimit -n)"
-        )
+    (open + FD_RESERVE > limit).then(|| RequestError::ShortOfDescriptors {
+        name: name.to_owned(),
+        open,
+        limit,
+        reserve: FD_RESERVE,
     })
 }
 
@@ -390,24 +388,15 @@ enum Turn {
 /// not a request or refused by [`Command::check`] gets an error response and never
 /// reaches the service.
 fn turn(line: io::Result<Line>) -> io::Result<Turn> {
-    let refused = |kind, message: String| Turn::Answer(Box::new(Response::error(kind, message)));
+    let refused = |error| Turn::Answer(Box::new(RequestError::Line(error).into()));
     Ok(match line {
         Ok(Line::End) => Turn::End,
-        Ok(Line::TooLong) => refused(
-            ErrorKind::BadRequest,
-            format!("request longer than {MAX_REQUEST_BYTES} bytes (the limit of a request line)"),
-        ),
-        Ok(Line::Text(text)) => match Request::parse(&text) {
-            Ok(request) => match request.command.check() {
-                Ok(()) => Turn::Ask(request.command),
-                Err((kind, message)) => refused(kind, message),
-            },
-            Err(message) => refused(ErrorKind::BadRequest, message),
+        Ok(Line::TooLong) => refused(LineError::TooLong),
+        Ok(Line::Text(text)) => match LineError::decode(&text) {
+            Ok(command) => Turn::Ask(command),
+            Err(error) => refused(error),
         },
-        Err(e) if e.kind() == io::ErrorKind::InvalidData => refused(
-            ErrorKind::BadRequest,
-            "the request is not UTF-8 text".into(),
-        ),
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => refused(LineError::NotUtf8),
         Err(e) => return Err(e),
     })
 }
@@ -582,6 +571,72 @@ mod tests {
         input.extend(b"\nnext\nlast");
         assert_eq!(lines(&input), ["{\"a\":1}", "<too long>", "next", "last"]);
         assert_eq!(lines(b"\xff\xfe\nok\n"), ["<invalid data>", "ok"]);
+    }
+
+    /// What [`turn`] answers each bad line: a [`RequestError::Line`], with the kind
+    /// and text the protocol has always had.
+    #[test]
+    fn bad_lines_are_answered_as_request_errors() {
+        let answer = |line| match turn(line).unwrap() {
+            Turn::Answer(response) => match *response {
+                Response::Error(e) => (e.kind, e.message),
+                other => panic!("not an error: {other:?}"),
+            },
+            _ => panic!("not answered"),
+        };
+        assert_eq!(
+            answer(Ok(Line::TooLong)),
+            (
+                ErrorKind::BadRequest,
+                format!(
+                    "request longer than {MAX_REQUEST_BYTES} bytes (the limit of a request line)"
+                )
+            )
+        );
+        assert_eq!(
+            answer(Err(io::Error::from(io::ErrorKind::InvalidData))),
+            (
+                ErrorKind::BadRequest,
+                "the request is not UTF-8 text".into()
+            )
+        );
+        let (kind, message) = answer(Ok(Line::Text("{".into())));
+        assert_eq!(kind, ErrorKind::BadRequest);
+        assert!(message.starts_with("the request is not JSON"), "{message}");
+        let line = r#"{"version":1,"command":"new","name":"a b","filter":""}"#;
+        let (kind, message) = answer(Ok(Line::Text(line.into())));
+        assert_eq!(kind, ErrorKind::InvalidName, "{message}");
+        assert!(message.contains("contains a space"), "{message}");
+        assert!(matches!(turn(Ok(Line::End)), Ok(Turn::End)));
+    }
+
+    /// Running short of descriptors is refused as a kernel error naming the session
+    /// and the numbers, each once.
+    #[test]
+    fn short_of_descriptors_names_the_session_and_the_limit() {
+        let error = RequestError::ShortOfDescriptors {
+            name: "web".into(),
+            open: 1000,
+            limit: 1024,
+            reserve: FD_RESERVE,
+        };
+        assert_eq!(error.kind(), ErrorKind::Kernel);
+        let Response::Error(reply) = Response::from(error) else {
+            panic!("not an error");
+        };
+        assert_eq!(reply.kind, ErrorKind::Kernel);
+        let text = reply.message;
+        assert!(
+            text.starts_with("cannot create session \"web\": "),
+            "{text}"
+        );
+        for says in [
+            "1000 file descriptors open",
+            "may have 1024 (RLIMIT_NOFILE)",
+            &format!("with {FD_RESERVE} kept free"),
+        ] {
+            assert_eq!(text.matches(says).count(), 1, "{says}: {text}");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use capstats_common::names::check_name;
+use capstats_common::protocol::LineError;
 use capstats_common::protocol::{Command, Direction, ErrorKind, HookName, Reply, Response};
 use capstats_ebpf::counters::{Counter, CounterError};
 use capstats_ebpf::filter::ANY;
@@ -912,6 +913,24 @@ pub enum RequestError {
     /// The sessions a change touches were still being restored after `waited`.
     #[error("{why}, still after {} s: try again later", waited.as_secs())]
     StillRestoring { why: String, waited: Duration },
+    /// A request line refused before it reaches the table (too long, not UTF-8, not a
+    /// request, or refused by `Command::check`).
+    #[error("{0}")]
+    Line(LineError),
+    /// A new session `name` would leave the daemon fewer than `reserve` of the `limit`
+    /// file descriptors it may have (`open` are).
+    #[error(
+        "cannot create session {name:?}: the daemon has {open} file descriptors open and \
+         may have {limit} (RLIMIT_NOFILE); a session needs several, with {reserve} kept \
+         free: stop sessions or raise the daemon's limit (LimitNOFILE= in its systemd \
+         unit, ulimit -n)"
+    )]
+    ShortOfDescriptors {
+        name: String,
+        open: u64,
+        limit: u64,
+        reserve: u64,
+    },
 }
 
 impl RequestError {
@@ -926,7 +945,10 @@ impl RequestError {
             }
             RequestError::Session { cause, .. } => cause.kind(),
             RequestError::Compile { cause, .. } => cause.kind(),
-            RequestError::Pin { .. } | RequestError::Counters { .. } => ErrorKind::Kernel,
+            RequestError::Pin { .. }
+            | RequestError::Counters { .. }
+            | RequestError::ShortOfDescriptors { .. } => ErrorKind::Kernel,
+            RequestError::Line(cause) => cause.kind(),
             RequestError::GenericXdpAndTcIngress { .. } => ErrorKind::BadRequest,
             RequestError::NotSaved { .. }
             | RequestError::CompiledNotTaken { .. }

@@ -19,16 +19,17 @@
 //! Tail calls from XDP programs with `BPF_F_XDP_HAS_FRAGS`: 5.18.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::Path;
 
-use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_map_type};
+use aya_obj::generated::bpf_map_type;
 
 use crate::cbpf::Program;
 use crate::counters::CounterMap;
 use crate::insn::{Insn, MapRef};
-use crate::program::{KERNEL_MAX_MAPS, LoadedProgram, MapBinding, bpf, obj_pin};
+use crate::program::{KERNEL_MAX_MAPS, LoadedProgram, MapBinding};
 use crate::shared::{SharedError, SharedProgram};
+use crate::sys::bpf::{Map, obj_pin};
 use crate::translate::{CounterSlot, Hook, Placement, TailCall, TranslateError, translate_chained};
 
 /// Filters per program of a chain: each refers to its counter map, and to the prog
@@ -73,63 +74,48 @@ pub enum ChainError {
 #[derive(Debug)]
 pub struct ProgArray {
     name: String,
-    fd: OwnedFd,
+    /// Entry index → program fd.
+    map: Map<u32, u32>,
 }
 
 impl ProgArray {
     /// Creates an array with every entry empty. `name` is truncated to 15 characters.
     pub fn create(name: &str) -> Result<Self, ChainError> {
-        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-        // SAFETY: the map-create member of the union; every other byte stays zero.
-        let create = unsafe { &mut attr.__bindgen_anon_1 };
-        create.map_type = bpf_map_type::BPF_MAP_TYPE_PROG_ARRAY as u32;
-        create.key_size = size_of::<u32>() as u32;
-        create.value_size = size_of::<u32>() as u32;
-        create.max_entries = CHAIN_PROGRAMS as u32;
-        for (i, byte) in name.bytes().take(15).enumerate() {
-            create.map_name[i] = byte as _;
-        }
-        let fd = bpf(bpf_cmd::BPF_MAP_CREATE, &mut attr).map_err(|cause| ChainError::Create {
+        let map = Map::create(
+            bpf_map_type::BPF_MAP_TYPE_PROG_ARRAY,
+            name,
+            CHAIN_PROGRAMS as u32,
+            0,
+            None,
+        )
+        .map_err(|cause| ChainError::Create {
             name: name.to_owned(),
             cause,
         })?;
         Ok(Self {
             name: name.to_owned(),
-            // SAFETY: BPF_MAP_CREATE returned a new fd that nothing else owns.
-            fd: unsafe { OwnedFd::from_raw_fd(fd as i32) },
+            map,
         })
     }
 
     /// Makes entry `index` hold `program`, atomically: a packet in flight runs the
     /// old program or the new one.
     pub fn set(&self, index: u32, program: &LoadedProgram) -> Result<(), ChainError> {
-        let key = index;
         let value = program.as_fd().as_raw_fd() as u32;
-        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-        // SAFETY: the element member of the union.
-        let elem = unsafe { &mut attr.__bindgen_anon_2 };
-        elem.map_fd = self.fd.as_raw_fd() as u32;
-        elem.key = &key as *const u32 as u64;
-        elem.__bindgen_anon_1.value = &value as *const u32 as u64;
-        bpf(bpf_cmd::BPF_MAP_UPDATE_ELEM, &mut attr).map_err(|cause| ChainError::Set {
-            name: self.name.clone(),
-            index,
-            program: program.name().to_owned(),
-            cause,
-        })?;
-        Ok(())
+        self.map
+            .update(&index, &value)
+            .map_err(|cause| ChainError::Set {
+                name: self.name.clone(),
+                index,
+                program: program.name().to_owned(),
+                cause,
+            })
     }
 
     /// Empties entry `index`: a tail call to it falls through. Empty already is fine.
     pub fn clear(&self, index: u32) -> Result<(), ChainError> {
-        let key = index;
-        let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-        // SAFETY: the element member of the union.
-        let elem = unsafe { &mut attr.__bindgen_anon_2 };
-        elem.map_fd = self.fd.as_raw_fd() as u32;
-        elem.key = &key as *const u32 as u64;
-        match bpf(bpf_cmd::BPF_MAP_DELETE_ELEM, &mut attr) {
-            Ok(_) => Ok(()),
+        match self.map.delete(&index) {
+            Ok(()) => Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
             Err(cause) => Err(ChainError::Clear {
                 name: self.name.clone(),
@@ -142,7 +128,7 @@ impl ProgArray {
     /// Pins the array at `path` on a bpffs: its entries stay while no process holds
     /// it.
     pub fn pin(&self, path: &Path) -> Result<(), ChainError> {
-        obj_pin(self.fd.as_fd(), path).map_err(|cause| ChainError::Pin {
+        obj_pin(self.map.as_fd(), path).map_err(|cause| ChainError::Pin {
             name: self.name.clone(),
             path: path.display().to_string(),
             cause,
@@ -157,7 +143,7 @@ impl ProgArray {
 /// What [`MapRef::ProgArray`] is bound to ([`MapBinding::bind`]).
 impl AsFd for ProgArray {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+        self.map.as_fd()
     }
 }
 

@@ -144,7 +144,7 @@ impl CounterMap {
     /// Pins the map at `path` on a bpffs, so that it outlives this process: the
     /// kernel keeps counting into it while no daemon runs.
     pub fn pin(&self, path: &Path) -> Result<(), CounterError> {
-        crate::program::obj_pin(self.fd.as_fd(), path).map_err(|cause| CounterError::Pin {
+        crate::sys::bpf::obj_pin(self.fd.as_fd(), path).map_err(|cause| CounterError::Pin {
             name: self.name.clone(),
             path: path.display().to_string(),
             cause,

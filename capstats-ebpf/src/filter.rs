@@ -7,53 +7,21 @@
 //!   `tcpdump -i IF EXPR` runs, including the Linux ancillary loads (`vlanp`, `vlan_tci`,
 //!   packet type, interface index) libpcap emits there.
 //!
-//! The `pcap` crate opens the handles; `pcap_compile` is called here directly because
-//! the crate cannot pass a netmask (`ip broadcast` needs one).
+//! The `pcap` crate opens the handles; `pcap_compile` is called through
+//! [`crate::sys::pcap`] because the crate cannot pass a netmask (`ip broadcast` needs
+//! one).
 
-use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::path::Path;
 
-use pcap::{Active, Capture, Offline};
+use pcap::{Active, Capture, Offline, State};
 
 use crate::cbpf::{ClassicError, Program, RawInsn};
+use crate::sys::pcap::Code;
 
 /// `PCAP_NETMASK_UNKNOWN`.
 pub const NETMASK_UNKNOWN: u32 = 0xffff_ffff;
 /// Snapshot length for live handles: tcpdump's default, so `ret #262144` is the same.
 pub const SNAPLEN: i32 = 262_144;
-
-#[repr(C)]
-struct BpfProgram {
-    bf_len: u32,
-    bf_insns: *mut RawInsn,
-}
-
-#[repr(C)]
-struct PcapPkthdr {
-    ts: libc::timeval,
-    caplen: u32,
-    len: u32,
-}
-
-#[link(name = "pcap")]
-unsafe extern "C" {
-    fn pcap_compile(
-        p: *mut c_void,
-        fp: *mut BpfProgram,
-        text: *const c_char,
-        optimize: c_int,
-        netmask: u32,
-    ) -> c_int;
-    fn pcap_freecode(fp: *mut BpfProgram);
-    fn pcap_geterr(p: *mut c_void) -> *const c_char;
-    fn pcap_offline_filter(fp: *const BpfProgram, h: *const PcapPkthdr, pkt: *const u8) -> c_int;
-    fn pcap_lookupnet(
-        device: *const c_char,
-        net: *mut u32,
-        mask: *mut u32,
-        errbuf: *mut c_char,
-    ) -> c_int;
-}
 
 /// Why an expression could not become a classic program.
 #[derive(Debug, thiserror::Error)]
@@ -93,32 +61,10 @@ pub enum FilterError {
     },
 }
 
-/// libpcap's compiled program, freed with `pcap_freecode`.
-struct LibpcapCode(BpfProgram);
-
-// The program is plain memory owned by this value; libpcap keeps no reference to it.
-unsafe impl Send for LibpcapCode {}
-unsafe impl Sync for LibpcapCode {}
-
-impl Drop for LibpcapCode {
-    fn drop(&mut self) {
-        unsafe { pcap_freecode(&mut self.0) }
-    }
-}
-
-impl LibpcapCode {
-    fn insns(&self) -> &[RawInsn] {
-        if self.0.bf_insns.is_null() {
-            return &[];
-        }
-        unsafe { std::slice::from_raw_parts(self.0.bf_insns, self.0.bf_len as usize) }
-    }
-}
-
 /// A compiled filter expression: libpcap's classic program, validated.
 pub struct Filter {
     expression: String,
-    code: LibpcapCode,
+    code: Code,
     program: Program,
 }
 
@@ -139,12 +85,7 @@ impl Filter {
         expression: &str,
         netmask: u32,
     ) -> Result<Self, FilterError> {
-        compile(
-            capture.as_ptr().cast(),
-            expression,
-            netmask,
-            Semantics::Savefile,
-        )
+        compile(capture, expression, netmask, Semantics::Savefile)
     }
 
     /// Compiles `expression` for a link type without any file or interface
@@ -155,12 +96,7 @@ impl Filter {
         netmask: u32,
     ) -> Result<Self, FilterError> {
         let dead = open_dead(linktype)?;
-        compile(
-            dead.as_ptr().cast(),
-            expression,
-            netmask,
-            Semantics::Savefile,
-        )
+        compile(&dead, expression, netmask, Semantics::Savefile)
     }
 
     /// libpcap's program for a link type exactly as libpcap 1.10 makes it, even where
@@ -172,7 +108,7 @@ impl Filter {
         netmask: u32,
     ) -> Result<Self, FilterError> {
         let dead = open_dead(linktype)?;
-        compile(dead.as_ptr().cast(), expression, netmask, Semantics::Live)
+        compile(&dead, expression, netmask, Semantics::Live)
     }
 
     /// Compiles `expression` for the XDP hook of `interface`, for the link type a live
@@ -200,7 +136,7 @@ impl Filter {
         let handle = open_live(interface)?;
         refuse_cooked(interface, handle.get_datalink(), "socket or tc")?;
         compile(
-            handle.as_ptr().cast(),
+            &handle,
             expression,
             interface_netmask(interface),
             Semantics::Live,
@@ -219,12 +155,7 @@ impl Filter {
                 what: "interface \"any\" with link type LINUX_SLL2".into(),
                 cause,
             })?;
-        compile(
-            handle.as_ptr().cast(),
-            expression,
-            interface_netmask(ANY),
-            Semantics::Live,
-        )
+        compile(&handle, expression, interface_netmask(ANY), Semantics::Live)
     }
 
     pub fn expression(&self) -> &str {
@@ -244,28 +175,19 @@ impl Filter {
     /// libpcap's own verdict (`pcap_offline_filter`) on `packet`, its captured length
     /// taken as its wire length too.
     pub fn libpcap_matches(&self, packet: &[u8]) -> bool {
-        libpcap_run(self.raw(), packet) != 0
+        // libpcap's own program, which its check accepts (the kernel's, stricter,
+        // accepted it too: `Program::new`).
+        libpcap_run(self.raw(), packet).is_some_and(|verdict| verdict != 0)
     }
 }
 
 /// libpcap's interpreter (`pcap_offline_filter`) running any classic program on
 /// `packet`, its captured length taken as its wire length: the reference the
-/// translation is held to. Returns the program's return value (0: no match).
-pub fn libpcap_run(program: &[RawInsn], packet: &[u8]) -> u32 {
-    let code = BpfProgram {
-        bf_len: program.len() as u32,
-        bf_insns: program.as_ptr().cast_mut(),
-    };
-    let header = PcapPkthdr {
-        ts: libc::timeval {
-            tv_sec: 0,
-            tv_usec: 0,
-        },
-        caplen: packet.len() as u32,
-        len: packet.len() as u32,
-    };
-    // pcap_offline_filter only reads the program; it returns bpf_filter's u_int.
-    unsafe { pcap_offline_filter(&code, &header, packet.as_ptr()) as u32 }
+/// translation is held to. Returns the program's return value (0: no match), or
+/// `None` when libpcap's own check (`bpf_validate`) refuses the program (its
+/// interpreter checks no jump or scratch index itself).
+pub fn libpcap_run(program: &[RawInsn], packet: &[u8]) -> Option<u32> {
+    crate::sys::pcap::offline_filter(program, packet)
 }
 
 /// A handle for a link type with no file or interface behind it (`pcap_open_dead`).
@@ -328,13 +250,7 @@ fn refuse_cooked(
 
 /// The netmask tcpdump would use: the interface's IPv4 one, or 0 when it has none.
 fn interface_netmask(interface: &str) -> u32 {
-    let Ok(device) = CString::new(interface) else {
-        return 0;
-    };
-    let (mut net, mut mask) = (0u32, 0u32);
-    let mut errbuf = [0 as c_char; 256];
-    let rc = unsafe { pcap_lookupnet(device.as_ptr(), &mut net, &mut mask, errbuf.as_mut_ptr()) };
-    if rc == 0 { mask } else { 0 }
+    crate::sys::pcap::lookup_netmask(interface).unwrap_or(0)
 }
 
 /// Whether the program will see packets of a capture file or of an interface (or is
@@ -345,27 +261,19 @@ enum Semantics {
     Live,
 }
 
-fn compile(
-    handle: *mut c_void,
+fn compile<T: State + ?Sized>(
+    capture: &Capture<T>,
     expression: &str,
     netmask: u32,
     semantics: Semantics,
 ) -> Result<Filter, FilterError> {
-    let text = CString::new(expression).map_err(|_| FilterError::Nul)?;
-    let mut code = LibpcapCode(BpfProgram {
-        bf_len: 0,
-        bf_insns: std::ptr::null_mut(),
-    });
-    let rc = unsafe { pcap_compile(handle, &mut code.0, text.as_ptr(), 1, netmask) };
-    if rc != 0 {
-        let message = unsafe { CStr::from_ptr(pcap_geterr(handle)) }
-            .to_string_lossy()
-            .into_owned();
-        return Err(FilterError::Compile {
+    let text = std::ffi::CString::new(expression).map_err(|_| FilterError::Nul)?;
+    let code = crate::sys::pcap::compile(capture, &text, netmask).map_err(|message| {
+        FilterError::Compile {
             expression: expression.to_owned(),
             message,
-        });
-    }
+        }
+    })?;
     let program = Program::new(code.insns()).map_err(|cause| FilterError::Classic {
         expression: expression.to_owned(),
         cause,

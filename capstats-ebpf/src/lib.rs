@@ -5,6 +5,7 @@
 //! program ([`translate`], built from [`insn`] values with [`asm`] labels), loaded with
 //! the `bpf()` syscall ([`program`]), and its matches read back from a per-CPU array
 //! ([`counters`]). [`testrun`] runs capture files through such a program in the kernel.
+//! Its own system calls and libpcap calls are made in one place, [`sys`].
 
 pub mod asm;
 pub mod cbpf;
@@ -16,5 +17,6 @@ pub mod insn;
 pub mod program;
 pub mod replay;
 pub mod shared;
+pub mod sys;
 pub mod testrun;
 pub mod translate;

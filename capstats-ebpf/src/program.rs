@@ -1,24 +1,23 @@
 //! Loading generated eBPF programs with the `bpf()` syscall.
 //!
-//! aya 0.14 loads programs only from object files, so `BPF_PROG_LOAD` is issued here;
+//! aya 0.14 loads programs only from object files, so `BPF_PROG_LOAD` is issued here
+//! (through [`crate::sys::bpf::prog_load`]);
 //! the loaded program is then handed to aya ([`LoadedProgram::sched_classifier`],
 //! [`LoadedProgram::socket_filter`]) for test runs, attachment and pins. The program's
 //! map references ([`MapRef`]) are resolved here, from the [`MapBinding`] its loader
 //! gives, as it is encoded.
 
-use std::ffi::{CString, c_char};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use aya::programs::{ProgramError, SchedClassifier, SocketFilter, Xdp, loaded_programs};
-use aya_obj::generated::{bpf_attach_type, bpf_attr, bpf_cmd, bpf_prog_info, bpf_prog_type};
+use aya_obj::generated::{bpf_attach_type, bpf_prog_type};
 use aya_obj::programs::XdpAttachType;
 use nix::sys::resource::{RLIM_INFINITY, Resource, getrlimit};
 
 use crate::counters::CounterMap;
 use crate::insn::{EncodeError, Insn, MapRef};
+use crate::sys::bpf as sys;
 use crate::translate::Hook;
 
 /// Size of the verifier log buffer on a failed load; grown on `ENOSPC`.
@@ -302,7 +301,7 @@ impl LoadedProgram {
             // failure was transient: memory for a moment) is as good as any.
             Err(_) => load_with_log(hook, name, &encoded)?,
         };
-        let (id, verified_insns) = prog_info(fd.as_fd()).map_err(|cause| LoadError::Syscall {
+        let info = sys::prog_info(fd.as_fd()).map_err(|cause| LoadError::Syscall {
             name: name.to_owned(),
             cause,
             slots: encoded.len(),
@@ -311,10 +310,10 @@ impl LoadedProgram {
             fd,
             hook,
             name: name.to_owned(),
-            id,
+            id: info.id,
             slots: encoded.len(),
             verifier_runs,
-            verified_insns,
+            verified_insns: info.verified_insns,
         })
     }
 
@@ -433,83 +432,36 @@ fn load_with_log(hook: Hook, name: &str, encoded: &[[u8; 8]]) -> Result<(OwnedFd
     }
 }
 
-/// `bpf(cmd, attr)`: the syscall's return value, or errno as an error.
-pub(crate) fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<i64> {
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd as libc::c_long,
-            attr as *mut bpf_attr,
-            size_of::<bpf_attr>(),
-        )
-    };
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
-}
-
-/// `BPF_OBJ_PIN`: pins the object behind `fd` (a map, a program, a link) at `path` on
-/// a bpffs, so that it outlives every process holding it.
-pub(crate) fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
-    let text = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-    attr.__bindgen_anon_4.pathname = text.as_ptr() as u64;
-    attr.__bindgen_anon_4.bpf_fd = fd.as_raw_fd() as u32;
-    bpf(bpf_cmd::BPF_OBJ_PIN, &mut attr).map(|_| ())
-}
-
 fn prog_load(
     hook: Hook,
     name: &str,
     encoded: &[[u8; 8]],
-    log: Option<&mut [u8]>,
+    mut log: Option<&mut [u8]>,
 ) -> io::Result<(OwnedFd, u32)> {
-    let license = c"GPL";
-    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-    let load = unsafe { &mut attr.__bindgen_anon_3 };
-    load.prog_type = prog_type(hook) as u32;
-    if hook == Hook::Xdp {
-        load.prog_flags = BPF_F_XDP_HAS_FRAGS;
-        load.expected_attach_type = bpf_attach_type::BPF_XDP as u32;
-    }
-    load.insn_cnt = encoded.len() as u32;
-    load.insns = encoded.as_ptr() as u64;
-    load.license = license.as_ptr() as u64;
-    for (dst, src) in load.prog_name.iter_mut().zip(name.bytes().take(15)) {
-        *dst = src as c_char;
-    }
-    if let Some(log) = log {
-        load.log_level = 1;
-        load.log_size = log.len() as u32;
-        load.log_buf = log.as_mut_ptr() as u64;
-    }
+    let load = sys::ProgLoad {
+        prog_type: prog_type(hook),
+        attach_type: (hook == Hook::Xdp).then_some(bpf_attach_type::BPF_XDP),
+        flags: if hook == Hook::Xdp {
+            BPF_F_XDP_HAS_FRAGS
+        } else {
+            0
+        },
+        name,
+        insns: encoded,
+        license: c"GPL",
+    };
     let mut runs = 1;
-    let fd = loop {
-        match bpf(bpf_cmd::BPF_PROG_LOAD, &mut attr) {
+    loop {
+        match sys::prog_load(&load, log.as_deref_mut()) {
             Err(e) if e.raw_os_error() == Some(libc::EAGAIN) && runs < LOAD_ATTEMPTS => {
                 // The signal is handled on the way back to user space; give a stopped
                 // or frozen task a moment before verifying the whole program again.
                 std::thread::sleep(std::time::Duration::from_millis(1 << runs));
                 runs += 1;
             }
-            result => break result?,
+            result => return Ok((result?, runs)),
         }
-    };
-    Ok((unsafe { OwnedFd::from_raw_fd(fd as i32) }, runs))
-}
-
-/// The kernel's id of the program, and the instructions its verifier processed.
-fn prog_info(fd: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
-    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
-    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-    attr.info.bpf_fd = fd.as_raw_fd() as u32;
-    attr.info.info_len = size_of::<bpf_prog_info>() as u32;
-    attr.info.info = &mut info as *mut bpf_prog_info as u64;
-    bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-    Ok((info.id, info.verified_insns))
+    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 //! Nothing leaves the namespace, and the namespace lives exactly as long as the socket.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::process::Command;
 
 use aya::programs::{SchedClassifier, tc::TcAttachType};
@@ -111,32 +111,15 @@ impl EgressReplay {
     /// Writes one Ethernet frame (at least 14 bytes) to the device; the egress program
     /// has run when this returns.
     pub fn send(&self, frame: &[u8]) -> Result<(), ReplayError> {
-        // SAFETY: sockaddr_ll is plain old data; all zeroes is a valid value.
-        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        addr.sll_family = libc::AF_PACKET as u16;
-        // skb->protocol as a receiving device would set it: the frame's EtherType.
-        addr.sll_protocol = u16::from_ne_bytes([frame[12], frame[13]]);
-        addr.sll_ifindex = self.ifindex;
-        addr.sll_halen = 6;
-        addr.sll_addr[..6].copy_from_slice(&frame[..6]);
-        // SAFETY: the buffer and the address are valid for the lengths passed and alive
-        // across the call, which only reads them; the fd is ours and open. (nix's
-        // sendto takes no sockaddr_ll it can build safely.)
-        let sent = unsafe {
-            libc::sendto(
-                self.socket.as_raw_fd(),
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                (&addr as *const libc::sockaddr_ll).cast(),
-                size_of::<libc::sockaddr_ll>() as u32,
-            )
+        let failed = |cause| ReplayError::Send {
+            len: frame.len(),
+            cause,
         };
-        if sent < 0 || sent as usize != frame.len() {
-            return Err(ReplayError::Send {
-                len: frame.len(),
-                cause: io::Error::last_os_error(),
-            });
+        let sent =
+            crate::sys::packet::send_frame(&self.socket, self.ifindex, frame).map_err(failed)?;
+        if sent != frame.len() {
+            // A packet socket sends a frame whole or not at all.
+            return Err(failed(io::Error::from(io::ErrorKind::WriteZero)));
         }
         Ok(())
     }

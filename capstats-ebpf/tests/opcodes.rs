@@ -498,7 +498,9 @@ fn check_hook(hook: Hook) {
     let cases = cases();
     for case in &cases {
         let program = Program::new(&case.raw).unwrap_or_else(|e| panic!("{}: {e}", case.name));
-        let libpcap = libpcap_run(&case.raw, &packet) != 0;
+        let libpcap = libpcap_run(&case.raw, &packet)
+            .unwrap_or_else(|| panic!("{}: libpcap's bpf_validate refuses it", case.name))
+            != 0;
         let mut kernel = KernelFilter::load_for(&program, hook)
             .unwrap_or_else(|e| panic!("{} ({hook}): {e}", case.name));
         let verdict = kernel

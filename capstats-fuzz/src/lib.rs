@@ -31,12 +31,13 @@ use std::io::BufReader;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
 
-use capstats_common::protocol::{Command, ErrorKind, Reply, Request, Response};
+use capstats_common::protocol::{Command, LineError, Reply, Request, Response};
 use capstats_common::text::MAX_MESSAGE_BYTES;
 use capstats_common::{MAX_REQUEST_BYTES, PROTOCOL_VERSION};
 
-/// What the daemon does with a request line: dispatch the command, or refuse it.
-pub type Verdict = Result<Command, (ErrorKind, String)>;
+/// What the daemon does with a request line: dispatch the command, or refuse it (its
+/// answer is the refusal's kind and text).
+pub type Verdict = Result<Command, LineError>;
 
 /// One request line, as the daemon decodes and checks it before dispatch.
 ///
@@ -49,7 +50,7 @@ pub fn request_line(line: &str) -> Verdict {
         Ok(request) => request,
         Err(message) => {
             check_message(line.len(), &message);
-            return Err((ErrorKind::BadRequest, message));
+            return Err(LineError::Malformed(message));
         }
     };
     assert_eq!(
@@ -70,9 +71,9 @@ pub fn request_line(line: &str) -> Verdict {
     }
     match request.command.check() {
         Ok(()) => Ok(request.command),
-        Err((kind, message)) => {
-            check_message(line.len(), &message);
-            Err((kind, message))
+        Err(error) => {
+            check_message(line.len(), &error.to_string());
+            Err(LineError::Refused(error))
         }
     }
 }
@@ -94,17 +95,11 @@ fn check_message(request_bytes: usize, message: &str) {
 /// What the daemon does with one raw line (without its newline), framing included.
 pub fn raw_line(line: &[u8]) -> Verdict {
     if line.len() > MAX_REQUEST_BYTES {
-        return Err((
-            ErrorKind::BadRequest,
-            format!("request longer than {MAX_REQUEST_BYTES} bytes (the limit of a request line)"),
-        ));
+        return Err(LineError::TooLong);
     }
     match std::str::from_utf8(line) {
         Ok(text) => request_line(text),
-        Err(_) => Err((
-            ErrorKind::BadRequest,
-            "the request is not UTF-8 text".to_owned(),
-        )),
+        Err(_) => Err(LineError::NotUtf8),
     }
 }
 
@@ -162,10 +157,10 @@ pub fn conversation(data: &[u8], chunk: usize) -> Vec<Verdict> {
                     "line {i}: the table did not get the request"
                 );
             }
-            (Err((kind, message)), Response::Error(e)) => {
+            (Err(refusal), Response::Error(e)) => {
                 assert_eq!(
-                    (kind, message),
-                    (&e.kind, &e.message),
+                    (refusal.kind(), refusal.to_string()),
+                    (e.kind, e.message),
                     "line {i}: another error than the line alone gives"
                 );
             }
@@ -188,7 +183,7 @@ pub fn outcome(verdict: &Verdict) -> String {
             let json = serde_json::to_value(command).expect("a command serializes");
             return format!("dispatched {}", json["command"].as_str().unwrap_or("?"));
         }
-        Err(refusal) => refusal,
+        Err(refusal) => (refusal.kind(), refusal.to_string()),
     };
     let kind = serde_json::to_value(kind)
         .ok()

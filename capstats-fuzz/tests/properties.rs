@@ -5,7 +5,9 @@
 //! (one printable error line per bad line, no panic, valid requests dispatched as
 //! they were) and returns each line's verdict, which these tests then look at.
 
-use capstats_common::protocol::{Command, Direction, ErrorKind, HookName, MAX_NESTING, Request};
+use capstats_common::protocol::{
+    Command, Direction, ErrorKind, HookName, LineError, MAX_NESTING, Request,
+};
 use capstats_common::{MAX_REQUEST_BYTES, PROTOCOL_VERSION};
 use capstats_fuzz::generate::{self, Rng};
 use capstats_fuzz::{Verdict, conversation, fuzz};
@@ -52,7 +54,8 @@ fn one(line: &[u8]) -> Verdict {
 #[track_caller]
 fn refused(verdict: &Verdict, says: &str) {
     match verdict {
-        Err((ErrorKind::BadRequest, message)) if message.contains(says) => {}
+        Err(refusal)
+            if refusal.kind() == ErrorKind::BadRequest && refusal.to_string().contains(says) => {}
         other => panic!("expected a bad_request error saying {says:?}, got {other:?}"),
     }
 }
@@ -116,7 +119,7 @@ fn valid_requests_round_trip_and_reach_the_table_as_they_were() {
             }
             // Valid JSON requests whose values no daemon takes (a name with a space):
             // refused by the checks with their own kinds, never as bad requests.
-            (Err(expected), Err(got)) => assert_eq!(&expected, got),
+            (Err(expected), Err(got)) => assert_eq!(&LineError::Refused(expected), got),
             (expected, got) => panic!("{command:?}: check says {expected:?}, the loop {got:?}"),
         }
     }
@@ -255,9 +258,10 @@ fn unknown_fields_and_commands_are_named() {
         let line = serde_json::json!({"version": PROTOCOL_VERSION, "command": name}).to_string();
         let verdict = one(line.as_bytes());
         refused(&verdict, "unknown variant");
-        let Err((_, message)) = verdict else {
+        let Err(refusal) = verdict else {
             unreachable!()
         };
+        let message = refusal.to_string();
         assert!(
             !message.chars().any(char::is_control),
             "{name:?}: {message:?}"
@@ -299,8 +303,9 @@ fn every_field_of_the_wrong_type_is_named() {
                         };
                         assert!(fits, "{line} was accepted as {got:?}");
                     }
-                    Err((kind, message)) => {
+                    Err(refusal) => {
                         refusals += 1;
+                        let (kind, message) = (refusal.kind(), refusal.to_string());
                         let named = message.contains(&format!("\"{field}\""))
                             || message.contains(&format!("`{field}`"))
                             || message.contains("unknown variant");

@@ -156,7 +156,7 @@ impl Connection {
 /// What a raw line must get: the decoder's own refusal of it, checked to be one.
 fn expected_refusal(line: &[u8]) -> anyhow::Result<(ErrorKind, String)> {
     match capstats_fuzz::raw_line(line) {
-        Err(refusal) => Ok(refusal),
+        Err(refusal) => Ok((refusal.kind(), refusal.to_string())),
         Ok(command) => bail!("not a bad request: {command:?}"),
     }
 }

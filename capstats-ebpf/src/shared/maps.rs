@@ -10,13 +10,13 @@
 //! ([`super::presence`]) in step with its keys.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
 
-use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_map_type};
+use aya_obj::generated::bpf_map_type;
 
 use crate::cbpf::Program;
 use crate::counters::CounterMap;
-use crate::program::bpf;
+use crate::sys::bpf::{Map, Plain};
 
 use super::plan::Plan;
 use super::presence::Presence;
@@ -89,81 +89,46 @@ pub const MOST_GROUPS: usize = u16::MAX as usize;
 /// map made with room to grow costs only its buckets until it does.
 const BPF_F_NO_PREALLOC: u32 = 1;
 
-/// A new map of `entries` entries of `value_size` bytes (hash maps grow as they fill:
-/// [`BPF_F_NO_PREALLOC`]).
-pub(super) fn create_map(
+/// A `map_type` map of `K` → `V` with room for `entries` (at least 1), named as the
+/// error says: `what` and `name`.
+pub(super) fn create<K: Plain, V: Plain>(
     what: &'static str,
     name: &str,
     map_type: bpf_map_type,
-    key_size: usize,
-    value_size: usize,
     entries: u32,
     inner: Option<&CounterMap>,
-) -> Result<OwnedFd, MapsError> {
+) -> Result<Map<K, V>, MapsError> {
     let entries = entries.max(1);
-    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-    // SAFETY: the map-create member of the union; every other byte stays zero.
-    let create = unsafe { &mut attr.__bindgen_anon_1 };
-    create.map_type = map_type as u32;
-    if map_type == bpf_map_type::BPF_MAP_TYPE_HASH {
-        create.map_flags = BPF_F_NO_PREALLOC;
-    }
-    create.key_size = key_size as u32;
-    create.value_size = value_size as u32;
-    create.max_entries = entries;
-    if let Some(inner) = inner {
-        create.inner_map_fd = inner.raw_fd() as u32;
-    }
-    for (i, byte) in name.bytes().take(15).enumerate() {
-        create.map_name[i] = byte as _;
-    }
-    let fd = bpf(bpf_cmd::BPF_MAP_CREATE, &mut attr).map_err(|cause| MapsError::Create {
-        what,
-        name: name.to_owned(),
-        entries,
-        cause,
-    })?;
-    // SAFETY: BPF_MAP_CREATE returned a new fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    let flags = if map_type == bpf_map_type::BPF_MAP_TYPE_HASH {
+        BPF_F_NO_PREALLOC
+    } else {
+        0
+    };
+    Map::create(map_type, name, entries, flags, inner.map(AsFd::as_fd)).map_err(|cause| {
+        MapsError::Create {
+            what,
+            name: name.to_owned(),
+            entries,
+            cause,
+        }
+    })
 }
 
-/// `BPF_MAP_UPDATE_ELEM` of u32 key `key` to `value` (its whole value).
-pub(super) fn update_value(fd: &OwnedFd, key: u32, value: &[u8]) -> io::Result<()> {
-    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-    // SAFETY: the element member of the union; the key and value outlive the call,
-    // and the value is the map's value size (the caller's map).
-    let elem = unsafe { &mut attr.__bindgen_anon_2 };
-    elem.map_fd = fd.as_raw_fd() as u32;
-    elem.key = &key as *const u32 as u64;
-    elem.__bindgen_anon_1.value = value.as_ptr() as u64;
-    bpf(bpf_cmd::BPF_MAP_UPDATE_ELEM, &mut attr).map(|_| ())
-}
-
-/// `BPF_MAP_UPDATE_BATCH` of `keys` → `values` (u32 values; keys of any size).
-fn update_batch<K>(
+/// `BPF_MAP_UPDATE_BATCH` of `keys` → `values` into `map`, named `what` `name`.
+fn update_batch<K: Plain>(
     what: &'static str,
     name: &str,
-    fd: &OwnedFd,
+    map: &Map<K, u32>,
     keys: &[K],
     values: &[u32],
 ) -> Result<(), MapsError> {
-    if keys.is_empty() {
-        return Ok(());
-    }
-    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-    // SAFETY: the batch member of the union.
-    let batch = unsafe { &mut attr.batch };
-    batch.map_fd = fd.as_raw_fd() as u32;
-    batch.keys = keys.as_ptr() as u64;
-    batch.values = values.as_ptr() as u64;
-    batch.count = keys.len() as u32;
-    bpf(bpf_cmd::BPF_MAP_UPDATE_BATCH, &mut attr).map_err(|cause| MapsError::Fill {
-        what,
-        name: name.to_owned(),
-        entries: keys.len(),
-        cause,
-    })?;
-    Ok(())
+    map.update_batch(keys, values)
+        .map_err(|cause| MapsError::Fill {
+            what,
+            name: name.to_owned(),
+            entries: keys.len(),
+            cause,
+        })
 }
 
 /// A shared program's dispatch map (see the module's text).
@@ -171,7 +136,8 @@ fn update_batch<K>(
 pub struct DispatchMap {
     name: String,
     capacity: u32,
-    fd: OwnedFd,
+    /// [`DispatchKey::to_u64`] → counter table entry.
+    map: Map<u64, u32>,
     /// Which keys it may hold, kept in step (see [`super::presence`]).
     presence: Presence,
 }
@@ -179,12 +145,10 @@ pub struct DispatchMap {
 impl DispatchMap {
     /// An empty map with room for `capacity` entries.
     pub fn create(name: &str, capacity: u32) -> Result<Self, MapsError> {
-        let fd = create_map(
+        let map = create(
             "dispatch map",
             name,
             bpf_map_type::BPF_MAP_TYPE_HASH,
-            size_of::<u64>(),
-            size_of::<u32>(),
             capacity,
             None,
         )?;
@@ -192,7 +156,7 @@ impl DispatchMap {
         Ok(Self {
             name: name.to_owned(),
             capacity: capacity.max(1),
-            fd,
+            map,
             presence,
         })
     }
@@ -203,7 +167,7 @@ impl DispatchMap {
         let keys: Vec<u64> = entries.iter().map(|(key, _)| key.to_u64()).collect();
         let values: Vec<u32> = entries.iter().map(|&(_, value)| value).collect();
         self.presence.add(keys.iter().copied())?;
-        update_batch("dispatch map", &self.name, &self.fd, &keys, &values)
+        update_batch("dispatch map", &self.name, &self.map, &keys, &values)
     }
 
     /// Removes `keys`, one `BPF_MAP_DELETE_ELEM` each (a key not there is fine), then
@@ -220,14 +184,8 @@ impl DispatchMap {
 
     fn delete_entries(&self, keys: &[DispatchKey]) -> Result<(), MapsError> {
         for key in keys {
-            let key = key.to_u64();
-            let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-            // SAFETY: the element member of the union.
-            let elem = unsafe { &mut attr.__bindgen_anon_2 };
-            elem.map_fd = self.fd.as_raw_fd() as u32;
-            elem.key = &key as *const u64 as u64;
-            match bpf(bpf_cmd::BPF_MAP_DELETE_ELEM, &mut attr) {
-                Ok(_) => {}
+            match self.map.delete(&key.to_u64()) {
+                Ok(()) => {}
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
                 Err(cause) => {
                     return Err(MapsError::Fill {
@@ -248,7 +206,7 @@ impl DispatchMap {
 
     /// The fd to put into a program's map reference.
     pub fn raw_fd(&self) -> i32 {
-        self.fd.as_raw_fd()
+        self.map.as_fd().as_raw_fd()
     }
 
     pub fn name(&self) -> &str {
@@ -262,26 +220,25 @@ impl DispatchMap {
 pub struct CounterTable {
     name: String,
     capacity: u32,
-    fd: OwnedFd,
+    /// Entry → counter map fd.
+    map: Map<u32, u32>,
 }
 
 impl CounterTable {
     /// An empty table of `capacity` entries for counter maps shaped like `template` (a
     /// per-CPU array of one counter).
     pub fn create(name: &str, template: &CounterMap, capacity: u32) -> Result<Self, MapsError> {
-        let fd = create_map(
+        let map = create(
             "counter table",
             name,
             bpf_map_type::BPF_MAP_TYPE_ARRAY_OF_MAPS,
-            size_of::<u32>(),
-            size_of::<u32>(),
             capacity,
             Some(template),
         )?;
         Ok(Self {
             name: name.to_owned(),
             capacity: capacity.max(1),
-            fd,
+            map,
         })
     }
 
@@ -298,7 +255,7 @@ impl CounterTable {
     pub fn set_fds(&self, entries: &[(u32, i32)]) -> Result<(), MapsError> {
         let keys: Vec<u32> = entries.iter().map(|&(e, _)| e).collect();
         let values: Vec<u32> = entries.iter().map(|&(_, fd)| fd as u32).collect();
-        update_batch("counter table", &self.name, &self.fd, &keys, &values)
+        update_batch("counter table", &self.name, &self.map, &keys, &values)
     }
 
     pub fn capacity(&self) -> u32 {
@@ -307,7 +264,7 @@ impl CounterTable {
 
     /// The fd to put into a program's map reference.
     pub fn raw_fd(&self) -> i32 {
-        self.fd.as_raw_fd()
+        self.map.as_fd().as_raw_fd()
     }
 
     pub fn name(&self) -> &str {
@@ -318,13 +275,13 @@ impl CounterTable {
 /// What [`crate::insn::MapRef::Dispatch`] is bound to when a program loads.
 impl std::os::fd::AsFd for DispatchMap {
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.fd.as_fd()
+        self.map.as_fd()
     }
 }
 
 /// What [`crate::insn::MapRef::CounterTable`] is bound to when a program loads.
 impl std::os::fd::AsFd for CounterTable {
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.fd.as_fd()
+        self.map.as_fd()
     }
 }

@@ -20,15 +20,17 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Mutex;
 
 use aya_obj::generated::bpf_map_type;
 
+use crate::sys::bpf::Map;
+
 use crate::insn::build::*;
 use crate::insn::{AluOp, Insn, JmpOp, Label, MapRef, Operand, Reg, Size};
 
-use super::maps::{MapsError, create_map, update_value};
+use super::maps::{MapsError, create};
 
 /// log2 of the filter's bits.
 const BITS_LOG2: u32 = 20;
@@ -87,25 +89,23 @@ pub fn emit_check(key: Reg, absent: Label, map: MapRef) -> Vec<Insn> {
 #[derive(Debug)]
 pub struct Presence {
     name: String,
-    fd: OwnedFd,
+    map: Map<u32, [u8; BYTES]>,
     bits: Mutex<Bits>,
 }
 
 impl Presence {
     /// An empty filter (`BPF_MAP_TYPE_ARRAY` of one [`BYTES`]-byte value).
     pub fn create(name: &str) -> Result<Self, MapsError> {
-        let fd = create_map(
+        let map = create(
             "presence filter",
             name,
             bpf_map_type::BPF_MAP_TYPE_ARRAY,
-            size_of::<u32>(),
-            BYTES,
             1,
             None,
         )?;
         Ok(Self {
             name: name.to_owned(),
-            fd,
+            map,
             bits: Mutex::new(Bits::default()),
         })
     }
@@ -148,25 +148,27 @@ impl Presence {
     /// written with what they held, so a packet reading meanwhile sees each bit old or
     /// new.
     fn write(&self, bits: &Bits) -> Result<(), MapsError> {
-        update_value(&self.fd, 0, &bits.bytes).map_err(|cause: io::Error| MapsError::Fill {
-            what: "presence filter",
-            name: self.name.clone(),
-            entries: bits.keys.len(),
-            cause,
-        })
+        self.map
+            .update(&0, &bits.bytes)
+            .map_err(|cause: io::Error| MapsError::Fill {
+                what: "presence filter",
+                name: self.name.clone(),
+                entries: bits.keys.len(),
+                cause,
+            })
     }
 }
 
 impl AsFd for Presence {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+        self.map.as_fd()
     }
 }
 
 /// The filter's bits, and how many keys each set bit stands for.
 #[derive(Debug)]
 struct Bits {
-    bytes: Vec<u8>,
+    bytes: Box<[u8; BYTES]>,
     keys_per_bit: HashMap<u32, u32>,
     keys: HashSet<u64>,
 }
@@ -174,7 +176,11 @@ struct Bits {
 impl Default for Bits {
     fn default() -> Self {
         Self {
-            bytes: vec![0; BYTES],
+            // Made on the heap: 128 KiB is too much for a small thread's stack.
+            bytes: vec![0; BYTES]
+                .into_boxed_slice()
+                .try_into()
+                .expect("a slice of BYTES bytes"),
             keys_per_bit: HashMap::new(),
             keys: HashSet::new(),
         }

@@ -651,7 +651,7 @@ fn compile_live(expressions: &[String], frame: &[u8]) -> anyhow::Result<Live> {
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         ensure!(
-            stream_matches(expression) || libpcap_run(&raw, frame) == 0,
+            stream_matches(expression) || libpcap_run(&raw, frame) == Some(0),
             "libpcap says {expression:?} (live) matches the stream: it would not run every \
              filter to its end"
         );
@@ -845,7 +845,7 @@ fn measure_shape(
             let matched: Vec<usize> = raw
                 .iter()
                 .enumerate()
-                .filter(|(_, r)| libpcap_run(r, &matching.frame) != 0)
+                .filter(|(_, r)| libpcap_run(r, &matching.frame).is_some_and(|v| v != 0))
                 .map(|(i, _)| i)
                 .collect();
             ensure!(
