@@ -7,7 +7,7 @@
 //! packet; the others are evaluated in turn; each counts into its session's map through
 //! the program's counter table, at an entry the session keeps for life. So a session
 //! costs at most a few nanoseconds, not a program of its own (tcx takes 63 programs per
-//! hook; an interface has one XDP slot). Sessions are laid out in programs, a session
+//! hook; an interface has one XDP hook). Sessions are laid out in programs, a session
 //! staying in its program for life (new sessions go into the first program they fit):
 //! when a session is added, changed or stopped, only its program changes, in its maps
 //! alone where its code stays the same, else by generating it again and swapping it in
@@ -41,8 +41,9 @@ use std::path::{Path, PathBuf};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{SchedClassifierLink, TcAttachType};
 use aya::programs::xdp::XdpLink;
-use aya::programs::{ProgramError, XdpMode};
+use aya::programs::{ProgramError, XdpMode as XdpFlags};
 use aya::sys::SyscallError;
+use capstats_common::hook::{Hook, XdpMode};
 use capstats_ebpf::cbpf::Cooked;
 use capstats_ebpf::cbpf::Program;
 use capstats_ebpf::chain::{CHAIN_ITEMS, CHAIN_PROGRAMS, ProgArray, build_chunk};
@@ -53,7 +54,7 @@ use capstats_ebpf::insn::MapRef;
 use capstats_ebpf::program::LoadedProgram;
 use capstats_ebpf::shared::plan::Planner;
 use capstats_ebpf::shared::{InPlace, Joins, SharedProgram};
-use capstats_ebpf::translate::{Count, Hook, Placement};
+use capstats_ebpf::translate::{Count, Placement};
 
 use crate::attach::{CountingSocket, ifindex};
 use crate::log::event;
@@ -64,102 +65,59 @@ use crate::session::SessionError;
 pub const XDP_DIR: &str = "%xdp";
 pub const TC_DIR: &str = "%tc";
 
-/// A program slot of an interface.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Slot {
-    Socket,
-    TcIngress,
-    TcEgress,
-    Xdp,
+/// The prefix of the names of `hook`'s programs' maps, as `bpftool map` shows them
+/// (`tc_in_d`: the dispatch map, `tc_in_t`: the counter table).
+fn maps_name(hook: Hook) -> &'static str {
+    match hook {
+        Hook::Socket => "socket",
+        Hook::TcIngress => "tc_in",
+        Hook::TcEgress => "tc_out",
+        Hook::Xdp => "xdp",
+    }
 }
 
-impl Slot {
-    fn hook(self) -> Hook {
-        match self {
-            Slot::Socket => Hook::SocketFilter,
-            Slot::TcIngress | Slot::TcEgress => Hook::Tc,
-            Slot::Xdp => Hook::Xdp,
-        }
+/// The name of `hook`'s programs, as `bpftool prog` shows it.
+fn program_name(hook: Hook) -> &'static str {
+    match hook {
+        Hook::Socket => "capstats_socket",
+        Hook::TcIngress => "capstats_tc_in",
+        Hook::TcEgress => "capstats_tc_out",
+        Hook::Xdp => "capstats_xdp",
     }
+}
 
-    /// The prefix of its programs' maps' names, as `bpftool map` shows them
-    /// (`tc_in_d`: the dispatch map, `tc_in_t`: the counter table).
-    fn maps_name(self) -> &'static str {
-        match self {
-            Slot::Socket => "socket",
-            Slot::TcIngress => "tc_in",
-            Slot::TcEgress => "tc_out",
-            Slot::Xdp => "xdp",
-        }
-    }
-
-    /// The program's name, as `bpftool prog` shows it.
-    fn program_name(self) -> &'static str {
-        match self {
-            Slot::Socket => "capstats_socket",
-            Slot::TcIngress => "capstats_tc_in",
-            Slot::TcEgress => "capstats_tc_out",
-            Slot::Xdp => "capstats_xdp",
-        }
-    }
-
-    /// The names its links are pinned under in the interface's directory, and the
-    /// XDP mode each stands for.
-    fn link_pins(self) -> &'static [(&'static str, Option<Mode>)] {
-        match self {
-            Slot::Socket => &[],
-            Slot::TcIngress => &[("in-link", None)],
-            Slot::TcEgress => &[("out-link", None)],
-            Slot::Xdp => {
-                const XDP: [(&str, Option<Mode>); 2] = [
-                    (Mode::Native.pin_name(), Some(Mode::Native)),
-                    (Mode::Generic.pin_name(), Some(Mode::Generic)),
-                ];
-                &XDP
-            }
-        }
-    }
-
-    /// The name its chain's prog array is pinned under in the interface's directory.
-    fn chain_pin(self) -> Option<&'static str> {
-        match self {
-            Slot::Socket => None,
-            Slot::TcIngress => Some("in-chain"),
-            Slot::TcEgress => Some("out-chain"),
-            Slot::Xdp => Some("chain"),
-        }
-    }
-
-    fn describe(self) -> &'static str {
-        match self {
-            Slot::Socket => "socket",
-            Slot::TcIngress => "tc ingress",
-            Slot::TcEgress => "tc egress",
-            Slot::Xdp => "XDP",
+/// The names `hook`'s links are pinned under in the interface's directory, and the
+/// XDP mode each stands for.
+fn link_pins(hook: Hook) -> &'static [(&'static str, Option<XdpMode>)] {
+    match hook {
+        Hook::Socket => &[],
+        Hook::TcIngress => &[("in-link", None)],
+        Hook::TcEgress => &[("out-link", None)],
+        Hook::Xdp => {
+            const XDP: [(&str, Option<XdpMode>); 2] = [
+                (xdp_link_pin(XdpMode::Native), Some(XdpMode::Native)),
+                (xdp_link_pin(XdpMode::Generic), Some(XdpMode::Generic)),
+            ];
+            &XDP
         }
     }
 }
 
-/// How an XDP program runs on its interface.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Native,
-    Generic,
+/// The name an XDP link attached in `mode` is pinned under.
+const fn xdp_link_pin(mode: XdpMode) -> &'static str {
+    match mode {
+        XdpMode::Native => "native-link",
+        XdpMode::Generic => "generic-link",
+    }
 }
 
-impl Mode {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Mode::Native => "native",
-            Mode::Generic => "generic",
-        }
-    }
-
-    const fn pin_name(self) -> &'static str {
-        match self {
-            Mode::Native => "native-link",
-            Mode::Generic => "generic-link",
-        }
+/// The name `hook`'s chain's prog array is pinned under in the interface's directory.
+fn chain_pin(hook: Hook) -> Option<&'static str> {
+    match hook {
+        Hook::Socket => None,
+        Hook::TcIngress => Some("in-chain"),
+        Hook::TcEgress => Some("out-chain"),
+        Hook::Xdp => Some("chain"),
     }
 }
 
@@ -168,7 +126,7 @@ impl Mode {
 struct Linked {
     link: FdLink,
     /// XDP: how the program runs.
-    mode: Option<Mode>,
+    mode: Option<XdpMode>,
 }
 
 /// Groups and filters alone per socket. A socket filter is charged to the socket's
@@ -225,7 +183,7 @@ struct Chunk {
     counting: Counting,
 }
 
-/// The chain of programs on a tc or XDP slot: chunk 0's program on the link, chunk
+/// The chain of programs on a tc or XDP hook: chunk 0's program on the link, chunk
 /// `k`'s in entry `k` of the prog array, each ending with a tail call to the next.
 #[derive(Debug)]
 struct Installed {
@@ -243,13 +201,13 @@ struct Installed {
 pub struct InterfacePrograms {
     pin_dir: PathBuf,
     /// tc and XDP.
-    installed: BTreeMap<(String, Slot), Installed>,
+    installed: BTreeMap<(String, Hook), Installed>,
     /// Socket sessions, by interface.
     sockets: BTreeMap<String, Vec<SocketGroup>>,
 }
 
-fn failed(interface: &str, slot: Slot, what: impl std::fmt::Display) -> SessionError {
-    SessionError::Refused(format!("{} on {interface}: {what}", slot.describe()))
+fn failed(interface: &str, hook: Hook, what: impl std::fmt::Display) -> SessionError {
+    SessionError::Refused(format!("{} on {interface}: {what}", hook.describe()))
 }
 
 /// One session's part of a program: its name, its filter and its counter map.
@@ -264,48 +222,48 @@ impl InterfacePrograms {
         }
     }
 
-    fn link_dir(&self, interface: &str, slot: Slot) -> Option<PathBuf> {
-        match slot {
-            Slot::Socket => None,
-            Slot::TcIngress | Slot::TcEgress => Some(self.pin_dir.join(TC_DIR).join(interface)),
-            Slot::Xdp => Some(self.pin_dir.join(XDP_DIR).join(interface)),
+    fn link_dir(&self, interface: &str, hook: Hook) -> Option<PathBuf> {
+        match hook {
+            Hook::Socket => None,
+            Hook::TcIngress | Hook::TcEgress => Some(self.pin_dir.join(TC_DIR).join(interface)),
+            Hook::Xdp => Some(self.pin_dir.join(XDP_DIR).join(interface)),
         }
     }
 
-    /// Makes `slot` of `interface` count every filter of `counted` into its counter map
+    /// Makes `hook` of `interface` count every filter of `counted` into its counter map
     /// (socket groups, or a chain), or run no program if `counted` is empty. On error
     /// the kernel keeps what it had. Returns the XDP mode, for XDP.
     pub fn sync(
         &mut self,
         interface: &str,
-        slot: Slot,
+        hook: Hook,
         counted: &[Counted<'_>],
-    ) -> Result<Option<Mode>, SessionError> {
+    ) -> Result<Option<XdpMode>, SessionError> {
         if counted.is_empty() {
-            self.detach(interface, slot);
+            self.detach(interface, hook);
             return Ok(None);
         }
-        if slot == Slot::Socket {
+        if hook == Hook::Socket {
             return self.sync_sockets(interface, counted).map(|()| None);
         }
         let Some(index) = ifindex(interface) else {
             // Links pinned for an interface of this name count on whatever it became
             // (renamed or moved while no daemon ran): a session shown down must not
             // count.
-            if self.has_pins(interface, slot) {
+            if self.has_pins(interface, hook) {
                 event!(
                     "removing the pinned {} programs of {interface}: no interface has that \
                      name now (they counted on one renamed, moved or deleted meanwhile)",
-                    slot.describe()
+                    hook.describe()
                 );
             }
-            self.detach(interface, slot);
+            self.detach(interface, hook);
             return Err(SessionError::UnknownInterface(interface.into()));
         };
-        let key = (interface.to_owned(), slot);
+        let key = (interface.to_owned(), hook);
         let installed = match self.installed.remove(&key) {
             Some(old) if old.ifindex == index => {
-                match self.update_chain(interface, slot, old, counted) {
+                match self.update_chain(interface, hook, old, counted) {
                     (Some(installed), Ok(())) => installed,
                     (kept, result) => {
                         if let Some(kept) = kept {
@@ -320,13 +278,13 @@ impl InterfacePrograms {
                     "{interface} is a new interface (index {index}, was {}): attaching its {} \
                      programs afresh",
                     old.ifindex,
-                    slot.describe()
+                    hook.describe()
                 );
                 drop(old);
-                self.unpin(interface, slot);
-                self.new_chain(interface, slot, index, counted)?
+                self.unpin(interface, hook);
+                self.new_chain(interface, hook, index, counted)?
             }
-            None => self.new_chain(interface, slot, index, counted)?,
+            None => self.new_chain(interface, hook, index, counted)?,
         };
         let mode = installed.linked.mode;
         self.installed.insert(key, installed);
@@ -340,58 +298,58 @@ impl InterfacePrograms {
     fn new_chain(
         &self,
         interface: &str,
-        slot: Slot,
+        hook: Hook,
         index: u32,
         counted: &[Counted<'_>],
     ) -> Result<Installed, SessionError> {
-        let plan = chain_plan(interface, slot, &[], counted)?;
+        let plan = chain_plan(interface, hook, &[], counted)?;
         let chain =
-            ProgArray::create(slot.program_name()).map_err(|e| failed(interface, slot, e))?;
+            ProgArray::create(program_name(hook)).map_err(|e| failed(interface, hook, e))?;
         let wanted = by_name(counted);
         let mut chunks = Vec::with_capacity(plan.len());
         for (k, members) in plan.into_iter().enumerate() {
             let entries = entries_for(None, &members);
-            let counting = generate_chunk(interface, slot, &wanted, members, entries, &chain, k)?;
+            let counting = generate_chunk(interface, hook, &wanted, members, entries, &chain, k)?;
             chunks.push(Chunk { counting });
         }
         for (k, chunk) in chunks.iter().enumerate().skip(1) {
             chain
                 .set(k as u32, &chunk.counting.program)
-                .map_err(|e| failed(interface, slot, e))?;
+                .map_err(|e| failed(interface, hook, e))?;
         }
         // Pinned under a name of its own until chunk 0 refers to it.
-        let (pending, pin) = self.chain_pins(interface, slot);
+        let (pending, pin) = self.chain_pins(interface, hook);
         let dir = self
-            .link_dir(interface, slot)
+            .link_dir(interface, hook)
             .expect("tc and XDP have a directory");
         fs::create_dir_all(&dir)
-            .map_err(|e| failed(interface, slot, format!("{}: {e}", dir.display())))?;
+            .map_err(|e| failed(interface, hook, format!("{}: {e}", dir.display())))?;
         let _ = fs::remove_file(&pending);
         chain
             .pin(&pending)
-            .map_err(|e| failed(interface, slot, e))?;
+            .map_err(|e| failed(interface, hook, e))?;
         let head = &chunks[0].counting.program;
-        let linked = match self.taken_back(interface, slot) {
+        let linked = match self.taken_back(interface, hook) {
             // A pinned link that cannot be opened now (too few descriptors) still
             // counts: attaching another would count twice, unpinning it lose the gap.
             Err(e) => Err(e),
-            Ok(Some(linked)) => match self.swap(interface, slot, head, linked) {
+            Ok(Some(linked)) => match self.swap(interface, hook, head, linked) {
                 Ok(linked) => Ok(linked),
                 Err(e) => {
                     // A link of an interface that is gone (the name now belongs to
                     // another), or one that cannot be updated: start afresh.
                     event!(
                         "not using the pinned {} link of {interface}: {e}",
-                        slot.describe()
+                        hook.describe()
                     );
-                    self.unpin(interface, slot);
+                    self.unpin(interface, hook);
                     fs::create_dir_all(&dir)
-                        .map_err(|e| failed(interface, slot, format!("{}: {e}", dir.display())))
-                        .and_then(|()| chain.pin(&pending).map_err(|e| failed(interface, slot, e)))
-                        .and_then(|()| self.attach(interface, slot, head))
+                        .map_err(|e| failed(interface, hook, format!("{}: {e}", dir.display())))
+                        .and_then(|()| chain.pin(&pending).map_err(|e| failed(interface, hook, e)))
+                        .and_then(|()| self.attach(interface, hook, head))
                 }
             },
-            Ok(None) => self.attach(interface, slot, head),
+            Ok(None) => self.attach(interface, hook, head),
         };
         let linked = match linked {
             Ok(linked) => linked,
@@ -409,7 +367,7 @@ impl InterfacePrograms {
             event!(
                 "cannot pin the {} chain of {interface} at {}: {e}; chained programs stop \
                  counting when this daemon exits",
-                slot.describe(),
+                hook.describe(),
                 pin.display()
             );
         }
@@ -432,12 +390,12 @@ impl InterfacePrograms {
     fn update_chain(
         &self,
         interface: &str,
-        slot: Slot,
+        hook: Hook,
         mut installed: Installed,
         counted: &[Counted<'_>],
     ) -> (Option<Installed>, Result<(), SessionError>) {
         let old: Vec<&Counting> = installed.chunks.iter().map(|c| &c.counting).collect();
-        let plan = match chain_plan(interface, slot, &old, counted) {
+        let plan = match chain_plan(interface, hook, &old, counted) {
             Ok(plan) => plan,
             Err(e) => return (Some(installed), Err(e)),
         };
@@ -448,7 +406,7 @@ impl InterfacePrograms {
             let work = plan_work(old, members, &wanted, |members, entries| {
                 generate_chunk(
                     interface,
-                    slot,
+                    hook,
                     &wanted,
                     members,
                     entries,
@@ -472,7 +430,7 @@ impl InterfacePrograms {
                 } => {
                     let counting = &mut installed.chunks[k].counting;
                     if let Err(e) = apply(counting, members, entries, change) {
-                        first_error.get_or_insert(failed(interface, slot, e));
+                        first_error.get_or_insert(failed(interface, hook, e));
                         break;
                     }
                 }
@@ -484,7 +442,7 @@ impl InterfacePrograms {
                         chain,
                         mut chunks,
                     } = installed;
-                    let linked = match self.swap(interface, slot, &counting.program, linked) {
+                    let linked = match self.swap(interface, hook, &counting.program, linked) {
                         Ok(linked) => linked,
                         Err(e) => return (None, Err(e)),
                     };
@@ -502,7 +460,7 @@ impl InterfacePrograms {
                     // Atomic per entry; an entry that cannot be set keeps its program.
                     // Later chunks are left as they were: chunks stay in order.
                     if let Err(e) = installed.chain.set(k as u32, &counting.program) {
-                        first_error.get_or_insert(failed(interface, slot, e));
+                        first_error.get_or_insert(failed(interface, hook, e));
                         break;
                     }
                     let chunk = Chunk {
@@ -519,7 +477,7 @@ impl InterfacePrograms {
         while first_error.is_none() && installed.chunks.len() > plan.len() {
             let k = installed.chunks.len() - 1;
             if let Err(e) = installed.chain.clear(k as u32) {
-                first_error.get_or_insert(failed(interface, slot, e));
+                first_error.get_or_insert(failed(interface, hook, e));
                 break;
             }
             installed.chunks.pop();
@@ -644,48 +602,48 @@ impl InterfacePrograms {
     fn swap(
         &self,
         interface: &str,
-        slot: Slot,
+        hook: Hook,
         program: &LoadedProgram,
         Linked { link, mode }: Linked,
     ) -> Result<Linked, SessionError> {
-        let link = match slot {
-            Slot::Xdp => {
+        let link = match hook {
+            Hook::Xdp => {
                 let link = XdpLink::try_from(link).map_err(|e| {
                     failed(
                         interface,
-                        slot,
+                        hook,
                         format!("the link is not an XDP link: {}", with_causes(&e)),
                     )
                 })?;
                 let mut xdp = program.xdp()?;
                 let id = xdp.attach_to_link(link)?;
                 FdLink::try_from(xdp.take_link(id)?)
-                    .map_err(|e| failed(interface, slot, with_causes(&e)))?
+                    .map_err(|e| failed(interface, hook, with_causes(&e)))?
             }
             _ => {
                 let link = SchedClassifierLink::try_from(link).map_err(|e| {
                     failed(
                         interface,
-                        slot,
+                        hook,
                         format!("the link is not a tcx link: {}", with_causes(&e)),
                     )
                 })?;
                 let mut classifier = program.sched_classifier()?;
                 let id = classifier.attach_to_link(link)?;
                 FdLink::try_from(classifier.take_link(id)?)
-                    .map_err(|e| failed(interface, slot, with_causes(&e)))?
+                    .map_err(|e| failed(interface, hook, with_causes(&e)))?
             }
         };
         Ok(Linked { link, mode })
     }
 
-    /// A link a previous daemon pinned for `slot` of `interface`. One that is there but
+    /// A link a previous daemon pinned for `hook` of `interface`. One that is there but
     /// cannot be opened is an error, and stays pinned (and counting).
-    fn taken_back(&self, interface: &str, slot: Slot) -> Result<Option<Linked>, SessionError> {
-        let Some(dir) = self.link_dir(interface, slot) else {
+    fn taken_back(&self, interface: &str, hook: Hook) -> Result<Option<Linked>, SessionError> {
+        let Some(dir) = self.link_dir(interface, hook) else {
             return Ok(None);
         };
-        for &(name, mode) in slot.link_pins() {
+        for &(name, mode) in link_pins(hook) {
             let path = dir.join(name);
             if path.exists() {
                 return match PinnedLink::from_pin(&path) {
@@ -695,7 +653,7 @@ impl InterfacePrograms {
                     })),
                     Err(e) => Err(failed(
                         interface,
-                        slot,
+                        hook,
                         format!(
                             "cannot open the pinned link {}: {}; it is left in place",
                             path.display(),
@@ -708,49 +666,49 @@ impl InterfacePrograms {
         Ok(None)
     }
 
-    /// Attaches `program` to `slot` of `interface` (index `index`), pinning a link.
+    /// Attaches `program` to `hook` of `interface` (index `index`), pinning a link.
     fn attach(
         &self,
         interface: &str,
-        slot: Slot,
+        hook: Hook,
         program: &LoadedProgram,
     ) -> Result<Linked, SessionError> {
-        match slot {
-            Slot::Socket => unreachable!("sockets are synced by sync_sockets"),
-            Slot::TcIngress | Slot::TcEgress => {
-                let attach_type = match slot {
-                    Slot::TcIngress => TcAttachType::Ingress,
+        match hook {
+            Hook::Socket => unreachable!("sockets are synced by sync_sockets"),
+            Hook::TcIngress | Hook::TcEgress => {
+                let attach_type = match hook {
+                    Hook::TcIngress => TcAttachType::Ingress,
                     _ => TcAttachType::Egress,
                 };
-                let (pin, _) = slot.link_pins()[0];
+                let (pin, _) = link_pins(hook)[0];
                 let mut classifier = program.sched_classifier()?;
                 let id = classifier
                     .attach(interface, attach_type)
-                    .map_err(|e| attach_error(e, interface, slot))?;
+                    .map_err(|e| attach_error(e, interface, hook))?;
                 let link = FdLink::try_from(classifier.take_link(id)?)
-                    .map_err(|e| failed(interface, slot, with_causes(&e)))?;
-                let link = self.pin(interface, slot, link, pin)?;
+                    .map_err(|e| failed(interface, hook, with_causes(&e)))?;
+                let link = self.pin(interface, hook, link, pin)?;
                 Ok(Linked { link, mode: None })
             }
-            Slot::Xdp => self.attach_xdp(interface, program),
+            Hook::Xdp => self.attach_xdp(interface, program),
         }
     }
 
     /// Attaches natively where the driver can, generically otherwise. An XDP program
     /// already on the interface is left alone.
     fn attach_xdp(&self, interface: &str, program: &LoadedProgram) -> Result<Linked, SessionError> {
-        let slot = Slot::Xdp;
+        let hook = Hook::Xdp;
         let mut xdp = program.xdp()?;
         let mut tried = Vec::new();
         for (mode, flags) in [
-            (Mode::Native, XdpMode::Driver),
-            (Mode::Generic, XdpMode::Skb),
+            (XdpMode::Native, XdpFlags::Driver),
+            (XdpMode::Generic, XdpFlags::Skb),
         ] {
             match xdp.attach(interface, flags) {
                 Ok(id) => {
                     let link = FdLink::try_from(xdp.take_link(id)?)
-                        .map_err(|e| failed(interface, slot, with_causes(&e)))?;
-                    let link = self.pin(interface, slot, link, mode.pin_name())?;
+                        .map_err(|e| failed(interface, hook, with_causes(&e)))?;
+                    let link = self.pin(interface, hook, link, xdp_link_pin(mode))?;
                     return Ok(Linked {
                         link,
                         mode: Some(mode),
@@ -761,7 +719,7 @@ impl InterfacePrograms {
                 {
                     return Err(failed(
                         interface,
-                        slot,
+                        hook,
                         "the interface already has an XDP program that capstats did not attach; \
                          it is left in place (remove it, or count with hook tc)",
                     ));
@@ -773,56 +731,56 @@ impl InterfacePrograms {
         }
         Err(failed(
             interface,
-            slot,
+            hook,
             format!("cannot attach ({})", tried.join("; ")),
         ))
     }
 
-    /// Pins `link` as `name` in the slot's directory and keeps an fd to it.
+    /// Pins `link` as `name` in the hook's directory and keeps an fd to it.
     fn pin(
         &self,
         interface: &str,
-        slot: Slot,
+        hook: Hook,
         link: FdLink,
         name: &str,
     ) -> Result<FdLink, SessionError> {
         let dir = self
-            .link_dir(interface, slot)
+            .link_dir(interface, hook)
             .expect("only links are pinned");
         fs::create_dir_all(&dir)
-            .map_err(|e| failed(interface, slot, format!("{}: {e}", dir.display())))?;
+            .map_err(|e| failed(interface, hook, format!("{}: {e}", dir.display())))?;
         let pinned = link.pin(dir.join(name)).map_err(|e| {
             failed(
                 interface,
-                slot,
+                hook,
                 format!("cannot pin the link: {}", with_causes(&e)),
             )
         })?;
         Ok(FdLink::from(pinned))
     }
 
-    /// Where the slot's prog array is pinned while its chunk 0 is being swapped in,
+    /// Where the hook's prog array is pinned while its chunk 0 is being swapped in,
     /// and after.
-    fn chain_pins(&self, interface: &str, slot: Slot) -> (PathBuf, PathBuf) {
-        let dir = self.link_dir(interface, slot).unwrap_or_default();
-        let name = slot.chain_pin().unwrap_or_default();
+    fn chain_pins(&self, interface: &str, hook: Hook) -> (PathBuf, PathBuf) {
+        let dir = self.link_dir(interface, hook).unwrap_or_default();
+        let name = chain_pin(hook).unwrap_or_default();
         (dir.join(format!("{name}-new")), dir.join(name))
     }
 
-    /// Removes the slot's pinned link(s) and prog array; the kernel detaches a link
+    /// Removes the hook's pinned link(s) and prog array; the kernel detaches a link
     /// once nothing holds it, and empties a prog array.
-    fn unpin(&self, interface: &str, slot: Slot) {
-        let Some(dir) = self.link_dir(interface, slot) else {
+    fn unpin(&self, interface: &str, hook: Hook) {
+        let Some(dir) = self.link_dir(interface, hook) else {
             return;
         };
-        for (name, _) in slot.link_pins() {
+        for (name, _) in link_pins(hook) {
             let path = dir.join(name);
             if path.exists() {
                 detach_now(&path);
             }
             let _ = fs::remove_file(path);
         }
-        let (pending, pin) = self.chain_pins(interface, slot);
+        let (pending, pin) = self.chain_pins(interface, hook);
         let _ = fs::remove_file(pending);
         let _ = fs::remove_file(pin);
         // Empty directories go; one still holding the other direction's link stays.
@@ -832,13 +790,13 @@ impl InterfacePrograms {
         }
     }
 
-    /// Whether links or a chain are pinned for `slot` of `interface`.
-    fn has_pins(&self, interface: &str, slot: Slot) -> bool {
-        let Some(dir) = self.link_dir(interface, slot) else {
+    /// Whether links or a chain are pinned for `hook` of `interface`.
+    fn has_pins(&self, interface: &str, hook: Hook) -> bool {
+        let Some(dir) = self.link_dir(interface, hook) else {
             return false;
         };
-        let (pending, pin) = self.chain_pins(interface, slot);
-        slot.link_pins().iter().any(|(n, _)| dir.join(n).exists())
+        let (pending, pin) = self.chain_pins(interface, hook);
+        link_pins(hook).iter().any(|(n, _)| dir.join(n).exists())
             || pending.exists()
             || pin.exists()
     }
@@ -847,15 +805,15 @@ impl InterfacePrograms {
     /// pins are filed under the new name. Whatever was filed under `new` (of an
     /// interface gone meanwhile) is dropped first.
     pub fn rename(&mut self, old: &str, new: &str) {
-        for slot in [Slot::Socket, Slot::TcIngress, Slot::TcEgress, Slot::Xdp] {
-            self.detach(new, slot);
+        for hook in [Hook::Socket, Hook::TcIngress, Hook::TcEgress, Hook::Xdp] {
+            self.detach(new, hook);
         }
         if let Some(groups) = self.sockets.remove(old) {
             self.sockets.insert(new.to_owned(), groups);
         }
-        for slot in [Slot::TcIngress, Slot::TcEgress, Slot::Xdp] {
-            if let Some(installed) = self.installed.remove(&(old.to_owned(), slot)) {
-                self.installed.insert((new.to_owned(), slot), installed);
+        for hook in [Hook::TcIngress, Hook::TcEgress, Hook::Xdp] {
+            if let Some(installed) = self.installed.remove(&(old.to_owned(), hook)) {
+                self.installed.insert((new.to_owned(), hook), installed);
             }
         }
         for top in [TC_DIR, XDP_DIR] {
@@ -875,59 +833,59 @@ impl InterfacePrograms {
         }
     }
 
-    /// Takes the program off `slot` of `interface` and removes its pin.
-    pub fn detach(&mut self, interface: &str, slot: Slot) {
-        if slot == Slot::Socket {
+    /// Takes the program off `hook` of `interface` and removes its pin.
+    pub fn detach(&mut self, interface: &str, hook: Hook) {
+        if hook == Hook::Socket {
             self.sockets.remove(interface);
         }
-        self.installed.remove(&(interface.to_owned(), slot));
-        self.unpin(interface, slot);
+        self.installed.remove(&(interface.to_owned(), hook));
+        self.unpin(interface, hook);
     }
 
-    /// Every slot of every interface: detached, pins removed (`--detach-on-exit`).
+    /// Every hook of every interface: detached, pins removed (`--detach-on-exit`).
     pub fn detach_all(&mut self) {
         let keys: Vec<_> = self.installed.keys().cloned().collect();
-        for (interface, slot) in keys {
-            self.detach(&interface, slot);
+        for (interface, hook) in keys {
+            self.detach(&interface, hook);
         }
         self.sockets.clear();
         self.remove_unclaimed(&std::collections::HashSet::new());
     }
 
-    /// Pinned links of slots `keep` does not name: removed, and said so.
-    pub fn remove_unclaimed(&mut self, keep: &std::collections::HashSet<(String, Slot)>) {
-        for (top, slots) in [
-            (XDP_DIR, &[Slot::Xdp][..]),
-            (TC_DIR, &[Slot::TcIngress, Slot::TcEgress][..]),
+    /// Pinned links of hooks `keep` does not name: removed, and said so.
+    pub fn remove_unclaimed(&mut self, keep: &std::collections::HashSet<(String, Hook)>) {
+        for (top, hooks) in [
+            (XDP_DIR, &[Hook::Xdp][..]),
+            (TC_DIR, &[Hook::TcIngress, Hook::TcEgress][..]),
         ] {
             let Ok(entries) = fs::read_dir(self.pin_dir.join(top)) else {
                 continue;
             };
             for entry in entries.flatten() {
                 let interface = entry.file_name().to_string_lossy().into_owned();
-                for &slot in slots {
-                    if !keep.contains(&(interface.clone(), slot)) {
+                for &hook in hooks {
+                    if !keep.contains(&(interface.clone(), hook)) {
                         let dir = entry.path();
-                        let (pending, pin) = self.chain_pins(&interface, slot);
-                        if slot.link_pins().iter().any(|(n, _)| dir.join(n).exists())
+                        let (pending, pin) = self.chain_pins(&interface, hook);
+                        if link_pins(hook).iter().any(|(n, _)| dir.join(n).exists())
                             || pending.exists()
                             || pin.exists()
                         {
                             event!(
                                 "removing the pinned {} programs of {interface}: no saved session counts there",
-                                slot.describe()
+                                hook.describe()
                             );
                         }
-                        self.unpin(&interface, slot);
+                        self.unpin(&interface, hook);
                     }
                 }
             }
         }
     }
 
-    /// The interface's index when `slot`'s program was attached, if it is.
-    pub fn attached_ifindex(&self, interface: &str, slot: Slot) -> Option<u32> {
-        if slot == Slot::Socket {
+    /// The interface's index when `hook`'s program was attached, if it is.
+    pub fn attached_ifindex(&self, interface: &str, hook: Hook) -> Option<u32> {
+        if hook == Hook::Socket {
             return self
                 .sockets
                 .get(interface)
@@ -935,7 +893,7 @@ impl InterfacePrograms {
                 .map(|g| g.ifindex);
         }
         self.installed
-            .get(&(interface.to_owned(), slot))
+            .get(&(interface.to_owned(), hook))
             .map(|i| i.ifindex)
     }
 }
@@ -949,16 +907,16 @@ fn generate_socket_program(
     members: Vec<String>,
     entries: Vec<u32>,
 ) -> Result<Counting, SessionError> {
-    let slot = Slot::Socket;
+    let hook = Hook::Socket;
     let filters = counted_filters(wanted, &members);
     let placement = Placement {
         cooked: (interface == ANY).then(|| Cooked::Sll2.header_len()),
-        ..Placement::on(slot.hook())
+        ..Placement::on(hook)
     };
-    let shared = SharedProgram::build_at(slot.maps_name(), &filters, &entries, placement)
+    let shared = SharedProgram::build_at(maps_name(hook), &filters, &entries, placement)
         .map_err(|e| SessionError::Refused(format!("socket: {e}")))?;
     let maps = shared.binding();
-    let program = LoadedProgram::load_with(slot.hook(), slot.program_name(), &shared.insns, &maps)?;
+    let program = LoadedProgram::load_with(hook, program_name(hook), &shared.insns, &maps)?;
     Ok(Counting {
         members,
         entries,
@@ -967,11 +925,11 @@ fn generate_socket_program(
     })
 }
 
-/// Program `k` of `slot`'s chain, counting the sessions `members` (named in `wanted`)
+/// Program `k` of `hook`'s chain, counting the sessions `members` (named in `wanted`)
 /// at table entries `entries`.
 fn generate_chunk(
     interface: &str,
-    slot: Slot,
+    hook: Hook,
     wanted: &HashMap<&str, Counted<'_>>,
     members: Vec<String>,
     entries: Vec<u32>,
@@ -979,24 +937,17 @@ fn generate_chunk(
     k: usize,
 ) -> Result<Counting, SessionError> {
     let filters = counted_filters(wanted, &members);
-    let shared = build_chunk(
-        slot.maps_name(),
-        &filters,
-        &entries,
-        slot.hook(),
-        slot == Slot::TcEgress,
-        k,
-    )
-    .map_err(|e| failed(interface, slot, e))?;
+    let shared = build_chunk(maps_name(hook), &filters, &entries, hook, k)
+        .map_err(|e| failed(interface, hook, e))?;
     let maps = shared.binding().bind(MapRef::ProgArray, chain);
-    let program = LoadedProgram::load_with(slot.hook(), slot.program_name(), &shared.insns, &maps)
+    let program = LoadedProgram::load_with(hook, program_name(hook), &shared.insns, &maps)
         .map_err(|e| {
             if k == 0 {
                 e.into()
             } else {
                 failed(
                     interface,
-                    slot,
+                    hook,
                     format!("program {k} of the chain ({} sessions): {e}", members.len()),
                 )
             }
@@ -1247,7 +1198,7 @@ impl<'o, 'a> Place<'o, 'a> {
 /// passing packets on), at most [`CHAIN_PROGRAMS`] chunks.
 fn chain_plan(
     interface: &str,
-    slot: Slot,
+    hook: Hook,
     old: &[&Counting],
     counted: &[Counted<'_>],
 ) -> Result<Vec<Vec<String>>, SessionError> {
@@ -1258,7 +1209,7 @@ fn chain_plan(
     if plan.len() > CHAIN_PROGRAMS {
         return Err(failed(
             interface,
-            slot,
+            hook,
             format!(
                 "{} sessions are more than one interface's {} hook can count: at most \
                  {CHAIN_PROGRAMS} chained programs of {CHAIN_ITEMS} filters or groups of \
@@ -1266,7 +1217,7 @@ fn chain_plan(
                  calls); filters of one shape, such as `udp port P` for many P, take one \
                  place together",
                 counted.len(),
-                slot.describe()
+                hook.describe()
             ),
         ));
     }
@@ -1301,7 +1252,7 @@ fn attach_filter(
             };
             Err(failed(
                 interface,
-                Slot::Socket,
+                Hook::Socket,
                 format!(
                     "cannot attach the filter of {} session(s) ({}) to a counting socket: {why}",
                     members.len(),
@@ -1352,20 +1303,20 @@ fn detach_now(path: &Path) {
 }
 
 /// The kernel's reason, in words.
-fn attach_error(error: ProgramError, interface: &str, slot: Slot) -> SessionError {
+fn attach_error(error: ProgramError, interface: &str, hook: Hook) -> SessionError {
     if let ProgramError::SyscallError(SyscallError { io_error, .. }) = &error
         && io_error.raw_os_error() == Some(libc::ERANGE)
     {
         return failed(
             interface,
-            slot,
+            hook,
             "the tcx hook already runs as many programs as the kernel allows (63); capstats \
              needs one: detach another program there",
         );
     }
     failed(
         interface,
-        slot,
+        hook,
         format!("cannot attach: {}", with_causes(&error)),
     )
 }

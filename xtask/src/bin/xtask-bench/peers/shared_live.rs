@@ -462,19 +462,19 @@ fn build(hook: HookName, filters: &[Program], maps: &[CounterMap]) -> anyhow::Re
     let counted: Vec<_> = filters.iter().zip(maps).collect();
     let (shared, chain, ebpf_hook) = match hook {
         HookName::Socket => (
-            SharedProgram::build("xls", &counted, Hook::SocketFilter, false, None)?,
+            SharedProgram::build("xls", &counted, Hook::Socket, None)?,
             None,
-            Hook::SocketFilter,
+            Hook::Socket,
         ),
         HookName::Tc | HookName::Xdp => {
             let ebpf_hook = if hook == HookName::Tc {
-                Hook::Tc
+                Hook::TcIngress
             } else {
                 Hook::Xdp
             };
             let chain = ProgArray::create("xls_chain")?;
             let entries: Vec<u32> = (0..counted.len() as u32).collect();
-            let shared = build_chunk("xls", &counted, &entries, ebpf_hook, false, 0)?;
+            let shared = build_chunk("xls", &counted, &entries, ebpf_hook, 0)?;
             (shared, Some(chain), ebpf_hook)
         }
     };
