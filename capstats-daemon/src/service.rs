@@ -13,8 +13,8 @@ use capstats_ebpf::counters::{Counter, CounterError};
 use capstats_ebpf::filter::ANY;
 
 use crate::attach::{Interfaces, default_interface};
+use crate::bpffs::{PinError, Pins};
 use crate::log::event;
-use crate::pins::{PinError, Pins};
 use crate::preflight::CompileError;
 use crate::programs::InterfacePrograms;
 use crate::session::{Compiled, Session, SessionError, Spec, remove_old_tc_links};
