@@ -2,7 +2,8 @@
 //! (default `/sys/fs/bpf/capstats`):
 //!
 //! - `<session>/counters`: one directory per session (its name encoded, see
-//!   [`Pins::session_dir`]), holding its counter map;
+//!   [`Pins::session_dir`]), holding its counter map (and, from an older capstats,
+//!   per-session tc links `tc-in` and `tc-out`, removed at start);
 //! - `%tc/<interface>/in-link`, `out-link`, `in-chain`, `out-chain`: an interface's
 //!   tc links and their chains' prog arrays ([`HookPins`]);
 //! - `%xdp/<interface>/native-link` or `generic-link`, and `chain`: its XDP link and
@@ -380,6 +381,16 @@ fn lock_holder(meta: &fs::Metadata) -> String {
     String::new()
 }
 
+/// Removes `tc-in` and `tc-out` from the session directory `dir`: see
+/// [`Pins::remove_old_tc_links`].
+fn remove_old_tc_links(dir: &Path) -> Vec<PathBuf> {
+    ["tc-in", "tc-out"]
+        .into_iter()
+        .map(|old| dir.join(old))
+        .filter(|path| fs::remove_file(path).is_ok())
+        .collect()
+}
+
 /// A session name as a file name: bytes other than letters, digits, `-` and `_` as
 /// `%XX`, so that `/`, `.` or `..` in a name never reach the path.
 fn encode(name: &str) -> String {
@@ -588,8 +599,15 @@ impl Pins {
     }
 
     /// Where a session's objects are pinned.
-    pub fn session_dir(&self, name: &str) -> PathBuf {
+    fn session_dir(&self, name: &str) -> PathBuf {
         self.dir.join(encode(name))
+    }
+
+    /// Removes the tc links an older capstats pinned per session (`tc-in`, `tc-out` in
+    /// its directory, before one program per interface counted its sessions): they
+    /// would count the session twice. Returns the paths removed.
+    pub fn remove_old_tc_links(&self, name: &str) -> Vec<PathBuf> {
+        remove_old_tc_links(&self.session_dir(name))
     }
 
     /// A fresh counter map for a new session, pinned (replacing anything left under
@@ -791,5 +809,25 @@ mod tests {
         for top in [TC_DIR, XDP_DIR] {
             assert_eq!(decode(top), None, "{top} decodes as a session's directory");
         }
+    }
+
+    /// The tc links an older capstats pinned in a session's directory go, and
+    /// nothing else there does.
+    #[test]
+    fn old_tc_links_are_removed_and_the_counters_kept() {
+        let dir = std::env::temp_dir().join(format!("capstats-bpffs-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        for file in ["tc-in", "tc-out", COUNTERS] {
+            fs::write(dir.join(file), b"").unwrap();
+        }
+        let removed = remove_old_tc_links(&dir);
+        let kept = dir.join(COUNTERS).exists();
+        let gone = !dir.join("tc-in").exists() && !dir.join("tc-out").exists();
+        let again = remove_old_tc_links(&dir);
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(removed, [dir.join("tc-in"), dir.join("tc-out")]);
+        assert!(kept && gone);
+        assert!(again.is_empty());
     }
 }

@@ -17,7 +17,7 @@ use crate::bpffs::{PinError, Pins};
 use crate::log::event;
 use crate::preflight::CompileError;
 use crate::programs::InterfacePrograms;
-use crate::session::{Compiled, Session, SessionError, Spec, remove_old_tc_links};
+use crate::session::{Compiled, Session, SessionError, Spec};
 use crate::state::{SavedSession, StateFile, format_time, parse_time};
 
 /// Every session, by name.
@@ -82,7 +82,7 @@ impl Service {
                     },
                 ),
             };
-            for old in remove_old_tc_links(&pins.session_dir(&saved.name)) {
+            for old in pins.remove_old_tc_links(&saved.name) {
                 event!(
                     "session {:?}: removed {} (a tc link of an older capstats; the interface's \
                      shared program counts the session now)",
@@ -644,7 +644,7 @@ impl Service {
                     return Err(RequestError::UnknownInterface { interface }.into());
                 }
                 self.not_while_compiling(&interface, hook)?;
-                if hook == HookName::Tc && direction != Direction::Out {
+                if Hook::of(hook, direction).contains(&Hook::TcIngress) {
                     let ours = self.names(&interface, HookName::Xdp, |s| {
                         s.xdp_mode() == Some(XdpMode::Generic)
                     });

@@ -7,7 +7,6 @@
 //! filter, compiled for its hook as tcpdump would on that interface, and whether that
 //! program counts it now.
 
-use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use capstats_common::hook::{Hook, XdpMode};
@@ -471,23 +470,6 @@ impl Session {
             reason: self.failed().map(Into::into),
         })
     }
-}
-
-/// Where a session's pinned objects were (tc links before capstats shared one program
-/// per interface): their names in its pin directory.
-const OLD_TC_LINK_PINS: [&str; 2] = ["tc-in", "tc-out"];
-
-/// Removes tc links an older capstats pinned per session: the interface's shared
-/// program counts the session now, and they would count it twice.
-pub fn remove_old_tc_links(session_dir: &Path) -> Vec<PathBuf> {
-    let mut removed = Vec::new();
-    for name in OLD_TC_LINK_PINS {
-        let path = session_dir.join(name);
-        if std::fs::remove_file(&path).is_ok() {
-            removed.push(path);
-        }
-    }
-    removed
 }
 
 #[cfg(test)]
