@@ -60,8 +60,8 @@ pub fn run(args: &TestArgs, json: bool) -> anyhow::Result<()> {
     // The socket filter's code runs as SCHED_CLS: only TC test runs see frames from L2.
     let hook = match args.hook.as_str() {
         "xdp" => Hook::Xdp,
-        "tc" => Hook::Tc,
-        _ => Hook::SocketFilter,
+        "tc" => Hook::TcIngress,
+        _ => Hook::Socket,
     };
     let netmask = parse_netmask(&args.netmask)?;
     // Check the file and the expression before asking for privileges, so that those

@@ -5,10 +5,13 @@
 //! `{"ok":{...}}` or `{"error":{"kind":"unknown_session","message":"..."}}`. Field
 //! names are stable: scripts and monitoring agents parse them.
 
+pub mod hook;
 pub mod metrics;
 pub mod names;
 pub mod protocol;
 pub mod text;
+
+pub use hook::Hook;
 
 /// The version of the line protocol; a daemon refuses requests of another version.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -76,8 +76,8 @@ pub fn render(sessions: &[Session], daemon: &DaemonInfo) -> String {
             labels(&[
                 ("session", &s.name),
                 ("interface", &s.interface),
-                ("hook", &s.hook),
-                ("direction", &s.direction),
+                ("hook", s.hook.as_str()),
+                ("direction", s.direction.as_str()),
                 ("packets", s.packets().as_str()),
             ])
         })
@@ -139,8 +139,8 @@ pub fn render(sessions: &[Session], daemon: &DaemonInfo) -> String {
             labels(&[
                 ("session", &s.name),
                 ("interface", &s.interface),
-                ("hook", &s.hook),
-                ("direction", &s.direction),
+                ("hook", s.hook.as_str()),
+                ("direction", s.direction.as_str()),
                 ("packets", s.packets().as_str()),
                 ("filter", &s.filter),
             ])
@@ -197,8 +197,8 @@ mod tests {
             packets: Some(packets),
             bytes: Some(bytes),
             up: true,
-            hook: "tc".into(),
-            direction: "in".into(),
+            hook: crate::hook::HookName::Tc,
+            direction: crate::hook::Direction::In,
             mode: None,
             packets_counted: None,
             created: "2026-01-01T00:00:00Z".into(),
@@ -227,8 +227,8 @@ mod tests {
     fn renders_every_family_with_help_and_type() {
         let mut down = session("dns", "udp port 53", 3, 180);
         down.up = false;
-        down.hook = "socket".into();
-        down.direction = "both".into();
+        down.hook = crate::hook::HookName::Socket;
+        down.direction = crate::hook::Direction::Both;
         let mut web = session("web", "ether proto \\ip and\n\"x\"", 12, 840);
         web.packets_counted = Some(crate::protocol::Packets::Wire);
         let text = render(

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::hook::{Direction, HookName, XdpMode};
 use crate::names::check_name;
 use crate::text::bounded;
 
@@ -343,29 +344,6 @@ fn check_filter(name: &str, filter: &str) -> Result<(), CheckError> {
     }
 }
 
-/// Where a session counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum HookName {
-    /// An AF_PACKET socket filter: what tcpdump sees, both directions.
-    Socket,
-    /// TC clsact (tcx): ingress, egress or both; counts while no daemon runs.
-    Tc,
-    /// XDP: ingress, before the kernel builds a socket buffer; counts while no daemon
-    /// runs.
-    Xdp,
-}
-
-impl HookName {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            HookName::Socket => "socket",
-            HookName::Tc => "tc",
-            HookName::Xdp => "xdp",
-        }
-    }
-}
-
 /// What a session counts as a packet and its bytes (`packets wire|stack`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -384,25 +362,6 @@ impl Packets {
         match self {
             Packets::Stack => "stack",
             Packets::Wire => "wire",
-        }
-    }
-}
-
-/// Which packets a session counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Direction {
-    In,
-    Out,
-    Both,
-}
-
-impl Direction {
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Direction::In => "in",
-            Direction::Out => "out",
-            Direction::Both => "both",
         }
     }
 }
@@ -476,12 +435,12 @@ pub struct Session {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link: Option<String>,
     /// The hook counting: `socket`, `tc` or `xdp`.
-    pub hook: String,
+    pub hook: HookName,
     /// `in`, `out` or `both`.
-    pub direction: String,
+    pub direction: Direction,
     /// XDP sessions: `native` (in the driver) or `generic`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<String>,
+    pub mode: Option<XdpMode>,
     /// What a packet is: `stack` (as tcpdump shows it) or `wire` (each GSO/GRO
     /// segment as the frame it was on the wire). Absent from an older daemon: `stack`
     /// on socket and tc, `wire` on xdp.
@@ -523,11 +482,12 @@ impl Session {
     /// What a packet is for the session: what it says, else (an older daemon) the
     /// hook's default, which is what such a daemon counted.
     pub fn packets(&self) -> Packets {
-        self.packets_counted.unwrap_or(if self.hook == "xdp" {
-            Packets::Wire
-        } else {
-            Packets::Stack
-        })
+        self.packets_counted
+            .unwrap_or(if self.hook == HookName::Xdp {
+                Packets::Wire
+            } else {
+                Packets::Stack
+            })
     }
 }
 
@@ -841,6 +801,39 @@ mod tests {
         assert!(!text.contains('\u{7}'), "control characters escaped");
         let error = CheckError::Name { reason: huge };
         assert!(error.to_string().len() <= crate::text::MAX_MESSAGE_BYTES);
+    }
+
+    /// Lines written before the hook vocabulary was one type (requests from older
+    /// clients, replies from older daemons) parse into the typed fields, and the
+    /// replies print back byte for byte.
+    #[test]
+    fn older_lines_parse_into_the_typed_hook_fields() {
+        let request = Request::parse(
+            r#"{"version":1,"command":"new","name":"web","filter":"tcp","hook":"tc","direction":"out"}"#,
+        )
+        .unwrap();
+        let Command::New {
+            hook, direction, ..
+        } = request.command
+        else {
+            panic!("not a new: {request:?}");
+        };
+        assert_eq!(
+            (hook, direction),
+            (Some(HookName::Tc), Some(Direction::Out))
+        );
+        let reply = r#"{"ok":{"session":{"name":"x","interface":"eth0","filter":"","packets":1,"bytes":60,"up":true,"hook":"xdp","direction":"in","mode":"generic","created":"2026-11-26T03:00:00Z","modified":"2026-11-26T03:00:00Z"}}}"#;
+        let parsed: Response = serde_json::from_str(reply).unwrap();
+        let Response::Ok(Reply::Session(session)) = &parsed else {
+            panic!("not a session: {parsed:?}");
+        };
+        assert_eq!(
+            (session.hook, session.direction, session.mode),
+            (HookName::Xdp, Direction::In, Some(XdpMode::Generic))
+        );
+        assert_eq!(serde_json::to_string(&parsed).unwrap(), reply);
+        let bogus = reply.replace(r#""mode":"generic""#, r#""mode":"skb""#);
+        assert!(serde_json::from_str::<Response>(&bogus).is_err());
     }
 
     #[test]

@@ -11,12 +11,12 @@
 
 mod attach;
 mod auth;
+mod bpffs;
 mod http;
 mod links;
 mod listener;
 mod log;
 mod metrics;
-mod pins;
 pub mod preflight;
 mod programs;
 mod refusals;
@@ -72,7 +72,7 @@ pub enum DaemonError {
     #[error(transparent)]
     State(#[from] StateError),
     #[error(transparent)]
-    Pins(#[from] pins::PinError),
+    Pins(#[from] bpffs::PinError),
     #[error(transparent)]
     Metrics(#[from] metrics::MetricsError),
     #[error(transparent)]
@@ -175,7 +175,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     // Removed when `run` returns, an error after this point included.
     let (listener, _socket_file) = listener::bind(&config.socket, group.as_ref().map(|g| g.gid))?;
     let listener = listener::on_runtime(listener, &config.socket)?;
-    let pins = pins::Pins::prepare(&config.pin_dir)?;
+    let pins = bpffs::Pins::prepare(&config.pin_dir)?;
     let pinned = format!(
         "pins in {} ({})",
         pins.shown(),

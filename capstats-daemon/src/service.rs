@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use capstats_common::hook::{Hook, XdpMode};
 use capstats_common::names::check_name;
 use capstats_common::protocol::LineError;
 use capstats_common::protocol::{Command, Direction, ErrorKind, HookName, Reply, Response};
@@ -13,11 +14,11 @@ use capstats_ebpf::counters::{Counter, CounterError};
 use capstats_ebpf::filter::ANY;
 
 use crate::attach::{Interfaces, default_interface};
+use crate::bpffs::{PinError, Pins};
 use crate::log::event;
-use crate::pins::{PinError, Pins};
 use crate::preflight::CompileError;
-use crate::programs::{InterfacePrograms, Slot};
-use crate::session::{Compiled, Session, SessionError, Spec, remove_old_tc_links};
+use crate::programs::InterfacePrograms;
+use crate::session::{Compiled, Session, SessionError, Spec};
 use crate::state::{SavedSession, StateFile, format_time, parse_time};
 
 /// Every session, by name.
@@ -82,7 +83,7 @@ impl Service {
                     },
                 ),
             };
-            for old in remove_old_tc_links(&pins.session_dir(&saved.name)) {
+            for old in pins.remove_old_tc_links(&saved.name) {
                 event!(
                     "session {:?}: removed {} (a tc link of an older capstats; the interface's \
                      shared program counts the session now)",
@@ -129,10 +130,10 @@ impl Service {
             restoring: BTreeSet::new(),
             compiler: None,
         };
-        let claimed: HashSet<(String, Slot)> = service
+        let claimed: HashSet<(String, Hook)> = service
             .sessions
             .values()
-            .flat_map(|s| s.slots().iter().map(|&slot| (s.interface.clone(), slot)))
+            .flat_map(|s| s.hooks().iter().map(|&at| (s.interface.clone(), at)))
             .collect();
         service.programs.remove_unclaimed(&claimed);
         let groups: BTreeSet<(String, HookName)> = service
@@ -324,7 +325,7 @@ impl Service {
             .join(", ")
     }
 
-    /// Generates the program of each of `hook`'s slots on `interface` from every session
+    /// Generates the program of each of `hook`'s hooks on `interface` from every session
     /// counting there whose filter is compiled, and swaps it in (or takes it off when
     /// none is left); records in each session whether it counts. Compiles nothing: a
     /// session without its program is left out, down. On error the kernel keeps the
@@ -337,24 +338,24 @@ impl Service {
             }
         }
         let mut first_error = None;
-        for &slot in crate::session::slots(hook, Direction::Both) {
+        for &at in Hook::of(hook, Direction::Both) {
             let counted: Vec<_> = self
                 .sessions
                 .values()
-                .filter(|s| s.hook == hook && s.interface == interface && s.slots().contains(&slot))
+                .filter(|s| s.hook == hook && s.interface == interface && s.hooks().contains(&at))
                 .filter_map(|s| Some((s.name.as_str(), s.program()?, s.counters())))
                 .collect();
             let compiled: Vec<String> = counted
                 .iter()
                 .map(|(name, ..)| (*name).to_owned())
                 .collect();
-            let synced = self.programs.sync(interface, slot, &counted);
-            let ifindex = self.programs.attached_ifindex(interface, slot);
+            let synced = self.programs.sync(interface, at, &counted);
+            let ifindex = self.programs.attached_ifindex(interface, at);
             match synced {
                 Ok(mode) => {
                     for name in &compiled {
                         if let Some(session) = self.sessions.get_mut(name) {
-                            session.set_counting(ifindex.map(|i| (i, mode.map(|m| m.as_str()))));
+                            session.set_counting(ifindex.map(|i| (i, mode)));
                         }
                     }
                 }
@@ -449,9 +450,9 @@ impl Service {
             .map(|s| s.hook)
             .collect();
         for &hook in &hooks {
-            for &slot in crate::session::slots(hook, Direction::Both) {
-                if self.programs.attached_ifindex(name, slot) == Some(index) {
-                    self.programs.detach(name, slot);
+            for &at in Hook::of(hook, Direction::Both) {
+                if self.programs.attached_ifindex(name, at) == Some(index) {
+                    self.programs.detach(name, at);
                 }
             }
         }
@@ -644,9 +645,9 @@ impl Service {
                     return Err(RequestError::UnknownInterface { interface }.into());
                 }
                 self.not_while_compiling(&interface, hook)?;
-                if hook == HookName::Tc && direction != Direction::Out {
+                if Hook::of(hook, direction).contains(&Hook::TcIngress) {
                     let ours = self.names(&interface, HookName::Xdp, |s| {
-                        s.xdp_mode() == Some("generic")
+                        s.xdp_mode() == Some(XdpMode::Generic)
                     });
                     let generic = if !ours.is_empty() {
                         Some(format!("XDP session {ours} is"))
@@ -685,7 +686,7 @@ impl Service {
                     }
                     .into());
                 }
-                if self.sessions[&name].xdp_mode() == Some("generic") {
+                if self.sessions[&name].xdp_mode() == Some(XdpMode::Generic) {
                     let tc_ingress = self.names(&interface, HookName::Tc, Session::at_tc_ingress);
                     if !tc_ingress.is_empty() && has_link_header(&interface) {
                         // Taken out again: the tc sessions were there first.

@@ -7,9 +7,9 @@
 //! filter, compiled for its hook as tcpdump would on that interface, and whether that
 //! program counts it now.
 
-use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use capstats_common::hook::{Hook, XdpMode};
 use capstats_common::protocol::{self, Direction, ErrorKind, HookName, Packets};
 use capstats_ebpf::cbpf::{Cooked, CookedError, Program};
 use capstats_ebpf::counters::{Counter, CounterError, CounterMap};
@@ -19,7 +19,6 @@ use capstats_ebpf::program::LoadError;
 use capstats_ebpf::translate::Count;
 
 use crate::attach::{Interfaces, is_loopback};
-use crate::programs::Slot;
 
 /// Why a session could not be started or changed, with the protocol's error kind.
 #[derive(Debug, thiserror::Error)]
@@ -90,7 +89,7 @@ impl SessionError {
 #[derive(Debug, Clone, Copy)]
 struct Counting {
     ifindex: u32,
-    mode: Option<&'static str>,
+    mode: Option<XdpMode>,
 }
 
 /// A named filter counting on an interface.
@@ -192,17 +191,6 @@ impl Spec<'_> {
                 d.as_str()
             ))),
         }
-    }
-}
-
-/// The program slots a session counts in.
-pub fn slots(hook: HookName, direction: Direction) -> &'static [Slot] {
-    match (hook, direction) {
-        (HookName::Socket, _) => &[Slot::Socket],
-        (HookName::Xdp, _) => &[Slot::Xdp],
-        (HookName::Tc, Direction::In) => &[Slot::TcIngress],
-        (HookName::Tc, Direction::Out) => &[Slot::TcEgress],
-        (HookName::Tc, Direction::Both) => &[Slot::TcIngress, Slot::TcEgress],
     }
 }
 
@@ -308,9 +296,9 @@ impl Session {
         }
     }
 
-    /// The program slots the session counts in.
-    pub fn slots(&self) -> &'static [Slot] {
-        slots(self.hook, self.direction)
+    /// The hooks the session's programs run at.
+    pub fn hooks(&self) -> &'static [Hook] {
+        Hook::of(self.hook, self.direction)
     }
 
     /// The filter as compiled for the session's interface and hook, when it is.
@@ -404,7 +392,7 @@ impl Session {
 
     /// Records that its interface's program counts the session (interface index and
     /// XDP mode), or that nothing does.
-    pub fn set_counting(&mut self, counting: Option<(u32, Option<&'static str>)>) {
+    pub fn set_counting(&mut self, counting: Option<(u32, Option<XdpMode>)>) {
         self.counting = counting.map(|(ifindex, mode)| Counting { ifindex, mode });
         if self.hook == HookName::Socket {
             self.socket_since = match (counting, self.socket_since) {
@@ -437,13 +425,13 @@ impl Session {
     }
 
     /// XDP sessions that count: `native` or `generic`.
-    pub fn xdp_mode(&self) -> Option<&'static str> {
+    pub fn xdp_mode(&self) -> Option<XdpMode> {
         self.counting.and_then(|c| c.mode)
     }
 
     /// Whether it counts at tc ingress.
     pub fn at_tc_ingress(&self) -> bool {
-        self.slots().contains(&Slot::TcIngress)
+        self.hooks().contains(&Hook::TcIngress)
     }
 
     /// The session's counter map.
@@ -469,9 +457,9 @@ impl Session {
             bytes: Some(counter.bytes),
             up: self.up(interfaces),
             link: interfaces.state(&self.interface).map(Into::into),
-            hook: self.hook.as_str().into(),
-            direction: self.direction.as_str().into(),
-            mode: self.counting.and_then(|c| c.mode).map(Into::into),
+            hook: self.hook,
+            direction: self.direction,
+            mode: self.counting.and_then(|c| c.mode),
             packets_counted: Some(self.packets),
             created: time(self.created),
             modified: time(self.modified),
@@ -482,23 +470,6 @@ impl Session {
             reason: self.failed().map(Into::into),
         })
     }
-}
-
-/// Where a session's pinned objects were (tc links before capstats shared one program
-/// per interface): their names in its pin directory.
-const OLD_TC_LINK_PINS: [&str; 2] = ["tc-in", "tc-out"];
-
-/// Removes tc links an older capstats pinned per session: the interface's shared
-/// program counts the session now, and they would count it twice.
-pub fn remove_old_tc_links(session_dir: &Path) -> Vec<PathBuf> {
-    let mut removed = Vec::new();
-    for name in OLD_TC_LINK_PINS {
-        let path = session_dir.join(name);
-        if std::fs::remove_file(&path).is_ok() {
-            removed.push(path);
-        }
-    }
-    removed
 }
 
 #[cfg(test)]
@@ -533,7 +504,7 @@ mod tests {
                 capstats_ebpf::translate::TranslateError::Unsupported {
                     pc: 2,
                     what: "the packet type",
-                    hook: capstats_ebpf::translate::Hook::Xdp,
+                    hook: Hook::Xdp,
                 }
                 .into(),
                 "the packet type".into(),

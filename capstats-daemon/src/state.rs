@@ -513,4 +513,27 @@ mod tests {
         assert_eq!(state.load().unwrap(), vec![]);
         fs::remove_dir_all(&dir).unwrap();
     }
+
+    /// Tables written by older daemons still load: the hook and direction are the
+    /// protocol's words, absent ones the socket hook's.
+    #[test]
+    fn older_tables_parse_into_the_hook_vocabulary() {
+        let line = |extra: &str| {
+            format!(
+                r#"{{"name":"a","interface":"eth0","filter":""{extra},"created":"2026-11-26T03:00:00Z","modified":"2026-11-26T03:00:00Z","packets":0,"bytes":0}}"#
+            )
+        };
+        let before_hooks: SavedSession = serde_json::from_str(&line("")).unwrap();
+        assert_eq!(
+            (before_hooks.hook, before_hooks.direction),
+            (HookName::Socket, Direction::Both)
+        );
+        let tc: SavedSession =
+            serde_json::from_str(&line(r#","hook":"tc","direction":"out""#)).unwrap();
+        assert_eq!((tc.hook, tc.direction), (HookName::Tc, Direction::Out));
+        assert_eq!(
+            capstats_common::Hook::of(tc.hook, tc.direction),
+            [capstats_common::Hook::TcEgress]
+        );
+    }
 }

@@ -162,7 +162,6 @@ pub fn build_chunk(
     counted: &[(&Program, &CounterMap)],
     entries: &[u32],
     hook: Hook,
-    tc_egress: bool,
     index: usize,
 ) -> Result<SharedProgram, SharedError> {
     let next = (index + 1 < CHAIN_PROGRAMS).then(|| TailCall {
@@ -170,7 +169,6 @@ pub fn build_chunk(
     });
     let placement = Placement {
         hook,
-        tc_egress,
         cooked: None,
         next,
     };
@@ -181,13 +179,11 @@ pub fn build_chunk(
 /// 0 of counter map `i` (at most [`CHAIN_SESSIONS`], so no table is needed), then
 /// a tail call to entry `index + 1` of the chain's prog array (none from the last
 /// possible program). `filters` may be empty: such a program only passes the packet
-/// on. `tc_egress` as for [`crate::translate::translate_all_tc_egress`]. Load it with
-/// [`chunk_binding`]. With more than [`CHAIN_SESSIONS`] filters the kernel refuses
+/// on. Load it with [`chunk_binding`]. With more than [`CHAIN_SESSIONS`] filters the kernel refuses
 /// the program (too many maps).
 pub fn translate_chunk(
     filters: &[&Program],
     hook: Hook,
-    tc_egress: bool,
     index: usize,
 ) -> Result<Vec<Insn>, TranslateError> {
     let slots: Vec<_> = (0u32..)
@@ -197,7 +193,7 @@ pub fn translate_chunk(
     let next = (index + 1 < CHAIN_PROGRAMS).then(|| TailCall {
         index: (index + 1) as u32,
     });
-    translate_chained(&slots, hook, tc_egress, next)
+    translate_chained(&slots, hook, next)
 }
 
 /// The binding a [`translate_chunk`] program loads with: counter map `i` is

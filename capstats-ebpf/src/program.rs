@@ -173,8 +173,8 @@ fn own_cgroup() -> String {
 
 fn prog_type(hook: Hook) -> bpf_prog_type {
     match hook {
-        Hook::SocketFilter => bpf_prog_type::BPF_PROG_TYPE_SOCKET_FILTER,
-        Hook::Tc => bpf_prog_type::BPF_PROG_TYPE_SCHED_CLS,
+        Hook::Socket => bpf_prog_type::BPF_PROG_TYPE_SOCKET_FILTER,
+        Hook::TcIngress | Hook::TcEgress => bpf_prog_type::BPF_PROG_TYPE_SCHED_CLS,
         Hook::Xdp => bpf_prog_type::BPF_PROG_TYPE_XDP,
     }
 }
@@ -498,7 +498,7 @@ mod tests {
         let program = Program::new(&[RawInsn::new(0x06, 0, 0, 1)]).unwrap();
         let counter = CounterSlot { map: 0, slot: 0 };
         let next = Some(TailCall { index: 1 });
-        translate_chained(&[(&program, counter)], Hook::Tc, false, next).unwrap()
+        translate_chained(&[(&program, counter)], Hook::TcIngress, next).unwrap()
     }
 
     /// An unbound reference is refused before anything reaches the kernel (so this
@@ -506,7 +506,7 @@ mod tests {
     #[test]
     fn an_unbound_map_reference_is_refused_at_load_by_name() {
         let insns = chained();
-        let err = LoadedProgram::load(Hook::Tc, "unbound", &insns).unwrap_err();
+        let err = LoadedProgram::load(Hook::TcIngress, "unbound", &insns).unwrap_err();
         let LoadError::Encode { name, index, cause } = &err else {
             panic!("not an encoding error: {err}");
         };
@@ -530,7 +530,7 @@ mod tests {
         // The counters bound (to any fd: nothing is loaded), the chain is still missing.
         let stand_in = std::fs::File::open("/dev/null").unwrap();
         let maps = MapBinding::new().bind(MapRef::Counters(0), &stand_in);
-        let err = LoadedProgram::load_with(Hook::Tc, "unbound", &insns, &maps).unwrap_err();
+        let err = LoadedProgram::load_with(Hook::TcIngress, "unbound", &insns, &maps).unwrap_err();
         assert!(
             matches!(
                 err,

@@ -22,7 +22,7 @@ use crate::insn::build::mov64;
 use crate::insn::{Insn, Operand, Reg};
 use crate::program::{LoadError, LoadedProgram, MapBinding};
 use crate::replay::EgressReplay;
-use crate::translate::{CounterSlot, Hook, translate};
+use crate::translate::{CounterSlot, Hook, neutral_return, translate};
 
 /// `ETH_HLEN`: the kernel's test harness refuses shorter frames, and no Ethernet
 /// device ever delivers one.
@@ -126,7 +126,7 @@ impl KernelFilter {
 
     /// Translates and loads any validated classic program for the TC hook.
     pub fn load_program(classic: &Program) -> Result<Self, TestRunError> {
-        Self::load_for(classic, Hook::Tc)
+        Self::load_for(classic, Hook::TcIngress)
     }
 
     /// Translates and loads a classic program for `hook`. A socket filter's code is
@@ -137,7 +137,7 @@ impl KernelFilter {
         let counters = CounterMap::create("capstats_test", 1)?;
         let insns = translate(classic, hook, CounterSlot { map: 0, slot: 0 })?;
         let loaded_as = match hook {
-            Hook::SocketFilter => Hook::Tc,
+            Hook::Socket => Hook::TcIngress,
             other => other,
         };
         let maps = MapBinding::counters([&counters]);
@@ -253,10 +253,10 @@ pub fn harness_max_frame(hook: Hook) -> Result<usize, TestRunError> {
     let hook = if hook == Hook::Xdp {
         Hook::Xdp
     } else {
-        Hook::Tc
+        Hook::TcIngress
     };
     let empty = [
-        mov64(Reg::R0, Operand::Imm(hook.neutral_return())),
+        mov64(Reg::R0, Operand::Imm(neutral_return(hook))),
         Insn::Exit,
     ];
     let program = LoadedProgram::load(hook, "capstats_probe", &empty)?;
@@ -293,7 +293,7 @@ pub struct Report {
 }
 
 /// Runs every record of the capture at `path` through the kernel program for
-/// `expression` (compiled for the file, as `tcpdump -r`) made for `hook` (`Tc` for
+/// `expression` (compiled for the file, as `tcpdump -r`) made for `hook` (`TcIngress` for
 /// the socket filter's code). `each` sees every record and
 /// its verdict.
 pub fn run_capture(

@@ -15,14 +15,14 @@ use capstats_ebpf::counters::CounterMap;
 use capstats_ebpf::filter::Filter;
 use capstats_ebpf::program::{LoadError, LoadedProgram, MapBinding};
 use capstats_ebpf::testrun::harness_max_frame;
-use capstats_ebpf::translate::{CounterSlot, Hook, translate_all};
+use capstats_ebpf::translate::{CounterSlot, Hook, neutral_return, translate_all};
 
 /// Filters in the chain of the corpus test: four programs, the last one part full.
 const CORPUS_FILTERS: usize = 200;
 
 #[test]
 fn each_filter_of_a_chain_counts_what_libpcap_matches_tc() {
-    chained(Hook::Tc);
+    chained(Hook::TcIngress);
 }
 
 #[test]
@@ -42,7 +42,7 @@ fn load_chain(hook: Hook, filters: &[&Filter], maps: &[CounterMap]) -> Chain {
     let mut programs = Vec::new();
     for (k, chunk) in pairs.chunks(CHAIN_SESSIONS).enumerate() {
         let programs_k: Vec<_> = chunk.iter().map(|(f, _)| f.program()).collect();
-        let insns = translate_chunk(&programs_k, hook, false, k).unwrap();
+        let insns = translate_chunk(&programs_k, hook, k).unwrap();
         let maps = chunk_binding(chunk.iter().map(|(_, m)| *m), &array);
         let program = LoadedProgram::load_with(hook, "test_chain", &insns, &maps)
             .unwrap_or_else(|e| panic!("{hook}: load program {k} of the chain: {e}"));
@@ -86,7 +86,7 @@ fn chained(hook: Hook) {
             continue;
         }
         match head.run(record) {
-            Some(returned) => assert_eq!(returned, hook.neutral_return() as u32),
+            Some(returned) => assert_eq!(returned, neutral_return(hook) as u32),
             None => {
                 refused += 1;
                 continue;
@@ -169,7 +169,7 @@ fn port_filters(count: usize) -> Vec<Filter> {
 #[test]
 fn a_chain_of_the_most_programs_loads_and_reaches_its_end() {
     common::require_root();
-    for hook in [Hook::Tc, Hook::Xdp] {
+    for hook in [Hook::TcIngress, Hook::Xdp] {
         let filters = port_filters(CHAIN_MOST_SESSIONS);
         let maps: Vec<CounterMap> = (0..filters.len())
             .map(|i| CounterMap::create(&format!("longest{i}"), 1).unwrap())
@@ -179,7 +179,7 @@ fn a_chain_of_the_most_programs_loads_and_reaches_its_end() {
         let head = common::Runner::new(&chain.programs[0]);
         for port in [1, CHAIN_MOST_SESSIONS - 1, CHAIN_MOST_SESSIONS] {
             let frame = udp_frame(port as u16);
-            assert_eq!(head.run(&frame), Some(hook.neutral_return() as u32));
+            assert_eq!(head.run(&frame), Some(neutral_return(hook) as u32));
         }
         let counted: Vec<usize> = maps
             .iter()
@@ -208,9 +208,9 @@ fn one_program_of_two_thousand_filters_is_refused() {
     let map = CounterMap::create("single", 1).unwrap();
     let slot = CounterSlot { map: 0, slot: 0 };
     let counted: Vec<_> = filters.iter().map(|f| (f.program(), slot)).collect();
-    let insns = translate_all(&counted, Hook::Tc).unwrap();
+    let insns = translate_all(&counted, Hook::TcIngress).unwrap();
     match LoadedProgram::load_with(
-        Hook::Tc,
+        Hook::TcIngress,
         "test_single",
         &insns,
         &MapBinding::counters([&map]),

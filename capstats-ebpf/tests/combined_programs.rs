@@ -22,12 +22,12 @@ const PER_PROGRAM: usize = 64;
 
 #[test]
 fn each_filter_of_a_combined_program_counts_what_libpcap_matches_socket() {
-    combined(Hook::SocketFilter);
+    combined(Hook::Socket);
 }
 
 #[test]
 fn each_filter_of_a_combined_program_counts_what_libpcap_matches_tc() {
-    combined(Hook::Tc);
+    combined(Hook::TcIngress);
 }
 
 #[test]
@@ -62,7 +62,7 @@ fn combined(hook: Hook) {
         let loaded_as = if hook == Hook::Xdp {
             Hook::Xdp
         } else {
-            Hook::Tc
+            Hook::TcIngress
         };
         let program =
             LoadedProgram::load_with(loaded_as, "combined", &insns, &MapBinding::counters(&maps))

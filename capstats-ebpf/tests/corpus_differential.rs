@@ -29,14 +29,14 @@ use capstats_ebpf::translate::Hook;
 /// TC's code (direct packet access, `bpf_skb_load_bytes` past the linear part).
 #[test]
 fn kernel_equals_libpcap_on_every_expression_and_record_tc() {
-    differential(Hook::Tc);
+    differential(Hook::TcIngress);
 }
 
 /// The socket filter's code (a stack copy of the first bytes, `bpf_skb_load_bytes`
 /// past it), run as SCHED_CLS so that it sees frames from L2.
 #[test]
 fn kernel_equals_libpcap_on_every_expression_and_record_socket() {
-    differential(Hook::SocketFilter);
+    differential(Hook::Socket);
 }
 
 /// XDP's code (direct packet access, `bpf_xdp_load_bytes` across buffers).

@@ -38,9 +38,9 @@ fn a_signal_during_verification_does_not_fail_the_load() {
     let mut filters = 16;
     let (insns, verify_time) = loop {
         let slots = vec![(filter.program(), slot); filters];
-        let insns = translate_all(&slots, Hook::Tc).unwrap();
+        let insns = translate_all(&slots, Hook::TcIngress).unwrap();
         let start = Instant::now();
-        let quiet = LoadedProgram::load_with(Hook::Tc, "retry", &insns, &maps).unwrap();
+        let quiet = LoadedProgram::load_with(Hook::TcIngress, "retry", &insns, &maps).unwrap();
         let took = start.elapsed();
         assert_eq!(quiet.verifier_runs(), 1, "no signal, one verification");
         if took >= Duration::from_millis(40) || filters >= 512 {
@@ -63,7 +63,7 @@ fn a_signal_during_verification_does_not_fail_the_load() {
         let result = std::thread::scope(|scope| {
             let loader = scope.spawn(|| {
                 loader_tid.store(unsafe { libc::gettid() }, Ordering::SeqCst);
-                LoadedProgram::load_with(Hook::Tc, "retry", &insns, &maps)
+                LoadedProgram::load_with(Hook::TcIngress, "retry", &insns, &maps)
             });
             while loader_tid.load(Ordering::SeqCst) == 0 {
                 std::thread::yield_now();

@@ -526,13 +526,13 @@ fn check_hook(hook: Hook) {
 /// TC: direct packet access with bounds checks, and `__sk_buff` fields.
 #[test]
 fn every_opcode_agrees_with_libpcap_and_the_table_on_tc() {
-    check_hook(Hook::Tc);
+    check_hook(Hook::TcIngress);
 }
 
 /// Socket filters: loads from a stack copy of the packet's first bytes, run as TC.
 #[test]
 fn every_opcode_agrees_with_libpcap_and_the_table_on_socket() {
-    check_hook(Hook::SocketFilter);
+    check_hook(Hook::Socket);
 }
 
 /// Direct packet access with bounds checks.

@@ -33,9 +33,9 @@ fn a_pinned_counter_map_keeps_its_counts_after_its_creator_drops_it() {
         let map = CounterMap::create("capstats_pin", 1).unwrap();
         let filter = Filter::for_linktype(pcap::Linktype::ETHERNET, "", 0).unwrap();
         let slot = CounterSlot { map: 0, slot: 0 };
-        let insns = translate(filter.program(), Hook::Tc, slot).unwrap();
+        let insns = translate(filter.program(), Hook::TcIngress, slot).unwrap();
         let program = LoadedProgram::load_with(
-            Hook::Tc,
+            Hook::TcIngress,
             "capstats_pin",
             &insns,
             &MapBinding::counters([&map]),

@@ -559,7 +559,7 @@ fn still_fails(raw: &[RawInsn], packets: &[Vec<u8>]) -> bool {
         }
     }
     let mut tally = Tally::default();
-    [Hook::SocketFilter, Hook::Tc, Hook::Xdp]
+    [Hook::Socket, Hook::TcIngress, Hook::Xdp]
         .into_iter()
         .any(|hook| kernel_disagrees(&program, hook, packets, &want, &mut tally).is_some())
 }
@@ -681,7 +681,7 @@ fn random_programs_agree_with_the_reference_and_libpcap_on_every_hook() {
             failures.push(format!("case {case}: {bad}\n{}", listing(&raw)));
             continue;
         }
-        for hook in [Hook::SocketFilter, Hook::Tc, Hook::Xdp] {
+        for hook in [Hook::Socket, Hook::TcIngress, Hook::Xdp] {
             if let Some(bad) = kernel_disagrees(&program, hook, &packets, &want, &mut tally) {
                 let (small, packet) = shrink(&raw, &packets);
                 failures.push(format!(
@@ -735,7 +735,7 @@ fn random_programs_agree_with_the_reference_and_libpcap_on_every_hook() {
                 }
             }
         };
-        for hook in [Hook::SocketFilter, Hook::Tc, Hook::Xdp] {
+        for hook in [Hook::Socket, Hook::TcIngress, Hook::Xdp] {
             let result = match want {
                 Some(want) => kernel_disagrees(
                     &program,
@@ -885,7 +885,7 @@ fn an_endless_counting_loop_is_refused_with_the_verifiers_reason() {
     );
     let classic = Program::new(&program).expect("a valid classic program");
     // TC only: each refusal costs the verifier a million instructions (XDP fails alike).
-    match KernelFilter::load_for(&classic, Hook::Tc) {
+    match KernelFilter::load_for(&classic, Hook::TcIngress) {
         Ok(_) => panic!(
             "the verifier now accepts an endless counting loop: update this test and the note above"
         ),
@@ -1266,14 +1266,14 @@ fn shared_case(hook: Hook, seed: u64, case: usize, tally: &mut SharedTally) -> O
         .map(|i| CounterMap::create(&format!("rnd{i}"), 1).expect("create a counter map"))
         .collect();
     let counted: Vec<(&Program, &CounterMap)> = programs.iter().zip(&maps).collect();
-    let shared = match SharedProgram::build("rnd", &counted, hook, false, None) {
+    let shared = match SharedProgram::build("rnd", &counted, hook, None) {
         Ok(shared) => shared,
         Err(e) => return Some(format!("case {case}: {hook}: build failed: {e}")),
     };
     let loaded_as = if hook == Hook::Xdp {
         Hook::Xdp
     } else {
-        Hook::Tc
+        Hook::TcIngress
     };
     let loaded = match LoadedProgram::load_with(loaded_as, "rnd", &shared.insns, &shared.binding())
     {
@@ -1451,12 +1451,12 @@ fn through_shared_evaluation(hook: Hook) {
 
 #[test]
 fn random_programs_through_shared_evaluation_count_as_each_alone_socket() {
-    through_shared_evaluation(Hook::SocketFilter);
+    through_shared_evaluation(Hook::Socket);
 }
 
 #[test]
 fn random_programs_through_shared_evaluation_count_as_each_alone_tc() {
-    through_shared_evaluation(Hook::Tc);
+    through_shared_evaluation(Hook::TcIngress);
 }
 
 #[test]

@@ -60,13 +60,13 @@ fn run_shared(
         .zip(maps)
         .map(|(f, m)| (f.program(), *m))
         .collect();
-    let shared = SharedProgram::build("shared", &counted, hook, false, None)
+    let shared = SharedProgram::build("shared", &counted, hook, None)
         .unwrap_or_else(|e| panic!("{hook}: build {} filters: {e}", filters.len()));
     // Socket filters' test runs start at L3: their code runs as SCHED_CLS.
     let loaded_as = if hook == Hook::Xdp {
         Hook::Xdp
     } else {
-        Hook::Tc
+        Hook::TcIngress
     };
     let program = LoadedProgram::load_with(loaded_as, "shared", &shared.insns, &shared.binding())
         .unwrap_or_else(|e| panic!("{hook}: load {} filters: {e}", filters.len()));
@@ -159,12 +159,12 @@ fn corpus(hook: Hook) {
 
 #[test]
 fn corpus_expressions_in_shared_programs_count_what_libpcap_matches_socket() {
-    corpus(Hook::SocketFilter);
+    corpus(Hook::Socket);
 }
 
 #[test]
 fn corpus_expressions_in_shared_programs_count_what_libpcap_matches_tc() {
-    corpus(Hook::Tc);
+    corpus(Hook::TcIngress);
 }
 
 #[test]
@@ -375,12 +375,12 @@ fn stress(hook: Hook) {
 
 #[test]
 fn merging_stress_set_counts_what_libpcap_matches_socket() {
-    stress(Hook::SocketFilter);
+    stress(Hook::Socket);
 }
 
 #[test]
 fn merging_stress_set_counts_what_libpcap_matches_tc() {
-    stress(Hook::Tc);
+    stress(Hook::TcIngress);
 }
 
 #[test]
@@ -440,12 +440,12 @@ fn churn(hook: Hook) {
 
 #[test]
 fn sessions_coming_and_going_count_what_libpcap_matches_socket() {
-    churn(Hook::SocketFilter);
+    churn(Hook::Socket);
 }
 
 #[test]
 fn sessions_coming_and_going_count_what_libpcap_matches_tc() {
-    churn(Hook::Tc);
+    churn(Hook::TcIngress);
 }
 
 #[test]
@@ -484,7 +484,7 @@ fn in_place(hook: Hook) {
     let loaded_as = if hook == Hook::Xdp {
         Hook::Xdp
     } else {
-        Hook::Tc
+        Hook::TcIngress
     };
     let max_frame = harness_max_frame(hook).expect("probe the test harness");
     let (mut program, mut loaded, mut runner) = (None::<SharedProgram>, None, None);
@@ -581,12 +581,12 @@ fn in_place(hook: Hook) {
 
 #[test]
 fn changes_in_the_maps_alone_count_what_libpcap_matches_socket() {
-    in_place(Hook::SocketFilter);
+    in_place(Hook::Socket);
 }
 
 #[test]
 fn changes_in_the_maps_alone_count_what_libpcap_matches_tc() {
-    in_place(Hook::Tc);
+    in_place(Hook::TcIngress);
 }
 
 #[test]
@@ -626,10 +626,11 @@ fn a_group_keeps_its_code_while_its_members_come_and_go() {
         (filters[2].program(), &maps[2]),
     );
     let mut program =
-        SharedProgram::build_at("keep", &[a, b], &[0, 1], Placement::on(Hook::Tc)).unwrap();
+        SharedProgram::build_at("keep", &[a, b], &[0, 1], Placement::on(Hook::TcIngress)).unwrap();
     assert_eq!(program.plan.groups().count(), 1, "one group of two");
     let loaded =
-        LoadedProgram::load_with(Hook::Tc, "keep", &program.insns, &program.binding()).unwrap();
+        LoadedProgram::load_with(Hook::TcIngress, "keep", &program.insns, &program.binding())
+            .unwrap();
     let loaded_insns = program.insns.len();
     let runner = common::Runner::new(&loaded);
     let offer = |ports: &[u16]| {
@@ -687,7 +688,8 @@ fn the_presence_filter_follows_the_dispatch_maps_keys() {
     let counted: Vec<_> = filters.iter().map(|f| f.program()).zip(&maps).collect();
     let entries: Vec<u32> = (0..counted.len() as u32).collect();
     let mut program =
-        SharedProgram::build_at("pres", &counted, &entries, Placement::on(Hook::Tc)).unwrap();
+        SharedProgram::build_at("pres", &counted, &entries, Placement::on(Hook::TcIngress))
+            .unwrap();
     let programs: Vec<_> = filters.iter().map(|f| f.program()).collect();
     let keys = dispatch_entries(&program.plan, &programs, |f| f as u32);
     assert!(

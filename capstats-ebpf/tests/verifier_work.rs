@@ -21,12 +21,12 @@ const WORST_RATIO: u64 = 2;
 
 #[test]
 fn verifier_work_grows_linearly_with_the_filters_socket() {
-    linear(Hook::SocketFilter);
+    linear(Hook::Socket);
 }
 
 #[test]
 fn verifier_work_grows_linearly_with_the_filters_tc() {
-    linear(Hook::Tc);
+    linear(Hook::TcIngress);
 }
 
 #[test]
@@ -44,7 +44,7 @@ fn linear(hook: Hook) {
     let loaded_as = if hook == Hook::Xdp {
         Hook::Xdp
     } else {
-        Hook::Tc
+        Hook::TcIngress
     };
     let verified = |filter: &Filter, copies: usize| -> u64 {
         let insns = translate_all(&vec![(filter.program(), slot); copies], hook).unwrap();
@@ -111,8 +111,8 @@ fn too_many_filters_in_one_program_are_refused_naming_the_limit() {
     let map = CounterMap::create("work", 1).unwrap();
     let slot = CounterSlot { map: 0, slot: 0 };
     let maps = MapBinding::counters([&map]);
-    let insns = translate_all(&vec![(filter.program(), slot); 2048], Hook::Tc).unwrap();
-    let error = LoadedProgram::load_with(Hook::Tc, "work", &insns, &maps)
+    let insns = translate_all(&vec![(filter.program(), slot); 2048], Hook::TcIngress).unwrap();
+    let error = LoadedProgram::load_with(Hook::TcIngress, "work", &insns, &maps)
         .expect_err("2,048 filters in one program exceed the verifier's pending branches");
     let message = error.to_string();
     let first_line = message.lines().next().unwrap_or_default();

@@ -155,7 +155,7 @@ fn wire_counts_each_segment_with_its_headers() {
         (frame(false, 1, 0, 1000), 3, 0),
     ];
     let input: Vec<(Vec<u8>, u32)> = cases.iter().map(|(f, s, _)| (f.clone(), *s)).collect();
-    for hook in [Hook::Tc] {
+    for hook in [Hook::TcIngress] {
         for (got, (data, segs, headers)) in counts(hook, &input).into_iter().zip(&cases) {
             let len = data.len() as u64;
             let frames = u64::from((*segs).max(1));
@@ -183,11 +183,11 @@ fn socket_filters_with_wire_load() {
     for cooked in [None, Some(20)] {
         let placement = Placement {
             cooked,
-            ..Placement::on(Hook::SocketFilter)
+            ..Placement::on(Hook::Socket)
         };
         let shared =
             SharedProgram::build_at("wire", &[(filter.program(), &wire)], &[0], placement).unwrap();
-        LoadedProgram::load_with(Hook::SocketFilter, "wire", &shared.insns, &shared.binding())
+        LoadedProgram::load_with(Hook::Socket, "wire", &shared.insns, &shared.binding())
             .unwrap_or_else(|e| panic!("socket (cooked {cooked:?}): {e}"));
     }
 }

@@ -472,7 +472,7 @@ fn programs_over_the_kernels_limits_are_refused_naming_the_limit() -> anyhow::Re
     // One instruction too many: refused before the verifier runs.
     let mut long = vec![mov64(Reg::R0, Operand::Imm(0)); KERNEL_MAX_INSNS];
     long.push(Insn::Exit);
-    let error = LoadedProgram::load(Hook::SocketFilter, "too_long", &long)
+    let error = LoadedProgram::load(Hook::Socket, "too_long", &long)
         .err()
         .context("a program of 1,000,001 instructions loaded")?
         .to_string();
@@ -500,7 +500,7 @@ fn programs_over_the_kernels_limits_are_refused_naming_the_limit() -> anyhow::Re
         mov64(Reg::R0, Operand::Imm(0)),
         Insn::Exit,
     ];
-    let error = LoadedProgram::load(Hook::SocketFilter, "too_complex", &looping)
+    let error = LoadedProgram::load(Hook::Socket, "too_complex", &looping)
         .err()
         .context("a 2,000,000-round loop passed the verifier")?
         .to_string();

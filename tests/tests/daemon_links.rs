@@ -452,7 +452,7 @@ fn generic_xdp_and_tc_ingress_are_not_combined() -> anyhow::Result<()> {
     ])?;
     let mode = client.show("xdp")?.mode;
     ensure!(
-        mode.as_deref() == Some("generic"),
+        mode.map(|m| m.as_str()) == Some("generic"),
         "XDP on a bridge: {mode:?}"
     );
     let refused = client.fails(&[
@@ -556,7 +556,7 @@ fn every_hook_counts_what_tcpdump_sees_on_loopback() -> anyhow::Result<()> {
             setup.client.ok(&["stop", "tc"])?;
             new("xdp", &["hook", "xdp"])?;
             ensure!(
-                setup.client.show("xdp")?.mode.as_deref() == Some("generic"),
+                setup.client.show("xdp")?.mode.map(|m| m.as_str()) == Some("generic"),
                 "XDP on loopback runs generically"
             );
         }

@@ -638,7 +638,7 @@ fn modify_of_tc_sessions_under_traffic_counts_every_frame_once() -> anyhow::Resu
                     other => bail!("modify printed {} sessions", other.len()),
                 };
                 ensure!(
-                    session.filter == filter && session.hook == "tc",
+                    session.filter == filter && session.hook.as_str() == "tc",
                     "modify answered {session:?}"
                 );
                 swaps.push((name, filter, counts(&session).0));

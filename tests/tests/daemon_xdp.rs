@@ -370,9 +370,9 @@ fn xdp_counts_what_the_socket_hook_counts_for_received_frames() -> anyhow::Resul
     // The XDP sessions say how they count; the program on the interface agrees.
     let shown = client.show("x-all")?;
     ensure!(
-        shown.hook == "xdp"
-            && shown.direction == "in"
-            && shown.mode.as_deref() == Some("native")
+        shown.hook.as_str() == "xdp"
+            && shown.direction.as_str() == "in"
+            && shown.mode.map(|m| m.as_str()) == Some("native")
             && shown.up,
         "show x-all: {shown:?}"
     );
@@ -389,7 +389,7 @@ fn xdp_counts_what_the_socket_hook_counts_for_received_frames() -> anyhow::Resul
             ("socket", None)
         };
         ensure!(
-            session.hook == hook && session.mode.as_deref() == mode && session.up,
+            session.hook.as_str() == hook && session.mode.map(|m| m.as_str()) == mode && session.up,
             "list --json: {session:?}"
         );
     }
@@ -552,15 +552,15 @@ fn generic_mode_where_the_driver_refuses_native() -> anyhow::Result<()> {
     }
     let shown = client.show("x-all")?;
     ensure!(
-        shown.mode.as_deref() == Some("generic") && shown.up,
+        shown.mode.map(|m| m.as_str()) == Some("generic") && shown.up,
         "show x-all on {interface}: {shown:?}"
     );
     ensure!(
         client
             .sessions(&["list"])?
             .iter()
-            .filter(|s| s.hook == "xdp")
-            .all(|s| s.mode.as_deref() == Some("generic")),
+            .filter(|s| s.hook.as_str() == "xdp")
+            .all(|s| s.mode.map(|m| m.as_str()) == Some("generic")),
         "list --json: {:?}",
         client.sessions(&["list"])?
     );
@@ -617,7 +617,9 @@ fn generic_mode_where_the_driver_refuses_native() -> anyhow::Result<()> {
         link_of(after.id)?
     );
     ensure!(
-        counts(&x_all) == want && x_all.mode.as_deref() == Some("generic") && counts(&s_all) == all,
+        counts(&x_all) == want
+            && x_all.mode.map(|m| m.as_str()) == Some("generic")
+            && counts(&s_all) == all,
         "after kill -9, 5 frames and a restart: x-all {x_all:?} (expected {want:?}), s-all \
          {s_all:?} (expected {all:?})"
     );
@@ -712,7 +714,10 @@ fn xdp_does_not_see_tags_the_sender_left_in_metadata() -> anyhow::Result<()> {
         client.settle(&format!("s-{prefix}-all"), sent, ARRIVAL, QUIET)?;
         let polled = client.poll()?;
         ensure!(
-            find(&polled, &format!("x-{prefix}-all"))?.mode.as_deref() == Some(mode),
+            find(&polled, &format!("x-{prefix}-all"))?
+                .mode
+                .map(|m| m.as_str())
+                == Some(mode),
             "x-{prefix}-all should run {mode}: {polled:?}"
         );
         // XDP: as libpcap on the frames without the metadata tag; socket: with it.
@@ -1013,7 +1018,10 @@ fn restart_during_a_stream(tag: &str, ending: Ending) -> anyhow::Result<()> {
     for (name, expression, counts_stream) in RESTARTED {
         let session = find(&polled, name)?;
         let expected = if *counts_stream { want } else { (0, 0) };
-        if counts(session) != expected || !session.up || session.mode.as_deref() != Some("native") {
+        if counts(session) != expected
+            || !session.up
+            || session.mode.map(|m| m.as_str()) != Some("native")
+        {
             failed.push(format!(
                 "{name} ({expression:?}): {session:?}, expected {expected:?}"
             ));
@@ -1362,7 +1370,7 @@ fn a_foreign_xdp_program_is_left_alone() -> anyhow::Result<()> {
     let session = client.settle("x-udp", 2, ARRIVAL, QUIET)?;
     ensure!(
         counts(&session) == (2, 2 * frame.len() as u64)
-            && session.mode.as_deref() == Some("native"),
+            && session.mode.map(|m| m.as_str()) == Some("native"),
         "x-udp without the foreign program: {session:?}"
     );
     Ok(())

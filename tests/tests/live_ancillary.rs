@@ -520,14 +520,9 @@ fn probes(rig: &Rig, cases: &[Case], counters: &CounterMap) -> anyhow::Result<Ve
         for (slot, case) in (0u32..).zip(cases) {
             let expression = &case.expression;
             let filter = Filter::for_interface(interface, expression)?;
-            let insns = translate(
-                filter.program(),
-                Hook::SocketFilter,
-                CounterSlot { map: 0, slot },
-            )?;
+            let insns = translate(filter.program(), Hook::Socket, CounterSlot { map: 0, slot })?;
             let maps = MapBinding::counters([counters]);
-            let program =
-                LoadedProgram::load_with(Hook::SocketFilter, "live_ancillary", &insns, &maps)?;
+            let program = LoadedProgram::load_with(Hook::Socket, "live_ancillary", &insns, &maps)?;
             let ebpf = PacketSocket::new()?;
             program
                 .socket_filter()?

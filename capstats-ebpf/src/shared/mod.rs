@@ -110,13 +110,11 @@ impl SharedProgram {
         name: &str,
         counted: &[(&Program, &CounterMap)],
         hook: Hook,
-        tc_egress: bool,
         next: Option<TailCall>,
     ) -> Result<Self, SharedError> {
         let entries: Vec<u32> = (0..counted.len() as u32).collect();
         let placement = Placement {
             hook,
-            tc_egress,
             cooked: None,
             next,
         };

@@ -107,12 +107,12 @@ impl Translator {
                 self.emit(store(Size::DW, FP, frame::WIRE_LEN, Operand::Reg(A))); // wire_len = r0
                 self.emit(load(Size::W, DATA_END, CTX, xdp_md::DATA_END)); // data_end = ctx->data_end
             }
-            Hook::Tc => {
+            Hook::TcIngress | Hook::TcEgress => {
                 self.skb_wire_len();
                 self.wire_frames();
                 self.emit(load(Size::W, DATA_END, CTX, skb::DATA_END)); // data_end = skb->data_end
             }
-            Hook::SocketFilter => {
+            Hook::Socket => {
                 self.skb_wire_len();
                 self.wire_frames();
                 self.cache_prologue();
@@ -128,8 +128,8 @@ impl Translator {
     /// load to the next (see [`Translator::load_data`]).
     pub(super) fn access_filter_start(&mut self) {
         match self.hook {
-            Hook::Xdp | Hook::Tc => {}
-            Hook::SocketFilter => {
+            Hook::Xdp | Hook::TcIngress | Hook::TcEgress => {}
+            Hook::Socket => {
                 self.emit(load(Size::DW, CACHED, FP, frame::CACHED)); // cached, as copied
                 // A no-op (cached <= 128) that unlinks it from the saved value, which
                 // the filter's checks must not narrow.
@@ -315,7 +315,7 @@ impl Translator {
         }
         let end = offset + bytes(size);
         match self.hook {
-            Hook::SocketFilter if end <= CACHE_BYTES => {
+            Hook::Socket if end <= CACHE_BYTES => {
                 // The copy holds min(len, CACHE_BYTES) bytes: fewer than `end` means
                 // the packet ends before.
                 self.emit(branch64(JmpOp::Lt, CACHED, imm(end), self.reject())); // past the packet
@@ -326,7 +326,7 @@ impl Translator {
                 }
                 self.emit(load(size, A, FP, at)); // A = P[k], network order
             }
-            Hook::Tc | Hook::Xdp if end <= DIRECT_LIMIT => {
+            Hook::TcIngress | Hook::TcEgress | Hook::Xdp if end <= DIRECT_LIMIT => {
                 let (slow, done) = (self.local(), self.local());
                 let (r1, r2) = (Reg::R1, Reg::R2);
                 self.load_data(r1); // r1 = data + k
@@ -382,7 +382,7 @@ impl Translator {
                 self.reject(),
             )); // past any packet
         }
-        if self.hook == Hook::SocketFilter {
+        if self.hook == Hook::Socket {
             // Not `r1 + size > cached`: the verifier links r1's copies and would then
             // track `cached` exactly, and a program of many filters, each narrowing it
             // differently, would no longer converge. A difference links nothing.
@@ -459,7 +459,7 @@ impl Translator {
         let (r1, r3, r4) = (Reg::R1, Reg::R3, Reg::R4);
         let helper = match self.hook {
             Hook::Xdp => Helper::XdpLoadBytes,
-            Hook::Tc | Hook::SocketFilter => Helper::SkbLoadBytes,
+            Hook::TcIngress | Hook::TcEgress | Hook::Socket => Helper::SkbLoadBytes,
         };
         self.emit(mov64(r1, Operand::Reg(CTX))); // r1 = ctx
         self.emit(mov64(r3, Operand::Reg(FP))); // r3 = buffer
@@ -490,7 +490,9 @@ impl Translator {
     pub(super) fn load_len(&mut self, dst: Reg) {
         match self.hook {
             Hook::Xdp => self.emit(load(Size::W, dst, FP, frame::WIRE_LEN)), // dst = every buffer's bytes
-            Hook::Tc | Hook::SocketFilter => self.emit(load(Size::W, dst, CTX, skb::LEN)), // dst = skb->len
+            Hook::TcIngress | Hook::TcEgress | Hook::Socket => {
+                self.emit(load(Size::W, dst, CTX, skb::LEN))
+            } // dst = skb->len
         }
     }
 
@@ -525,7 +527,7 @@ impl Translator {
                     dst: A,
                 }); // A = ntohs(A)
             }
-            (Ancillary::PktType, _) if self.outgoing => {
+            (Ancillary::PktType, Hook::TcEgress) => {
                 self.emit(mov32(A, Operand::Imm(PACKET_OUTGOING))); // A = PACKET_OUTGOING
             }
             (Ancillary::PktType, _) => skb_u32(self, skb::PKT_TYPE), // A = skb->pkt_type

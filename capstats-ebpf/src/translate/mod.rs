@@ -53,37 +53,18 @@ const X: Reg = Reg::R7;
 const CTX: Reg = Reg::R6;
 const FP: Reg = Reg::R10;
 
-/// The program type a translation is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Hook {
-    /// `BPF_PROG_TYPE_SOCKET_FILTER` on an AF_PACKET socket: returns 0, so nothing is
-    /// queued to user space.
-    SocketFilter,
-    /// `BPF_PROG_TYPE_SCHED_CLS` (TC clsact, and `capstats test` runs): returns
-    /// `TC_ACT_UNSPEC`, so the packet continues down the chain untouched.
-    Tc,
-    /// `BPF_PROG_TYPE_XDP`: returns `XDP_PASS`, so the frame goes on to the stack.
-    Xdp,
-}
+/// Where a translation runs: its program type, and at TC egress that every packet
+/// is one going out (see [`translate`]).
+pub use capstats_common::Hook;
 
-impl Hook {
-    /// What the program returns whether or not it counted.
-    pub const fn neutral_return(self) -> i32 {
-        match self {
-            Hook::SocketFilter => 0,
-            Hook::Tc => -1,
-            Hook::Xdp => 2,
-        }
-    }
-}
-
-impl std::fmt::Display for Hook {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Hook::SocketFilter => "socket",
-            Hook::Tc => "tc",
-            Hook::Xdp => "xdp",
-        })
+/// What the program returns whether or not it counted: 0 for a socket filter (nothing
+/// is queued to user space), `TC_ACT_UNSPEC` at TC (the packet continues down the
+/// chain untouched), `XDP_PASS` (the frame goes on to the stack).
+pub const fn neutral_return(hook: Hook) -> i32 {
+    match hook {
+        Hook::Socket => 0,
+        Hook::TcIngress | Hook::TcEgress => -1,
+        Hook::Xdp => 2,
     }
 }
 
@@ -142,8 +123,6 @@ pub struct TailCall {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Placement {
     pub hook: Hook,
-    /// TC egress (see [`translate_tc_egress`]).
-    pub tc_egress: bool,
     /// A socket filter on `interface any`: the cooked header's length (see
     /// [`translate_all_cooked`]).
     pub cooked: Option<u32>,
@@ -156,7 +135,6 @@ impl Placement {
     pub const fn on(hook: Hook) -> Self {
         Self {
             hook,
-            tc_egress: false,
             cooked: None,
             next: None,
         }
@@ -201,22 +179,16 @@ pub enum TranslateError {
 
 /// Translates a validated classic program into an eBPF program for `hook` that counts
 /// its matches into `counter`.
+///
+/// The TC egress program differs in one thing: a packet going out has the type
+/// `PACKET_OUTGOING` (4), as a packet socket sees it (`outbound`), but at TC egress
+/// `skb->pkt_type` still says `PACKET_HOST`, so the type is that constant.
 pub fn translate(
     program: &Program,
     hook: Hook,
     counter: CounterSlot,
 ) -> Result<Vec<Insn>, TranslateError> {
     translate_all(&[(program, counter)], hook)
-}
-
-/// The TC program for the egress hook. It differs in one thing: a packet going out
-/// has the type `PACKET_OUTGOING` (4), as a packet socket sees it (`outbound`), but at
-/// TC egress `skb->pkt_type` still says `PACKET_HOST`, so the type is that constant.
-pub fn translate_tc_egress(
-    program: &Program,
-    counter: CounterSlot,
-) -> Result<Vec<Insn>, TranslateError> {
-    translate_all_tc_egress(&[(program, counter)])
 }
 
 /// Translates several filters into one program: each runs on every packet and counts
@@ -226,20 +198,18 @@ pub fn translate_all(
     filters: &[(&Program, CounterSlot)],
     hook: Hook,
 ) -> Result<Vec<Insn>, TranslateError> {
-    Ok(assemble(filters, hook, false, None)?.finish()?)
+    Ok(assemble(filters, hook, None)?.finish()?)
 }
 
-/// One program of a chain ([`crate::chain`]): [`translate_all`] (or, with
-/// `tc_egress`, [`translate_all_tc_egress`]), then, before the hook's neutral return,
+/// One program of a chain ([`crate::chain`]): [`translate_all`], then, before the hook's neutral return,
 /// a tail call to `next` if given. Each program of a chain has the hook's whole
 /// prologue: a tail call keeps only the context, not the registers or the stack.
 pub fn translate_chained(
     filters: &[(&Program, CounterSlot)],
     hook: Hook,
-    tc_egress: bool,
     next: Option<TailCall>,
 ) -> Result<Vec<Insn>, TranslateError> {
-    Ok(assemble(filters, hook, tc_egress && hook == Hook::Tc, next)?.finish()?)
+    Ok(assemble(filters, hook, next)?.finish()?)
 }
 
 /// [`translate_all`] for a socket filter on an unbound `SOCK_DGRAM` packet socket
@@ -250,14 +220,7 @@ pub fn translate_all_cooked(
     filters: &[(&Program, CounterSlot)],
     header_len: u32,
 ) -> Result<Vec<Insn>, TranslateError> {
-    Ok(assemble_with(filters, Hook::SocketFilter, false, None, Some(header_len))?.finish()?)
-}
-
-/// [`translate_all`] for the TC egress hook (see [`translate_tc_egress`]).
-pub fn translate_all_tc_egress(
-    filters: &[(&Program, CounterSlot)],
-) -> Result<Vec<Insn>, TranslateError> {
-    Ok(assemble(filters, Hook::Tc, true, None)?.finish()?)
+    Ok(assemble_with(filters, Hook::Socket, None, Some(header_len))?.finish()?)
 }
 
 /// The same translation as assembly text with its labels (see [`Assembler::listing`]).
@@ -266,7 +229,7 @@ pub fn translate_listing(
     hook: Hook,
     counter: CounterSlot,
 ) -> Result<String, TranslateError> {
-    Ok(assemble(&[(program, counter)], hook, false, None)?.listing()?)
+    Ok(assemble(&[(program, counter)], hook, None)?.listing()?)
 }
 
 /// Translates `filters` as `plan` groups them ([`crate::shared`]): each group's code
@@ -301,17 +264,11 @@ fn assemble_shared(
     placement: Placement,
     maps: SharedMaps,
 ) -> Result<Assembler, TranslateError> {
-    let Placement {
-        hook,
-        tc_egress,
-        cooked,
-        next,
-    } = placement;
-    let outgoing = tc_egress && hook == Hook::Tc;
+    let Placement { hook, cooked, next } = placement;
     for program in filters {
         access::check(program, hook)?;
     }
-    let mut t = Translator::new(hook, outgoing, maps.table, plan.items.len());
+    let mut t = Translator::new(hook, maps.table, plan.items.len());
     t.cooked = cooked;
     t.wire_any = plan.counts.contains(&Count::Wire);
     t.prologue();
@@ -346,23 +303,21 @@ fn assemble_shared(
 fn assemble(
     filters: &[(&Program, CounterSlot)],
     hook: Hook,
-    outgoing: bool,
     next: Option<TailCall>,
 ) -> Result<Assembler, TranslateError> {
-    assemble_with(filters, hook, outgoing, next, None)
+    assemble_with(filters, hook, next, None)
 }
 
 fn assemble_with(
     filters: &[(&Program, CounterSlot)],
     hook: Hook,
-    outgoing: bool,
     next: Option<TailCall>,
     cooked: Option<u32>,
 ) -> Result<Assembler, TranslateError> {
     for (program, _) in filters {
         access::check(program, hook)?;
     }
-    let mut t = Translator::new(hook, outgoing, MapRef::CounterTable, filters.len());
+    let mut t = Translator::new(hook, MapRef::CounterTable, filters.len());
     t.cooked = cooked;
     t.prologue();
     for (filter, (program, counter)) in filters.iter().enumerate() {
@@ -379,9 +334,8 @@ fn assemble_with(
 
 struct Translator {
     asm: Assembler,
+    /// At [`Hook::TcEgress`] every packet is `PACKET_OUTGOING` (see [`translate`]).
     hook: Hook,
-    /// TC egress: every packet is `PACKET_OUTGOING` (see [`translate_tc_egress`]).
-    outgoing: bool,
     /// Socket filters on `any`: the cooked header's length (see
     /// [`translate_all_cooked`]).
     cooked: Option<u32>,
@@ -414,11 +368,10 @@ fn imm(k: u32) -> Operand {
 }
 
 impl Translator {
-    fn new(hook: Hook, outgoing: bool, table: MapRef, items: usize) -> Self {
+    fn new(hook: Hook, table: MapRef, items: usize) -> Self {
         Translator {
             asm: Assembler::new(),
             hook,
-            outgoing,
             cooked: None,
             filter: 0,
             loops: false,
@@ -436,7 +389,7 @@ impl Translator {
         if let Some(next) = next {
             self.tail_call(next);
         }
-        self.emit(mov64(A, Operand::Imm(self.hook.neutral_return()))); // the hook's "carry on"
+        self.emit(mov64(A, Operand::Imm(neutral_return(self.hook)))); // the hook's "carry on"
         self.emit(Insn::Exit);
     }
 

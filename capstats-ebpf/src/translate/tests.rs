@@ -31,7 +31,7 @@ fn body(raw: &[Raw]) -> Vec<String> {
         .map(|&(c, jt, jf, k)| RawInsn::new(c, jt, jf, k))
         .collect();
     let program = Program::new(&raw).unwrap();
-    let listing = translate_listing(&program, Hook::SocketFilter, COUNTER).unwrap();
+    let listing = translate_listing(&program, Hook::Socket, COUNTER).unwrap();
     listing
         .lines()
         .skip_while(|l| l.trim() != "w7 = 0") // the prologue, then A = 0; X = 0
@@ -52,7 +52,7 @@ fn a_whole_program_with_prologue_and_counting_epilogue() {
             (0x06, 0, 0, 262_144),
             (0x06, 0, 0, 0),
         ],
-        Hook::SocketFilter,
+        Hook::Socket,
     );
     // The socket filter: wire length (skb->len + 4 if the kernel holds a VLAN tag)
     // once, the first bytes copied to the stack once (their number saved, and reloaded
@@ -111,7 +111,7 @@ fn a_whole_program_with_prologue_and_counting_epilogue() {
         ]
     );
     // TC continues the chain instead: TC_ACT_UNSPEC.
-    let tc = listing(&[(0x06, 0, 0, 1)], Hook::Tc);
+    let tc = listing(&[(0x06, 0, 0, 1)], Hook::TcIngress);
     assert_eq!(tc[tc.len() - 2..], ["r0 = -1", "exit"]);
 }
 
@@ -348,7 +348,7 @@ fn a_backward_ja_becomes_a_budgeted_loop() {
             (0x05, 0, 0, -3i32 as u32),
             (0x06, 0, 0, 1),
         ],
-        Hook::Tc,
+        Hook::TcIngress,
     );
     let at = lines.iter().position(|l| l == "w0 = 3").unwrap();
     assert_eq!(
@@ -441,7 +441,7 @@ fn several_filters_share_one_program_on_every_hook() {
         CounterSlot { map: 0, slot: 0 },
         CounterSlot { map: 1, slot: 5 },
     );
-    for hook in [Hook::SocketFilter, Hook::Tc, Hook::Xdp] {
+    for hook in [Hook::Socket, Hook::TcIngress, Hook::Xdp] {
         let insns = translate_all(&[(&a, first), (&b, second)], hook).unwrap();
         let text: Vec<String> = insns.iter().map(Insn::to_string).collect();
         // Each filter's counting: its map, then its slot as the key.
@@ -466,8 +466,8 @@ fn tc_egress_knows_its_packets_are_outgoing() {
         .collect();
     let program = Program::new(&raw).unwrap();
     let text = |insns: Vec<Insn>| insns.iter().map(Insn::to_string).collect::<Vec<_>>();
-    let ingress = text(translate(&program, Hook::Tc, COUNTER).unwrap());
-    let egress = text(translate_tc_egress(&program, COUNTER).unwrap());
+    let ingress = text(translate(&program, Hook::TcIngress, COUNTER).unwrap());
+    let egress = text(translate(&program, Hook::TcEgress, COUNTER).unwrap());
     // After the prologue and A = 0; X = 0: the load of the type.
     let at = ingress.iter().position(|l| l == "w7 = 0").unwrap() + 1;
     assert_eq!(ingress[at], "r0 = *(u32 *)(r6 + 4)");
@@ -487,10 +487,9 @@ fn a_chained_program_tail_calls_the_next_before_returning() {
     let program = Program::new(&raw).unwrap();
     let text = |insns: Vec<Insn>| insns.iter().map(Insn::to_string).collect::<Vec<_>>();
     let next = TailCall { index: 3 };
-    for (hook, neutral) in [(Hook::Tc, "r0 = -1"), (Hook::Xdp, "r0 = 2")] {
+    for (hook, neutral) in [(Hook::TcIngress, "r0 = -1"), (Hook::Xdp, "r0 = 2")] {
         let alone = text(translate_all(&[(&program, COUNTER)], hook).unwrap());
-        let chained =
-            text(translate_chained(&[(&program, COUNTER)], hook, false, Some(next)).unwrap());
+        let chained = text(translate_chained(&[(&program, COUNTER)], hook, Some(next)).unwrap());
         let end = alone.len() - 2;
         assert_eq!(chained[..end], alone[..end], "{hook}");
         assert_eq!(
@@ -505,11 +504,11 @@ fn a_chained_program_tail_calls_the_next_before_returning() {
             ],
             "{hook}"
         );
-        let unchained = text(translate_chained(&[(&program, COUNTER)], hook, false, None).unwrap());
+        let unchained = text(translate_chained(&[(&program, COUNTER)], hook, None).unwrap());
         assert_eq!(unchained, alone, "{hook}");
     }
     // No filters: the prologue, then on to the next program.
-    let empty = text(translate_chained(&[], Hook::Tc, true, Some(next)).unwrap());
+    let empty = text(translate_chained(&[], Hook::TcEgress, Some(next)).unwrap());
     assert_eq!(
         empty[empty.len() - 6..empty.len() - 2],
         [
@@ -536,7 +535,7 @@ fn programs_compare_and_print_as_data_before_any_map_exists() {
     let compile = |e: &str| Filter::for_linktype(pcap::Linktype::ETHERNET, e, 0).unwrap();
     let filters = [compile("udp dst port 53"), compile("udp dst port 54")];
     let programs: Vec<&Program> = filters.iter().map(Filter::program).collect();
-    for hook in [Hook::SocketFilter, Hook::Tc, Hook::Xdp] {
+    for hook in [Hook::Socket, Hook::TcIngress, Hook::Xdp] {
         let plan = Plan::new(&programs);
         assert_eq!(plan.grouped(), 2, "one shape, one group");
         let placement = Placement {
@@ -576,7 +575,7 @@ fn programs_compare_and_print_as_data_before_any_map_exists() {
             (programs[0], CounterSlot { map: 0, slot: 0 }),
             (programs[1], CounterSlot { map: 1, slot: 0 }),
         ],
-        Hook::Tc,
+        Hook::TcIngress,
     )
     .unwrap();
     let maps: Vec<MapRef> = alone.iter().filter_map(Insn::map).collect();

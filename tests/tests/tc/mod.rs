@@ -100,8 +100,8 @@ pub fn new_session(
     };
     let (hook, direction) = at.reported();
     ensure!(
-        session.hook == hook
-            && session.direction == direction
+        session.hook.as_str() == hook
+            && session.direction.as_str() == direction
             && session.filter == filter
             && session.up,
         "`{}` answered {session:?}",

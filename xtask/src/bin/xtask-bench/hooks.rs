@@ -13,7 +13,7 @@
 //!
 //! A `SOCKET_FILTER` test run hands the program the frame from its network header
 //! (the harness pulls the Ethernet header), while a packet socket's filter sees it
-//! from the MAC header, so the socket hook's eBPF (translated for `Hook::SocketFilter`)
+//! from the MAC header, so the socket hook's eBPF (translated for `Hook::Socket`)
 //! is loaded and run as `SCHED_CLS`, whose test runs start at the MAC header too. What
 //! the kernel does per socket besides the filter (the walk of the taps, `deliver_skb`,
 //! `packet_rcv`'s preamble) is not in the figure: with the combined layout there is one
@@ -37,7 +37,7 @@ use capstats_ebpf::filter::Filter;
 use capstats_ebpf::insn::build::mov64;
 use capstats_ebpf::insn::{Insn, Operand, Reg};
 use capstats_ebpf::program::{LoadedProgram, MapBinding};
-use capstats_ebpf::translate::{CounterSlot, Hook, translate, translate_all};
+use capstats_ebpf::translate::{CounterSlot, Hook, neutral_return, translate, translate_all};
 use serde_json::json;
 
 use crate::stats::median;
@@ -70,7 +70,7 @@ impl Layout {
     }
 }
 /// The hooks, in the table's order.
-const HOOKS: [Hook; 3] = [Hook::SocketFilter, Hook::Tc, Hook::Xdp];
+const HOOKS: [Hook; 3] = [Hook::Socket, Hook::TcIngress, Hook::Xdp];
 /// Socket and tc filters are compiled as the daemon compiles them, as `tcpdump -i`
 /// would on a live interface (VLAN tests read the skb's tag metadata); this one always
 /// exists, and compiling opens a capture handle on it but sends nothing.
@@ -203,7 +203,7 @@ pub(crate) struct Loaded {
 pub(crate) fn measured_as(hook: Hook) -> Hook {
     match hook {
         Hook::Xdp => Hook::Xdp,
-        Hook::SocketFilter | Hook::Tc => Hook::Tc,
+        Hook::Socket | Hook::TcIngress | Hook::TcEgress => Hook::TcIngress,
     }
 }
 
@@ -229,7 +229,7 @@ impl Loaded {
         Ok(Self {
             program,
             runner,
-            expected_return: hook.neutral_return() as u32,
+            expected_return: neutral_return(hook) as u32,
         })
     }
 
@@ -239,7 +239,7 @@ impl Loaded {
             hook,
             "xtask_empty",
             &[
-                mov64(Reg::R0, Operand::Imm(hook.neutral_return())),
+                mov64(Reg::R0, Operand::Imm(neutral_return(hook))),
                 Insn::Exit,
             ],
             &MapBinding::new(),
@@ -402,7 +402,7 @@ impl<'a> Setup<'a> {
         let programs = match layout {
             // As the daemon does: the socket hook's sessions in groups of 32, a socket
             // (a program) each, each filter referring to its session's map.
-            Layout::Combined if hook == Hook::SocketFilter => {
+            Layout::Combined if hook == Hook::Socket => {
                 let mut programs = Vec::new();
                 for group in pairs.chunks(SESSIONS_PER_SOCKET) {
                     let counted: Vec<_> = (0u32..)
@@ -425,7 +425,7 @@ impl<'a> Setup<'a> {
                 let mut programs = Vec::new();
                 for (k, group) in pairs.chunks(CHAIN_SESSIONS).enumerate() {
                     let programs_k: Vec<_> = group.iter().map(|(f, _)| f.program()).collect();
-                    let insns = translate_chunk(&programs_k, hook, false, k)?;
+                    let insns = translate_chunk(&programs_k, hook, k)?;
                     ebpf_insns += insns.len();
                     let maps = chunk_binding(group.iter().map(|&(_, map)| map), &array);
                     let start = Instant::now();

@@ -49,7 +49,7 @@ use capstats_ebpf::filter::Filter;
 use capstats_ebpf::insn::build::mov64;
 use capstats_ebpf::insn::{Insn, Operand, Reg};
 use capstats_ebpf::program::{LoadedProgram, MapBinding};
-use capstats_ebpf::translate::{CounterSlot, Hook, translate};
+use capstats_ebpf::translate::{CounterSlot, Hook, neutral_return, translate};
 use clap::Parser;
 use serde_json::json;
 use stats::median;
@@ -356,10 +356,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
         return peers::run_alone(&machine, &peer_options, args.out.as_deref());
     }
     let empty_program = LoadedProgram::load(
-        Hook::Tc,
+        Hook::TcIngress,
         "xtask_empty",
         &[
-            mov64(Reg::R0, Operand::Imm(Hook::Tc.neutral_return())),
+            mov64(Reg::R0, Operand::Imm(neutral_return(Hook::TcIngress))),
             Insn::Exit,
         ],
     )
@@ -434,9 +434,13 @@ fn measure(case: &Case, empty: &SchedClassifier, args: &Args) -> anyhow::Result<
         "libpcap says the frame does not match; the benchmark would time the rejecting path"
     );
     let counters = CounterMap::create("xtask_bench", 1)?;
-    let insns = translate(filter.program(), Hook::Tc, CounterSlot { map: 0, slot: 0 })?;
+    let insns = translate(
+        filter.program(),
+        Hook::TcIngress,
+        CounterSlot { map: 0, slot: 0 },
+    )?;
     let maps = MapBinding::counters([&counters]);
-    let loaded = LoadedProgram::load_with(Hook::Tc, "xtask_bench", &insns, &maps)?;
+    let loaded = LoadedProgram::load_with(Hook::TcIngress, "xtask_bench", &insns, &maps)?;
     let program = loaded.sched_classifier()?;
 
     // Warm caches and branch predictors; not counted.

@@ -40,7 +40,7 @@ pub const SESSION_COUNTS: [usize; 5] = [1, 64, 256, 1024, 4096];
 /// The most sessions the layout before shared evaluation is measured with (tc/xdp
 /// chains held at most 2,142).
 const MOST_BEFORE: usize = 1024;
-const HOOKS: [Hook; 3] = [Hook::SocketFilter, Hook::Tc, Hook::Xdp];
+const HOOKS: [Hook; 3] = [Hook::Socket, Hook::TcIngress, Hook::Xdp];
 /// Socket sessions per program before (a socket's option memory).
 const SESSIONS_PER_SOCKET: usize = 32;
 
@@ -306,7 +306,7 @@ impl Setup {
         let (mut ebpf_insns, mut groups, mut change) = (0, 0, None);
         if shared {
             let start = Instant::now();
-            let mut program = SharedProgram::build("xtask_shared", &counted, hook, false, None)?;
+            let mut program = SharedProgram::build("xtask_shared", &counted, hook, None)?;
             build += start.elapsed();
             ebpf_insns = program.insns.len();
             groups = program.plan.groups().count();
@@ -319,7 +319,7 @@ impl Setup {
                 change = Some(changes_in_place(&mut program, &counted)?);
             }
             shared_program = Some(program);
-        } else if hook == Hook::SocketFilter {
+        } else if hook == Hook::Socket {
             for group in counted.chunks(SESSIONS_PER_SOCKET) {
                 let start = Instant::now();
                 let slots: Vec<_> = (0u32..)
@@ -339,7 +339,7 @@ impl Setup {
             for (k, group) in counted.chunks(CHAIN_SESSIONS).enumerate() {
                 let start = Instant::now();
                 let programs: Vec<_> = group.iter().map(|&(p, _)| p).collect();
-                let insns = translate_chunk(&programs, hook, false, k)?;
+                let insns = translate_chunk(&programs, hook, k)?;
                 build += start.elapsed();
                 ebpf_insns += insns.len();
                 let maps = chunk_binding(group.iter().map(|&(_, m)| m), &array);

@@ -73,7 +73,7 @@ use capstats_ebpf::insn::build::mov64;
 use capstats_ebpf::insn::{Insn, MapRef, Operand, Reg};
 use capstats_ebpf::program::LoadedProgram;
 use capstats_ebpf::shared::SharedProgram;
-use capstats_ebpf::translate::Hook;
+use capstats_ebpf::translate::{Hook, neutral_return};
 use serde_json::json;
 
 use super::{LinkCounters, offer, scaling, softirqd_ns, tools};
@@ -467,15 +467,15 @@ fn build(hook: HookName, filters: &[Program], maps: &[CounterMap]) -> anyhow::Re
     let counted: Vec<_> = filters.iter().zip(maps).collect();
     let (shared, chain, ebpf_hook) = match hook {
         HookName::Socket => (
-            SharedProgram::build("xls", &counted, Hook::SocketFilter, false, None)?,
+            SharedProgram::build("xls", &counted, Hook::Socket, None)?,
             None,
-            Hook::SocketFilter,
+            Hook::Socket,
         ),
         HookName::Tc | HookName::Xdp => {
             let ebpf_hook = ebpf_hook(hook);
             let chain = ProgArray::create("xls_chain")?;
             let entries: Vec<u32> = (0..counted.len() as u32).collect();
-            let shared = build_chunk("xls", &counted, &entries, ebpf_hook, false, 0)?;
+            let shared = build_chunk("xls", &counted, &entries, ebpf_hook, 0)?;
             (shared, Some(chain), ebpf_hook)
         }
     };
@@ -498,8 +498,8 @@ fn build(hook: HookName, filters: &[Program], maps: &[CounterMap]) -> anyhow::Re
 /// The generated code's hook for a hook name.
 fn ebpf_hook(hook: HookName) -> Hook {
     match hook {
-        HookName::Socket => Hook::SocketFilter,
-        HookName::Tc => Hook::Tc,
+        HookName::Socket => Hook::Socket,
+        HookName::Tc => Hook::TcIngress,
         HookName::Xdp => Hook::Xdp,
     }
 }
@@ -746,7 +746,7 @@ fn measure_shape(
         .map(|&hook| {
             let ebpf_hook = ebpf_hook(hook);
             let code = [
-                mov64(Reg::R0, Operand::Imm(ebpf_hook.neutral_return())),
+                mov64(Reg::R0, Operand::Imm(neutral_return(ebpf_hook))),
                 Insn::Exit,
             ];
             let program = LoadedProgram::load(ebpf_hook, "xtask_empty", &code)?;

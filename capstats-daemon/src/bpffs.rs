@@ -1,9 +1,20 @@
-//! The daemon's objects on bpffs: one directory per session under the pin directory
-//! (default `/sys/fs/bpf/capstats`), holding its counter map. A pinned map outlives the
-//! daemon, so a restarted daemon (after a crash, an upgrade, `kill -9`) continues from
-//! the kernel's counts instead of going back to what it last saved: only if the bpffs
-//! outlives the daemon, which [`Pins::prepare`] sees to (or says it cannot). The
-//! directory is locked (`flock`) for one daemon: another would take its pins for
+//! The daemon's objects on bpffs, and every path of them. Under the pin directory
+//! (default `/sys/fs/bpf/capstats`):
+//!
+//! - `<session>/counters`: one directory per session (its name encoded, see
+//!   [`Pins::session_dir`]), holding its counter map (and, from an older capstats,
+//!   per-session tc links `tc-in` and `tc-out`, removed at start);
+//! - `%tc/<interface>/in-link`, `out-link`, `in-chain`, `out-chain`: an interface's
+//!   tc links and their chains' prog arrays ([`HookPins`]);
+//! - `%xdp/<interface>/native-link` or `generic-link`, and `chain`: its XDP link and
+//!   chain.
+//!
+//! No session name encodes to `%tc` or `%xdp`: there `%` is always followed by two hex
+//! digits. A pinned object outlives the daemon, so a restarted daemon (after a crash,
+//! an upgrade, `kill -9`) continues from the kernel's counts instead of going back to
+//! what it last saved, and tc and XDP programs count while no daemon runs: only if
+//! the bpffs outlives the daemon, which [`Pins::prepare`] sees to (or says it cannot).
+//! The directory is locked (`flock`) for one daemon: another would take its pins for
 //! unclaimed ones and remove them.
 
 use std::collections::HashSet;
@@ -14,6 +25,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use capstats_common::hook::{Hook, XdpMode};
 use capstats_ebpf::counters::{CounterError, CounterMap};
 
 use crate::log::event;
@@ -21,6 +33,132 @@ use crate::sys;
 
 const BPFFS: &str = "/sys/fs/bpf";
 const COUNTERS: &str = "counters";
+
+/// The directories of the interfaces' XDP and tc links in the pin directory.
+const XDP_DIR: &str = "%xdp";
+const TC_DIR: &str = "%tc";
+
+/// Where the links and the chain of one interface's tc or XDP hook are pinned.
+#[derive(Debug, Clone)]
+pub struct HookPins {
+    hook: Hook,
+    /// `<pin-dir>/%tc/<interface>` or `<pin-dir>/%xdp/<interface>`.
+    dir: PathBuf,
+}
+
+impl HookPins {
+    /// `hook`'s pins on `interface` under the pin directory `pin_dir`; none for the
+    /// socket hook, whose sockets live in the daemon.
+    pub fn of(pin_dir: &Path, interface: &str, hook: Hook) -> Option<Self> {
+        let top = match hook {
+            Hook::Socket => return None,
+            Hook::TcIngress | Hook::TcEgress => TC_DIR,
+            Hook::Xdp => XDP_DIR,
+        };
+        Some(Self {
+            hook,
+            dir: pin_dir.join(top).join(interface),
+        })
+    }
+
+    /// The interface's directory (shared by its two tc hooks).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Where a link of the hook is pinned, and the XDP mode each path stands for
+    /// (XDP: one of two, by mode).
+    pub fn links(&self) -> Vec<(PathBuf, Option<XdpMode>)> {
+        let modes: &[Option<XdpMode>] = match self.hook {
+            Hook::Socket => &[],
+            Hook::TcIngress | Hook::TcEgress => &[None],
+            Hook::Xdp => &[Some(XdpMode::Native), Some(XdpMode::Generic)],
+        };
+        modes.iter().map(|&mode| (self.link(mode), mode)).collect()
+    }
+
+    /// Where a link attached in `mode` (XDP's; none at tc) is pinned.
+    pub fn link(&self, mode: Option<XdpMode>) -> PathBuf {
+        self.dir.join(match (self.hook, mode) {
+            (Hook::TcIngress, _) => "in-link",
+            (Hook::TcEgress, _) => "out-link",
+            (Hook::Socket | Hook::Xdp, Some(XdpMode::Generic)) => "generic-link",
+            (Hook::Socket | Hook::Xdp, _) => "native-link",
+        })
+    }
+
+    /// Where the chain's prog array is pinned.
+    pub fn chain(&self) -> PathBuf {
+        self.dir.join(match self.hook {
+            Hook::TcIngress => "in-chain",
+            Hook::TcEgress => "out-chain",
+            Hook::Socket | Hook::Xdp => "chain",
+        })
+    }
+
+    /// Where a new prog array is pinned while the chain's first program is swapped in
+    /// to refer to it, before it is renamed over [`HookPins::chain`].
+    pub fn chain_pending(&self) -> PathBuf {
+        let mut name = self.chain().into_os_string();
+        name.push("-new");
+        PathBuf::from(name)
+    }
+
+    /// Whether any link or chain of the hook is pinned.
+    pub fn exist(&self) -> bool {
+        self.links().iter().any(|(path, _)| path.exists())
+            || self.chain().exists()
+            || self.chain_pending().exists()
+    }
+
+    /// Makes the interface's directory.
+    pub fn create_dir(&self) -> io::Result<()> {
+        fs::create_dir_all(&self.dir)
+    }
+
+    /// Removes the interface's directory and `%tc` or `%xdp` if they are empty (one
+    /// still holding the other tc direction's pins stays).
+    pub fn remove_empty_dirs(&self) {
+        let _ = fs::remove_dir(&self.dir);
+        if let Some(parent) = self.dir.parent() {
+            let _ = fs::remove_dir(parent);
+        }
+    }
+}
+
+/// The interfaces with tc or XDP pins under `pin_dir`, and their hooks: every hook of
+/// an interface's directory, whatever is pinned in it.
+pub fn pinned_hooks(pin_dir: &Path) -> Vec<(String, Hook)> {
+    let mut found = Vec::new();
+    for (top, hooks) in [
+        (XDP_DIR, &[Hook::Xdp][..]),
+        (TC_DIR, &[Hook::TcIngress, Hook::TcEgress][..]),
+    ] {
+        let Ok(entries) = fs::read_dir(pin_dir.join(top)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let interface = entry.file_name().to_string_lossy().into_owned();
+            found.extend(hooks.iter().map(|&hook| (interface.clone(), hook)));
+        }
+    }
+    found
+}
+
+/// Files the tc and XDP pins of interface `old` under `new` (same interface,
+/// renamed).
+pub fn rename_interface(pin_dir: &Path, old: &str, new: &str) -> Vec<(PathBuf, io::Error)> {
+    let mut failed = Vec::new();
+    for top in [TC_DIR, XDP_DIR] {
+        let (from, to) = (pin_dir.join(top).join(old), pin_dir.join(top).join(new));
+        if from.exists()
+            && let Err(e) = fs::rename(&from, &to)
+        {
+            failed.push((to, e));
+        }
+    }
+    failed
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PinError {
@@ -243,6 +381,16 @@ fn lock_holder(meta: &fs::Metadata) -> String {
     String::new()
 }
 
+/// Removes `tc-in` and `tc-out` from the session directory `dir`: see
+/// [`Pins::remove_old_tc_links`].
+fn remove_old_tc_links(dir: &Path) -> Vec<PathBuf> {
+    ["tc-in", "tc-out"]
+        .into_iter()
+        .map(|old| dir.join(old))
+        .filter(|path| fs::remove_file(path).is_ok())
+        .collect()
+}
+
 /// A session name as a file name: bytes other than letters, digits, `-` and `_` as
 /// `%XX`, so that `/`, `.` or `..` in a name never reach the path.
 fn encode(name: &str) -> String {
@@ -451,8 +599,15 @@ impl Pins {
     }
 
     /// Where a session's objects are pinned.
-    pub fn session_dir(&self, name: &str) -> PathBuf {
+    fn session_dir(&self, name: &str) -> PathBuf {
         self.dir.join(encode(name))
+    }
+
+    /// Removes the tc links an older capstats pinned per session (`tc-in`, `tc-out` in
+    /// its directory, before one program per interface counted its sessions): they
+    /// would count the session twice. Returns the paths removed.
+    pub fn remove_old_tc_links(&self, name: &str) -> Vec<PathBuf> {
+        remove_old_tc_links(&self.session_dir(name))
     }
 
     /// A fresh counter map for a new session, pinned (replacing anything left under
@@ -522,7 +677,7 @@ impl Pins {
         };
         for entry in entries.flatten() {
             let file = entry.file_name().to_string_lossy().into_owned();
-            if file == crate::programs::XDP_DIR || file == crate::programs::TC_DIR {
+            if file == XDP_DIR || file == TC_DIR {
                 // Not a session: the interfaces' XDP and tc links.
                 continue;
             }
@@ -619,5 +774,60 @@ mod tests {
                 assert_eq!(shown.matches("Permission denied").count(), 1, "{shown}");
             }
         }
+    }
+
+    /// Every pin path of a hook is under its interface's directory, distinct from the
+    /// other hooks', and never a session's directory.
+    #[test]
+    fn hook_pins_have_their_own_paths() {
+        let dir = Path::new("/sys/fs/bpf/capstats");
+        assert!(HookPins::of(dir, "eth0", Hook::Socket).is_none());
+        let pins = |hook| HookPins::of(dir, "eth0", hook).unwrap();
+        let tc_in = pins(Hook::TcIngress);
+        assert_eq!(tc_in.dir(), Path::new("/sys/fs/bpf/capstats/%tc/eth0"));
+        assert_eq!(tc_in.link(None), tc_in.dir().join("in-link"));
+        assert_eq!(tc_in.chain(), tc_in.dir().join("in-chain"));
+        assert_eq!(tc_in.chain_pending(), tc_in.dir().join("in-chain-new"));
+        let xdp = pins(Hook::Xdp);
+        assert_eq!(
+            xdp.link(Some(XdpMode::Generic)),
+            Path::new("/sys/fs/bpf/capstats/%xdp/eth0/generic-link")
+        );
+        let mut paths: Vec<PathBuf> = [Hook::TcIngress, Hook::TcEgress, Hook::Xdp]
+            .into_iter()
+            .flat_map(|hook| {
+                let p = pins(hook);
+                let mut all: Vec<PathBuf> = p.links().into_iter().map(|(l, _)| l).collect();
+                all.extend([p.chain(), p.chain_pending()]);
+                all
+            })
+            .collect();
+        let n = paths.len();
+        paths.sort();
+        paths.dedup();
+        assert_eq!(paths.len(), n, "{paths:?}");
+        for top in [TC_DIR, XDP_DIR] {
+            assert_eq!(decode(top), None, "{top} decodes as a session's directory");
+        }
+    }
+
+    /// The tc links an older capstats pinned in a session's directory go, and
+    /// nothing else there does.
+    #[test]
+    fn old_tc_links_are_removed_and_the_counters_kept() {
+        let dir = std::env::temp_dir().join(format!("capstats-bpffs-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        for file in ["tc-in", "tc-out", COUNTERS] {
+            fs::write(dir.join(file), b"").unwrap();
+        }
+        let removed = remove_old_tc_links(&dir);
+        let kept = dir.join(COUNTERS).exists();
+        let gone = !dir.join("tc-in").exists() && !dir.join("tc-out").exists();
+        let again = remove_old_tc_links(&dir);
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(removed, [dir.join("tc-in"), dir.join("tc-out")]);
+        assert!(kept && gone);
+        assert!(again.is_empty());
     }
 }
