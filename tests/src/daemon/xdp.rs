@@ -21,7 +21,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use capstats_common::protocol::{Command, Request, Response, Session};
+use capstats_common::protocol::{Command, Request, Response};
 use capstats_ebpf::filter::Filter;
 use capstats_ebpf::insn::{AluOp, Insn, Operand, Reg, Width};
 use capstats_ebpf::program::LoadedProgram;
@@ -31,13 +31,7 @@ use crate::frame::{MacAddr, ethertype, outer_tag, without_outer_tag};
 use crate::link::{Link, VethPair};
 use crate::netns::NetNs;
 
-/// Packets and bytes.
-pub type Count = (u64, u64);
-
-/// A session's packets and bytes.
-pub fn counts(session: &Session) -> Count {
-    (session.packets.unwrap_or(0), session.bytes.unwrap_or(0))
-}
+pub use super::{Count, counts};
 
 /// Sends one request to the daemon on `socket` and reads its response.
 ///
