@@ -526,50 +526,6 @@ fn inbound_and_outbound_on_tc_mean_what_they_mean_for_tcpdump() -> anyhow::Resul
 // ---------------------------------------------------------------------------------
 // 2. The corpus.
 
-/// Replayed on A's end: received by B.
-const INBOUND: &[&str] = &[
-    "pcap/tcpdump/afs.pcap",                // UDP (AFS/Rx), IP fragments, ICMP
-    "pcap/tcpdump/mptcp-v0.pcap",           // TCP with options
-    "pcap/tcpdump/of10_s4810.pcap",         // TCP, frames up to 4,170 bytes
-    "pcap/tcpdump/of10_pf5240.pcap",        // TCP
-    "pcap/tcpdump/vrrp.pcap",               // VRRP over IPv4 and IPv6
-    "pcap/tcpdump/various_gre.pcap",        // GRE, 802.1Q vlan 1213
-    "pcap/tcpdump/babel_rfc6126bis.pcap",   // IPv6 UDP multicast
-    "pcap/tcpdump/NHRP_registration.pcap",  // 802.1Q vlan 100
-    "pcap/tcpdump/ldp-common-session.pcap", // 802.1Q vlan 202, TCP and UDP
-    "pcap/tcpdump/rpvstp-trunk-native-vid5.pcap", // STP, 802.1Q vlan 1
-    "pcap/tcpdump/802.1ad_QinQ.pcap",       // 802.1ad 200 / 802.1Q 2001, ARP
-    "pcap/tcpdump/MSTP_Intra-Region_BPDUs.pcap", // 802.1Q vlan 0 (priority tags)
-    "pcap/tcpdump/dhcp-rfc4388.pcap",       // DHCP, ARP, ICMP
-    "pcap/tcpdump/icmp6-rfc8335.pcap",      // ICMPv6
-    "pcap/tcpdump/icmp-rfc8335.pcap",       // ICMP
-    "pcap/tcpdump/ssh.pcap",                // TCP port 22
-    "pcap/tcpdump/pim-packet-assortment.pcap", // PIM; jumbo frames up to 64 KiB
-    "pcap/tcpdump/ptp_ethernet.pcap",       // PTP over Ethernet (0x88f7)
-    "pcap/tcpdump/erspan-type-ii-3.pcap",   // GRE/ERSPAN
-    "pcap/tcpdump/erspan-type-i-4.pcap",    // GRE/ERSPAN
-    "pcap/tcpdump/geonet_v0_and_calm_fast.pcap", // GeoNetworking (0x0707)
-    "pcap/tcpdump/bcm-li.pcap",             // UDP (Broadcom LI)
-    "pcap/tcpdump/ipx.pcap",                // IPX (802.3 frames)
-];
-
-/// Replayed on B's end: sent by B.
-const OUTBOUND: &[&str] = &[
-    "pcap/tcpdump/bgp-4byte-asn.pcap",          // BGP (TCP 179), ARP
-    "pcap/tcpdump/bgp-bgpsec.pcap",             // BGP, frames up to 2,596 bytes
-    "pcap/tcpdump/tfo-5c1fa7f9ae91.pcap",       // TCP fast open (SYNs with data)
-    "pcap/tcpdump/eapon1.pcap",                 // EAPOL, DHCP, ARP; a 19-byte frame
-    "pcap/tcpdump/AoE_Linux.pcap",              // ATA over Ethernet (0x88a2)
-    "pcap/tcpdump/DECnet_Phone.pcap",           // DECnet
-    "pcap/tcpdump/OSPFv3_with_AH.pcap",         // IPv6 with AH
-    "pcap/tcpdump/ipv4_tcp_http_xml.pcap",      // 802.1Q vlan 165, TCP
-    "pcap/tcpdump/NHRP-responder-address.pcap", // 802.1Q vlan 79
-    "pcap/tcpdump/bgp-evpn.pcap",               // 802.1Q vlan 23
-    "pcap/tcpdump/isakmp4500.pcap",             // IKE over UDP 4500, ARP
-    "pcap/tcpdump/edns-opts.pcap",              // DNS
-    "pcap/tcpdump/LLDP_and_CDP.pcap",           // LLDP, CDP
-];
-
 /// (session name, expression, matches some received frame). `all` must stay.
 const CORPUS_CASES: &[(&str, &str, bool)] = &[
     ("all", "", true),
@@ -615,9 +571,9 @@ const REPLAY_PPS: u32 = 5000;
 fn corpus_replay_counts_the_same_on_tc_as_on_the_socket() -> anyhow::Result<()> {
     require_root(TEST);
     let started = Instant::now();
-    let dir = corpus::dir()?;
-    let files = |list: &[&str]| -> Vec<PathBuf> { list.iter().map(|f| dir.join(f)).collect() };
-    let (inbound, outbound) = (files(INBOUND), files(OUTBOUND));
+    // Received by B: replayed on A's end; sent by B: replayed on B's end.
+    let inbound = corpus::files(&[corpus::REPLAY_IN, corpus::REPLAY_IN_MORE])?;
+    let outbound = corpus::files(&[corpus::REPLAY_OUT])?;
     let mut in_files = (0, 0);
     for file in &inbound {
         in_files = add(in_files, corpus::records(file)?);
