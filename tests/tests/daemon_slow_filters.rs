@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use capstats_common::protocol::Session;
 use capstats_tests::daemon::Daemon;
+use capstats_tests::daemon::counts;
 use capstats_tests::daemon::rig::{self, Setup};
 use capstats_tests::require_root;
 
@@ -51,10 +52,6 @@ fn slow_filter(hosts: usize, salt: usize) -> String {
         .map(|i| format!("host 10.{}.{}.{}", 100 + salt, (i / 250) % 250, 1 + i % 250))
         .collect();
     format!("udp and ({} or host {})", others.join(" or "), rig::IP_A)
-}
-
-fn counts(session: &Session) -> (u64, u64) {
-    (session.packets.unwrap_or(0), session.bytes.unwrap_or(0))
 }
 
 /// Creates the sessions and counts `n` frames in each.

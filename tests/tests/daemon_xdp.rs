@@ -40,6 +40,7 @@ use capstats_tests::daemon::{Client, Daemon, DaemonSpec};
 use capstats_tests::frame::{
     Ethernet, Ipv4, Ipv6, MacAddr, Tcp, VlanTag, arp, ethertype, with_outer_tag,
 };
+use capstats_tests::joined;
 use capstats_tests::require_root;
 use capstats_tests::scratch::ScratchDir;
 
@@ -946,9 +947,7 @@ fn restart_during_a_stream(tag: &str, ending: Ending) -> anyhow::Result<()> {
             !stream.is_finished(),
             "the stream ended before the second daemon started: the test tested nothing"
         );
-        let sent_in = stream
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        let sent_in = joined(stream)?;
         println!(
             "{ending:?} at {at_stop} frames counted; the kernel counted alone for \
              {restarted_after:.2?}; the second daemon found {:?}",
@@ -1187,9 +1186,7 @@ fn thirty_two_sessions_exact_and_undisturbed_by_others_coming_and_going() -> any
             swap_time += asked.elapsed();
         }
         drop(over);
-        stream
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        joined(stream)?;
         Ok(churned)
     })?;
     let rounds = rounds.into_inner();
