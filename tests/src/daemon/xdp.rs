@@ -14,7 +14,6 @@
 //!   libpcap's own verdicts (`pcap_offline_filter`).
 //! - [`corpus_frames`]: the frames of corpus captures (`crate::corpus` replays them).
 
-use std::ffi::CString;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -179,8 +178,8 @@ pub struct ForeignXdp<'ns> {
 }
 
 const XDP_PASS: i32 = 2;
-/// `bpf()` commands and the XDP attach type (linux/bpf.h).
-const BPF_OBJ_PIN: libc::c_long = 6;
+/// `BPF_LINK_CREATE` and the XDP attach type (linux/bpf.h): capstats attaches through
+/// aya, so `capstats_ebpf::sys::bpf` (which pins the foreign program) makes no links.
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_XDP: u32 = 37;
 
@@ -232,21 +231,8 @@ impl<'ns> ForeignXdp<'ns> {
                 std::fs::create_dir_all(pin_dir)
                     .with_context(|| format!("cannot create {}", pin_dir.display()))?;
                 let pin = pin_dir.join("foreign_pass");
-                let path = CString::new(pin.to_string_lossy().as_bytes())?;
-                #[repr(C)]
-                struct ObjPin {
-                    pathname: u64,
-                    bpf_fd: u32,
-                    file_flags: u32,
-                    rest: [u64; 4],
-                }
-                let attr = ObjPin {
-                    pathname: path.as_ptr() as u64,
-                    bpf_fd: program.as_fd().as_raw_fd() as u32,
-                    file_flags: 0,
-                    rest: [0; 4],
-                };
-                bpf(BPF_OBJ_PIN, &attr).with_context(|| format!("pinning at {}", pin.display()))?;
+                capstats_ebpf::sys::bpf::obj_pin(program.as_fd(), &pin)
+                    .with_context(|| format!("pinning at {}", pin.display()))?;
                 // Not `ip -n`: it mounts its own /sys, where the pin is not.
                 let attached = crate::cmd::run(
                     ns.command_keeping_mounts("ip")
