@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use capstats_common::protocol::{ErrorKind, HookName};
-use capstats_ebpf::cbpf::{Program, RawInsn};
+use capstats_ebpf::cbpf::{ClassicError, Program, RawInsn};
 use serde::{Deserialize, Serialize};
 
 use crate::session::{self, Compiled, SessionError};
@@ -80,7 +80,7 @@ pub enum CompileError {
     Answer {
         whose: String,
         status: std::process::ExitStatus,
-        reason: String,
+        reason: BadAnswer,
     },
     /// libpcap's program, which the session cannot count with there.
     #[error(transparent)]
@@ -91,6 +91,18 @@ pub enum CompileError {
     /// The compiler thread ended without an answer.
     #[error("its compiler stopped")]
     CompilerStopped,
+}
+
+/// What was wrong with a helper's answer that gave neither a program nor libpcap's
+/// reason: printed in [`CompileError::Answer`]'s words (`... and answered {reason}`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadAnswer {
+    /// Bytes that are no [`Answer`] (an empty or cut output, a helper that crashed).
+    #[error("{bytes} bytes, not an answer ({reason})")]
+    NotAnAnswer { bytes: usize, reason: String },
+    /// libpcap's program, which fails the kernel's classic rules: validated, not trusted.
+    #[error("a program the daemon refuses: {0}")]
+    Invalid(ClassicError),
 }
 
 impl CompileError {
@@ -174,12 +186,7 @@ pub fn compile(
         .and_then(|reader| reader.join().ok())
         .and_then(Result::ok)
         .unwrap_or_default();
-    let answer = decode(&output).map_err(|reason| CompileError::Answer {
-        whose: whose.to_owned(),
-        status,
-        reason,
-    })?;
-    let program = answer.map_err(|(kind, message)| CompileError::Refused { kind, message })?;
+    let program = decode(&output, whose, status)?;
     Compiled::new(interface, hook, expression, &program)
         .map_err(|cause| CompileError::Program(Box::new(cause)))
 }
@@ -189,23 +196,37 @@ fn encode(raw: &[RawInsn]) -> Answer {
     Answer::Program(raw.iter().map(|i| (i.code, i.jt, i.jf, i.k)).collect())
 }
 
-/// The helper's answer: libpcap's program, validated as any classic program is, or
-/// libpcap's reason for refusing the expression, with its kind.
-#[allow(clippy::type_complexity)]
-fn decode(bytes: &[u8]) -> Result<Result<Program, (ErrorKind, String)>, String> {
-    let answer: Answer = serde_json::from_slice(bytes)
-        .map_err(|e| format!("{} bytes, not an answer ({e})", bytes.len()))?;
+/// The answer of the helper for `whose`, which ended with `status`: libpcap's program,
+/// validated as any classic program is; libpcap's reason for refusing the expression,
+/// with its kind ([`CompileError::Refused`]); or an answer that is neither
+/// ([`CompileError::Answer`]).
+fn decode(
+    bytes: &[u8],
+    whose: &str,
+    status: std::process::ExitStatus,
+) -> Result<Program, CompileError> {
+    let bad = |reason| CompileError::Answer {
+        whose: whose.to_owned(),
+        status,
+        reason,
+    };
+    let answer: Answer = serde_json::from_slice(bytes).map_err(|e| {
+        bad(BadAnswer::NotAnAnswer {
+            bytes: bytes.len(),
+            reason: e.to_string(),
+        })
+    })?;
     let raw = match answer {
-        Answer::Refused { kind, message } => return Ok(Err((kind, message))),
+        Answer::Refused { kind, message } => {
+            return Err(CompileError::Refused { kind, message });
+        }
         Answer::Program(raw) => raw,
     };
     let raw: Vec<RawInsn> = raw
         .into_iter()
         .map(|(code, jt, jf, k)| RawInsn::new(code, jt, jf, k))
         .collect();
-    Program::new(&raw)
-        .map(Ok)
-        .map_err(|e| format!("a program the daemon refuses: {e}"))
+    Program::new(&raw).map_err(|e| bad(BadAnswer::Invalid(e)))
 }
 
 /// `capstats __compile-filter`: compiles the [`Job`] on stdin and writes an
@@ -239,6 +260,8 @@ pub fn helper() -> std::process::ExitCode {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::process::ExitStatusExt;
+
     use super::*;
 
     /// The time limit's refusal, word for word as clients got it before it was typed.
@@ -267,24 +290,65 @@ mod tests {
             RawInsn::new(0x06, 0, 0, 0x40000),
             RawInsn::new(0x06, 0, 0, 0),
         ];
+        let exited = std::process::ExitStatus::from_raw(0);
+        let decode = |bytes: &[u8]| decode(bytes, "session \"web\"", exited);
         let bytes = serde_json::to_vec(&encode(&raw)).unwrap();
-        assert_eq!(decode(&bytes), Ok(Ok(Program::new(&raw).unwrap())));
-        assert!(decode(&bytes[..7]).is_err(), "a cut answer is refused");
-        assert!(decode(&[]).is_err(), "an empty answer is refused");
+        assert_eq!(decode(&bytes).unwrap(), Program::new(&raw).unwrap());
+        // A cut answer, an empty one: refused, an internal error saying what came.
+        for (cut, len) in [(&bytes[..7], 7), (&[][..], 0)] {
+            let error = decode(cut).unwrap_err();
+            assert!(
+                matches!(
+                    &error,
+                    CompileError::Answer {
+                        reason: BadAnswer::NotAnAnswer { bytes, .. },
+                        ..
+                    } if *bytes == len
+                ),
+                "{error:?}"
+            );
+            assert_eq!(error.kind(), ErrorKind::Internal);
+            let prefix = format!(
+                "the helper that compiles the filter of session \"web\" ended (exit status: \
+                 0) and answered {len} bytes, not an answer ("
+            );
+            assert!(error.to_string().starts_with(&prefix), "{error}");
+        }
         // A jump past the end: validated, not trusted.
         let mut bad = raw;
         bad[1] = RawInsn::new(0x15, 9, 1, 0x800);
         let bytes = serde_json::to_vec(&encode(&bad)).unwrap();
-        assert!(decode(&bytes).unwrap_err().contains("refuses"));
+        let error = decode(&bytes).unwrap_err();
+        let CompileError::Answer {
+            reason: BadAnswer::Invalid(cause),
+            ..
+        } = &error
+        else {
+            panic!("{error:?}");
+        };
+        assert_eq!(error.kind(), ErrorKind::Internal);
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "the helper that compiles the filter of session \"web\" ended (exit status: \
+                 0) and answered a program the daemon refuses: {cause}"
+            )
+        );
         // libpcap's reason, carried as it was given.
         let refused = Answer::Refused {
             kind: ErrorKind::InvalidFilter,
             message: "syntax error".into(),
         };
         let bytes = serde_json::to_vec(&refused).unwrap();
-        assert_eq!(
-            decode(&bytes),
-            Ok(Err((ErrorKind::InvalidFilter, "syntax error".into())))
+        let error = decode(&bytes).unwrap_err();
+        assert!(
+            matches!(
+                &error,
+                CompileError::Refused { kind: ErrorKind::InvalidFilter, message }
+                    if message == "syntax error"
+            ),
+            "{error:?}"
         );
+        assert_eq!(error.to_string(), "syntax error");
     }
 }

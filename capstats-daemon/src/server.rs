@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use capstats_common::MAX_REQUEST_BYTES;
-use capstats_common::protocol::{Command, ErrorKind, LineError, Response};
+use capstats_common::protocol::{Command, LineError, Response};
 use capstats_common::text::bounded;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -203,10 +203,7 @@ fn refuse(stream: UnixStream, reason: String) {
     let Ok(mut stream) = stream.into_std() else {
         return;
     };
-    let _ = respond(
-        &mut stream,
-        &Response::error(ErrorKind::PermissionDenied, reason),
-    );
+    let _ = respond(&mut stream, &RequestError::AccessDenied { reason }.into());
     let _ = stream.shutdown(std::net::Shutdown::Write);
     let _ = io::copy(
         &mut (&stream).take(MAX_REQUEST_BYTES as u64),
@@ -224,13 +221,7 @@ fn turn_away(stream: UnixStream, clients: &Clients) {
     let Ok(mut stream) = stream.into_std() else {
         return;
     };
-    let _ = respond(
-        &mut stream,
-        &Response::error(
-            ErrorKind::Internal,
-            format!("the daemon serves {limit} clients at once already; try again later"),
-        ),
-    );
+    let _ = respond(&mut stream, &RequestError::TooManyClients { limit }.into());
 }
 
 /// One client's connection, until it goes, is too slow, or the daemon stops.
@@ -255,7 +246,7 @@ async fn connection(
             });
             asked.await.unwrap_or_else(|e| {
                 event!("client {who}: a request failed: {e}");
-                Response::error(ErrorKind::Internal, "the request failed in the daemon")
+                RequestError::RequestFailed.into()
             })
         }
     };
@@ -549,6 +540,7 @@ fn text(line: Vec<u8>) -> io::Result<Line> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use capstats_common::protocol::ErrorKind;
     use tokio::io::AsyncWriteExt;
 
     fn lines(input: &[u8]) -> Vec<String> {
@@ -608,6 +600,40 @@ mod tests {
         assert_eq!(kind, ErrorKind::InvalidName, "{message}");
         assert!(message.contains("contains a space"), "{message}");
         assert!(matches!(turn(Ok(Line::End)), Ok(Turn::End)));
+    }
+
+    /// The server's own replies, made at accept or when a request's task fails: each
+    /// text and kind, word for word as clients got them before they were typed.
+    #[test]
+    fn the_servers_own_replies_keep_their_texts_and_kinds() {
+        let reason = "permission denied: uid 1000 is neither root nor a member of group \
+                      capstats (gid 990)";
+        let cases = [
+            (
+                RequestError::AccessDenied {
+                    reason: reason.into(),
+                },
+                ErrorKind::PermissionDenied,
+                reason.to_owned(),
+            ),
+            (
+                RequestError::TooManyClients { limit: 768 },
+                ErrorKind::Internal,
+                "the daemon serves 768 clients at once already; try again later".to_owned(),
+            ),
+            (
+                RequestError::RequestFailed,
+                ErrorKind::Internal,
+                "the request failed in the daemon".to_owned(),
+            ),
+        ];
+        for (error, kind, text) in cases {
+            assert_eq!(error.kind(), kind, "{error}");
+            let Response::Error(reply) = Response::from(error) else {
+                panic!("not an error");
+            };
+            assert_eq!((reply.kind, reply.message), (kind, text));
+        }
     }
 
     /// Running short of descriptors is refused as a kernel error naming the session

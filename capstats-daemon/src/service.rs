@@ -932,6 +932,16 @@ pub enum RequestError {
         limit: u64,
         reserve: u64,
     },
+    /// A client refused at accept: `reason` (from `Access::check`) says who it is and
+    /// who may connect.
+    #[error("{reason}")]
+    AccessDenied { reason: String },
+    /// A client turned away at accept: `limit` clients are connected already.
+    #[error("the daemon serves {limit} clients at once already; try again later")]
+    TooManyClients { limit: usize },
+    /// The task handling a request ended without an answer (the server logs why).
+    #[error("the request failed in the daemon")]
+    RequestFailed,
 }
 
 impl RequestError {
@@ -951,9 +961,12 @@ impl RequestError {
             | RequestError::ShortOfDescriptors { .. } => ErrorKind::Kernel,
             RequestError::Line(cause) => cause.kind(),
             RequestError::GenericXdpAndTcIngress { .. } => ErrorKind::BadRequest,
+            RequestError::AccessDenied { .. } => ErrorKind::PermissionDenied,
             RequestError::NotSaved { .. }
             | RequestError::CompiledNotTaken { .. }
-            | RequestError::StillRestoring { .. } => ErrorKind::Internal,
+            | RequestError::StillRestoring { .. }
+            | RequestError::TooManyClients { .. }
+            | RequestError::RequestFailed => ErrorKind::Internal,
         }
     }
 }

@@ -21,6 +21,67 @@ pub fn dir() -> anyhow::Result<PathBuf> {
     capstats_testkit::corpus::dir()
 }
 
+/// The captures the replay tests (`daemon_replay`, `daemon_tc`, `daemon_xdp`) replay on
+/// A's end, so that B receives them: IPv4 and IPv6, TCP, UDP, ICMP, ARP, IP fragments,
+/// jumbo frames up to 64 KiB, 802.1Q and 802.1ad tags (the kernel moves an outer one
+/// into metadata), and link layers that are neither IP nor ARP.
+pub const REPLAY_IN: &[&str] = &[
+    "pcap/tcpdump/afs.pcap",                // UDP (AFS/Rx), IP fragments, ICMP
+    "pcap/tcpdump/mptcp-v0.pcap",           // TCP with options
+    "pcap/tcpdump/of10_s4810.pcap",         // TCP, frames up to 4,170 bytes
+    "pcap/tcpdump/of10_pf5240.pcap",        // TCP
+    "pcap/tcpdump/vrrp.pcap",               // VRRP over IPv4 and IPv6
+    "pcap/tcpdump/various_gre.pcap",        // GRE, 802.1Q vlan 1213
+    "pcap/tcpdump/babel_rfc6126bis.pcap",   // IPv6 UDP multicast
+    "pcap/tcpdump/NHRP_registration.pcap",  // 802.1Q vlan 100
+    "pcap/tcpdump/ldp-common-session.pcap", // 802.1Q vlan 202, TCP and UDP
+    "pcap/tcpdump/rpvstp-trunk-native-vid5.pcap", // STP, 802.1Q vlan 1
+    "pcap/tcpdump/802.1ad_QinQ.pcap",       // 802.1ad 200 / 802.1Q 2001, ARP
+    "pcap/tcpdump/MSTP_Intra-Region_BPDUs.pcap", // 802.1Q vlan 0 (priority tags)
+    "pcap/tcpdump/dhcp-rfc4388.pcap",       // DHCP, ARP, ICMP
+    "pcap/tcpdump/icmp6-rfc8335.pcap",      // ICMPv6
+    "pcap/tcpdump/icmp-rfc8335.pcap",       // ICMP
+    "pcap/tcpdump/ssh.pcap",                // TCP port 22
+    "pcap/tcpdump/pim-packet-assortment.pcap", // PIM; jumbo frames up to 64 KiB
+    "pcap/tcpdump/ptp_ethernet.pcap",       // PTP over Ethernet (0x88f7)
+];
+
+/// More captures `daemon_tc` replays on A's end after [`REPLAY_IN`].
+pub const REPLAY_IN_MORE: &[&str] = &[
+    "pcap/tcpdump/erspan-type-ii-3.pcap",        // GRE/ERSPAN
+    "pcap/tcpdump/erspan-type-i-4.pcap",         // GRE/ERSPAN
+    "pcap/tcpdump/geonet_v0_and_calm_fast.pcap", // GeoNetworking (0x0707)
+    "pcap/tcpdump/bcm-li.pcap",                  // UDP (Broadcom LI)
+    "pcap/tcpdump/ipx.pcap",                     // IPX (802.3 frames)
+];
+
+/// The captures the replay tests replay on B's own end, so that B sends them (tags
+/// stay in the frame); `daemon_xdp` replays them on A's end after [`REPLAY_IN`].
+pub const REPLAY_OUT: &[&str] = &[
+    "pcap/tcpdump/bgp-4byte-asn.pcap",          // BGP (TCP 179), ARP
+    "pcap/tcpdump/bgp-bgpsec.pcap",             // BGP, frames up to 2,596 bytes
+    "pcap/tcpdump/tfo-5c1fa7f9ae91.pcap",       // TCP fast open (SYNs with data)
+    "pcap/tcpdump/eapon1.pcap",                 // EAPOL, DHCP, ARP; a 19-byte frame
+    "pcap/tcpdump/AoE_Linux.pcap",              // ATA over Ethernet (0x88a2)
+    "pcap/tcpdump/DECnet_Phone.pcap",           // DECnet
+    "pcap/tcpdump/OSPFv3_with_AH.pcap",         // IPv6 with AH
+    "pcap/tcpdump/ipv4_tcp_http_xml.pcap",      // 802.1Q vlan 165, TCP
+    "pcap/tcpdump/NHRP-responder-address.pcap", // 802.1Q vlan 79
+    "pcap/tcpdump/bgp-evpn.pcap",               // 802.1Q vlan 23
+    "pcap/tcpdump/isakmp4500.pcap",             // IKE over UDP 4500, ARP
+    "pcap/tcpdump/edns-opts.pcap",              // DNS
+    "pcap/tcpdump/LLDP_and_CDP.pcap",           // LLDP, CDP
+];
+
+/// The files of `lists` (paths in the corpus), one after another, in the corpus.
+///
+/// # Errors
+/// When the corpus is not there.
+pub fn files(lists: &[&[&str]]) -> anyhow::Result<Vec<PathBuf>> {
+    let dir = dir()?;
+    Ok(lists.concat().iter().map(|f| dir.join(f)).collect())
+}
+
 /// Records and their total captured length, as libpcap reads a file.
 ///
 /// # Errors

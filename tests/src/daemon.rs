@@ -39,6 +39,24 @@ pub use capstats_testkit::launch::{START_TIMEOUT, STOP_TIMEOUT};
 /// How long one client command may take.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Packets and bytes.
+pub type Count = (u64, u64);
+
+/// A session's packets and bytes.
+pub fn counts(session: &Session) -> Count {
+    (session.packets.unwrap_or(0), session.bytes.unwrap_or(0))
+}
+
+/// Two counts added up.
+pub fn add(a: Count, b: Count) -> Count {
+    (a.0 + b.0, a.1 + b.1)
+}
+
+/// What `n` copies of `frame` count.
+pub fn times(frame: &[u8], n: u64) -> Count {
+    (n, n * frame.len() as u64)
+}
+
 /// The `capstats` binary of the profile the tests were built with.
 ///
 /// # Errors
@@ -639,15 +657,37 @@ impl Client {
             .collect()
     }
 
+    /// Runs a command that prints one session (`new`, `modify`, `stop`, `show`), with
+    /// `--json`, and parses it.
+    ///
+    /// # Errors
+    /// When it fails, or prints other than one session.
+    pub fn session(&self, args: &[&str]) -> anyhow::Result<Session> {
+        match self.sessions(args)?.as_slice() {
+            [session] => Ok(session.clone()),
+            other => bail!("`{}` printed {} sessions", args.join(" "), other.len()),
+        }
+    }
+
     /// `show --json NAME`.
     ///
     /// # Errors
     /// When it fails.
     pub fn show(&self, name: &str) -> anyhow::Result<Session> {
-        match self.sessions(&["show", name])?.as_slice() {
-            [session] => Ok(session.clone()),
-            other => bail!("show {name} printed {} sessions", other.len()),
+        self.session(&["show", name])
+    }
+
+    /// `list --json`, without the time each line was read: what a request that is
+    /// refused must leave exactly as it was.
+    ///
+    /// # Errors
+    /// When it fails.
+    pub fn listed(&self) -> anyhow::Result<Vec<Session>> {
+        let mut sessions = self.sessions(&["list"])?;
+        for session in &mut sessions {
+            session.read_at = None;
         }
+        Ok(sessions)
     }
 
     /// `poll --json`: every session with its counters.

@@ -45,3 +45,11 @@ pub fn require_root(test: &str) {
          `sudo -E cargo test -p capstats-tests --test {test}`."
     );
 }
+
+/// What the scoped thread `handle` returned; its panic, if it panicked, goes on in the
+/// test's thread (with the thread's message, not a `join` error's).
+pub fn joined<T>(handle: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    handle
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}

@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use capstats_common::MAX_REQUEST_BYTES;
 use capstats_common::names::MAX_NAME_BYTES;
-use capstats_common::protocol::{ErrorKind, Reply, Response, Session};
-use capstats_tests::daemon::Client;
+use capstats_common::protocol::{ErrorKind, Reply, Response};
 use capstats_tests::daemon::rig::{self, Setup};
 use capstats_tests::require_root;
 
@@ -21,15 +20,6 @@ const TEST: &str = "daemon_errors";
 
 fn setup(tag: &str) -> anyhow::Result<Setup> {
     Setup::start(tag)
-}
-
-/// `list --json`, without the time each line was read: everything else must stay.
-fn listed(client: &Client) -> anyhow::Result<Vec<Session>> {
-    let mut sessions = client.sessions(&["list"])?;
-    for session in &mut sessions {
-        session.read_at = None;
-    }
-    Ok(sessions)
 }
 
 /// A reply without the times its counters were read.
@@ -67,7 +57,7 @@ fn every_client_error_exits_1_with_a_message_and_changes_nothing() -> anyhow::Re
     let sender = setup.rig.sender_a()?;
     sender.send_n(&rig::udp_a_to_b(53, 10), 3)?;
     client.settle("dns", 3, Duration::from_secs(10), Duration::from_millis(50))?;
-    let before = listed(client)?;
+    let before = client.listed()?;
 
     let hint = format!(
         "interface {interface} must come before the filter expression, not in it: capstats new bad interface {interface} tcp port 80"
@@ -183,7 +173,7 @@ fn every_client_error_exits_1_with_a_message_and_changes_nothing() -> anyhow::Re
             )),
             Err(e) => failures.push(format!("{e:#}")),
         }
-        let now = listed(client)?;
+        let now = client.listed()?;
         if now != before {
             failures.push(format!(
                 "capstats {shown} changed the sessions:\nbefore {before:?}\nafter  {now:?}"

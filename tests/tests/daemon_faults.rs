@@ -28,6 +28,7 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use capstats_common::protocol::Session;
 use capstats_tests::cmd;
+use capstats_tests::daemon::counts;
 use capstats_tests::daemon::rig::{self, Rig};
 use capstats_tests::daemon::{
     Client, Daemon, DaemonSpec, UNMOUNT_BPFFS, alone_in_private_mounts, in_private_mounts,
@@ -42,10 +43,6 @@ const QUIET: Duration = Duration::from_millis(100);
 fn wrapped(spec: DaemonSpec, wrapper: Vec<String>) -> DaemonSpec {
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
     spec.wrapped(&wrapper)
-}
-
-fn counts(session: &Session) -> (u64, u64) {
-    (session.packets.unwrap_or(0), session.bytes.unwrap_or(0))
 }
 
 fn names(sessions: &[Session]) -> Vec<String> {

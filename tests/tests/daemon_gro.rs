@@ -22,8 +22,9 @@ use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
-use capstats_common::protocol::{Packets, Session};
+use capstats_common::protocol::Packets;
 use capstats_tests::daemon::Client;
+use capstats_tests::daemon::counts;
 use capstats_tests::daemon::rig::{IP_A, IP_B, Setup};
 use capstats_tests::require_root;
 use capstats_tests::tcpdump::Tcpdump;
@@ -178,10 +179,6 @@ fn bulk_transfer(setup: &Setup, port: u16) -> anyhow::Result<Sent> {
         payload: info.tcpi_bytes_sent,
         retransmitted: u64::from(info.tcpi_total_retrans),
     })
-}
-
-fn counts(s: &Session) -> (u64, u64) {
-    (s.packets.unwrap_or(0), s.bytes.unwrap_or(0))
 }
 
 #[test]

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::ensure;
 use capstats_common::protocol::Session;
+use capstats_tests::daemon::counts;
 use capstats_tests::daemon::rig::{self, Setup};
 use capstats_tests::daemon::xdp::{Attachment, ForeignXdp, XdpMode};
 use capstats_tests::frame::{Ethernet, Ipv4, VlanTag, ethertype};
@@ -19,10 +20,6 @@ const TEST: &str = "daemon_links";
 const ARRIVAL: Duration = Duration::from_secs(10);
 /// How long a count must stand still to be final.
 const QUIET: Duration = Duration::from_millis(100);
-
-fn counts(session: &Session) -> (u64, u64) {
-    (session.packets.unwrap_or(0), session.bytes.unwrap_or(0))
-}
 
 fn recorded(r: &Recorded) -> (u64, u64) {
     (

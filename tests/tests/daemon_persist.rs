@@ -21,8 +21,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use capstats_common::protocol::Session;
+use capstats_tests::daemon::counts;
 use capstats_tests::daemon::rig::{self, Rig};
 use capstats_tests::daemon::{Client, Daemon, DaemonSpec, UNMOUNT_BPFFS, alone_in_private_mounts};
+use capstats_tests::joined;
 use capstats_tests::require_root;
 use capstats_tests::scratch::ScratchDir;
 
@@ -31,10 +33,6 @@ const ARRIVAL: Duration = Duration::from_secs(10);
 const QUIET: Duration = Duration::from_millis(150);
 /// i64::MAX: where the daemon's counts stop.
 const MAX_COUNT: u64 = i64::MAX as u64;
-
-fn counts(session: &Session) -> (u64, u64) {
-    (session.packets.unwrap_or(0), session.bytes.unwrap_or(0))
-}
 
 fn find<'s>(sessions: &'s [Session], name: &str) -> anyhow::Result<&'s Session> {
     sessions
@@ -119,9 +117,7 @@ fn under_ip_netns_exec_kill_9_mid_stream_loses_nothing() -> anyhow::Result<()> {
                 ))
             };
             let outcome = run();
-            let streamed = stream
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            let streamed = joined(stream);
             let outcome = outcome?;
             streamed?;
             Ok(outcome)

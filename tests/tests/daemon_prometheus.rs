@@ -23,6 +23,7 @@ use anyhow::{Context, bail, ensure};
 use capstats_tests::daemon::metrics::{free_loopback_addrs, http_get, self_signed};
 use capstats_tests::daemon::rig::{self, Rig};
 use capstats_tests::daemon::{Client, Daemon, DaemonSpec};
+use capstats_tests::joined;
 use capstats_tests::prometheus::{HTTP_TIMEOUT, PROMTOOL, Prometheus, job, require_prometheus};
 use capstats_tests::require_root;
 use capstats_tests::scratch::ScratchDir;
@@ -453,11 +454,9 @@ fn fifty_concurrent_scrapers_for_ten_seconds() -> anyhow::Result<()> {
         stop.store(true, Ordering::Relaxed);
         let reports = scrapers
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .map(joined)
             .collect::<anyhow::Result<Vec<_>>>()?;
-        sending
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p))?;
+        joined(sending)?;
         if let Some(e) = poll_error {
             bail!("the daemon's client was not served during the scrapes: {e}");
         }

@@ -6,8 +6,8 @@
 //! Setup (`capstats_tests::daemon::rig`): namespaces A and B, a quiet veth pair with
 //! the largest MTU, the daemon in B counting on B's end. Beside each session, one
 //! `tcpdump -i veth-b -w FILE EXPR`, listening before anything is sent. Traffic:
-//! [`INBOUND`] replayed with tcpreplay on A's end (it arrives at B: inbound; the
-//! kernel moves outer VLAN tags into metadata), then [`OUTBOUND`] replayed on B's own
+//! [`corpus::REPLAY_IN`] replayed with tcpreplay on A's end (it arrives at B: inbound; the
+//! kernel moves outer VLAN tags into metadata), then [`corpus::REPLAY_OUT`] replayed on B's own
 //! end (outbound; tags stay in the frame). The captures hold IPv4 and IPv6, TCP, UDP,
 //! ICMP and ICMPv6, ARP, IP fragments, jumbo frames, 802.1Q and 802.1ad (QinQ) tags,
 //! and link-layer protocols that are neither IP nor ARP (PTP, AoE, DECnet, LLDP, STP).
@@ -25,7 +25,7 @@
 //! So before the sessions exist, one [`warm_up`] frame goes each way; they fill that
 //! block, and they are left out of every file's count.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
@@ -39,45 +39,6 @@ use capstats_tests::scratch::ScratchDir;
 use capstats_tests::tcpdump::{Recorded, Tcpdump};
 
 const TEST: &str = "daemon_replay";
-
-/// Replayed on A's end: inbound at B.
-const INBOUND: &[&str] = &[
-    "pcap/tcpdump/afs.pcap",                // UDP (AFS/Rx), IP fragments, ICMP
-    "pcap/tcpdump/mptcp-v0.pcap",           // TCP with options
-    "pcap/tcpdump/of10_s4810.pcap",         // TCP, frames up to 4,170 bytes
-    "pcap/tcpdump/of10_pf5240.pcap",        // TCP
-    "pcap/tcpdump/vrrp.pcap",               // VRRP over IPv4 and IPv6
-    "pcap/tcpdump/various_gre.pcap",        // GRE, 802.1Q vlan 1213
-    "pcap/tcpdump/babel_rfc6126bis.pcap",   // IPv6 UDP multicast
-    "pcap/tcpdump/NHRP_registration.pcap",  // 802.1Q vlan 100
-    "pcap/tcpdump/ldp-common-session.pcap", // 802.1Q vlan 202, TCP and UDP
-    "pcap/tcpdump/rpvstp-trunk-native-vid5.pcap", // STP, 802.1Q vlan 1
-    "pcap/tcpdump/802.1ad_QinQ.pcap",       // 802.1ad 200 / 802.1Q 2001, ARP
-    "pcap/tcpdump/MSTP_Intra-Region_BPDUs.pcap", // 802.1Q vlan 0 (priority tags)
-    "pcap/tcpdump/dhcp-rfc4388.pcap",       // DHCP, ARP, ICMP
-    "pcap/tcpdump/icmp6-rfc8335.pcap",      // ICMPv6
-    "pcap/tcpdump/icmp-rfc8335.pcap",       // ICMP
-    "pcap/tcpdump/ssh.pcap",                // TCP port 22
-    "pcap/tcpdump/pim-packet-assortment.pcap", // PIM; jumbo frames up to 64 KiB
-    "pcap/tcpdump/ptp_ethernet.pcap",       // PTP over Ethernet (0x88f7)
-];
-
-/// Replayed on B's end: outbound at B.
-const OUTBOUND: &[&str] = &[
-    "pcap/tcpdump/bgp-4byte-asn.pcap",          // BGP (TCP 179), ARP
-    "pcap/tcpdump/bgp-bgpsec.pcap",             // BGP, frames up to 2,596 bytes
-    "pcap/tcpdump/tfo-5c1fa7f9ae91.pcap",       // TCP fast open (SYNs with data)
-    "pcap/tcpdump/eapon1.pcap",                 // EAPOL, DHCP, ARP; a 19-byte frame
-    "pcap/tcpdump/AoE_Linux.pcap",              // ATA over Ethernet (0x88a2)
-    "pcap/tcpdump/DECnet_Phone.pcap",           // DECnet
-    "pcap/tcpdump/OSPFv3_with_AH.pcap",         // IPv6 with AH
-    "pcap/tcpdump/ipv4_tcp_http_xml.pcap",      // 802.1Q vlan 165, TCP
-    "pcap/tcpdump/NHRP-responder-address.pcap", // 802.1Q vlan 79
-    "pcap/tcpdump/bgp-evpn.pcap",               // 802.1Q vlan 23
-    "pcap/tcpdump/isakmp4500.pcap",             // IKE over UDP 4500, ARP
-    "pcap/tcpdump/edns-opts.pcap",              // DNS
-    "pcap/tcpdump/LLDP_and_CDP.pcap",           // LLDP, CDP
-];
 
 /// (session name, expression). `all` (the empty expression: every frame) must stay.
 const CASES: &[(&str, &str)] = &[
@@ -229,9 +190,8 @@ impl Row {
 fn sessions_count_what_tcpdump_captures_on_replayed_corpus_traffic() -> anyhow::Result<()> {
     require_root(TEST);
     let started = Instant::now();
-    let corpus = corpus::dir()?;
-    let files = |list: &[&str]| -> Vec<PathBuf> { list.iter().map(|f| corpus.join(f)).collect() };
-    let (inbound, outbound) = (files(INBOUND), files(OUTBOUND));
+    let inbound = corpus::files(&[corpus::REPLAY_IN])?;
+    let outbound = corpus::files(&[corpus::REPLAY_OUT])?;
     let mut in_files = (0, 0);
     for file in inbound.iter().chain(&outbound) {
         let (packets, bytes) = corpus::records(file)?;
@@ -309,7 +269,7 @@ fn sessions_count_what_tcpdump_captures_on_replayed_corpus_traffic() -> anyhow::
         "{} records in {} files ({} bytes captured); {} expressions; set up in {set_up:.1?}, \
          {:.1?} in all",
         in_files.0,
-        INBOUND.len() + OUTBOUND.len(),
+        inbound.len() + outbound.len(),
         in_files.1,
         CASES.len(),
         started.elapsed()

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use capstats_common::protocol::Session;
+use capstats_tests::daemon::counts;
 use capstats_tests::daemon::rig::{self, Rig};
 use capstats_tests::daemon::{Daemon, DaemonSpec};
 use capstats_tests::require_root;
@@ -17,10 +18,6 @@ use capstats_tests::scratch::ScratchDir;
 const TEST: &str = "daemon_restart";
 const ARRIVAL: Duration = Duration::from_secs(10);
 const QUIET: Duration = Duration::from_millis(100);
-
-fn counts(session: &Session) -> (u64, u64) {
-    (session.packets.unwrap_or(0), session.bytes.unwrap_or(0))
-}
 
 /// The sessions' lasting parts: name, interface, filter, created, modified, up.
 fn identity(sessions: &[Session]) -> Vec<(String, String, String, String, String, bool)> {

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure};
 use capstats_common::protocol::Session;
+use capstats_tests::daemon::counts;
 use capstats_tests::daemon::rig::{self, Rig, Setup};
 use capstats_tests::require_root;
 
@@ -24,10 +25,6 @@ const SESSIONS: [(&str, &[&str]); 4] = [
     ("tc-both", &["hook", "tc", "direction", "both"]),
     ("xdp", &["hook", "xdp"]),
 ];
-
-fn counts(session: &Session) -> (u64, u64) {
-    (session.packets.unwrap_or(0), session.bytes.unwrap_or(0))
-}
 
 /// Waits until every session is `up` (or not), as the daemon sees it.
 fn wait_up(client: &capstats_tests::daemon::Client, up: bool) -> anyhow::Result<Vec<Session>> {

@@ -18,6 +18,7 @@ use anyhow::{Context, ensure};
 use capstats_common::protocol::Session;
 use capstats_tests::daemon::Client;
 use capstats_tests::daemon::rig::{self, Setup};
+use capstats_tests::joined;
 use capstats_tests::require_root;
 
 const TEST: &str = "daemon_shared";
@@ -236,9 +237,7 @@ fn sessions_of_one_shape_share_one_program_on_every_hook() -> anyhow::Result<()>
             Ok(())
         })();
         done.store(true, Ordering::SeqCst);
-        stream
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        joined(stream)?;
         result
     })?;
     let streamed = progress.load(Ordering::SeqCst);

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use capstats_common::protocol::Session;
-use capstats_tests::daemon::Daemon;
+use capstats_tests::daemon::counts;
 use capstats_tests::daemon::rig::{self, Setup};
 use capstats_tests::require_root;
 
@@ -51,10 +51,6 @@ fn slow_filter(hosts: usize, salt: usize) -> String {
         .map(|i| format!("host 10.{}.{}.{}", 100 + salt, (i / 250) % 250, 1 + i % 250))
         .collect();
     format!("udp and ({} or host {})", others.join(" or "), rig::IP_A)
-}
-
-fn counts(session: &Session) -> (u64, u64) {
-    (session.packets.unwrap_or(0), session.bytes.unwrap_or(0))
 }
 
 /// Creates the sessions and counts `n` frames in each.
@@ -152,7 +148,7 @@ fn a_restart_answers_at_once_and_sessions_come_up_as_their_filters_compile() -> 
     let frame = rig::udp_a_to_b(53, 60);
     start_sessions(&setup, &frame, 10)?;
 
-    let (setup, answered) = setup.restart_answering("daemon-2.log")?;
+    let (setup, answered) = setup.restart_answering("daemon-2.log", |_| Ok(()))?;
     ensure!(
         answered < ANSWER * 2,
         "the restarted daemon answered after {answered:?}; its log:\n{}",
@@ -248,40 +244,22 @@ fn a_filter_over_the_time_limit_at_restore_leaves_its_session_down_with_the_reas
 
     // The table, as a daemon that has not run since left it, now says "slow" counts
     // a filter libpcap takes far longer than 5 s to compile.
-    let Setup {
-        daemon,
-        spec,
-        pins,
-        rig,
-        scratch,
-        ..
-    } = setup;
-    daemon.kill()?;
-    let table_path = spec.state_dir.join("sessions.json");
-    let mut table: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&table_path).context("reading the session table")?,
-    )?;
-    let sessions = table["sessions"]
-        .as_array_mut()
-        .context("the table has sessions")?;
-    let slow = sessions
-        .iter_mut()
-        .find(|s| s["name"] == "slow")
-        .context("session slow in the table")?;
-    slow["filter"] = slow_filter(OVER_LIMIT_HOSTS, 0).into();
-    std::fs::write(&table_path, serde_json::to_vec(&table)?)?;
-
-    let started = Instant::now();
-    let daemon = Daemon::start_answering(&rig.ns_b, &spec, &scratch.join("daemon-2.log"))?;
-    let answered = started.elapsed();
-    let setup = Setup {
-        client: daemon.client()?,
-        daemon,
-        spec,
-        pins,
-        rig,
-        scratch,
-    };
+    let (setup, answered) = setup.restart_answering("daemon-2.log", |spec| {
+        let table_path = spec.state_dir.join("sessions.json");
+        let mut table: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(&table_path).context("reading the session table")?,
+        )?;
+        let sessions = table["sessions"]
+            .as_array_mut()
+            .context("the table has sessions")?;
+        let slow = sessions
+            .iter_mut()
+            .find(|s| s["name"] == "slow")
+            .context("session slow in the table")?;
+        slow["filter"] = slow_filter(OVER_LIMIT_HOSTS, 0).into();
+        std::fs::write(&table_path, serde_json::to_vec(&table)?)?;
+        Ok(())
+    })?;
     ensure!(
         answered < ANSWER * 2,
         "the restarted daemon answered after {answered:?}; its log:\n{}",

@@ -10,9 +10,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use capstats_common::protocol::Session;
+use capstats_tests::daemon::counts;
 use capstats_tests::daemon::rig::{self, Sender, Setup};
 use capstats_tests::frame::MacAddr;
+use capstats_tests::joined;
 use capstats_tests::link::VethPair;
 use capstats_tests::require_root;
 
@@ -24,10 +25,6 @@ const QUIET: Duration = Duration::from_millis(100);
 
 fn setup(tag: &str) -> anyhow::Result<Setup> {
     Setup::start(tag)
-}
-
-fn counts(session: &Session) -> (u64, u64) {
-    (session.packets.unwrap_or(0), session.bytes.unwrap_or(0))
 }
 
 /// 30,000 UDP frames at 10,000 a second from A; meanwhile one session's filter is
@@ -72,9 +69,7 @@ fn modify_under_traffic_counts_every_frame_exactly_once() -> anyhow::Result<()> 
             swaps.push((filter, counts(&session).0));
             std::thread::sleep(Duration::from_millis(100));
         }
-        stream
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        joined(stream)
     })?;
 
     let all = client.settle("all", FRAMES, ARRIVAL, QUIET)?;

@@ -3,15 +3,8 @@
 //! counts, in each direction, on known frames and on the corpus; and bad hooks and
 //! directions are refused without a trace. Counting through a dead daemon is in
 //! `daemon_tc_outage.rs`; many sessions and `modify` under traffic in
-//! `daemon_tc_sessions.rs`; what they share in `tc/mod.rs`.
-//!
-//! Each test has its own rig (namespaces A and B joined by a quiet veth pair, see
-//! `capstats_tests::daemon::rig`), runs `capstats -d` in B and counts on B's end.
-//! Frames written on A's end ([`Rig::sender_a`], or tcpreplay in A) arrive at B
-//! (received: TC ingress); frames written on B's end with an AF_PACKET socket
-//! ([`Rig::sender_b`], or tcpreplay in B) leave from it (sent: TC egress). Nothing else
-//! is on the link, so the oracles are exact: the frames the test wrote, the socket
-//! hook's count, and sums of both.
+//! `daemon_tc_sessions.rs`; what they share, and the rig they count on, in
+//! `tc/mod.rs`.
 
 mod tc;
 
@@ -332,15 +325,7 @@ fn each_tc_direction_counts_what_the_socket_hook_counts() -> anyhow::Result<()> 
     let interface = rig.interface();
     let kinds = kinds();
     for (short, expression, _) in EXPRESSIONS {
-        for at in At::ALL {
-            new_session(
-                client,
-                &format!("{short}-{}", at.suffix()),
-                interface,
-                at,
-                expression,
-            )?;
-        }
+        new_sessions_at(client, short, interface, &At::ALL, expression)?;
     }
     let created = started.elapsed();
     let programs = tcx_counts(rig)?;
@@ -380,7 +365,7 @@ fn each_tc_direction_counts_what_the_socket_hook_counts() -> anyhow::Result<()> 
     let after_in = poll(client)?;
     for (short, expression, oracle) in EXPRESSIONS {
         let want = expected(true, *oracle);
-        let got = |at: At| count_of(&after_in, &format!("{short}-{}", at.suffix()));
+        let got = |at: At| count_of(&after_in, &at.name(short));
         check(
             format!("{expression:?} tc in, received"),
             got(At::TcIn)?,
@@ -412,7 +397,7 @@ fn each_tc_direction_counts_what_the_socket_hook_counts() -> anyhow::Result<()> 
     let mut rows = Vec::new();
     for (short, expression, oracle) in EXPRESSIONS {
         let (want_in, want_out) = (expected(true, *oracle), expected(false, *oracle));
-        let got = |at: At| count_of(&after_out, &format!("{short}-{}", at.suffix()));
+        let got = |at: At| count_of(&after_out, &at.name(short));
         let (tc_in, tc_out, tc_both, socket) = (
             got(At::TcIn)?,
             got(At::TcOut)?,
@@ -443,7 +428,6 @@ fn each_tc_direction_counts_what_the_socket_hook_counts() -> anyhow::Result<()> 
         "{:<30} {:>11} {:>11} {:>11} {:>11}",
         "expression", "tc in", "tc out", "tc both", "socket"
     );
-    let shown = |c: Count| format!("{}/{}", c.0, c.1);
     for (expression, tc_in, tc_out, tc_both, socket) in &rows {
         println!(
             "{:<30} {:>11} {:>11} {:>11} {:>11}",
@@ -500,15 +484,7 @@ fn inbound_and_outbound_on_tc_mean_what_they_mean_for_tcpdump() -> anyhow::Resul
     let (client, rig) = (&setup.client, &setup.rig);
     let interface = rig.interface();
     for expression in ["inbound", "outbound"] {
-        for at in At::ALL {
-            new_session(
-                client,
-                &format!("{expression}-{}", at.suffix()),
-                interface,
-                at,
-                expression,
-            )?;
-        }
+        new_sessions_at(client, expression, interface, &At::ALL, expression)?;
     }
     new_session(client, "all-both", interface, At::TcBoth, "")?;
     let (to_b, to_a) = (rig::udp_a_to_b(53, 40), rig::udp_b_to_a(53, 60));
@@ -529,7 +505,7 @@ fn inbound_and_outbound_on_tc_mean_what_they_mean_for_tcpdump() -> anyhow::Resul
     ];
     let mut failures = Vec::new();
     for (expression, at, want) in want {
-        let got = count_of(&polled, &format!("{expression}-{}", at.suffix()))?;
+        let got = count_of(&polled, &at.name(expression))?;
         println!("{expression:<8} {:?}: {got:?} (expected {want:?})", at);
         if got != want {
             failures.push(format!(
@@ -549,50 +525,6 @@ fn inbound_and_outbound_on_tc_mean_what_they_mean_for_tcpdump() -> anyhow::Resul
 
 // ---------------------------------------------------------------------------------
 // 2. The corpus.
-
-/// Replayed on A's end: received by B.
-const INBOUND: &[&str] = &[
-    "pcap/tcpdump/afs.pcap",                // UDP (AFS/Rx), IP fragments, ICMP
-    "pcap/tcpdump/mptcp-v0.pcap",           // TCP with options
-    "pcap/tcpdump/of10_s4810.pcap",         // TCP, frames up to 4,170 bytes
-    "pcap/tcpdump/of10_pf5240.pcap",        // TCP
-    "pcap/tcpdump/vrrp.pcap",               // VRRP over IPv4 and IPv6
-    "pcap/tcpdump/various_gre.pcap",        // GRE, 802.1Q vlan 1213
-    "pcap/tcpdump/babel_rfc6126bis.pcap",   // IPv6 UDP multicast
-    "pcap/tcpdump/NHRP_registration.pcap",  // 802.1Q vlan 100
-    "pcap/tcpdump/ldp-common-session.pcap", // 802.1Q vlan 202, TCP and UDP
-    "pcap/tcpdump/rpvstp-trunk-native-vid5.pcap", // STP, 802.1Q vlan 1
-    "pcap/tcpdump/802.1ad_QinQ.pcap",       // 802.1ad 200 / 802.1Q 2001, ARP
-    "pcap/tcpdump/MSTP_Intra-Region_BPDUs.pcap", // 802.1Q vlan 0 (priority tags)
-    "pcap/tcpdump/dhcp-rfc4388.pcap",       // DHCP, ARP, ICMP
-    "pcap/tcpdump/icmp6-rfc8335.pcap",      // ICMPv6
-    "pcap/tcpdump/icmp-rfc8335.pcap",       // ICMP
-    "pcap/tcpdump/ssh.pcap",                // TCP port 22
-    "pcap/tcpdump/pim-packet-assortment.pcap", // PIM; jumbo frames up to 64 KiB
-    "pcap/tcpdump/ptp_ethernet.pcap",       // PTP over Ethernet (0x88f7)
-    "pcap/tcpdump/erspan-type-ii-3.pcap",   // GRE/ERSPAN
-    "pcap/tcpdump/erspan-type-i-4.pcap",    // GRE/ERSPAN
-    "pcap/tcpdump/geonet_v0_and_calm_fast.pcap", // GeoNetworking (0x0707)
-    "pcap/tcpdump/bcm-li.pcap",             // UDP (Broadcom LI)
-    "pcap/tcpdump/ipx.pcap",                // IPX (802.3 frames)
-];
-
-/// Replayed on B's end: sent by B.
-const OUTBOUND: &[&str] = &[
-    "pcap/tcpdump/bgp-4byte-asn.pcap",          // BGP (TCP 179), ARP
-    "pcap/tcpdump/bgp-bgpsec.pcap",             // BGP, frames up to 2,596 bytes
-    "pcap/tcpdump/tfo-5c1fa7f9ae91.pcap",       // TCP fast open (SYNs with data)
-    "pcap/tcpdump/eapon1.pcap",                 // EAPOL, DHCP, ARP; a 19-byte frame
-    "pcap/tcpdump/AoE_Linux.pcap",              // ATA over Ethernet (0x88a2)
-    "pcap/tcpdump/DECnet_Phone.pcap",           // DECnet
-    "pcap/tcpdump/OSPFv3_with_AH.pcap",         // IPv6 with AH
-    "pcap/tcpdump/ipv4_tcp_http_xml.pcap",      // 802.1Q vlan 165, TCP
-    "pcap/tcpdump/NHRP-responder-address.pcap", // 802.1Q vlan 79
-    "pcap/tcpdump/bgp-evpn.pcap",               // 802.1Q vlan 23
-    "pcap/tcpdump/isakmp4500.pcap",             // IKE over UDP 4500, ARP
-    "pcap/tcpdump/edns-opts.pcap",              // DNS
-    "pcap/tcpdump/LLDP_and_CDP.pcap",           // LLDP, CDP
-];
 
 /// (session name, expression, matches some received frame). `all` must stay.
 const CORPUS_CASES: &[(&str, &str, bool)] = &[
@@ -639,9 +571,9 @@ const REPLAY_PPS: u32 = 5000;
 fn corpus_replay_counts_the_same_on_tc_as_on_the_socket() -> anyhow::Result<()> {
     require_root(TEST);
     let started = Instant::now();
-    let dir = corpus::dir()?;
-    let files = |list: &[&str]| -> Vec<PathBuf> { list.iter().map(|f| dir.join(f)).collect() };
-    let (inbound, outbound) = (files(INBOUND), files(OUTBOUND));
+    // Received by B: replayed on A's end; sent by B: replayed on B's end.
+    let inbound = corpus::files(&[corpus::REPLAY_IN, corpus::REPLAY_IN_MORE])?;
+    let outbound = corpus::files(&[corpus::REPLAY_OUT])?;
     let mut in_files = (0, 0);
     for file in &inbound {
         in_files = add(in_files, corpus::records(file)?);
@@ -655,15 +587,7 @@ fn corpus_replay_counts_the_same_on_tc_as_on_the_socket() -> anyhow::Result<()> 
     let interface = rig.interface();
     const HOOKS: [At; 3] = [At::TcIn, At::TcBoth, At::Socket];
     for (name, expression, _) in CORPUS_CASES {
-        for at in HOOKS {
-            new_session(
-                client,
-                &format!("{name}-{}", at.suffix()),
-                interface,
-                at,
-                expression,
-            )?;
-        }
+        new_sessions_at(client, name, interface, &HOOKS, expression)?;
     }
     let created = started.elapsed();
     // One program per direction counts every session there.
@@ -688,11 +612,8 @@ fn corpus_replay_counts_the_same_on_tc_as_on_the_socket() -> anyhow::Result<()> 
         "{:<10} {:<42} {:>14} {:>14} {:>16} {:>16}",
         "session", "expression", "tc in", "socket (in)", "tc both", "socket (all)"
     );
-    let shown = |c: Count| format!("{}/{}", c.0, c.1);
     for (name, expression, received) in CORPUS_CASES {
-        let at = |polled: &BTreeMap<String, Session>, at: At| {
-            count_of(polled, &format!("{name}-{}", at.suffix()))
-        };
+        let at = |polled: &BTreeMap<String, Session>, at: At| count_of(polled, &at.name(name));
         let (tc_in, socket_in, both_in) = (
             at(&after_in, At::TcIn)?,
             at(&after_in, At::Socket)?,
@@ -792,15 +713,6 @@ fn corpus_replay_counts_the_same_on_tc_as_on_the_socket() -> anyhow::Result<()> 
 // ---------------------------------------------------------------------------------
 // 6. Errors.
 
-/// `list --json` without the times of the readings.
-fn listed(client: &Client) -> anyhow::Result<Vec<Session>> {
-    let mut sessions = client.sessions(&["list"])?;
-    for session in &mut sessions {
-        session.read_at = None;
-    }
-    Ok(sessions)
-}
-
 /// Hooks and directions the daemon cannot do, or that do not exist, and other bad `new
 /// ... hook tc` requests: each exits 1 with its message on stderr, and nothing is
 /// created: `list` as before, no pin, no program on the interface.
@@ -812,7 +724,7 @@ fn bad_hooks_and_directions_are_refused_and_change_nothing() -> anyhow::Result<(
     let client = setup.client.clone();
     new_session(&client, "web", &interface, At::TcBoth, "tcp port 80")?;
     new_session(&client, "dns", &interface, At::Socket, "udp port 53")?;
-    let before = listed(&client)?;
+    let before = client.listed()?;
     let pins_before = entries(&setup.spec.pin_dir);
     let programs_before = tcx_on_b(&setup.rig)?;
     ensure!(
@@ -906,7 +818,7 @@ fn bad_hooks_and_directions_are_refused_and_change_nothing() -> anyhow::Result<(
             args.join(" ")
         );
         ensure!(
-            listed(&client)? == before,
+            client.listed()? == before,
             "`{}` changed the session table",
             args.join(" ")
         );

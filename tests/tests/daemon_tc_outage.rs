@@ -1,14 +1,7 @@
 //! The TC hook through a dead daemon: the kernel goes on counting while no daemon runs
 //! (`kill -9`, an upgrade), and the next daemon takes the links back and loses no
-//! frame.
-//!
-//! Each test has its own rig (namespaces A and B joined by a quiet veth pair, see
-//! `capstats_tests::daemon::rig`), runs `capstats -d` in B and counts on B's end.
-//! Frames written on A's end ([`Rig::sender_a`], or tcpreplay in A) arrive at B
-//! (received: TC ingress); frames written on B's end with an AF_PACKET socket
-//! ([`Rig::sender_b`], or tcpreplay in B) leave from it (sent: TC egress). Nothing else
-//! is on the link, so the oracles are exact: the frames the test wrote, the socket
-//! hook's count, and sums of both.
+//! frame. The rig it counts on, and what it shares with the other `daemon_tc*.rs`, is
+//! in `tc/mod.rs`.
 //!
 //! Every daemon has its own pin directory; the daemons that must leave their TC links
 //! counting on a clean stop (the upgrade) run without `--detach-on-exit`, and a
@@ -55,25 +48,23 @@ fn counting_through(outage: Outage) -> anyhow::Result<()> {
         Outage::Kill => "hooks-kill",
         Outage::Upgrade => "hooks-upgrade",
     };
-    let rig = Rig::new(tag)?;
-    let scratch = ScratchDir::new(tag)?;
-    let spec = DaemonSpec::new(scratch.join("capstats.sock"), scratch.join("state"));
-    // Whatever happens, nothing stays pinned (declared before the daemons: dropped
-    // after them).
-    let _pins = spec.pin_guard();
-    let first_spec = spec.clone().keeping_pins(outage == Outage::Upgrade);
-    let first = Daemon::start(&rig.ns_b, &first_spec, &scratch.join("first.log"))?;
-    let client = spec.client()?;
+    // The first daemon is upgraded without `--detach-on-exit`, so that its links stay
+    // pinned; the second, the last, runs with it (`spec`). Whatever happens, nothing
+    // stays pinned: the setup's pin guard outlives both daemons.
+    let setup = Setup::start_with(tag, |spec| spec.keeping_pins(outage == Outage::Upgrade))?;
+    let (client, rig, scratch) = (&setup.client, &setup.rig, &setup.scratch);
+    let spec = setup.spec.clone().keeping_pins(false);
+    let first = setup.daemon;
     let interface = rig.interface();
-    new_session(&client, "tc-in", interface, At::TcIn, "udp")?;
+    new_session(client, "tc-in", interface, At::TcIn, "udp")?;
     new_session(
-        &client,
+        client,
         "tc-both",
         interface,
         At::TcBoth,
         "udp dst port 7000",
     )?;
-    new_session(&client, "sock", interface, At::Socket, "udp")?;
+    new_session(client, "sock", interface, At::Socket, "udp")?;
     let frame = rig::udp_a_to_b(7000, 18);
     let sender = rig.sender_a()?;
     let progress = AtomicU64::new(0);
@@ -113,10 +104,10 @@ fn counting_through(outage: Outage) -> anyhow::Result<()> {
             Outage::Upgrade => first.stop()?,
         };
         let outage_done = progress.load(Ordering::SeqCst);
-        let links = spec.pin_dir.join("%tc").join(rig.interface());
+        let links = tc_links(&spec.pin_dir, rig.interface());
         let links_kept = links.join("in-link").exists()
             && links.join("out-link").exists()
-            && tcx_counts(&rig)? == (1, 1);
+            && tcx_counts(rig)? == (1, 1);
         let pinned_before = pinned_count(&spec.pin_dir, "tc-in")?;
         wait_for(&progress, outage_done + third, ARRIVAL)?;
         let pinned_after = pinned_count(&spec.pin_dir, "tc-in")?;
@@ -127,9 +118,7 @@ fn counting_through(outage: Outage) -> anyhow::Result<()> {
         let answered_at = progress.load(Ordering::SeqCst);
         wait_for(&progress, answered_at + AFTER_RESTART, ARRIVAL)?;
         enough.store(true, Ordering::SeqCst);
-        let took = stream
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        let took = joined(stream)?;
         Ok((
             took,
             Outcome {
@@ -149,7 +138,7 @@ fn counting_through(outage: Outage) -> anyhow::Result<()> {
     let written = progress.load(Ordering::SeqCst);
     let want = times(&frame, written);
     let tc_in = counts(&client.settle("tc-in", written, ARRIVAL, QUIET)?);
-    let polled = poll(&client)?;
+    let polled = poll(client)?;
     let (tc_both, socket) = (count_of(&polled, "tc-both")?, count_of(&polled, "sock")?);
     let gap = outcome.restart_at - outcome.outage_done;
     println!(
@@ -232,7 +221,7 @@ fn counting_through(outage: Outage) -> anyhow::Result<()> {
         "{} is still there after a stop with --detach-on-exit",
         spec.pin_dir.display()
     );
-    let programs = tcx_counts(&rig)?;
+    let programs = tcx_counts(rig)?;
     ensure!(
         programs == (0, 0),
         "tcx programs left on {interface} after the last stop: {programs:?}"

@@ -1,14 +1,7 @@
 //! Many TC sessions on one interface: 32 sessions count exactly and are not disturbed
 //! when others come and go; 64 in one direction count through one program and 150
-//! through a chain; `modify` swaps under traffic lose and double nothing.
-//!
-//! Each test has its own rig (namespaces A and B joined by a quiet veth pair, see
-//! `capstats_tests::daemon::rig`), runs `capstats -d` in B and counts on B's end.
-//! Frames written on A's end ([`Rig::sender_a`], or tcpreplay in A) arrive at B
-//! (received: TC ingress); frames written on B's end with an AF_PACKET socket
-//! ([`Rig::sender_b`], or tcpreplay in B) leave from it (sent: TC egress). Nothing else
-//! is on the link, so the oracles are exact: the frames the test wrote, the socket
-//! hook's count, and sums of both.
+//! through a chain; `modify` swaps under traffic lose and double nothing. The rig they
+//! count on, and what they share with the other `daemon_tc*.rs`, is in `tc/mod.rs`.
 //!
 //! All tc sessions of an interface count through one chain of programs per direction
 //! (tcx runs at most 63 programs on a hook; 64 sessions in one direction all count;
@@ -165,10 +158,7 @@ fn thirty_two_tc_sessions_count_exactly_and_are_not_disturbed() -> anyhow::Resul
             ));
             std::thread::sleep(Duration::from_millis(80));
             let i = stopped[usize::from(j)];
-            let last = match client.sessions(&["stop", &name(i)])?.as_slice() {
-                [s] => counts(s),
-                other => bail!("stop printed {} sessions", other.len()),
-            };
+            let last = counts(&client.session(&["stop", &name(i)])?);
             ops.push((
                 format!("stop {}", name(i)),
                 progress_in.load(Ordering::SeqCst),
@@ -179,9 +169,7 @@ fn thirty_two_tc_sessions_count_exactly_and_are_not_disturbed() -> anyhow::Resul
         }
         ops_done.store(true, Ordering::SeqCst);
         for stream in [a, b] {
-            stream
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+            joined(stream)?;
         }
         Ok(())
     })?;
@@ -214,15 +202,12 @@ fn thirty_two_tc_sessions_count_exactly_and_are_not_disturbed() -> anyhow::Resul
         "tcx programs on {interface} (ingress, egress): {programs:?}, expected \
          {want_programs:?}"
     );
-    let per_port = |i: u16, total: u64| {
-        (total / u64::from(MANY)) + u64::from(u64::from(i) < total % u64::from(MANY))
-    };
     let stream_share = |i: u16, at: At| {
         let k = usize::from(i);
         seen(
             at,
-            times(&to_b[k], per_port(i, stream_in)),
-            times(&to_a[k], per_port(i, stream_out)),
+            times(&to_b[k], round_robin_share(i, stream_in, MANY)),
+            times(&to_a[k], round_robin_share(i, stream_out, MANY)),
         )
     };
     let mut untouched = 0;
@@ -419,7 +404,7 @@ fn a_hundred_and_fifty_tc_sessions_count_exactly_through_a_chain() -> anyhow::Re
         new_session(&client, &name(i), interface, At::TcIn, &apart(BASE + i, i))?;
     }
     let created = started.elapsed();
-    let links = spec.pin_dir.join("%tc").join(interface);
+    let links = tc_links(&spec.pin_dir, interface);
     ensure!(
         tcx_counts(&rig)? == (1, 0) && links.join("in-chain").exists(),
         "with {SESSIONS} tc in sessions: tcx programs {:?}, pins {:?}",
@@ -489,16 +474,12 @@ fn a_hundred_and_fifty_tc_sessions_count_exactly_through_a_chain() -> anyhow::Re
             "the stream ({after_ops} frames) ended before the operations did"
         );
         done.store(true, Ordering::SeqCst);
-        stream
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        joined(stream)?;
         Ok(())
     })?;
     let streamed = progress.load(Ordering::SeqCst);
     written += streamed;
-    let share = |i: u16| {
-        streamed / u64::from(SESSIONS) + u64::from(u64::from(i) < streamed % u64::from(SESSIONS))
-    };
+    let share = |i: u16| round_robin_share(i, streamed, SESSIONS);
     client.settle("all", written, ARRIVAL, QUIET)?;
     let polled = poll(&client)?;
     let wrong = check(&polled, &|i| 1 + share(i), &[STOPPED])?;
@@ -633,10 +614,7 @@ fn modify_of_tc_sessions_under_traffic_counts_every_frame_once() -> anyhow::Resu
             }
             let filter = FILTERS[round % FILTERS.len()];
             for (name, _) in swapped {
-                let session = match client.sessions(&["modify", name, filter])?.as_slice() {
-                    [session] => session.clone(),
-                    other => bail!("modify printed {} sessions", other.len()),
-                };
+                let session = client.session(&["modify", name, filter])?;
                 ensure!(
                     session.filter == filter && session.hook.as_str() == "tc",
                     "modify answered {session:?}"
@@ -656,9 +634,7 @@ fn modify_of_tc_sessions_under_traffic_counts_every_frame_once() -> anyhow::Resu
             std::thread::sleep(Duration::from_millis(40));
         }
         for stream in [a, b] {
-            stream
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+            joined(stream)?;
         }
         Ok(())
     })?;

@@ -40,6 +40,7 @@ use capstats_tests::daemon::{Client, Daemon, DaemonSpec};
 use capstats_tests::frame::{
     Ethernet, Ipv4, Ipv6, MacAddr, Tcp, VlanTag, arp, ethertype, with_outer_tag,
 };
+use capstats_tests::joined;
 use capstats_tests::require_root;
 use capstats_tests::scratch::ScratchDir;
 
@@ -763,43 +764,6 @@ fn xdp_does_not_see_tags_the_sender_left_in_metadata() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Replayed on A's end (inbound at B): IPv4 and IPv6, TCP, UDP, ICMP, ARP, IP fragments,
-/// jumbo frames up to 64 KiB, 802.1Q and 802.1ad tags, and link layers that are neither
-/// IP nor ARP. The captures of `daemon_replay`, all in one direction.
-const CORPUS: &[&str] = &[
-    "pcap/tcpdump/afs.pcap",
-    "pcap/tcpdump/mptcp-v0.pcap",
-    "pcap/tcpdump/of10_s4810.pcap",
-    "pcap/tcpdump/of10_pf5240.pcap",
-    "pcap/tcpdump/vrrp.pcap",
-    "pcap/tcpdump/various_gre.pcap",
-    "pcap/tcpdump/babel_rfc6126bis.pcap",
-    "pcap/tcpdump/NHRP_registration.pcap",
-    "pcap/tcpdump/ldp-common-session.pcap",
-    "pcap/tcpdump/rpvstp-trunk-native-vid5.pcap",
-    "pcap/tcpdump/802.1ad_QinQ.pcap",
-    "pcap/tcpdump/MSTP_Intra-Region_BPDUs.pcap",
-    "pcap/tcpdump/dhcp-rfc4388.pcap",
-    "pcap/tcpdump/icmp6-rfc8335.pcap",
-    "pcap/tcpdump/icmp-rfc8335.pcap",
-    "pcap/tcpdump/ssh.pcap",
-    "pcap/tcpdump/pim-packet-assortment.pcap",
-    "pcap/tcpdump/ptp_ethernet.pcap",
-    "pcap/tcpdump/bgp-4byte-asn.pcap",
-    "pcap/tcpdump/bgp-bgpsec.pcap",
-    "pcap/tcpdump/tfo-5c1fa7f9ae91.pcap",
-    "pcap/tcpdump/eapon1.pcap",
-    "pcap/tcpdump/AoE_Linux.pcap",
-    "pcap/tcpdump/DECnet_Phone.pcap",
-    "pcap/tcpdump/OSPFv3_with_AH.pcap",
-    "pcap/tcpdump/ipv4_tcp_http_xml.pcap",
-    "pcap/tcpdump/NHRP-responder-address.pcap",
-    "pcap/tcpdump/bgp-evpn.pcap",
-    "pcap/tcpdump/isakmp4500.pcap",
-    "pcap/tcpdump/edns-opts.pcap",
-    "pcap/tcpdump/LLDP_and_CDP.pcap",
-];
-
 /// Expressions valid for XDP (no `inbound`, `outbound`, `ifindex`).
 const REPLAYED: &[(&str, &str)] = &[
     ("all", ""),
@@ -847,8 +811,8 @@ const REPLAY_PPS: u32 = 4000;
 fn replayed_corpus_counts_exactly_on_xdp_and_socket() -> anyhow::Result<()> {
     require_root(TEST);
     let started = Instant::now();
-    let corpus = corpus::dir()?;
-    let files: Vec<_> = CORPUS.iter().map(|f| corpus.join(f)).collect();
+    // The captures of `daemon_replay`, all replayed on A's end (inbound at B).
+    let files = corpus::files(&[corpus::REPLAY_IN, corpus::REPLAY_OUT])?;
     let frames = corpus_frames(&files)?;
     let setup = setup("xdp-replay")?;
     let (client, rig) = (&setup.client, &setup.rig);
@@ -876,7 +840,7 @@ fn replayed_corpus_counts_exactly_on_xdp_and_socket() -> anyhow::Result<()> {
         &format!(
             "{} frames of {} captures replayed from A (packets/bytes):",
             replayed.sent,
-            CORPUS.len()
+            files.len()
         ),
         &rows,
     );
@@ -988,9 +952,7 @@ fn restart_during_a_stream(tag: &str, ending: Ending) -> anyhow::Result<()> {
             !stream.is_finished(),
             "the stream ended before the second daemon started: the test tested nothing"
         );
-        let sent_in = stream
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        let sent_in = joined(stream)?;
         println!(
             "{ending:?} at {at_stop} frames counted; the kernel counted alone for \
              {restarted_after:.2?}; the second daemon found {:?}",
@@ -1232,9 +1194,7 @@ fn thirty_two_sessions_exact_and_undisturbed_by_others_coming_and_going() -> any
             swap_time += asked.elapsed();
         }
         drop(over);
-        stream
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        joined(stream)?;
         Ok(churned)
     })?;
     let rounds = rounds.into_inner();

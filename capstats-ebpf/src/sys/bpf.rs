@@ -1,7 +1,9 @@
 //! The `bpf(2)` commands this crate makes itself, aya 0.14 offering them only for
 //! objects loaded from object files: creating maps ([`Map::create`]), their element
 //! and batch updates, loading programs ([`prog_load`]), reading a program's info
-//! ([`prog_info`]) and pinning ([`obj_pin`]).
+//! ([`prog_info`]), pinning ([`obj_pin`]) and opening a pin ([`obj_get`]), and
+//! detaching a link at once ([`link_detach`]). The daemon makes its `bpf(2)` calls
+//! through these too: this is the workspace's one `bpf()` system call.
 //!
 //! A [`Map`] carries its key and value types, with which it was created: the kernel
 //! reads (and for some commands writes) exactly the sizes it was created with through
@@ -247,18 +249,46 @@ pub fn prog_info(fd: BorrowedFd<'_>) -> io::Result<ProgInfo> {
     })
 }
 
+/// `path` as the NUL-terminated string the kernel reads; a path with a NUL byte is
+/// `InvalidInput`.
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
 /// `BPF_OBJ_PIN`: pins the object behind `fd` (a map, a program, a link) at `path` on
 /// a bpffs, so that it outlives every process holding it. A path with a NUL byte is
 /// `InvalidInput`, before any call.
 pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
-    let text = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let text = c_path(path)?;
     let mut attr = zeroed_attr();
     attr.__bindgen_anon_4.pathname = text.as_ptr() as u64;
     attr.__bindgen_anon_4.bpf_fd = fd.as_raw_fd() as u32;
     // SAFETY: the kernel reads the NUL-terminated path at `pathname`, which `text`
     // keeps alive across the call.
     unsafe { bpf(bpf_cmd::BPF_OBJ_PIN, &mut attr)? };
+    Ok(())
+}
+
+/// `BPF_OBJ_GET`: opens the object pinned at `path` (a map, a program, a link), closed
+/// on exec. A path with a NUL byte is `InvalidInput`, before any call.
+pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    let text = c_path(path)?;
+    let mut attr = zeroed_attr();
+    attr.__bindgen_anon_4.pathname = text.as_ptr() as u64;
+    // SAFETY: the kernel reads the NUL-terminated path at `pathname`, which `text`
+    // keeps alive across the call; file_flags 0 asks for read and write.
+    let rc = unsafe { bpf(bpf_cmd::BPF_OBJ_GET, &mut attr)? };
+    new_fd(rc)
+}
+
+/// `BPF_LINK_DETACH`: detaches the link behind `link` at once, whoever else holds it:
+/// its program stops running now, not when the last reference goes.
+pub fn link_detach(link: BorrowedFd<'_>) -> io::Result<()> {
+    let mut attr = zeroed_attr();
+    attr.link_detach.link_fd = link.as_raw_fd() as u32;
+    // SAFETY: link detach reads no pointer: its one field is a value.
+    unsafe { bpf(bpf_cmd::BPF_LINK_DETACH, &mut attr)? };
     Ok(())
 }
 
@@ -315,6 +345,26 @@ mod tests {
     }
 
     #[test]
+    fn obj_get_names_a_missing_pin_as_missing() {
+        let missing = Path::new("/sys/fs/bpf/capstats-no-such-pin-for-a-test");
+        let error = obj_get(missing).unwrap_err();
+        // ENOENT where bpffs is mounted and we may look; EPERM without privileges.
+        assert!(
+            matches!(error.raw_os_error(), Some(libc::ENOENT | libc::EPERM)),
+            "{error}"
+        );
+        let error = obj_get(Path::new("a\0b")).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidInput, "{error}");
+    }
+
+    #[test]
+    fn link_detach_refuses_what_is_not_a_link() {
+        let file = std::fs::File::open("/proc/self/status").unwrap();
+        let error = link_detach(file.as_fd()).unwrap_err();
+        assert!(refused(&error), "{error}");
+    }
+
+    #[test]
     fn names_are_cut_to_the_kernels_length_and_nul_padded() {
         let field = object_name("a-name-longer-than-fifteen");
         let bytes: Vec<u8> = field.iter().map(|&c| c as u8).collect();
@@ -328,6 +378,8 @@ mod tests {
     #[cfg(feature = "kernel-tests")]
     #[test]
     fn maps_and_programs_round_trip_through_the_kernel() {
+        use std::path::PathBuf;
+
         let hash = Map::<u64, u32>::create(
             bpf_map_type::BPF_MAP_TYPE_HASH,
             "sys_test_hash",
@@ -370,6 +422,20 @@ mod tests {
         let info = prog_info(program.as_fd()).unwrap();
         assert_ne!(info.id, 0);
         assert_eq!(info.verified_insns, 2);
+
+        // Pinned, opened again through its pin: the same program. A program is no
+        // link: detaching it is refused.
+        let pin = PathBuf::from(format!(
+            "/sys/fs/bpf/capstats-sys-test-{}",
+            std::process::id()
+        ));
+        obj_pin(program.as_fd(), &pin).expect("pinning (needs a bpffs at /sys/fs/bpf)");
+        let opened = obj_get(&pin);
+        std::fs::remove_file(&pin).unwrap();
+        let opened = opened.unwrap();
+        assert_eq!(prog_info(opened.as_fd()).unwrap().id, info.id);
+        let error = link_detach(opened.as_fd()).unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(libc::EINVAL), "{error}");
 
         let chain = Map::<u32, u32>::create(
             bpf_map_type::BPF_MAP_TYPE_PROG_ARRAY,

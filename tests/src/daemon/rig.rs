@@ -287,13 +287,18 @@ impl Setup {
         Self::with_daemon(rig, scratch, spec, pins, log)
     }
 
-    /// Kills the daemon as [`Setup::restart`] does and starts another with the same
-    /// spec, returning as soon as it answers (its restored sessions may still be
-    /// compiling), with how long that took.
+    /// Kills the daemon as [`Setup::restart`] does, lets `meanwhile` change what it left
+    /// (its session table, say) while none runs, and starts another with the same spec,
+    /// returning as soon as it answers (its restored sessions may still be compiling),
+    /// with how long that took.
     ///
     /// # Errors
-    /// When the daemon cannot be killed or started.
-    pub fn restart_answering(self, log: &str) -> anyhow::Result<(Self, Duration)> {
+    /// When the daemon cannot be killed or started, or `meanwhile` fails.
+    pub fn restart_answering(
+        self,
+        log: &str,
+        meanwhile: impl FnOnce(&crate::daemon::DaemonSpec) -> anyhow::Result<()>,
+    ) -> anyhow::Result<(Self, Duration)> {
         let Setup {
             daemon,
             spec,
@@ -303,6 +308,7 @@ impl Setup {
             ..
         } = self;
         daemon.kill()?;
+        meanwhile(&spec)?;
         let started = Instant::now();
         let daemon = crate::daemon::Daemon::start_answering(&rig.ns_b, &spec, &scratch.join(log))?;
         let answered = started.elapsed();

@@ -14,14 +14,14 @@
 //!   libpcap's own verdicts (`pcap_offline_filter`).
 //! - [`corpus_frames`]: the frames of corpus captures (`crate::corpus` replays them).
 
-use std::ffi::CString;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use capstats_common::protocol::{Command, Request, Response, Session};
+use aya_obj::generated::bpf_prog_type;
+use capstats_common::protocol::{Command, Request, Response};
 use capstats_ebpf::filter::Filter;
 use capstats_ebpf::insn::{AluOp, Insn, Operand, Reg, Width};
 use capstats_ebpf::program::LoadedProgram;
@@ -31,13 +31,7 @@ use crate::frame::{MacAddr, ethertype, outer_tag, without_outer_tag};
 use crate::link::{Link, VethPair};
 use crate::netns::NetNs;
 
-/// Packets and bytes.
-pub type Count = (u64, u64);
-
-/// A session's packets and bytes.
-pub fn counts(session: &Session) -> Count {
-    (session.packets.unwrap_or(0), session.bytes.unwrap_or(0))
-}
+pub use super::{Count, counts};
 
 /// Sends one request to the daemon on `socket` and reads its response.
 ///
@@ -185,8 +179,9 @@ pub struct ForeignXdp<'ns> {
 }
 
 const XDP_PASS: i32 = 2;
-/// `bpf()` commands and the XDP attach type (linux/bpf.h).
-const BPF_OBJ_PIN: libc::c_long = 6;
+/// `BPF_LINK_CREATE` and the XDP attach type (linux/bpf.h): capstats attaches through
+/// aya, so `capstats_ebpf::sys::bpf` (which loads the tagger and pins the foreign
+/// program) makes no links.
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_XDP: u32 = 37;
 
@@ -238,21 +233,8 @@ impl<'ns> ForeignXdp<'ns> {
                 std::fs::create_dir_all(pin_dir)
                     .with_context(|| format!("cannot create {}", pin_dir.display()))?;
                 let pin = pin_dir.join("foreign_pass");
-                let path = CString::new(pin.to_string_lossy().as_bytes())?;
-                #[repr(C)]
-                struct ObjPin {
-                    pathname: u64,
-                    bpf_fd: u32,
-                    file_flags: u32,
-                    rest: [u64; 4],
-                }
-                let attr = ObjPin {
-                    pathname: path.as_ptr() as u64,
-                    bpf_fd: program.as_fd().as_raw_fd() as u32,
-                    file_flags: 0,
-                    rest: [0; 4],
-                };
-                bpf(BPF_OBJ_PIN, &attr).with_context(|| format!("pinning at {}", pin.display()))?;
+                capstats_ebpf::sys::bpf::obj_pin(program.as_fd(), &pin)
+                    .with_context(|| format!("pinning at {}", pin.display()))?;
                 // Not `ip -n`: it mounts its own /sys, where the pin is not.
                 let attached = crate::cmd::run(
                     ns.command_keeping_mounts("ip")
@@ -306,16 +288,14 @@ pub struct MetadataTagger {
     _link: OwnedFd,
 }
 
-/// `BPF_PROG_LOAD`, `BPF_PROG_TYPE_SCHED_CLS`, `BPF_TCX_EGRESS` (linux/bpf.h).
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
+/// `BPF_TCX_EGRESS` (linux/bpf.h).
 const BPF_TCX_EGRESS: u32 = 47;
 /// `bpf_skb_vlan_push` in `enum bpf_func_id`.
 const BPF_FUNC_SKB_VLAN_PUSH: i32 = 18;
 
 /// One `struct bpf_insn`: opcode, registers, offset, immediate.
-fn insn(code: u8, dst: u8, src: u8, imm: i32) -> u64 {
-    u64::from(code) | u64::from(dst | (src << 4)) << 8 | u64::from(imm as u32) << 32
+fn insn(code: u8, dst: u8, src: u8, imm: i32) -> [u8; 8] {
+    (u64::from(code) | u64::from(dst | (src << 4)) << 8 | u64::from(imm as u32) << 32).to_le_bytes()
 }
 
 impl MetadataTagger {
@@ -336,25 +316,16 @@ impl MetadataTagger {
             insn(mov, 0, 0, 0),
             insn(exit, 0, 0, 0),
         ];
-        let license = c"GPL";
-        #[repr(C)]
-        struct ProgLoad {
-            prog_type: u32,
-            insn_cnt: u32,
-            insns: u64,
-            license: u64,
-            rest: [u64; 12],
-        }
-        let attr = ProgLoad {
-            prog_type: BPF_PROG_TYPE_SCHED_CLS,
-            insn_cnt: program.len() as u32,
-            insns: program.as_ptr() as u64,
-            license: license.as_ptr() as u64,
-            rest: [0; 12],
+        let load = capstats_ebpf::sys::bpf::ProgLoad {
+            prog_type: bpf_prog_type::BPF_PROG_TYPE_SCHED_CLS,
+            attach_type: None,
+            flags: 0,
+            name: "",
+            insns: &program,
+            license: c"GPL",
         };
-        let fd = bpf(BPF_PROG_LOAD, &attr).context("BPF_PROG_LOAD of the VLAN tagger")?;
-        // SAFETY: a new program fd that nothing else owns.
-        let program = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        let program = capstats_ebpf::sys::bpf::prog_load(&load, None)
+            .context("BPF_PROG_LOAD of the VLAN tagger")?;
         let link_fd = link_create(ns, link, program.as_raw_fd(), BPF_TCX_EGRESS, 0)?;
         Ok(Self {
             _program: program,

@@ -1,6 +1,14 @@
 //! What the tc-hook test files (`daemon_tc*.rs`) share: counts, where a session
-//! counts ([`At`]), creating and polling sessions, the kernel's view of B's tcx hooks,
-//! and paced streams. Each file uses a part of it.
+//! counts ([`At`]), creating and polling sessions, the kernel's view of B's tcx hooks
+//! and the links' pins, and paced streams. Each file uses a part of it.
+//!
+//! Each test has its own rig (namespaces A and B joined by a quiet veth pair, see
+//! `capstats_tests::daemon::rig`), runs `capstats -d` in B and counts on B's end.
+//! Frames written on A's end ([`Rig::sender_a`], or tcpreplay in A) arrive at B
+//! (received: TC ingress); frames written on B's end with an AF_PACKET socket
+//! ([`Rig::sender_b`], or tcpreplay in B) leave from it (sent: TC egress). Nothing else
+//! is on the link, so the oracles are exact: the frames the test wrote, the socket
+//! hook's count, and sums of both.
 #![allow(dead_code, unused_imports)]
 
 pub use std::collections::BTreeMap;
@@ -14,31 +22,27 @@ pub use capstats_common::protocol::Session;
 pub use capstats_ebpf::counters::CounterMap;
 pub use capstats_tests::corpus;
 pub use capstats_tests::daemon::rig::{self, IP_A, IP_B, MAC_A, MAC_B, Rig, Sender, Setup};
-pub use capstats_tests::daemon::{Client, Daemon, DaemonSpec};
+pub use capstats_tests::daemon::{Client, Count, Daemon, DaemonSpec, add, counts, times};
 pub use capstats_tests::frame::{self, Ethernet, Ipv4, Ipv6, MacAddr, Tcp, VlanTag, ethertype};
-pub use capstats_tests::require_root;
 pub use capstats_tests::scratch::ScratchDir;
 pub use capstats_tests::tcx;
+pub use capstats_tests::{joined, require_root};
 
 /// How long frames may take to be counted after they were written.
 pub const ARRIVAL: Duration = Duration::from_secs(10);
 /// How long a count must stand still to be final.
 pub const QUIET: Duration = Duration::from_millis(100);
 
-/// Packets and bytes.
-pub type Count = (u64, u64);
-
-pub fn counts(session: &Session) -> Count {
-    (session.packets.unwrap_or(0), session.bytes.unwrap_or(0))
+/// A count as the tests print it: `packets/bytes`.
+pub fn shown(count: Count) -> String {
+    format!("{}/{}", count.0, count.1)
 }
 
-pub fn add(a: Count, b: Count) -> Count {
-    (a.0 + b.0, a.1 + b.1)
-}
-
-/// `n` copies of `frame`.
-pub fn times(frame: &[u8], n: u64) -> Count {
-    (n, n * frame.len() as u64)
+/// What port `i` of `ports` gets of `total` frames written round robin over them
+/// (frame k to port k mod `ports`).
+pub fn round_robin_share(i: u16, total: u64, ports: u16) -> u64 {
+    let ports = u64::from(ports);
+    total / ports + u64::from(u64::from(i) < total % ports)
 }
 
 /// Where a session counts.
@@ -81,6 +85,11 @@ impl At {
             At::Socket => "sock",
         }
     }
+
+    /// The name of the session of `short` here: `short-SUFFIX`.
+    pub fn name(self, short: &str) -> String {
+        format!("{short}-{}", self.suffix())
+    }
 }
 
 /// `new NAME interface IF hook ... filter EXPR`, checking what the daemon answers.
@@ -94,10 +103,7 @@ pub fn new_session(
     let mut args = vec!["new", name, "interface", interface];
     args.extend(at.words());
     args.extend(["filter", filter]);
-    let session = match client.sessions(&args)?.as_slice() {
-        [session] => session.clone(),
-        other => bail!("new {name} printed {} sessions", other.len()),
-    };
+    let session = client.session(&args)?;
     let (hook, direction) = at.reported();
     ensure!(
         session.hook.as_str() == hook
@@ -108,6 +114,20 @@ pub fn new_session(
         args.join(" ")
     );
     Ok(session)
+}
+
+/// A session of `expression` at each of `hooks`, named by [`At::name`] of `short`.
+pub fn new_sessions_at(
+    client: &Client,
+    short: &str,
+    interface: &str,
+    hooks: &[At],
+    expression: &str,
+) -> anyhow::Result<()> {
+    for &at in hooks {
+        new_session(client, &at.name(short), interface, at, expression)?;
+    }
+    Ok(())
 }
 
 /// `poll --json`, by name.
@@ -151,6 +171,11 @@ pub fn pinned_count(pin_dir: &Path, session: &str) -> anyhow::Result<Count> {
         .with_context(|| format!("cannot open the pinned map {}", path.display()))?;
     let counter = map.read(0)?;
     Ok((counter.packets, counter.bytes))
+}
+
+/// Where the daemon pins the tc links and chains of `interface`: `PIN_DIR/%tc/IF`.
+pub fn tc_links(pin_dir: &Path, interface: &str) -> PathBuf {
+    pin_dir.join("%tc").join(interface)
 }
 
 /// The entries of a directory, sorted (empty when it does not exist).
