@@ -177,7 +177,7 @@ fn measure_one(capstats: &Path, hook: HookName, n: usize, changes: usize) -> any
     write_table(&scratch.0, hook, n)?;
     let pair = Pair::create(frame::SRC_MAC, frame::DST_MAC)?;
     let started = Instant::now();
-    let daemon = Daemon::start(capstats, &pair.receiver, &scratch.0, METRICS)?;
+    let daemon = Daemon::start_restoring(capstats, &pair.receiver, &scratch.0, METRICS)?;
     let watchdog = Watchdog::arm(
         &daemon,
         FILL_LIMIT + Duration::from_secs(60) + Duration::from_secs(10) * changes as u32,
