@@ -535,6 +535,7 @@ impl Trace {
 /// and the next's, the new table is written to the temporary file and fsynced, renamed
 /// over the table, and the state directory fsynced, in that order, before the answer
 /// is written. Watched with strace on the running daemon (`-y` names each fd's file).
+/// Then killed with `kill -9`, the daemon comes back with every change.
 #[test]
 fn a_change_is_on_disk_before_it_is_answered() -> anyhow::Result<()> {
     require_root(TEST);
@@ -577,20 +578,24 @@ fn a_change_is_on_disk_before_it_is_answered() -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let changes: [&[&str]; 4] = [
-        &["new", "d1", "interface", interface, "filter", "udp"],
-        &[
-            "new",
-            "d2",
-            "interface",
-            interface,
-            "hook",
-            "tc",
-            "filter",
-            "tcp",
-        ],
-        &["modify", "d1", "udp port 53"],
-        &["stop", "d2"],
+    let tc = ["hook", "tc"];
+    let xdp = ["hook", "xdp"];
+    let changes: [Vec<&str>; 5] = [
+        vec!["new", "d1", "interface", interface, "filter", "udp"],
+        [
+            &["new", "d2", "interface", interface][..],
+            &tc,
+            &["filter", "tcp"],
+        ]
+        .concat(),
+        vec!["modify", "d1", "udp port 53"],
+        vec!["stop", "d2"],
+        [
+            &["new", "d3", "interface", interface][..],
+            &xdp,
+            &["filter", "icmp"],
+        ]
+        .concat(),
     ];
     let result = changes
         .iter()
@@ -610,7 +615,7 @@ fn a_change_is_on_disk_before_it_is_answered() -> anyhow::Result<()> {
     let mut from = trace
         .find(0, &["\\\"ok\\\""])
         .context("no answer to `list` traced")?;
-    for (args, name) in changes.iter().zip(["d1", "d2", "d1", "d2"]) {
+    for (args, name) in changes.iter().zip(["d1", "d2", "d1", "d2", "d3"]) {
         let shown = args.join(" ");
         let answer = trace
             .find(
@@ -654,6 +659,18 @@ fn a_change_is_on_disk_before_it_is_answered() -> anyhow::Result<()> {
         from = answer;
     }
     println!("{} changes, each on disk before its answer", changes.len());
+    // And what is on disk is every change: after `kill -9`, the table is back as the
+    // answers left it.
+    daemon.kill()?;
+    let daemon = Daemon::start(&rig.ns_b, &spec, &scratch.join("again.log"))?;
+    let back: Vec<(String, String, String)> = client
+        .poll()?
+        .into_iter()
+        .map(|s| (s.name, s.hook, s.filter))
+        .collect();
+    let want = [("d1", "socket", "udp port 53"), ("d3", "xdp", "icmp")]
+        .map(|(n, h, f)| (n.to_owned(), h.to_owned(), f.to_owned()));
+    ensure!(back == want, "after kill -9: {back:?}, expected {want:?}");
     daemon.stop()?;
     Ok(())
 }
