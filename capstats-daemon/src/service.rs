@@ -526,8 +526,8 @@ impl Service {
     /// Only `name`'s record is made afresh, its counters read now; the others are
     /// written as they were last saved (at their own last change, or the last full
     /// [`Service::save`]). Reading every session's counters at every change (a
-    /// syscall each) and serialising them all again took 10-60 ms of a change at 4,096
-    /// sessions. The counts in the table only matter where the pinned maps are gone (a
+    /// syscall each) and serialising them all again took 20-60 ms of a change at 4,096
+    /// sessions (the whole save is about 4 ms now). The counts in the table only matter where the pinned maps are gone (a
     /// bpffs that died with the daemon, a reboot): then a restart continues from them,
     /// as before from counts read at whatever change came last; a session's base (the
     /// part from before its map), what a restart adds to the map's counts, never

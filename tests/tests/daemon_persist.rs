@@ -13,6 +13,9 @@
 //! - a FIFO at the state file's or its lock's path is refused at once;
 //! - the state file is checked as requests are (interface names, hook and direction),
 //!   and a daemon always reads the counts it wrote, even at the limit.
+//! - a change is on disk before it is answered (the table fsynced, renamed, its
+//!   directory fsynced; seen with strace), and after `kill -9` every answered change
+//!   is back.
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
