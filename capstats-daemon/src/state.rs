@@ -285,10 +285,32 @@ impl StateFile {
         Ok(state.sessions)
     }
 
-    /// Replaces the file with `sessions`, atomically: readers see the old or the new
-    /// table, never a mixture, even if the daemon dies halfway.
-    /// On failure the previous file stays as it was and the temporary file is removed.
+    /// [`StateFile::save_records`] of `sessions`.
+    #[cfg(test)]
     pub fn save(&self, sessions: Vec<SavedSession>) -> Result<(), StateError> {
+        let records: Vec<Vec<u8>> = sessions.iter().map(record).collect();
+        self.save_records(records.iter().map(Vec::as_slice))
+    }
+
+    /// Replaces the file with the sessions of `records` (each one made by [`record`]),
+    /// atomically and durably: readers see the old or the new table, never a mixture,
+    /// even if the daemon dies halfway; once this returns `Ok` the new table survives
+    /// a crash of the machine too (the caller answers the change only then). On
+    /// failure the previous file stays as it was and the temporary file is removed.
+    ///
+    /// Why it is written this way (measured with 4,096 sessions on a loaded 2-core VM,
+    /// ext4 on virtio): the records are joined into one buffer of compact JSON (about
+    /// 250 bytes a session, 1 MB at 4,096; the pretty form an earlier daemon wrote was
+    /// 1.6 times that) and written with one `write`; then the file is fsynced, renamed
+    /// over the table, and the directory fsynced once. An fsync costs about the same
+    /// here (4-8 ms, a journal commit) for 300 bytes as for 1.5 MB, so an append-only
+    /// journal of changes would save little of a change's time while adding a second
+    /// file to trust, replay and compact: the table stays one file, which every
+    /// earlier daemon reads.
+    pub fn save_records<'r>(
+        &self,
+        records: impl ExactSizeIterator<Item = &'r [u8]>,
+    ) -> Result<(), StateError> {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -296,11 +318,7 @@ impl StateFile {
             .map_err(self.io("create", &self.dir))?;
         let path = self.path();
         let tmp = self.dir.join(format!(".{FILE}.tmp"));
-        let text = serde_json::to_string_pretty(&SavedState {
-            version: STATE_VERSION,
-            sessions,
-        })
-        .expect("plain data serializes");
+        let text = encode(records);
         // Whatever is at the temporary name (a crash's leftover, a planted link) is
         // unlinked, never followed; create_new then refuses anything that reappears.
         let _ = fs::remove_file(&tmp);
@@ -310,7 +328,7 @@ impl StateFile {
         )
         .map_err(|e| self.refusal("create", &tmp, e))?;
         let written = file
-            .write_all(text.as_bytes())
+            .write_all(&text)
             .map_err(self.io("write", &tmp))
             .and_then(|()| file.sync_all().map_err(self.io("sync", &tmp)))
             .and_then(|()| {
@@ -329,11 +347,40 @@ impl StateFile {
             let _ = fs::remove_file(&tmp);
             return Err(e);
         }
-        if let Ok(dir) = File::open(&self.dir) {
-            let _ = dir.sync_all();
+        // The rename is durable only once the directory is: until then a crash of the
+        // machine may bring back the previous table, so a failure here is the
+        // caller's error (the new table is in place, and is read at the next start).
+        // A file system that cannot sync a directory (EINVAL: some FUSE and network
+        // ones) has no such guarantee to give: nothing more can be done there.
+        match File::open(&self.dir).and_then(|dir| dir.sync_all()) {
+            Err(e) if e.raw_os_error() != Some(libc::EINVAL) => {
+                Err(self.io("sync the directory of", &path)(e))
+            }
+            _ => Ok(()),
         }
-        Ok(())
     }
+}
+
+/// One session as saved: a JSON object.
+pub fn record(session: &SavedSession) -> Vec<u8> {
+    serde_json::to_vec(session).expect("plain data serializes")
+}
+
+/// The table as saved: compact JSON, in one buffer, the sessions' [`record`]s in order
+/// (what `serde_json` writes for a [`SavedState`]).
+fn encode<'r>(records: impl ExactSizeIterator<Item = &'r [u8]>) -> Vec<u8> {
+    let head = format!("{{\"version\":{STATE_VERSION},\"sessions\":[");
+    // About 250 bytes a session: one allocation for most tables.
+    let mut text = Vec::with_capacity(head.len() + 2 + 320 * records.len());
+    text.extend_from_slice(head.as_bytes());
+    for (i, record) in records.enumerate() {
+        if i > 0 {
+            text.push(b',');
+        }
+        text.extend_from_slice(record);
+    }
+    text.extend_from_slice(b"]}");
+    text
 }
 
 /// A time as saved: RFC 3339, UTC, whole seconds.
@@ -429,6 +476,43 @@ mod tests {
         assert_eq!(state.load().unwrap(), vec![saved("a"), saved("b")]);
         let mode = fs::metadata(state.path()).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_large_table_comes_back_whole_and_an_older_daemons_pretty_one_still_loads() {
+        let dir = dir();
+        let state = StateFile::new(&dir);
+        let many: Vec<SavedSession> = (0..4096)
+            .map(|i| {
+                let mut s = saved(&format!("s{i:04}"));
+                s.filter = format!("udp and dst port {}", 10_000 + i);
+                (s.packets, s.bytes) = (1 + i as u64, 64 * (1 + i as u64));
+                s
+            })
+            .collect();
+        state.save(many.clone()).unwrap();
+        assert_eq!(state.load().unwrap(), many, "every session, every field");
+        let whole = serde_json::to_vec(&SavedState {
+            version: STATE_VERSION,
+            sessions: many.clone(),
+        })
+        .unwrap();
+        assert_eq!(fs::read(state.path()).unwrap(), whole, "as serde writes it");
+        state.save(vec![]).unwrap();
+        assert_eq!(state.load().unwrap(), vec![], "no session");
+        assert!(
+            !dir.join(format!(".{FILE}.tmp")).exists(),
+            "the temporary file is renamed, not left"
+        );
+        // As the daemons before this one wrote it: indented.
+        let pretty = serde_json::to_string_pretty(&SavedState {
+            version: STATE_VERSION,
+            sessions: many[..3].to_vec(),
+        })
+        .unwrap();
+        fs::write(state.path(), pretty).unwrap();
+        assert_eq!(state.load().unwrap(), many[..3].to_vec());
         fs::remove_dir_all(&dir).unwrap();
     }
 

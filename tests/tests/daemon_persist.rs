@@ -13,6 +13,9 @@
 //! - a FIFO at the state file's or its lock's path is refused at once;
 //! - the state file is checked as requests are (interface names, hook and direction),
 //!   and a daemon always reads the counts it wrote, even at the limit.
+//! - a change is on disk before it is answered (the table fsynced, renamed, its
+//!   directory fsynced; seen with strace), and after `kill -9` every answered change
+//!   is back.
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
@@ -513,5 +516,160 @@ fn a_daemon_reads_the_counts_it_wrote_even_at_the_limit() -> anyhow::Result<()> 
     );
     println!("packets {near} + 20 frames: {MAX_COUNT}, saved and read back");
     second.stop()?;
+    Ok(())
+}
+
+/// What strace saw the daemon do, one call a line, in order.
+struct Trace(Vec<String>);
+
+impl Trace {
+    /// The index of the first line from `from` on with every one of `parts`.
+    fn find(&self, from: usize, parts: &[&str]) -> Option<usize> {
+        (from..self.0.len()).find(|&i| parts.iter().all(|p| self.0[i].contains(p)))
+    }
+}
+
+/// A change is answered only once it is on disk (issue 12: what was answered OK
+/// survives `kill -9`, and a crash of the machine too): between one change's answer
+/// and the next's, the new table is written to the temporary file and fsynced, renamed
+/// over the table, and the state directory fsynced, in that order, before the answer
+/// is written. Watched with strace on the running daemon (`-y` names each fd's file).
+/// Then killed with `kill -9`, the daemon comes back with every change.
+#[test]
+fn a_change_is_on_disk_before_it_is_answered() -> anyhow::Result<()> {
+    require_root(TEST);
+    let rig = Rig::new("durable")?;
+    let scratch = ScratchDir::new("durable")?;
+    let spec = DaemonSpec::new(scratch.join("capstats.sock"), scratch.join("state"));
+    let _pins = spec.pin_guard();
+    let daemon = Daemon::start(&rig.ns_b, &spec, &scratch.join("daemon.log"))?;
+    let client = daemon.client()?;
+    let interface = rig.interface();
+    let pid = daemon.pid().context("the daemon runs")?;
+    let trace_file = scratch.join("strace.txt");
+    let mut strace = std::process::Command::new("strace")
+        .args(["-f", "-qq", "-y", "-s", "65536", "-o"])
+        .arg(&trace_file)
+        .args([
+            "-e",
+            "trace=fsync,fdatasync,rename,renameat,renameat2,write,writev,sendmsg,sendto",
+            "-p",
+            &pid.to_string(),
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting strace (the test needs it: apt-get install strace)")?;
+    let stop_strace = |strace: &mut std::process::Child| {
+        // SAFETY: our child, not yet reaped.
+        unsafe { libc::kill(strace.id() as libc::pid_t, libc::SIGINT) };
+        strace.wait()
+    };
+    // Attached once it sees the daemon answer a `list`.
+    let deadline = Instant::now() + ARRIVAL;
+    loop {
+        client.ok(&["list"])?;
+        if std::fs::read_to_string(&trace_file).is_ok_and(|t| t.contains("\\\"ok\\\"")) {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = stop_strace(&mut strace);
+            bail!("strace did not attach to the daemon (pid {pid}) within {ARRIVAL:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let tc = ["hook", "tc"];
+    let xdp = ["hook", "xdp"];
+    let changes: [Vec<&str>; 5] = [
+        vec!["new", "d1", "interface", interface, "filter", "udp"],
+        [
+            &["new", "d2", "interface", interface][..],
+            &tc,
+            &["filter", "tcp"],
+        ]
+        .concat(),
+        vec!["modify", "d1", "udp port 53"],
+        vec!["stop", "d2"],
+        [
+            &["new", "d3", "interface", interface][..],
+            &xdp,
+            &["filter", "icmp"],
+        ]
+        .concat(),
+    ];
+    let result = changes
+        .iter()
+        .try_for_each(|args| client.ok(args).map(drop));
+    stop_strace(&mut strace)?;
+    result?;
+    let trace = Trace(
+        std::fs::read_to_string(&trace_file)?
+            .lines()
+            .map(str::to_owned)
+            .collect(),
+    );
+    let state = spec.state_dir.display().to_string();
+    let tmp = format!("{state}/.sessions.json.tmp");
+    let table = format!("{state}/sessions.json");
+    // Each change's answer: the session, by name, in a write to the client.
+    let mut from = trace
+        .find(0, &["\\\"ok\\\""])
+        .context("no answer to `list` traced")?;
+    for (args, name) in changes.iter().zip(["d1", "d2", "d1", "d2", "d3"]) {
+        let shown = args.join(" ");
+        let answer = trace
+            .find(
+                from + 1,
+                &["\\\"ok\\\"", &format!("\\\"name\\\":\\\"{name}\\\"")],
+            )
+            .with_context(|| format!("`{shown}`: no answer traced"))?;
+        let step = |from: usize, what: &str, parts: &[&str]| -> anyhow::Result<usize> {
+            trace
+                .find(from, parts)
+                .filter(|&i| i < answer)
+                .with_context(|| {
+                    format!(
+                        "`{shown}` was answered (trace line {}) before {what}; traced since \
+                         the previous answer:\n{}",
+                        answer + 1,
+                        trace.0[from..=answer].join("\n")
+                    )
+                })
+        };
+        let written = step(
+            from,
+            "the new table was written",
+            &["write", &format!("<{tmp}>")],
+        )?;
+        let synced = step(
+            written,
+            "the new table was fsynced",
+            &["fsync(", &format!("<{tmp}>")],
+        )?;
+        let renamed = step(
+            synced,
+            "it was renamed over the table",
+            &["rename", &format!("\"{tmp}\", "), &format!("\"{table}\"")],
+        )?;
+        step(
+            renamed,
+            "the state directory was fsynced",
+            &["fsync(", &format!("<{state}>")],
+        )?;
+        from = answer;
+    }
+    println!("{} changes, each on disk before its answer", changes.len());
+    // And what is on disk is every change: after `kill -9`, the table is back as the
+    // answers left it.
+    daemon.kill()?;
+    let daemon = Daemon::start(&rig.ns_b, &spec, &scratch.join("again.log"))?;
+    let back: Vec<(String, String, String)> = client
+        .poll()?
+        .into_iter()
+        .map(|s| (s.name, s.hook.as_str().to_owned(), s.filter))
+        .collect();
+    let want = [("d1", "socket", "udp port 53"), ("d3", "xdp", "icmp")]
+        .map(|(n, h, f)| (n.to_owned(), h.to_owned(), f.to_owned()));
+    ensure!(back == want, "after kill -9: {back:?}, expected {want:?}");
+    daemon.stop()?;
     Ok(())
 }

@@ -25,6 +25,7 @@
 //! polls with 1); stop the daemon (it must exit 0).
 
 // client, netns, process and traffic are shared with the peer comparison (crate::peers).
+pub mod changes;
 pub mod client;
 pub mod connections;
 mod latency;

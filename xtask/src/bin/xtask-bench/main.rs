@@ -124,6 +124,17 @@ struct Args {
     /// with --out, replace the file's `connections` object.
     #[arg(long)]
     connections_only: bool,
+    /// Measure only changes through the daemon (new, modify, stop with --changes-sizes
+    /// sessions already on the interface, each hook) and print them; with --out,
+    /// replace the file's `changes` object.
+    #[arg(long)]
+    daemon_changes_only: bool,
+    /// Changes through the daemon: sessions already on the interface, per row.
+    #[arg(long, value_delimiter = ',', default_values_t = [256, 4096])]
+    changes_sizes: Vec<usize>,
+    /// Changes through the daemon: timed rounds of new, modify and stop per row.
+    #[arg(long, default_value_t = 40)]
+    changes: usize,
     /// Many clients: connections opened and left silent.
     #[arg(long, default_value_t = 10_000)]
     idle_connections: usize,
@@ -307,6 +318,19 @@ fn run(args: &Args) -> anyhow::Result<()> {
         print!("{}", daemon::connections::report(&figures));
         if let Some(out) = &args.out {
             replace_in_results(out, "connections", daemon::connections::to_json(&figures))?;
+        }
+        return Ok(());
+    }
+    if args.daemon_changes_only {
+        let rows = daemon::changes::measure(&daemon::changes::Options {
+            capstats: args.capstats.clone(),
+            sizes: args.changes_sizes.clone(),
+            changes: args.changes,
+        })
+        .context("the changes bench")?;
+        print!("{}", daemon::changes::report(&rows, args.changes));
+        if let Some(out) = &args.out {
+            replace_in_results(out, "changes", daemon::changes::to_json(&rows))?;
         }
         return Ok(());
     }

@@ -36,7 +36,35 @@ impl Daemon {
         dir: &Path,
         metrics: std::net::SocketAddr,
     ) -> anyhow::Result<Self> {
-        let args = DaemonArgs {
+        let args = Self::args(dir, metrics);
+        let process = capstats_testkit::launch::start_daemon(
+            ns.command(capstats),
+            &args,
+            &dir.join("daemon.log"),
+        )?;
+        Ok(Self { process, args })
+    }
+
+    /// [`Daemon::start`], returning as soon as the daemon answers, its restored
+    /// sessions' filters compiled or not (4,096 take minutes).
+    pub fn start_restoring(
+        capstats: &Path,
+        ns: &Namespace,
+        dir: &Path,
+        metrics: std::net::SocketAddr,
+    ) -> anyhow::Result<Self> {
+        let args = Self::args(dir, metrics);
+        let process = capstats_testkit::launch::start_daemon_answering(
+            ns.command(capstats),
+            &args,
+            &dir.join("daemon.log"),
+        )?;
+        Ok(Self { process, args })
+    }
+
+    /// The daemon's flags: socket, state and log in `dir`, pins of its own.
+    fn args(dir: &Path, metrics: std::net::SocketAddr) -> DaemonArgs {
+        DaemonArgs {
             socket: dir.join("capstats.sock"),
             state_dir: dir.join("state"),
             // Its own pins, removed when it stops: the bench leaves nothing pinned.
@@ -44,13 +72,7 @@ impl Daemon {
             detach_on_exit: true,
             metrics: Some(metrics),
             ..DaemonArgs::default()
-        };
-        let process = capstats_testkit::launch::start_daemon(
-            ns.command(capstats),
-            &args,
-            &dir.join("daemon.log"),
-        )?;
-        Ok(Self { process, args })
+        }
     }
 
     pub fn pid(&self) -> u32 {
