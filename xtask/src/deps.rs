@@ -47,6 +47,10 @@ pub const PACKAGES: &[(&str, &str)] = &[
         "bpftool",
         "inspecting loaded programs and maps when something goes wrong",
     ),
+    (
+        "strace",
+        "daemon_persist watches that a change is on disk before it is answered",
+    ),
     ("zsh", "the completion tests load the zsh script"),
     ("fish", "the completion tests ask fish what it completes"),
     (
