@@ -3,12 +3,11 @@
 //! acknowledged.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use capstats_common::hook::{Hook, XdpMode};
 use capstats_common::names::check_name;
-use capstats_common::protocol::LineError;
 use capstats_common::protocol::{Command, Direction, ErrorKind, HookName, Reply, Response};
 use capstats_ebpf::counters::{Counter, CounterError};
 use capstats_ebpf::filter::ANY;
@@ -16,10 +15,14 @@ use capstats_ebpf::filter::ANY;
 use crate::attach::{Interfaces, default_interface};
 use crate::bpffs::{PinError, Pins};
 use crate::log::event;
-use crate::preflight::CompileError;
 use crate::programs::InterfacePrograms;
 use crate::session::{Compiled, Session, SessionError, Spec};
 use crate::state::{SavedSession, StateFile, format_time, parse_time};
+
+mod compiler;
+mod errors;
+
+pub use errors::RequestError;
 
 /// Every session, by name.
 #[derive(Debug)]
@@ -167,156 +170,6 @@ impl Service {
         self.sessions
             .values()
             .any(|s| s.hook == hook && s.interface == interface && s.compiling())
-    }
-
-    /// Starts the thread that compiles, outside the lock, the filters of the sessions
-    /// that wait for them (restored at start, or their interface back), at most
-    /// [`COMPILERS`] at a time and each within [`crate::preflight::COMPILE_LIMIT`], and
-    /// brings those sessions up as their filters compile.
-    pub fn start_compiler(service: &Arc<Mutex<Service>>) -> std::io::Result<()> {
-        let (wake, woken) = std::sync::mpsc::channel();
-        lock(service).compiler = Some(wake);
-        let service = Arc::clone(service);
-        std::thread::Builder::new()
-            .name("capstats-compile".into())
-            .spawn(move || {
-                loop {
-                    bring_up(&service);
-                    if woken.recv().is_err() {
-                        return;
-                    }
-                    while woken.try_recv().is_ok() {}
-                }
-            })?;
-        Ok(())
-    }
-
-    /// Wakes the compiler: sessions wait for their filters.
-    fn wake_compiler(&self) {
-        if let Some(compiler) = &self.compiler {
-            let _ = compiler.send(());
-        }
-    }
-
-    /// Takes every session waiting for its filter that no compiler has yet: what to
-    /// compile for it, by interface and hook.
-    fn take_jobs(&mut self) -> BTreeMap<(String, HookName), Vec<Job>> {
-        let mut jobs: BTreeMap<(String, HookName), Vec<Job>> = BTreeMap::new();
-        for session in self.sessions.values_mut() {
-            if session.take_to_compile() {
-                jobs.entry((session.interface.clone(), session.hook))
-                    .or_default()
-                    .push(Job {
-                        name: session.name.clone(),
-                        filter: session.filter.clone(),
-                        ifindex: crate::attach::ifindex(&session.interface),
-                    });
-            }
-        }
-        jobs
-    }
-
-    /// Gives the sessions of `interface` at `hook` what compiling their filters gave,
-    /// and generates the programs there from every session that has one (at once, or,
-    /// where a previous daemon's links still count them, once every filter there is
-    /// compiled). A session changed meanwhile, or whose interface was replaced, is
-    /// compiled again.
-    fn attach_compiled(
-        &mut self,
-        interface: &str,
-        hook: HookName,
-        done: Vec<(Job, Result<Compiled, CompileError>)>,
-    ) {
-        let mut failed = Vec::new();
-        let mut came_up = Vec::new();
-        for (job, result) in done {
-            let Some(session) = self.sessions.get_mut(&job.name) else {
-                continue;
-            };
-            // Not waiting for this any more, or to be compiled again (its interface
-            // was announced again meanwhile: it may not have been up).
-            if !session.compiling_taken() {
-                continue;
-            }
-            let now = crate::attach::ifindex(&session.interface);
-            if session.interface != interface || session.filter != job.filter {
-                session.compile_again();
-                continue;
-            }
-            if now != job.ifindex {
-                // Replaced (or gone) meanwhile: compiled for the one there now.
-                match now {
-                    Some(_) => session.compile_again(),
-                    None => session.wait_for_interface(),
-                }
-                continue;
-            }
-            match result {
-                Ok(compiled) if compiled.is_for(interface, hook, &job.filter) => {
-                    session.compiled_as(Ok(compiled.program), job.ifindex);
-                    came_up.push(format!("{:?}", job.name));
-                }
-                Ok(_) => session.compile_again(),
-                Err(e) => {
-                    // A filter that does not compile, or not in time, is not tried
-                    // again for the same interface; one that failed for the interface's
-                    // sake (not up yet, say) is, at its next announcement.
-                    let tried = (e.kind() == ErrorKind::InvalidFilter)
-                        .then_some(job.ifindex)
-                        .flatten();
-                    session.compiled_as(Err(e.to_string()), tried);
-                    failed.push((job.name, e));
-                }
-            }
-        }
-        let key = (interface.to_owned(), hook);
-        for (name, e) in &failed {
-            if self.restoring.contains(&key) {
-                event!("session {name:?} restored down: {e}");
-            } else {
-                event!("session {name:?} is down, its counters kept: {e}");
-            }
-        }
-        if self.inherited.contains(&key) {
-            if self.compiling_in(interface, hook) {
-                return;
-            }
-            self.inherited.remove(&key);
-        }
-        if came_up.is_empty() && failed.is_empty() {
-            return;
-        }
-        match self.sync(interface, hook) {
-            Ok(()) => {
-                if !self.compiling_in(interface, hook) && self.restoring.remove(&key) {
-                    let counting = self.names(interface, hook, |s| s.counting_ifindex().is_some());
-                    event!(
-                        "restored the {} of {interface}: {}",
-                        match hook {
-                            HookName::Socket => "socket program",
-                            HookName::Tc => "tc programs",
-                            HookName::Xdp => "XDP program",
-                        },
-                        if counting.is_empty() {
-                            "no session counts".into()
-                        } else {
-                            counting
-                        }
-                    );
-                } else if !came_up.is_empty() {
-                    event!(
-                        "{} with its filter compiled, counting on {interface} ({}): {}",
-                        crate::sessions(came_up.len()),
-                        hook.as_str(),
-                        came_up.join(", ")
-                    );
-                }
-            }
-            Err(e) => event!(
-                "the {} sessions of {interface} cannot count there: {e}",
-                hook.as_str()
-            ),
-        }
     }
 
     /// The names of the sessions of `interface` at `hook` that `which` picks, for the
@@ -837,19 +690,6 @@ fn has_link_header(interface: &str) -> bool {
     )
 }
 
-/// Why an XDP session in generic mode and tc ingress sessions cannot share an
-/// interface (`others`: the sessions already there).
-fn generic_xdp_and_tc_ingress(interface: &str, others: &str) -> String {
-    format!(
-        "XDP runs in generic mode on {interface}, and there it breaks tc ingress: to run a \
-         generic XDP program the kernel copies each packet that lacks headroom, and the copy \
-         loses its link-layer header length (skb->mac_len), so tc ingress programs then see \
-         packets without their link-layer header (filters miss, lengths are 14 bytes short). \
-         capstats does not count tc ingress and generic XDP on one interface ({others} \
-         there already): count with hook socket, or on another interface"
-    )
-}
-
 /// A filter for the log: the empty one matches everything.
 fn shown(filter: &str) -> &str {
     if filter.is_empty() {
@@ -872,125 +712,6 @@ fn unreadable(name: &str) -> impl Fn(CounterError) -> RequestError + '_ {
         cause: Box::new(cause),
     }
 }
-
-/// Why a request was refused: one variant per failure, each naming what it is about.
-/// Its text is the reply's message, whole (causes included, none also returned from
-/// `source()`: see [`capstats_ebpf::errors`]); [`RequestError::kind`] is the reply's
-/// error kind. It becomes the protocol's reply in one place, `From<RequestError> for
-/// Response`.
-#[derive(Debug, thiserror::Error)]
-pub enum RequestError {
-    #[error("no session named {name:?}")]
-    UnknownSession { name: String },
-    #[error("a session named {name:?} exists already")]
-    DuplicateName { name: String },
-    /// `reason` (from [`check_name`]) names the session itself where it can be shown.
-    #[error("{reason}")]
-    InvalidName { name: String, reason: String },
-    #[error("no interface named {interface:?}")]
-    UnknownInterface { interface: String },
-    /// No interface was given and none is up to count on.
-    #[error("{reason}")]
-    NoDefaultInterface { reason: String },
-    /// Session `name` cannot start or change as asked: its filter, hook or interface,
-    /// or the kernel refusing its program.
-    #[error("{cause}")]
-    Session {
-        name: String,
-        cause: Box<SessionError>,
-    },
-    /// Session `name`'s filter did not compile (or the helper could not compile it).
-    #[error("{cause}")]
-    Compile { name: String, cause: CompileError },
-    /// Session `name`'s counter map could not be made and pinned.
-    #[error("{cause}")]
-    Pin { name: String, cause: Box<PinError> },
-    /// Session `name`'s counters could not be read.
-    #[error("{cause}")]
-    Counters {
-        name: String,
-        cause: Box<CounterError>,
-    },
-    #[error("{}", generic_xdp_and_tc_ingress(interface, others))]
-    GenericXdpAndTcIngress { interface: String, others: String },
-    #[error(
-        "the change was made, but the session table could not be saved: {cause}. The \
-         previous table is left as it was; the daemon tries again at the next change and \
-         when it stops"
-    )]
-    NotSaved { cause: crate::state::StateError },
-    /// Session `name`'s filter was compiled for a change that then asked for another.
-    #[error("the filter of session {name:?} was compiled but not taken")]
-    CompiledNotTaken { name: String },
-    /// The sessions a change touches were still being restored after `waited`.
-    #[error("{why}, still after {} s: try again later", waited.as_secs())]
-    StillRestoring { why: String, waited: Duration },
-    /// A request line refused before it reaches the table (too long, not UTF-8, not a
-    /// request, or refused by `Command::check`).
-    #[error("{0}")]
-    Line(LineError),
-    /// A new session `name` would leave the daemon fewer than `reserve` of the `limit`
-    /// file descriptors it may have (`open` are).
-    #[error(
-        "cannot create session {name:?}: the daemon has {open} file descriptors open and \
-         may have {limit} (RLIMIT_NOFILE); a session needs several, with {reserve} kept \
-         free: stop sessions or raise the daemon's limit (LimitNOFILE= in its systemd \
-         unit, ulimit -n)"
-    )]
-    ShortOfDescriptors {
-        name: String,
-        open: u64,
-        limit: u64,
-        reserve: u64,
-    },
-    /// A client refused at accept: `reason` (from `Access::check`) says who it is and
-    /// who may connect.
-    #[error("{reason}")]
-    AccessDenied { reason: String },
-    /// A client turned away at accept: `limit` clients are connected already.
-    #[error("the daemon serves {limit} clients at once already; try again later")]
-    TooManyClients { limit: usize },
-    /// The task handling a request ended without an answer (the server logs why).
-    #[error("the request failed in the daemon")]
-    RequestFailed,
-}
-
-impl RequestError {
-    /// The protocol's kind of this error.
-    pub fn kind(&self) -> ErrorKind {
-        match self {
-            RequestError::UnknownSession { .. } => ErrorKind::UnknownSession,
-            RequestError::DuplicateName { .. } => ErrorKind::DuplicateName,
-            RequestError::InvalidName { .. } => ErrorKind::InvalidName,
-            RequestError::UnknownInterface { .. } | RequestError::NoDefaultInterface { .. } => {
-                ErrorKind::UnknownInterface
-            }
-            RequestError::Session { cause, .. } => cause.kind(),
-            RequestError::Compile { cause, .. } => cause.kind(),
-            RequestError::Pin { .. }
-            | RequestError::Counters { .. }
-            | RequestError::ShortOfDescriptors { .. } => ErrorKind::Kernel,
-            RequestError::Line(cause) => cause.kind(),
-            RequestError::GenericXdpAndTcIngress { .. } => ErrorKind::BadRequest,
-            RequestError::AccessDenied { .. } => ErrorKind::PermissionDenied,
-            RequestError::NotSaved { .. }
-            | RequestError::CompiledNotTaken { .. }
-            | RequestError::StillRestoring { .. }
-            | RequestError::TooManyClients { .. }
-            | RequestError::RequestFailed => ErrorKind::Internal,
-        }
-    }
-}
-
-impl From<RequestError> for Response {
-    fn from(error: RequestError) -> Self {
-        Response::error(error.kind(), error.to_string())
-    }
-}
-
-/// How many filters are compiled at once when sessions wait for theirs (a helper
-/// process each; the machine's other work and the clients keep the rest).
-pub const COMPILERS: usize = 2;
 
 /// How long a change waits for the sessions it touches to be restored before it is
 /// refused (each filter takes at most [`crate::preflight::COMPILE_LIMIT`]).
@@ -1029,15 +750,6 @@ impl From<RequestError> for Halt {
     fn from(error: RequestError) -> Self {
         Halt::Refused(error)
     }
-}
-
-/// A filter the compiler compiles for a session: its name and filter, and the index of
-/// the interface it is compiled for.
-#[derive(Debug)]
-struct Job {
-    name: String,
-    filter: String,
-    ifindex: Option<u32>,
 }
 
 /// `session` as saved, its counters read now (its base if they cannot be read).
@@ -1125,264 +837,6 @@ pub fn answer(
                     .into();
                 }
                 std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
-}
-
-/// Compiles, outside the lock, the filter of every session waiting for one, and
-/// brings the sessions up as their filters compile: interface by interface and hook
-/// by hook, in batches that double (2, 4, 8, ...), so that the first come up at once.
-/// Where a previous daemon's links still count the sessions, all of them first.
-fn bring_up(service: &Mutex<Service>) {
-    loop {
-        let jobs = lock(service).take_jobs();
-        if jobs.is_empty() {
-            return;
-        }
-        for ((interface, hook), jobs) in jobs {
-            let mut jobs = jobs.into_iter();
-            let mut batch = COMPILERS;
-            loop {
-                let inherited = lock(service).inherited.contains(&(interface.clone(), hook));
-                let take = if inherited { usize::MAX } else { batch };
-                let now: Vec<Job> = jobs.by_ref().take(take).collect();
-                if now.is_empty() {
-                    break;
-                }
-                let results = compile_all(&interface, hook, &now);
-                lock(service).attach_compiled(
-                    &interface,
-                    hook,
-                    now.into_iter().zip(results).collect(),
-                );
-                batch = batch.saturating_mul(2);
-            }
-        }
-    }
-}
-
-/// Compiles each job's filter for `interface` at `hook`, [`COMPILERS`] at a time.
-fn compile_all(
-    interface: &str,
-    hook: HookName,
-    jobs: &[Job],
-) -> Vec<Result<Compiled, CompileError>> {
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let results: Vec<Mutex<Option<Result<Compiled, CompileError>>>> =
-        jobs.iter().map(|_| Mutex::new(None)).collect();
-    std::thread::scope(|scope| {
-        for _ in 0..COMPILERS.min(jobs.len()) {
-            scope.spawn(|| {
-                loop {
-                    let at = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let Some(job) = jobs.get(at) else {
-                        return;
-                    };
-                    let result = match job.ifindex {
-                        None => Err(CompileError::UnknownInterface {
-                            interface: interface.to_owned(),
-                        }),
-                        Some(_) => crate::preflight::compile(
-                            interface,
-                            hook,
-                            &job.filter,
-                            &format!("session {:?}", job.name),
-                            crate::preflight::COMPILE_LIMIT,
-                        ),
-                    };
-                    *results[at].lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
-                }
-            });
-        }
-    });
-    results
-        .into_iter()
-        .map(|r| {
-            r.into_inner()
-                .unwrap_or_else(|p| p.into_inner())
-                .unwrap_or_else(|| Err(CompileError::CompilerStopped))
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Each refusal: its kind, and the object it is about named in its message (the
-    /// message the client gets, unchanged from the tuples these errors replaced).
-    #[test]
-    fn each_request_error_has_its_kind_and_names_its_object() {
-        let errno = || std::io::Error::from_raw_os_error(libc::EACCES);
-        let cases: Vec<(RequestError, ErrorKind, &str)> = vec![
-            (unknown("web"), ErrorKind::UnknownSession, "\"web\""),
-            (
-                RequestError::DuplicateName { name: "web".into() },
-                ErrorKind::DuplicateName,
-                "\"web\"",
-            ),
-            (
-                RequestError::InvalidName {
-                    name: "a b".into(),
-                    reason: check_name("a b").unwrap_err(),
-                },
-                ErrorKind::InvalidName,
-                "\"a b\"",
-            ),
-            (
-                RequestError::UnknownInterface {
-                    interface: "eth9".into(),
-                },
-                ErrorKind::UnknownInterface,
-                "\"eth9\"",
-            ),
-            (
-                RequestError::NoDefaultInterface {
-                    reason: "no interface is up to count on".into(),
-                },
-                ErrorKind::UnknownInterface,
-                "interface",
-            ),
-            (
-                RequestError::Session {
-                    name: "web".into(),
-                    cause: Box::new(SessionError::UnknownInterface("eth9".into())),
-                },
-                ErrorKind::UnknownInterface,
-                "\"eth9\"",
-            ),
-            (
-                RequestError::Session {
-                    name: "web".into(),
-                    cause: Box::new(SessionError::Unsupported(
-                        "interface any is counted by socket".into(),
-                    )),
-                },
-                ErrorKind::BadRequest,
-                "interface any",
-            ),
-            (
-                RequestError::Compile {
-                    name: "web".into(),
-                    cause: CompileError::TooSlow {
-                        whose: "session \"web\"".into(),
-                        bytes: 37_000,
-                        limit: crate::preflight::COMPILE_LIMIT,
-                    },
-                },
-                ErrorKind::InvalidFilter,
-                "session \"web\"",
-            ),
-            (
-                RequestError::Compile {
-                    name: "web".into(),
-                    cause: CompileError::Refused {
-                        kind: ErrorKind::InvalidFilter,
-                        message: "session \"web\": syntax error".into(),
-                    },
-                },
-                ErrorKind::InvalidFilter,
-                "session \"web\"",
-            ),
-            (
-                RequestError::Compile {
-                    name: "web".into(),
-                    cause: CompileError::Helper {
-                        whose: "session \"web\"".into(),
-                        what: "start",
-                        cause: errno(),
-                    },
-                },
-                ErrorKind::Internal,
-                "session \"web\"",
-            ),
-            (
-                RequestError::Compile {
-                    name: "web".into(),
-                    cause: CompileError::Program(Box::new(SessionError::UnknownInterface(
-                        "eth9".into(),
-                    ))),
-                },
-                ErrorKind::UnknownInterface,
-                "\"eth9\"",
-            ),
-            (
-                RequestError::Compile {
-                    name: "web".into(),
-                    cause: CompileError::UnknownInterface {
-                        interface: "eth9".into(),
-                    },
-                },
-                ErrorKind::UnknownInterface,
-                "\"eth9\"",
-            ),
-            (
-                RequestError::Pin {
-                    name: "web".into(),
-                    cause: Box::new(PinError::Io {
-                        what: "create",
-                        path: "/sys/fs/bpf/capstats/sessions/web".into(),
-                        cause: errno(),
-                    }),
-                },
-                ErrorKind::Kernel,
-                "sessions/web",
-            ),
-            (
-                RequestError::Counters {
-                    name: "web".into(),
-                    cause: Box::new(CounterError::NotCounters {
-                        path: "/sys/fs/bpf/capstats/sessions/web/counters".into(),
-                    }),
-                },
-                ErrorKind::Kernel,
-                "sessions/web/",
-            ),
-            (
-                RequestError::GenericXdpAndTcIngress {
-                    interface: "veth0".into(),
-                    others: "XDP session \"x\" is".into(),
-                },
-                ErrorKind::BadRequest,
-                "on veth0",
-            ),
-            (
-                RequestError::NotSaved {
-                    cause: crate::state::StateError::Io {
-                        what: "write",
-                        path: "/var/lib/capstats/sessions.json".into(),
-                        cause: errno(),
-                    },
-                },
-                ErrorKind::Internal,
-                "/var/lib/capstats/sessions.json",
-            ),
-            (
-                RequestError::CompiledNotTaken { name: "web".into() },
-                ErrorKind::Internal,
-                "session \"web\"",
-            ),
-            (
-                RequestError::StillRestoring {
-                    why: "the tc sessions of veth0 are being restored".into(),
-                    waited: RESTORE_WAIT,
-                },
-                ErrorKind::Internal,
-                "veth0",
-            ),
-        ];
-        for (error, kind, object) in cases {
-            let message = error.to_string();
-            assert_eq!(error.kind(), kind, "{message}");
-            assert!(message.contains(object), "{object} not in: {message}");
-            // Its text is whole: no cause is also chained, so it is said once.
-            assert!(std::error::Error::source(&error).is_none(), "{message}");
-            match Response::from(error) {
-                Response::Error(reply) => {
-                    assert_eq!((reply.kind, reply.message), (kind, message));
-                }
-                other => panic!("not an error reply: {other:?}"),
             }
         }
     }
