@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use capstats_common::protocol::{ErrorKind, HookName};
 use capstats_ebpf::cbpf::{ClassicError, Program, RawInsn};
+use capstats_ebpf::filter::LiveHandle;
 use serde::{Deserialize, Serialize};
 
 use crate::session::{self, Compiled, SessionError};
@@ -79,7 +80,8 @@ pub enum CompileError {
     )]
     Answer {
         whose: String,
-        status: std::process::ExitStatus,
+        /// How it ended (`exit status: 1`), as std prints it.
+        status: String,
         reason: BadAnswer,
     },
     /// libpcap's program, which the session cannot count with there.
@@ -160,35 +162,67 @@ pub fn compile(
         let _ = child.wait();
         return Err(failed("write to", e));
     }
-    // Read while it runs: a large program does not fit in the pipe.
-    let reader = child.stdout.take().map(|mut stdout| {
+    // Read while it runs (a large program does not fit in the pipe), to the end of its
+    // answer: the helper ends its output before it lets its live handle go.
+    let (sender, answered) = std::sync::mpsc::channel();
+    if let Some(mut stdout) = child.stdout.take() {
         std::thread::spawn(move || {
             let mut bytes = Vec::new();
-            stdout.read_to_end(&mut bytes).map(|_| bytes)
-        })
-    });
-    let status = loop {
-        if let Some(status) = child.try_wait().map_err(|e| failed("wait for", e))? {
-            break status;
-        }
-        if start.elapsed() >= limit {
+            let _ = sender.send(stdout.read_to_end(&mut bytes).map(|_| bytes));
+        });
+    }
+    let too_slow = || CompileError::TooSlow {
+        whose: whose.to_owned(),
+        bytes: expression.len(),
+        limit,
+    };
+    let output = match answered.recv_timeout(limit.saturating_sub(start.elapsed())) {
+        Ok(read) => read.unwrap_or_default(),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(CompileError::TooSlow {
-                whose: whose.to_owned(),
-                bytes: expression.len(),
-                limit,
-            });
+            return Err(too_slow());
         }
-        std::thread::sleep(Duration::from_millis(5));
+        // No stdout to read: what the helper's status says.
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Vec::new(),
     };
-    let output = reader
-        .and_then(|reader| reader.join().ok())
-        .and_then(Result::ok)
-        .unwrap_or_default();
-    let program = decode(&output, whose, status)?;
+    let program = match decode(&output, whose, None) {
+        Err(CompileError::Answer { .. }) => {
+            // Not an answer: say how the helper ended.
+            let status = loop {
+                if let Some(status) = child.try_wait().map_err(|e| failed("wait for", e))? {
+                    break status;
+                }
+                if start.elapsed() >= limit {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(too_slow());
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            };
+            decode(&output, whose, Some(status))?
+        }
+        answered => {
+            reap(child);
+            answered?
+        }
+    };
     Compiled::new(interface, hook, expression, &program)
         .map_err(|cause| CompileError::Program(Box::new(cause)))
+}
+
+/// Waits for a helper that has answered to end, off the caller's path: it closes its
+/// live handle after its answer, which takes the kernel about 30 ms (RCU grace periods
+/// of the handle's packet socket). On the runtime's blocking threads when there is a
+/// runtime (their number is bounded), else on a thread of its own.
+fn reap(mut child: std::process::Child) {
+    let wait = move || {
+        let _ = child.wait();
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => drop(runtime.spawn_blocking(wait)),
+        Err(_) => drop(std::thread::spawn(wait)),
+    }
 }
 
 /// libpcap's program as the helper writes it.
@@ -203,11 +237,11 @@ fn encode(raw: &[RawInsn]) -> Answer {
 fn decode(
     bytes: &[u8],
     whose: &str,
-    status: std::process::ExitStatus,
+    status: Option<std::process::ExitStatus>,
 ) -> Result<Program, CompileError> {
     let bad = |reason| CompileError::Answer {
         whose: whose.to_owned(),
-        status,
+        status: status.map_or_else(|| "still running".to_owned(), |s| s.to_string()),
         reason,
     };
     let answer: Answer = serde_json::from_slice(bytes).map_err(|e| {
@@ -239,7 +273,13 @@ pub fn helper() -> std::process::ExitCode {
     let Ok(job) = serde_json::from_slice::<Job>(&input) else {
         return std::process::ExitCode::FAILURE;
     };
-    let answer = match session::libpcap_filter(&job.interface, job.hook, &job.expression) {
+    // The handle is let go after the answer is out (see [`reap`]).
+    let mut handle = None;
+    let compiled = LiveHandle::open(&job.interface).and_then(|opened| {
+        let handle = handle.insert(opened);
+        session::libpcap_filter_on(handle, job.hook, &job.expression)
+    });
+    let answer = match compiled {
         Ok(filter) => encode(filter.raw()),
         Err(e) => {
             let e = SessionError::from(e);
@@ -252,10 +292,20 @@ pub fn helper() -> std::process::ExitCode {
     let Ok(bytes) = serde_json::to_vec(&answer) else {
         return std::process::ExitCode::FAILURE;
     };
-    match std::io::stdout().write_all(&bytes) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(_) => std::process::ExitCode::FAILURE,
+    let mut stdout = std::io::stdout();
+    if stdout
+        .write_all(&bytes)
+        .and_then(|()| stdout.flush())
+        .is_err()
+    {
+        return std::process::ExitCode::FAILURE;
     }
+    // The end of the answer for the daemon, which reads to it: the pipe is closed.
+    if crate::sys::process::end_stdout().is_err() {
+        return std::process::ExitCode::FAILURE;
+    }
+    drop(handle);
+    std::process::ExitCode::SUCCESS
 }
 
 #[cfg(test)]
@@ -291,7 +341,7 @@ mod tests {
             RawInsn::new(0x06, 0, 0, 0),
         ];
         let exited = std::process::ExitStatus::from_raw(0);
-        let decode = |bytes: &[u8]| decode(bytes, "session \"web\"", exited);
+        let decode = |bytes: &[u8]| decode(bytes, "session \"web\"", Some(exited));
         let bytes = serde_json::to_vec(&encode(&raw)).unwrap();
         assert_eq!(decode(&bytes).unwrap(), Program::new(&raw).unwrap());
         // A cut answer, an empty one: refused, an internal error saying what came.

@@ -14,7 +14,7 @@ use capstats_common::protocol::{self, Direction, ErrorKind, HookName, Packets};
 use capstats_ebpf::cbpf::{Cooked, CookedError, Program};
 use capstats_ebpf::counters::{Counter, CounterError, CounterMap};
 use capstats_ebpf::errors::with_causes;
-use capstats_ebpf::filter::{ANY, Filter, FilterError};
+use capstats_ebpf::filter::{ANY, Filter, FilterError, LiveHandle};
 use capstats_ebpf::program::LoadError;
 use capstats_ebpf::translate::Count;
 
@@ -232,18 +232,18 @@ impl Compiled {
     }
 }
 
-/// `expression` compiled by libpcap for `hook` on `interface`, as tcpdump would there:
-/// live semantics for socket and tc; tags in the frame for XDP, which runs before the
-/// kernel takes them out.
-pub fn libpcap_filter(
-    interface: &str,
+/// `expression` compiled by libpcap for `hook` on the interface of `handle` (a live
+/// handle there), as tcpdump would there: live semantics for socket and tc; tags in the
+/// frame for XDP, which runs before the kernel takes them out.
+pub fn libpcap_filter_on(
+    handle: &mut LiveHandle,
     hook: HookName,
     expression: &str,
 ) -> Result<Filter, FilterError> {
     match hook {
-        HookName::Socket if interface == ANY => Filter::for_any(expression),
-        HookName::Xdp => Filter::for_xdp(interface, expression),
-        HookName::Tc | HookName::Socket => Filter::for_interface(interface, expression),
+        HookName::Socket if handle.interface() == ANY => handle.for_any(expression),
+        HookName::Xdp => handle.for_xdp(expression),
+        HookName::Tc | HookName::Socket => handle.for_interface(expression),
     }
 }
 

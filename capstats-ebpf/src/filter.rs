@@ -122,9 +122,7 @@ impl Filter {
     /// Expressions that need socket metadata are refused, and so are links where
     /// libpcap itself sees a Linux cooked header that no frame carries.
     pub fn for_xdp(interface: &str, expression: &str) -> Result<Self, FilterError> {
-        let linktype = link_type(interface)?;
-        refuse_cooked(interface, linktype, "xdp")?;
-        Self::for_linktype(linktype, expression, interface_netmask(interface))
+        LiveHandle::open(interface)?.for_xdp(expression)
     }
 
     /// Compiles `expression` as `tcpdump -i interface` would: on an activated live
@@ -133,14 +131,7 @@ impl Filter {
     /// (`tcpdump -i` says `LINUX_SLL`): the socket and tc hooks see the link's own
     /// header there. `any` is [`Filter::for_any`].
     pub fn for_interface(interface: &str, expression: &str) -> Result<Self, FilterError> {
-        let handle = open_live(interface)?;
-        refuse_cooked(interface, handle.get_datalink(), "socket or tc")?;
-        compile(
-            &handle,
-            expression,
-            interface_netmask(interface),
-            Semantics::Live,
-        )
+        LiveHandle::open(interface)?.for_interface(expression)
     }
 
     /// Compiles `expression` as `tcpdump -i any` does: on a live handle on `any` with
@@ -148,14 +139,7 @@ impl Filter {
     /// `LINUX_SLL`), so that the program reads the header tcpdump records. Counting
     /// needs it as the kernel runs it ([`Program::for_cooked_socket`]).
     pub fn for_any(expression: &str) -> Result<Self, FilterError> {
-        let mut handle = open_live(ANY)?;
-        handle
-            .set_datalink(LINKTYPE_LINUX_SLL2)
-            .map_err(|cause| FilterError::Open {
-                what: "interface \"any\" with link type LINUX_SLL2".into(),
-                cause,
-            })?;
-        compile(&handle, expression, interface_netmask(ANY), Semantics::Live)
+        LiveHandle::open(ANY)?.for_any(expression)
     }
 
     pub fn expression(&self) -> &str {
@@ -188,6 +172,73 @@ impl Filter {
 /// interpreter checks no jump or scratch index itself).
 pub fn libpcap_run(program: &[RawInsn], packet: &[u8]) -> Option<u32> {
     crate::sys::pcap::offline_filter(program, packet)
+}
+
+/// An activated live handle on an interface, kept to compile filters for it (the
+/// `Filter::for_*` of an interface open one and close it).
+///
+/// Opening one sets up a packet socket and its ring, and closing it takes that socket
+/// down: the kernel waits for RCU grace periods in both, about 8 ms and 30 ms here,
+/// more than most compiles take. A caller that must answer quickly compiles, answers,
+/// and only then lets the handle go (the daemon's compile helper does).
+pub struct LiveHandle {
+    interface: String,
+    capture: Capture<Active>,
+}
+
+impl LiveHandle {
+    /// Opens `interface`. Needs `CAP_NET_RAW`.
+    pub fn open(interface: &str) -> Result<Self, FilterError> {
+        Ok(Self {
+            interface: interface.to_owned(),
+            capture: open_live(interface)?,
+        })
+    }
+
+    pub fn interface(&self) -> &str {
+        &self.interface
+    }
+
+    /// [`Filter::for_interface`] on this handle.
+    pub fn for_interface(&self, expression: &str) -> Result<Filter, FilterError> {
+        refuse_cooked(&self.interface, self.link_type(), "socket or tc")?;
+        compile(
+            &self.capture,
+            expression,
+            interface_netmask(&self.interface),
+            Semantics::Live,
+        )
+    }
+
+    /// [`Filter::for_any`] on this handle, which must be `any`'s: its link type becomes
+    /// tcpdump's there, `LINUX_SLL2`.
+    pub fn for_any(&mut self, expression: &str) -> Result<Filter, FilterError> {
+        debug_assert_eq!(self.interface, ANY);
+        self.capture
+            .set_datalink(LINKTYPE_LINUX_SLL2)
+            .map_err(|cause| FilterError::Open {
+                what: "interface \"any\" with link type LINUX_SLL2".into(),
+                cause,
+            })?;
+        compile(
+            &self.capture,
+            expression,
+            interface_netmask(ANY),
+            Semantics::Live,
+        )
+    }
+
+    /// [`Filter::for_xdp`] with this handle's link type.
+    pub fn for_xdp(&self, expression: &str) -> Result<Filter, FilterError> {
+        let linktype = self.link_type();
+        refuse_cooked(&self.interface, linktype, "xdp")?;
+        Filter::for_linktype(linktype, expression, interface_netmask(&self.interface))
+    }
+
+    /// The link type, as `tcpdump -i interface` reports it.
+    pub fn link_type(&self) -> pcap::Linktype {
+        self.capture.get_datalink()
+    }
 }
 
 /// A handle for a link type with no file or interface behind it (`pcap_open_dead`).
