@@ -114,36 +114,23 @@ pub fn link_of(prog_id: u32) -> anyhow::Result<Option<u32>> {
     }))
 }
 
-/// How an XDP program runs on an interface.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum XdpMode {
-    /// In the driver (`XDP_FLAGS_DRV_MODE`, `ip link set ... xdpdrv`).
-    Native,
-    /// In the stack (`XDP_FLAGS_SKB_MODE`, `ip link set ... xdpgeneric`).
-    Generic,
+/// How an XDP program runs on an interface: the daemon's own word for it, as
+/// [`OnInterface::mode`] says it.
+pub use capstats_common::hook::XdpMode;
+
+/// `XDP_FLAGS_DRV_MODE` or `XDP_FLAGS_SKB_MODE`, as another tool attaches in `mode`.
+const fn xdp_flags(mode: XdpMode) -> u32 {
+    match mode {
+        XdpMode::Native => 1 << 2,
+        XdpMode::Generic => 1 << 1,
+    }
 }
 
-impl XdpMode {
-    /// As [`OnInterface::mode`] says it.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            XdpMode::Native => "native",
-            XdpMode::Generic => "generic",
-        }
-    }
-
-    const fn flags(self) -> u32 {
-        match self {
-            XdpMode::Native => 1 << 2,  // XDP_FLAGS_DRV_MODE
-            XdpMode::Generic => 1 << 1, // XDP_FLAGS_SKB_MODE
-        }
-    }
-
-    const fn ip_keyword(self) -> &'static str {
-        match self {
-            XdpMode::Native => "xdpdrv",
-            XdpMode::Generic => "xdpgeneric",
-        }
+/// `ip link set ... xdpdrv` or `xdpgeneric`.
+const fn ip_keyword(mode: XdpMode) -> &'static str {
+    match mode {
+        XdpMode::Native => "xdpdrv",
+        XdpMode::Generic => "xdpgeneric",
     }
 }
 
@@ -224,7 +211,7 @@ impl<'ns> ForeignXdp<'ns> {
             Attachment::Link(mode) => {
                 let fd = program.as_fd().as_raw_fd();
                 Ok(Self {
-                    _link: Some(link_create(ns, link, fd, BPF_XDP, mode.flags())?),
+                    _link: Some(link_create(ns, link, fd, BPF_XDP, xdp_flags(mode))?),
                     program,
                     netlink: None,
                 })
@@ -238,14 +225,7 @@ impl<'ns> ForeignXdp<'ns> {
                 // Not `ip -n`: it mounts its own /sys, where the pin is not.
                 let attached = crate::cmd::run(
                     ns.command_keeping_mounts("ip")
-                        .args([
-                            "link",
-                            "set",
-                            "dev",
-                            &link.name,
-                            mode.ip_keyword(),
-                            "pinned",
-                        ])
+                        .args(["link", "set", "dev", &link.name, ip_keyword(mode), "pinned"])
                         .arg(&pin),
                 );
                 let _ = std::fs::remove_file(&pin);
@@ -270,7 +250,7 @@ impl Drop for ForeignXdp<'_> {
     fn drop(&mut self) {
         // A link goes with its fd; a netlink attachment is taken off.
         if let Some((ns, interface, mode)) = &self.netlink
-            && let Err(e) = ns.ip(&["link", "set", "dev", interface, mode.ip_keyword(), "off"])
+            && let Err(e) = ns.ip(&["link", "set", "dev", interface, ip_keyword(*mode), "off"])
         {
             eprintln!("warning: the foreign XDP program stays on {interface}: {e:#}");
         }

@@ -37,11 +37,8 @@ impl Daemon {
         metrics: std::net::SocketAddr,
     ) -> anyhow::Result<Self> {
         let args = Self::args(dir, metrics);
-        let process = capstats_testkit::launch::start_daemon(
-            ns.command(capstats),
-            &args,
-            &dir.join("daemon.log"),
-        )?;
+        let (command, log) = (ns.command(capstats), dir.join("daemon.log"));
+        let process = capstats_testkit::launch::start_daemon(command, &args, &log)?;
         Ok(Self { process, args })
     }
 
@@ -54,11 +51,8 @@ impl Daemon {
         metrics: std::net::SocketAddr,
     ) -> anyhow::Result<Self> {
         let args = Self::args(dir, metrics);
-        let process = capstats_testkit::launch::start_daemon_answering(
-            ns.command(capstats),
-            &args,
-            &dir.join("daemon.log"),
-        )?;
+        let (command, log) = (ns.command(capstats), dir.join("daemon.log"));
+        let process = capstats_testkit::launch::start_daemon_answering(command, &args, &log)?;
         Ok(Self { process, args })
     }
 

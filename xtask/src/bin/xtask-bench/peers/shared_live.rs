@@ -366,6 +366,28 @@ impl<'a> Bench<'a> {
         );
     }
 
+    /// Attaches `program` at `hook`, runs `flow`, takes the program off, and adds the
+    /// run to `row` against nothing attached's `base` ns/frame of the same round.
+    fn run_attached(
+        &self,
+        flow: &Flow,
+        hook: HookName,
+        program: &LoadedProgram,
+        base: f64,
+        row: &mut Row,
+    ) -> anyhow::Result<Ran> {
+        let attached = Attached::new(&self.pair.receiver, hook, program).context("attaching")?;
+        row.mode = attached.mode();
+        let ran = self.run(flow);
+        attached.detach()?;
+        let ran = ran?;
+        row.ns.push(ran.ns_per_frame);
+        row.base.push(base);
+        row.above.push(ran.ns_per_frame - base);
+        row.lost = row.lost.max(ran.lost);
+        Ok(ran)
+    }
+
     fn run(&self, flow: &Flow) -> anyhow::Result<Ran> {
         let link = LinkCounters::read(self.pair)?;
         let softirqd = softirqd_ns();
@@ -768,30 +790,14 @@ fn measure_shape(
                 .iter_mut()
                 .filter(|(r, _)| r.tool == Tool::Empty(hook))
             {
-                let attached = Attached::new(&bench.pair.receiver, hook, empty)
-                    .with_context(|| format!("attaching the empty program at {}", hook.as_str()))?;
-                row.mode = attached.mode();
-                let ran = bench.run(&flow);
-                attached.detach()?;
-                let ran = ran?;
-                row.ns.push(ran.ns_per_frame);
-                row.base.push(base.ns_per_frame);
-                row.above.push(ran.ns_per_frame - base.ns_per_frame);
-                row.lost = row.lost.max(ran.lost);
+                bench
+                    .run_attached(&flow, hook, empty, base.ns_per_frame, row)
+                    .with_context(|| format!("the empty program at {}", hook.as_str()))?;
             }
             for (b, row) in built.iter().zip(&mut rows).filter(|(b, _)| b.hook == hook) {
-                let attached =
-                    Attached::new(&bench.pair.receiver, hook, &b.program).with_context(|| {
-                        format!("attaching {} sessions at {}", b.sessions, hook.as_str())
-                    })?;
-                row.mode = attached.mode();
-                let ran = bench.run(&flow);
-                attached.detach()?;
-                let ran = ran?;
-                row.ns.push(ran.ns_per_frame);
-                row.base.push(base.ns_per_frame);
-                row.above.push(ran.ns_per_frame - base.ns_per_frame);
-                row.lost = row.lost.max(ran.lost);
+                let ran = bench
+                    .run_attached(&flow, hook, &b.program, base.ns_per_frame, row)
+                    .with_context(|| format!("{} sessions at {}", b.sessions, hook.as_str()))?;
                 let counted = packets(&maps[..b.sessions])?;
                 // `vlan 0` counts every frame that arrives, over the rows it is in.
                 for (i, &n) in counted.iter().enumerate() {
