@@ -109,7 +109,34 @@ impl Prometheus {
     /// An instant query through the HTTP API (from inside `ns`): each series of the
     /// vector with its labels and value (as Prometheus writes it).
     pub fn query(&self, ns: &NetNs, expr: &str) -> anyhow::Result<Vec<Series>> {
-        let path = format!("/api/v1/query?query={}", percent_encode(expr));
+        self.query_path(
+            ns,
+            expr,
+            format!("/api/v1/query?query={}", percent_encode(expr)),
+        )
+    }
+
+    /// [`Prometheus::query`] evaluated at `at`: queries asked at one instant see the
+    /// same scrapes, so rates of two counters read together compare exactly (asked a
+    /// moment apart, a scrape between them moves one window and not the other).
+    pub fn query_at(
+        &self,
+        ns: &NetNs,
+        expr: &str,
+        at: std::time::SystemTime,
+    ) -> anyhow::Result<Vec<Series>> {
+        let seconds = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .context("a time after 1970")?
+            .as_secs_f64();
+        let path = format!(
+            "/api/v1/query?query={}&time={seconds:.3}",
+            percent_encode(expr)
+        );
+        self.query_path(ns, expr, path)
+    }
+
+    fn query_path(&self, ns: &NetNs, expr: &str, path: String) -> anyhow::Result<Vec<Series>> {
         let response = ns.run(|| http_get(self.addr, &path, HTTP_TIMEOUT))?;
         ensure!(
             response.status == 200,

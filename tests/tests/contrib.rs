@@ -871,6 +871,9 @@ fn dashboard_panels_show_the_traffic_in_prometheus() -> anyhow::Result<()> {
         "__rate_interval" => "30s".to_owned(),
         other => panic!("no value for ${other}"),
     };
+    // Every panel at one instant (the frames are in): a packets and a bytes rate then
+    // cover the same scrapes, and their ratio is the frame's size exactly.
+    let at = std::time::SystemTime::now();
     let mut rates = BTreeMap::new();
     for query in &queries {
         let place = &query.place;
@@ -911,10 +914,10 @@ fn dashboard_panels_show_the_traffic_in_prometheus() -> anyhow::Result<()> {
             }
             continue;
         }
-        let series = prometheus.query(ns, &expr)?;
+        let series = prometheus.query_at(ns, &expr, at)?;
         if let Some(unfiltered) = expr.strip_suffix("== 0") {
             ensure!(series.is_empty(), "{place}: {expr} returned {series:?}");
-            let series = prometheus.query(ns, unfiltered)?;
+            let series = prometheus.query_at(ns, unfiltered, at)?;
             ensure!(
                 series.len() == 2,
                 "{place}: {unfiltered} returned {series:?}"
