@@ -180,8 +180,14 @@ fn symbolic_links_are_never_followed() -> anyhow::Result<()> {
         .ok(&["new", "t", "interface", rig.interface(), "filter", "udp"])?;
     victim.untouched("a link at the temporary file")?;
     let saved = std::fs::read_to_string(state.join("sessions.json"))?;
+    // Read as JSON: the table is written compact (it was indented).
+    let table: serde_json::Value = serde_json::from_str(&saved).context("the saved table")?;
+    let names: Vec<&str> = table["sessions"]
+        .as_array()
+        .map(|s| s.iter().filter_map(|s| s["name"].as_str()).collect())
+        .unwrap_or_default();
     ensure!(
-        saved.contains("\"name\": \"t\"") && !state.join(".sessions.json.tmp").exists(),
+        names == ["t"] && !state.join(".sessions.json.tmp").exists(),
         "{saved}"
     );
     daemon.stop()?;
