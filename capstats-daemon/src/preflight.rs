@@ -187,7 +187,7 @@ pub fn compile(
         Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Vec::new(),
     };
     let program = match decode(&output, whose, None) {
-        Err(CompileError::Answer { .. }) => {
+        Err(CompileError::Answer { whose, reason, .. }) => {
             // Not an answer: say how the helper ended.
             let status = loop {
                 if let Some(status) = child.try_wait().map_err(|e| failed("wait for", e))? {
@@ -200,7 +200,11 @@ pub fn compile(
                 }
                 std::thread::sleep(Duration::from_millis(1));
             };
-            decode(&output, whose, Some(status))?
+            return Err(CompileError::Answer {
+                whose,
+                status: status.to_string(),
+                reason,
+            });
         }
         answered => {
             reap(child);
