@@ -64,7 +64,7 @@ use anyhow::{Context, bail, ensure};
 use aya::programs::tc::{SchedClassifierLinkId, TcAttachType};
 use aya::programs::xdp::XdpLinkId;
 use aya::programs::{SchedClassifier, Xdp, XdpMode};
-use capstats_common::protocol::HookName;
+use capstats_common::protocol::{Direction, HookName};
 use capstats_ebpf::cbpf::{Program, RawInsn};
 use capstats_ebpf::chain::{ProgArray, build_chunk};
 use capstats_ebpf::counters::CounterMap;
@@ -517,13 +517,9 @@ fn build(hook: HookName, filters: &[Program], maps: &[CounterMap]) -> anyhow::Re
     })
 }
 
-/// The generated code's hook for a hook name.
+/// Where the bench attaches a hook name's program (tc: ingress, the receiving side).
 fn ebpf_hook(hook: HookName) -> Hook {
-    match hook {
-        HookName::Socket => Hook::Socket,
-        HookName::Tc => Hook::TcIngress,
-        HookName::Xdp => Hook::Xdp,
-    }
+    Hook::of(hook, Direction::In)[0]
 }
 
 /// A program attached in the receiving namespace; [`Attached::detach`] takes it off.
