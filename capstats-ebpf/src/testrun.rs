@@ -18,11 +18,10 @@ use aya::sys::SyscallError;
 use crate::cbpf::Program;
 use crate::counters::{Counter, CounterError, CounterMap};
 use crate::filter::{Filter, FilterError, open_capture};
-use crate::insn::build::mov64;
-use crate::insn::{Insn, Operand, Reg};
+use crate::insn::Insn;
 use crate::program::{LoadError, LoadedProgram, MapBinding};
 use crate::replay::EgressReplay;
-use crate::translate::{CounterSlot, Hook, neutral_return, translate};
+use crate::translate::{CounterSlot, Hook, empty_program, translate};
 
 /// `ETH_HLEN`: the kernel's test harness refuses shorter frames, and no Ethernet
 /// device ever delivers one.
@@ -255,11 +254,7 @@ pub fn harness_max_frame(hook: Hook) -> Result<usize, TestRunError> {
     } else {
         Hook::TcIngress
     };
-    let empty = [
-        mov64(Reg::R0, Operand::Imm(neutral_return(hook))),
-        Insn::Exit,
-    ];
-    let program = LoadedProgram::load(hook, "capstats_probe", &empty)?;
+    let program = LoadedProgram::load(hook, "capstats_probe", &empty_program(hook))?;
     let runner = Runner::of(&program, hook)?;
     let fits = |len: usize| runner.run(&vec![0u8; len]).is_ok();
     let (mut ok, mut too_big) = (MIN_FRAME, 1 << 20);

@@ -68,6 +68,15 @@ pub const fn neutral_return(hook: Hook) -> i32 {
     }
 }
 
+/// A program for `hook` that does nothing: `r0 = ` the [`neutral_return`]; `exit`. The
+/// floor a hook's programs are measured against, and the probe of a test run's limits.
+pub fn empty_program(hook: Hook) -> [Insn; 2] {
+    [
+        mov64(Reg::R0, Operand::Imm(neutral_return(hook))),
+        Insn::Exit,
+    ]
+}
+
 /// What a filter counts per packet it matches: a session's `packets` option.
 ///
 /// An skb the kernel has merged (GRO, on receive) or not yet split (GSO/TSO, on

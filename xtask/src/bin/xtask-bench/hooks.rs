@@ -34,10 +34,11 @@ use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 use capstats_ebpf::chain::{CHAIN_SESSIONS, ProgArray, chunk_binding, translate_chunk};
 use capstats_ebpf::counters::CounterMap;
 use capstats_ebpf::filter::Filter;
-use capstats_ebpf::insn::build::mov64;
-use capstats_ebpf::insn::{Insn, Operand, Reg};
+use capstats_ebpf::insn::Insn;
 use capstats_ebpf::program::{LoadedProgram, MapBinding};
-use capstats_ebpf::translate::{CounterSlot, Hook, neutral_return, translate, translate_all};
+use capstats_ebpf::translate::{
+    CounterSlot, Hook, empty_program, neutral_return, translate, translate_all,
+};
 use serde_json::json;
 
 use crate::stats::median;
@@ -238,10 +239,7 @@ impl Loaded {
         Self::load(
             hook,
             "xtask_empty",
-            &[
-                mov64(Reg::R0, Operand::Imm(neutral_return(hook))),
-                Insn::Exit,
-            ],
+            &empty_program(hook),
             &MapBinding::new(),
         )
         .with_context(|| format!("loading the empty program for the {hook} hook"))

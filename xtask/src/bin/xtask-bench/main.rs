@@ -46,10 +46,8 @@ use anyhow::{Context, bail, ensure};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
 use capstats_ebpf::counters::CounterMap;
 use capstats_ebpf::filter::Filter;
-use capstats_ebpf::insn::build::mov64;
-use capstats_ebpf::insn::{Insn, Operand, Reg};
 use capstats_ebpf::program::{LoadedProgram, MapBinding};
-use capstats_ebpf::translate::{CounterSlot, Hook, neutral_return, translate};
+use capstats_ebpf::translate::{CounterSlot, Hook, empty_program, translate};
 use clap::Parser;
 use serde_json::json;
 use stats::median;
@@ -382,10 +380,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let empty_program = LoadedProgram::load(
         Hook::TcIngress,
         "xtask_empty",
-        &[
-            mov64(Reg::R0, Operand::Imm(neutral_return(Hook::TcIngress))),
-            Insn::Exit,
-        ],
+        &empty_program(Hook::TcIngress),
     )
     .context("loading the empty SCHED_CLS program")?;
     let empty = empty_program.sched_classifier()?;

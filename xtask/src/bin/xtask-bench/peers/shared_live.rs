@@ -69,11 +69,10 @@ use capstats_ebpf::cbpf::{Program, RawInsn};
 use capstats_ebpf::chain::{ProgArray, build_chunk};
 use capstats_ebpf::counters::CounterMap;
 use capstats_ebpf::filter::{Filter, libpcap_run};
-use capstats_ebpf::insn::build::mov64;
-use capstats_ebpf::insn::{Insn, MapRef, Operand, Reg};
+use capstats_ebpf::insn::MapRef;
 use capstats_ebpf::program::LoadedProgram;
 use capstats_ebpf::shared::SharedProgram;
-use capstats_ebpf::translate::{Hook, neutral_return};
+use capstats_ebpf::translate::{Hook, empty_program};
 use serde_json::json;
 
 use super::{LinkCounters, offer, scaling, softirqd_ns, tools};
@@ -763,11 +762,7 @@ fn measure_shape(
         .iter()
         .map(|&hook| {
             let ebpf_hook = ebpf_hook(hook);
-            let code = [
-                mov64(Reg::R0, Operand::Imm(neutral_return(ebpf_hook))),
-                Insn::Exit,
-            ];
-            let program = LoadedProgram::load(ebpf_hook, "xtask_empty", &code)?;
+            let program = LoadedProgram::load(ebpf_hook, "xtask_empty", &empty_program(ebpf_hook))?;
             Ok((Row::new(shape.name(), Tool::Empty(hook), 0, None), program))
         })
         .collect::<anyhow::Result<_>>()?;
