@@ -71,6 +71,16 @@ pub enum CounterError {
     NotCounters { path: String },
     #[error("cannot duplicate the fd of counter map {name}: {cause}")]
     Dup { name: String, cause: std::io::Error },
+    #[error("cannot read the id of counter map {name}: {cause}")]
+    Id { name: String, cause: std::io::Error },
+}
+
+/// The kernel's id of counter map `name`, open as `fd`.
+fn map_id(fd: &OwnedFd, name: &str) -> Result<u32, CounterError> {
+    crate::sys::bpf::map_id(fd.as_fd()).map_err(|cause| CounterError::Id {
+        name: name.to_owned(),
+        cause,
+    })
 }
 
 use crate::errors::with_causes;
@@ -94,6 +104,8 @@ pub struct CounterMap {
     /// This value's number in the process, never given twice (see
     /// [`CounterMap::serial`]).
     serial: u64,
+    /// The kernel's id of the map (what a map of maps answers for an entry holding it).
+    id: u32,
     /// What a shared program counts into it per packet matched
     /// ([`CounterMap::set_count`]).
     count: crate::translate::Count,
@@ -132,11 +144,13 @@ impl CounterMap {
                 cause,
             })?;
         let map = PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(create_error)?;
+        let id = map_id(&fd, name)?;
         Ok(Self {
             name: name.to_owned(),
             map,
             fd,
             serial: next_serial(),
+            id,
             count: crate::translate::Count::Stack,
         })
     }
@@ -176,11 +190,13 @@ impl CounterMap {
                 });
             }
         };
+        let id = map_id(&fd, &path.display().to_string())?;
         Ok(Self {
             name: path.display().to_string(),
             map,
             fd,
             serial: next_serial(),
+            id,
             count: crate::translate::Count::Stack,
         })
     }
@@ -194,6 +210,11 @@ impl CounterMap {
     /// closed, a new one's opened), without asking the kernel.
     pub fn serial(&self) -> u64 {
         self.serial
+    }
+
+    /// The kernel's id of the map (`bpftool map show id N`).
+    pub fn id(&self) -> u32 {
+        self.id
     }
 
     /// What the filter counting into this map counts per packet it matches (a

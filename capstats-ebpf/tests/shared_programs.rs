@@ -19,7 +19,7 @@ use std::collections::BTreeSet;
 use capstats_ebpf::counters::CounterMap;
 use capstats_ebpf::filter::Filter;
 use capstats_ebpf::program::LoadedProgram;
-use capstats_ebpf::shared::maps::dispatch_entries;
+use capstats_ebpf::shared::maps::{CounterTable, dispatch_entries};
 use capstats_ebpf::shared::{SharedProgram, presence};
 use capstats_ebpf::testrun::harness_max_frame;
 use capstats_ebpf::translate::{Hook, Placement};
@@ -730,4 +730,40 @@ fn the_presence_filter_follows_the_dispatch_maps_keys() {
             "entry {entry}'s key {key:?} after it left"
         );
     }
+}
+
+/// A counter table's entries hold their new maps as soon as `set` returns, though the
+/// kernel's own update waits for an RCU grace period after it (the wait is left to a
+/// thread of its own): dispatch keys that lead there go in next, and must find them.
+#[test]
+fn the_counter_table_holds_its_new_maps_when_set_returns() {
+    common::require_root();
+    let maps: Vec<CounterMap> = (0..8)
+        .map(|i| CounterMap::create(&format!("table{i}"), 1).unwrap())
+        .collect();
+    let table = CounterTable::create("table", &maps[0], 16).unwrap();
+    let holds = |entries: &[(u32, &CounterMap)]| {
+        for &(entry, map) in entries {
+            assert_eq!(
+                table.map_id_at(entry).unwrap(),
+                Some(map.id()),
+                "entry {entry} holds counter map {}",
+                map.name()
+            );
+        }
+    };
+    let first: Vec<(u32, &CounterMap)> = (0..6).map(|i| (i as u32 * 2, &maps[i])).collect();
+    table.set(&first).unwrap();
+    holds(&first);
+    assert_eq!(
+        table.map_id_at(1).unwrap(),
+        None,
+        "an entry never set is empty"
+    );
+    // Entries repointed (a stopped session's entry taken by a newcomer), with the last
+    // one of the batch holding its map already.
+    let second = [(2, &maps[6]), (4, &maps[7]), (10, &maps[5])];
+    table.set(&second).unwrap();
+    holds(&second);
+    holds(&[(0, &maps[0]), (6, &maps[3]), (8, &maps[4])]);
 }

@@ -242,20 +242,78 @@ impl CounterTable {
         })
     }
 
-    /// Makes entry `e` refer to `map` for each `(e, map)`, in one
-    /// `BPF_MAP_UPDATE_BATCH`: the kernel waits for an RCU grace period after each
-    /// update of a map of maps (about 10 ms here), so once per call rather than per
-    /// entry. When it returns, every program sees the new maps.
+    /// Makes entry `e` refer to `map` for each `(e, map)` (see
+    /// [`CounterTable::set_fds`]).
     pub fn set(&self, entries: &[(u32, &CounterMap)]) -> Result<(), MapsError> {
-        let fds: Vec<(u32, i32)> = entries.iter().map(|&(e, m)| (e, m.raw_fd())).collect();
+        let fds: Vec<(u32, i32, u32)> = entries
+            .iter()
+            .map(|&(e, m)| (e, m.raw_fd(), m.id()))
+            .collect();
         self.set_fds(&fds)
     }
 
-    /// [`CounterTable::set`] with the counter maps' descriptors, which must be open.
-    pub fn set_fds(&self, entries: &[(u32, i32)]) -> Result<(), MapsError> {
-        let keys: Vec<u32> = entries.iter().map(|&(e, _)| e).collect();
-        let values: Vec<u32> = entries.iter().map(|&(_, fd)| fd as u32).collect();
-        update_batch("counter table", &self.name, &self.map, &keys, &values)
+    /// Makes entry `e` refer to the counter map open as `fd`, of id `id`, for each
+    /// `(e, fd, id)`, in one `BPF_MAP_UPDATE_BATCH`, and returns as soon as every
+    /// program sees the new maps there. The descriptors must be open.
+    ///
+    /// After it updates a map of maps the kernel waits for an RCU grace period (10-25
+    /// ms here), so that the caller knows no program still runs with an entry's old
+    /// map. A shared program needs no such wait: the entries it changes are ones no
+    /// dispatch key leads to (a newcomer's, or one whose keys left first), so no
+    /// program counts through them, and a dispatch key that leads to one goes in only
+    /// after this returns. So the update is made on a thread of its own, which the
+    /// kernel keeps for the grace period, and this returns once the last entry reads
+    /// back as its new map: the kernel writes the entries in order, having taken its
+    /// references to their maps, before it waits.
+    pub fn set_fds(&self, entries: &[(u32, i32, u32)]) -> Result<(), MapsError> {
+        let Some(&(last, _, last_id)) = entries.last() else {
+            return Ok(());
+        };
+        let failed = |cause| MapsError::Fill {
+            what: "counter table",
+            name: self.name.clone(),
+            entries: entries.len(),
+            cause,
+        };
+        let keys: Vec<u32> = entries.iter().map(|&(e, _, _)| e).collect();
+        let values: Vec<u32> = entries.iter().map(|&(_, fd, _)| fd as u32).collect();
+        if self.map.lookup(&last).map_err(failed)? == Some(last_id) {
+            // Its last entry would not tell when the others are written: wait.
+            return self.map.update_batch(&keys, &values).map_err(failed);
+        }
+        let table = self.map.try_clone().map_err(failed)?;
+        let (done, written) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("capstats-table".into())
+            .spawn(move || drop(done.send(table.update_batch(&keys, &values))))
+            .map_err(failed)?;
+        loop {
+            match written.try_recv() {
+                // Over, grace period and all, or refused: the kernel reads no
+                // descriptor of `entries` any more either way.
+                Ok(result) => return result.map_err(failed),
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    return Err(failed(io::Error::other("the thread writing it ended")));
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty) => {}
+            }
+            match self.map.lookup(&last) {
+                Ok(Some(id)) if id == last_id => return Ok(()),
+                Ok(_) => std::thread::yield_now(),
+                // Cannot tell: wait for the update itself.
+                Err(_) => {
+                    let result = written
+                        .recv()
+                        .map_err(|_| failed(io::Error::other("the thread writing it ended")))?;
+                    return result.map_err(failed);
+                }
+            }
+        }
+    }
+
+    /// The id of the counter map at `entry`, as the kernel has it (`None`: empty).
+    pub fn map_id_at(&self, entry: u32) -> io::Result<Option<u32>> {
+        self.map.lookup(&entry)
     }
 
     pub fn capacity(&self) -> u32 {

@@ -322,6 +322,7 @@ impl SharedProgram {
                 entry,
                 program: program.clone(),
                 fd: map.raw_fd(),
+                id: map.id(),
                 serial: map.serial(),
                 group,
                 keys,
@@ -345,8 +346,9 @@ impl SharedProgram {
 
     /// Makes `change` (from [`SharedProgram::prepare_in_place`] or
     /// [`SharedProgram::prepare_change`]) in the maps: keys that lead to an entry about
-    /// to hold another map go first, then the table's new entries (one RCU grace
-    /// period), the new keys, and the stale keys last.
+    /// to hold another map go first, then the table's new entries (seen by every
+    /// program when [`maps::CounterTable::set_fds`] returns), the new keys, and the stale
+    /// keys last.
     pub fn apply(&mut self, change: InPlace) -> Result<(), SharedError> {
         let Some((dispatch, table)) = &self.maps else {
             return Ok(());
@@ -377,10 +379,10 @@ impl SharedProgram {
         for key in &early {
             self.dispatch.remove(key);
         }
-        let fds: Vec<(u32, i32)> = added
+        let fds: Vec<(u32, i32, u32)> = added
             .iter()
             .filter(|a| repointed.contains(&a.entry))
-            .map(|a| (a.entry, a.fd))
+            .map(|a| (a.entry, a.fd, a.id))
             .collect();
         table.set_fds(&fds)?;
         self.table.extend(added.iter().map(|a| (a.entry, a.serial)));
@@ -587,6 +589,8 @@ struct Added {
     entry: u32,
     program: Program,
     fd: i32,
+    /// The kernel's id of the map behind `fd`.
+    id: u32,
     serial: u64,
     group: u16,
     keys: Vec<DispatchKey>,

@@ -18,7 +18,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use aya_obj::generated::{
-    bpf_attach_type, bpf_attr, bpf_cmd, bpf_map_type, bpf_prog_info, bpf_prog_type,
+    bpf_attach_type, bpf_attr, bpf_cmd, bpf_map_info, bpf_map_type, bpf_prog_info, bpf_prog_type,
 };
 
 /// The kernel's longest object name (`BPF_OBJ_NAME_LEN` less its NUL).
@@ -151,6 +151,34 @@ impl<K: Plain, V: Plain> Map<K, V> {
         Ok(())
     }
 
+    /// `BPF_MAP_LOOKUP_ELEM` of `key`: its value, or `None` when the entry is not there
+    /// (`ENOENT`; an empty entry of a map of maps). From user space a map of maps
+    /// answers the inner map's id, not a descriptor.
+    pub fn lookup(&self, key: &K) -> io::Result<Option<V>> {
+        let mut value = std::mem::MaybeUninit::<V>::zeroed();
+        let mut attr = zeroed_attr();
+        attr.__bindgen_anon_2.map_fd = self.fd.as_raw_fd() as u32;
+        attr.__bindgen_anon_2.key = key as *const K as u64;
+        attr.__bindgen_anon_2.__bindgen_anon_1.value = value.as_mut_ptr() as u64;
+        // SAFETY: the kernel reads key_size (size_of K) bytes at `key` and writes
+        // value_size (size_of V) bytes at `value`, the sizes this map was created with;
+        // both are borrowed for the call.
+        match unsafe { bpf(bpf_cmd::BPF_MAP_LOOKUP_ELEM, &mut attr) } {
+            // SAFETY: zeroed at first, and every `Plain` type is valid for any bytes.
+            Ok(_) => Ok(Some(unsafe { value.assume_init() })),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Another descriptor of the same map, for a thread of its own.
+    pub fn try_clone(&self) -> io::Result<Self> {
+        Ok(Self {
+            fd: self.fd.try_clone()?,
+            types: PhantomData,
+        })
+    }
+
     /// `BPF_MAP_UPDATE_BATCH`: entry `keys[i]` holds `values[i]`, in one call. Nothing
     /// to write returns at once; `EINVAL`, before any call, when the two lengths
     /// differ.
@@ -247,6 +275,20 @@ pub fn prog_info(fd: BorrowedFd<'_>) -> io::Result<ProgInfo> {
         id: info.id,
         verified_insns: info.verified_insns,
     })
+}
+
+/// `BPF_OBJ_GET_INFO_BY_FD` of the map behind `fd`: its id (`bpftool map show id N`).
+pub fn map_id(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    // SAFETY: bpf_map_info is a C struct of integers; all-zero bytes are a valid value.
+    let mut info: bpf_map_info = unsafe { std::mem::zeroed() };
+    let mut attr = zeroed_attr();
+    attr.info.bpf_fd = fd.as_raw_fd() as u32;
+    attr.info.info_len = size_of::<bpf_map_info>() as u32;
+    attr.info.info = &mut info as *mut bpf_map_info as u64;
+    // SAFETY: the kernel writes at most info_len bytes at `info`: the struct, of that
+    // size, borrowed mutably for the call.
+    unsafe { bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)? };
+    Ok(info.id)
 }
 
 /// `path` as the NUL-terminated string the kernel reads; a path with a NUL byte is

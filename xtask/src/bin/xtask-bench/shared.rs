@@ -444,8 +444,8 @@ impl Setup {
 
 /// Changes made in the maps alone, as the daemon makes `stop` and `new` of a session
 /// of the shape: a session stopped (its dispatch keys removed), then made
-/// again with a counter map of its own (its table entry is written, which waits for
-/// an RCU grace period, and its keys), three times; each change given the whole set
+/// again with a counter map of its own (its table entry is written, and its keys),
+/// three times; each change given the whole set
 /// of sessions, as the daemon gives it. The medians of each; every change must be
 /// made in place (the code stays the same).
 fn changes_in_place(
