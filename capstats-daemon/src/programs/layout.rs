@@ -5,8 +5,10 @@
 //! A session stays in its program for life, at its entry: that is what makes every
 //! packet meet each session's filter exactly once while programs are replaced one by
 //! one. A new session goes into the first program where it joins a group of filters
-//! evaluated together or there is room for it alone, else into a new program at the
-//! end.
+//! evaluated together, else the first where there is room for it alone, else into a
+//! new program at the end; in a chain, a program of many sessions is not made again
+//! for a newcomer of another shape while the chain may grow
+//! ([`REPLANNED_MEMBERS`]).
 
 use std::collections::{HashMap, HashSet};
 
@@ -39,12 +41,33 @@ fn by_name<'a>(wanted: &[Wanted<'a>]) -> HashMap<&'a str, Wanted<'a>> {
     wanted.iter().map(|&w| (w.0, w)).collect()
 }
 
+/// Sessions a program of a chain may count for a newcomer that joins none of its
+/// groups to be planned into it. Its code changes then, and a program is made again
+/// at a cost per member (4,096 sessions of one shape: about 45 ms per direction,
+/// planned, translated, loaded and its maps filled), while another program of the
+/// chain costs a packet one tail call. Sockets have no such limit: another socket
+/// costs every packet far more (`SESSIONS_PER_SOCKET`).
+pub const REPLANNED_MEMBERS: usize = 256;
+
 /// Who goes where, given the programs `old`: every session of `wanted` that is in one
 /// stays there, in its place (a program may be left with none); a new session goes
-/// into the first program where it joins a group or there is room for it alone (at
-/// most `most_items` groups and filters alone, see `capstats_ebpf::shared`), else
-/// into a new program at the end. One list of members per program, `old`'s first.
+/// into the first program where it joins a group, else the first where there is room
+/// for it alone (at most `most_items` groups and filters alone, see
+/// `capstats_ebpf::shared`), else into a new program at the end. One list of members
+/// per program, `old`'s first.
 pub fn plan(old: &[Laid<'_>], wanted: &[Wanted<'_>], most_items: usize) -> Vec<Vec<String>> {
+    plan_within(old, wanted, most_items, None)
+}
+
+/// [`plan`], where the hook may have up to `most_programs` programs (`Some` for a
+/// chain): a newcomer that joins no group is not planned into a program of more than
+/// [`REPLANNED_MEMBERS`] sessions while another program may be added.
+fn plan_within(
+    old: &[Laid<'_>],
+    wanted: &[Wanted<'_>],
+    most_items: usize,
+    most_programs: Option<usize>,
+) -> Vec<Vec<String>> {
     let by_name = by_name(wanted);
     let mut plan: Vec<Place<'_, '_>> = old.iter().map(|laid| Place::of(laid, &by_name)).collect();
     let placed: HashSet<&str> = old
@@ -58,24 +81,35 @@ pub fn plan(old: &[Laid<'_>], wanted: &[Wanted<'_>], most_items: usize) -> Vec<V
         if placed.contains(name) {
             continue;
         }
+        // A group as it is, or a program made again anyway: its code costs nothing.
         if let Some(i) = plan
             .iter_mut()
-            .position(|place| place.add(program, count, most_items))
+            .position(|place| place.takes_as_is(program, count, most_items))
         {
             plan[i].members.push(name.to_owned());
             continue;
         }
-        match fresh
+        if let Some(i) = fresh
             .iter_mut()
             .position(|(_, planner)| planner.add_counted_within(program, count, most_items))
         {
-            Some(i) => fresh[i].0.push(name.to_owned()),
-            None => {
-                let mut planner = Planner::new();
-                planner.add_counted_within(program, count, usize::MAX);
-                fresh.push((vec![name.to_owned()], planner));
-            }
+            fresh[i].0.push(name.to_owned());
+            continue;
         }
+        // Where no program may be added, any with room.
+        let may_add = most_programs.is_some_and(|most| plan.len() + fresh.len() < most);
+        let replanned =
+            |place: &Place<'_, '_>| !may_add || place.members.len() <= REPLANNED_MEMBERS;
+        if let Some(i) = plan
+            .iter_mut()
+            .position(|place| replanned(place) && place.add(program, count, most_items))
+        {
+            plan[i].members.push(name.to_owned());
+            continue;
+        }
+        let mut planner = Planner::new();
+        planner.add_counted_within(program, count, usize::MAX);
+        fresh.push((vec![name.to_owned()], planner));
     }
     plan.into_iter()
         .map(|p| p.members)
@@ -104,7 +138,7 @@ pub fn chain(
     wanted: &[Wanted<'_>],
     hook: &'static str,
 ) -> Result<Vec<Vec<String>>, TooMany> {
-    let mut plan = plan(old, wanted, CHAIN_ITEMS);
+    let mut plan = plan_within(old, wanted, CHAIN_ITEMS, Some(CHAIN_PROGRAMS));
     while plan.last().is_some_and(Vec::is_empty) {
         plan.pop();
     }
@@ -211,6 +245,20 @@ impl<'o, 'a> Place<'o, 'a> {
             planner.add_counted_within(program, count, usize::MAX);
         }
         self.fit = Fit::Planned(planner);
+    }
+
+    /// Whether `program`, counting `count`, fits without the program being planned
+    /// again for it: it joins a group as it is, or the program is planned again anyway
+    /// and has room for it. If so it is taken.
+    fn takes_as_is(&mut self, program: &'a Program, count: Count, most_items: usize) -> bool {
+        let fits = match &mut self.fit {
+            Fit::InPlace(joins) => joins.join(program, count).is_some(),
+            Fit::Planned(planner) => planner.add_counted_within(program, count, most_items),
+        };
+        if fits {
+            self.filters.push((program, count));
+        }
+        fits
     }
 
     /// Whether `program`, counting `count`, fits (joins a group, or there is room for it

@@ -12,7 +12,7 @@
 //! One job per module:
 //!
 //! - [`layout`]: who goes where, pure: a session stays in its program for life, a new
-//!   one goes into the first program it fits.
+//!   one goes into the first program it fits without making a large one again.
 //! - [`swap`]: plan, regenerate what changed, swap, written once: when a session is
 //!   added, changed or stopped, only its program changes, in its maps alone where its
 //!   code stays the same, else by generating it again and swapping it in atomically,
