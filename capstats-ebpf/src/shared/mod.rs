@@ -346,7 +346,8 @@ impl SharedProgram {
 
     /// Makes `change` (from [`SharedProgram::prepare_in_place`] or
     /// [`SharedProgram::prepare_change`]) in the maps: keys that lead to an entry about
-    /// to hold another map go first, then the table's new entries (seen by every
+    /// to hold another map go first (and the programs that may have found them end:
+    /// an RCU grace period), then the table's new entries (seen by every
     /// program when [`maps::CounterTable::set_fds`] returns), the new keys, and the stale
     /// keys last.
     pub fn apply(&mut self, change: InPlace) -> Result<(), SharedError> {
@@ -378,6 +379,13 @@ impl SharedProgram {
         dispatch.delete(&early)?;
         for key in &early {
             self.dispatch.remove(key);
+        }
+        if !early.is_empty() {
+            // A packet that found one of those keys may still be counting through its
+            // entry: it ends before the entry holds another map. (A kernel that
+            // refuses the wait, with `nohz_full` CPUs, goes on as before: a packet
+            // there would have to outlast the writes below.)
+            let _ = crate::sys::rcu::wait_for_running_programs();
         }
         let fds: Vec<(u32, i32, u32)> = added
             .iter()

@@ -9,7 +9,8 @@
 //!   program loads, program info, pins;
 //! - [`pcap`]: libpcap's compiler with a netmask, its interpreter, an interface's
 //!   netmask;
-//! - [`packet`]: a frame sent out of an interface through an AF_PACKET socket.
+//! - [`packet`]: a frame sent out of an interface through an AF_PACKET socket;
+//! - [`rcu`]: waiting for the BPF programs running now to end.
 //!
 //! The wrappers return the kernel's errno as an `io::Error` and name nothing: their
 //! callers' errors name the object (the map, the program) and carry that errno once.
@@ -17,3 +18,4 @@
 pub mod bpf;
 pub mod packet;
 pub mod pcap;
+pub mod rcu;
