@@ -251,11 +251,20 @@ impl SharedProgram {
         counted: &[(&Program, &CounterMap)],
         entries: &[u32],
     ) -> Result<Option<InPlace>, SharedError> {
-        let mut present = HashSet::with_capacity(entries.len());
+        let Some((_, table)) = &self.maps else {
+            return Ok(None);
+        };
+        let beyond = entries.iter().max().map_or(0, |&e| e as usize + 1);
+        if beyond > table.capacity() as usize {
+            // An entry past the table's room: not in place.
+            return Ok(None);
+        }
+        // Entries given, by number: thousands of members are compared per change.
+        let mut present = vec![false; beyond];
         let mut stops = Vec::new();
         let mut adds = Vec::new();
         for (filter, (&(program, map), &entry)) in counted.iter().zip(entries).enumerate() {
-            if !present.insert(entry) {
+            if std::mem::replace(&mut present[entry as usize], true) {
                 return Err(SharedError::SharedEntry { filter, entry });
             }
             let same = self.by_entry.get(&entry).and_then(|&slot| {
@@ -271,7 +280,11 @@ impl SharedProgram {
                 None => adds.push((entry, program, map)),
             }
         }
-        stops.extend(self.by_entry.keys().filter(|e| !present.contains(e)));
+        stops.extend(
+            self.by_entry
+                .keys()
+                .filter(|&&e| !present.get(e as usize).copied().unwrap_or(false)),
+        );
         self.prepare_change(&stops, &adds)
     }
 
