@@ -283,10 +283,14 @@ impl CounterTable {
         }
         let table = self.map.try_clone().map_err(failed)?;
         let (done, written) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
+        let (batch_keys, batch_values) = (keys.clone(), values.clone());
+        let spawned = std::thread::Builder::new()
             .name("capstats-table".into())
-            .spawn(move || drop(done.send(table.update_batch(&keys, &values))))
-            .map_err(failed)?;
+            .spawn(move || drop(done.send(table.update_batch(&batch_keys, &batch_values))));
+        if spawned.is_err() {
+            // No thread to spare: the update here, waiting.
+            return self.map.update_batch(&keys, &values).map_err(failed);
+        }
         loop {
             match written.try_recv() {
                 // Over, grace period and all, or refused: the kernel reads no
