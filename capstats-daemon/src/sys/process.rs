@@ -19,15 +19,6 @@ pub fn die_with_parent(command: &mut Command) {
     }
 }
 
-/// Points this process's standard output at `/dev/null`, which closes what it was (a
-/// pipe's reader then sees its end) while fd 1 stays valid for anything that writes.
-pub fn end_stdout() -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
-    nix::unistd::dup2(null.as_raw_fd(), libc::STDOUT_FILENO)?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,6 @@
-//! Sending a frame out of an interface through an AF_PACKET socket (`sendto` with a
-//! `sockaddr_ll`: nix builds that address only from raw memory).
+//! AF_PACKET sockets: a frame sent out of an interface (`sendto` with a `sockaddr_ll`:
+//! nix builds that address only from raw memory), the interface a socket is bound to,
+//! and a socket made to receive nothing.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
@@ -37,6 +38,60 @@ pub fn send_frame(socket: impl AsFd, ifindex: i32, frame: &[u8]) -> io::Result<u
     Ok(sent as usize)
 }
 
+/// The index of the interface the AF_PACKET socket `socket` is bound to
+/// (`getsockname`): 0 for a socket bound to none (every interface, libpcap's `any`),
+/// -1 once its interface has gone (the kernel's `packet_notifier` unbinds it then).
+pub fn bound_ifindex(socket: impl AsFd) -> io::Result<i32> {
+    // SAFETY: sockaddr_ll is plain old data; all zeroes is a valid value.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+    // SAFETY: the address and its length are valid for writes of the length passed
+    // and alive across the call; the fd is borrowed, so open.
+    let rc = unsafe {
+        libc::getsockname(
+            socket.as_fd().as_raw_fd(),
+            (&mut addr as *mut libc::sockaddr_ll).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if i32::from(addr.sll_family) != libc::AF_PACKET {
+        return Err(io::Error::from_raw_os_error(libc::EAFNOSUPPORT));
+    }
+    Ok(addr.sll_ifindex)
+}
+
+/// Makes the AF_PACKET socket `socket` receive nothing from now on, while it stays open
+/// and bound to interface `ifindex` (0: none): binds it again there with protocol 0.
+/// The kernel (`packet_do_bind`) then takes the socket's protocol hook off the
+/// interface and, protocol 0, does not put it back; `packet_notifier` does not either
+/// when the interface comes up again (it re-registers only sockets with a protocol).
+/// A socket kept open for something other than reading packets (a live handle kept to
+/// compile filters) would otherwise have every packet of the interface copied into it.
+/// Waits for an RCU grace period (`synchronize_net`) when the socket was receiving.
+pub fn stop_receiving(socket: impl AsFd, ifindex: i32) -> io::Result<()> {
+    // SAFETY: sockaddr_ll is plain old data; all zeroes is a valid value.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = 0;
+    addr.sll_ifindex = ifindex;
+    // SAFETY: the address is valid for the length passed and alive across the call,
+    // which only reads it; the fd is borrowed, so open.
+    let rc = unsafe {
+        libc::bind(
+            socket.as_fd().as_raw_fd(),
+            (&addr as *const libc::sockaddr_ll).cast(),
+            size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -48,5 +103,11 @@ mod tests {
         assert_eq!(error.raw_os_error(), Some(libc::EINVAL), "{error}");
         let error = send_frame(&file, 1, &[0; 60]).unwrap_err();
         assert_eq!(error.raw_os_error(), Some(libc::ENOTSOCK), "{error}");
+        for error in [
+            bound_ifindex(&file).unwrap_err(),
+            stop_receiving(&file, 1).unwrap_err(),
+        ] {
+            assert_eq!(error.raw_os_error(), Some(libc::ENOTSOCK), "{error}");
+        }
     }
 }
