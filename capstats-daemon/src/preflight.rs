@@ -476,8 +476,9 @@ fn decode(
 }
 
 /// How many live handles a helper keeps, the least recently used let go past it: each
-/// holds a packet socket with a 64 KiB ring.
-const KEPT_HANDLES: usize = 64;
+/// holds a packet socket and its ring (one frame of the snapshot length, 256 KiB), so
+/// a helper holds 4 MiB at most. Restores compile interface by interface.
+const KEPT_HANDLES: usize = 16;
 
 /// `capstats __compile-filter`: compiles each [`Job`] on stdin, one JSON object a line,
 /// and writes an [`Answer`] line to stdout for each: libpcap's program, or why libpcap
