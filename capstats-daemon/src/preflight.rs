@@ -220,15 +220,24 @@ impl Helpers {
         };
         let mut line = serde_json::to_vec(job).map_err(|e| failed("encode a job for", e.into()))?;
         line.push(b'\n');
-        let mut helper = match self.take_idle(&job.interface) {
-            Some(helper) => helper,
-            None => self.spawn().map_err(|e| failed("start", e))?,
+        let send = |helper: &mut Helper| {
+            helper
+                .stdin
+                .write_all(&line)
+                .and_then(|()| helper.stdin.flush())
         };
-        if let Err(e) = helper
-            .stdin
-            .write_all(&line)
-            .and_then(|()| helper.stdin.flush())
-        {
+        let (mut helper, sent) = match self.take_idle(&job.interface) {
+            Some(mut helper) => match send(&mut helper) {
+                Ok(()) => (helper, true),
+                // It ended since it was taken (killed by someone): a new one.
+                Err(_) => {
+                    helper.kill();
+                    (self.spawn().map_err(|e| failed("start", e))?, false)
+                }
+            },
+            None => (self.spawn().map_err(|e| failed("start", e))?, false),
+        };
+        if !sent && let Err(e) = send(&mut helper) {
             helper.kill();
             return Err(failed("write to", e));
         }
@@ -750,6 +759,30 @@ mod tests {
             .compile(&job("a"), "session \"a\"", Duration::from_secs(5))
             .unwrap();
         assert_eq!(helpers.idle_pids().len(), 1);
+    }
+
+    #[test]
+    fn a_waiting_helper_killed_by_someone_is_replaced() {
+        let helpers = scripted(r#"while read -r job; do echo '{"Program":[[6,0,0,0]]}'; done"#);
+        let helper = helpers.spawn().unwrap();
+        let killed = helper.child.id();
+        helpers.put_back(helper);
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(killed as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        // Dead (a zombie until reaped), whether or not it is seen to be.
+        let state = || std::fs::read_to_string(format!("/proc/{killed}/stat")).unwrap();
+        while !state().contains(") Z ") {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        helpers
+            .compile(&job("a"), "session \"a\"", Duration::from_secs(5))
+            .unwrap();
+        let now = helpers.idle_pids();
+        assert!(now.len() == 1 && now[0] != killed, "{now:?}");
+        assert!(gone(killed), "the killed helper {killed} was not reaped");
     }
 
     #[test]
