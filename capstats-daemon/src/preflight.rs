@@ -28,8 +28,8 @@
 //! depends only on the activation (link type, VLAN and packet-type loads) and the
 //! interface's netmask, looked up for each job.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::io::{BufRead, Read, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{LazyLock, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -185,6 +185,16 @@ struct Helpers {
     spawner: Mutex<Option<mpsc::Sender<Spawn>>>,
 }
 
+/// What came of waiting for a helper's line.
+enum Output {
+    /// A line, without its newline.
+    Line(Vec<u8>),
+    /// Its output ended first, after these bytes.
+    Ended(Vec<u8>),
+    /// None by the deadline.
+    Late,
+}
+
 /// A request to the thread that starts helpers: the command, and where its child goes.
 type Spawn = (Command, mpsc::Sender<std::io::Result<Child>>);
 
@@ -192,8 +202,11 @@ type Spawn = (Command, mpsc::Sender<std::io::Result<Child>>);
 struct Helper {
     child: Child,
     stdin: ChildStdin,
-    /// Its output's lines, as its reader thread reads them; ends with its output.
-    answers: mpsc::Receiver<Vec<u8>>,
+    /// Read on the thread that waits for its answer, as it comes (a large program
+    /// does not fit in the pipe).
+    stdout: ChildStdout,
+    /// What it wrote past the last line read.
+    pending: Vec<u8>,
     /// The interfaces it compiled for, the most recent last (at most [`REMEMBERED`]).
     interfaces: Vec<String>,
 }
@@ -246,17 +259,14 @@ impl Helpers {
             bytes: job.expression.len(),
             limit,
         };
-        let output = match helper
-            .answers
-            .recv_timeout(limit.saturating_sub(start.elapsed()))
-        {
-            Ok(line) => line,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
+        let output = match helper.read_line(start + limit) {
+            Output::Line(line) => line,
+            Output::Late => {
                 helper.kill();
                 return Err(too_slow());
             }
-            // Its output ended without a line: what its status says.
-            Err(mpsc::RecvTimeoutError::Disconnected) => Vec::new(),
+            // Its output ended without a line: what came, and what its status says.
+            Output::Ended(bytes) => bytes,
         };
         match decode(&output, whose, None) {
             Err(CompileError::Answer { whose, reason, .. }) => {
@@ -352,36 +362,11 @@ impl Helpers {
             reap(child);
             return Err(std::io::Error::other("no pipes to the helper"));
         };
-        // Read while it runs (a large program does not fit in the pipe), a line at a
-        // time, until its output ends.
-        let (sender, answers) = mpsc::channel();
-        std::thread::Builder::new()
-            .name("capstats-helper-output".into())
-            .spawn(move || {
-                let mut stdout = BufReader::new(stdout);
-                loop {
-                    let mut line = Vec::new();
-                    let read = stdout.read_until(b'\n', &mut line);
-                    let whole = read.is_ok() && line.ends_with(b"\n");
-                    if whole {
-                        line.pop();
-                    } else if line.is_empty() {
-                        // The end, which the receiver sees as such.
-                        return;
-                    }
-                    // A cut last line goes as it is, the helper's last word.
-                    if sender.send(line).is_err() || !whole {
-                        return;
-                    }
-                }
-            })
-            .inspect_err(|_| {
-                let _ = child.kill();
-            })?;
         Ok(Helper {
             child,
             stdin,
-            answers,
+            stdout,
+            pending: Vec::new(),
             interfaces: Vec::new(),
         })
     }
@@ -409,6 +394,29 @@ fn start_spawner() -> std::io::Result<mpsc::Sender<Spawn>> {
 }
 
 impl Helper {
+    /// Its next line, read as it comes until `deadline`: on the caller's thread, so
+    /// that a helper waiting for a job costs the daemon no thread.
+    fn read_line(&mut self, deadline: Instant) -> Output {
+        loop {
+            if let Some(end) = self.pending.iter().position(|b| *b == b'\n') {
+                let mut line: Vec<u8> = self.pending.drain(..=end).collect();
+                line.pop();
+                return Output::Line(line);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match crate::sys::process::wait_readable(&self.stdout, left) {
+                Ok(true) => {}
+                Ok(false) => return Output::Late,
+                Err(_) => return Output::Ended(std::mem::take(&mut self.pending)),
+            }
+            let mut chunk = vec![0; 64 * 1024];
+            match self.stdout.read(&mut chunk) {
+                Ok(0) | Err(_) => return Output::Ended(std::mem::take(&mut self.pending)),
+                Ok(read) => self.pending.extend_from_slice(&chunk[..read]),
+            }
+        }
+    }
+
     /// Notes that it compiled for `interface`.
     fn remember(&mut self, interface: &str) {
         self.interfaces.retain(|i| i != interface);

@@ -179,8 +179,10 @@ pub fn libpcap_run(program: &[RawInsn], packet: &[u8]) -> Option<u32> {
 ///
 /// Opening one sets up a packet socket and its ring, and closing it takes that socket
 /// down: the kernel waits for RCU grace periods in both, about 8 ms and 30 ms here,
-/// more than most compiles take. A caller that must answer quickly compiles, answers,
-/// and only then lets the handle go (the daemon's compile helper does).
+/// more than most compiles take. A caller that compiles for an interface again and
+/// again keeps its handle, deaf ([`LiveHandle::stop_receiving`]), while
+/// [`LiveHandle::bound_ifindex`] says it is still on the interface of its name (the
+/// daemon's compile helpers do).
 pub struct LiveHandle {
     interface: String,
     capture: Capture<Active>,
