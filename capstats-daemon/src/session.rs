@@ -197,9 +197,9 @@ impl Spec<'_> {
 /// A filter compiled for one interface and hook: what a session there counts with.
 /// Made outside the service's lock by the time-limited helper
 /// ([`crate::preflight::compile`]) and handed to the change, restore or resume that
-/// uses it: compiling for a live interface opens and closes a capture handle (~15 ms
-/// here), and a large expression takes libpcap seconds, which no one else need wait
-/// for.
+/// uses it: compiling for a live interface needs a capture handle there (opening one
+/// takes ~15 ms here; the helpers keep theirs), and a large expression takes libpcap
+/// seconds, which no one else need wait for.
 #[derive(Debug, Clone)]
 pub struct Compiled {
     pub interface: String,

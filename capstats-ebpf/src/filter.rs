@@ -179,8 +179,10 @@ pub fn libpcap_run(program: &[RawInsn], packet: &[u8]) -> Option<u32> {
 ///
 /// Opening one sets up a packet socket and its ring, and closing it takes that socket
 /// down: the kernel waits for RCU grace periods in both, about 8 ms and 30 ms here,
-/// more than most compiles take. A caller that must answer quickly compiles, answers,
-/// and only then lets the handle go (the daemon's compile helper does).
+/// more than most compiles take. A caller that compiles for an interface again and
+/// again keeps its handle, deaf ([`LiveHandle::stop_receiving`]), while
+/// [`LiveHandle::bound_ifindex`] says it is still on the interface of its name (the
+/// daemon's compile helpers do).
 pub struct LiveHandle {
     interface: String,
     capture: Capture<Active>,
@@ -238,6 +240,26 @@ impl LiveHandle {
     /// The link type, as `tcpdump -i interface` reports it.
     pub fn link_type(&self) -> pcap::Linktype {
         self.capture.get_datalink()
+    }
+
+    /// The index of the interface this handle's packet socket is bound to: the
+    /// interface's while it is there (0 on `any`), -1 once it has gone, even when an
+    /// interface of the same name and index has come since. A handle kept to compile
+    /// filters is for the interface it was opened on only while this is the index its
+    /// name has.
+    pub fn bound_ifindex(&self) -> std::io::Result<i32> {
+        crate::sys::packet::bound_ifindex(&self.capture)
+    }
+
+    /// Makes this handle's packet socket receive nothing, for as long as it stays open
+    /// ([`crate::sys::packet::stop_receiving`]). An activated handle's socket has every
+    /// packet of its interface copied into its ring; a handle kept open only to
+    /// compile filters (whose programs depend on the activation alone: link type,
+    /// VLAN and packet-type loads) must not cost the interface's packets that. Takes
+    /// an RCU grace period, as opening does: make it deaf off any caller's path.
+    pub fn stop_receiving(&self) -> std::io::Result<()> {
+        let ifindex = self.bound_ifindex()?;
+        crate::sys::packet::stop_receiving(&self.capture, ifindex)
     }
 }
 

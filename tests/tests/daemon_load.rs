@@ -110,8 +110,10 @@ fn settled(pid: u32, base: Usage) -> anyhow::Result<Usage> {
 }
 
 /// The daemon's own threads: main, which runs the runtime (the interface watcher
-/// and the metrics endpoint are tasks on it), and the filter compiler.
-const OWN_THREADS: u64 = 2;
+/// and the metrics endpoint are tasks on it), the filter compiler, and, from the first
+/// compile on, the thread that starts compile helpers (a helper dies with the thread
+/// that started it).
+const OWN_THREADS: u64 = 3;
 
 /// The daemon's usage once only its own threads run: the clients that came before
 /// (readiness checks, the CLI) have left, and the blocking threads that did their work

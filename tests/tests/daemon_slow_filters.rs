@@ -1,7 +1,8 @@
 //! Filters that take libpcap seconds to compile never hold up the daemon's clients:
 //! a restart answers at once and brings its sessions up as their filters compile, an
-//! interface coming back does not block `list`, and a filter over the time limit at
-//! restore leaves its session down, with the reason and its counters.
+//! interface coming back does not block `list`, a filter over the time limit at
+//! restore leaves its session down, with the reason and its counters, and one in a
+//! request is refused, its helper killed, and the next filter compiled by another.
 //!
 //! A slow filter is a long `host A or host B or ...` (libpcap takes about half a
 //! second for 400 hosts here, several on a loaded machine); every one of them also matches the test's frames (from
@@ -306,5 +307,130 @@ fn a_filter_over_the_time_limit_at_restore_leaves_its_session_down_with_the_reas
     ensure!(counts(&quick) == (20, 20 * len), "quick: {quick:?}");
     let slow = setup.client.show("slow")?;
     ensure!(counts(&slow) == (10, 10 * len), "slow: {slow:?}");
+    Ok(())
+}
+
+/// A filter that fits in a request line (51 KB) and that libpcap takes far longer than
+/// the daemon's 5 s to compile (more than 15 s here; 2,500 `or`ed hosts, as long, take
+/// it about 5 s, too close to the limit): 2,500 `or`ed networks.
+fn over_limit_in_a_line() -> String {
+    let nets: Vec<String> = (0..2500)
+        .map(|i| format!("net 10.{}.{}.0/24", i / 250, i % 250))
+        .collect();
+    format!("({})", nets.join(" or "))
+}
+
+/// The compile helpers of the daemon `daemon` (its children running
+/// `__compile-filter`).
+fn helpers_of(daemon: u32) -> anyhow::Result<Vec<u32>> {
+    let mut helpers = Vec::new();
+    for entry in std::fs::read_dir("/proc")? {
+        let Some(pid) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        // Gone since it was listed: not a helper now.
+        let (Ok(stat), Ok(cmdline)) = (
+            std::fs::read_to_string(format!("/proc/{pid}/stat")),
+            std::fs::read(format!("/proc/{pid}/cmdline")),
+        ) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: the comm may hold spaces, not a `)`.
+        let parent = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|ppid| ppid.parse::<u32>().ok());
+        let helper = cmdline
+            .split(|b| *b == 0)
+            .any(|arg| arg == b"__compile-filter");
+        if parent == Some(daemon) && helper {
+            helpers.push(pid);
+        }
+    }
+    Ok(helpers)
+}
+
+#[test]
+fn a_new_filter_over_the_time_limit_is_refused_its_helper_killed_and_the_next_compiles()
+-> anyhow::Result<()> {
+    require_root(TEST);
+    let setup = Setup::start("slownew")?;
+    let interface = setup.rig.interface().to_owned();
+    let daemon = setup.daemon.pid().context("the daemon's pid")?;
+    setup
+        .client
+        .ok(&["new", "quick", "interface", &interface, "filter", "udp"])?;
+    let waiting = helpers_of(daemon)?;
+    ensure!(
+        waiting.len() == 1,
+        "after one compile the daemon has helpers {waiting:?}, not one waiting for the next"
+    );
+
+    let filter = over_limit_in_a_line();
+    let asked = Instant::now();
+    let refused =
+        setup
+            .client
+            .fails(&["new", "slow", "interface", &interface, "filter", &filter])?;
+    let took = asked.elapsed();
+    let expected = format!(
+        "the filter expression of session \"slow\" ({} bytes) takes libpcap longer than 5 s \
+         to compile",
+        filter.len()
+    );
+    ensure!(
+        refused.stderr.contains(&expected),
+        "`new slow` was refused otherwise: {refused}"
+    );
+    ensure!(
+        took < Duration::from_secs(5) + ANSWER,
+        "the refusal took {took:?}"
+    );
+    // The helper that took the job was the one waiting: killed, and reaped.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while helpers_of(daemon)?.contains(&waiting[0]) {
+        ensure!(
+            Instant::now() < deadline,
+            "helper {} still runs after the time limit refused its job",
+            waiting[0]
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    setup.client.ok(&[
+        "new",
+        "next",
+        "interface",
+        &interface,
+        "filter",
+        "udp port 53",
+    ])?;
+    let now = helpers_of(daemon)?;
+    ensure!(
+        now.len() == 1 && now != waiting,
+        "after the next compile the daemon has helpers {now:?} (the killed one was {})",
+        waiting[0]
+    );
+    let frame = rig::udp_a_to_b(53, 60);
+    setup.rig.sender_a()?.send_n(&frame, 10)?;
+    for name in ["quick", "next"] {
+        let session = setup.client.settle(name, 10, ARRIVAL, QUIET)?;
+        ensure!(
+            counts(&session) == (10, 10 * frame.len() as u64),
+            "{session:?}"
+        );
+    }
+    ensure!(
+        setup
+            .client
+            .fails(&["show", "slow"])?
+            .stderr
+            .contains("slow"),
+        "a session slow exists"
+    );
     Ok(())
 }

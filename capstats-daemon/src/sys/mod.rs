@@ -13,7 +13,8 @@
 //!   made by `capstats_ebpf::sys::bpf`;
 //! - [`creds`]: a unix socket peer's credentials;
 //! - [`lock`]: an exclusive `flock` that says who holds it when it is taken;
-//! - [`process`]: helpers that die with the daemon (`PR_SET_PDEATHSIG`).
+//! - [`process`]: helpers that die with the daemon (`PR_SET_PDEATHSIG`), their output
+//!   waited for within a time (`poll`).
 
 pub mod bpf;
 pub mod creds;

@@ -9,7 +9,8 @@
 //!   program loads, program info, pins;
 //! - [`pcap`]: libpcap's compiler with a netmask, its interpreter, an interface's
 //!   netmask;
-//! - [`packet`]: a frame sent out of an interface through an AF_PACKET socket;
+//! - [`packet`]: AF_PACKET sockets: a frame sent out of an interface, the interface a
+//!   socket is bound to, a socket made to receive nothing;
 //! - [`rcu`]: waiting for the BPF programs running now to end.
 //!
 //! The wrappers return the kernel's errno as an `io::Error` and name nothing: their
