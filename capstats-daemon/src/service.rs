@@ -197,36 +197,33 @@ impl Service {
         }
         let mut first_error = None;
         for &at in Hook::of(hook, Direction::Both) {
+            // Whether a session counts at `at`, its filter compiled: thousands are
+            // walked per change, so by value, not looked up by name.
+            let counted_here = |s: &Session| {
+                s.hook == hook
+                    && s.program().is_some()
+                    && s.hooks().contains(&at)
+                    && s.interface == interface
+            };
             let counted: Vec<_> = self
                 .sessions
                 .values()
-                .filter(|s| s.hook == hook && s.interface == interface && s.hooks().contains(&at))
+                .filter(|s| counted_here(s))
                 .filter_map(|s| Some((s.name.as_str(), s.program()?, s.counters())))
-                .collect();
-            let compiled: Vec<String> = counted
-                .iter()
-                .map(|(name, ..)| (*name).to_owned())
                 .collect();
             let synced = self.programs.sync(interface, at, &counted);
             let ifindex = self.programs.attached_ifindex(interface, at);
-            match synced {
-                Ok(mode) => {
-                    for name in &compiled {
-                        if let Some(session) = self.sessions.get_mut(name) {
-                            session.set_counting(ifindex.map(|i| (i, mode)));
-                        }
-                    }
-                }
+            let counting = match synced {
+                Ok(mode) => Some(ifindex.map(|i| (i, mode))),
                 Err(e) => {
-                    if ifindex.is_none() {
-                        // Nothing of this daemon counts there: say so in `up`.
-                        for name in &compiled {
-                            if let Some(session) = self.sessions.get_mut(name) {
-                                session.set_counting(None);
-                            }
-                        }
-                    }
                     first_error.get_or_insert(e);
+                    // Nothing of this daemon counts there: say so in `up`.
+                    ifindex.is_none().then_some(None)
+                }
+            };
+            if let Some(counting) = counting {
+                for session in self.sessions.values_mut().filter(|s| counted_here(s)) {
+                    session.set_counting(counting);
                 }
             }
         }
@@ -359,6 +356,13 @@ impl Service {
     /// Writes the table: each session's saved record, made afresh (counters read now)
     /// for those that have none.
     fn save_table(&mut self) -> Result<(), crate::state::StateError> {
+        self.reconcile_saved();
+        self.write_saved()
+    }
+
+    /// Makes the saved records those of the table's sessions: a record for each
+    /// session that has none, none for one that is gone.
+    fn reconcile_saved(&mut self) {
         for (name, session) in &self.sessions {
             if !self.saved.contains_key(name) {
                 self.saved
@@ -367,6 +371,10 @@ impl Service {
         }
         self.saved
             .retain(|name, _| self.sessions.contains_key(name));
+    }
+
+    /// Writes the saved records as the session table.
+    fn write_saved(&self) -> Result<(), crate::state::StateError> {
         self.state
             .save_records(self.saved.values().map(Vec::as_slice))
             .inspect_err(|e| {
@@ -389,7 +397,16 @@ impl Service {
     /// changes after the session is made or restored.
     fn save_change(&mut self, name: &str) -> Result<(), RequestError> {
         self.saved.remove(name);
-        self.save_table()
+        if let Some(session) = self.sessions.get(name) {
+            self.saved
+                .insert(name.to_owned(), crate::state::record(&saved(session)));
+        }
+        // Every change saves its own session: the records match the table unless
+        // something else changed it unsaved, which a walk over both puts right.
+        if self.saved.len() != self.sessions.len() {
+            self.reconcile_saved();
+        }
+        self.write_saved()
             .map_err(|cause| RequestError::NotSaved { cause })
     }
 
