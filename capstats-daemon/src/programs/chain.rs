@@ -3,7 +3,6 @@
 //! call to the next (`capstats_ebpf::chain`). Made afresh ([`new_chain`]), or brought
 //! to a new set of sessions by the loop of [`super::swap`] ([`update`]).
 
-use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
 
@@ -17,7 +16,7 @@ use capstats_ebpf::shared::SharedError;
 
 use super::layout::{self, Laid, Wanted};
 use super::swap::{self, Counting, Places, filters_of};
-use super::{Counted, failed, maps_name, program_name, tc, xdp};
+use super::{Counted, FastMap, failed, maps_name, program_name, tc, xdp};
 use crate::bpffs::HookPins;
 use crate::log::event;
 use crate::session::SessionError;
@@ -84,7 +83,7 @@ pub fn new_chain(
 ) -> Result<Installed, SessionError> {
     let plan = chain_layout(interface, hook, &[], &wanted(counted))?;
     let chain = ProgArray::create(program_name(hook)).map_err(|e| failed(interface, hook, e))?;
-    let by_name: HashMap<&str, Counted<'_>> = counted.iter().map(|&c| (c.0, c)).collect();
+    let by_name: FastMap<&str, Counted<'_>> = counted.iter().map(|&c| (c.0, c)).collect();
     let mut chunks = Vec::with_capacity(plan.len());
     for (k, members) in plan.into_iter().enumerate() {
         let entries = layout::entries(None, &members);
@@ -205,7 +204,7 @@ impl Places for Change<'_> {
     fn generate(
         &self,
         k: usize,
-        wanted: &HashMap<&str, Counted<'_>>,
+        wanted: &FastMap<&str, Counted<'_>>,
         members: Vec<String>,
         entries: Vec<u32>,
     ) -> Result<Counting, SessionError> {
@@ -275,7 +274,7 @@ impl Places for Change<'_> {
 fn generate_chunk(
     interface: &str,
     hook: Hook,
-    wanted: &HashMap<&str, Counted<'_>>,
+    wanted: &FastMap<&str, Counted<'_>>,
     members: Vec<String>,
     entries: Vec<u32>,
     chain: &ProgArray,

@@ -10,9 +10,9 @@
 //! for a newcomer of another shape while the chain may grow
 //! ([`REPLANNED_MEMBERS`]).
 
-use std::collections::{HashMap, HashSet};
-
 use capstats_ebpf::cbpf::Program;
+
+use super::{FastMap, FastSet};
 use capstats_ebpf::chain::{CHAIN_ITEMS, CHAIN_PROGRAMS};
 use capstats_ebpf::shared::plan::Planner;
 use capstats_ebpf::shared::{Joins, SharedProgram};
@@ -37,7 +37,7 @@ pub struct Laid<'o> {
 }
 
 /// The sessions of `wanted` by name.
-fn by_name<'a>(wanted: &[Wanted<'a>]) -> HashMap<&'a str, Wanted<'a>> {
+fn by_name<'a>(wanted: &[Wanted<'a>]) -> FastMap<&'a str, Wanted<'a>> {
     wanted.iter().map(|&w| (w.0, w)).collect()
 }
 
@@ -70,7 +70,7 @@ fn plan_within(
 ) -> Vec<Vec<String>> {
     let by_name = by_name(wanted);
     let mut plan: Vec<Place<'_, '_>> = old.iter().map(|laid| Place::of(laid, &by_name)).collect();
-    let placed: HashSet<&str> = old
+    let placed: FastSet<&str> = old
         .iter()
         .flat_map(|laid| laid.members.iter().map(String::as_str))
         .filter(|m| by_name.contains_key(m))
@@ -154,7 +154,7 @@ pub fn chain(
 /// Counter table entries for `members`: a session keeps the one it had in `old` (its
 /// members and their entries); a new one takes the lowest entry no other member has.
 pub fn entries(old: Option<(&[String], &[u32])>, members: &[String]) -> Vec<u32> {
-    let had: HashMap<&str, u32> = old
+    let had: FastMap<&str, u32> = old
         .map(|(members, entries)| {
             members
                 .iter()
@@ -163,7 +163,7 @@ pub fn entries(old: Option<(&[String], &[u32])>, members: &[String]) -> Vec<u32>
                 .collect()
         })
         .unwrap_or_default();
-    let mut taken: HashSet<u32> = members
+    let mut taken: FastSet<u32> = members
         .iter()
         .filter_map(|m| had.get(m.as_str()).copied())
         .collect();
@@ -204,7 +204,7 @@ enum Fit<'o, 'a> {
 
 impl<'o, 'a> Place<'o, 'a> {
     /// `old`'s sessions that are still wanted, in their order.
-    fn of(old: &Laid<'o>, wanted: &HashMap<&str, Wanted<'a>>) -> Self {
+    fn of(old: &Laid<'o>, wanted: &FastMap<&str, Wanted<'a>>) -> Self {
         let mut joins = old.shared.joins();
         let mut in_place = true;
         let mut members = Vec::with_capacity(old.members.len());

@@ -3,8 +3,6 @@
 //! filter of limited size; `SO_ATTACH_BPF` replaces a filter atomically). The sockets
 //! live in the daemon: they count only while it runs.
 
-use std::collections::HashMap;
-
 use aya::programs::ProgramError;
 use capstats_common::hook::Hook;
 use capstats_ebpf::cbpf::Cooked;
@@ -15,7 +13,7 @@ use capstats_ebpf::translate::Placement;
 
 use super::layout::{self, Laid, SESSIONS_PER_SOCKET, Wanted};
 use super::swap::{self, Counting, Places, filters_of};
-use super::{Counted, failed, maps_name, program_name};
+use super::{Counted, FastMap, failed, maps_name, program_name};
 use crate::attach::{CountingSocket, ifindex};
 use crate::log::event;
 use crate::session::SessionError;
@@ -94,7 +92,7 @@ impl Places for Change<'_> {
     fn generate(
         &self,
         _k: usize,
-        wanted: &HashMap<&str, Counted<'_>>,
+        wanted: &FastMap<&str, Counted<'_>>,
         members: Vec<String>,
         entries: Vec<u32>,
     ) -> Result<Counting, SessionError> {
@@ -165,7 +163,7 @@ impl Places for Change<'_> {
 /// [`SESSIONS_PER_SOCKET`] groups and filters alone; on `any`, behind a cooked header).
 fn generate(
     interface: &str,
-    wanted: &HashMap<&str, Counted<'_>>,
+    wanted: &FastMap<&str, Counted<'_>>,
     members: Vec<String>,
     entries: Vec<u32>,
 ) -> Result<Counting, SessionError> {

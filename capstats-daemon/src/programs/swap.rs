@@ -7,15 +7,13 @@
 //! maps prepared before anything is changed, so a refused one leaves everything as it
 //! was; then each is swapped in atomically, where it runs ([`Places::put`]).
 
-use std::collections::HashMap;
-
 use capstats_ebpf::cbpf::Program;
 use capstats_ebpf::counters::CounterMap;
 use capstats_ebpf::program::LoadedProgram;
 use capstats_ebpf::shared::{InPlace, SharedError, SharedProgram};
 
-use super::Counted;
 use super::layout::{self, Laid, Wanted};
+use super::{Counted, FastMap};
 use crate::session::SessionError;
 
 /// What one program counts: its sessions, their filters and counter table entries,
@@ -81,7 +79,7 @@ pub trait Places {
     fn generate(
         &self,
         k: usize,
-        wanted: &HashMap<&str, Counted<'_>>,
+        wanted: &FastMap<&str, Counted<'_>>,
         members: Vec<String>,
         entries: Vec<u32>,
     ) -> Result<Counting, SessionError>;
@@ -103,7 +101,7 @@ pub trait Places {
 /// keeps what its place had (and, with [`Places::STOP_AT_ERROR`], every later
 /// place's), and is the error returned.
 pub fn resync<P: Places>(places: &mut P, counted: &[Counted<'_>]) -> Result<(), SessionError> {
-    let wanted: HashMap<&str, Counted<'_>> = counted.iter().map(|&c| (c.0, c)).collect();
+    let wanted: FastMap<&str, Counted<'_>> = counted.iter().map(|&c| (c.0, c)).collect();
     let laid_out: Vec<Wanted<'_>> = counted
         .iter()
         .map(|&(name, program, map)| (name, program, map.count()))
@@ -162,7 +160,7 @@ pub fn resync<P: Places>(places: &mut P, counted: &[Counted<'_>]) -> Result<(), 
 fn plan_work(
     old: Option<&Counting>,
     members: &[String],
-    wanted: &HashMap<&str, Counted<'_>>,
+    wanted: &FastMap<&str, Counted<'_>>,
     generate: impl FnOnce(Vec<String>, Vec<u32>) -> Result<Counting, SessionError>,
 ) -> Result<Work, SessionError> {
     let unchanged = |c: &Counting| {
@@ -212,7 +210,7 @@ fn apply(
 
 /// The filters and counter maps of `members`, in order.
 pub fn filters_of<'a>(
-    wanted: &HashMap<&str, Counted<'a>>,
+    wanted: &FastMap<&str, Counted<'a>>,
     members: &[String],
 ) -> Vec<(&'a Program, &'a CounterMap)> {
     members

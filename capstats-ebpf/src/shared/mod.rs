@@ -69,12 +69,12 @@ pub struct SharedProgram {
     dispatch: HashMap<DispatchKey, u32>,
     /// The counter table's entries: the serial of the counter map in each
     /// ([`CounterMap::serial`]).
-    table: HashMap<u32, u64>,
+    table: ByEntry<u64>,
     /// The members, by slot (none: a slot free since its member left).
     members: Vec<Option<Member>>,
     free_slots: Vec<usize>,
     /// Member slots by counter table entry.
-    by_entry: HashMap<u32, usize>,
+    by_entry: ByEntry<usize>,
     /// The groups, by number (the dispatch keys' group).
     groups: Vec<GroupCode>,
     /// Group numbers by the shape and count of their members.
@@ -140,10 +140,10 @@ impl SharedProgram {
             maps: None,
             placement,
             dispatch: HashMap::new(),
-            table: HashMap::new(),
+            table: ByEntry::default(),
             members: Vec::new(),
             free_slots: Vec::new(),
-            by_entry: HashMap::new(),
+            by_entry: ByEntry::default(),
             groups: Vec::new(),
             by_shape: HashMap::new(),
         };
@@ -593,6 +593,10 @@ impl Joins<'_> {
         constants.next().is_none().then_some(keys)
     }
 }
+
+/// A map by counter table entry, looked up for every member per change (4,096 at the
+/// most): hashed with foldhash, not std's SipHash.
+type ByEntry<V> = HashMap<u32, V, foldhash::fast::RandomState>;
 
 /// A change of a shared program's maps that keeps its code
 /// ([`SharedProgram::prepare_in_place`], [`SharedProgram::prepare_change`]). Holds the
