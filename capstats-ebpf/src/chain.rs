@@ -113,16 +113,30 @@ impl ProgArray {
     }
 
     /// Empties entry `index`: a tail call to it falls through. Empty already is fine.
+    ///
+    /// Taking a program out of a prog array, the kernel empties the entry, takes the
+    /// direct jumps to it out of its callers' code, and then waits for an RCU grace
+    /// period (10-25 ms here) so that no CPU still runs the old code: this returns once
+    /// the entry reads back empty, the wait left to a thread of its own. A later change
+    /// of the array waits for that one to end in the kernel (its `poke_mutex`).
     pub fn clear(&self, index: u32) -> Result<(), ChainError> {
-        match self.map.delete(&index) {
-            Ok(()) => Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-            Err(cause) => Err(ChainError::Clear {
-                name: self.name.clone(),
-                index,
-                cause,
-            }),
-        }
+        let cleared = self.map.write_unwaited(
+            move |chain| match chain.delete(&index) {
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+                deleted => deleted,
+            },
+            move |chain| Ok(chain.lookup(&index)?.is_none()),
+        );
+        cleared.map_err(|cause| ChainError::Clear {
+            name: self.name.clone(),
+            index,
+            cause,
+        })
+    }
+
+    /// Whether entry `index` holds no program, as the kernel has it now.
+    pub fn is_empty_at(&self, index: u32) -> io::Result<bool> {
+        Ok(self.map.lookup(&index)?.is_none())
     }
 
     /// Pins the array at `path` on a bpffs: its entries stay while no process holds

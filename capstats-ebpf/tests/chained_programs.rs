@@ -32,7 +32,7 @@ fn each_filter_of_a_chain_counts_what_libpcap_matches_xdp() {
 
 /// A chain: its array and its programs, program `k` holding the filters of chunk `k`.
 struct Chain {
-    _array: ProgArray,
+    array: ProgArray,
     programs: Vec<LoadedProgram>,
 }
 
@@ -51,10 +51,7 @@ fn load_chain(hook: Hook, filters: &[&Filter], maps: &[CounterMap]) -> Chain {
         }
         programs.push(program);
     }
-    Chain {
-        _array: array,
-        programs,
-    }
+    Chain { array, programs }
 }
 
 fn chained(hook: Hook) {
@@ -219,4 +216,58 @@ fn one_program_of_two_thousand_filters_is_refused() {
         Err(e) => panic!("refused, but not by the verifier: {e}"),
         Ok(_) => panic!("one program of 2,000 filters loaded: a chain is not needed"),
     }
+}
+
+/// Emptying a chain's last entry takes effect when `clear` returns, though the kernel
+/// waits for a grace period after it (left to a thread): records run right after reach
+/// the programs before it only, and the last program's filters, which libpcap says
+/// match some of them, count nothing.
+#[test]
+fn a_cleared_entry_is_empty_when_clear_returns() {
+    common::require_root();
+    let hook = Hook::TcIngress;
+    let corpus = common::corpus_dir();
+    let captures = common::read_all_captures(&corpus);
+    let filters: Vec<Filter> = common::file_filters(&corpus)
+        .into_iter()
+        .take(CORPUS_FILTERS)
+        .collect();
+    let maps: Vec<CounterMap> = (0..filters.len())
+        .map(|i| CounterMap::create(&format!("cleared{i}"), 1).unwrap())
+        .collect();
+    let chain = load_chain(hook, &filters.iter().collect::<Vec<_>>(), &maps);
+    let last = chain.programs.len() - 1;
+    assert!(!chain.array.is_empty_at(last as u32).unwrap());
+    chain.array.clear(last as u32).unwrap();
+    assert!(
+        chain.array.is_empty_at(last as u32).unwrap(),
+        "entry {last} still holds its program when clear returns"
+    );
+    let head = common::Runner::new(&chain.programs[0]);
+    let max_frame = harness_max_frame(hook).expect("probe the test harness");
+    let cut = last * CHAIN_SESSIONS;
+    let mut matched_in_last = 0u64;
+    for record in captures.iter().flat_map(|c| c.records.iter()) {
+        if record.len() < 14 || record.len() > max_frame || head.run(record).is_none() {
+            continue;
+        }
+        matched_in_last += filters[cut..]
+            .iter()
+            .filter(|f| f.libpcap_matches(record))
+            .count() as u64;
+    }
+    assert!(
+        matched_in_last > 0,
+        "no record matches a filter of the last program: the test shows nothing"
+    );
+    for (i, map) in maps.iter().enumerate() {
+        let got = map.read(0).unwrap().packets;
+        if i >= cut {
+            assert_eq!(got, 0, "filter {i}, in the cleared program {last}, counted");
+        }
+    }
+    assert!(
+        maps[..cut].iter().any(|m| m.read(0).unwrap().packets > 0),
+        "the programs before the cleared one count"
+    );
 }

@@ -277,42 +277,12 @@ impl CounterTable {
         };
         let keys: Vec<u32> = entries.iter().map(|&(e, _, _)| e).collect();
         let values: Vec<u32> = entries.iter().map(|&(_, fd, _)| fd as u32).collect();
-        if self.map.lookup(&last).map_err(failed)? == Some(last_id) {
-            // Its last entry would not tell when the others are written: wait.
-            return self.map.update_batch(&keys, &values).map_err(failed);
-        }
-        let table = self.map.try_clone().map_err(failed)?;
-        let (done, written) = std::sync::mpsc::channel();
-        let (batch_keys, batch_values) = (keys.clone(), values.clone());
-        let spawned = std::thread::Builder::new()
-            .name("capstats-table".into())
-            .spawn(move || drop(done.send(table.update_batch(&batch_keys, &batch_values))));
-        if spawned.is_err() {
-            // No thread to spare: the update here, waiting.
-            return self.map.update_batch(&keys, &values).map_err(failed);
-        }
-        loop {
-            match written.try_recv() {
-                // Over, grace period and all, or refused: the kernel reads no
-                // descriptor of `entries` any more either way.
-                Ok(result) => return result.map_err(failed),
-                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
-                    return Err(failed(io::Error::other("the thread writing it ended")));
-                }
-                Err(std::sync::mpsc::TryRecvError::Empty) => {}
-            }
-            match self.map.lookup(&last) {
-                Ok(Some(id)) if id == last_id => return Ok(()),
-                Ok(_) => std::thread::yield_now(),
-                // Cannot tell: wait for the update itself.
-                Err(_) => {
-                    let result = written
-                        .recv()
-                        .map_err(|_| failed(io::Error::other("the thread writing it ended")))?;
-                    return result.map_err(failed);
-                }
-            }
-        }
+        self.map
+            .write_unwaited(
+                move |table| table.update_batch(&keys, &values),
+                |table| Ok(table.lookup(&last)? == Some(last_id)),
+            )
+            .map_err(failed)
     }
 
     /// The id of the counter map at `entry`, as the kernel has it (`None`: empty).

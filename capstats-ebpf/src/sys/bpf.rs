@@ -171,6 +171,53 @@ impl<K: Plain, V: Plain> Map<K, V> {
         }
     }
 
+    /// Makes a change to this map with `write` (given a descriptor of its own) on a
+    /// thread of its own, and returns as soon as `written` says programs see it, or
+    /// when `write` returns, whichever comes first: for the kernel's waits after the
+    /// change is made (an RCU grace period after an update of a map of maps, or after
+    /// a prog array's entry is taken out of its callers' code) that the caller does not
+    /// need. `written` must only hold once `write` has read everything it was given
+    /// (the kernel writes first and waits after); where it holds before, or with no
+    /// thread to spare, `write` runs here. The thread ends when the kernel's wait does.
+    pub fn write_unwaited(
+        &self,
+        write: impl Fn(&Self) -> io::Result<()> + Send + Sync + 'static,
+        written: impl Fn(&Self) -> io::Result<bool>,
+    ) -> io::Result<()>
+    where
+        K: Send + 'static,
+        V: Send + 'static,
+    {
+        // A change that reads back as made already would not tell when it is made (and
+        // a later change could overtake it): made here, waiting.
+        if written(self).unwrap_or(true) {
+            return write(self);
+        }
+        let write = std::sync::Arc::new(write);
+        let (map, on_thread) = (self.try_clone()?, std::sync::Arc::clone(&write));
+        let (done, result) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("capstats-write".into())
+            .spawn(move || drop(done.send(on_thread(&map))));
+        if spawned.is_err() {
+            return write(self);
+        }
+        let ended = || io::Error::other("the thread writing it ended");
+        loop {
+            match result.try_recv() {
+                Ok(result) => return result,
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => return Err(ended()),
+                Err(std::sync::mpsc::TryRecvError::Empty) => {}
+            }
+            match written(self) {
+                Ok(true) => return Ok(()),
+                Ok(false) => std::thread::yield_now(),
+                // Cannot tell: wait for the write itself.
+                Err(_) => return result.recv().map_err(|_| ended())?,
+            }
+        }
+    }
+
     /// Another descriptor of the same map, for a thread of its own.
     pub fn try_clone(&self) -> io::Result<Self> {
         Ok(Self {
