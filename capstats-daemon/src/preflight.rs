@@ -239,21 +239,27 @@ impl Helpers {
                 .write_all(&line)
                 .and_then(|()| helper.stdin.flush())
         };
-        let (mut helper, sent) = match self.take_idle(&job.interface) {
-            Some(mut helper) => match send(&mut helper) {
-                Ok(()) => (helper, true),
+        let waiting = self.take_idle(&job.interface).and_then(|mut helper| {
+            match send(&mut helper) {
+                Ok(()) => Some(helper),
                 // It ended since it was taken (killed by someone): a new one.
                 Err(_) => {
                     helper.kill();
-                    (self.spawn().map_err(|e| failed("start", e))?, false)
+                    None
                 }
-            },
-            None => (self.spawn().map_err(|e| failed("start", e))?, false),
+            }
+        });
+        let mut helper = match waiting {
+            Some(helper) => helper,
+            None => {
+                let mut helper = self.spawn().map_err(|e| failed("start", e))?;
+                if let Err(e) = send(&mut helper) {
+                    helper.kill();
+                    return Err(failed("write to", e));
+                }
+                helper
+            }
         };
-        if !sent && let Err(e) = send(&mut helper) {
-            helper.kill();
-            return Err(failed("write to", e));
-        }
         let too_slow = || CompileError::TooSlow {
             whose: whose.to_owned(),
             bytes: job.expression.len(),
@@ -570,7 +576,8 @@ impl KeptHandles {
             self.closing.push(handle);
             return compiled;
         }
-        let at = match self
+        // The handle compiled on goes last: the most recently used.
+        match self
             .kept
             .iter()
             .position(|k| k.handle.interface() == job.interface)
@@ -583,14 +590,11 @@ impl KeptHandles {
                     self.closing.push(kept.handle);
                     self.open(&job.interface)?;
                 }
-                self.kept.len() - 1
             }
-            None => {
-                self.open(&job.interface)?;
-                self.kept.len() - 1
-            }
-        };
-        session::libpcap_filter_on(&mut self.kept[at].handle, job.hook, &job.expression)
+            None => self.open(&job.interface)?,
+        }
+        let kept = self.kept.last_mut().expect("a handle was just kept");
+        session::libpcap_filter_on(&mut kept.handle, job.hook, &job.expression)
     }
 
     /// Opens a handle on `interface`, kept as the most recently used.
