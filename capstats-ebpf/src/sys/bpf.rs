@@ -305,19 +305,37 @@ pub struct ProgInfo {
     pub verified_insns: u32,
 }
 
-/// `BPF_OBJ_GET_INFO_BY_FD` of the program behind `fd`.
-pub fn prog_info(fd: BorrowedFd<'_>) -> io::Result<ProgInfo> {
-    // SAFETY: bpf_prog_info is a C struct of integers (pointers as u64s); all-zero
-    // bytes are a valid value, and zero pointers ask the kernel for no arrays.
-    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+/// The kernel's info structs [`obj_info`] fills.
+///
+/// # Safety
+/// Only for C structs of integers (pointers as u64s), for which all-zero bytes are a
+/// valid value and zero pointers ask the kernel for no arrays.
+unsafe trait ObjInfo: Sized {}
+// SAFETY: both are bindgen's C structs of integers and u64 pointers.
+unsafe impl ObjInfo for bpf_prog_info {}
+// SAFETY: as above.
+unsafe impl ObjInfo for bpf_map_info {}
+
+/// `BPF_OBJ_GET_INFO_BY_FD` of the object behind `fd`, as `T` says (a program's, a
+/// map's).
+fn obj_info<T: ObjInfo>(fd: BorrowedFd<'_>) -> io::Result<T> {
+    // SAFETY: an `ObjInfo` is a C struct of integers; all-zero bytes are a valid value,
+    // and its zero pointers ask the kernel for no arrays.
+    let mut info: T = unsafe { std::mem::zeroed() };
     let mut attr = zeroed_attr();
     attr.info.bpf_fd = fd.as_raw_fd() as u32;
-    attr.info.info_len = size_of::<bpf_prog_info>() as u32;
-    attr.info.info = &mut info as *mut bpf_prog_info as u64;
+    attr.info.info_len = size_of::<T>() as u32;
+    attr.info.info = &mut info as *mut T as u64;
     // SAFETY: the kernel writes at most info_len bytes at `info`: the struct, of that
     // size, borrowed mutably for the call; its array pointers are zero, so it writes
     // nowhere else.
     unsafe { bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)? };
+    Ok(info)
+}
+
+/// `BPF_OBJ_GET_INFO_BY_FD` of the program behind `fd`.
+pub fn prog_info(fd: BorrowedFd<'_>) -> io::Result<ProgInfo> {
+    let info: bpf_prog_info = obj_info(fd)?;
     Ok(ProgInfo {
         id: info.id,
         verified_insns: info.verified_insns,
@@ -326,15 +344,7 @@ pub fn prog_info(fd: BorrowedFd<'_>) -> io::Result<ProgInfo> {
 
 /// `BPF_OBJ_GET_INFO_BY_FD` of the map behind `fd`: its id (`bpftool map show id N`).
 pub fn map_id(fd: BorrowedFd<'_>) -> io::Result<u32> {
-    // SAFETY: bpf_map_info is a C struct of integers; all-zero bytes are a valid value.
-    let mut info: bpf_map_info = unsafe { std::mem::zeroed() };
-    let mut attr = zeroed_attr();
-    attr.info.bpf_fd = fd.as_raw_fd() as u32;
-    attr.info.info_len = size_of::<bpf_map_info>() as u32;
-    attr.info.info = &mut info as *mut bpf_map_info as u64;
-    // SAFETY: the kernel writes at most info_len bytes at `info`: the struct, of that
-    // size, borrowed mutably for the call.
-    unsafe { bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)? };
+    let info: bpf_map_info = obj_info(fd)?;
     Ok(info.id)
 }
 
