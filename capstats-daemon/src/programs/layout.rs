@@ -11,12 +11,12 @@
 //! ([`REPLANNED_MEMBERS`]).
 
 use capstats_ebpf::cbpf::Program;
-
-use super::{FastMap, FastSet};
 use capstats_ebpf::chain::{CHAIN_ITEMS, CHAIN_PROGRAMS};
 use capstats_ebpf::shared::plan::Planner;
 use capstats_ebpf::shared::{Joins, SharedProgram};
 use capstats_ebpf::translate::Count;
+
+use super::{FastMap, FastSet};
 
 /// Groups and filters alone per socket. A socket filter is charged to the socket's
 /// option memory (`net.core.optmem_max`, 128 KiB by default), twice while a new filter

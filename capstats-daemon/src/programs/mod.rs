@@ -57,12 +57,8 @@ use crate::bpffs::{self, HookPins};
 use crate::log::event;
 use crate::session::SessionError;
 
-/// A map of the layout and the swap, walked per change with thousands of sessions
-/// (by name, by entry): hashed with foldhash rather than std's SipHash, which took a
-/// third of a change at 4,096 sessions. No key comes from outside the daemon's users.
-pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
-/// A set, as [`FastMap`].
-pub type FastSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+/// The maps of sessions by name the layout and the swap build per change.
+pub use capstats_ebpf::shared::{FastMap, FastSet};
 
 /// One session's part of a program: its name, its filter and its counter map.
 pub type Counted<'a> = (&'a str, &'a Program, &'a CounterMap);
